@@ -370,7 +370,10 @@ class Tracker:
             p = self.effective(p)
         return {n: t.detach().to(self.measurer.device, self.measurer.dtype) for n, t in p.items()}
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Measure L(θ_0) and open the record; called by the first step if not before."""
+        if self._theta is not None:
+            return
         self._theta = self._snapshot()
         rule = integrate.rule(self.method)
         if rule.uses_start or self.method == "rk4-adaptive":
@@ -396,7 +399,7 @@ class Tracker:
         if self._closed:
             raise RuntimeError("This tracker is closed.")
         if self._theta is None:
-            self._start()
+            self.start()
         else:
             now = self._snapshot()
             if self._moved_outside(now):
@@ -410,7 +413,7 @@ class Tracker:
     def intervention(self, label: str) -> Iterator[dict[str, object]]:
         """Allocate a weight move made outside the optimizer (e.g. a prune) as its own segment."""
         if self._theta is None:
-            self._start()
+            self.start()
         row: dict[str, object] = {}
         yield row
         self._segment(self._snapshot(), KIND_INTERVENTION, label, row)
@@ -459,7 +462,7 @@ class Tracker:
         if self.writer is not None:
             if self._theta is None:  # no step was taken: still record L_0
                 try:
-                    self._start()
+                    self.start()
                 except NonFiniteLossError:
                     pass
             self.writer.close(status)

@@ -1,0 +1,7 @@
+"""``python -m lca``: see lca/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,215 @@
+"""Command line: ``python -m lca train | inspect | recover``.
+
+Every failure a user can cause (a bad flag value, a missing data folder, a foreign file) ends
+with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import DEVICES, DTYPES, OPTIMIZERS, RECORD_MODES, SCHEDULES, ConfigError, RunConfig
+from .integrate import METHOD_HELP, METHODS
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        parsed: Any = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def _train_parser(sub) -> None:
+    import data
+    import techniques
+
+    from . import models
+
+    p = sub.add_parser(
+        "train",
+        help="train a model and record its LCA to a run file",
+        description="Train a model and record every step's Loss Change Allocation to HDF5. "
+        "Flags override values from --config.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="TOML file with RunConfig fields (flags override it)")
+    p.add_argument("--dataset", help=f"one of: {', '.join(data.names())}")
+    p.add_argument("--dataset-option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. noise=0.2 (repeatable)")
+    p.add_argument("--data-dir", help="folder with MNIST / Fashion-MNIST / CIFAR-10 files "
+                   "(default: $LCA_DATA_DIR)")
+    p.add_argument("--subset", type=int, help="keep this many training examples")
+    p.add_argument("--model", help=f"one of: {', '.join(models.names())}")
+    p.add_argument("--model-option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. hidden=[64,32] (repeatable)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--measure-size", type=int,
+                   help="examples in the measurement set (0 = the whole training split)")
+    p.add_argument("--measure-batch", type=int, help="chunk size of the measurement set")
+    p.add_argument("--method", choices=METHODS,
+                   help="LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
+    p.add_argument("--tolerance", type=float, help="rk4-adaptive: |ΔL − ΣA| allowed per step")
+    p.add_argument("--measure-dtype", choices=DTYPES)
+    p.add_argument("--technique", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="efficiency technique (repeatable); one of: " + ", ".join(techniques.names()))
+    p.add_argument("--record", choices=RECORD_MODES,
+                   help="full: every parameter; units: per neuron/channel; layers: per tensor")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--eval-every", type=int, help="steps between train/test accuracy checks")
+    p.add_argument("--max-bytes", type=int, help="refuse a run whose file would exceed this")
+    p.add_argument("--out", help="run file to write (default runs/<dataset>-<model>-<time>.h5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The config from --config, then every flag given on the command line on top."""
+    import techniques
+
+    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    changes: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in ("dataset", "data_dir", "subset", "model", "optimizer", "lr", "momentum",
+                  "weight_decay", "schedule", "batch_size", "steps", "seed", "measure_batch",
+                  "method", "tolerance", "measure_dtype", "record", "device", "eval_every",
+                  "max_bytes", "out")
+    }
+    if args.measure_size == 0:  # the whole training split
+        base = RunConfig.from_dict({**base.to_dict(), "measure_size": None})
+    elif args.measure_size is not None:
+        changes["measure_size"] = args.measure_size
+    if args.dataset_option:
+        changes["dataset_options"] = {**base.dataset_options, **dict(args.dataset_option)}
+    if args.model_option:
+        changes["model_options"] = {**base.model_options, **dict(args.model_option)}
+    if args.technique:
+        try:
+            changes["techniques"] = [techniques.parse_spec(t) for t in args.technique]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if changes.get("dataset") and changes["dataset"] != base.dataset and not args.dataset_option:
+        base.dataset_options = {}  # options of the file's dataset need not fit the new one
+    return base.replace(**changes)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import TrainingError, run
+
+    config = build_config(args)
+    out = config.out or str(
+        Path("runs") / f"{config.dataset}-{config.model}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
+    )
+    bar = None if args.quiet else tqdm(total=config.steps, unit="step", dynamic_ncols=True)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        result = run(config, out=out, progress=progress)
+    except TrainingError as e:
+        if bar is not None:
+            bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if bar is not None:
+        bar.close()
+    acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
+    print(f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
+          f"{result.loss_final:.4f}{acc}. Run file: {out}")
+    if result.status == "failed":
+        return 1
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .store import open_run
+
+    with open_run(args.run) as r:
+        s = r.summary()
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    print(format_summary(s, args.run))
+    return 0
+
+
+def format_summary(s: dict[str, Any], path: str) -> str:
+    """The ``inspect`` report: what ran, how long, how it ended, where learning happened."""
+    def num(v: Any, fmt: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    lines = [
+        f"run            {path}",
+        f"status         {s.get('status')}",
+        f"dataset/model  {s.get('dataset')} / {s.get('model')}  ({s.get('num_params'):,} params)",
+        f"techniques     {', '.join(s.get('techniques') or []) or 'none'}",
+        f"steps          {s.get('steps')} optimizer steps, {s.get('segments')} segments, "
+        f"record={s.get('record')}, method={s.get('method')}",
+        f"duration       {num(s.get('duration_s'), '.1f')} s",
+        f"loss           {num(s.get('loss0'))} -> {num(s.get('loss_final'))}",
+        f"accuracy       train {num(s.get('train_acc'), '.3f')}, test {num(s.get('test_acc'), '.3f')}",
+        f"conservation   Σ(ΔL − ΣA) = {num(s.get('conservation_error'), '.3e')} "
+        f"({num(s.get('relative_error'), '.2e')} of |L_T − L_0|), "
+        f"worst step {num(s.get('max_step_error'), '.2e')}",
+        f"helped         {num(100 * s['mean_helped'] if s.get('mean_helped') is not None else None, '.1f')}"
+        "% of parameters on an average step",
+    ]
+    for title, key in (("top helping", "top_helping"), ("top hurting", "top_hurting")):
+        items = s.get(key) or []
+        lines.append(f"{title:<15}" + (", ".join(f"{n} ({v:+.3e})" for n, v in items) or "none"))
+    return "\n".join(lines)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .store import recover
+
+    print(recover(args.run))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lca",
+        description="LCA Lab: record and inspect Loss Change Allocation of training runs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    p = sub.add_parser("inspect", help="print a summary of a run file")
+    p.add_argument("run", help="run file (.h5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("recover", help="repair a run file whose writer was killed")
+    p.add_argument("run", help="run file (.h5)")
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "inspect": cmd_inspect, "recover": cmd_recover}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, OSError) as e:  # ConfigError, RunFileError, DataError, …: one sentence
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
