@@ -1,8 +1,8 @@
 """LCA Lab engine: Loss Change Allocation of a training run, importable without Streamlit.
 
-    lca.allocate(model, loss_fn, data, start, end, method="rk4") -> Allocation
-    lca.Tracker(model, loss_fn, data, writer=lca.Writer("runs/a.h5"))
-    lca.Writer, lca.Reader, lca.open_run  (the HDF5 run store)
+lca.allocate(model, loss_fn, data, start, end, method="rk4") -> Allocation
+lca.Tracker(model, loss_fn, data, writer=lca.Writer("runs/a.h5"))
+lca.Writer, lca.Reader, lca.open_run  (the HDF5 run store)
 """
 
 from __future__ import annotations

@@ -210,7 +210,9 @@ def allocate(
     measurer = Measurer(model, loss_fn, data, chunk_size=chunk_size, dtype=dtype, device=device)
     missing = [n for n in measurer.names if n not in start or n not in end]
     if missing:
-        raise KeyError(f"start/end lack parameters {missing[:3]}; use model.named_parameters() names")
+        raise KeyError(
+            f"start/end lack parameters {missing[:3]}; use model.named_parameters() names"
+        )
     start = {n: start[n].detach().to(measurer.device, dtype) for n in measurer.names}
     end = {n: end[n].detach().to(measurer.device, dtype) for n in measurer.names}
     rule = integrate.rule(method)
@@ -219,7 +221,12 @@ def allocate(
     else:
         loss_start, grad_start = measurer.loss(start), None
     seg = integrate_segment(
-        measurer, start, end, method, loss_start=loss_start, grad_start=grad_start,
+        measurer,
+        start,
+        end,
+        method,
+        loss_start=loss_start,
+        grad_start=grad_start,
         tolerance=tolerance,
     )
     return Allocation(seg.per_param, loss_start, seg.loss_end, seg.splits, measurer.evaluations)
@@ -306,7 +313,8 @@ class Tracker:
 
     The parameters are read before and after the block; their change is the step, whatever
     optimizer made it. A change made between blocks (a prune, a manual edit) is allocated as an
-    intervention segment of its own, so the loss always telescopes: Σ over segments of ΣA ≈ L_T − L_0.
+    intervention segment of its own, so the loss always telescopes:
+    Σ over segments of ΣA ≈ L_T − L_0.
     ``effective`` maps the stored parameters to the weights the forward pass really uses
     (quantized, masked); LCA is measured on those.
     """
@@ -421,8 +429,13 @@ class Tracker:
     def _segment(self, end: Params, kind: int, label: str, row: dict[str, object]) -> None:
         t0 = time.perf_counter()
         seg = integrate_segment(
-            self.measurer, self._theta, end, self.method,
-            loss_start=self._loss, grad_start=self._grad, tolerance=self.tolerance,
+            self.measurer,
+            self._theta,
+            end,
+            self.method,
+            loss_start=self._loss,
+            grad_start=self._grad,
+            tolerance=self.tolerance,
         )
         index = len(self.history)
         if not math.isfinite(seg.loss_end):
@@ -439,16 +452,33 @@ class Tracker:
                 self.cumulative[n] = a.clone() if c is None else c.add_(a)
         now = time.perf_counter()
         record = StepRecord(
-            index=index, kind=kind, train_step=self.train_steps, label=label,
-            loss_start=self._loss, loss_end=seg.loss_end, per_param=seg.per_param,
-            per_tensor=seg.per_tensor, per_unit=sum_units(seg.per_param, self.units),
-            helped=helped / count, hurt=hurt / count, splits=seg.splits,
-            evaluations=seg.evaluations, seconds_lca=now - t0, wall=now - self._t0, series=row,
+            index=index,
+            kind=kind,
+            train_step=self.train_steps,
+            label=label,
+            loss_start=self._loss,
+            loss_end=seg.loss_end,
+            per_param=seg.per_param,
+            per_tensor=seg.per_tensor,
+            per_unit=sum_units(seg.per_param, self.units),
+            helped=helped / count,
+            hurt=hurt / count,
+            splits=seg.splits,
+            evaluations=seg.evaluations,
+            seconds_lca=now - t0,
+            wall=now - self._t0,
+            series=row,
         )
-        self.history.append({
-            "loss": record.loss_end, "lca": record.total, "error": record.error,
-            "helped": record.helped, "kind": kind, "splits": seg.splits,
-        })
+        self.history.append(
+            {
+                "loss": record.loss_end,
+                "lca": record.total,
+                "error": record.error,
+                "helped": record.helped,
+                "kind": kind,
+                "splits": seg.splits,
+            }
+        )
         self._theta, self._grad, self._loss = end, seg.grad_end, seg.loss_end
         self.last = record
         if self.writer is not None:

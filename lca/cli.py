@@ -46,14 +46,28 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--config", help="TOML file with RunConfig fields (flags override it)")
     p.add_argument("--dataset", help=f"one of: {', '.join(data.names())}")
-    p.add_argument("--dataset-option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. noise=0.2 (repeatable)")
-    p.add_argument("--data-dir", help="folder with MNIST / Fashion-MNIST / CIFAR-10 files "
-                   "(default: $LCA_DATA_DIR)")
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. noise=0.2 (repeatable)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
+    )
     p.add_argument("--subset", type=int, help="keep this many training examples")
     p.add_argument("--model", help=f"one of: {', '.join(models.names())}")
-    p.add_argument("--model-option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="model option, e.g. hidden=[64,32] (repeatable)")
+    p.add_argument(
+        "--model-option",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. hidden=[64,32] (repeatable)",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--momentum", type=float)
@@ -62,17 +76,31 @@ def _train_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--seed", type=int)
-    p.add_argument("--measure-size", type=int,
-                   help="examples in the measurement set (0 = the whole training split)")
+    p.add_argument(
+        "--measure-size",
+        type=int,
+        help="examples in the measurement set (0 = the whole training split)",
+    )
     p.add_argument("--measure-batch", type=int, help="chunk size of the measurement set")
-    p.add_argument("--method", choices=METHODS,
-                   help="LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()))
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
+    )
     p.add_argument("--tolerance", type=float, help="rk4-adaptive: |ΔL − ΣA| allowed per step")
     p.add_argument("--measure-dtype", choices=DTYPES)
-    p.add_argument("--technique", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
-                   help="efficiency technique (repeatable); one of: " + ", ".join(techniques.names()))
-    p.add_argument("--record", choices=RECORD_MODES,
-                   help="full: every parameter; units: per neuron/channel; layers: per tensor")
+    p.add_argument(
+        "--technique",
+        action="append",
+        default=[],
+        metavar="NAME[:KEY=VALUE,...]",
+        help="efficiency technique (repeatable); one of: " + ", ".join(techniques.names()),
+    )
+    p.add_argument(
+        "--record",
+        choices=RECORD_MODES,
+        help="full: every parameter; units: per neuron/channel; layers: per tensor",
+    )
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--eval-every", type=int, help="steps between train/test accuracy checks")
     p.add_argument("--max-bytes", type=int, help="refuse a run whose file would exceed this")
@@ -87,10 +115,29 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     base = RunConfig.from_toml(args.config) if args.config else RunConfig()
     changes: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("dataset", "data_dir", "subset", "model", "optimizer", "lr", "momentum",
-                  "weight_decay", "schedule", "batch_size", "steps", "seed", "measure_batch",
-                  "method", "tolerance", "measure_dtype", "record", "device", "eval_every",
-                  "max_bytes", "out")
+        for k in (
+            "dataset",
+            "data_dir",
+            "subset",
+            "model",
+            "optimizer",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "schedule",
+            "batch_size",
+            "steps",
+            "seed",
+            "measure_batch",
+            "method",
+            "tolerance",
+            "measure_dtype",
+            "record",
+            "device",
+            "eval_every",
+            "max_bytes",
+            "out",
+        )
     }
     if args.measure_size == 0:  # the whole training split
         base = RunConfig.from_dict({**base.to_dict(), "measure_size": None})
@@ -136,8 +183,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
-    print(f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
-          f"{result.loss_final:.4f}{acc}. Run file: {out}")
+    print(
+        f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
+        f"{result.loss_final:.4f}{acc}. Run file: {out}"
+    )
     if result.status == "failed":
         return 1
     if result.status == "interrupted":
@@ -159,9 +208,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def format_summary(s: dict[str, Any], path: str) -> str:
     """The ``inspect`` report: what ran, how long, how it ended, where learning happened."""
+
     def num(v: Any, fmt: str = ".4f") -> str:
         return "n/a" if v is None else format(v, fmt)
 
+    helped = None if s.get("mean_helped") is None else 100 * s["mean_helped"]
     lines = [
         f"run            {path}",
         f"status         {s.get('status')}",
@@ -171,12 +222,12 @@ def format_summary(s: dict[str, Any], path: str) -> str:
         f"record={s.get('record')}, method={s.get('method')}",
         f"duration       {num(s.get('duration_s'), '.1f')} s",
         f"loss           {num(s.get('loss0'))} -> {num(s.get('loss_final'))}",
-        f"accuracy       train {num(s.get('train_acc'), '.3f')}, test {num(s.get('test_acc'), '.3f')}",
+        f"accuracy       train {num(s.get('train_acc'), '.3f')}, "
+        f"test {num(s.get('test_acc'), '.3f')}",
         f"conservation   Σ(ΔL − ΣA) = {num(s.get('conservation_error'), '.3e')} "
         f"({num(s.get('relative_error'), '.2e')} of |L_T − L_0|), "
         f"worst step {num(s.get('max_step_error'), '.2e')}",
-        f"helped         {num(100 * s['mean_helped'] if s.get('mean_helped') is not None else None, '.1f')}"
-        "% of parameters on an average step",
+        f"helped         {num(helped, '.1f')}% of parameters on an average step",
     ]
     for title, key in (("top helping", "top_helping"), ("top hurting", "top_hurting")):
         items = s.get(key) or []

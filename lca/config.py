@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .integrate import METHODS
 
@@ -88,7 +89,9 @@ class RunConfig:
         _non_negative_float("weight_decay", self.weight_decay)
         for key in ("dataset_options", "model_options"):
             if not isinstance(getattr(self, key), dict):
-                raise ConfigError(f"{key} must be a table of key = value, not {getattr(self, key)!r}.")
+                raise ConfigError(
+                    f"{key} must be a table of key = value, not {getattr(self, key)!r}."
+                )
         self._check_names()
         return self
 
@@ -106,7 +109,7 @@ class RunConfig:
         for i, spec in enumerate(self.techniques):
             if not isinstance(spec, dict) or "name" not in spec:
                 raise ConfigError(
-                    f"techniques[{i}] must be a table with a name, e.g. {{name = \"wus\"}}, "
+                    f'techniques[{i}] must be a table with a name, e.g. {{name = "wus"}}, '
                     f"not {spec!r}."
                 )
             try:
@@ -161,7 +164,9 @@ class RunConfig:
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name} = {value!r} is not allowed; choose one of: {', '.join(allowed)}.")
+        raise ConfigError(
+            f"{name} = {value!r} is not allowed; choose one of: {', '.join(allowed)}."
+        )
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -100,10 +100,14 @@ def rule(method: str) -> Rule:
 
 
 def new_evaluations_per_step(method: str) -> int:
-    """Gradient evaluations a tracked step needs when the start gradient is reused."""
+    """Gradient evaluations a tracked step needs when the start gradient is reused.
+
+    The end point is always measured (its loss closes the step); its gradient is needed only
+    when the rule has an endpoint node, so Gauss rules pay a forward-only loss there instead.
+    """
     r = rule(method)
     interior = sum(1 for n in r.nodes if 0 < n < 1)
-    return interior + 1  # the end point is always measured (loss at θ_{t+1}, next start)
+    return interior + (1 if r.uses_start or r.uses_end else 0)
 
 
 def check_weights(r: Rule) -> None:

@@ -65,7 +65,9 @@ def _chunks(data, chunk_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             raise MeasurementError(
                 f"Measurement inputs and targets differ in length ({len(x)} vs {len(y)})."
             )
-        return [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
+        return [
+            (x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)
+        ]
     if isinstance(data, Iterable):
         return [(x, y) for x, y in data]
     raise MeasurementError("Measurement data must be a pair (inputs, targets) or batches of pairs.")
@@ -90,16 +92,16 @@ class Measurer:
         self.loss_fn = loss_fn
         self.dtype = dtype
         first = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else (
-            first.device if first is not None else torch.device("cpu")
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (first.device if first is not None else torch.device("cpu"))
         )
         chunks = _chunks(data, chunk_size)
         if not chunks or sum(len(x) for x, _ in chunks) == 0:
             raise MeasurementError("The measurement set is empty.")
         self.size = sum(len(x) for x, _ in chunks)
-        self._chunks = [
-            (self._cast(x), y.to(self.device)) for x, y in chunks
-        ]
+        self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks]
         self._weights = [len(x) / self.size for x, _ in chunks]
         self.names = [n for n, _ in model.named_parameters()]
         self.evaluations = 0  # full measurement-set gradient evaluations so far
@@ -110,9 +112,13 @@ class Measurer:
         return x.to(self.dtype) if x.is_floating_point() else x
 
     def _buffers(self) -> Params:
-        # Scratch copies: BatchNorm in train mode writes its running stats into these, not the model.
+        # Scratch copies: BatchNorm in train mode writes running stats into these, not the model.
         return {
-            n: (b.detach().to(self.device, self.dtype) if b.is_floating_point() else b.clone())
+            n: (
+                b.detach().to(self.device, self.dtype, copy=True)
+                if b.is_floating_point()
+                else b.detach().clone()
+            )
             for n, b in self.model.named_buffers()
         }
 
@@ -124,8 +130,10 @@ class Measurer:
         }
         buffers = self._buffers()
         total = 0.0
-        with torch.enable_grad() if need_grad else torch.no_grad(), no_tf32(), measurement_mode(
-            self.model
+        with (
+            torch.enable_grad() if need_grad else torch.no_grad(),
+            no_tf32(),
+            measurement_mode(self.model),
         ):
             for (x, y), w in zip(self._chunks, self._weights, strict=True):
                 out = functional_call(self.model, {**leaves, **buffers}, (x,))
@@ -136,7 +144,8 @@ class Measurer:
         if need_grad:
             self.evaluations += 1
             grads = {
-                n: (t.grad if t.grad is not None else torch.zeros_like(t)) for n, t in leaves.items()
+                n: (t.grad if t.grad is not None else torch.zeros_like(t))
+                for n, t in leaves.items()
             }
         else:
             self.loss_evaluations += 1
@@ -149,7 +158,4 @@ class Measurer:
 
 def current_params(model: nn.Module, dtype: torch.dtype | None = None) -> Params:
     """A detached copy of the model's parameters (optionally cast), in model order."""
-    return {
-        n: p.detach().to(dtype or p.dtype, copy=True)
-        for n, p in model.named_parameters()
-    }
+    return {n: p.detach().to(dtype or p.dtype, copy=True) for n, p in model.named_parameters()}

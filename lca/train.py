@@ -151,7 +151,10 @@ def run(
     device = resolve_device(config.device)
     try:
         ds = data.load(
-            config.dataset, subset=config.subset, seed=config.seed, data_dir=config.data_dir,
+            config.dataset,
+            subset=config.subset,
+            seed=config.seed,
+            data_dir=config.data_dir,
             **config.dataset_options,
         )
         model = models.build(config.model, ds.input_shape, ds.num_classes, **config.model_options)
@@ -166,8 +169,15 @@ def run(
     test_x, test_y = ds.x_test.to(device), ds.y_test.to(device)
     mx, my = measurement_set(ds, config)
     ctx = techniques_registry.Context(
-        model=model, optimizer=optimizer, loss_fn=loss_fn, device=device,
-        total_steps=config.steps, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        device=device,
+        total_steps=config.steps,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
     )
 
     def forward_params() -> dict[str, torch.Tensor]:
@@ -213,15 +223,28 @@ def run(
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = Writer(
-            path, record=config.record, config=config.to_dict(), max_bytes=config.max_bytes,
+            path,
+            record=config.record,
+            config=config.to_dict(),
+            max_bytes=config.max_bytes,
             expected_steps=config.steps + _expected_interventions(plugins, config.steps),
             overwrite=True,
         )
     dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
     tracker = Tracker(
-        model, loss_fn, (mx, my), method=config.method, writer=writer,
-        tolerance=config.tolerance, chunk_size=config.measure_batch, dtype=dtype, device=device,
-        effective=effective if plugins else None, series=series, events=events, arrays=arrays,
+        model,
+        loss_fn,
+        (mx, my),
+        method=config.method,
+        writer=writer,
+        tolerance=config.tolerance,
+        chunk_size=config.measure_batch,
+        dtype=dtype,
+        device=device,
+        effective=effective if plugins else None,
+        series=series,
+        events=events,
+        arrays=arrays,
     )
     ctx.tracker, ctx.writer = tracker, writer
 
@@ -282,10 +305,13 @@ def run(
                 for p in plugins:
                     p.after_step(ctx, row)
                 seconds_train += time.perf_counter() - t1
-                row.update({
-                    "steps/train_loss": train_loss, "steps/seconds_train": seconds_train,
-                    "steps/lr": optimizer.param_groups[0]["lr"],
-                })
+                row.update(
+                    {
+                        "steps/train_loss": train_loss,
+                        "steps/seconds_train": seconds_train,
+                        "steps/lr": optimizer.param_groups[0]["lr"],
+                    }
+                )
             ctx.step = step + 1
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 _log_eval(ctx, writer, evaluate_all, step + 1, train_loss)

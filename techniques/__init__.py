@@ -1,8 +1,8 @@
 """Efficiency techniques, each a small plugin (see ``techniques/base.py``), found by name.
 
-    techniques.names()                       registered names
-    techniques.parse_spec("prune-magnitude:sparsity=0.5,start=20")  -> {"name": ..., ...}
-    techniques.create({"name": "wus", "window": 5})                  -> Technique
+techniques.names()                       registered names
+techniques.parse_spec("prune-magnitude:sparsity=0.5,start=20")  -> {"name": ..., ...}
+techniques.create({"name": "wus", "window": 5})                  -> Technique
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def get(name: str) -> type[Technique]:
 
 def describe(name: str) -> str:
     cls = get(name)
-    return cls.description + (" (reconstructed: the paper's exact criterion is not public)"
-                              if cls.reconstructed else "")
+    return cls.description + (
+        " (reconstructed: the paper's exact criterion is not public)" if cls.reconstructed else ""
+    )
 
 
 def create(spec: dict[str, Any]) -> Technique:

@@ -1,0 +1,138 @@
+"""How close a tracked step gets to LCA's cost floor (train step + 2 measurement gradients).
+
+Prints, per model: a plain training step, one measurement-set gradient, a tracked step (rk4),
+and efficiency = (train step + 2 × gradient) / tracked step. 1.0 means the tracker adds nothing
+beyond the two gradient evaluations Simpson's rule needs; the target is ≥ 0.9 on CPU.
+
+    python benchmarks/lca_step.py [--steps 30] [--measure 4000] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import lca  # noqa: E402
+from lca import models  # noqa: E402
+from lca.measure import Measurer  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(
+    name: str,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    classes: int,
+    measure: int,
+    steps: int,
+    device: str,
+    record: str | None,
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    model.to(device)
+    x = torch.rand(measure, *shape, device=device)
+    y = torch.randint(0, classes, (measure,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batch = 64
+
+    def train_step(i: int) -> None:
+        idx = torch.arange(i * batch, (i + 1) * batch, device=device) % measure
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x[idx]), y[idx]).backward()
+
+    counter = iter(range(10**9))
+
+    def plain() -> None:
+        train_step(next(counter))
+        opt.step()
+
+    measurer = Measurer(model, loss_fn, (x, y))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plain()  # warm-up
+    measurer.loss_and_grad(params)
+    t_train = median_time(plain, steps)
+    t_grad = median_time(lambda: measurer.loss_and_grad(params), max(5, steps // 3))
+
+    writer = None
+    tmp = None
+    if record is not None:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory()
+        writer = lca.Writer(Path(tmp.name) / "b.h5", record=record)
+    tracker = lca.Tracker(model, loss_fn, (x, y), writer=writer)
+    tracker.start()
+
+    def tracked() -> None:
+        train_step(next(counter))
+        with tracker.step():
+            opt.step()
+
+    tracked()  # warm-up
+    t_tracked = median_time(tracked, steps)
+    tracker.close()
+    if tmp is not None:
+        tmp.cleanup()
+    floor = t_train + 2 * t_grad
+    return {
+        "model": name,
+        "params": models.parameter_count(model),
+        "train_ms": 1e3 * t_train,
+        "grad_ms": 1e3 * t_grad,
+        "tracked_ms": 1e3 * t_tracked,
+        "efficiency": floor / t_tracked,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--measure", type=int, default=4000, help="measurement-set size")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--record",
+        choices=["full", "units", "layers"],
+        default=None,
+        help="also write a run file (default: tracker only)",
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    cases = [
+        ("mlp (digits 8×8)", models.build("mlp", (1, 8, 8), 10, hidden=(64, 64)), (1, 8, 8)),
+        ("cnn-small (28×28)", models.build("cnn-small", (1, 28, 28), 10), (1, 28, 28)),
+    ]
+    print(
+        f"measurement set {args.measure} examples, {args.steps} steps, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, record {args.record or 'none'}"
+    )
+    print(
+        f"{'model':<20}{'params':>9}{'train ms':>10}{'grad ms':>10}{'tracked ms':>12}"
+        f"{'efficiency':>12}"
+    )
+    for name, model, shape in cases:
+        r = bench(name, model, shape, 10, args.measure, args.steps, args.device, args.record)
+        print(
+            f"{r['model']:<20}{r['params']:>9,}{r['train_ms']:>10.2f}{r['grad_ms']:>10.2f}"
+            f"{r['tracked_ms']:>12.2f}{r['efficiency']:>12.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
