@@ -19,6 +19,12 @@ class DataError(ValueError):
     """
 
 
+def reason(exc: BaseException) -> str:
+    """Condense an underlying exception into a clause that fits inside a one-sentence message."""
+    text = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+    return text.replace(". ", "; ")
+
+
 @dataclass(eq=False, repr=False)
 class Dataset:
     """A loaded dataset, already split, as tensors ready for training.

@@ -53,7 +53,7 @@ def load_sklearn(
     data_dir: object = None,
     test_fraction: object = DEFAULTS["test_fraction"],
 ) -> Dataset:
-    """Load scikit-learn dataset ``kind`` with a seeded stratified split; ``data_dir`` is ignored."""
+    """Load scikit-learn set ``kind`` with a seeded stratified split; ``data_dir`` is ignored."""
     del data_dir  # bundled with scikit-learn
     fraction = check_fraction("test_fraction", test_fraction)
     x, y = _raw(kind)
@@ -64,6 +64,4 @@ def load_sklearn(
         x_train, x_test = x[train], x[test]
     else:
         x_train, x_test = standardize(x[train], x[test])
-    return to_dataset(
-        kind, x_train, y[train], x_test, y[test], num_classes, DESCRIPTIONS[kind]
-    )
+    return to_dataset(kind, x_train, y[train], x_test, y[test], num_classes, DESCRIPTIONS[kind])

@@ -1,0 +1,117 @@
+"""Dataset registry for LCA Lab: one ``load(name)`` for toy, bundled and user-supplied data.
+
+Public API::
+
+    data.names() -> list[str]              # registered dataset names, sorted
+    data.describe(name) -> str             # one-line description, without loading anything
+    data.default_options(name) -> dict     # the options ``name`` accepts, with their defaults
+    data.load(name, *, subset=None, seed=0, data_dir=None, **options) -> data.Dataset
+    data.Dataset, data.DataError
+
+Every bad input raises ``DataError`` (a ``ValueError``) whose message is one sentence naming
+the problem and the fix. ``seed`` drives every random choice, so the same arguments always give
+bit-identical tensors. Nothing is ever downloaded: ``mnist``, ``fashion-mnist`` and ``cifar10``
+read from ``data_dir`` or ``$LCA_DATA_DIR``. See the loader modules for per-dataset details.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+
+from . import cifar, idx, sklearn_sets, toy
+from .dataset import DataError, Dataset
+from .options import check_int, check_seed
+from .splits import take_subset
+
+__all__ = ["DataError", "Dataset", "default_options", "describe", "load", "names"]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How to load one registered dataset."""
+
+    description: str
+    loader: Callable[..., Dataset]  # called as loader(seed=..., data_dir=..., **options)
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+
+def _build_registry() -> dict[str, _Spec]:
+    registry: dict[str, _Spec] = {}
+    for kind, description in toy.DESCRIPTIONS.items():
+        registry[kind] = _Spec(description, partial(toy.load_toy, kind), toy.DEFAULTS)
+    for kind, description in sklearn_sets.DESCRIPTIONS.items():
+        registry[kind] = _Spec(
+            description, partial(sklearn_sets.load_sklearn, kind), sklearn_sets.DEFAULTS
+        )
+    for kind, description in idx.DESCRIPTIONS.items():
+        registry[kind] = _Spec(description, partial(idx.load_idx, kind))
+    registry["cifar10"] = _Spec(cifar.DESCRIPTION, cifar.load_cifar10)
+    return registry
+
+
+_REGISTRY: Mapping[str, _Spec] = MappingProxyType(_build_registry())
+
+# Spellings people naturally type that differ from the canonical name by more than case or "_".
+_ALIASES = {"cifar-10": "cifar10", "fashionmnist": "fashion-mnist", "breastcancer": "breast-cancer"}
+
+
+def names() -> list[str]:
+    """Return all registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _canonical(name: object) -> str:
+    """Map a user-typed name to its registry key (case and ``_``/``-`` do not matter)."""
+    if isinstance(name, str):
+        key = name.strip().lower().replace("_", "-")
+        key = _ALIASES.get(key, key)
+        if key in _REGISTRY:
+            return key
+    raise DataError(f"Unknown dataset {name!r}; choose one of: {', '.join(names())}.")
+
+
+def describe(name: str) -> str:
+    """Return the one-line description of dataset ``name`` without loading it."""
+    return _REGISTRY[_canonical(name)].description
+
+
+def default_options(name: str) -> dict[str, object]:
+    """Return the options dataset ``name`` accepts in ``load(**options)``, with default values."""
+    return dict(_REGISTRY[_canonical(name)].defaults)
+
+
+def load(
+    name: str,
+    *,
+    subset: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    **options: object,
+) -> Dataset:
+    """Load dataset ``name`` as float32/int64 tensors, already split into train and test.
+
+    ``subset`` keeps a seeded random ``subset`` train examples (all if fewer exist) and
+    ``min(num_test, max(1, subset // 4))`` test examples. ``data_dir`` (else ``$LCA_DATA_DIR``)
+    is only read by datasets stored on disk. ``options`` are dataset-specific, see
+    ``default_options(name)``; unknown ones are an error rather than silently ignored.
+    """
+    key = _canonical(name)
+    spec = _REGISTRY[key]
+    seed_ = check_seed(seed)
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        allowed = (
+            f"the allowed options are {', '.join(sorted(spec.defaults))}"
+            if spec.defaults
+            else f"{key} takes no options"
+        )
+        raise DataError(f"Unknown option {unknown[0]!r} for dataset {key!r}; {allowed}.")
+    subset_ = None if subset is None else check_int("subset", subset, minimum=1)
+    dataset = spec.loader(seed=seed_, data_dir=data_dir, **{**spec.defaults, **options})
+    if subset_ is not None:
+        dataset = take_subset(dataset, subset_, seed_)
+    return dataset
