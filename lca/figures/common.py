@@ -1,0 +1,117 @@
+"""Colours and building blocks shared by every LCA figure.
+
+One diverging scale for every view: helped (LCA < 0) green, hurt (LCA > 0) red, 0 white,
+always centred at 0 so a pale cell means "little" whatever the run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+__all__ = [
+    "DIVERGING",
+    "HELPED",
+    "HURT",
+    "NEUTRAL",
+    "STILL",
+    "base_layout",
+    "block_heatmap",
+    "empty_figure",
+    "lca_heatmap",
+    "sign_colors",
+]
+
+HELPED = "#1a9850"  # green: the parameter lowered the loss
+HURT = "#d73027"  # red: the parameter raised the loss
+NEUTRAL = "#f7f7f7"
+STILL = "#9e9e9e"  # did not move
+DIVERGING = [
+    [0.0, HELPED],
+    [0.25, "#91cf60"],
+    [0.5, NEUTRAL],
+    [0.75, "#fc8d59"],
+    [1.0, HURT],
+]
+
+
+def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:
+    """A readable, projector-friendly layout: white background, large font, tight margins."""
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
+        font={"size": 14},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+    )
+    return fig
+
+
+def sign_colors(values: np.ndarray) -> list[str]:
+    """Green for helped (< 0), red for hurt (> 0), grey for exactly 0."""
+    v = np.asarray(values)
+    return [HELPED if x < 0 else HURT if x > 0 else STILL for x in v.ravel()]
+
+
+def symmetric_limit(z: np.ndarray) -> float:
+    finite = np.abs(z[np.isfinite(z)]) if np.size(z) else np.array([])
+    m = float(finite.max()) if finite.size else 0.0
+    return m if m > 0 else 1.0
+
+
+def lca_heatmap(
+    z: np.ndarray,
+    *,
+    x: np.ndarray | list | None = None,
+    y: np.ndarray | list | None = None,
+    title: str | None = None,
+    x_title: str = "step",
+    y_title: str = "",
+    colorbar_title: str = "LCA",
+    height: int = 420,
+    hover: str = "LCA",
+) -> go.Figure:
+    """A heatmap on the diverging LCA scale, centred at 0 (green helped, red hurt)."""
+    z = np.asarray(z, dtype=np.float64)
+    m = symmetric_limit(z)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=x,
+            y=y,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-m,
+            zmax=m,
+            colorbar={"title": {"text": colorbar_title}},
+            hovertemplate=(
+                f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{hover} %{{z:.3e}}<extra></extra>"
+            ),
+        )
+    )
+    base_layout(fig, title, height=height)
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return fig
+
+
+def block_heatmap(
+    z: np.ndarray,
+    row_starts: np.ndarray,
+    col_labels: list[str] | None = None,
+    **kwargs,
+) -> go.Figure:
+    """A heatmap of block-summed rows (e.g. steps): x shows each block's first step."""
+    return lca_heatmap(np.asarray(z).T, x=np.asarray(row_starts), y=col_labels, **kwargs)
+
+
+def empty_figure(message: str, *, height: int = 240) -> go.Figure:
+    """A figure that says in words why there is nothing to draw (never an empty chart)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message, showarrow=False, font={"size": 16}, x=0.5, y=0.5, xref="paper", yref="paper"
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return base_layout(fig, None, height=height)

@@ -1,0 +1,80 @@
+"""The runs folder: where run files live, and the only place the app reads them from.
+
+A run is named by its file name relative to the folder (``digits-mlp.h5``); a name from a URL
+is resolved here and refused when it would leave the folder, so ``?run=../../etc/passwd`` reads
+nothing. No Streamlit here: the CLI, notebooks and tests use the same rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_ENV = "LCA_RUNS_DIR"
+SUFFIX = ".h5"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class RunNameError(ValueError):
+    """A run name that is not a plain file in the runs folder."""
+
+
+def runs_dir(folder: str | Path | None = None) -> Path:
+    """The runs folder: ``folder``, else $LCA_RUNS_DIR, else ./runs (created if missing)."""
+    path = Path(folder or os.environ.get(RUNS_ENV) or "runs").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve(name: str, folder: str | Path | None = None) -> Path:
+    """The path of run ``name`` inside the runs folder; refuses anything that escapes it."""
+    root = runs_dir(folder)
+    if not name or "\x00" in name or Path(name).is_absolute():
+        raise RunNameError(f"{name!r} is not a run name; pick a run from the runs list.")
+    path = (root / name).resolve()
+    if root != path.parent and root not in path.parents:
+        raise RunNameError(f"{name!r} is outside the runs folder; pick a run from the runs list.")
+    if path.suffix != SUFFIX:
+        raise RunNameError(f"{name!r} is not an .h5 run file; pick a run from the runs list.")
+    return path
+
+
+@dataclass(frozen=True)
+class RunFile:
+    name: str  # relative to the runs folder
+    path: Path
+    size: int
+    modified: float
+
+
+def list_runs(folder: str | Path | None = None) -> list[RunFile]:
+    """Every .h5 file under the runs folder, newest first."""
+    root = runs_dir(folder)
+    out = []
+    for p in root.rglob(f"*{SUFFIX}"):
+        if p.is_file():
+            st = p.stat()
+            out.append(RunFile(p.relative_to(root).as_posix(), p, st.st_size, st.st_mtime))
+    return sorted(out, key=lambda r: r.modified, reverse=True)
+
+
+def safe_name(text: str, folder: str | Path | None = None) -> str:
+    """A new, unused file name built from ``text`` (for uploads and new runs)."""
+    stem = _SAFE.sub("-", Path(text).stem).strip("-.") or "run"
+    root = runs_dir(folder)
+    name, k = f"{stem}{SUFFIX}", 2
+    while (root / name).exists():
+        name, k = f"{stem}-{k}{SUFFIX}", k + 1
+    return name
+
+
+def delete(name: str, folder: str | Path | None = None) -> None:
+    path = resolve(name, folder)
+    path.unlink(missing_ok=True)
+
+
+def free_bytes(folder: str | Path | None = None) -> int:
+    return shutil.disk_usage(runs_dir(folder)).free

@@ -1,0 +1,75 @@
+"""What every page shares: the selected run, opening it safely, one-sentence errors.
+
+The run picker lives in the sidebar (app.py) and is bound to ``?run=`` so a teacher can share a
+link to a view. Pages only read: they open the run through ``open_selected_run`` and draw with
+``lca.figures``; a bad or foreign file becomes one sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from lca import runs
+from lca.store import Reader, RunFileError
+
+RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
+LIVE_SECONDS = 2.0  # how often live panels re-read a running file
+
+
+def runs_folder() -> Path:
+    return runs.runs_dir()
+
+
+def selected_run_name() -> str | None:
+    name = st.session_state.get(RUN_KEY)
+    return name or None
+
+
+def selected_run_path() -> Path | None:
+    """The selected run's path inside the runs folder, or None (with a sentence) if invalid."""
+    name = selected_run_name()
+    if name is None:
+        return None
+    try:
+        path = runs.resolve(name)
+    except runs.RunNameError as e:
+        st.error(str(e))
+        return None
+    if not path.exists():
+        st.warning(f"The run {name} no longer exists; pick another run in the sidebar.")
+        return None
+    return path
+
+
+@contextmanager
+def open_run_or_explain(path: Path) -> Iterator[Reader | None]:
+    """Open a run for reading; a bad file yields None after showing its one sentence."""
+    try:
+        reader = Reader(path)
+    except (RunFileError, OSError) as e:
+        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        yield None
+        return
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def require_run() -> Path:
+    """The selected run, or a friendly prompt and st.stop() when there is none."""
+    path = selected_run_path()
+    if path is None:
+        if selected_run_name() is None:
+            st.info("Pick a run in the sidebar, or start one on the Home or Train page.")
+        st.stop()
+    return path
+
+
+def plot(fig, *, key: str | None = None, **kwargs):
+    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
+    return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
