@@ -1,0 +1,386 @@
+"""Techniques: where each efficiency technique acted in the selected run, and what it took away.
+
+Skip windows as bands on the loss and per-layer timelines, prune events with their loss cost
+split into removed weights / compensating survivors / the rest, whether pruning removed helpers
+or hurters, the techniques marked on the layer × step heatmap, AMP's loss scale, bits per layer,
+frozen layers, and a table of what each technique saved. Everything is read through
+``lca.store.Reader`` and drawn by ``lca.figures``; a live run refreshes itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from lca import figures as F
+from lca.store import Reader, RunFileError
+from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+
+EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st_ = path.stat()
+    return st_.st_mtime_ns, st_.st_size
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load(path: str, stamp: tuple[int, int]) -> dict[str, Any]:
+    """Everything the page draws except per-weight histories (cached per file version)."""
+    del stamp  # part of the cache key only
+    with Reader(path) as r:
+        data = F.gather(r)
+        events = {n: F.prune_events(r, n, data) for n in data.prune}
+        splits = {(e.technique, e.segment): F.prune_split(r, e)
+                  for evs in events.values() for e in evs}
+        extra: dict[str, dict[str, np.ndarray]] = {}
+        for name in data.names:
+            prefix = f"techniques/{name}/"
+            extra[name] = {
+                p[len(prefix):]: np.asarray(r.series(p)) for p in r.series_layout
+                if p.startswith(prefix)
+            }
+        layer_events = {}
+        for n in data.prune:
+            path_ = f"techniques/{n}/events"
+            if path_ in r.event_layout:
+                layer_events[n] = r.events(path_)
+        bits = {}
+        for name in data.names:
+            p = f"techniques/{name}/bits"
+            if p in r.array_layout:
+                bits[name] = np.asarray(r.array(p), dtype=np.float64)
+        return {
+            "data": data,
+            "summaries": F.technique_summaries(r, data),
+            "events": events,
+            "splits": splits,
+            "series": extra,
+            "layer_events": layer_events,
+            "bits": bits,
+            "record": r.record,
+            "status": r.status,
+            "shapes": dict(r.shapes),
+        }
+
+
+@st.cache_data(show_spinner="Reading the pruned weights' histories…", max_entries=8)
+def load_history(path: str, stamp: tuple[int, int], name: str):
+    del stamp
+    with Reader(path) as r:
+        return F.pruned_history(r, name)
+
+
+def _registry() -> ModuleType | None:
+    """The ``techniques`` package (the plugin registry).
+
+    This page's own file is also called ``techniques.py``: when it is run on its own
+    (``streamlit run pages/techniques.py``, AppTest) the ``pages`` folder is first on
+    ``sys.path`` and a plain ``import techniques`` would import this page again. Import the
+    package from the repository root explicitly.
+    """
+    mod = sys.modules.get("techniques")
+    if mod is not None and hasattr(mod, "describe"):
+        return mod
+    root = str(Path(__file__).resolve().parent.parent)
+    sys.modules.pop("techniques", None)
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module("techniques")
+    except ImportError:
+        return None
+    finally:
+        sys.path.remove(root)
+
+
+def describe(name: str) -> str:
+    registry = _registry()
+    try:
+        if registry is None:
+            raise ValueError(name)
+        return registry.describe(name)
+    except ValueError:
+        return "a technique this version of LCA Lab does not know; its records are shown below."
+
+
+def section_overview(d: dict[str, Any]) -> None:
+    data = d["data"]
+    st.markdown("**Techniques in this run:**\n" + "\n".join(
+        f"- **{n}**: {describe(n)}" for n in data.names))
+    st.subheader("What each technique did and saved")
+    st.table(d["summaries"])
+    st.caption("Computed from what the run file records (per-step series, event tables, "
+               "arrays); the techniques' own end-of-run summaries are not stored in the file.")
+
+
+def section_timelines(data: F.RunTechniques) -> None:
+    bands = F.intervals(data.skip_mask)
+    marks = data.prune_marks()
+    st.subheader("Where the techniques acted")
+    plot(F.technique_loss_figure(data.loss, skip_bands=bands, prune_marks=marks,
+                                 scaler_skipped=data.scaler_skipped), key="tech_loss")
+    how = ["The loss on the measurement set."]
+    if bands:
+        how.append("Blue bands: weight updates were skipped.")
+    if marks:
+        how.append("Crosses and dotted lines: prune events (a prune is its own segment, so its "
+                   "loss jump is its cost).")
+    if data.scaler_skipped is not None and data.scaler_skipped.any():
+        how.append("Purple triangles: steps the loss scaler skipped.")
+    st.caption(" ".join(how))
+    plot(F.technique_layer_lines_figure(data.layer_lca, data.tensor_names, skip_bands=bands,
+                                        prune_marks=marks), key="tech_layers")
+    st.caption("Each line is one layer's running total of LCA: going down = the layer is "
+               "lowering the loss." + (" Inside a blue band its weights stand still, so only "
+                                       "the biases can still move it." if bands else ""))
+    plot(F.technique_heatmap_figure(
+        data.layer_lca, data.tensor_names, skip_bands=bands, skip_rows=data.skip_rows,
+        frozen=data.frozen_marks(), prune_marks=data.heatmap_prune_marks(),
+        scaler_skipped=data.scaler_skipped,
+    ), key="tech_heatmap")
+    legend = []
+    if bands:
+        legend.append("blue dashed boxes: skipped weight updates")
+    if data.frozen:
+        legend.append("black boxes: frozen tensors")
+    if marks:
+        legend.append("crosses: prune events")
+    st.caption("Each cell is one tensor on one segment: **green = helped** (lowered the loss), "
+               "**red = hurt**." + (f" {'; '.join(legend).capitalize()}." if legend else ""))
+
+
+def _helper_table(layer_events: dict[str, np.ndarray], shapes: dict, names: list[str]):
+    """Pooled helper shares from the technique's per-layer event rows (any record mode)."""
+    if not layer_events or "helped_removed" not in layer_events:
+        return None
+    rem = np.asarray(layer_events["removed"], dtype=np.float64)
+    pruned = np.asarray(layer_events["pruned"], dtype=np.float64)
+    layer = np.asarray(layer_events["layer"], dtype=int)
+    numel = np.array([math.prod(shapes[names[i]]) if 0 <= i < len(names) else 0 for i in layer],
+                     dtype=np.float64)
+    surv = numel - pruned
+    hr = np.nan_to_num(np.asarray(layer_events["helped_removed"], dtype=np.float64))
+    hs = np.nan_to_num(np.asarray(layer_events["helped_survivors"], dtype=np.float64))
+    if rem.sum() <= 0 or surv.sum() <= 0:
+        return None
+    # Survivors are counted at the last event only (the weights that were kept in the end).
+    last = layer_events["step"] == np.max(layer_events["step"])
+    return (float((hr * rem).sum() / rem.sum()), float((hs * surv)[last].sum() / surv[last].sum()),
+            int(rem.sum()), int(surv[last].sum()))
+
+
+def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> None:
+    data: F.RunTechniques = d["data"]
+    events = [e for evs in d["events"].values() for e in evs]
+    st.subheader("Pruning: what each prune event cost")
+    if not events:
+        st.info("No prune event has happened yet: the schedule's first step is still ahead "
+                "(or it fell after the run's last step).")
+        return
+    plot(F.prune_events_figure(events), key="tech_prune_events")
+    st.caption("Bar height = the event's share of the loss change (its LCA): **red raised the "
+               "loss, green lowered it**. Solid = the removed weights; striped = surviving "
+               "weights of the pruned layers that moved to compensate (L-OBS) and their biases; "
+               "dotted = everything else.")
+    for name in d["events"]:
+        sparsity = d["series"].get(name, {}).get("sparsity")
+        if sparsity is not None and sparsity.ndim == 1 and len(d["events"]) == 1:
+            plot(F.series_figure(100 * sparsity.astype(np.float64),
+                                 title=f"{name}: share of the prunable weights that are zero",
+                                 y_title="sparsity (%)", kind=data.kind, height=260),
+                 key=f"tech_sparsity_{name}")
+    titles = [e.title for e in events]
+    choice = st.selectbox("Prune event shown per layer", titles, key=EVENT_KEY,
+                          bind="query-params") if len(events) > 1 else titles[0]
+    event = events[titles.index(choice)] if choice in titles else events[0]
+    split = d["splits"][(event.technique, event.segment)]
+    plot(F.prune_split_figure(split, title=f"What {event.title} cost, layer by layer "
+                              f"(total {event.cost:+.3g})"), key="tech_prune_split")
+    if split.source == "layers":
+        st.info("This run has no per-weight record of the event, so only each layer's total "
+                "is shown; record the run with --record full (or use a pruning technique that "
+                "writes its event table) to split it into removed / surviving weights.")
+    elif split.source == "weights":
+        st.caption("Split from the per-weight LCA of the event's segment (record full) and "
+                   "the step each weight was pruned at.")
+
+    st.subheader("Did pruning remove helpers or hurters?")
+    for name in d["events"]:
+        if not d["events"][name]:
+            continue
+        hist = load_history(str(path), stamp, name) if d["record"] == "full" else None
+        ratio = [e.helper_removal_ratio for e in d["events"][name]
+                 if math.isfinite(e.helper_removal_ratio)]
+        cols = st.columns([3, 1])
+        with cols[0]:
+            if hist is not None:
+                removed, survivors = hist
+                shares = [float((removed < 0).mean()) if len(removed) else math.nan,
+                          float((survivors < 0).mean()) if len(survivors) else math.nan]
+                counts = [len(removed), len(survivors)]
+            else:
+                table = _helper_table(d["layer_events"].get(name, {}), d["shapes"],
+                                      data.tensor_names)
+                shares = [table[0], table[1]] if table else [math.nan, math.nan]
+                counts = [table[2], table[3]] if table else None
+            plot(F.helper_share_figure(["pruned", "kept"], shares, counts=counts,
+                                       title=f"{name}: had the weights helped before pruning?"),
+                 key=f"tech_share_{name}")
+        with cols[1]:
+            if ratio:
+                st.metric("Helper-removal ratio (last event)", f"{ratio[-1]:.2f}",
+                          help="Mean cumulative LCA of the removed weights ÷ that of the "
+                          "survivors, before the event. 1: pruning removed weights as helpful "
+                          "as those it kept; below 1: it removed weaker helpers; negative: it "
+                          "removed weights that had hurt.")
+        if hist is not None:
+            plot(F.helper_removal_figure(*hist, title=f"{name}: each weight's cumulative "
+                                         "LCA before pruning"), key=f"tech_box_{name}")
+            st.caption("Each dot is one weight: **green had helped**, **red had hurt** up to "
+                       "its prune event (survivors: up to the last event); lower = helped "
+                       "more. The box spans the middle half of the weights; the axis shows the "
+                       "middle 98%.")
+        else:
+            st.info("Per-weight histories need a run recorded with --record full; the shares "
+                    "above come from the technique's own event table.")
+
+
+def section_amp(d: dict[str, Any], name: str) -> None:
+    series = d["series"].get(name, {})
+    data = d["data"]
+    st.subheader(f"Mixed precision ({name})")
+    scale = series.get("scale")
+    skipped = series.get("skipped")
+    if scale is None or scale.ndim != 1:
+        st.info("This run recorded no loss scale.")
+        return
+    finite = scale[np.isfinite(scale) & (data.kind == 0)]
+    if finite.size and np.all(finite == 1.0):
+        st.info("The forward pass ran in bfloat16, which needs no loss scaling: the scale stays "
+                "1 and no step was skipped. LCA is still measured in float32.")
+        return
+    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0)),
+         key=f"tech_amp_{name}")
+    st.caption("float16 training multiplies the loss by this scale; a step whose gradients "
+               "overflowed is skipped (purple) and the scale halves. A skipped step moves no "
+               "weight, so its LCA is exactly 0.")
+
+
+def section_quantize(d: dict[str, Any], name: str) -> None:
+    data = d["data"]
+    st.subheader(f"Low-bit weights ({name})")
+    bits = d["bits"].get(name)
+    if bits is not None:
+        plot(F.bits_figure(data.tensor_names, bits), key=f"tech_bits_{name}")
+        st.caption("Bits each tensor's weights use in the forward pass; grey tensors stay "
+                   "float32 (biases, and the first layer for binary/ternary by default).")
+    changed = d["series"].get(name, {}).get("changed")
+    if changed is not None and changed.ndim == 1:
+        plot(F.series_figure(100 * changed, title="How many quantized weights changed value "
+                             "each step", y_title="weights whose level changed (%)",
+                             kind=data.kind), key=f"tech_changed_{name}")
+        st.caption("A step moves a low-bit weight only when its latent value crosses a "
+                   "rounding threshold; the others have LCA exactly 0 on that step.")
+
+
+def section_freeze(d: dict[str, Any], name: str) -> None:
+    data = d["data"]
+    rows, mask = data.frozen[name]
+    layers = ", ".join(sorted({F.module_of(data.tensor_names[i]) for i in rows})) or "?"
+    st.subheader(f"Frozen layers ({name})")
+    steps = F.intervals(mask)
+    when = (f"from segment {steps[0][0]} on" if steps else "never (its start step was not "
+            "reached)")
+    st.markdown(f"**{layers}** frozen {when}: the black boxes on the heatmap. Frozen weights do "
+                "not move, so their LCA is 0 there; watch where the learning goes instead "
+                "(the LCA paper's freezing experiment).")
+
+
+def section_compress(d: dict[str, Any], name: str) -> None:
+    data = d["data"]
+    value = d["series"].get(name, {}).get("value")
+    st.subheader(f"Compressibility regularizer ({name})")
+    plot(F.series_figure(value.astype(np.float64), title="The regularizer Σ‖w‖₁/‖w‖₂ over "
+                         "training (lower = weights concentrated in fewer large values)",
+                         y_title="Σ ‖w‖₁ / ‖w‖₂", kind=data.kind), key=f"tech_compress_{name}")
+    st.caption("It is added to the training loss only; LCA measures the plain loss, so weights "
+               "the regularizer moves without lowering that loss show up as hurting (red).")
+
+
+def section_other(d: dict[str, Any], name: str, shown: set[str]) -> None:
+    data = d["data"]
+    rest = {k: v for k, v in d["series"].get(name, {}).items()
+            if k not in shown and v.ndim == 1}
+    if not rest:
+        return
+    st.subheader(f"{name}: recorded series")
+    for field_, v in rest.items():
+        plot(F.series_figure(v.astype(np.float64), title=f"{name}: {field_}", y_title=field_,
+                             kind=data.kind), key=f"tech_series_{name}_{field_}")
+
+
+def body(path: Path) -> None:
+    try:
+        stamp = _stamp(path)
+        d = load(str(path), stamp)
+    except (RunFileError, OSError) as e:
+        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        return
+    data: F.RunTechniques = d["data"]
+    if not data.names:
+        st.info(F.no_technique_sentence())
+        return
+    if data.segments == 0:
+        st.info(f"{path.name} has no recorded step yet; the techniques appear here as soon as "
+                "the first step is written.")
+        return
+    if d["status"] == "running":
+        st.caption(f"Live: {path.name} is still training; this page refreshes every "
+                   f"{LIVE_SECONDS:g} s.")
+    section_overview(d)
+    section_timelines(data)
+    if data.prune:
+        section_pruning(d, path, stamp)
+    handled = {"skipping", "lr_factor", "sparsity"}
+    for name in data.names:
+        series = d["series"].get(name, {})
+        shown = set(handled)
+        if "skipped" in series and "scale" in series and series["scale"].ndim == 1:
+            section_amp(d, name)
+            shown |= {"scale", "skipped"}
+        if name in d["bits"]:
+            section_quantize(d, name)
+            shown |= {"scale", "changed"}
+        if name in data.frozen:
+            section_freeze(d, name)
+            shown |= {"frozen"}
+        value = series.get("value")
+        if value is not None and value.ndim == 1 and name not in data.frozen:
+            section_compress(d, name)
+            shown |= {"value"}
+        section_other(d, name, shown)
+
+
+def main() -> None:
+    st.title("Techniques")
+    st.caption("Where each efficiency technique acted in this run and what it took away. "
+               "**Green = helped** (lowered the loss), **red = hurt**.")
+    path = require_run()
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return
+        live = r.status == "running"
+    if live:
+        st.fragment(run_every=LIVE_SECONDS)(body)(path)
+    else:
+        body(path)
+
+
+main()
