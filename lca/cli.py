@@ -1,4 +1,4 @@
-"""Command line: ``python -m lca train | inspect | recover``.
+"""Command line: ``python -m lca train | inspect | recover | allocate``.
 
 Every failure a user can cause (a bad flag value, a missing data folder, a foreign file) ends
 with one line on stderr and exit status 2, never a traceback.
@@ -102,6 +102,12 @@ def _train_parser(sub) -> None:
         help="full: every parameter; units: per neuron/channel; layers: per tensor",
     )
     p.add_argument("--device", choices=DEVICES)
+    p.add_argument(
+        "--save-weights",
+        action="store_true",
+        default=None,
+        help="also save θ at every step, so `python -m lca allocate` can recompute the LCA",
+    )
     p.add_argument("--eval-every", type=int, help="steps between train/test accuracy checks")
     p.add_argument("--max-bytes", type=int, help="refuse a run whose file would exceed this")
     p.add_argument("--out", help="run file to write (default runs/<dataset>-<model>-<time>.h5)")
@@ -136,6 +142,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             "device",
             "eval_every",
             "max_bytes",
+            "save_weights",
             "out",
         )
     }
@@ -160,13 +167,16 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .distributed import env_rank
     from .train import TrainingError, run
 
     config = build_config(args)
     out = config.out or str(
         Path("runs") / f"{config.dataset}-{config.model}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
     )
-    bar = None if args.quiet else tqdm(total=config.steps, unit="step", dynamic_ncols=True)
+    main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
+    quiet = args.quiet or not main
+    bar = None if quiet else tqdm(total=config.steps, unit="step", dynamic_ncols=True)
 
     def progress(step: int, total: int, loss: float) -> None:
         if bar is not None:
@@ -183,6 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
+    if not main:
+        return 0 if result.status == "complete" else 1
     print(
         f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
         f"{result.loss_final:.4f}{acc}. Run file: {out}"
@@ -242,6 +254,83 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allocate_parser(sub) -> None:
+    p = sub.add_parser(
+        "allocate",
+        help="recompute the LCA of a run recorded with --save-weights",
+        description="Recompute every step's LCA from the weights a run saved (--save-weights), "
+        "with the same or another integrator, into a new run file and/or compared with the "
+        "file's own numbers. Under `torchrun --nproc-per-node N -m lca allocate ...` the steps "
+        "are split into N contiguous ranges; rank 0 writes.",
+    )
+    p.add_argument("run", help="run file (.h5) recorded with --save-weights")
+    p.add_argument(
+        "--method", choices=METHODS, help="LCA integrator (default: the run's own method)"
+    )
+    p.add_argument(
+        "--out", help="new run file (default RUN.posthoc-METHOD.h5; none with --compare alone)"
+    )
+    p.add_argument(
+        "--record", choices=RECORD_MODES, help="what the new file keeps (default: the run's)"
+    )
+    p.add_argument("--compare", action="store_true", help="report the difference to the run's LCA")
+    p.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where to measure (default: auto)"
+    )
+    p.add_argument("--data-dir", help="folder with the run's dataset files, if it moved")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .distributed import env_rank
+    from .posthoc import allocate_run
+    from .train import TrainingError
+
+    main = env_rank() == 0
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet or not main:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        result = allocate_run(
+            args.run,
+            out=args.out,
+            method=args.method,
+            record=args.record,
+            device=args.device,
+            data_dir=args.data_dir,
+            compare=args.compare,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main:
+        return 0
+    where = f" Run file: {result.path}." if result.path else ""
+    print(
+        f"{result.status}: recomputed {result.segments} segments with {result.method} on "
+        f"{result.ranks} process{'es' if result.ranks > 1 else ''} in {result.seconds:.1f} s."
+        + where
+    )
+    if result.comparison is not None:
+        print(result.comparison.format())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lca",
@@ -254,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("recover", help="repair a run file whose writer was killed")
     p.add_argument("run", help="run file (.h5)")
+    _allocate_parser(sub)
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "inspect": cmd_inspect, "recover": cmd_recover}
+    handlers = {
+        "train": cmd_train,
+        "inspect": cmd_inspect,
+        "recover": cmd_recover,
+        "allocate": cmd_allocate,
+    }
     try:
         return handlers[args.command](args)
     except (ValueError, OSError) as e:  # ConfigError, RunFileError, DataError, …: one sentence

@@ -71,10 +71,12 @@ def block_sum(
 def downsample_to_cells(
     a: np.ndarray, max_cells: int = 500_000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block-sum ``a`` (1-D or 2-D) to at most ``max_cells`` cells, keeping its aspect ratio.
+    """Block-sum ``a`` (1-D or 2-D) to at most ``max_cells`` cells.
 
-    Both axes shrink by about the same factor; an axis already short enough keeps its full
-    resolution and the other takes the remaining budget. Returns what ``block_sum`` returns.
+    An axis no longer than √max_cells (the layers of a step × layer map, a layer's units) keeps
+    full resolution, because merging different layers or units into one cell would change what
+    a cell means; the other axis (usually steps) takes the remaining budget. When both axes are
+    long, both shrink by about the same factor. Returns what ``block_sum`` returns.
     """
     a = np.asarray(a)
     if max_cells < 1:
@@ -86,8 +88,14 @@ def downsample_to_cells(
     r, c = a.shape
     if r * c <= max_cells:
         return block_sum(a, max(r, 1), max(c, 1))
-    scale = math.sqrt(max_cells / (r * c))
-    nc = min(c, max(1, math.floor(c * scale)))
-    nr = min(r, max(1, max_cells // nc))
-    nc = min(c, max(1, max_cells // nr))  # give back what a short row axis did not use
+    side = math.sqrt(max_cells)
+    if c <= side:
+        nr, nc = max(1, max_cells // c), c
+    elif r <= side:
+        nr, nc = r, max(1, max_cells // r)
+    else:
+        scale = math.sqrt(max_cells / (r * c))
+        nc = min(c, max(1, math.floor(c * scale)))
+        nr = min(r, max(1, max_cells // nc))
+        nc = min(c, max(1, max_cells // nr))  # give back what the row axis did not use
     return block_sum(a, nr, nc)

@@ -6,16 +6,26 @@ while the running buffers are neither used nor updated, chunks are fixed, and ch
 weighted by their size so the result is a per-example average whatever the chunking. The model
 itself is never modified: parameters come in as a dict and go through
 ``torch.func.functional_call``; buffers are scratch copies; module modes are restored.
+
+Speed (the measurement gradient is LCA's whole cost): chunk losses are summed on the device in
+float64 and read back once per evaluation, not once per chunk, so a GPU never waits on the host
+between chunks; the sum is the same float64 sum the per-chunk ``float()`` made, so values are
+bit-for-bit unchanged. With ``shard`` the fixed chunks are split across torch.distributed ranks
+(each rank a contiguous slice; weights stay relative to the whole set) and one all-reduce of a
+flat buffer per dtype (loss, every gradient) gives every rank the whole-set result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from . import distributed
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,20 +37,56 @@ class MeasurementError(ValueError):
     """Bad measurement data (empty, mismatched lengths, unknown dtype)."""
 
 
+def _tf32_switches() -> list[tuple[object, str]]:
+    """The per-operation precision switches of PyTorch's newer TF32 API (absent before 2.9)."""
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    switches = [(m, "fp32_precision")]
+    for op in ("conv", "rnn"):
+        sub = getattr(c, op, None)
+        if sub is not None:
+            switches.append((sub, "fp32_precision"))
+    try:
+        for obj, name in switches:
+            getattr(obj, name)
+    except (AttributeError, RuntimeError):
+        return []
+    return switches
+
+
+def _legacy_tf32() -> tuple[bool, bool] | None:
+    """``allow_tf32`` of cuBLAS and cuDNN, or None where PyTorch refuses to answer (the caller
+    set TF32 through the newer ``fp32_precision`` API, and reading the old one is an error)."""
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return None
+
+
 @contextmanager
 def no_tf32() -> Iterator[None]:
-    """TF32 would round matmul inputs to 10 mantissa bits: too coarse for per-step LCA."""
+    """TF32 would round matmul inputs to 10 mantissa bits: too coarse for per-step LCA.
+
+    Both of PyTorch's TF32 APIs are switched off (the legacy ``allow_tf32`` flags and, where it
+    exists, the per-operation ``fp32_precision = "ieee"``, which also overrides a global "tf32"),
+    and both are put back exactly as they were, whichever of them the caller used.
+    """
     if not torch.cuda.is_available():
         yield
         return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    legacy = _legacy_tf32()
+    switches = _tf32_switches()
+    precisions = [getattr(obj, name) for obj, name in switches]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    for obj, name in switches:
+        setattr(obj, name, "ieee")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
+        if legacy is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
+        for (obj, name), value in zip(switches, precisions, strict=True):
+            setattr(obj, name, value)
 
 
 @contextmanager
@@ -85,7 +131,10 @@ class Measurer:
         chunk_size: int = DEFAULT_CHUNK,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        shard: Any = None,
     ) -> None:
+        """``shard``: None (this process measures everything), True (split the chunks over the
+        default torch.distributed group) or a ProcessGroup to split over."""
         if dtype not in (torch.float32, torch.float64):
             raise MeasurementError(f"LCA is measured in float32 or float64, not {dtype}.")
         self.model = model
@@ -100,12 +149,44 @@ class Measurer:
         chunks = _chunks(data, chunk_size)
         if not chunks or sum(len(x) for x, _ in chunks) == 0:
             raise MeasurementError("The measurement set is empty.")
-        self.size = sum(len(x) for x, _ in chunks)
-        self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks]
-        self._weights = [len(x) / self.size for x, _ in chunks]
+        self.size = sum(len(x) for x, _ in chunks)  # always the whole set, sharded or not
+        self.num_chunks = len(chunks)
+        # Weights relative to the GLOBAL size, so a shard's weighted sum is its exact share.
+        weights = [len(x) / self.size for x, _ in chunks]
+        self.group: Any = None
+        self.rank, self.world = 0, 1
+        self.chunk_range = (0, len(chunks))
+        if shard is not None and shard is not False:
+            self.group = distributed.resolve_group(shard)
+            self.rank, self.world = distributed.group_rank_world(self.group)
+            self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
+        lo, hi = self.chunk_range
+        self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
+        self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
+
+    @property
+    def sharded(self) -> bool:
+        return self.group is not None or self.world > 1
+
+    def distribute(self, shard: Any = True) -> Measurer:
+        """Keep only this rank's contiguous slice of the chunks (for a Measurer built unsharded,
+        e.g. inside a Tracker). The chunking and the weights do not change, so L(θ) does not."""
+        if self.sharded:
+            raise RuntimeError("This Measurer is already sharded.")
+        group = distributed.resolve_group(shard)
+        r, w = distributed.group_rank_world(group)
+        lo, hi = distributed.shard_range(len(self._chunks), r, w)
+        self._chunks, self._weights = self._chunks[lo:hi], self._weights[lo:hi]
+        self.group, self.rank, self.world, self.chunk_range = group, r, w, (lo, hi)
+        return self
+
+    @property
+    def local_size(self) -> int:
+        """Examples this rank measures (the whole set when not sharded)."""
+        return sum(len(x) for x, _ in self._chunks)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -129,7 +210,9 @@ class Measurer:
             for n in self.names
         }
         buffers = self._buffers()
-        total = 0.0
+        # float64 on the device: the same sum the old per-chunk float() made, without a host
+        # sync per chunk (float32 -> float64 is exact, and so is the order of the additions).
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         with (
             torch.enable_grad() if need_grad else torch.no_grad(),
             no_tf32(),
@@ -140,7 +223,8 @@ class Measurer:
                 loss = self.loss_fn(out, y) * w
                 if need_grad:
                     loss.backward()
-                total += float(loss.detach())
+                total.add_(loss.detach())
+        grads: Params = {}
         if need_grad:
             self.evaluations += 1
             grads = {
@@ -149,8 +233,11 @@ class Measurer:
             }
         else:
             self.loss_evaluations += 1
-            grads = {}
-        return total, grads
+        if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradients
+            total = distributed.all_reduce_dict({"loss": total}, group=self.group)["loss"]
+            if grads:
+                grads = distributed.all_reduce_dict(grads, group=self.group)
+        return float(total), grads  # the one host sync of the evaluation
 
     def loss(self, params: Params) -> float:
         return self.loss_and_grad(params, need_grad=False)[0]

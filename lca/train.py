@@ -25,9 +25,10 @@ from torch.func import functional_call
 import data
 import techniques as techniques_registry
 
-from . import models
+from . import distributed, models
 from .allocate import NonFiniteLossError, Tracker
 from .config import RunConfig
+from .posthoc import WeightSavingTracker, declarations_for
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
@@ -149,6 +150,13 @@ def run(
     t_start = time.perf_counter()
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    try:  # under torchrun: every rank trains the same steps, the measurement set is sharded
+        dist_ctx = distributed.setup(device)
+    except distributed.DistributedError as e:
+        raise TrainingError(str(e)) from None
+    if dist_ctx is not None:
+        device = dist_ctx.device
+    main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
     try:
         ds = data.load(
             config.dataset,
@@ -162,6 +170,8 @@ def run(
     except ValueError as e:  # DataError, ModelError, TechniqueError: all one sentence
         raise TrainingError(str(e)) from None
     model.to(device)
+    if dist_ctx is not None:
+        distributed.broadcast_module(model)  # one θ_0 on every rank, whatever the init did
     loss_fn = nn.CrossEntropyLoss()
     optimizer = build_optimizer(config, model)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -217,6 +227,8 @@ def run(
         arrays.update({p.path(k): v for k, v in decl.arrays.items()})
 
     path = out if out is not None else config.out
+    if not main:
+        path = None
     writer = None
     if path is not None:
         from .store import Writer
@@ -231,7 +243,13 @@ def run(
             overwrite=True,
         )
     dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
-    tracker = Tracker(
+    tracker_cls = Tracker
+    if config.save_weights:  # θ_0 and θ after every segment, for `python -m lca allocate`
+        w_series, w_arrays = declarations_for(model, dtype)
+        series.update(w_series)
+        arrays.update(w_arrays)
+        tracker_cls = WeightSavingTracker
+    tracker = tracker_cls(
         model,
         loss_fn,
         (mx, my),
@@ -246,6 +264,8 @@ def run(
         events=events,
         arrays=arrays,
     )
+    if dist_ctx is not None:
+        tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     ctx.tracker, ctx.writer = tracker, writer
 
     status, message = "complete", ""
@@ -297,6 +317,8 @@ def run(
                 loss.backward()
             for p in plugins:
                 p.before_step(ctx)
+            if dist_ctx is not None:  # rank 0's gradient everywhere: θ stays identical on
+                distributed.broadcast_grads(model)  # every rank even with GPU nondeterminism
             seconds_train = time.perf_counter() - t0
             with tracker.step() as row:
                 t1 = time.perf_counter()

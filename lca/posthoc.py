@@ -1,0 +1,492 @@
+"""Post-hoc LCA: save θ at every step while training, compute (or recompute) LCA afterwards.
+
+This is how the LCA paper's released code works (weights saved every step, LCA after training),
+and it is useful here to recompute a run with another integrator, to check the online numbers,
+or to spread the work over many processes by step range.
+
+Saving. ``python -m lca train ... --save-weights`` declares, before the file goes SWMR:
+
+* ``series/weights/<name>``: one row per segment, the parameter tensor at the segment's END, in
+  the measurement dtype (f4 or f8), exactly the values the online tracker measured (after any
+  technique's ``effective`` map: the weights the forward pass used);
+* ``weights0/<name>``: θ_0, the start of the first segment (a fixed array, set once).
+
+Float32 θ saved exactly is all post-hoc needs to reproduce the online LCA: the online tracker
+measures those same float32 values, and Δ is their difference.
+
+Recomputing. ``python -m lca allocate RUN.h5 [--method rk4] [--out NEW.h5] [--compare]``
+rebuilds the model and the measurement set from the run's stored config, walks the saved
+trajectory θ_0 → θ_1 → … with a ``Tracker`` (so every number is made by the same code as
+online), and writes a new run file with the same steps, series, events and arrays (the saved
+weights themselves are not copied). Under ``torchrun --nproc-per-node N`` each rank takes a
+contiguous range of segments (paying one extra gradient at its range's start) and rank 0
+gathers the records and writes them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .allocate import KIND_STEP, Layout, RecordSink, StepRecord, Tracker
+from .measure import Params
+
+WEIGHTS = "weights"  # series prefix: θ at the end of each segment
+WEIGHTS0 = "weights0"  # array prefix: θ_0
+READ_ROWS = 64  # saved-weight rows read from the file at a time
+
+
+class PosthocError(ValueError):
+    """A run cannot be recomputed (no saved weights, a model that does not match): one sentence."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving weights during training.
+
+
+def weight_declarations(
+    names_shapes: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype
+) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, tuple[str, tuple[int, ...], float]]]:
+    """(series, arrays) to declare in the Tracker's layout for ``--save-weights``.
+
+    SWMR cannot add datasets once the file is live, so they are declared up front: a per-row
+    series per parameter (θ after each segment) and a fixed array per parameter (θ_0, NaN until
+    set, so a run that never started shows it).
+    """
+    code = "f8" if dtype == torch.float64 else "f4"
+    series = {f"{WEIGHTS}/{n}": (code, tuple(s)) for n, s in names_shapes}
+    arrays = {f"{WEIGHTS0}/{n}": (code, tuple(s), float("nan")) for n, s in names_shapes}
+    return series, arrays
+
+
+def declarations_for(
+    model: nn.Module, dtype: torch.dtype
+) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, tuple[str, tuple[int, ...], float]]]:
+    """``weight_declarations`` for the parameters of ``model``."""
+    return weight_declarations([(n, tuple(p.shape)) for n, p in model.named_parameters()], dtype)
+
+
+class WeightSavingTracker(Tracker):
+    """A Tracker that also records the weights it measured: θ_0 once, θ_end every segment.
+
+    The values are the tracker's own snapshots (effective weights, measurement dtype), so a
+    post-hoc pass over them repeats the online computation exactly. Declare the datasets with
+    ``declarations_for`` (``series=`` and ``arrays=``) when constructing it.
+    """
+
+    def start(self) -> None:
+        first = self._theta is None
+        super().start()
+        if first and self.writer is not None and hasattr(self.writer, "set_array"):
+            for n, t in self._theta.items():
+                self.writer.set_array(f"{WEIGHTS0}/{n}", t)
+
+    def _segment(self, end: Params, kind: int, label: str, row: dict[str, object]) -> None:
+        for n, t in end.items():
+            row[f"{WEIGHTS}/{n}"] = t
+        super()._segment(end, kind, label, row)
+
+
+def has_weights(reader: Any) -> bool:
+    """Whether a run file holds the saved trajectory (``--save-weights``)."""
+    return all(f"{WEIGHTS}/{n}" in reader.series_layout for n in reader.names) and all(
+        f"{WEIGHTS0}/{n}" in reader.array_layout for n in reader.names
+    )
+
+
+def saved_weights(reader: Any, start: int = 0, stop: int | None = None) -> Iterator[Params]:
+    """θ_start, θ_start+1, …, θ_stop from a run file (θ_0 is ``weights0``), as CPU tensors.
+
+    Reads ``READ_ROWS`` rows per parameter at a time: one HDF5 read per block, not per step.
+    """
+    stop = reader.num_steps if stop is None else stop
+    k = start
+    if k == 0:
+        yield {n: torch.from_numpy(reader.array(f"{WEIGHTS0}/{n}")) for n in reader.names}
+        k = 1
+    while k <= stop:
+        hi = min(stop, k - 1 + READ_ROWS)  # rows k-1 .. hi-1 hold θ_k .. θ_hi
+        block = {n: reader.series(f"{WEIGHTS}/{n}", k - 1, hi) for n in reader.names}
+        for j in range(hi - k + 1):
+            yield {n: torch.from_numpy(np.ascontiguousarray(block[n][j])) for n in reader.names}
+        k = hi + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Recomputing.
+
+
+@dataclass
+class Comparison:
+    """How far recomputed LCA is from the file's own (max over steps, per tensor)."""
+
+    max_abs: dict[str, float] = field(default_factory=dict)  # max |new − old|
+    scale: dict[str, float] = field(default_factory=dict)  # max |old|
+    level: str = "params"  # params (per weight, record full) or layers (per tensor)
+    loss_max_abs: float = 0.0
+    steps: int = 0
+
+    def add(self, name: str, new: np.ndarray, old: np.ndarray) -> None:
+        new, old = np.asarray(new, np.float64), np.asarray(old, np.float64)
+        d = float(np.max(np.abs(new - old))) if new.size else 0.0
+        s = float(np.max(np.abs(old))) if old.size else 0.0
+        self.max_abs[name] = max(self.max_abs.get(name, 0.0), d)
+        self.scale[name] = max(self.scale.get(name, 0.0), s)
+
+    def merge(self, other: Comparison) -> None:
+        for n, v in other.max_abs.items():
+            self.max_abs[n] = max(self.max_abs.get(n, 0.0), v)
+        for n, v in other.scale.items():
+            self.scale[n] = max(self.scale.get(n, 0.0), v)
+        self.loss_max_abs = max(self.loss_max_abs, other.loss_max_abs)
+        self.steps += other.steps
+
+    @property
+    def relative(self) -> dict[str, float]:
+        """Per tensor: max |new − old| / max |old| (0 where the tensor never moved)."""
+        return {n: (d / self.scale[n] if self.scale[n] > 0 else d) for n, d in self.max_abs.items()}
+
+    @property
+    def max_relative(self) -> float:
+        return max(self.relative.values(), default=0.0)
+
+    def format(self) -> str:
+        rel = self.relative
+        worst = max(rel, key=rel.get) if rel else "n/a"
+        return (
+            f"compared {self.steps} segments per {'weight' if self.level == 'params' else 'tensor'}"
+            f": max relative difference {self.max_relative:.3e} (worst {worst}), "
+            f"max loss difference {self.loss_max_abs:.3e}"
+        )
+
+
+@dataclass
+class PosthocResult:
+    """What ``allocate_run`` did (on rank 0; other ranks get their own slice's numbers)."""
+
+    path: str | None
+    segments: int
+    seconds: float
+    method: str
+    comparison: Comparison | None
+    ranks: int = 1
+    status: str = "complete"
+
+
+class _Relay(RecordSink):
+    """Receives a range tracker's records, renumbers them globally, and writes, compares or
+    keeps them (ranks other than 0 keep them for rank 0)."""
+
+    def __init__(
+        self,
+        lo: int,
+        train_steps: np.ndarray,
+        writer: Any,
+        compare: Comparison | None,
+        reader: Any,
+        series: dict[str, np.ndarray],
+        keep: bool,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.lo, self.train_steps, self.writer, self.compare = lo, train_steps, writer, compare
+        self.reader, self.series, self.keep, self.progress = reader, series, keep, progress
+        self.kept: list[StepRecord] = []
+        self.layout: Layout | None = None
+        self.loss0: float | None = None
+
+    def begin(self, layout: Layout, loss0: float) -> None:
+        self.layout, self.loss0 = layout, loss0
+        if self.writer is not None:
+            self.writer.begin(layout, loss0)
+
+    def append(self, record: StepRecord) -> None:
+        record.index += self.lo
+        record.train_step = int(self.train_steps[record.index])
+        if self.compare is not None:
+            compare_record(self.compare, self.reader, record)
+        if self.keep:
+            record.per_param = {n: a.detach().cpu() for n, a in record.per_param.items()}
+            record.series = {}
+            self.kept.append(record)
+        else:
+            self.write(record)
+        if self.progress is not None:
+            self.progress(record.index + 1)
+
+    def write(self, record: StepRecord) -> None:
+        if self.writer is not None:
+            record.series = {p: v[record.index] for p, v in self.series.items()}
+            self.writer.append(record)
+
+    def close(self, status: str) -> None:  # the caller closes the writer after gathering
+        pass
+
+
+def compare_record(c: Comparison, reader: Any, record: StepRecord) -> None:
+    """Fold one recomputed segment into ``c`` against row ``record.index`` of the source."""
+    k = record.index
+    if reader.record == "full":
+        for n in reader.names:
+            c.add(n, record.per_param[n].detach().cpu().numpy(), reader.param_lca(n, k, k + 1)[0])
+    else:
+        c.level = "layers"
+        old = reader.layer_lca(k, k + 1)[0]
+        for i, n in enumerate(reader.names):
+            c.add(n, np.asarray([record.per_tensor[i]]), np.asarray([old[i]]))
+    loss = reader.steps("loss", k + 1, k + 2)
+    if len(loss):
+        c.loss_max_abs = max(c.loss_max_abs, abs(record.loss_end - float(loss[0])))
+    c.steps += 1
+
+
+def rebuild(config: dict[str, Any], device: torch.device, data_dir: str | None = None):
+    """(model, loss_fn, measurement set) of a run from its stored config, as training made them.
+
+    Uses the training loop's own helpers, so the measurement set is the same seeded subset.
+    """
+    import data
+
+    from . import models
+    from .config import RunConfig
+    from .train import TrainingError, measurement_set, seed_everything
+
+    values = dict(config)
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    cfg = RunConfig.from_dict(values)
+    seed_everything(cfg.seed)
+    try:
+        ds = data.load(
+            cfg.dataset,
+            subset=cfg.subset,
+            seed=cfg.seed,
+            data_dir=cfg.data_dir,
+            **cfg.dataset_options,
+        )
+        model = models.build(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    model.to(device)
+    return cfg, model, nn.CrossEntropyLoss(), measurement_set(ds, cfg)
+
+
+def default_out(source: str | Path, method: str) -> Path:
+    p = Path(source)
+    return p.with_name(f"{p.stem}.posthoc-{method}{p.suffix or '.h5'}")
+
+
+def allocate_run(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    method: str | None = None,
+    record: str | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    compare: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PosthocResult:
+    """Recompute the LCA of a run recorded with ``--save-weights``.
+
+    ``out``: write a new run file there (None with ``compare``: compare only). ``method``: the
+    integrator (default: the run's). Launched by torchrun, ranks split the segments by range.
+    """
+    from . import integrate
+    from .store import Reader, Writer
+    from .train import resolve_device
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dist_ctx = distributed.setup(dev)
+    rank, world = (dist_ctx.rank, dist_ctx.world) if dist_ctx else (0, 1)
+    if dist_ctx is not None:
+        dev = dist_ctx.device
+    try:
+        reader = Reader(source)
+        try:
+            if not has_weights(reader):
+                raise PosthocError(
+                    f"{Path(source).name} has no saved weights; record the run with "
+                    "--save-weights to compute its LCA afterwards."
+                )
+            if not reader.config.get("dataset") or not reader.config.get("model"):
+                raise PosthocError(
+                    f"{Path(source).name} has no training config (dataset, model), so its "
+                    "measurement set cannot be rebuilt; recompute runs made by `python -m lca "
+                    "train`, or call lca.allocate on the saved weights yourself."
+                )
+            method = method or reader.method
+            integrate.rule(method)  # one sentence for an unknown name
+            cfg, model, loss_fn, (mx, my) = rebuild(reader.config, dev, data_dir)
+            names = [n for n, _ in model.named_parameters()]
+            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+            if names != reader.names or any(shapes[n] != reader.shapes[n] for n in names):
+                raise PosthocError(
+                    f"The model rebuilt from {Path(source).name}'s config does not match the "
+                    "saved weights (names or shapes differ); was the model zoo changed?"
+                )
+            dtype = torch.float64 if reader.dtype == "float64" else torch.float32
+            total = reader.num_steps
+            kinds = reader.steps("kind")
+            labels = reader.steps("label")
+            train_steps = reader.steps("train_step")
+            lo, hi = distributed.shard_range(total, rank, world)
+            main = rank == 0
+
+            writer = None
+            path = None
+            if main and (out is not None or not compare):
+                path = Path(out) if out is not None else default_out(source, method)
+                if path.resolve() == Path(source).resolve():
+                    raise PosthocError("--out must differ from the run being recomputed.")
+                new_config = {
+                    **reader.config,
+                    "method": method,
+                    "save_weights": False,
+                    "out": str(path),
+                }
+                writer = Writer(
+                    path,
+                    record=record or reader.record,
+                    config=new_config,
+                    max_bytes=cfg.max_bytes,
+                    expected_steps=total,
+                    overwrite=overwrite,
+                )
+            try:
+                copied = {
+                    p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")
+                }
+                series_values = {p: reader.series(p) for p in copied} if main else {}
+                arrays = (
+                    {
+                        p: v
+                        for p, v in reader.array_layout.items()
+                        if not p.startswith(WEIGHTS0 + "/")
+                    }
+                    if main
+                    else {}
+                )
+                events = dict(reader.event_layout) if main else {}
+                comparison = Comparison() if compare else None
+                relay = _Relay(
+                    lo,
+                    train_steps,
+                    writer,
+                    comparison,
+                    reader,
+                    series_values,
+                    keep=not main,
+                    progress=(lambda i: progress(i, total)) if (progress and main) else None,
+                )
+                trajectory = saved_weights(reader, lo, hi)
+                current: dict[str, Params] = {"θ": next(trajectory)}
+                if not _finite(current["θ"]):
+                    raise PosthocError(
+                        f"{Path(source).name} holds no finite weights at segment {lo} (θ_0 is "
+                        "saved when the first step starts); it cannot be recomputed."
+                    )
+                tracker = Tracker(
+                    model,
+                    loss_fn,
+                    (mx, my),
+                    method=method,
+                    writer=relay,
+                    tolerance=cfg.tolerance,
+                    chunk_size=cfg.measure_batch,
+                    dtype=dtype,
+                    device=dev,
+                    effective=lambda _p: current["θ"],
+                    series=copied if main else None,
+                    events=events or None,
+                    arrays=arrays or None,
+                    keep_cumulative=False,
+                )
+                if main or hi > lo:  # a rank with no segments measures nothing
+                    tracker.start()
+                if writer is not None:  # copy the run's events and arrays into the new file
+                    for p in events:
+                        table = reader.events(p)
+                        cols = reader.event_layout[p]
+                        rows = np.stack([table[c] for c in cols], axis=1) if cols else []
+                        for r in rows:
+                            writer.add_event(p, r)
+                    for p in arrays:
+                        writer.set_array(p, reader.array(p))
+                for k in range(lo, hi):
+                    theta = next(trajectory)
+                    if int(kinds[k]) == KIND_STEP:
+                        with tracker.step():
+                            current["θ"] = theta
+                    else:
+                        with tracker.intervention(str(labels[k])):
+                            current["θ"] = theta
+            except BaseException:
+                if writer is not None:  # a file that was begun says how it ended
+                    writer.close("failed")
+                raise
+            status = reader.status
+        finally:
+            reader.close()
+
+        if world > 1:
+            gathered = distributed.gather_objects((relay.kept, comparison), dst=0)
+            if main:
+                for r_kept, r_cmp in gathered[1:]:
+                    for rec in r_kept:
+                        relay.write(rec)
+                        if progress is not None:
+                            progress(rec.index + 1, total)
+                    if comparison is not None and r_cmp is not None:
+                        comparison.merge(r_cmp)
+        final = {"running": "interrupted"}.get(status, status)
+        if writer is not None:
+            writer.close(final)
+        return PosthocResult(
+            path=str(path) if path is not None else None,
+            segments=total if main else hi - lo,
+            seconds=time.perf_counter() - t0,
+            method=method,
+            comparison=comparison,
+            ranks=world,
+            status=final,
+        )
+    finally:
+        distributed.teardown(dist_ctx)
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b| / max |b|: the tolerance measure used for LCA comparisons (0 if b ≡ 0)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    d = float(np.max(np.abs(a - b))) if a.size else 0.0
+    return d / scale if scale > 0 else d
+
+
+def _finite(values: Params) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in values.values())
+
+
+__all__ = [
+    "WEIGHTS",
+    "WEIGHTS0",
+    "Comparison",
+    "PosthocError",
+    "PosthocResult",
+    "WeightSavingTracker",
+    "allocate_run",
+    "declarations_for",
+    "has_weights",
+    "relative_difference",
+    "saved_weights",
+    "weight_declarations",
+]
