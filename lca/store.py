@@ -26,6 +26,7 @@ import re
 import shutil
 import socket
 import struct
+import threading
 import time
 import warnings
 import weakref
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import h5py
 import numpy as np
@@ -200,6 +201,15 @@ def _clean_path(path: str, what: str) -> str:
     if not parts or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"The {what} path {path!r} is not a valid HDF5 path like 'techniques/x'.")
     return "/".join(parts)
+
+
+def _json_fill(v: Any) -> Any:
+    """An array's fill value as JSON (numbers as floats, byte strings as text)."""
+    if isinstance(v, bytes | np.bytes_):
+        return bytes(v).decode("ascii", "replace")
+    if isinstance(v, str):
+        return v
+    return float(v)
 
 
 def _fill_for(dtype: np.dtype) -> Any:
@@ -478,7 +488,7 @@ class Writer:
         _str_attr(f, "events", json.dumps(
             {_clean_path(p, "event table"): list(c) for p, c in layout.events.items()}))
         _str_attr(f, "arrays", json.dumps(
-            {_clean_path(p, "array"): [np.dtype(d).str, list(s), float(v)]
+            {_clean_path(p, "array"): [np.dtype(d).str, list(s), _json_fill(v)]
              for p, (d, s, v) in layout.arrays.items()}))
 
         f.create_dataset("status", data=np.bytes_(b"running"), dtype=STATUS_DTYPE)
@@ -921,6 +931,58 @@ def _config_name(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+class _SharedFile:
+    """One open h5py.File (and one handle per dataset) per run file per process.
+
+    Two app sessions viewing the same live run open it in one server process; HDF5 shares the
+    underlying file, and two handles on one dataset break each other after ``refresh()``. So
+    Readers of the same file (same device and inode: a replaced file gets a fresh entry) share
+    handles, counted, and the file closes when the last Reader closes.
+    """
+
+    _open: ClassVar[dict[tuple[str, int, int], _SharedFile]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, key: tuple[str, int, int], file: h5py.File) -> None:
+        self.key, self.file, self.refs = key, file, 0
+        self._datasets: dict[str, h5py.Dataset] | None = None
+
+    @classmethod
+    def acquire(cls, path: Path) -> _SharedFile:
+        try:
+            st = path.stat()
+            key = (str(path.resolve()), st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        with cls._lock:
+            shared = cls._open.get(key) if key is not None else None
+            if shared is None or not shared.file.id.valid:
+                shared = cls(key or (str(path), -1, -1), _open_checked(path))
+                if key is not None:
+                    cls._open[key] = shared
+            shared.refs += 1
+            return shared
+
+    def datasets(self) -> dict[str, h5py.Dataset]:
+        with self._lock:
+            if self._datasets is None:
+                found: dict[str, h5py.Dataset] = {}
+                self.file.visititems(
+                    lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None
+                )
+                self._datasets = found
+            return self._datasets
+
+    def release(self) -> None:
+        with self._lock:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            if self._open.get(self.key) is self:
+                del self._open[self.key]
+        self.file.close()
+
+
 class Reader:
     """Read-only view of a run file, live (SWMR) or finished.
 
@@ -930,7 +992,8 @@ class Reader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._f: h5py.File | None = _open_checked(self.path)
+        self._shared: _SharedFile | None = _SharedFile.acquire(self.path)
+        self._f: h5py.File | None = self._shared.file
         try:
             self._load()
             self.refresh()
@@ -984,11 +1047,10 @@ class Reader:
             for p, (d, s, v) in json.loads(self.attrs.get("arrays") or "{}").items()
         }
 
-        # One handle per dataset, opened once: HDF5 reopens a dataset on refresh(), and a second
-        # open handle to the same dataset then fails to read ("can't insert duplicate key").
-        self._ds: dict[str, h5py.Dataset] = {}
-        f.visititems(lambda n, o: self._ds.__setitem__(n, o) if isinstance(o, h5py.Dataset)
-                     else None)
+        # One handle per dataset per process (shared by every Reader of this file): HDF5 reopens
+        # a dataset on refresh(), and a second open handle to the same dataset then fails to
+        # read ("can't insert duplicate key").
+        self._ds: dict[str, h5py.Dataset] = self._shared.datasets()
         ds = self._ds
         self._status = ds["status"]
         self._loss = ds["steps/loss"]
@@ -1040,9 +1102,10 @@ class Reader:
         return self._f
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._shared is not None:
+            self._shared.release()
+            self._shared = None
+        self._f = None
 
     def __enter__(self) -> Reader:
         return self
@@ -1199,6 +1262,18 @@ class Reader:
         return path.strip("/") in self._require()
 
     # -- summary ------------------------------------------------------------------------------
+    def technique_summaries(self) -> dict[str, dict[str, Any]]:
+        """What each technique did and saved (its summary() when the run ended), or {}."""
+        if not self.has("technique_summaries"):
+            return {}
+        raw = self.array("technique_summaries")
+        raw = raw.item() if hasattr(raw, "item") else raw
+        try:
+            value = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except (ValueError, UnicodeDecodeError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
     def summary(self, top: int = 5) -> dict[str, Any]:
         """The run at a glance, all computed from the file (for `inspect`, the app, notebooks)."""
         self._require()
@@ -1251,6 +1326,7 @@ class Reader:
             "test_loss": None,
             "top_helping": helping,
             "top_hurting": hurting,
+            "technique_summaries": self.technique_summaries(),
         }
         if self.has("eval"):
             try:

@@ -9,6 +9,7 @@ run with a status in the file and every step before it kept.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -31,7 +32,9 @@ from .config import RunConfig
 from .posthoc import WeightSavingTracker, declarations_for
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
-EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
+EVAL_MAX_EXAMPLES = 5000
+SUMMARIES_PATH = "technique_summaries"  # JSON: technique name -> its summary() dict
+SUMMARIES_BYTES = 1 << 16  # accuracy is measured on at most this many examples per split
 
 
 class TrainingError(RuntimeError):
@@ -210,8 +213,11 @@ def run(
         return tr, te, te_loss
 
     ctx.evaluate = lambda: evaluate_all()[:2]
-    for p in plugins:
-        p.setup(ctx)
+    try:
+        for p in plugins:
+            p.setup(ctx)
+    except ValueError as e:  # TechniqueError: e.g. a layer name the model does not have
+        raise TrainingError(str(e)) from None
 
     series: dict[str, tuple[str, tuple[int, ...]]] = {
         "steps/train_loss": ("f8", ()),
@@ -220,6 +226,8 @@ def run(
     }
     events: dict[str, tuple[str, ...]] = {"eval": EVAL_COLUMNS}
     arrays: dict[str, tuple[str, tuple[int, ...], float]] = {}
+    if plugins:  # what each technique did and saved, as JSON, written when the run ends
+        arrays[SUMMARIES_PATH] = (f"S{SUMMARIES_BYTES}", (), b"")
     for p in plugins:
         decl = p.declare(ctx)
         series.update({p.path(k): v for k, v in decl.series.items()})
@@ -350,6 +358,9 @@ def run(
         _close_quietly(tracker, "failed")
         raise
     summaries = {p.name: p.summary() for p in plugins}
+    if writer is not None and plugins:
+        with contextlib.suppress(Exception):  # a summary must never cost the run its status
+            writer.set_array(SUMMARIES_PATH, summaries_json(summaries))
     tracker.close(status)
     last_acc = ctx.accuracy[-1] if ctx.accuracy else (0, None, None)
     return RunResult(
@@ -365,6 +376,29 @@ def run(
         summaries=summaries,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def summaries_json(summaries: dict[str, dict[str, Any]]) -> bytes:
+    """Technique summaries as JSON bytes (NaN as null), trimmed to fit the declared array."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, np.generic):
+            return clean(v.item())
+        return v
+
+    text = json.dumps(clean(summaries), default=str).encode()
+    if len(text) > SUMMARIES_BYTES:  # keep only the scalar entries of each summary
+        text = json.dumps({
+            k: {kk: vv for kk, vv in clean(v).items() if not isinstance(vv, dict | list)}
+            for k, v in summaries.items()
+        }).encode()[:SUMMARIES_BYTES]
+    return text
 
 
 def _expected_interventions(plugins: list, steps: int) -> int:

@@ -1,0 +1,215 @@
+"""Server-side render time of the analysis pages on a big run (target: under 1 s per page).
+
+Writes a synthetic run WITHOUT training: an MLP 784-256-10 layout (203,530 parameters), 2,000
+steps recorded "full" (every weight on every step, float32: about 1.6 GB), random LCA values whose
+sums match a decreasing loss, through the real ``lca.Writer``. Then renders each page with
+Streamlit's AppTest (what the server does for one browser: read the file, build the figures,
+serialise them) and prints the time per page, first render and again, plus the size of the
+figure JSON sent to the browser. The pure parts (Reader reads + figure functions) are also timed.
+
+    python benchmarks/app.py [--steps 2000] [--hidden 256] [--out /tmp/lca-bench] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import lca  # noqa: E402
+from lca.allocate import KIND_STEP, StepRecord, UnitGroup  # noqa: E402
+
+PAGES = ("loss", "layers", "neurons", "compare")
+
+
+def synthetic_run(path: Path, steps: int, hidden: int, inputs: int = 784, classes: int = 10,
+                  seed: int = 0) -> float:
+    """Write a run of random LCA through lca.Writer; return the seconds it took."""
+    rng = np.random.default_rng(seed)
+    shapes = {"fc1.weight": (hidden, inputs), "fc1.bias": (hidden,),
+              "out.weight": (classes, hidden), "out.bias": (classes,)}
+    names = tuple(shapes)
+    units = (UnitGroup("fc1", ("fc1.weight", "fc1.bias"), (0, 0), hidden),
+             UnitGroup("out", ("out.weight", "out.bias"), (0, 0), classes))
+    layout = lca.Layout(
+        names=names, shapes=tuple(shapes[n] for n in names), units=units, method="rk4",
+        dtype="float32", measure_size=10_000,
+        series={"steps/train_loss": ("f8", ()), "steps/seconds_train": ("f8", ()),
+                "steps/lr": ("f8", ())},
+        events={"eval": ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")})
+    config = {"dataset": "mnist", "model": "mlp", "model_options": {"hidden": [hidden]},
+              "steps": steps, "record": "full", "method": "rk4", "techniques": [],
+              "note": "synthetic benchmark run (random LCA, no training)"}
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    total_p = sum(sizes.values())
+    t0 = time.perf_counter()
+    writer = lca.Writer(path, record="full", config=config, overwrite=True,
+                        expected_steps=steps)
+    loss0 = 2.3
+    writer.begin(layout, loss0)
+    loss = loss0
+    # A pool of random draws, rescaled per step: drawing 200k normals every step would cost
+    # more than writing them. Sums are taken in float64 from the float32 values written.
+    pool = [{n: rng.standard_normal(sizes[n], dtype=np.float32).reshape(shapes[n])
+             for n in names} for _ in range(16)]
+    # The loss falls by 2.0 over the run, fastest early; each weight's LCA is noise around a
+    # small negative drift, so a bit more than half of the weights help on a step (the paper).
+    w = 0.05 + np.exp(-np.arange(steps) / (steps / 8))
+    drifts = -2.0 * w / w.sum() / total_p
+    for t in range(steps):
+        drift = np.float32(drifts[t])
+        scale = np.float32(-10.0) * drift
+        draw = pool[int(rng.integers(len(pool)))]
+        arrays = {n: draw[n] * scale + drift for n in names}
+        per_param = {n: torch.from_numpy(a) for n, a in arrays.items()}
+        per_tensor = np.array([np.sum(arrays[n], dtype=np.float64) for n in names])
+        per_unit = {
+            "fc1": arrays["fc1.weight"].sum(axis=1, dtype=np.float64)
+            + arrays["fc1.bias"].astype(np.float64),
+            "out": arrays["out.weight"].sum(axis=1, dtype=np.float64)
+            + arrays["out.bias"].astype(np.float64),
+        }
+        helped = sum(int(np.count_nonzero(arrays[n] < 0)) for n in names) / total_p
+        start, loss = loss, loss + math.fsum(per_tensor) + float(rng.normal(0, 1e-6))
+        writer.append(StepRecord(
+            index=t, kind=KIND_STEP, train_step=t + 1, label="", loss_start=start,
+            loss_end=loss, per_param=per_param, per_tensor=per_tensor, per_unit=per_unit,
+            helped=helped, hurt=1 - helped, splits=1, evaluations=2, seconds_lca=0.01,
+            wall=0.02 * (t + 1),
+            series={"steps/train_loss": loss + float(rng.normal(0, 0.05)),
+                    "steps/seconds_train": 0.005, "steps/lr": 0.05}))
+        if (t + 1) % 100 == 0 or t + 1 == steps:
+            acc = 1 - 0.9 * math.exp(-(t + 1) / (steps / 6))
+            writer.add_event("eval", [t + 1, acc, acc - 0.02, loss + 0.05, loss])
+    writer.close("complete")
+    return time.perf_counter() - t0
+
+
+def time_apptest(page: str, run: str, repeats: int = 2) -> tuple[list[float], int, int]:
+    """Seconds per AppTest render (first, then again), the number of charts and their JSON
+    size in bytes."""
+    from streamlit.testing.v1 import AppTest
+
+    times = []
+    at = None
+    for _ in range(repeats):
+        at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=300)
+        at.session_state["run"] = run
+        if page == "compare":
+            at.session_state["compare_runs"] = [run, "small.h5"]
+        t0 = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t0)
+        if at.exception:
+            raise RuntimeError(f"{page}: {at.exception[0].message}")
+    charts = at.get("plotly_chart")
+    return times, len(charts), sum(len(c.proto.spec) for c in charts)
+
+
+def time_functions(path: Path) -> dict[str, float]:
+    """Reader reads + figure functions of each page, without Streamlit (median of 3)."""
+    from lca import figures as F
+    from lca.synchrony import synchrony
+
+    def loss_page():
+        with lca.open_run(path) as r:
+            r.summary()
+            kind = r.steps("kind")
+            F.loss_conservation(r.steps("loss"), r.steps("lca"), kind=kind).to_json()
+            F.step_error(r.steps("error"), r.steps("splits"), kind=kind).to_json()
+            ev = r.events("eval")
+            F.training_curves(r.series("steps/train_loss"), ev,
+                              F.accuracy_x(ev["train_step"], r.steps("train_step"), kind)
+                              ).to_json()
+            F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind).to_json()
+
+    def layers_page():
+        with lca.open_run(path) as r:
+            a = r.layer_lca()
+            F.layer_totals(r.names, a.sum(0)).to_json()
+            F.layer_step_heatmap(a, r.names).to_json()
+            F.cumulative_layers(r.layer_lca(cumulative=True), r.names).to_json()
+            res = synchrony(a)
+            F.peak_raster(res.peaks, r.names).to_json()
+            F.synchrony_figure(res).to_json()
+
+    def neurons_page():
+        with lca.open_run(path) as r:
+            t = r.num_steps
+            F.unit_heatmap(r.unit_lca("fc1")).to_json()
+            totals = {n: r.param_totals(n) for n in r.names}
+            helped = {n: r.param_helped_steps(n) for n in r.names}
+            F.first_layer_images(totals["fc1.weight"], (1, 28, 28), max_units=64).to_json()
+            rows = max(1, 4_000_000 // r.num_params)
+            window = min(32, rows)
+            parts = [r.param_lca(n, s, s + window).ravel()
+                     for s in range(0, t - window + 1, t // max(1, rows // window))[
+                         : max(1, rows // window)] for n in r.names]
+            F.lca_histogram(np.concatenate(parts)).to_json()
+            F.helped_fraction_histogram(np.concatenate([h.ravel() for h in helped.values()]),
+                                        t).to_json()
+            table = F.top_parameters(totals, helped, t)
+            row = table[0]
+            F.param_trace(r.param_lca(row["tensor"], index=row["index"])).to_json()
+
+    out = {}
+    for name, fn in (("loss", loss_page), ("layers", layers_page), ("neurons", neurons_page)):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=None, help="folder for the run (default: a temp "
+                    "folder, removed afterwards unless --keep)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated run files")
+    args = ap.parse_args()
+
+    folder = args.out or Path(tempfile.mkdtemp(prefix="lca-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["LCA_RUNS_DIR"] = str(folder)
+    big = folder / "big.h5"
+    try:
+        seconds = synthetic_run(big, args.steps, args.hidden)
+        synthetic_run(folder / "small.h5", 50, 32)
+        with lca.open_run(big) as r:
+            params, steps = r.num_params, r.num_steps
+        size = big.stat().st_size
+        print(f"synthetic run: {params:,} parameters x {steps:,} steps, record full, "
+              f"{size / 1e9:.2f} GB, written in {seconds:.1f} s")
+
+        # Warm up imports (streamlit, plotly, h5py, torch) on the small run first.
+        time_apptest("loss", "small.h5", repeats=1)
+        print(f"{'page':<10}{'first render':>14}{'again':>10}{'charts':>8}{'figure JSON':>14}")
+        for page in PAGES:
+            (first, again), n, nbytes = time_apptest(page, "big.h5")
+            print(f"{page:<10}{first:>12.2f} s{again:>8.2f} s{n:>8}{nbytes / 1e6:>11.2f} MB")
+        print("reads + figure functions only (no Streamlit), median of 3:")
+        for page, sec in time_functions(big).items():
+            print(f"  {page:<10}{sec:>8.2f} s")
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Compare page: two or more runs side by side.
+
+Which runs: st.session_state["compare_runs"] when the Runs page set it, else a multiselect of
+every run (bound to the URL, so a comparison can be shared). Loss curves overlaid, aligned by
+training step or by wall-clock time; per-layer totals side by side and each run's difference
+from the first one. Runs with different architectures are compared on the layers whose names
+match, and the page says so. Reads only per-step scalars and per-layer sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lca import figures as F
+from lca import runs
+from lca.store import Reader, RunFileError
+from pages.shared import LIVE_SECONDS, plot
+
+COMPARE_KEY = "compare_runs"  # set by the Runs page
+PICK_KEY = "compare"  # the multiselect, bound to ?compare=
+MAX_DIFFERENCES = 4
+
+
+@dataclass
+class RunData:
+    """What the comparison needs from one run, read once per redraw."""
+
+    name: str
+    status: str = ""
+    summary: dict = field(default_factory=dict)
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    train_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wall: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    names: list[str] = field(default_factory=list)
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sizes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_run(name: str) -> RunData:
+    """One run's loss, step/wall axes, per-layer totals and summary; a bad file -> .error."""
+    try:
+        path: Path = runs.resolve(name)
+        with Reader(path) as r:
+            return RunData(
+                name=name, status=r.status, summary=r.summary(), loss=r.steps("loss"),
+                train_step=r.steps("train_step"), wall=r.steps("wall"), names=list(r.names),
+                totals=r.layer_totals() if r.num_steps else np.zeros(len(r.names)),
+                sizes={n: int(math.prod(r.shapes[n])) for n in r.names})
+    except (RunFileError, OSError, runs.RunNameError, KeyError, ValueError) as e:
+        text = str(e).splitlines()[0] if str(e) else f"{name} cannot be read."
+        return RunData(name=name, error=text)
+
+
+def _status(name: str) -> str | None:
+    try:
+        with Reader(runs.resolve(name)) as r:
+            return r.status
+    except (RunFileError, OSError, runs.RunNameError, KeyError, ValueError):
+        return None
+
+
+def summary_table(data: list[RunData]) -> None:
+    rows = []
+    for d in data:
+        s = d.summary
+        rows.append({
+            "run": d.name, "status": d.status, "dataset": s.get("dataset"),
+            "model": s.get("model"), "techniques": ", ".join(s.get("techniques") or []) or "—",
+            "steps": s.get("steps"), "parameters": s.get("num_params"),
+            "final loss": s.get("loss_final"),
+            "test accuracy %": None if s.get("test_acc") is None else 100 * s["test_acc"],
+            "helping per step %": None if s.get("mean_helped") is None
+            else 100 * s["mean_helped"],
+            "seconds": s.get("duration_s"),
+        })
+    st.dataframe(rows, hide_index=True, column_config={
+        "final loss": st.column_config.NumberColumn(format="%.4f"),
+        "test accuracy %": st.column_config.NumberColumn(format="%.1f"),
+        "helping per step %": st.column_config.NumberColumn(format="%.1f"),
+        "seconds": st.column_config.NumberColumn(format="%.1f"),
+    })
+
+
+def render(chosen: list[str]) -> bool:
+    """Draw the comparison; return whether any of the runs is still running."""
+    data = [read_run(n) for n in chosen]
+    for d in data:
+        if d.error:
+            st.warning(d.error)
+    data = [d for d in data if not d.error]
+    if len(data) < 2:
+        st.info("Pick at least two readable runs to compare.")
+        return any(d.status == "running" for d in data)
+    summary_table(data)
+
+    c1, c2, c3 = st.columns(3)
+    align = c1.radio("Align the runs by", ["training step", "wall-clock time"], horizontal=True,
+                     key="compare_align", bind="query-params")
+    log_y = c2.toggle("Log scale for the loss", key="compare_log", bind="query-params")
+    per_param = c3.toggle("Per parameter", key="compare_per_param", bind="query-params",
+                          help="Divide each layer's total by its number of parameters.")
+    by_time = align == "wall-clock time"
+    curves = []
+    for d in data:
+        n = len(d.loss) - 1
+        if by_time:
+            x = np.concatenate([[0.0], d.wall[:n]])
+        else:
+            x = np.concatenate([[0.0], d.train_step[:n].astype(np.float64)])
+        curves.append((d.name, x, d.loss))
+    plot(F.compare_loss(curves, x_title="seconds since the run started" if by_time
+                        else "training step", log_y=log_y), key="compare_loss")
+    st.caption("Each line is one run's loss on its own measurement set"
+               + (" against the seconds since it started (training and LCA together)."
+                  if by_time else " after each optimizer step."))
+
+    first = data[0].names
+    common = [n for n in first if all(n in d.names for d in data[1:])]
+    all_names = {n for d in data for n in d.names}
+    if not common:
+        st.info("These runs share no layer names (different architectures), so their layers "
+                "cannot be compared; only the loss curves are shown.")
+        return any(d.status == "running" for d in data)
+    if len(common) < len(all_names) or any(d.names != first for d in data):
+        st.info(f"The runs have different architectures: only the {len(common)} layers whose "
+                f"names match in all of them are compared ({len(all_names) - len(common)} "
+                "left out).")
+    elif any(d.sizes != data[0].sizes for d in data):
+        st.info("The runs have the same layer names but different layer sizes; switch on "
+                "'Per parameter' to compare them fairly.")
+    totals = {d.name: np.array([d.totals[d.names.index(n)] for n in common]) for d in data}
+    counts = {d.name: np.array([d.sizes[n] for n in common]) for d in data}
+    plot(F.compare_layers(common, totals, counts=counts, per_param=per_param),
+         key="compare_layers")
+    st.caption("Each layer's total LCA in each run (one colour per run). Bars below 0: the "
+               "layer lowered the loss over the run.")
+    a = data[0]
+    for b in data[1: 1 + MAX_DIFFERENCES]:
+        plot(F.compare_layer_difference(common, totals[a.name], totals[b.name], a.name, b.name,
+                                        counts_a=counts[a.name], counts_b=counts[b.name],
+                                        per_param=per_param), key=f"compare_diff_{b.name}")
+    st.caption(f"Run B − run A (A = {a.name}, the first run picked): :green[green] where B's "
+               "layer lowered the loss more (or raised it less) than A's, :red[red] where it "
+               "did less.")
+    if len(data) > 1 + MAX_DIFFERENCES:
+        st.caption(f"Differences are drawn for the first {MAX_DIFFERENCES} runs after A.")
+    return any(d.status == "running" for d in data)
+
+
+def main() -> None:
+    st.title("Compare runs")
+    try:
+        names = [r.name for r in runs.list_runs()]
+    except OSError as e:
+        st.error(f"The runs folder cannot be read ({e.strerror or e}); check LCA_RUNS_DIR.")
+        return
+    if len(names) < 2:
+        st.info("Comparing needs at least two runs in the runs folder; train another one on "
+                "the Train page.")
+        return
+    preset = [n for n in st.session_state.get(COMPARE_KEY) or [] if n in names]
+    default = preset if len(preset) >= 2 else names[:2]
+    chosen = st.multiselect("Runs to compare", names, default=default, key=PICK_KEY,
+                            bind="query-params", placeholder="Pick two or more runs")
+    if len(chosen) < 2:
+        st.info("Pick at least two runs to compare.")
+        return
+    if any(_status(n) == "running" for n in chosen):
+
+        @st.fragment(run_every=LIVE_SECONDS)
+        def live() -> None:
+            if not render(chosen):
+                st.rerun()
+
+        live()
+    else:
+        render(chosen)
+
+
+main()

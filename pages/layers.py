@@ -1,0 +1,253 @@
+"""Layers page: which layers did the learning, when, and did they learn together?
+
+Total LCA per layer (absolute or per parameter), a layer × step heatmap whose cells are clickable
+(the click drills into that layer and range of steps), each layer's cumulative LCA, and the
+synchronization test of lca/synchrony.py (do layers' LCA peaks fall on the same steps more often
+than chance?). Reads the per-layer table (T × L, small) and, in a drill-down, one unit group.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lca import figures as F
+from lca.store import Reader
+from lca.synchrony import SynchronyError, synchrony
+from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+
+HEATMAP_KEY = "layers_heatmap"
+DRILL_LAYER = "drill_layer"
+DRILL_STEPS = "drill_steps"
+MIN_DRILL = 40  # steps shown around a clicked cell
+DRILL_SET = "_drill_set"  # the click callback just set the drill-down widgets
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _synchrony(_r: Reader, path: str, t: int, mtime: int, top: float, window: int) -> dict:
+    """The synchrony test on optimizer steps only (cached per file state and settings; the open
+    reader is passed in, unhashed, because a second reader of the same file in one process
+    would disturb the first one's SWMR reads)."""
+    kind = _r.steps("kind", 0, t)
+    series = _r.layer_lca(0, t)[kind == 0]
+    names = list(_r.names)
+    try:
+        res = synchrony(series, top_fraction=top, window=window)
+    except SynchronyError as e:
+        return {"error": str(e)}
+    return {"result": res, "names": [names[i] for i in res.layers],
+            "left_out": [n for i, n in enumerate(names) if i not in set(res.layers.tolist())]}
+
+
+def _cell(point: dict) -> tuple[int, int, int] | None:
+    """(layer index, first step, last step) from a clicked marker's customdata, or None.
+
+    The browser sends customdata as a list, or as {"0": .., "1": ..} for a typed array."""
+    cd = point.get("customdata") if isinstance(point, dict) else None
+    if isinstance(cd, dict):
+        cd = [cd.get(str(i), cd.get(i)) for i in range(3)]
+    try:
+        layer, first, last = (int(float(v)) for v in list(cd)[:3])
+    except (TypeError, ValueError):
+        return None
+    return layer, first, last
+
+
+def _on_cell_click(names: list[str], t: int) -> None:
+    """A heatmap cell was clicked: select that layer and step range for the drill-down (at
+    least MIN_DRILL steps around the cell, so a one-step cell still shows its neighbourhood)."""
+    event = st.session_state.get(HEATMAP_KEY) or {}
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return
+    for p in points:
+        cell = _cell(p)
+        if cell is None or not 0 <= cell[0] < len(names):
+            continue
+        first, last = sorted((cell[1], cell[2]))
+        if last - first + 1 < MIN_DRILL:
+            first = max(1, (first + last) // 2 - MIN_DRILL // 2)
+            last = min(max(t, 1), first + MIN_DRILL - 1)
+            first = max(1, last - MIN_DRILL + 1)
+        st.session_state[DRILL_LAYER] = names[cell[0]]
+        st.session_state[DRILL_STEPS] = (first, last)
+        st.session_state[DRILL_SET] = True
+        return
+
+
+def drill_down(r: Reader, t: int, sizes: dict[str, int]) -> None:
+    """One layer over a range of steps: per-step values and, if recorded, its units × steps."""
+    st.subheader("Look closer: one layer over a range of steps")
+    c1, c2 = st.columns([1, 2])
+    layer = c1.selectbox("Layer", r.names, index=None, key=DRILL_LAYER, bind="query-params",
+                         placeholder="Click a heatmap cell or pick a layer")
+    # While a run grows, the slider spans the steps it will have, so its range (part of the
+    # widget's identity) stays put and a clicked selection survives the 2-second refreshes.
+    span = max(t, int(r.attrs.get("expected_steps", -1))) if r.status == "running" else t
+    if span >= 2:
+        set_here = st.session_state.pop(DRILL_SET, False)
+        cur = st.session_state.get(DRILL_STEPS)
+        if isinstance(cur, list | tuple) and len(cur) == 2:
+            lo, hi = sorted(int(v) for v in cur)
+            fixed = (max(1, min(lo, span)), max(1, min(hi, span)))
+            if fixed != tuple(cur):
+                st.session_state[DRILL_STEPS] = fixed
+                set_here = True
+        # A value set through session state (a click) must not be paired with a default.
+        first, last = c2.slider("Steps", 1, span, None if set_here else (1, span),
+                                key=DRILL_STEPS, bind="query-params")
+        first, last = min(first, t), min(last, t)
+    else:
+        first, last = 1, t
+    if layer is None:
+        st.caption("Click a cell of the heatmap above (or pick a layer here) to see that layer "
+                   "step by step.")
+        return
+    s, e = first - 1, last
+    values = r.layer_lca(s, e)[:, r.names.index(layer)]
+    plot(F.param_trace(values, label=f"{layer} ({sizes[layer]:,} parameters)", step_offset=s,
+                       title=f"LCA of {layer} on each step {first}–{last} "
+                             "(green = helped, red = hurt)"), key="layers_drill_trace")
+    st.caption("Top: the layer's LCA on each step (or block of steps for long ranges); "
+               "bottom: its running total over the range.")
+    group = next((g for g in r.units if layer in g[2]), None)
+    if r.record == "layers":
+        st.info("Per-unit detail needs a run recorded with record 'units' or 'full'; this run "
+                "was recorded 'layers'.")
+        return
+    if group is None:
+        return
+    gname, size, params = group
+    if r.record == "full" and math.prod(r.shapes[layer]) <= 4096 and len(r.shapes[layer]) <= 1:
+        z = r.param_lca(layer, s, e).reshape(e - s, -1)
+        what = f"each element of {layer}"
+    else:
+        z = r.unit_lca(gname, s, e)
+        what = (f"each unit of {gname} (its {' and '.join(p.split('.')[-1] for p in params)} "
+                "together)" if len(params) > 1 else f"each unit of {gname}")
+    plot(F.unit_heatmap(z, step_offset=s, title=f"LCA of {what}, steps {first}–{last}"),
+         key="layers_drill_units")
+    st.caption(f"{size:,} units (neurons or channels) × steps; green cells: the unit's incoming "
+               "weights lowered the loss on that step, red: raised it.")
+
+
+def sync_section(r: Reader, path: Path, t: int) -> None:
+    st.subheader("Do the layers learn at the same moments?")
+    c1, c2 = st.columns(2)
+    top = c1.slider("Peak steps: each layer's top % of steps by |LCA|", 1, 20, 5,
+                    key="sync_top", bind="query-params")
+    detrend = c2.toggle("Compare each step with the layer's recent level (25-step window)",
+                        value=True, key="sync_detrend", bind="query-params",
+                        help="All layers learn most at the start; without this, that shared "
+                             "trend alone makes peaks coincide.")
+    out = _synchrony(r, str(path), t, _mtime(path), top / 100.0, 25 if detrend else 0)
+    if "error" in out:
+        st.info(out["error"])
+        return
+    res, names = out["result"], out["names"]
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Shared peak steps (this run)", f"{100 * res.observed:.1f}%",
+              help="C: on average, the % of one layer's peak steps that are also peak steps "
+                   "of another layer.")
+    c2.metric("By chance", f"{100 * res.null_mean:.1f}% ± {100 * res.null_sd:.1f}%",
+              help=f"C when each layer's peaks are shifted in time at random ({res.shifts} "
+                   "shifts).")
+    z = "∞" if math.isinf(res.z) else f"{res.z:.1f}"
+    c3.metric("z-score", z, delta=f"p = {res.p:.3g}", delta_color="off",
+              help="How many standard deviations above chance; p: share of random shifts at "
+                   "least as synchronized.")
+    verdict = ("peak together far more often than chance: learning is synchronized across "
+               "layers" if res.p < 0.01 and res.z > 0 else
+               "do not peak together more often than chance would give")
+    st.markdown(f"The layers **{verdict}**.")
+    plot(F.peak_raster(res.peaks, names), key="layers_peaks")
+    st.caption("Each tick is a step on which that layer had one of its biggest LCA steps. "
+               "Vertical stacks of ticks are moments when many layers learned at once.")
+    plot(F.synchrony_figure(res), key="layers_sync")
+    st.caption("Grey: how often peaks would coincide if the layers were unrelated (each "
+               "layer's peak pattern shifted in time at random); blue line: this run.")
+    with st.expander("How is this measured?"):
+        st.markdown(
+            f"- Per layer, the **peak steps** are its {res.peaks_per_layer} steps "
+            f"({top}% of {res.num_steps} optimizer steps) with the largest |LCA|"
+            + (", each divided by the layer's average |LCA| over the surrounding 25 steps"
+               if detrend else "") + ".\n"
+            "- **C** = for every pair of layers, the fraction of peak steps they share, "
+            "averaged over all pairs (100% = all layers peak on the same steps).\n"
+            f"- **Chance**: each layer's peak steps are shifted in time by its own random "
+            f"amount (wrapping around), {res.shifts} times; this keeps each layer's pattern "
+            "and destroys only the alignment between layers. z = (C − mean) / sd; p = share "
+            "of shifts with C at least as high.\n"
+            "- Interventions (e.g. prune events) are left out. The LCA paper reports "
+            "synchronized learning but not its measure; this one is ours."
+            + (f"\n- Left out (never moved enough): {', '.join(out['left_out'])}."
+               if out["left_out"] else ""))
+
+
+def render(path: Path) -> bool:
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return False
+        t = r.num_steps
+        st.caption(f"**{path.name}** · {r.status} · {t:,} steps · {len(r.names)} layers "
+                   f"(parameter tensors) · record {r.record}")
+        if t == 0:
+            st.info("This run has not recorded a step yet; the charts appear after the first "
+                    "step.")
+            return r.status == "running"
+        sizes = {n: int(math.prod(r.shapes[n])) for n in r.names}
+        counts = np.array([sizes[n] for n in r.names])
+        per_param = st.toggle("Per parameter (divide each layer by its number of parameters)",
+                              key="layers_per_param", bind="query-params")
+        layer_lca = r.layer_lca()
+        plot(F.layer_totals(r.names, layer_lca.sum(axis=0), counts, per_param=per_param),
+             key="layers_totals")
+        st.caption(":green[Green bars]: layers whose weights lowered the loss over the whole run "
+                   "(LCA < 0); :red[red]: layers that raised it. "
+                   + ("Per parameter shows which layers work hardest for their size."
+                      if per_param else "The bars add up to the total change of the loss."))
+        plot(F.layer_step_heatmap(layer_lca, r.names), key=HEATMAP_KEY,
+             on_select=partial(_on_cell_click, list(r.names), t), selection_mode="points")
+        st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
+                   "Click a cell to look at that layer and those steps in detail below.")
+        drill_down(r, t, sizes)
+        plot(F.cumulative_layers(r.layer_lca(cumulative=True), r.names, per_param_counts=counts,
+                                 per_param=per_param), key="layers_cumulative")
+        st.caption("Each line is a layer's running total of LCA: going down = the layer is "
+                   "lowering the loss; the end point is its bar in the first chart.")
+        sync_section(r, path, t)
+        return r.status == "running"
+
+
+def main() -> None:
+    st.title("Layers: where and when the learning happened")
+    path = require_run()
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return
+        running = r.status == "running"
+    if running:
+
+        @st.fragment(run_every=LIVE_SECONDS)
+        def live() -> None:
+            if not render(path):
+                st.rerun()
+
+        live()
+    else:
+        render(path)
+
+
+main()

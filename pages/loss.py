@@ -1,0 +1,135 @@
+"""Loss page: does LCA add up, and how did training go?
+
+The first chart is the visual proof of the method: the measured loss and the loss rebuilt from
+L_0 plus the running sum of every parameter's LCA lie on top of each other when the allocation
+is exact. Then the per-step error (and the adaptive method's panels), the training minibatch loss
+and accuracy, and the share of parameters that helped / did not move / hurt on each step.
+Reads only per-step scalars, so it is cheap even for huge runs; live runs re-draw every 2 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lca import figures as F
+from lca.store import Reader
+from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+
+
+def _fmt(v: float | None, spec: str, missing: str = "—") -> str:
+    return missing if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def metrics(r: Reader, s: dict) -> None:
+    """Final loss, test accuracy, conservation error, mean % helped."""
+    c1, c2, c3, c4 = st.columns(4)
+    change = s["loss_final"] - s["loss0"]
+    c1.metric("Final loss", _fmt(s["loss_final"], ".4f"), delta=f"{change:+.4f} since step 0",
+              delta_color="inverse",
+              help="Loss on the fixed measurement set after the last recorded step.")
+    c2.metric("Test accuracy", _fmt(None if s["test_acc"] is None else 100 * s["test_acc"],
+                                    ".1f") + ("%" if s["test_acc"] is not None else ""),
+              help="Accuracy on the held-out test split at the last evaluation.")
+    rel = s["relative_error"]
+    c3.metric("Conservation error", _fmt(s["conservation_error"], ".1e"),
+              delta=None if rel is None else f"{100 * rel:.3g}% of the loss change",
+              delta_color="off", delta_arrow="off",
+              help="Sum over steps of ΔL − ΣLCA: how much of the loss change LCA did not "
+                   "allocate (0 = every bit of it was allocated).")
+    mh = s["mean_helped"]
+    c4.metric("Parameters helping per step", _fmt(None if mh is None else 100 * mh, ".1f") +
+              ("%" if mh is not None else ""),
+              help="Mean share of parameters with LCA < 0 on a step (the LCA paper: barely "
+                   "over 50%).")
+
+
+def interventions_table(r: Reader, kind: np.ndarray, loss: np.ndarray) -> None:
+    rows = np.flatnonzero(kind == 1)
+    if not len(rows):
+        return
+    labels = r.steps("label")
+    lca = r.steps("lca")
+    table = [{"step": int(i + 1), "what": labels[i] or "intervention",
+              "loss change": float(loss[i + 1] - loss[i]), "sum of LCA": float(lca[i])}
+             for i in rows[:200]]
+    with st.expander(f"{len(rows)} intervention segment(s): a technique moved weights outside "
+                     "the optimizer (e.g. a prune event)"):
+        st.dataframe(table, hide_index=True)
+
+
+def render(path: Path) -> bool:
+    """Draw the page from the file as it is now; return whether the run is still running."""
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return False
+        t = r.num_steps
+        st.caption(f"**{path.name}** · {r.status} · {t:,} steps recorded · "
+                   f"{r.num_params:,} parameters · method {r.method} · record {r.record}")
+        if t == 0:
+            st.info("This run has not recorded a step yet; the charts appear after the first "
+                    "step.")
+            return r.status == "running"
+        s = r.summary()
+        metrics(r, s)
+        loss, lca, kind = r.steps("loss"), r.steps("lca"), r.steps("kind")
+        log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
+        plot(F.loss_conservation(loss, lca, kind=kind, log_y=log_y), key="loss_conservation")
+        st.caption(
+            "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
+            "plus the running sum of every parameter's LCA. When LCA splits each step's loss "
+            "change exactly, the two curves coincide; a visible gap would be integration error."
+            + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else ""))
+        adaptive = "adaptive" in r.method
+        tol = float(r.config.get("tolerance", 0) or 0) if adaptive else None
+        splits = r.steps("splits")
+        plot(F.step_error(r.steps("error"), splits, kind=kind, tolerance=tol),
+             key="loss_error")
+        note = ""
+        if adaptive:
+            note = (" Blue: how many Simpson panels the adaptive method needed on each step; "
+                    if (splits > 1).any() else
+                    " The adaptive method never needed more than one Simpson panel; ")
+            note += "dotted lines: its tolerance."
+        st.caption("How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
+                   "in loss units; 0 = exact)." + note)
+        train_loss = (r.series("steps/train_loss") if "steps/train_loss" in r.series_layout
+                      else None)
+        evals = r.events("eval") if "eval" in r.event_layout else {}
+        ex = (F.accuracy_x(evals["train_step"], r.steps("train_step"), kind)
+              if evals and "train_step" in evals else None)
+        plot(F.training_curves(train_loss, evals, ex), key="loss_training")
+        st.caption("Grey: the loss of each training minibatch (noisy). Orange and blue: "
+                   "accuracy on the training and test splits at each evaluation.")
+        plot(F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind),
+             key="loss_helped")
+        st.caption(
+            ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
+            "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
+            "found barely more than half of the parameters help on any step.")
+        interventions_table(r, kind, loss)
+        return r.status == "running"
+
+
+def main() -> None:
+    st.title("Loss: does LCA add up?")
+    path = require_run()
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return
+        running = r.status == "running"
+    if running:
+
+        @st.fragment(run_every=LIVE_SECONDS)
+        def live() -> None:
+            if not render(path):
+                st.rerun()  # the run just finished: draw once more without the timer
+
+        live()
+    else:
+        render(path)
+
+
+main()

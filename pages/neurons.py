@@ -1,0 +1,229 @@
+"""Neurons & weights page: which units and which single weights helped or hurt, and how often.
+
+Unit × step heatmaps (record "units" or "full"), the first layer's weights drawn as pictures of
+the input (image data), the distribution of every LCA value (record "full"), how often each
+parameter helped (the paper: about half of the steps), and the top helping and hurting weights
+with the trace of a chosen one. Per-weight totals and helped counts are kept in every record
+mode, so the last two work on any run; heavy reads are cached per file state (path, T, mtime).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lca import figures as F
+from lca.store import Reader
+from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+
+VALUE_BUDGET = 4_000_000  # LCA values read for the histogram (a seeded sample of steps beyond)
+IMAGE_UNITS = 64  # first-layer images shown before "show all"
+TOP_K = 10
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading LCA values…")
+def _value_sample(_r: Reader, path: str, t: int, mtime: int) -> tuple[np.ndarray, int]:
+    """Every per-weight LCA value of the first t steps, or of a seeded sample of whole windows
+    of steps (aligned to the file's time chunks, so reads stay cheap) when that is too many.
+
+    The open reader is passed in (not hashed: the key is path, T and mtime) because a second
+    reader of the same file in this process would disturb the first one's SWMR reads.
+    """
+    r = _r
+    p = max(1, r.num_params)
+    rows = max(1, VALUE_BUDGET // p)
+    if rows >= t:
+        ranges = [(0, t)]
+    else:
+        window = max(1, min(int(r.attrs.get("chunk_rows", 32)), rows))
+        starts = np.arange(0, t - window + 1, window)
+        pick = np.random.default_rng(0).choice(len(starts), size=min(len(starts),
+                                                                    max(1, rows // window)),
+                                               replace=False)
+        ranges = [(int(s), int(s) + window) for s in np.sort(starts[pick])]
+    parts = [r.param_lca(n, s, e).ravel() for s, e in ranges for n in r.names]
+    used = sum(e - s for s, e in ranges)
+    return np.concatenate(parts).astype(np.float32, copy=False), used
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _weight_stats(_r: Reader, path: str, t: int, mtime: int) -> tuple[dict, dict, int]:
+    """Per-weight total LCA and helped-step counts of every tensor, and the steps they cover."""
+    totals = {n: _r.param_totals(n) for n in _r.names}
+    helped = {n: _r.param_helped_steps(n) for n in _r.names}
+    return totals, helped, min(_r.totals_rows, _r.num_steps)
+
+
+def _first_weight(r: Reader) -> tuple[str, tuple[int, ...]] | None:
+    """The first layer's weight tensor (2-D Linear or 4-D Conv), in model order."""
+    for _group, _size, params in r.units:
+        for name in params:
+            shape = r.shapes[name]
+            if len(shape) in (2, 4):
+                return name, shape
+        return None
+    return None
+
+
+def units_section(r: Reader) -> None:
+    st.subheader("Neurons over time")
+    if r.record == "layers":
+        st.info("Per-neuron views need a run recorded with record 'units' or 'full'; this run "
+                "was recorded 'layers' (one sum per layer).")
+        return
+    groups = [g[0] for g in r.units]
+    sizes = {g[0]: g[1] for g in r.units}
+    group = st.selectbox("Layer", groups, index=0, key="neuron_layer", bind="query-params",
+                         format_func=lambda g: f"{g} ({sizes[g]:,} units)")
+    if group is None:
+        return
+    plot(F.unit_heatmap(r.unit_lca(group), title=f"LCA of each unit of {group} on each step "
+                        "(green = helped, red = hurt)"), key="neurons_units")
+    st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
+               "each step. Long runs are summed over blocks of steps (exact sums).")
+
+
+def images_section(r: Reader, totals: dict) -> None:
+    first = _first_weight(r)
+    dataset = r.config.get("dataset")
+    if isinstance(dataset, dict):
+        dataset = dataset.get("name")
+    if first is None:
+        return
+    name, shape = first
+    image_shape = F.infer_image_shape(dataset, shape[1]) if len(shape) == 2 else None
+    if len(shape) == 2 and image_shape is None:
+        st.caption(f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
+                   f"Fashion-MNIST, CIFAR-10); this run uses {dataset or 'other data'}.")
+        return
+    st.subheader("What the first layer learned to look at")
+    n = shape[0]
+    show_all = n > IMAGE_UNITS and st.toggle(f"Show all {n:,} units", key="neurons_all_units",
+                                             bind="query-params")
+    plot(F.first_layer_images(totals[name], image_shape,
+                              max_units=n if show_all else IMAGE_UNITS),
+         key="neurons_images")
+    what = ("one small image per neuron: each pixel is the total LCA of the weight from that "
+            "input pixel" if len(shape) == 2 else
+            "one small image per kernel (channels summed): each pixel is the total LCA of "
+            "that kernel weight")
+    st.caption(f"{name}: {what}. :green[Green]: that weight lowered the loss over training; "
+               ":red[red]: raised it.")
+
+
+def values_section(path: Path, r: Reader, t: int) -> None:
+    st.subheader("All LCA values")
+    if r.record != "full":
+        st.info(f"The distribution of every weight's LCA on every step needs a run recorded "
+                f"with record 'full'; this run was recorded '{r.record}'.")
+        return
+    log = st.toggle("Log scale (shows the rare large values)", key="neurons_hist_log",
+                    bind="query-params")
+    values, used = _value_sample(r, str(path), t, _mtime(path))
+    plot(F.lca_histogram(values, log=log, steps_used=used, steps_total=t),
+         key="neurons_histogram")
+    st.caption("How big one weight's share of one step's loss change usually is. The LCA paper "
+               "found a heavy-tailed peak at 0 with slightly more mass on the :green[helped] "
+               "(negative) side than the :red[hurt] side.")
+
+
+def helped_section(totals: dict, helped: dict, rows: int) -> None:
+    st.subheader("How often does a weight help?")
+    if rows == 0:
+        st.info("Per-weight counts are written with each flush of the file; none yet.")
+        return
+    hs = np.concatenate([np.ravel(helped[n]) for n in helped])
+    tot = np.concatenate([np.ravel(totals[n]) for n in totals])
+    plot(F.helped_fraction_histogram(hs, rows, totals=tot), key="neurons_helped_fraction")
+    st.caption("For each weight, the share of steps on which it lowered the loss. The LCA paper "
+               "found this peaked near 50%: a typical weight helps on about half of the steps "
+               "and hurts on the other half. Weights that stopped moving (pruned, frozen, "
+               "skipped) pile up at low values.")
+
+
+def top_section(r: Reader, totals: dict, helped: dict, rows: int, t: int) -> None:
+    st.subheader("The weights that helped and hurt the most")
+    table = F.top_parameters(totals, helped, rows, k=TOP_K)
+    if not table:
+        st.info("No weight has moved yet.")
+        return
+    config = {"total LCA": st.column_config.NumberColumn(format="%.3e")}
+    order = ["parameter", "total LCA", "% steps helped"]
+    left, right = st.columns(2)
+    for col, side, head in ((left, "helped", ":green[**Top helpers**] (most negative total)"),
+                            (right, "hurt", ":red[**Top hurters**] (most positive total)")):
+        rows_ = [row for row in table if row["side"] == side]
+        col.markdown(head)
+        if rows_:
+            col.dataframe(rows_, hide_index=True, column_order=order, column_config=config)
+        else:
+            col.caption("None: no weight has a total of this sign.")
+    st.caption(f"Total LCA over the {rows:,} steps the per-weight totals cover; "
+               "negative = helped.")
+    labels = [row["parameter"] for row in table]
+    choice = st.selectbox("Trace one of them over the steps", labels, index=0,
+                          key="neurons_trace", bind="query-params")
+    if choice is None:
+        return
+    row = table[labels.index(choice)]
+    if r.record != "full":
+        st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
+                f"was recorded '{r.record}' (only its total, above, is kept).")
+        return
+    trace = r.param_lca(row["tensor"], 0, t, index=row["index"])
+    plot(F.param_trace(trace, label=choice), key="neurons_trace_chart")
+    st.caption("Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
+               "bottom: its running total. Weight and gradient values are not stored in run "
+               "files yet, so only the LCA trace can be shown.")
+
+
+def render(path: Path) -> bool:
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return False
+        t = r.num_steps
+        st.caption(f"**{path.name}** · {r.status} · {t:,} steps · {r.num_params:,} parameters "
+                   f"in {len(r.units)} layers · record {r.record}")
+        if t == 0:
+            st.info("This run has not recorded a step yet; the charts appear after the first "
+                    "step.")
+            return r.status == "running"
+        units_section(r)
+        totals, helped, rows = _weight_stats(r, str(path), t, _mtime(path))
+        images_section(r, totals)
+        values_section(path, r, t)
+        helped_section(totals, helped, rows)
+        top_section(r, totals, helped, rows, t)
+        return r.status == "running"
+
+
+def main() -> None:
+    st.title("Neurons & weights: who did the learning")
+    path = require_run()
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return
+        running = r.status == "running"
+    if running:
+
+        @st.fragment(run_every=LIVE_SECONDS)
+        def live() -> None:
+            if not render(path):
+                st.rerun()
+
+        live()
+    else:
+        render(path)
+
+
+main()
+
