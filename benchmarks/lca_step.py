@@ -10,7 +10,6 @@ beyond the two gradient evaluations Simpson's rule needs; the target is ≥ 0.9 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,14 @@ from lca import models  # noqa: E402
 from lca.measure import Measurer  # noqa: E402
 
 
-def median_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` runs: other load on the machine only ever adds time."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench(
@@ -67,8 +67,8 @@ def bench(
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     plain()  # warm-up
     measurer.loss_and_grad(params)
-    t_train = median_time(plain, steps)
-    t_grad = median_time(lambda: measurer.loss_and_grad(params), max(5, steps // 3))
+    t_train = best_time(plain, steps)
+    t_grad = best_time(lambda: measurer.loss_and_grad(params), max(5, steps // 3))
 
     writer = None
     tmp = None
@@ -86,7 +86,7 @@ def bench(
             opt.step()
 
     tracked()  # warm-up
-    t_tracked = median_time(tracked, steps)
+    t_tracked = best_time(tracked, steps)
     tracker.close()
     if tmp is not None:
         tmp.cleanup()

@@ -68,7 +68,7 @@ def unit_layout(model: nn.Module) -> list[UnitGroup]:
 
 def sum_units(per_param: Params, groups: list[UnitGroup]) -> dict[str, np.ndarray]:
     """Per-unit LCA (float64) for each group: Σ over each unit's incoming parameters."""
-    out: dict[str, np.ndarray] = {}
+    vectors = []
     for g in groups:
         acc = None
         for name, d in zip(g.params, g.dims, strict=True):
@@ -77,7 +77,16 @@ def sum_units(per_param: Params, groups: list[UnitGroup]) -> dict[str, np.ndarra
                 a = a.reshape(1)
             a = a.movedim(d, 0).reshape(a.shape[d], -1).sum(dim=1)
             acc = a if acc is None else acc + a
-        out[g.name] = acc.cpu().numpy()
+        vectors.append(acc)
+    if not vectors:
+        return {}
+    # One device-to-host copy for all groups (a copy per group would sync the GPU each time).
+    flat = torch.cat(vectors).cpu().numpy()
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for g, v in zip(groups, vectors, strict=True):
+        out[g.name] = flat[offset : offset + len(v)]
+        offset += len(v)
     return out
 
 
@@ -168,7 +177,7 @@ def integrate_segment(
             if s not in grads:
                 grads[s] = measurer.loss_and_grad(_point(start, delta, end, s))[1]
         per_param = _combine(r, grads, delta)
-        per_tensor = np.array([float(per_param[n].double().sum()) for n in start])
+        per_tensor = torch.stack([per_param[n].double().sum() for n in start]).cpu().numpy()
         return per_param, per_tensor
 
     per_param, per_tensor = run(rule)
@@ -444,8 +453,10 @@ class Tracker:
                 f"the {index} segments before it are kept."
             )
         count = self.layout.num_params
-        helped = sum(int((a < 0).sum()) for a in seg.per_param.values())
-        hurt = sum(int((a > 0).sum()) for a in seg.per_param.values())
+        counts = torch.stack([
+            torch.stack([(a < 0).sum(), (a > 0).sum()]) for a in seg.per_param.values()
+        ]).sum(dim=0).tolist()  # one host sync for both counts
+        helped, hurt = int(counts[0]), int(counts[1])
         if self.keep_cumulative:
             for n, a in seg.per_param.items():
                 c = self.cumulative.get(n)
