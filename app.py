@@ -1,0 +1,150 @@
+"""LCA Lab: ``streamlit run app.py``.
+
+The shell every page shares: navigation over ``pages/``, the run picker in the sidebar (bound to
+``?run=`` so a teacher can share a link to exactly what the class sees), the selected run's
+status, the colour legend, and a guard that turns any unexpected error into one sentence (the
+traceback goes to the server console, never to the projector).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import streamlit as st
+
+from lca import runs
+from pages.shared import RUN_KEY
+
+ROOT = Path(__file__).resolve().parent
+AUTOSELECT_KEY = "_run_autoselected"
+SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
+log = logging.getLogger("lca.app")
+
+# (file, title, url path, icon); an entry appears only once its file exists. Home is the default
+# page, so its address is "/" (Streamlit serves a default page only there).
+PAGES = [
+    ("pages/home.py", "Home", "home", ":material/home:"),
+    ("pages/runs.py", "Runs", "runs", ":material/folder_open:"),
+    ("pages/train.py", "Train", "train", ":material/play_circle:"),
+    ("pages/loss.py", "Loss", "loss", ":material/show_chart:"),
+    ("pages/layers.py", "Layers", "layers", ":material/layers:"),
+    ("pages/neurons.py", "Neurons & weights", "neurons", ":material/grid_on:"),
+    ("pages/techniques.py", "Techniques", "techniques", ":material/tune:"),
+    ("pages/compare.py", "Compare", "compare", ":material/compare_arrows:"),
+    ("pages/playground.py", "Playground", "playground", ":material/science:"),
+]
+
+STATUS_BADGE = {
+    "running": ("running", "blue", ":material/autorenew:"),
+    "complete": ("complete", "green", ":material/check_circle:"),
+    "failed": ("failed", "red", ":material/error:"),
+    "interrupted": ("interrupted", "orange", ":material/pause_circle:"),
+}
+
+
+def build_pages() -> list:
+    pages = []
+    for file, title, url, icon in PAGES:
+        if (ROOT / file).exists():
+            pages.append(
+                st.Page(file, title=title, url_path=url, icon=icon, default=url == "home")
+            )
+    return pages
+
+
+def _explain_bad_request(requested: str) -> str:
+    """One sentence on why a requested run (from the URL or a page) cannot be shown."""
+    try:
+        runs.resolve(requested)
+    except runs.RunNameError as e:
+        return str(e)
+    return (
+        f"The run {requested!r} is not in the runs folder (it may have been deleted or "
+        "renamed); pick a run in the sidebar."
+    )
+
+
+def run_status(path: Path) -> str | None:
+    """The run file's status, or None when it cannot be read as a run."""
+    from lca.store import Reader, RunFileError
+
+    try:
+        with Reader(path) as r:
+            return r.status
+    except (RunFileError, OSError, KeyError, ValueError):
+        return None
+
+
+def sidebar() -> str | None:
+    """The run picker, the selected run's status and the colour legend; returns a sentence to
+    show in the page when a requested run could not be selected."""
+    problem = None
+    try:
+        names = [r.name for r in runs.list_runs()]
+    except OSError as e:
+        names = []
+        problem = f"The runs folder cannot be read ({e.strerror or e}); check LCA_RUNS_DIR."
+    pending = st.session_state.get(SELECT_KEY)
+    if pending and pending in names:
+        st.session_state[RUN_KEY] = pending  # before the picker exists: allowed
+        del st.session_state[SELECT_KEY]
+    requested = st.session_state.get(RUN_KEY)
+    from_url = st.query_params.get(RUN_KEY)
+    if requested is None and from_url:
+        requested = from_url
+    if requested and requested not in names:
+        problem = _explain_bad_request(str(requested))
+        if RUN_KEY in st.session_state:
+            del st.session_state[RUN_KEY]
+        st.session_state[AUTOSELECT_KEY] = True  # respect the link: do not pick another run
+    elif not requested and names and not st.session_state.get(AUTOSELECT_KEY):
+        st.session_state[RUN_KEY] = names[0]  # first visit: the newest run, written to the URL
+    st.session_state[AUTOSELECT_KEY] = True
+
+    with st.sidebar:
+        choice = st.selectbox(
+            "Run",
+            options=names,
+            key=RUN_KEY,
+            index=None,
+            bind="query-params",
+            placeholder="Pick a run…" if names else "No runs yet: start one on Home or Train",
+            help="Every page shows this run; the choice is in the page address, so you can "
+            "share the link.",
+        )
+        if choice:
+            status = run_status(runs.resolve(choice))
+            label, color, icon = STATUS_BADGE.get(
+                status or "", ("not readable", "gray", ":material/help:")
+            )
+            st.badge(label, color=color, icon=icon)
+        st.caption(
+            "**LCA** splits each step's change of the loss among the weights. "
+            ":green[**Green = helped**] (lowered the loss), :red[**red = hurt**] (raised it)."
+        )
+    return problem
+
+
+def main() -> None:
+    st.set_page_config(page_title="LCA Lab", page_icon=":material/insights:", layout="wide")
+    pg = st.navigation(build_pages())
+    try:
+        problem = sidebar()
+    except Exception:  # noqa: BLE001 - the sidebar must never take the page down
+        log.exception("sidebar failed")
+        problem = "The run list could not be shown; the details are in the server log."
+    if problem:
+        st.warning(problem)
+    try:
+        pg.run()
+    except Exception as e:  # noqa: BLE001 - st.stop/st.rerun are BaseException and pass through
+        log.exception("page %s failed", getattr(pg, "title", "?"))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        st.error(
+            f"This page hit an unexpected problem ({type(e).__name__}: {first}); "
+            "the details are in the server log — pick another run or reload the page."
+        )
+
+
+main()

@@ -1,0 +1,631 @@
+"""Training jobs: each run trains in its own subprocess (``python -m lca train``).
+
+Why a subprocess and not a thread of the app: training is CPU-heavy Python that would stall the
+Streamlit server for every user, a crash or a NaN must not take the app down, and Stop must work
+like Ctrl-C in a terminal (SIGINT: the run ends with status "interrupted" and keeps every step).
+The run file is the only channel: the job writes it in SWMR mode, pages read it while it grows.
+
+The jobs of a runs folder are listed in ``<runs>/.jobs.json`` (a small registry guarded by a
+file lock), so they survive Streamlit reruns, new browser sessions and a restarted server. A cap
+on concurrent jobs (``$LCA_MAX_JOBS``, default 2) keeps a class sharing one server usable.
+
+No Streamlit here: the app, notebooks and tests share these rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .config import RunConfig
+
+try:  # POSIX: a real lock shared by every process using the runs folder
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the thread lock alone
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "DEFAULT_MAX_JOBS",
+    "MAX_JOBS_ENV",
+    "MAX_RUN_BYTES_ENV",
+    "Job",
+    "JobError",
+    "JobLimitError",
+    "active",
+    "check_size",
+    "compatible_models",
+    "dataset_shape",
+    "demo_config",
+    "estimate_bytes",
+    "find",
+    "forget",
+    "is_live",
+    "jobs",
+    "last_error",
+    "max_jobs",
+    "max_run_bytes",
+    "poll",
+    "start",
+    "stop",
+    "wait",
+]
+
+MAX_JOBS_ENV = "LCA_MAX_JOBS"
+MAX_RUN_BYTES_ENV = "LCA_MAX_RUN_BYTES"
+DEFAULT_MAX_RUN_BYTES = 4 << 30  # one app run may write at most this much (4 GiB)
+THREADS_ENV = "LCA_JOB_THREADS"
+DEFAULT_MAX_JOBS = 2
+REGISTRY = ".jobs.json"
+LOCK = ".jobs.lock"
+JOBS_DIR = ".jobs"  # per-job config, stdout and stderr files
+KEEP_ENDED = 50  # ended jobs remembered in the registry (newest first)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Shapes of the datasets read from a user's folder, so the app can size a run without the files.
+_FOLDER_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+_THREAD_LOCK = threading.RLock()
+_POPENS: dict[int, subprocess.Popen] = {}  # children started by this process, to reap them
+
+
+class JobError(RuntimeError):
+    """A job could not be started or found; the message is one sentence with the fix."""
+
+
+class JobLimitError(JobError):
+    """Too many runs are training at once on this server."""
+
+
+@dataclass
+class Job:
+    """One training subprocess and the run file it writes."""
+
+    name: str  # run name, relative to the runs folder
+    path: str  # the run file
+    pid: int
+    started: float  # time.time() at start
+    log: str  # stderr of the subprocess (its last line explains a failure)
+    out: str  # stdout of the subprocess
+    config_file: str
+    steps: int  # steps the run was asked for
+    ended: float | None = None
+    returncode: int | None = None
+    stop_requested: bool = False
+    folder: str = ""  # the runs folder whose registry lists this job
+
+    @property
+    def alive(self) -> bool:
+        """True until the process was seen to end (call ``poll`` for a fresh answer)."""
+        return self.ended is None
+
+    @property
+    def state(self) -> str:
+        """running | complete | interrupted | failed | ended (exit status unknown)."""
+        if self.ended is None:
+            return "running"
+        rc = self.returncode
+        if rc == 0:
+            return "complete"
+        if rc in (130, -signal.SIGINT) or (rc is None and self.stop_requested):
+            return "interrupted"
+        if rc is None:
+            return "ended"
+        return "failed"
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry.
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    with _THREAD_LOCK:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(folder / LOCK, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load(folder: Path) -> list[Job]:
+    try:
+        raw = json.loads((folder / REGISTRY).read_text())
+    except (OSError, ValueError):
+        return []
+    fields = {f.name for f in dataclasses.fields(Job)}
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and fields >= set(item) and "pid" in item:
+            with contextlib.suppress(TypeError):
+                out.append(Job(**item))
+    return out
+
+
+def _save(folder: Path, items: list[Job]) -> None:
+    live = [j for j in items if j.ended is None]
+    ended = sorted((j for j in items if j.ended is not None), key=lambda j: -j.started)
+    keep = live + ended[:KEEP_ENDED]
+    tmp = folder / f".{REGISTRY}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps([dataclasses.asdict(j) for j in keep], indent=1))
+    os.replace(tmp, folder / REGISTRY)
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _check(job: Job) -> bool:
+    """Whether the job's process still runs; records its end (and exit code when known)."""
+    if job.ended is not None:
+        return False
+    popen = _POPENS.get(job.pid)
+    if popen is not None:
+        rc = popen.poll()
+        if rc is None:
+            return True
+        _POPENS.pop(job.pid, None)
+        job.ended, job.returncode = time.time(), rc
+        return False
+    try:  # our child from before a module reload: reap it so it does not stay a zombie
+        pid, status = os.waitpid(job.pid, os.WNOHANG)
+        if pid == job.pid:
+            job.ended, job.returncode = time.time(), _exit_code(status)
+            return False
+    except ChildProcessError:
+        pass  # not our child (another server process started it): look at the process table
+    except OSError:
+        pass
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        job.ended = time.time()
+        return False
+    except PermissionError:
+        return True
+    cmd = _cmdline(job.pid)
+    if cmd is not None and job.path not in cmd:  # the pid was reused by another program
+        job.ended = time.time()
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{job.pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie someone else must reap
+            job.ended = time.time()
+            return False
+    return True
+
+
+def _refreshed(folder: Path) -> list[Job]:
+    """The registry with every job's liveness checked and saved (call with the lock held)."""
+    items = _load(folder)
+    changed = False
+    for j in items:
+        if j.ended is None and not _check(j):
+            changed = True
+    if changed:
+        _save(folder, items)
+    return items
+
+
+def jobs(folder: str | Path | None = None) -> list[Job]:
+    """Every job the runs folder remembers, newest first, with fresh liveness."""
+    root = runs.runs_dir(folder)
+    with _locked(root):
+        items = _refreshed(root)
+    return sorted(items, key=lambda j: -j.started)
+
+
+def active(folder: str | Path | None = None) -> list[Job]:
+    """The jobs whose process is still running, newest first."""
+    return [j for j in jobs(folder) if j.alive]
+
+
+def find(name: str, folder: str | Path | None = None) -> Job | None:
+    """The newest job that wrote (or writes) run ``name``, or None."""
+    for j in jobs(folder):
+        if j.name == name:
+            return j
+    return None
+
+
+def is_live(name: str, folder: str | Path | None = None) -> bool:
+    """Whether a running job is writing run ``name`` right now."""
+    j = find(name, folder)
+    return j is not None and j.alive
+
+
+def _folder_of(job: Job) -> Path:
+    return runs.runs_dir(job.folder or Path(job.path).parent)
+
+
+def poll(job: Job, folder: str | Path | None = None) -> Job:
+    """The same job with fresh liveness (reaps the process when it has ended)."""
+    root = runs.runs_dir(folder) if folder is not None else _folder_of(job)
+    with _locked(root):
+        items = _refreshed(root)
+    for j in items:
+        if j.pid == job.pid and j.started == job.started:
+            return j
+    if job.ended is None:  # not in this registry (e.g. it was forgotten): check directly
+        _check(job)
+    return job
+
+
+def forget(name: str, folder: str | Path | None = None) -> None:
+    """Drop the ended jobs of run ``name`` and their log files (after the run was deleted)."""
+    root = runs.runs_dir(folder)
+    with _locked(root):
+        items = _refreshed(root)
+        keep = []
+        for j in items:
+            if j.name == name and j.ended is not None:
+                for p in (j.log, j.out, j.config_file):
+                    with contextlib.suppress(OSError):
+                        Path(p).unlink()
+            else:
+                keep.append(j)
+        _save(root, keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Start, stop, wait.
+
+
+def max_jobs() -> int:
+    """How many runs may train at once ($LCA_MAX_JOBS, default 2)."""
+    try:
+        n = int(os.environ.get(MAX_JOBS_ENV, DEFAULT_MAX_JOBS))
+    except ValueError:
+        return DEFAULT_MAX_JOBS
+    return max(1, n)
+
+
+def _threads() -> int:
+    """CPU threads per job: the cores shared fairly by the allowed concurrent jobs."""
+    try:
+        return max(1, int(os.environ[THREADS_ENV]))
+    except (KeyError, ValueError):
+        return max(1, (os.cpu_count() or 1) // max_jobs())
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise JobError(f"The config value {v!r} cannot be passed to a training job.")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+    if isinstance(v, dict):
+        items = ", ".join(
+            f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None
+        )
+        return "{" + items + "}"
+    raise JobError(f"The config value {v!r} cannot be passed to a training job.")
+
+
+def config_toml(config: RunConfig) -> str:
+    """The config as a TOML file the CLI's ``--config`` reads back to the same RunConfig."""
+    values = config.to_dict()
+    values.pop("out", None)
+    lines = []
+    tables = []
+    for key, v in values.items():
+        if v is None:
+            continue
+        if key == "techniques":
+            for spec in v:
+                tables.append("[[techniques]]")
+                tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in spec.items()]
+                tables.append("")
+        elif isinstance(v, dict):
+            tables.append(f"[{key}]")
+            tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()]
+            tables.append("")
+        else:
+            lines.append(f"{key} = {_toml_value(v)}")
+    return "\n".join([*lines, "", *tables])
+
+
+def start(
+    config: RunConfig, name: str | None = None, folder: str | Path | None = None
+) -> Job:
+    """Start training ``config`` in a subprocess that writes run ``name`` in the runs folder.
+
+    Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
+    or unusable. The subprocess is ``python -m lca train --config <file> --out <run> --quiet``.
+    """
+    root = runs.runs_dir(folder)
+    if name is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = runs.safe_name(f"{config.dataset}-{config.model}-{stamp}", root)
+    if not name.endswith(runs.SUFFIX):
+        name += runs.SUFFIX
+    try:
+        path = runs.resolve(name, root)
+    except runs.RunNameError as e:
+        raise JobError(str(e)) from None
+    with _locked(root):
+        items = _refreshed(root)
+        live = [j for j in items if j.alive]
+        if any(j.name == name for j in live):
+            raise JobError(f"{name} is already training; wait for it or stop it first.")
+        if path.exists():
+            raise JobError(
+                f"A run named {name} already exists; choose another name or delete the old run "
+                "on the Runs page."
+            )
+        cap = max_jobs()
+        if len(live) >= cap:
+            running = ", ".join(j.name for j in live)
+            raise JobLimitError(
+                f"{len(live)} runs are already training on this server ({running}) and the "
+                f"limit is {cap}; wait for one to finish or stop one, then start again."
+            )
+        jobs_dir = root / JOBS_DIR
+        jobs_dir.mkdir(exist_ok=True)
+        stem = f"{path.stem}.{int(time.time() * 1000)}"
+        config_file = jobs_dir / f"{stem}.toml"
+        config_file.write_text(config_toml(config))
+        err, out = jobs_dir / f"{stem}.err", jobs_dir / f"{stem}.out"
+        cmd = [sys.executable, "-m", "lca", "train", "--config", str(config_file),
+               "--out", str(path), "--quiet"]
+        if config.measure_size is None:
+            cmd += ["--measure-size", "0"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        threads = str(_threads())
+        env.setdefault("OMP_NUM_THREADS", threads)
+        env.setdefault("MKL_NUM_THREADS", threads)
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                cmd, cwd=str(PROJECT_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=fo,
+                stderr=fe,
+            )
+        _POPENS[popen.pid] = popen
+        job = Job(
+            name=name, path=str(path), pid=popen.pid, started=time.time(), log=str(err),
+            out=str(out), config_file=str(config_file), steps=int(config.steps),
+            folder=str(root),
+        )
+        items.append(job)
+        _save(root, items)
+    return job
+
+
+def stop(job: Job, *, wait_s: float | None = None) -> Job:
+    """Ask the job to stop, as Ctrl-C would (SIGINT): the run ends "interrupted", steps kept.
+
+    With ``wait_s``, wait up to that many seconds for the process to end.
+    """
+    root = _folder_of(job)
+    with _locked(root):
+        items = _refreshed(root)
+        for j in items:
+            if j.pid == job.pid and j.started == job.started:
+                job = j
+        if job.alive and _check(job):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.pid, signal.SIGINT)
+            job.stop_requested = True
+        _save(root, items)
+    if wait_s is not None:
+        job = wait(job, wait_s)
+    return job
+
+
+def wait(job: Job, timeout: float) -> Job:
+    """Wait up to ``timeout`` seconds for the job to end; return it refreshed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = poll(job)
+        if not job.alive or time.monotonic() >= deadline:
+            return job
+        time.sleep(0.1)
+
+
+def _tail_lines(path: str, limit: int = 8192) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+
+
+def last_error(job: Job) -> str | None:
+    """One sentence on why an ended job did not complete (None when it completed or runs)."""
+    if job.alive or job.state == "complete":
+        return None
+    err = _tail_lines(job.log)
+    for line in reversed(err):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    out = _tail_lines(job.out)
+    if out and out[-1].split(":", 1)[0] in ("failed", "interrupted"):
+        return out[-1].split(":", 1)[1].split(" Run file:")[0].strip()
+    if job.state == "interrupted":
+        return f"{job.name} was stopped before it finished; every recorded step is kept."
+    if err:
+        return err[-1]
+    if job.returncode is not None and job.returncode < 0:
+        return (f"The training process for {job.name} was killed (signal {-job.returncode}); "
+                "recover the run file on the Runs page.")
+    if job.returncode is not None:
+        return f"The training process for {job.name} ended with exit status {job.returncode}."
+    return f"The training process for {job.name} ended; its exit status is unknown."
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizing a run before it starts.
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
+    import data
+
+    if name in _FOLDER_SHAPES:
+        return _FOLDER_SHAPES[name]
+    ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
+    return tuple(ds.input_shape), int(ds.num_classes)
+
+
+def dataset_shape(
+    name: str, options: dict[str, Any] | None = None, data_dir: str | None = None
+) -> tuple[tuple[int, ...], int]:
+    """(input shape, class count) of a dataset; folder datasets answer without their files."""
+    return _shape_of(name, json.dumps(options or {}, sort_keys=True), data_dir)
+
+
+@functools.lru_cache(maxsize=64)
+def _compatible(shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
+    import torch
+
+    from . import models
+
+    ok = []
+    for m in models.names():
+        try:
+            with torch.device("meta"):
+                models.build(m, shape, classes)
+        except Exception:  # noqa: BLE001 - any refusal means "not for this input"
+            continue
+        ok.append(m)
+    return tuple(ok)
+
+
+def compatible_models(dataset: str, options: dict[str, Any] | None = None) -> list[str]:
+    """Model names that accept the dataset's input shape (e.g. no CNN on tabular data)."""
+    shape, classes = dataset_shape(dataset, options)
+    return list(_compatible(tuple(shape), classes))
+
+
+def estimate_bytes(config: RunConfig) -> tuple[int, int]:
+    """(estimated run-file bytes, parameter count) of ``config``, before anything trains.
+
+    Builds the model (on the meta device: no memory, no time) to learn its tensors; raises the
+    dataset's or model's one-sentence ValueError when the config cannot train.
+    """
+    import torch
+
+    from . import models
+    from .allocate import Layout, unit_layout
+    from .store import estimate_bytes as store_estimate
+
+    shape, classes = dataset_shape(config.dataset, config.dataset_options, config.data_dir)
+    with torch.device("meta"):
+        model = models.build(config.model, shape, classes, **config.model_options)
+    named = list(model.named_parameters())
+    measure = config.measure_size or 0
+    layout = Layout(
+        names=tuple(n for n, _ in named),
+        shapes=tuple(tuple(p.shape) for _, p in named),
+        units=tuple(unit_layout(model)),
+        method=config.method,
+        dtype=config.measure_dtype,
+        measure_size=measure,
+    )
+    steps = config.steps + (min(config.steps, 64) if config.techniques else 0)
+    return store_estimate(layout, steps, config.record), layout.num_params
+
+
+def max_run_bytes() -> int:
+    """The largest run file the app starts ($LCA_MAX_RUN_BYTES, default 4 GiB)."""
+    try:
+        return max(1, int(float(os.environ.get(MAX_RUN_BYTES_ENV, DEFAULT_MAX_RUN_BYTES))))
+    except ValueError:
+        return DEFAULT_MAX_RUN_BYTES
+
+
+def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
+    """(estimated bytes, parameter count); raises JobError with one sentence when the run would
+    not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
+    from .store import human_bytes
+
+    est, params = estimate_bytes(config)
+    cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
+    free = runs.free_bytes(folder)
+    what = f"{config.steps} steps, record={config.record}, {params:,} parameters"
+    fix = ("choose record = units or layers, fewer steps, or a smaller model"
+           if config.record != "layers" else "choose fewer steps or a smaller model")
+    if est > free:
+        raise JobError(
+            f"This run would write about {human_bytes(est)} ({what}) but only {human_bytes(free)} "
+            f"are free in the runs folder; {fix}."
+        )
+    if est > cap:
+        raise JobError(
+            f"This run would write about {human_bytes(est)} ({what}), more than the "
+            f"{human_bytes(cap)} a run may use here; {fix}."
+        )
+    return est, params
+
+
+def demo_config() -> RunConfig:
+    """The classroom demo: a two-hidden-layer net on the real 8x8 digits, recorded per weight.
+
+    Sized so a class can watch it learn (several seconds of live training) yet it finishes in
+    well under a minute on two CPU cores: about 10-15 s on an idle machine, about 20 MB. The
+    measurement set is the whole training split (1,438 images), as in the LCA paper.
+    """
+    return RunConfig(
+        dataset="digits",
+        model="mlp",
+        model_options={"hidden": [64, 32]},
+        optimizer="momentum",
+        lr=0.01,  # the loss falls over the first few hundred steps: long enough to watch
+        momentum=0.9,
+        batch_size=64,
+        steps=800,
+        measure_size=None,
+        eval_every=20,
+        record="full",
+        device="cpu",
+    )
