@@ -3,6 +3,8 @@
 lca.allocate(model, loss_fn, data, start, end, method="rk4") -> Allocation
 lca.Tracker(model, loss_fn, data, writer=lca.Writer("runs/a.h5"))
 lca.Writer, lca.Reader, lca.open_run  (the HDF5 run store)
+lca.recover, lca.RunFileError, lca.RunTooLargeError, lca.estimate_bytes, lca.human_bytes,
+lca.block_sum, lca.downsample_to_cells  (the rest of the store's public API)
 """
 
 from __future__ import annotations
@@ -20,27 +22,47 @@ from .allocate import (
 from .integrate import METHODS
 from .measure import Measurer
 
+__version__ = "0.1.0"  # also written into every run file (attribute lca_lab_version)
+
+# Names served by lca.store, imported on first use: the store pulls in h5py, which a caller of
+# lca.allocate alone never needs.
+_STORE_NAMES = (
+    "Reader",
+    "RunFileError",
+    "RunTooLargeError",
+    "Writer",
+    "block_sum",
+    "downsample_to_cells",
+    "estimate_bytes",
+    "human_bytes",
+    "open_run",
+    "recover",
+)
+
 __all__ = [
     "METHODS",
     "Allocation",
     "Layout",
     "Measurer",
     "NonFiniteLossError",
-    "Reader",
     "StepRecord",
     "Tracker",
     "UnitGroup",
-    "Writer",
+    "__version__",
     "allocate",
-    "open_run",
     "unit_layout",
+    *_STORE_NAMES,
 ]
 
 
 def __getattr__(name: str):
-    # The store pulls in h5py; import it only when a caller asks for it.
-    if name in ("Writer", "Reader", "open_run", "RunFileError"):
+    if name in _STORE_NAMES:
         from . import store
 
         return getattr(store, name)
     raise AttributeError(f"module 'lca' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # dir(lca) and tab completion list the lazy names too.
+    return sorted({*globals(), *_STORE_NAMES})

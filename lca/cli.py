@@ -1,4 +1,4 @@
-"""Command line: ``python -m lca train | inspect | recover | allocate``.
+"""Command line: ``python -m lca train | inspect | recover | allocate | experiment``.
 
 Every failure a user can cause (a bad flag value, a missing data folder, a foreign file) ends
 with one line on stderr and exit status 2, never a traceback.
@@ -31,6 +31,89 @@ def _kv(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), parsed
 
 
+EXIT_CODES = (
+    "exit status: 0 run complete; 1 run failed (the loss became NaN or infinite; the steps before "
+    "it are kept); 2 bad input (one line on stderr starting 'error:'); 130 interrupted by Ctrl-C "
+    "(the steps so far are kept)."
+)
+
+
+class _TrainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's effective default, RunConfig's, and keeps the epilog's layout.
+
+    The flags themselves default to None so that only the flags a user types override --config;
+    argparse's ArgumentDefaultsHelpFormatter would therefore print "(default: None)" everywhere.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        value = _config_defaults().get(action.dest)
+        if "default" in text or value is None or value is False or value in ([], {}):
+            return text
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
+def _config_defaults() -> dict[str, Any]:
+    return RunConfig().to_dict()
+
+
+def _wrap(lines: list[str], head: str, body: str, indent: int = 20, hang: int = 0) -> None:
+    """One epilog entry: ``head`` in a column, ``body`` wrapped beside it (continuation lines
+    ``hang`` further in). Pre-wrapped because the epilog keeps its layout."""
+    import textwrap
+
+    first = f"  {head:<{indent - 3}} "
+    lines.append(
+        textwrap.fill(body, width=96, initial_indent=first, subsequent_indent=" " * (indent + hang))
+    )
+
+
+def _train_epilog() -> str:
+    """What the names after --dataset, --model and --technique may be, with their options."""
+    import data
+    import techniques
+
+    from . import models
+
+    lines = [
+        "config file (--config RUN.toml): RunConfig fields at the top level, e.g.",
+        '  dataset = "digits"',
+        '  model = "mlp"',
+        "  steps = 500",
+        "  [model_options]",
+        "  hidden = [64, 32]",
+        "  [[technique]]",
+        '  name = "prune-magnitude"',
+        "  sparsity = 0.8",
+        "",
+        "datasets (--dataset NAME; options: --dataset-option KEY=VALUE):",
+    ]
+    for name in data.names():
+        opts = ", ".join(f"{k}={v}" for k, v in data.default_options(name).items())
+        _wrap(lines, name, data.describe(name) + (f" Options: {opts}." if opts else ""))
+    lines += ["", "models (--model NAME; options: --model-option KEY=VALUE, values as JSON):"]
+    for name in models.names():
+        opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in models.defaults(name).items())
+        _wrap(lines, name, models.describe(name) + (f" Options: {opts}." if opts else ""))
+    lines += ["", "techniques (--technique NAME[:KEY=VALUE,...], repeatable; list values "
+              "joined by +):"]
+    for name in techniques.names():
+        _wrap(lines, name, techniques.describe(name))
+        for key, opt in techniques.get(name).options.items():
+            default = opt.default
+            if isinstance(default, list | tuple):
+                default = "+".join(default) or "(none)"
+            _wrap(lines, "", f"{key}={default}: {opt.help}", indent=22, hang=4)
+    lines += ["", *_paragraph(EXIT_CODES)]
+    return "\n".join(lines)
+
+
+def _paragraph(text: str) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=96)
+
+
 def _train_parser(sub) -> None:
     import data
     import techniques
@@ -40,9 +123,12 @@ def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model and record its LCA to a run file",
-        description="Train a model and record every step's Loss Change Allocation to HDF5. "
-        "Flags override values from --config.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="\n".join(_paragraph(
+            "Train a model and record every step's Loss Change Allocation to HDF5. Flags "
+            "override values from --config; a flag's default is the RunConfig default."
+        )),
+        formatter_class=_TrainHelpFormatter,
+        epilog=_train_epilog(),
     )
     p.add_argument("--config", help="TOML file with RunConfig fields (flags override it)")
     p.add_argument("--dataset", help=f"one of: {', '.join(data.names())}")
@@ -58,7 +144,7 @@ def _train_parser(sub) -> None:
         "--data-dir",
         help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
     )
-    p.add_argument("--subset", type=int, help="keep this many training examples")
+    p.add_argument("--subset", type=int, help="keep this many training examples (default: all)")
     p.add_argument("--model", help=f"one of: {', '.join(models.names())}")
     p.add_argument(
         "--model-option",
@@ -68,14 +154,14 @@ def _train_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="model option, e.g. hidden=[64,32] (repeatable)",
     )
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="training optimizer")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--momentum", type=float, help="momentum of --optimizer momentum")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay of the optimizer")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="training minibatch size")
     p.add_argument("--steps", type=int, help="optimizer steps")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the data split, init and batches")
     p.add_argument(
         "--measure-size",
         type=int,
@@ -88,7 +174,7 @@ def _train_parser(sub) -> None:
         help="LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
     )
     p.add_argument("--tolerance", type=float, help="rk4-adaptive: |ΔL − ΣA| allowed per step")
-    p.add_argument("--measure-dtype", choices=DTYPES)
+    p.add_argument("--measure-dtype", choices=DTYPES, help="precision LCA is measured in")
     p.add_argument(
         "--technique",
         action="append",
@@ -101,7 +187,9 @@ def _train_parser(sub) -> None:
         choices=RECORD_MODES,
         help="full: every parameter; units: per neuron/channel; layers: per tensor",
     )
-    p.add_argument("--device", choices=DEVICES)
+    p.add_argument(
+        "--device", choices=DEVICES, help="auto: CUDA when available, else CPU"
+    )
     p.add_argument(
         "--save-weights",
         action="store_true",
@@ -109,7 +197,12 @@ def _train_parser(sub) -> None:
         help="also save θ at every step, so `python -m lca allocate` can recompute the LCA",
     )
     p.add_argument("--eval-every", type=int, help="steps between train/test accuracy checks")
-    p.add_argument("--max-bytes", type=int, help="refuse a run whose file would exceed this")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        help="refuse, before it starts, a run whose file would exceed this many bytes "
+        "(the free disk space is always checked)",
+    )
     p.add_argument("--out", help="run file to write (default runs/<dataset>-<model>-<time>.h5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -250,7 +343,7 @@ def format_summary(s: dict[str, Any], path: str) -> str:
 def cmd_recover(args: argparse.Namespace) -> int:
     from .store import recover
 
-    print(recover(args.run))
+    print(recover(args.run, force=args.force))
     return 0
 
 
@@ -334,22 +427,46 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lca",
-        description="LCA Lab: record and inspect Loss Change Allocation of training runs.",
+        description="LCA Lab: record and inspect Loss Change Allocation of training runs. "
+        "`python -m lca COMMAND --help` documents each command.",
+        epilog=EXIT_CODES,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    p = sub.add_parser("inspect", help="print a summary of a run file")
+    p = sub.add_parser(
+        "inspect",
+        help="print a summary of a run file",
+        description="Print a run at a glance: status, steps, loss, accuracy, conservation "
+        "(Σ(ΔL − ΣA)), how many parameters helped, and the layers that helped and hurt most. "
+        "Works on a run that is still being written.",
+    )
     p.add_argument("run", help="run file (.h5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("recover", help="repair a run file whose writer was killed")
+    p = sub.add_parser(
+        "recover",
+        help="repair a run file whose writer was killed",
+        description="Make a run file whose writer was killed (SIGKILL, a crash, a full disk) "
+        "clean: keep the last whole step, trim the rest, mark it 'interrupted' and close it. "
+        "A clean file is left as it is; prints one line saying what was done.",
+    )
     p.add_argument("run", help="run file (.h5)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="repair even if the file's writer process still seems alive or the file cannot "
+        "be checked first (only when you are sure nothing writes it any more)",
+    )
     _allocate_parser(sub)
+    from .experiments import add_parser, cmd_experiment
+
+    add_parser(sub)
     args = parser.parse_args(argv)
     handlers = {
         "train": cmd_train,
         "inspect": cmd_inspect,
         "recover": cmd_recover,
         "allocate": cmd_allocate,
+        "experiment": cmd_experiment,
     }
     try:
         return handlers[args.command](args)

@@ -27,14 +27,14 @@ import data
 import techniques as techniques_registry
 
 from . import distributed, models
-from .allocate import NonFiniteLossError, Tracker
+from .allocate import KIND_STEP, NonFiniteLossError, Tracker
 from .config import RunConfig
 from .posthoc import WeightSavingTracker, declarations_for
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
-EVAL_MAX_EXAMPLES = 5000
+EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
 SUMMARIES_PATH = "technique_summaries"  # JSON: technique name -> its summary() dict
-SUMMARIES_BYTES = 1 << 16  # accuracy is measured on at most this many examples per split
+SUMMARIES_BYTES = 1 << 16  # its fixed length: no variable-length strings in an SWMR file
 
 
 class TrainingError(RuntimeError):
@@ -313,8 +313,8 @@ def run(
             train_loss = float(loss.detach())
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(
-                    f"The training loss became {train_loss} at step {step}; "
-                    "lower the learning rate. Every step before it is kept."
+                    f"The training loss became {train_loss} at step {step + 1}, so the run "
+                    "stopped with every step before it kept; lower the learning rate."
                 )
             for p in plugins:
                 term = p.loss_term(ctx, params)
@@ -348,9 +348,9 @@ def run(
             if progress is not None:
                 progress(step + 1, config.steps, train_loss)
     except NonFiniteLossError as e:
-        status, message = "failed", str(e)
+        status, message = "failed", _failure_message(e, tracker)
     except KeyboardInterrupt:
-        status, message = "interrupted", f"Interrupted after {tracker.train_steps} steps."
+        status, message = "interrupted", f"Interrupted after {_steps_kept(tracker)} steps."
     except TrainingError:
         _close_quietly(tracker, "failed")
         raise
@@ -363,11 +363,12 @@ def run(
             writer.set_array(SUMMARIES_PATH, summaries_json(summaries))
     tracker.close(status)
     last_acc = ctx.accuracy[-1] if ctx.accuracy else (0, None, None)
+    kept = _steps_kept(tracker)
     return RunResult(
         status=status,
-        message=message or f"Finished {tracker.train_steps} steps.",
+        message=message or f"Finished {kept} steps.",
         path=str(path) if path is not None else None,
-        steps=tracker.train_steps,
+        steps=kept,
         loss0=tracker.loss0,
         loss_final=tracker.last.loss_end if tracker.last else tracker.loss0,
         train_acc=last_acc[1],
@@ -411,6 +412,27 @@ def _log_eval(ctx, writer, evaluate_all, step: int, train_loss: float) -> None:
     ctx.accuracy.append((step, train_acc, test_acc))
     if writer is not None:
         writer.add_event("eval", [step, train_acc, test_acc, test_loss, train_loss])
+
+
+def _steps_kept(tracker: Tracker) -> int:
+    """Optimizer steps whose segment was recorded.
+
+    Not ``tracker.train_steps``: the tracker counts a step before measuring it, so a step cut
+    short by a NaN loss or Ctrl-C would be counted although the file does not have it.
+    """
+    return sum(1 for h in tracker.history if h["kind"] == KIND_STEP)
+
+
+def _failure_message(error: NonFiniteLossError, tracker: Tracker) -> str:
+    """The error as one sentence that also names the fix (the tracker's own says only what
+    happened): a loss that blows up during training wants a lower learning rate, a loss that is
+    not finite before the first step points at the data or the model."""
+    text = str(error).rstrip(".")
+    if "learning rate" in text:
+        return text + "."
+    if tracker.train_steps == 0:
+        return f"{text}; check the dataset and the model options."
+    return f"{text}; lower the learning rate."
 
 
 def _close_quietly(tracker: Tracker, status: str) -> None:

@@ -466,7 +466,9 @@ def layer_step_heatmap(
         custom = np.stack([li.ravel(), first[bi.ravel()], last[bi.ravel()], z.ravel()], axis=1)
         fig.add_trace(go.Scatter(
             x=centre[bi.ravel()], y=[labels[i] for i in li.ravel()], mode="markers",
-            marker={"size": 14, "color": "rgba(0,0,0,0.01)", "symbol": "square"},
+            # Fully transparent: overlapping markers would add up to a grey veil over the cells;
+            # plotly picks the clicked point by distance, not by what is drawn.
+            marker={"size": 14, "color": "rgba(0,0,0,0)", "symbol": "square"},
             selected={"marker": {"color": "rgba(0,0,0,0.55)", "size": 14}},
             # A plain list: a typed array would reach the click event as {"0": .., "1": ..}.
             unselected={"marker": {"opacity": 1}}, customdata=custom.tolist(), showlegend=False,

@@ -1,0 +1,125 @@
+"""The runs the experiments train, defined once so that experiments share them.
+
+Why shared: the same fc-mnist-on-digits run answers "how many parameters help", "which layers
+help", "are layers synchronized" and is the unpruned/unfrozen baseline; defining each setup once
+makes the configs identical, so the run cache trains it once.
+
+Sizes: the default size keeps ``python -m lca experiment all`` to minutes on 2 shared CPU cores
+with the bundled digits (8×8, 1,438 training images, all of them the measurement set, as in the
+paper); ``tiny`` shrinks everything to seconds for the tests. MNIST / CIFAR-10 setups are used only
+when the user's data folder has them (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import RunConfig
+from .common import ExperimentContext, dataset_available
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A named run: label (used in file names and tables) and its config."""
+
+    label: str
+    config: RunConfig
+    note: str = ""
+
+
+def _digits(ctx: ExperimentContext, model: str, *, steps: int, tiny_steps: int,
+            record: str = "full", **overrides: Any) -> RunConfig:
+    values: dict[str, Any] = {
+        "dataset": "digits",
+        "model": model,
+        "steps": ctx.size(steps, tiny_steps),
+        "measure_size": ctx.size(None, 128),  # the whole training split (1,438) as in the paper
+        "optimizer": "momentum",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "batch_size": 64,
+        "seed": 0,
+        "method": "rk4",
+        "record": record,
+        "device": "cpu",  # reproducible numbers; these models are too small to gain on a GPU
+        "eval_every": ctx.size(25, 4),
+        **overrides,
+    }
+    return RunConfig.from_dict(values)
+
+
+def fc_mnist_digits(ctx: ExperimentContext, **overrides: Any) -> Setup:
+    """The paper's 784-100-50-10 net, here on 8×8 digits (64-100-50-10, 12,060 parameters)."""
+    cfg = _digits(ctx, "fc-mnist", steps=400, tiny_steps=16, **overrides)
+    return Setup("digits-fc-mnist", cfg, "64-100-50-10 on 8×8 digits (paper: 784-100-50-10)")
+
+
+def lenet_digits(ctx: ExperimentContext, **overrides: Any) -> Setup:
+    """The paper's LeNet on 8×8 digits: same layers, flatten 40·2·2 = 160 (88,970 parameters)."""
+    cfg = _digits(ctx, "lenet", steps=200, tiny_steps=10, **overrides)
+    return Setup("digits-lenet", cfg, "paper's LeNet on 8×8 digits (fc1 sees 40×2×2)")
+
+
+def resnet20_digits(ctx: ExperimentContext, **overrides: Any) -> Setup:
+    """ResNet-20 at width 4 (paper: 16) with the paper's optimizer (SGD 0.1, momentum 0.9,
+    batch 250), few steps: the full-width net for 4,500 steps does not fit the time budget."""
+    cfg = _digits(
+        ctx, "resnet20", steps=250, tiny_steps=10,
+        model_options={"width": ctx.size(4, 2)}, lr=0.1, batch_size=ctx.size(250, 64),
+        **overrides,
+    )
+    return Setup("digits-resnet20", cfg, "ResNet-20 width 4 on 8×8 digits (paper: width 16 "
+                 "on CIFAR-10)")
+
+
+def integrator_setup(ctx: ExperimentContext, model: str, method: str,
+                     dtype: str = "float32", tolerance: float = 1e-3) -> Setup:
+    """The MLP / small CNN of the integrator table; only the LCA method (dtype, adaptive
+    tolerance) varies, so every method allocates the very same training trajectory."""
+    cfg = _digits(ctx, model, steps=150, tiny_steps=8, record="layers", method=method,
+                  measure_dtype=dtype, tolerance=tolerance)
+    suffix = "" if dtype == "float32" else "-f64"
+    if tolerance != 1e-3:
+        suffix += f"-tol{tolerance:.0e}"
+    return Setup(f"digits-{model}-{method}{suffix}", cfg)
+
+
+def mnist_setups(ctx: ExperimentContext) -> list[Setup]:
+    """fc-mnist and LeNet on (a subset of) real MNIST, when the data folder has it."""
+    if not dataset_available("mnist", ctx.data_dir):
+        return []
+    out = []
+    for model, record, steps in (("fc-mnist", "full", 1000), ("lenet", "units", 500)):
+        cfg = RunConfig.from_dict({
+            "dataset": "mnist",
+            "data_dir": ctx.data_dir,
+            "subset": ctx.size(10000, 200),
+            "model": model,
+            "steps": ctx.size(steps, 6),
+            "measure_size": ctx.size(2000, 64),
+            "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "batch_size": 64,
+            "seed": 0, "method": "rk4", "record": record, "device": "auto",
+            "eval_every": ctx.size(50, 3),
+        })
+        out.append(Setup(f"mnist-{model}", cfg, f"{model} on an MNIST subset"))
+    return out
+
+
+def cifar_setups(ctx: ExperimentContext) -> list[Setup]:
+    """ResNet-20 (width 16, the paper's net) on a CIFAR-10 subset, when the data folder has it."""
+    if not dataset_available("cifar10", ctx.data_dir):
+        return []
+    cfg = RunConfig.from_dict({
+        "dataset": "cifar10",
+        "data_dir": ctx.data_dir,
+        "subset": ctx.size(5000, 100),
+        "model": "resnet20",
+        "model_options": {"width": ctx.size(16, 2)},
+        "steps": ctx.size(400, 4),
+        "measure_size": ctx.size(1000, 32),
+        "optimizer": "momentum", "lr": 0.1, "momentum": 0.9, "batch_size": ctx.size(250, 32),
+        "seed": 0, "method": "rk4", "record": "units", "device": "auto",
+        "eval_every": ctx.size(50, 2),
+    })
+    return [Setup("cifar10-resnet20", cfg, "ResNet-20 on a CIFAR-10 subset")]

@@ -1,0 +1,275 @@
+"""The experiments: every report is written, and its tables are the run files' numbers.
+
+Each experiment runs at --tiny size into a temporary folder (all six share one module-scoped
+run, as ``python -m lca experiment all`` does). The checks parse numbers out of the markdown
+tables and recompute them here, independently, from the run files with ``lca.store.Reader``; a
+number typed by hand or computed from the wrong array would not match.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lca import cli
+from lca.experiments import EXPERIMENTS, run_all, run_one
+from lca.store import Reader
+from lca.synchrony import synchrony
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def tables(md: str) -> list[tuple[list[str], list[dict[str, str]]]]:
+    """Every markdown table: (headers, rows as header -> cell)."""
+    lines = md.splitlines()
+    out = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            head = _cells(lines[i])
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("| "):
+                rows.append(dict(zip(head, _cells(lines[i]), strict=True)))
+                i += 1
+            out.append((head, rows))
+        else:
+            i += 1
+    return out
+
+
+def table_rows(md: str, header: str) -> list[dict[str, str]]:
+    """Rows of every table that has a column ``header``."""
+    return [r for head, rows in tables(md) if header in head for r in rows]
+
+
+def run_files(md: str, runs: Path) -> dict[str, Path]:
+    """Run label -> file, from the report's Runs table."""
+    return {r["run"]: runs / r["file"] for r in table_rows(md, "file")}
+
+
+def close(cell: str, value: float, *, rel: float = 2e-3, abs_: float = 0.0) -> bool:
+    return math.isclose(float(cell), value, rel_tol=rel, abs_tol=abs_)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("experiments")
+    run_all(folder, tiny=True, log=lambda _m: None)
+    return folder
+
+
+def report(out: Path, name: str) -> str:
+    path = out / f"{name}.md"
+    assert path.exists(), f"{name}.md was not written"
+    return path.read_text()
+
+
+def test_every_report_and_summary_written(out: Path) -> None:
+    for name in EXPERIMENTS:
+        md = report(out, name)
+        assert md.startswith("# ") and "## Runs" in md
+        files = run_files(md, out / "runs")
+        assert files and all(p.exists() for p in files.values())
+        for link in [line.split("](")[1].rstrip(")") for line in md.splitlines()
+                     if line.startswith("Figure: [")]:
+            assert (out / link).exists()
+    assert (out / "figures" / "plotly.min.js").exists()  # figures open offline
+    results = (out / "RESULTS.md").read_text()
+    for name in EXPERIMENTS:
+        assert f"({name}.md)" in results
+    assert "+3.41e-3" in results  # the paper's number, quoted beside ours
+    assert "--tiny" in results  # a tiny summary says its numbers mean nothing
+
+
+def test_integrators_table_from_runs(out: Path) -> None:
+    md = report(out, "integrators")
+    files = run_files(md, out / "runs")
+    rows = table_rows(md, "whole run %")
+    assert {r["method"] for r in rows} >= {"euler", "trapezoid", "rk4", "rk4-adaptive", "gauss2"}
+    for row in rows:
+        with Reader(files[row["run"]]) as r:
+            loss = r.steps("loss")
+            err = r.steps("error")
+            d = np.diff(loss)
+            whole = abs(err.sum()) / abs(loss[-1] - loss[0])
+            mean_rel = np.mean(np.abs(err[d != 0]) / np.abs(d[d != 0]))
+            evals = r.steps("evaluations").mean()
+        assert close(row["whole run %"], 100 * whole, rel=1e-3, abs_=1e-4)
+        assert close(row["mean rel. %"], 100 * mean_rel, rel=1e-3, abs_=1e-3)
+        assert close(row["evals/step"], evals)
+        if row["method"] == "rk4":
+            assert float(row["evals/step"]) == 2  # endpoint reuse: the method's cost floor
+        if row["method"] == "euler":
+            assert float(row["evals/step"]) == 1
+
+
+def test_helped_tables_from_runs(out: Path) -> None:
+    md = report(out, "helped")
+    files = run_files(md, out / "runs")
+    step_rows = table_rows(md, "helped % (mean)")
+    assert {r["run"] for r in step_rows} == {"digits-fc-mnist", "digits-lenet"}
+    for row in step_rows:
+        with Reader(files[row["run"]]) as r:
+            helped = r.steps("helped")
+            hs = np.concatenate([r.param_helped_steps(n).ravel() for n in r.names])
+            tot = np.concatenate([r.param_totals(n).ravel() for n in r.names])
+            t = r.num_steps
+            a = np.concatenate([r.param_lca(n).reshape(t, -1) for n in r.names], axis=1)
+        assert close(row["helped % (mean)"], 100 * helped.mean(), abs_=0.051)
+        prow = next(p for p in table_rows(md, "median %") if p["run"] == row["run"])
+        assert close(prow["median %"], 100 * np.median(hs[tot != 0] / t), abs_=0.051)
+        assert int(prow["never moved"].replace(",", "")) == int((tot == 0).sum())
+        vrow = next(v for v in table_rows(md, "< 0 %") if v["run"] == row["run"])
+        assert close(vrow["< 0 %"], 100 * (a < 0).mean(), abs_=0.051)
+        assert close(vrow["sum of < 0"], float(a[a < 0].astype(np.float64).sum()), rel=1e-3)
+
+
+def test_layers_totals_from_runs(out: Path) -> None:
+    md = report(out, "layers")
+    files = run_files(md, out / "runs")
+    sections = md.split("\n## ")
+    checked = 0
+    for label, path in files.items():
+        section = next(s for s in sections if s.startswith(label + ":"))
+        rows = table_rows(section, "total LCA")
+        with Reader(path) as r:
+            lca = r.layer_lca()
+            names = r.names
+            loss = r.steps("loss")
+            err = r.steps("error")
+        for row in rows:
+            cols = [i for i, n in enumerate(names) if n.rsplit(".", 1)[0] == row["layer"]]
+            assert cols, row["layer"]
+            assert close(row["total LCA"], float(lca[:, cols].sum()), rel=1e-3, abs_=1e-12)
+            checked += 1
+        # Conservation: the layers' totals add up to the loss change (minus what the integrator
+        # left unallocated), so "share of total LCA" is a share of the loss decrease.
+        assert math.isclose(lca.sum() + err.sum(), loss[-1] - loss[0], rel_tol=1e-6, abs_tol=1e-9)
+    assert checked >= 3 + 4 + 20  # fc-mnist, LeNet and ResNet-20 modules
+
+
+def test_freeze_side_by_side_from_runs(out: Path) -> None:
+    md = report(out, "freeze")
+    files = run_files(md, out / "runs")
+    assert any(label.endswith("-freeze-out") for label in files)
+    for label, path in files.items():
+        if not label.endswith("-freeze-out"):
+            continue
+        base = files[label.removesuffix("-freeze-out")]
+        section = next(s for s in md.split("\n## ") if s.startswith(label.removesuffix(
+            "-freeze-out") + ":"))
+        layer_rows = {r["layer"]: r for r in table_rows(section, "LCA frozen")}
+        assert float(layer_rows["out"]["LCA frozen"]) == 0.0  # frozen: never moved
+        outcome = {r["run"]: r for r in table_rows(section, "loss after")}
+        with Reader(path) as r:
+            assert close(outcome["last layer frozen"]["loss after"], float(r.steps("loss")[-1]),
+                         rel=5e-4)
+            assert np.all(r.layer_lca()[:, [i for i, n in enumerate(r.names)
+                                            if n.startswith("out.")]] == 0)
+        with Reader(base) as r:
+            assert close(outcome["baseline"]["loss after"], float(r.steps("loss")[-1]), rel=5e-4)
+            fc = [i for i, n in enumerate(r.names) if n.startswith("out.")]
+            assert close(layer_rows["out"]["LCA baseline"], float(r.layer_lca()[:, fc].sum()),
+                         rel=1e-3)
+
+
+def test_synchrony_matches_the_app_metric(out: Path) -> None:
+    md = report(out, "synchrony")
+    files = run_files(md, out / "runs")
+    rows = [r for r in table_rows(md, "C %") if r["C %"] != "n/a"]
+    assert rows
+    for row in rows:
+        with Reader(files[row["run"]]) as r:
+            series = r.layer_lca()[r.steps("kind") == 0]
+        res = synchrony(series, top_fraction=0.05, window=25 if row["mode"] == "detrended" else 0,
+                        shifts=1000, seed=0)
+        assert close(row["C %"], 100 * res.observed, abs_=0.051)
+        assert close(row["null mean %"], 100 * res.null_mean, abs_=0.051)
+        assert int(row["tensors"]) == len(res.layers)
+
+
+def test_techniques_tables_from_runs(out: Path) -> None:
+    md = report(out, "techniques")
+    files = run_files(md, out / "runs")
+    prune_rows = table_rows(md, "helper-removal ratio")
+    assert {r["method"] for r in prune_rows} == {"prune-magnitude", "prune-lobs", "prune-lca"}
+    for row in prune_rows:
+        with Reader(files[row["run"]]) as r:
+            tot = r.events(f"techniques/{row['method']}/event_totals")
+            final = float(r.steps("loss")[-1])
+        assert close(row["cost (ΣA)"], float(tot["cost"][0]), rel=1e-3, abs_=1e-12)
+        assert close(row["final loss"], final, rel=5e-4)
+        ratio = float(tot["helper_removal_ratio"][0])
+        assert row["helper-removal ratio"] == "n/a" if not math.isfinite(ratio) else close(
+            row["helper-removal ratio"], ratio, rel=1e-2)
+    wus_rows = {r["run"]: r for r in table_rows(md, "skipped steps")}
+    for key in ("wus", "wus-lr"):
+        with Reader(files[wus_rows[key]["run file label"]]) as r:
+            skipped = int((np.asarray(r.series(f"techniques/{key}/skipping")) != 0).sum())
+            seconds = float(np.sum(r.series("steps/seconds_train")))
+        assert int(wus_rows[key]["skipped steps"]) == skipped > 0
+        assert close(wus_rows[key]["train s"], seconds, rel=1e-3)
+
+
+def test_single_experiment_keeps_runs_beside_report(tmp_path: Path) -> None:
+    from lca.experiments import synchrony as sync_experiment
+
+    path = sync_experiment.run(tmp_path, tiny=True)
+    assert path == tmp_path / "synchrony.md" and path.exists()
+    runs = sorted((tmp_path / "runs").glob("*.h5"))  # default runs folder: out_dir/runs
+    assert runs
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    first = path.read_text()
+    sync_experiment.run(tmp_path, tiny=True)  # same configs: the runs are reused, not retrained
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    assert table_rows(path.read_text(), "C %") == table_rows(first, "C %")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_data(folder: Path) -> None:
+    """Tiny MNIST (IDX) and CIFAR-10 (pickle batches) files in the real formats."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 48), ("t10k", 16)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    cifar = folder / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, 8)]}
+        (cifar / name).write_bytes(pickle.dumps(batch))
+
+
+def test_data_dir_adds_mnist_and_cifar_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _fake_data(data_dir)
+    path = run_one("layers", tmp_path / "out", tiny=True, data_dir=str(data_dir),
+                   log=lambda _m: None)
+    files = run_files(path.read_text(), tmp_path / "out" / "runs")
+    assert {"mnist-fc-mnist", "mnist-lenet", "cifar10-resnet20"} <= set(files)
+
+
+def test_cli_unknown_experiment_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["experiment", "no-such-thing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Unknown experiment 'no-such-thing'") and "\n" not in err
+    assert "Traceback" not in err
+
+
+def test_cli_lists_experiments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["experiment", "--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in [*EXPERIMENTS, "all"]:
+        assert name in listed
