@@ -424,7 +424,11 @@ class Tracker:
         row: dict[str, object] = {}
         yield row
         self.train_steps += 1
-        self._segment(self._snapshot(), KIND_STEP, "", row)
+        try:
+            self._segment(self._snapshot(), KIND_STEP, "", row)
+        except BaseException:
+            self.train_steps -= 1  # the step was not recorded
+            raise
 
     @contextmanager
     def intervention(self, label: str) -> Iterator[dict[str, object]]:

@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
+    except BrokenPipeError:  # `python -m lca inspect x.h5 | head`: the reader left early
+        sys.stderr.close()  # nothing more can be said; keep Python from complaining at exit
+        return 0
     except (ValueError, OSError) as e:  # ConfigError, RunFileError, DataError, …: one sentence
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "step", "cosine", "linear")
 RECORD_MODES = ("full", "units", "layers")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+FLOAT32_MAX = 3.4e38
 
 
 class ConfigError(ValueError):
@@ -84,6 +85,8 @@ class RunConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, not {self.seed!r}.")
         _positive_float("lr", self.lr)
+        if self.lr > FLOAT32_MAX:
+            raise ConfigError(f"lr must be at most {FLOAT32_MAX:.1e} (float32), not {self.lr!r}.")
         _positive_float("tolerance", self.tolerance)
         _unit_interval("momentum", self.momentum)
         _non_negative_float("weight_decay", self.weight_decay)
@@ -141,7 +144,9 @@ class RunConfig:
         try:
             values = tomllib.loads(p.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"Config file {p} does not exist.") from None
+            raise ConfigError(
+                f"Config file {p} does not exist; check the path given to --config."
+            ) from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"Config file {p} is not valid TOML: {e}.") from None
         return cls.from_dict(values)

@@ -19,18 +19,20 @@ whole step, marks it "interrupted" and closes it cleanly. The full schema is in 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -728,6 +730,12 @@ class Writer:
         self._flush()
 
     def _flush(self) -> None:
+        # Ctrl-C waits until the flush is whole: an interrupted flush followed by the flush in
+        # close() would otherwise write the buffered rows, and add them to the totals, twice.
+        with _defer_interrupt():
+            self._flush_now()
+
+    def _flush_now(self) -> None:
         f, n = self._f, self._n
         if n:
             t0, t1 = self._rows, self._rows + n
@@ -807,6 +815,26 @@ class Writer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._f is not None else "new")
         return f"Writer({str(self.path)!r}, record={self.record!r}, {state}, {self.num_steps} rows)"
+
+
+@contextlib.contextmanager
+def _defer_interrupt() -> Iterator[None]:
+    """Hold back SIGINT for the duration of the block (main thread only), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[object] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    except ValueError:  # not allowed here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def _host(x: Any) -> np.ndarray:
