@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import integrate
-from .measure import DEFAULT_CHUNK, LossFn, Measurer, Params, current_params
+from .measure import DEFAULT_CHUNK, LossFn, Measurer, Params
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,26 +68,10 @@ def unit_layout(model: nn.Module) -> list[UnitGroup]:
 
 def sum_units(per_param: Params, groups: list[UnitGroup]) -> dict[str, np.ndarray]:
     """Per-unit LCA (float64) for each group: Σ over each unit's incoming parameters."""
-    vectors = []
-    for g in groups:
-        acc = None
-        for name, d in zip(g.params, g.dims, strict=True):
-            a = per_param[name].double()
-            if a.ndim == 0:
-                a = a.reshape(1)
-            a = a.movedim(d, 0).reshape(a.shape[d], -1).sum(dim=1)
-            acc = a if acc is None else acc + a
-        vectors.append(acc)
-    if not vectors:
-        return {}
-    # One device-to-host copy for all groups (a copy per group would sync the GPU each time).
-    flat = torch.cat(vectors).cpu().numpy()
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for g, v in zip(groups, vectors, strict=True):
-        out[g.name] = flat[offset : offset + len(v)]
-        offset += len(v)
-    return out
+    first = next(iter(per_param.values()))
+    space = FlatSpace(list(per_param), [a.shape for a in per_param.values()], groups,
+                      first.device)
+    return space.split_units(space.per_unit(space.flatten(per_param)).cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,33 +102,145 @@ class Allocation:
         return (self.loss_end - self.loss_start) - self.total
 
 
+class FlatSpace:
+    """All parameters as one flat vector, so per-step bookkeeping is a handful of tensor ops.
+
+    The step's arithmetic (Δ, the points on the segment, the weighted sum of gradients, the
+    signs, the running totals) runs once over one vector instead of once per tensor, and the
+    sums per tensor and per unit are one ``index_add_`` each. Per-tensor dicts are views.
+    """
+
+    def __init__(self, names, shapes, units: list[UnitGroup], device: torch.device) -> None:
+        self.names = list(names)
+        self.shapes = [tuple(s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
+        self.numel = self.offsets[-1]
+        self.device = device
+        self.tensor_index = torch.repeat_interleave(
+            torch.arange(len(self.names), device=device),
+            torch.tensor(self.sizes, device=device),
+        )
+        where = {n: i for i, n in enumerate(self.names)}
+        self.unit_index = torch.zeros(self.numel, dtype=torch.long, device=device)
+        self.units = list(units)
+        self.unit_sizes = [g.size for g in self.units]
+        base = 0
+        for g in self.units:
+            for name, d in zip(g.params, g.dims, strict=True):
+                i = where[name]
+                shape = self.shapes[i]
+                if shape:
+                    view = [-1 if k == d else 1 for k in range(len(shape))]
+                    idx = torch.arange(shape[d], device=device).reshape(view).expand(shape)
+                    idx = idx.reshape(-1)
+                else:
+                    idx = torch.zeros(1, dtype=torch.long, device=device)
+                self.unit_index[self.offsets[i] : self.offsets[i + 1]] = idx + base
+            base += g.size
+        self.num_units = base
+
+    @classmethod
+    def of(cls, model: nn.Module, device: torch.device) -> FlatSpace:
+        params = dict(model.named_parameters())
+        return cls(params, [p.shape for p in params.values()], unit_layout(model), device)
+
+    def flatten(self, params: Params, dtype: torch.dtype | None = None) -> torch.Tensor:
+        flat = torch.cat([params[n].detach().reshape(-1) for n in self.names])
+        return flat.to(self.device, dtype or flat.dtype)
+
+    def unflatten(self, flat: torch.Tensor) -> Params:
+        """Views of ``flat`` shaped like the parameters (no copy)."""
+        return {
+            n: flat[o : o + k].view(shape)
+            for n, o, k, shape in zip(self.names, self.offsets[:-1], self.sizes, self.shapes,
+                                      strict=True)
+        }
+
+    def per_tensor(self, flat: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(self.names), dtype=torch.float64, device=flat.device)
+        return out.index_add_(0, self.tensor_index, flat.double())
+
+    def per_unit(self, flat: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.num_units, dtype=torch.float64, device=flat.device)
+        return out.index_add_(0, self.unit_index, flat.double())
+
+    def split_units(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        out, at = {}, 0
+        for g in self.units:
+            out[g.name] = values[at : at + g.size]
+            at += g.size
+        return out
+
+
 @dataclass
 class _Segment:
+    lca: torch.Tensor  # flat A
+    loss_end: float
+    grad_end: torch.Tensor | None  # flat ∇L(θ_end), reused as the next segment's start
+    splits: int
+    evaluations: int
+
+
+def _integrate_flat(
+    measurer: Measurer,
+    space: FlatSpace,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    method: str,
+    *,
+    loss_start: float,
+    grad_start: torch.Tensor | None,
+    tolerance: float,
+) -> _Segment:
+    rule = integrate.rule(method)
+    evals0 = measurer.evaluations
+    delta = end - start
+    grads: dict = {}
+
+    def grad_at(s) -> torch.Tensor:
+        point = start if s == 0 else end if s == 1 else torch.add(start, delta, alpha=float(s))
+        return measurer.flat_loss_and_grad(point)[1]
+
+    if rule.uses_start or method == "rk4-adaptive":
+        grads[Fraction(0)] = grad_start if grad_start is not None else grad_at(0)
+    # The end point is always measured: its loss closes the segment, its gradient opens the next.
+    need_end_grad = rule.uses_start or rule.uses_end
+    loss_end, g_end = measurer.flat_loss_and_grad(end, need_grad=need_end_grad)
+    if need_end_grad:
+        grads[Fraction(1)] = g_end
+
+    def run(r: integrate.Rule) -> torch.Tensor:
+        acc = None
+        for s, w in zip(r.nodes, r.weights, strict=True):
+            if s not in grads:
+                grads[s] = grad_at(s)
+            acc = grads[s] * w if acc is None else acc.add_(grads[s], alpha=w)
+        return acc.mul_(delta)
+
+    lca = run(rule)
+    splits = 1
+    if method == "rk4-adaptive":
+        for panels in integrate.ADAPTIVE_PANELS[1:]:
+            err = (loss_end - loss_start) - float(lca.double().sum())
+            if not abs(err) > tolerance:
+                break
+            lca = run(integrate.composite_simpson(panels))
+            splits = panels
+    return _Segment(lca, loss_end, g_end if need_end_grad else None, splits,
+                    measurer.evaluations - evals0)
+
+
+@dataclass
+class SegmentResult:
+    """LCA of one segment as per-tensor dicts (the dict-level face of the flat core)."""
+
     per_param: Params
     loss_end: float
     grad_end: Params | None
     splits: int
     evaluations: int
     per_tensor: np.ndarray  # float64, model order
-
-
-def _point(start: Params, delta: Params, end: Params, s: Fraction | float) -> Params:
-    if s == 0:
-        return start
-    if s == 1:
-        return end
-    return {n: torch.add(start[n], delta[n], alpha=float(s)) for n in start}
-
-
-def _combine(rule: integrate.Rule, grads: dict, delta: Params) -> Params:
-    out: Params = {}
-    for n, d in delta.items():
-        acc = None
-        for s, w in zip(rule.nodes, rule.weights, strict=True):
-            g = grads[s][n]
-            acc = g * w if acc is None else acc.add_(g, alpha=w)
-        out[n] = acc.mul_(d)
-    return out
 
 
 def integrate_segment(
@@ -156,46 +252,24 @@ def integrate_segment(
     loss_start: float,
     grad_start: Params | None = None,
     tolerance: float = integrate.DEFAULT_TOLERANCE,
-) -> _Segment:
+) -> SegmentResult:
     """LCA of start → end with ``method``, reusing ``grad_start`` when the rule needs it."""
-    rule = integrate.rule(method)
-    evals0 = measurer.evaluations
-    delta = {n: end[n] - start[n] for n in start}
-    grads: dict = {}
-    if rule.uses_start or method == "rk4-adaptive":
-        grads[Fraction(0)] = (
-            grad_start if grad_start is not None else measurer.loss_and_grad(start)[1]
-        )
-    # The end point is always measured: its loss closes the segment, its gradient opens the next.
-    need_end_grad = rule.uses_start or rule.uses_end
-    loss_end, g_end = measurer.loss_and_grad(end, need_grad=need_end_grad)
-    if need_end_grad:
-        grads[Fraction(1)] = g_end
-
-    def run(r: integrate.Rule) -> tuple[Params, np.ndarray]:
-        for s in r.nodes:
-            if s not in grads:
-                grads[s] = measurer.loss_and_grad(_point(start, delta, end, s))[1]
-        per_param = _combine(r, grads, delta)
-        per_tensor = torch.stack([per_param[n].double().sum() for n in start]).cpu().numpy()
-        return per_param, per_tensor
-
-    per_param, per_tensor = run(rule)
-    splits = 1
-    if method == "rk4-adaptive":
-        for panels in integrate.ADAPTIVE_PANELS[1:]:
-            err = (loss_end - loss_start) - math.fsum(per_tensor)
-            if not abs(err) > tolerance:
-                break
-            per_param, per_tensor = run(integrate.composite_simpson(panels))
-            splits = panels
-    return _Segment(
-        per_param=per_param,
-        loss_end=loss_end,
-        grad_end=g_end if need_end_grad else None,
-        splits=splits,
-        evaluations=measurer.evaluations - evals0,
-        per_tensor=per_tensor,
+    model = measurer.model
+    space = FlatSpace.of(model, measurer.device)
+    dtype = measurer.dtype
+    seg = _integrate_flat(
+        measurer, space, space.flatten(start, dtype), space.flatten(end, dtype), method,
+        loss_start=loss_start,
+        grad_start=None if grad_start is None else space.flatten(grad_start, dtype),
+        tolerance=tolerance,
+    )
+    return SegmentResult(
+        per_param=space.unflatten(seg.lca),
+        loss_end=seg.loss_end,
+        grad_end=None if seg.grad_end is None else space.unflatten(seg.grad_end),
+        splits=seg.splits,
+        evaluations=seg.evaluations,
+        per_tensor=space.per_tensor(seg.lca).cpu().numpy(),
     )
 
 
@@ -368,24 +442,29 @@ class Tracker:
             events=dict(events or {}),
             arrays=dict(arrays or {}),
         )
+        self.space = FlatSpace(
+            self.layout.names, self.layout.shapes, self.units, self.measurer.device
+        )
         self.keep_cumulative = keep_cumulative
-        self.cumulative: Params = {}
+        self._cumulative: torch.Tensor | None = None
+        self.cumulative: Params = {}  # name -> running ΣA (views of one flat vector)
         self.history: list[dict[str, float]] = []  # small per-segment scalars, for notebooks
         self.last: StepRecord | None = None
         self.train_steps = 0
         self.loss0: float | None = None
-        self._theta: Params | None = None
-        self._grad: Params | None = None
+        self._theta: torch.Tensor | None = None  # flat θ at the end of the last segment
+        self._grad: torch.Tensor | None = None  # flat ∇L there (the next segment's start)
         self._loss: float | None = None
         self._t0 = time.perf_counter()
         self._closed = False
 
     # -- state ------------------------------------------------------------------------------
-    def _snapshot(self) -> Params:
-        p = current_params(self.model)
+    def _snapshot(self) -> torch.Tensor:
+        """θ now, flat, as the forward pass uses it (through ``effective``), a copy."""
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
         if self.effective is not None:
-            p = self.effective(p)
-        return {n: t.detach().to(self.measurer.device, self.measurer.dtype) for n, t in p.items()}
+            params = self.effective(params)
+        return self.space.flatten(params, self.measurer.dtype)
 
     def start(self) -> None:
         """Measure L(θ_0) and open the record; called by the first step if not before."""
@@ -393,18 +472,18 @@ class Tracker:
             return
         self._theta = self._snapshot()
         rule = integrate.rule(self.method)
-        if rule.uses_start or self.method == "rk4-adaptive":
-            self._loss, self._grad = self.measurer.loss_and_grad(self._theta)
-        else:
-            self._loss, self._grad = self.measurer.loss(self._theta), None
+        need_grad = rule.uses_start or self.method == "rk4-adaptive"
+        self._loss, self._grad = self.measurer.flat_loss_and_grad(self._theta,
+                                                                  need_grad=need_grad)
         self.loss0 = self._loss
         if not math.isfinite(self._loss):
             raise NonFiniteLossError(f"The initial loss is {self._loss}; nothing was recorded.")
         if self.writer is not None:
             self.writer.begin(self.layout, self._loss)
 
-    def _moved_outside(self, now: Params) -> bool:
-        return any(not torch.equal(now[n], self._theta[n]) for n in now)
+    def params_at_last_segment(self) -> Params:
+        """θ where the last segment ended (name -> view), e.g. for saving weights."""
+        return self.space.unflatten(self._theta)
 
     # -- public -----------------------------------------------------------------------------
     @contextmanager
@@ -419,7 +498,7 @@ class Tracker:
             self.start()
         else:
             now = self._snapshot()
-            if self._moved_outside(now):
+            if not torch.equal(now, self._theta):
                 self._segment(now, KIND_INTERVENTION, "outside", {})
         row: dict[str, object] = {}
         yield row
@@ -439,16 +518,11 @@ class Tracker:
         yield row
         self._segment(self._snapshot(), KIND_INTERVENTION, label, row)
 
-    def _segment(self, end: Params, kind: int, label: str, row: dict[str, object]) -> None:
+    def _segment(self, end: torch.Tensor, kind: int, label: str, row: dict[str, object]) -> None:
         t0 = time.perf_counter()
-        seg = integrate_segment(
-            self.measurer,
-            self._theta,
-            end,
-            self.method,
-            loss_start=self._loss,
-            grad_start=self._grad,
-            tolerance=self.tolerance,
+        seg = _integrate_flat(
+            self.measurer, self.space, self._theta, end, self.method,
+            loss_start=self._loss, grad_start=self._grad, tolerance=self.tolerance,
         )
         index = len(self.history)
         if not math.isfinite(seg.loss_end):
@@ -456,15 +530,24 @@ class Tracker:
                 f"The loss became {seg.loss_end} at step {self.train_steps}; "
                 f"the {index} segments before it are kept."
             )
+        lca = seg.lca
         count = self.layout.num_params
-        counts = torch.stack([
-            torch.stack([(a < 0).sum(), (a > 0).sum()]) for a in seg.per_param.values()
-        ]).sum(dim=0).tolist()  # one host sync for both counts
-        helped, hurt = int(counts[0]), int(counts[1])
+        # Everything the host needs from this step, in one device-to-host copy.
+        summary = torch.cat([
+            self.space.per_tensor(lca),
+            self.space.per_unit(lca),
+            torch.stack([(lca < 0).sum(), (lca > 0).sum()]).double(),
+        ]).cpu().numpy()
+        n_layers = len(self.layout.names)
+        per_tensor = summary[:n_layers]
+        per_unit = self.space.split_units(summary[n_layers:-2])
+        helped, hurt = int(summary[-2]), int(summary[-1])
         if self.keep_cumulative:
-            for n, a in seg.per_param.items():
-                c = self.cumulative.get(n)
-                self.cumulative[n] = a.clone() if c is None else c.add_(a)
+            if self._cumulative is None:
+                self._cumulative = lca.clone()
+                self.cumulative = self.space.unflatten(self._cumulative)
+            else:
+                self._cumulative.add_(lca)
         now = time.perf_counter()
         record = StepRecord(
             index=index,
@@ -473,9 +556,9 @@ class Tracker:
             label=label,
             loss_start=self._loss,
             loss_end=seg.loss_end,
-            per_param=seg.per_param,
-            per_tensor=seg.per_tensor,
-            per_unit=sum_units(seg.per_param, self.units),
+            per_param=self.space.unflatten(lca),
+            per_tensor=per_tensor,
+            per_unit=per_unit,
             helped=helped / count,
             hurt=hurt / count,
             splits=seg.splits,

@@ -164,6 +164,11 @@ class Measurer:
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
+        self._flat_layout: list[tuple[str, int, int, tuple[int, ...]]] = []
+        offset = 0
+        for n, p in model.named_parameters():
+            self._flat_layout.append((n, offset, p.numel(), tuple(p.shape)))
+            offset += p.numel()
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
 
@@ -203,11 +208,17 @@ class Measurer:
             for n, b in self.model.named_buffers()
         }
 
-    def loss_and_grad(self, params: Params, *, need_grad: bool = True) -> tuple[float, Params]:
-        """Mean loss over the measurement set at ``params`` and its gradient (name -> tensor)."""
-        leaves = {
-            n: params[n].detach().to(self.device, self.dtype).requires_grad_(need_grad)
-            for n in self.names
+    def flat_loss_and_grad(
+        self, flat: torch.Tensor, *, need_grad: bool = True
+    ) -> tuple[float, torch.Tensor | None]:
+        """Mean loss at the parameters laid out flat in model order, and the flat gradient.
+
+        One leaf for all parameters: the model sees views of it, and backward accumulates
+        every gradient into one vector, which is what the LCA bookkeeping works on.
+        """
+        leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
+        views = {
+            n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout
         }
         buffers = self._buffers()
         # float64 on the device: the same sum the old per-chunk float() made, without a host
@@ -219,25 +230,35 @@ class Measurer:
             measurement_mode(self.model),
         ):
             for (x, y), w in zip(self._chunks, self._weights, strict=True):
-                out = functional_call(self.model, {**leaves, **buffers}, (x,))
+                out = functional_call(self.model, {**views, **buffers}, (x,))
                 loss = self.loss_fn(out, y) * w
                 if need_grad:
                     loss.backward()
                 total.add_(loss.detach())
-        grads: Params = {}
+        grad = None
         if need_grad:
             self.evaluations += 1
-            grads = {
-                n: (t.grad if t.grad is not None else torch.zeros_like(t))
-                for n, t in leaves.items()
-            }
+            grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         else:
             self.loss_evaluations += 1
-        if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradients
-            total = distributed.all_reduce_dict({"loss": total}, group=self.group)["loss"]
-            if grads:
-                grads = distributed.all_reduce_dict(grads, group=self.group)
-        return float(total), grads  # the one host sync of the evaluation
+        if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradient
+            reduced = distributed.all_reduce_dict(
+                {"loss": total, **({"grad": grad} if grad is not None else {})}, group=self.group
+            )
+            total, grad = reduced["loss"], reduced.get("grad")
+        return float(total), grad  # the one host sync of the evaluation
+
+    def flatten(self, params: Params) -> torch.Tensor:
+        """Parameters (name -> tensor) as one vector in model order, on the device."""
+        return torch.cat([params[n].detach().reshape(-1).to(self.device, self.dtype)
+                          for n, _, _, _ in self._flat_layout])
+
+    def loss_and_grad(self, params: Params, *, need_grad: bool = True) -> tuple[float, Params]:
+        """Mean loss over the measurement set at ``params`` and its gradient (name -> tensor)."""
+        loss, grad = self.flat_loss_and_grad(self.flatten(params), need_grad=need_grad)
+        if grad is None:
+            return loss, {}
+        return loss, {n: grad[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
 
     def loss(self, params: Params) -> float:
         return self.loss_and_grad(params, need_grad=False)[0]

@@ -86,11 +86,11 @@ class WeightSavingTracker(Tracker):
         first = self._theta is None
         super().start()
         if first and self.writer is not None and hasattr(self.writer, "set_array"):
-            for n, t in self._theta.items():
+            for n, t in self.params_at_last_segment().items():
                 self.writer.set_array(f"{WEIGHTS0}/{n}", t)
 
-    def _segment(self, end: Params, kind: int, label: str, row: dict[str, object]) -> None:
-        for n, t in end.items():
+    def _segment(self, end, kind: int, label: str, row: dict[str, object]) -> None:
+        for n, t in self.space.unflatten(end).items():
             row[f"{WEIGHTS}/{n}"] = t
         super()._segment(end, kind, label, row)
 
