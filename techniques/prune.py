@@ -263,6 +263,11 @@ class _Pruner(Technique):
         self.masks = {
             lay.name: torch.ones_like(lay.module.weight, dtype=torch.bool) for lay in self.layers
         }
+        # The masks as 1/0 in the weight's dtype: multiplying is about twice as fast on CPU as
+        # masked_fill, and these run on every step (gradient, weight, optimizer state).
+        self._keep = {
+            lay.name: self.masks[lay.name].to(lay.module.weight.dtype) for lay in self.layers
+        }
         self.pruned_at = {
             lay.name: np.full(tuple(lay.module.weight.shape), -1, dtype=np.int32)
             for lay in self.layers
@@ -290,6 +295,7 @@ class _Pruner(Technique):
         with torch.no_grad():
             for lay in self.layers:
                 self.masks[lay.name] &= ~removed[lay.name]
+                self._keep[lay.name] = self.masks[lay.name].to(params[lay.name].dtype)
                 params[lay.name].masked_fill_(~self.masks[lay.name], 0.0)
                 self.pruned_at[lay.name][removed[lay.name].cpu().numpy()] = ctx.step
                 ctx.set_array(self, array_name(lay.name), self.pruned_at[lay.name])
@@ -307,7 +313,7 @@ class _Pruner(Technique):
         for lay in self.layers:
             g = lay.module.weight.grad
             if g is not None:
-                g.masked_fill_(~self.masks[lay.name], 0.0)
+                g.mul_(self._keep[lay.name])
 
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
         self._enforce(ctx)
@@ -361,7 +367,7 @@ class _Pruner(Technique):
         """Pruned weights and their optimizer state back to exactly 0."""
         with torch.no_grad():
             for lay in self.layers:
-                lay.module.weight.masked_fill_(~self.masks[lay.name], 0.0)
+                lay.module.weight.mul_(self._keep[lay.name])
         self._zero_state(ctx)
 
     def _zero_state(self, ctx: Context) -> None:
@@ -372,7 +378,7 @@ class _Pruner(Technique):
                 continue
             for v in state.values():
                 if torch.is_tensor(v) and v.shape == w.shape:
-                    v.masked_fill_(~self.masks[lay.name], 0)
+                    v.mul_(self._keep[lay.name].to(v.dtype))
 
     def _scores(self, ctx: Context) -> dict[str, torch.Tensor]:
         """Per layer, a score per weight: the lowest scores are pruned first."""
