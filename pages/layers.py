@@ -18,7 +18,7 @@ import streamlit as st
 from lca import figures as F
 from lca.store import Reader
 from lca.synchrony import SynchronyError, synchrony
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+from pages.shared import open_run_or_explain, plot, show_run
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"
@@ -233,21 +233,7 @@ def render(path: Path) -> bool:
 
 def main() -> None:
     st.title("Layers: where and when the learning happened")
-    path = require_run()
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return
-        running = r.status == "running"
-    if running:
-
-        @st.fragment(run_every=LIVE_SECONDS)
-        def live() -> None:
-            if not render(path):
-                st.rerun()
-
-        live()
-    else:
-        render(path)
+    show_run(render)
 
 
 main()

@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+from pages.shared import open_run_or_explain, plot, show_run
 
 
 def _fmt(v: float | None, spec: str, missing: str = "—") -> str:
@@ -115,21 +115,7 @@ def render(path: Path) -> bool:
 
 def main() -> None:
     st.title("Loss: does LCA add up?")
-    path = require_run()
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return
-        running = r.status == "running"
-    if running:
-
-        @st.fragment(run_every=LIVE_SECONDS)
-        def live() -> None:
-            if not render(path):
-                st.rerun()  # the run just finished: draw once more without the timer
-
-        live()
-    else:
-        render(path)
+    show_run(render)
 
 
 main()

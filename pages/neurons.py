@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
+from pages.shared import open_run_or_explain, plot, show_run
 
 VALUE_BUDGET = 4_000_000  # LCA values read for the histogram (a seeded sample of steps beyond)
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
@@ -208,21 +208,7 @@ def render(path: Path) -> bool:
 
 def main() -> None:
     st.title("Neurons & weights: who did the learning")
-    path = require_run()
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return
-        running = r.status == "running"
-    if running:
-
-        @st.fragment(run_every=LIVE_SECONDS)
-        def live() -> None:
-            if not render(path):
-                st.rerun()
-
-        live()
-    else:
-        render(path)
+    show_run(render)
 
 
 main()

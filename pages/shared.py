@@ -7,7 +7,7 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,3 +73,27 @@ def require_run() -> Path:
 def plot(fig, *, key: str | None = None, **kwargs):
     """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
     return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
+
+
+def show_run(render: Callable[[Path], object]) -> None:
+    """Draw ``render(path)`` for the selected run; while it trains, redraw every LIVE_SECONDS.
+
+    A live run's charts sit in a fragment that re-reads the file on a timer; when ``render``
+    reports the run is no longer running (returns falsy), the page reruns once more without the
+    timer, so a finished run is drawn exactly like one opened later.
+    """
+    path = require_run()
+    with open_run_or_explain(path) as r:
+        if r is None:
+            return
+        running = r.status == "running"
+    if not running:
+        render(path)
+        return
+
+    @st.fragment(run_every=LIVE_SECONDS)
+    def live() -> None:
+        if not render(path):
+            st.rerun()
+
+    live()
