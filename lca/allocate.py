@@ -24,6 +24,13 @@ from . import integrate
 from .measure import DEFAULT_CHUNK, LossFn, Measurer, Params
 
 
+def exit_status(exc_type: type[BaseException] | None) -> str:
+    """The run status a ``with`` block ends in: complete, interrupted (Ctrl-C) or failed."""
+    if exc_type is None:
+        return "complete"
+    return "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+
+
 class NonFiniteLossError(RuntimeError):
     """The measured loss became NaN or infinite; the steps before it are kept."""
 
@@ -599,9 +606,4 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close("complete")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted")
-        else:
-            self.close("failed")
+        self.close(exit_status(exc_type))

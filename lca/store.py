@@ -805,12 +805,9 @@ class Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close("complete")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted")
-        else:
-            self.close("failed")
+        from .allocate import exit_status
+
+        self.close(exit_status(exc_type))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._f is not None else "new")

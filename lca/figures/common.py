@@ -37,13 +37,17 @@ DIVERGING = [
 
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:
     """A readable, projector-friendly layout: white background, large font, tight margins."""
-    # The title sits at the top of the margin and a horizontal legend just above the plot
-    # area; the margin leaves room for both so they never overlap.
+    # The title is pinned to the top of the figure and a horizontal legend sits just above the
+    # plot area; the top margin leaves room for both so they never overlap.
     fig.update_layout(
-        title={"text": title, "y": 0.98, "yanchor": "top", "x": 0.01} if title else None,
+        title=(
+            {"text": title, "y": 1.0, "yref": "container", "yanchor": "top",
+             "pad": {"t": 14}, "x": 0.01, "xanchor": "left"}
+            if title else None
+        ),
         template="plotly_white",
         height=height,
-        margin={"l": 60, "r": 20, "t": 90 if title else 40, "b": 50},
+        margin={"l": 60, "r": 20, "t": 96 if title else 40, "b": 50},
         font={"size": 14},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0},
     )

@@ -39,17 +39,6 @@ MAX_EDGE_WIDTH = 9.0
 MIN_NODE, MAX_NODE = 14.0, 46.0
 
 
-def _layout(fig: go.Figure, title: str | None, *, height: int) -> go.Figure:
-    """``base_layout`` with room between the title and a legend above the plot (they would
-    overlap), the title pinned to the top of the figure."""
-    base_layout(fig, title, height=height)
-    if title:
-        fig.update_layout(
-            title={"text": title, "y": 1.0, "yref": "container", "yanchor": "top",
-                   "pad": {"t": 14}, "x": 0.01, "xanchor": "left"},
-            margin={"t": 96},
-        )
-    return fig
 
 
 def _sign_word(v: float) -> str:
@@ -97,7 +86,7 @@ def decision_boundary_figure(
                     "x₁ %{x:.2f}, x₂ %{y:.2f}<extra></extra>",
                 )
             )
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     e = float(max(np.abs(xs).max(), np.abs(ys).max())) if len(xs) else 1.0
     fig.update_xaxes(title="x₁", range=[-e, e], constrain="domain", showgrid=False, zeroline=False)
     fig.update_yaxes(title="x₂", range=[-e, e], scaleanchor="x", scaleratio=1, showgrid=False,
@@ -248,7 +237,7 @@ def network_figure(
     for i in range(count):
         fig.add_annotation(x=xs[i], y=top, text=_layer_title(i, count, names), showarrow=False,
                            font={"size": 14}, yanchor="bottom")
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     bottom = min(float(y.min()) for y in ys if len(y))
     fig.update_xaxes(visible=False, range=[-0.7, count - 0.1])
     fig.update_yaxes(visible=False, range=[bottom - 0.7, top + 0.9])
@@ -316,7 +305,7 @@ def neuron_outputs_figure(
                 ann.font = {"size": 13, "color": HELPED if flat[k] < 0 else HURT if flat[k] > 0
                             else STILL}
                 k += 1
-    _layout(fig, title, height=height or max(260, 150 * rows + 60))
+    base_layout(fig, title, height=height or max(260, 150 * rows + 60))
     for ax in fig.layout:
         if ax.startswith("yaxis"):
             fig.layout[ax].scaleanchor = ax.replace("yaxis", "x")
@@ -343,7 +332,7 @@ def playground_loss_figure(
     if test_loss is not None:
         fig.add_trace(line(x=steps, y=np.asarray(test_loss), mode="lines", name="test loss",
                            line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"}))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss (cross-entropy)", rangemode="tozero")
     return fig
@@ -368,7 +357,7 @@ def accuracy_curves_figure(
         fig.add_trace(line(x=steps, y=100 * np.asarray(test_acc), mode="lines",
                            name="test accuracy",
                            line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"}))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="accuracy (%)", range=[0, 101])
     return fig
@@ -392,7 +381,7 @@ def layer_lca_bars_figure(
             hovertemplate="%{x}<br>LCA %{y:+.3e}<extra></extra>",
         )
     )
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="layer")
     fig.update_yaxes(title="LCA (loss change)", zeroline=True, zerolinecolor="#555555")
     return fig

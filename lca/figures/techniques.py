@@ -74,17 +74,6 @@ MAX_HEATMAP_COLS = 1500
 READ_ROWS = 256  # rows of per-weight LCA read at a time
 MAX_POINTS = 3000  # jittered points drawn per group in the helper-removal figure
 
-def _layout(fig: go.Figure, title: str | None, *, height: int) -> go.Figure:
-    """``base_layout`` with room between the title and a legend above the plot (they would
-    overlap), the title pinned to the top of the figure."""
-    base_layout(fig, title, height=height)
-    if title:
-        fig.update_layout(
-            title={"text": title, "y": 1.0, "yref": "container", "yanchor": "top",
-                   "pad": {"t": 14}, "x": 0.01, "xanchor": "left"},
-            margin={"t": 96},
-        )
-    return fig
 
 
 NO_TECHNIQUE = (
@@ -612,7 +601,7 @@ def technique_loss_figure(
             x=segs + 1, y=loss[segs + 1], mode="markers", name="step skipped by loss scaler",
             marker={"symbol": "triangle-down", "size": 11, "color": SCALER_COLOR},
         ))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="segment (one per optimizer step" +
                      (", plus one per prune event)" if prune_marks else ")"))
     fig.update_yaxes(title="loss on the measurement set")
@@ -653,7 +642,7 @@ def technique_layer_lines_figure(
     _add_bands(fig, skip_bands, offset=0.0)
     for s, _ in prune_marks:
         fig.add_vline(x=float(s) + 1, line={"color": PRUNE_COLOR, "dash": "dot", "width": 1})
-    _layout(fig, title if len(mods) <= MAX_LINES else
+    base_layout(fig, title if len(mods) <= MAX_LINES else
                 f"{title} — the {MAX_LINES} largest of {len(mods)} layers", height=height)
     fig.update_xaxes(title="segment")
     fig.update_yaxes(title="cumulative LCA (loss change)", zeroline=True,
@@ -699,7 +688,7 @@ def technique_heatmap_figure(
         x_title="segment", y_title="", colorbar_title="LCA",
         height=height or max(340, 28 * len(names) + 170),
     )
-    _layout(fig, title, height=fig.layout.height)
+    base_layout(fig, title, height=fig.layout.height)
     ticks = np.linspace(0, len(starts) - 1, min(len(starts), 8)).round().astype(int)
     fig.update_xaxes(tickvals=ticks, ticktext=[str(int(starts[i])) for i in ticks],
                      title="segment")
@@ -799,7 +788,7 @@ def prune_split_figure(split: PruneSplit, *, title: str | None = None,
                     "line": {"color": "#333333", "width": 1}},
             hovertemplate=f"%{{x}}<br>{label}<br>LCA %{{y:+.3e}}<extra></extra>",
         ))
-    _layout(fig, title or "What the prune event cost, layer by layer", height=height)
+    base_layout(fig, title or "What the prune event cost, layer by layer", height=height)
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="layer")
     fig.update_yaxes(title="LCA of the event (loss change)", zeroline=True,
@@ -834,7 +823,7 @@ def prune_events_figure(events: Sequence[PruneEvent], *, height: int = 340) -> g
         fig.add_trace(go.Bar(x=x, y=v, name="loss cost of the event",
                              marker={"color": [HELPED if a < 0 else HURT for a in v]},
                              hovertemplate="%{x}<br>LCA %{y:+.3e}<extra></extra>"))
-    _layout(fig, "The loss cost of each prune event", height=height)
+    base_layout(fig, "The loss cost of each prune event", height=height)
     fig.update_yaxes(title="LCA of the event (loss change)", zeroline=True,
                      zerolinecolor="#555555")
     return fig
@@ -862,7 +851,7 @@ def helper_share_figure(
                textposition="inside",
                hovertemplate="%{y}<br>hurters %{x:.1f}%<extra></extra>"),
     ])
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title="share of the weights (%)", range=[0, 100])
     fig.update_yaxes(autorange="reversed")
@@ -900,7 +889,7 @@ def helper_removal_figure(
     for color, text in ((HELPED, "had helped (< 0)"), (HURT, "had hurt (> 0)")):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=text,
                                  marker={"color": color, "size": 11}))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(tickvals=[0, 1], ticktext=[g for g, _ in groups], range=[-0.6, 1.6],
                      type="linear")
     # Cumulative LCA is heavy-tailed: zoom on the middle 98% so the bulk is visible.
@@ -929,7 +918,7 @@ def amp_scale_figure(scale: np.ndarray, skipped: np.ndarray | None = None, *,
         fig.add_trace(go.Scatter(x=k, y=s[k], mode="markers", name="step skipped (inf/NaN "
                                  "gradients)", marker={"symbol": "triangle-down", "size": 12,
                                                        "color": SCALER_COLOR}))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="segment")
     fig.update_yaxes(title="loss scale", type="log")
     return fig
@@ -950,7 +939,7 @@ def bits_figure(tensor_names: Sequence[str], bits: np.ndarray, *,
         text=[f"{v:g}" for v in shown], textposition="outside",
         hovertemplate="%{x}<br>%{y:g} bits per weight<extra></extra>", showlegend=False,
     ))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="tensor (grey = left in float32)")
     fig.update_yaxes(title="bits per weight", range=[0, 36])
     return fig
@@ -970,7 +959,7 @@ def series_figure(values: np.ndarray, *, title: str, y_title: str,
     line = go.Scattergl if len(v) > 5000 else go.Scatter
     fig = go.Figure(line(x=x, y=v, mode="lines", line={"color": "#0877bd", "width": 2.5},
                          showlegend=False))
-    _layout(fig, title, height=height)
+    base_layout(fig, title, height=height)
     fig.update_xaxes(title="segment")
     fig.update_yaxes(title=y_title)
     return fig
