@@ -252,28 +252,15 @@ def rebuild(config: dict[str, Any], device: torch.device, data_dir: str | None =
 
     Uses the training loop's own helpers, so the measurement set is the same seeded subset.
     """
-    import data
-
-    from . import models
     from .config import RunConfig
-    from .train import TrainingError, measurement_set, seed_everything
+    from .train import build_data_and_model, measurement_set, seed_everything
 
     values = dict(config)
     if data_dir is not None:
         values["data_dir"] = data_dir
     cfg = RunConfig.from_dict(values)
     seed_everything(cfg.seed)
-    try:
-        ds = data.load(
-            cfg.dataset,
-            subset=cfg.subset,
-            seed=cfg.seed,
-            data_dir=cfg.data_dir,
-            **cfg.dataset_options,
-        )
-        model = models.build(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
+    ds, model = build_data_and_model(cfg)
     model.to(device)
     return cfg, model, nn.CrossEntropyLoss(), measurement_set(ds, cfg)
 

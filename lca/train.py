@@ -98,6 +98,22 @@ def schedule_factor(config: RunConfig, step: int) -> float:
     return 1.0
 
 
+def build_data_and_model(config: RunConfig) -> tuple[data.Dataset, nn.Module]:
+    """The run's dataset and a freshly initialised model (seed first for the same weights)."""
+    try:
+        ds = data.load(
+            config.dataset,
+            subset=config.subset,
+            seed=config.seed,
+            data_dir=config.data_dir,
+            **config.dataset_options,
+        )
+        model = models.build(config.model, ds.input_shape, ds.num_classes, **config.model_options)
+    except ValueError as e:  # DataError, ModelError: all one sentence
+        raise TrainingError(str(e)) from None
+    return ds, model
+
+
 def measurement_set(ds: data.Dataset, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed measurement set: the training split, a seeded subset when capped."""
     n = ds.num_train
@@ -160,17 +176,10 @@ def run(
     if dist_ctx is not None:
         device = dist_ctx.device
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
+    ds, model = build_data_and_model(config)
     try:
-        ds = data.load(
-            config.dataset,
-            subset=config.subset,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            **config.dataset_options,
-        )
-        model = models.build(config.model, ds.input_shape, ds.num_classes, **config.model_options)
         plugins = [techniques_registry.create(spec) for spec in config.techniques]
-    except ValueError as e:  # DataError, ModelError, TechniqueError: all one sentence
+    except ValueError as e:  # TechniqueError: one sentence
         raise TrainingError(str(e)) from None
     model.to(device)
     if dist_ctx is not None:
