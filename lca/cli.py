@@ -269,12 +269,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
     quiet = args.quiet or not main
-    bar = None if quiet else tqdm(total=config.steps, unit="step", dynamic_ncols=True)
+    bar = None  # made at the first step, so a run refused at setup shows only its sentence
 
     def progress(step: int, total: int, loss: float) -> None:
-        if bar is not None:
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4f}")
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}")
 
     try:
         result = run(config, out=out, progress=progress)
