@@ -207,7 +207,7 @@ def _integrate_flat(
 
     def grad_at(s) -> torch.Tensor:
         point = start if s == 0 else end if s == 1 else torch.add(start, delta, alpha=float(s))
-        return measurer.flat_loss_and_grad(point)[1]
+        return measurer.flat_grad(point)
 
     if rule.uses_start or method == "rk4-adaptive":
         grads[Fraction(0)] = grad_start if grad_start is not None else grad_at(0)

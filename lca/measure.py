@@ -169,6 +169,11 @@ class Measurer:
         for n, p in model.named_parameters():
             self._flat_layout.append((n, offset, p.numel(), tuple(p.shape)))
             offset += p.numel()
+        # The mean loss of one chunk at the given parameters and buffers: the one place the
+        # model runs, so ``benchmarks/compile.py`` can swap in ``torch.compile(chunk_loss)``.
+        self.chunk_loss: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor] = (
+            lambda tensors, x, y: self.loss_fn(functional_call(self.model, tensors, (x,)), y)
+        )
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
 
@@ -216,6 +221,19 @@ class Measurer:
         One leaf for all parameters: the model sees views of it, and backward accumulates
         every gradient into one vector, which is what the LCA bookkeeping works on.
         """
+        total, grad = self._evaluate(flat, need_grad)
+        return float(total), grad  # the one host sync of the evaluation
+
+    def flat_grad(self, flat: torch.Tensor) -> torch.Tensor:
+        """The flat gradient alone, with no host sync: a quadrature rule's interior nodes need
+        no loss, so a GPU keeps queueing work while they are computed."""
+        grad = self._evaluate(flat, True)[1]
+        assert grad is not None
+        return grad
+
+    def _evaluate(
+        self, flat: torch.Tensor, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
         views = {
             n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout
@@ -230,8 +248,7 @@ class Measurer:
             measurement_mode(self.model),
         ):
             for (x, y), w in zip(self._chunks, self._weights, strict=True):
-                out = functional_call(self.model, {**views, **buffers}, (x,))
-                loss = self.loss_fn(out, y) * w
+                loss = self.chunk_loss({**views, **buffers}, x, y) * w
                 if need_grad:
                     loss.backward()
                 total.add_(loss.detach())
@@ -246,7 +263,7 @@ class Measurer:
                 {"loss": total, **({"grad": grad} if grad is not None else {})}, group=self.group
             )
             total, grad = reduced["loss"], reduced.get("grad")
-        return float(total), grad  # the one host sync of the evaluation
+        return total, grad
 
     def flatten(self, params: Params) -> torch.Tensor:
         """Parameters (name -> tensor) as one vector in model order, on the device."""

@@ -156,6 +156,16 @@ def test_chunk_size_does_not_change_lca_without_batchnorm():
     assert math.isclose(whole.loss_start, chunked.loss_start, rel_tol=1e-12)
 
 
+def test_gradient_only_evaluation_equals_the_full_one():
+    """Interior quadrature nodes skip the loss read-back; the gradient must not change."""
+    model = mlp()
+    m = Measurer(model, nn.CrossEntropyLoss(), blobs(), chunk_size=7)
+    flat = m.flatten(dict(model.named_parameters())) + 0.01
+    _, full = m.flat_loss_and_grad(flat)
+    assert torch.equal(m.flat_grad(flat), full)
+    assert m.evaluations == 2 and m.loss_evaluations == 0
+
+
 def test_units_tensors_and_total_agree_for_linear_conv_and_batchnorm():
     model = bn_cnn()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
