@@ -185,6 +185,20 @@ def test_cumulative_layers_one_line_per_layer_without_green_or_red():
     np.testing.assert_allclose(per.data[2].y[-1], c[-1, 2] / 4)
 
 
+def test_a_layer_has_one_colour_on_every_page():
+    """Home's live lines show only the largest layers; a layer must not change colour there."""
+    from lca.figures.live import live_layer_lines
+
+    names = [f"l{i}" for i in range(14)]
+    c = np.cumsum(RNG.normal(size=(50, 14)), axis=0)
+    c[:, 3] *= 1e-6  # small: the live chart leaves it out, shifting the others' rank
+    everywhere = {t.name: t.line.color for t in F.cumulative_layers(c, names).data}
+    live = {t.name: t.line.color for t in live_layer_lines(c, names).data}
+    assert "l3" not in live and len(live) < len(names)
+    assert all(everywhere[n] == colour for n, colour in live.items())
+    assert len(set(everywhere.values())) == len(names)
+
+
 def test_peak_raster_and_synchrony_figure():
     series = RNG.normal(size=(200, 3))
     res = synchrony(series, shifts=200)

@@ -31,6 +31,7 @@ from .common import (
     STILL,
     base_layout,
     empty_figure,
+    series_color,
     sign_colors,
 )
 
@@ -66,10 +67,6 @@ INTERVENTION = "#7b3294"  # purple: a segment where a technique moved weights (e
 MEASURED = "#252525"  # the measured loss
 PREDICTED = "#2c7fb8"  # L_0 + cumulative ΣA
 # Colours for lines that stand for layers or runs: no green or red, those mean helped / hurt.
-_COLORS = [
-    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#393b79", "#e6550d", "#636363", "#843c39", "#5254a3", "#bd9e39", "#7b4173", "#3182bd",
-]
 MAX_POINTS = 4000  # points per curve sent to the browser
 CLICK_CELLS = 20_000  # cells of a clickable heatmap (one invisible marker per cell)
 
@@ -503,7 +500,7 @@ def cumulative_layers(
     for j, name in enumerate(names):
         fig.add_trace(_line(
             x=x, y=c[idx, j], mode="lines", name=str(name),
-            line={"color": _COLORS[j % len(_COLORS)], "width": 2},
+            line={"color": series_color(j), "width": 2},
             hovertemplate=f"{name}<br>after step %{{x}}: %{{y:.4e}}<extra></extra>"))
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = "per parameter" if per_param and per_param_counts is not None else ""
@@ -919,7 +916,7 @@ def compare_loss(
         n = min(len(x), len(y))
         idx = thin(n)
         fig.add_trace(_line(x=x[:n][idx], y=y[:n][idx], mode="lines", name=lab,
-                                   line={"color": _COLORS[j % len(_COLORS)], "width": 2.5},
+                                   line={"color": series_color(j), "width": 2.5},
                                    hovertemplate=f"{lab}<br>%{{x:.4g}}: loss %{{y:.5f}}"
                                                  "<extra></extra>"))
     _layout(fig, title, height=height)
@@ -953,7 +950,7 @@ def compare_layers(
     for j, (lab, tot) in enumerate(totals.items()):
         y = _per_param(tot, counts[lab]) if per else np.asarray(tot, dtype=np.float64)
         fig.add_trace(go.Bar(x=list(names), y=y, name=lab,
-                             marker_color=_COLORS[j % len(_COLORS)],
+                             marker_color=series_color(j),
                              hovertemplate=f"{lab}<br>%{{x}}: %{{y:.4e}}<extra></extra>"))
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = " per parameter" if per else ""

@@ -19,6 +19,7 @@ __all__ = [
     "block_heatmap",
     "empty_figure",
     "lca_heatmap",
+    "series_color",
     "sign_colors",
 ]
 
@@ -33,6 +34,18 @@ DIVERGING = [
     [0.75, "#fc8d59"],
     [1.0, HURT],
 ]
+
+# Lines and bars that name layers or runs: no green and no red, which mean helped and hurt.
+# A layer's colour comes from its place in the model, so it is the same on every page.
+SERIES_COLORS = [
+    "#1f77b4", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#393b79", "#aec7e8", "#c5b0d5", "#c49c94", "#e6550d", "#5254a3", "#bd9e39", "#7b4173",
+]
+
+
+def series_color(index: int) -> str:
+    """The colour of the ``index``-th layer (in model order) or run."""
+    return SERIES_COLORS[index % len(SERIES_COLORS)]
 
 
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .common import HELPED, HURT, base_layout, empty_figure, sign_colors
+from .common import HELPED, HURT, base_layout, empty_figure, series_color, sign_colors
 
 __all__ = [
-    "LINE_COLORS",
     "live_layer_bars",
     "live_layer_lines",
     "live_loss_figure",
@@ -22,10 +21,6 @@ __all__ = [
 ]
 
 # Layer lines avoid green and red, which mean helped and hurt everywhere else.
-LINE_COLORS = [
-    "#1f77b4", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#393b79", "#aec7e8", "#c5b0d5", "#c49c94",
-]
 # Points per curve drawn: long runs are sampled (cumulative values stay exact), so plain SVG
 # scatter traces stay light enough to redraw every second, even without a GPU.
 MAX_POINTS = 2000
@@ -112,11 +107,11 @@ def live_layer_lines(
     order = np.sort(order)  # keep model order in the legend
     i = sample_points(t)
     fig = go.Figure()
-    for k, j in enumerate(order):
+    for j in order:
         fig.add_trace(
             go.Scatter(
                 x=i + 1, y=c[i, j], mode="lines", name=str(names[j]),
-                line={"color": LINE_COLORS[k % len(LINE_COLORS)], "width": 2.5},
+                line={"color": series_color(int(j)), "width": 2.5},
                 hovertemplate=f"{names[j]}<br>step %{{x}}<br>total LCA %{{y:.4f}}<extra></extra>",
             )
         )

@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 
 from lca.downsample import block_sum
 
-from .common import HELPED, HURT, STILL, base_layout, empty_figure, lca_heatmap
+from .common import HELPED, HURT, STILL, base_layout, empty_figure, lca_heatmap, series_color
 
 __all__ = [
     "FROZEN_COLOR",
@@ -65,10 +65,6 @@ SKIP_LINE = "#0877bd"
 FROZEN_COLOR = "#111111"
 PRUNE_COLOR = "#111111"
 SCALER_COLOR = "#7b3294"  # purple: a step the fp16 loss scaler skipped
-LINE_COLORS = [
-    "#1f77b4", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#393b79", "#aec7e8",
-]
 MAX_LINES = 10
 MAX_HEATMAP_COLS = 1500
 READ_ROWS = 256  # rows of per-weight LCA read at a time
@@ -634,9 +630,9 @@ def technique_layer_lines_figure(
     x = np.arange(1, a.shape[0] + 1)
     line = go.Scattergl if a.shape[0] > 5000 else go.Scatter
     fig = go.Figure()
-    for k, m in enumerate(sorted(order)):
+    for m in sorted(order):
         fig.add_trace(line(x=x, y=cum[:, m], mode="lines", name=mods[m],
-                           line={"color": LINE_COLORS[k % len(LINE_COLORS)], "width": 2.2},
+                           line={"color": series_color(int(m)), "width": 2.2},
                            hovertemplate=f"{mods[m]}<br>after segment %{{x}}: "
                            "Σ LCA %{y:+.4f}<extra></extra>"))
     _add_bands(fig, skip_bands, offset=0.0)
