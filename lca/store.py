@@ -654,7 +654,7 @@ class Writer:
         shape = self._shapes[name]
         if torch.is_tensor(a) and a.device.type not in ("cpu", "cuda"):
             a = a.detach().cpu()  # e.g. MPS, which has no float64 for the totals
-        if torch.is_tensor(a) and a.device.type == "cuda":
+        if torch.is_tensor(a) and _sums_on_device(a):
             with torch.no_grad():
                 a = a.detach().reshape(shape)
                 tot, cnt = self._tot.get(name), self._cnt.get(name)
@@ -832,6 +832,15 @@ def _defer_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if caught:
             raise KeyboardInterrupt
+
+
+def _sums_on_device(a: Any) -> bool:
+    """Whether a step's per-weight LCA is summed where it lies (a GPU) rather than on the host.
+
+    One function so the tests can send CPU tensors down the device path too: the sums and
+    counts it keeps must equal the host path's, whichever device the tensors are on.
+    """
+    return a.device.type == "cuda"
 
 
 def _host(x: Any) -> np.ndarray:

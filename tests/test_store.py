@@ -177,6 +177,25 @@ def test_round_trip_every_field(runs, mode):
         assert r.totals_rows == r.num_steps
 
 
+@pytest.mark.parametrize("mode", ["full", "units", "layers"])
+def test_gpu_summing_path_writes_the_same_file(runs, mode, tmp_path, monkeypatch):
+    """On a GPU the writer sums each weight's LCA on the device; driven here with CPU tensors,
+    that path must store what the host path stores."""
+    monkeypatch.setattr(store, "_sums_on_device", lambda a: True)
+    path = tmp_path / f"{mode}.h5"
+    _tracked_run(path, mode)
+    with open_run(runs[mode][0]) as host, open_run(path) as device:
+        assert device.num_steps == host.num_steps and device.totals_rows == host.totals_rows
+        np.testing.assert_array_equal(device.layer_lca(), host.layer_lca())
+        for name in host.names:
+            np.testing.assert_allclose(device.param_totals(name), host.param_totals(name),
+                                       rtol=1e-12, atol=1e-18)
+            np.testing.assert_array_equal(device.param_helped_steps(name),
+                                          host.param_helped_steps(name))
+            if mode == "full":
+                np.testing.assert_array_equal(device.param_lca(name), host.param_lca(name))
+
+
 def test_series_events_arrays_round_trip(runs):
     path, records, _ = runs["units"]
     with open_run(path) as r:
