@@ -60,6 +60,7 @@ def load(path: str, stamp: tuple[int, int]) -> dict[str, Any]:
         return {
             "data": data,
             "summaries": F.technique_summaries(r, data),
+            "reported": r.technique_summaries(),
             "events": events,
             "splits": splits,
             "series": extra,
@@ -116,8 +117,14 @@ def section_overview(d: dict[str, Any]) -> None:
         f"- **{n}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
     st.table(d["summaries"])
-    st.caption("Computed from what the run file records (per-step series, event tables, "
-               "arrays); the techniques' own end-of-run summaries are not stored in the file.")
+    st.caption("Computed from what the run file records step by step (series, event tables, "
+               "arrays), so it grows with a live run.")
+    reported = F.reported_rows(d["reported"])
+    if reported:
+        with st.expander("What each technique reported when the run ended"):
+            st.dataframe(reported, hide_index=True, width="stretch")
+    elif d["status"] == "running":
+        st.caption("Each technique's own report is added when the run ends.")
 
 
 def section_timelines(data: F.RunTechniques) -> None:

@@ -249,6 +249,22 @@ def test_summaries_say_what_each_technique_saved(tech_run, misc_run):
         assert not np.any(d.layer_lca[mask][:, rows_frozen])
 
 
+def test_reported_rows_word_each_techniques_own_summary(tech_run):
+    rows = tf.reported_rows({"wus": {"fraction_steps_skipped": 0.1, "seconds_step_normal": 0.002,
+                                     "steps": 200, "grad_scaler": True},
+                             "quantize": {"sparsity_per_layer": {"fc1.weight": 0.5},
+                                          "compression": 6.9598, "event_steps": [60, 90]}})
+    by = {(r["technique"], r["figure"]): r["value"] for r in rows}
+    assert by == {("wus", "fraction steps skipped"): "10.0%",
+                  ("wus", "seconds step normal"): "2.0 ms", ("wus", "steps"): "200",
+                  ("wus", "grad scaler"): "yes",
+                  ("quantize", "sparsity per layer"): "fc1.weight 50.0%",
+                  ("quantize", "compression"): "6.96", ("quantize", "event steps"): "60, 90"}
+    with Reader(tech_run) as r:  # a real run stores what each technique reported at its end
+        names = {row["technique"] for row in tf.reported_rows(r.technique_summaries())}
+    assert names == {"wus", "prune-magnitude"}
+
+
 # -- the page ---------------------------------------------------------------------------------
 
 
@@ -279,6 +295,7 @@ def test_page_with_skipping_and_pruning(runs_folder, make_run, tech_run):
     assert heat["data"][0]["type"] == "heatmap"
     assert at.table and len(at.table) == 1
     assert any("Helper-removal" in m.label for m in at.metric)
+    assert any("reported when the run ended" in e.label for e in at.expander)
 
 
 def test_page_with_amp_quantize_freeze(runs_folder, make_run, misc_run):

@@ -52,6 +52,7 @@ __all__ = [
     "prune_split",
     "prune_split_figure",
     "pruned_history",
+    "reported_rows",
     "series_figure",
     "technique_heatmap_figure",
     "technique_layer_lines_figure",
@@ -427,8 +428,8 @@ def _fmt_s(x: float) -> str:
 def technique_summaries(r, data: RunTechniques | None = None) -> list[dict[str, str]]:
     """One row per technique: what it did, what it saved, and what the file could not say.
 
-    Computed from the run file's series, events and arrays: the techniques' own end-of-run
-    summaries are not stored in the file.
+    Computed from the run file's series, events and arrays, so it also works on a live run;
+    what each technique reported itself when the run ended is ``reported_rows``.
     """
     data = data or gather(r)
     t = data.segments
@@ -539,6 +540,37 @@ def technique_summaries(r, data: RunTechniques | None = None) -> list[dict[str, 
             "what it saved": "; ".join(saved) or "—",
             "not in the file": "; ".join(notes) or "—",
         })
+    return rows
+
+
+def _reported_value(key: str, value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "—"}[value]
+    if isinstance(value, int | float):
+        v = float(value)
+        if "fraction" in key or "sparsity" in key:
+            return _fmt_pct(v)
+        if key.startswith("seconds"):
+            return _fmt_s(v)
+        return f"{int(v):,}" if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_reported_value(key, v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_reported_value(key, v) for v in value)
+    return str(value)
+
+
+def reported_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """What each technique reported itself when the run ended (``Reader.technique_summaries``),
+    one row per technique and figure, worded for a table: fractions as percentages, seconds
+    in ms, per-layer values listed."""
+    rows = []
+    for name, summary in summaries.items():
+        if not isinstance(summary, dict):
+            continue
+        for key, value in summary.items():
+            rows.append({"technique": name, "figure": str(key).replace("_", " "),
+                         "value": _reported_value(str(key), value)})
     return rows
 
 
