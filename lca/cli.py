@@ -428,8 +428,15 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error:`` line (with where to look), not the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message}; see `{self.prog} --help`.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m lca",
         description="LCA Lab: record and inspect Loss Change Allocation of training runs. "
         "`python -m lca COMMAND --help` documents each command.",

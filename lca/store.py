@@ -891,11 +891,35 @@ def _is_flag_error(e: OSError) -> bool:
     return "already open" in text or "consistency flags" in text
 
 
+def _refuse_truncated(path: Path) -> None:
+    """Refuse a file shorter than its own superblock says (a cut-off copy or download).
+
+    A plain read-only open makes HDF5 compare the file's size with the end address it stored,
+    and fails at once. SWMR reading skips that check (a live file grows), and a later read past
+    the real end then blocks for good while holding h5py's global lock, freezing every other
+    reader in the process (every app session). A file a writer holds open (a live run, or one
+    whose writer was killed) refuses the plain open; SWMR is the only way to read it.
+    """
+    try:
+        h5py.File(path, "r").close()
+    except OSError as e:
+        text = str(e)
+        if "truncated file" not in text:
+            return  # held by a writer, or another problem the SWMR open reports itself
+        sizes = re.search(r"eof = (\d+).*stored_eof = (\d+)", text)
+        got = f" ({int(sizes[1]):,} of {int(sizes[2]):,} bytes)" if sizes else ""
+        raise RunFileError(
+            f"{path.name!r} is cut short{got}, so it cannot be read; copy the whole file "
+            "again from where it was recorded."
+        ) from None
+
+
 def _open_checked(path: Path) -> h5py.File:
     """Open ``path`` as an LCA run (SWMR read), or raise a RunFileError whose one sentence
     names the file and the fix."""
     _check_path(path)
     name = path.name
+    _refuse_truncated(path)
     try:
         f = h5py.File(path, "r", swmr=True)
     except OSError as e:

@@ -354,6 +354,8 @@ BAD_TRAIN = {
     "unknown technique": (["--technique", "nope"], "technique"),
     "bad technique option": (["--technique", "prune-magnitude:sparsity=2"], "sparsity"),
     "negative steps": (["--steps", "-3"], "steps"),
+    "malformed option": (["--model-option", "hidden"], "key=value"),
+    "not a number": (["--steps", "x"], "--steps"),
 }
 
 
@@ -425,6 +427,15 @@ def test_inspect_refuses_a_newer_schema(finished, cli_env, tmp_path):
         f.attrs["schema_version"] = np.int64(2)
     line = one_error_line(cli(cli_env, "inspect", newer))
     assert "newer" in line and "schema 2" in line
+
+
+def test_inspect_refuses_a_cut_short_copy_at_once(finished, cli_env, tmp_path):
+    """A half-copied file once made every read block forever (SWMR skips HDF5's size check)."""
+    src, _ = finished
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    line = one_error_line(cli(cli_env, "inspect", cut, timeout=60))
+    assert "cut short" in line and "cut.h5" in line
 
 
 # ---------------------------------------------------------------------------------------------
