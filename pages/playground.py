@@ -198,6 +198,8 @@ def engine(settings: Settings) -> Playground:
         eng = Playground(settings, window=WINDOW)
         st.session_state[ENGINE_KEY] = eng
     elif eng.configure(settings):
+        if st.session_state.get(PLAYING_KEY):
+            st.toast("New setup: the network starts again from step 0. Press Play.")
         st.session_state[PLAYING_KEY] = False
     return eng
 
@@ -323,12 +325,7 @@ def main() -> None:
     st.session_state.setdefault(PLAYING_KEY, False)
 
     buttons = st.columns([1, 1, 1, 2, 2])
-    playing = bool(st.session_state[PLAYING_KEY])
-    buttons[0].button(
-        "Pause" if playing else "Play", key="pg_play", on_click=_toggle_play,
-        icon=":material/pause:" if playing else ":material/play_arrow:",
-        type="primary", width="stretch",
-    )
+    play_slot = buttons[0].empty()  # drawn once the engine knows whether it still plays
     buttons[1].button("Step", key="pg_step", on_click=_step_once, width="stretch",
                       icon=":material/skip_next:", help="One optimizer step.")
     buttons[2].button("Reset", key="pg_reset", on_click=_reset, width="stretch",
@@ -361,8 +358,14 @@ def main() -> None:
         st.error(str(e))
         st.stop()
     eng = engine(settings)
+    playing = bool(st.session_state[PLAYING_KEY])
+    play_slot.button(
+        "Pause" if playing else "Play", key="pg_play", on_click=_toggle_play,
+        icon=":material/pause:" if playing else ":material/play_arrow:",
+        type="primary", width="stretch",
+    )
 
-    run_every = TICK_SECONDS if st.session_state[PLAYING_KEY] else None
+    run_every = TICK_SECONDS if playing else None
 
     @st.fragment(run_every=run_every)
     def live() -> None:

@@ -279,6 +279,19 @@ def test_page_renders_steps_plays_and_resets():
     assert _engine(at).steps == 0 and not at.exception
 
 
+def test_new_data_set_while_playing_stops_and_says_play():
+    """The button must tell the truth: after a rebuild nothing plays, so it reads Play."""
+    at = _app()
+    at.button(key="pg_play").click().run()
+    assert at.button(key="pg_play").label == "Pause"
+    at.selectbox(key="dataset").select("xor").run()
+    assert at.session_state["pg_playing"] is False and _engine(at).steps == 0
+    assert at.button(key="pg_play").label == "Play"
+    assert any("starts again" in t.value for t in at.toast)
+    at.button(key="pg_play").click().run()  # one press plays again
+    assert at.session_state["pg_playing"] is True and _engine(at).steps == 5
+
+
 def test_page_reads_settings_from_the_url():
     at = _app({"dataset": "spiral", "hidden": "8,8", "lr": "0.1", "activation": "relu",
                "seed": "7", "speed": "20"})
