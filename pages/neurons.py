@@ -144,10 +144,11 @@ def helped_section(totals: dict, helped: dict, rows: int) -> None:
     hs = np.concatenate([np.ravel(helped[n]) for n in helped])
     tot = np.concatenate([np.ravel(totals[n]) for n in totals])
     plot(F.helped_fraction_histogram(hs, rows, totals=tot), key="neurons_helped_fraction")
-    st.caption("For each weight, the share of steps on which it lowered the loss. The LCA paper "
-               "found this peaked near 50%: a typical weight helps on about half of the steps "
-               "and hurts on the other half. Weights that stopped moving (pruned, frozen, "
-               "skipped) pile up at low values.")
+    st.caption("For each weight, the share of steps on which it lowered the loss: **green** "
+               "bars helped on most steps; grey ones on fewer than half (on the other steps they "
+               "hurt or did not move). The LCA paper found this peaked near 50%: a typical "
+               "weight helps on about half of the steps and hurts on the other half. Weights "
+               "that stopped moving (pruned, frozen, skipped, low-bit) pile up at low values.")
 
 
 def top_section(r: Reader, totals: dict, helped: dict, rows: int, t: int) -> None:

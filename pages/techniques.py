@@ -231,13 +231,16 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
                 removed, survivors = hist
                 shares = [float((removed < 0).mean()) if len(removed) else math.nan,
                           float((survivors < 0).mean()) if len(survivors) else math.nan]
+                hurt = [float((removed > 0).mean()) if len(removed) else math.nan,
+                        float((survivors > 0).mean()) if len(survivors) else math.nan]
                 counts = [len(removed), len(survivors)]
             else:
                 table = _helper_table(d["layer_events"].get(name, {}), d["shapes"],
                                       data.tensor_names)
                 shares = [table[0], table[1]] if table else [math.nan, math.nan]
+                hurt = None
                 counts = [table[2], table[3]] if table else None
-            plot(F.helper_share_figure(["pruned", "kept"], shares, counts=counts,
+            plot(F.helper_share_figure(["pruned", "kept"], shares, hurt=hurt, counts=counts,
                                        title=f"{name}: had the weights helped before pruning?"),
                  key=f"tech_share_{name}")
         with cols[1]:

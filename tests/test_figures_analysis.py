@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import pytest
 
 from lca import figures as F
-from lca.figures.common import DIVERGING, HELPED, HURT, STILL
+from lca.figures.common import DIVERGING, HELPED, HURT, NOT_HELPED, STILL
 from lca.synchrony import SynchronyError, coincidence, local_level, peak_steps, synchrony
 
 RNG = np.random.default_rng(7)
@@ -197,6 +197,14 @@ def test_a_layer_has_one_colour_on_every_page():
     assert "l3" not in live and len(live) < len(names)
     assert all(everywhere[n] == colour for n, colour in live.items())
     assert len(set(everywhere.values())) == len(names)
+    from lca.figures.techniques import technique_layer_lines_figure
+
+    tensors = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight"]
+    steps = RNG.normal(size=(30, 5))
+    per_tensor = {t.name: t.line.color for t in F.cumulative_layers(np.cumsum(steps, 0),
+                                                                   tensors).data}
+    modules = {t.name: t.line.color for t in technique_layer_lines_figure(steps, tensors).data}
+    assert modules == {m: per_tensor[f"{m}.weight"] for m in ("conv1", "conv2", "out")}
 
 
 def test_peak_raster_and_synchrony_figure():
@@ -266,7 +274,9 @@ def test_helped_fraction_histogram():
     bar = fig.data[0]
     assert sum(bar.y) == 100  # the 5 that never moved are left out
     colors = dict(zip(np.round(bar.x, 3), bar.marker.color, strict=True))
-    assert colors[71.0] == HELPED and colors[31.0] == HURT
+    # Helped on 30% of steps says nothing of the rest (hurt or still): grey, never red.
+    assert colors[71.0] == HELPED and colors[31.0] == NOT_HELPED
+    assert HURT not in set(bar.marker.color)
     assert "never moved" in fig.layout.annotations[0].text
 
 

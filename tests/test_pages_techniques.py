@@ -151,10 +151,15 @@ def test_prune_events_figure():
 
 
 def test_helper_figures():
-    share = helper_share_figure(["pruned", "kept"], [0.25, 0.75], counts=[10, 30])
-    green, red = share.data
-    assert green.marker.color == HELPED and red.marker.color == HURT
-    assert list(green.x) == [25.0, 75.0] and list(red.x) == [75.0, 25.0]
+    share = helper_share_figure(["pruned", "kept"], [0.25, 0.75], hurt=[0.5, 0.25],
+                                counts=[10, 30])
+    green, red, grey = share.data
+    assert (green.marker.color, red.marker.color, grey.marker.color) == (HELPED, HURT, STILL)
+    assert list(green.x) == [25.0, 75.0] and list(red.x) == [50.0, 25.0]
+    assert list(grey.x) == [25.0, 0.0]
+    # Only helpers counted: the rest is "did not help", never red (red means hurt).
+    green, rest = helper_share_figure(["pruned", "kept"], [0.25, 0.75]).data
+    assert rest.marker.color not in (HURT, HELPED) and list(rest.x) == [75.0, 25.0]
     assert helper_share_figure(["a"], [float("nan")]).layout.annotations
 
     removed = np.array([-0.3, 0.2, 0.0, -0.1])

@@ -28,6 +28,7 @@ from .common import (
     DIVERGING,
     HELPED,
     HURT,
+    NOT_HELPED,
     STILL,
     base_layout,
     empty_figure,
@@ -751,7 +752,7 @@ def helped_fraction_histogram(
 ) -> go.Figure:
     """Histogram over parameters of helped_steps / T; the paper found it peaked near 0.5.
 
-    Bars right of 50% (helped on most steps) are green, left of it red. With ``totals``,
+    Bars right of 50% (helped on most steps) are green, left of it grey. With ``totals``,
     parameters whose total LCA is exactly 0 (they never moved: frozen, pruned from the start)
     are left out and counted in a note.
     """
@@ -770,7 +771,9 @@ def helped_fraction_histogram(
     edges = np.linspace(0, 100, 2 * half + 1)
     counts, _ = np.histogram(frac, bins=edges)
     centres = (edges[:-1] + edges[1:]) / 2
-    colors = [HELPED if c > 50 else HURT for c in centres]
+    # Right of 50%: helped on most steps. Left of it the file cannot say whether the weight hurt
+    # or stood still on the other steps, so those bars are grey, not red.
+    colors = [HELPED if c > 50 else NOT_HELPED for c in centres]
     fig = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0], marker_color=colors,
                            hovertemplate="helped on %{x:.0f}% of steps<br>%{y:,} parameters"
                                          "<extra></extra>", showlegend=False))

@@ -13,6 +13,7 @@ __all__ = [
     "DIVERGING",
     "HELPED",
     "HURT",
+    "NOT_HELPED",
     "NEUTRAL",
     "STILL",
     "base_layout",
@@ -27,6 +28,7 @@ HELPED = "#1a9850"  # green: the parameter lowered the loss
 HURT = "#d73027"  # red: the parameter raised the loss
 NEUTRAL = "#f7f7f7"
 STILL = "#9e9e9e"  # did not move
+NOT_HELPED = "#c6c6c6"  # "did not help", where hurt and did-not-move are not told apart
 DIVERGING = [
     [0.0, HELPED],
     [0.25, "#91cf60"],

@@ -29,7 +29,16 @@ import plotly.graph_objects as go
 
 from lca.downsample import block_sum
 
-from .common import HELPED, HURT, STILL, base_layout, empty_figure, lca_heatmap, series_color
+from .common import (
+    HELPED,
+    HURT,
+    NOT_HELPED,
+    STILL,
+    base_layout,
+    empty_figure,
+    lca_heatmap,
+    series_color,
+)
 
 __all__ = [
     "FROZEN_COLOR",
@@ -654,6 +663,8 @@ def technique_layer_lines_figure(
     if a.ndim != 2 or a.shape[0] == 0:
         return empty_figure("No step recorded yet: the per-layer timeline appears after step 1.")
     mods, idx = _modules(tensor_names)
+    # A module takes its first tensor's colour, so conv2 here matches conv2.weight elsewhere.
+    first = {int(m): j for j, m in reversed(list(enumerate(idx)))}
     per = np.zeros((a.shape[0], len(mods)))
     for j, m in enumerate(idx):
         per[:, m] += a[:, j]
@@ -664,7 +675,7 @@ def technique_layer_lines_figure(
     fig = go.Figure()
     for m in sorted(order):
         fig.add_trace(line(x=x, y=cum[:, m], mode="lines", name=mods[m],
-                           line={"color": series_color(int(m)), "width": 2.2},
+                           line={"color": series_color(first[m]), "width": 2.2},
                            hovertemplate=f"{mods[m]}<br>after segment %{{x}}: "
                            "Σ LCA %{y:+.4f}<extra></extra>"))
     _add_bands(fig, skip_bands, offset=0.0)
@@ -858,26 +869,32 @@ def prune_events_figure(events: Sequence[PruneEvent], *, height: int = 340) -> g
 
 
 def helper_share_figure(
-    groups: Sequence[str], helped: Sequence[float], *, counts: Sequence[int] | None = None,
+    groups: Sequence[str], helped: Sequence[float], *, hurt: Sequence[float] | None = None,
+    counts: Sequence[int] | None = None,
     title: str = "Did pruning remove helpers? Share of weights that had helped so far",
     height: int = 260,
 ) -> go.Figure:
-    """One 100% bar per group: green = share whose cumulative LCA was < 0 (helpers), red = the
-    rest (hurters or idle)."""
+    """One 100% bar per group: green = share whose cumulative LCA was < 0 (helpers), red = > 0
+    (hurters), grey = exactly 0 (never moved). Without ``hurt`` (a technique's event table
+    counts only helpers) the rest is one pale bar, "did not help", never red: red means hurt."""
     h = np.clip(np.asarray(helped, dtype=np.float64), 0, 1)
     if not len(h) or not np.all(np.isfinite(h)):
         return empty_figure("No helper statistics recorded for this pruning.", height=height)
     names = list(groups)
     suffix = [f" ({int(c):,})" for c in counts] if counts is not None else [""] * len(names)
     y = [f"{n}{s}" for n, s in zip(names, suffix, strict=True)]
+    parts = [("had helped (cumulative LCA < 0)", h, HELPED)]
+    if hurt is not None:
+        u = np.clip(np.nan_to_num(np.asarray(hurt, dtype=np.float64)), 0, 1 - h)
+        parts += [("had hurt (> 0)", u, HURT), ("never moved (= 0)", 1 - h - u, STILL)]
+    else:
+        parts.append(("did not help (hurt or never moved)", 1 - h, NOT_HELPED))
     fig = go.Figure([
-        go.Bar(y=y, x=100 * h, orientation="h", name="had helped (cumulative LCA < 0)",
-               marker={"color": HELPED}, text=[f"{100 * v:.0f}%" for v in h],
-               textposition="inside", hovertemplate="%{y}<br>helpers %{x:.1f}%<extra></extra>"),
-        go.Bar(y=y, x=100 * (1 - h), orientation="h", name="had hurt or not moved",
-               marker={"color": HURT}, text=[f"{100 * (1 - v):.0f}%" for v in h],
+        go.Bar(y=y, x=100 * v, orientation="h", name=label, marker={"color": color},
+               text=[f"{100 * a:.0f}%" if a >= 0.04 else "" for a in v],
                textposition="inside",
-               hovertemplate="%{y}<br>hurters %{x:.1f}%<extra></extra>"),
+               hovertemplate=f"%{{y}}<br>{label}: %{{x:.1f}}%<extra></extra>")
+        for label, v, color in parts
     ])
     base_layout(fig, title, height=height)
     fig.update_layout(barmode="stack")
