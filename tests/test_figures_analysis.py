@@ -207,6 +207,15 @@ def test_a_layer_has_one_colour_on_every_page():
     assert modules == {m: per_tensor[f"{m}.weight"] for m in ("conv1", "conv2", "out")}
 
 
+def test_synchrony_legend_has_room_above_the_plot():
+    from lca.synchrony import synchrony as sync
+
+    peaks = np.zeros((200, 3))
+    peaks[::17] = 1.0
+    fig = F.synchrony_figure(sync(peaks + RNG.normal(scale=0.01, size=peaks.shape)))
+    assert fig.layout.showlegend and fig.layout.margin.t >= 95  # legend and title both fit
+
+
 def test_peak_raster_and_synchrony_figure():
     series = RNG.normal(size=(200, 3))
     res = synchrony(series, shifts=200)
@@ -232,6 +241,7 @@ def test_unit_heatmap_downsamples_with_exact_totals():
     np.testing.assert_allclose(z.sum(axis=1).sum(), a.sum())
     fig = F.unit_heatmap(a[:10, :5], step_offset=100)
     assert fig.data[0].x[0] == 101  # drill-down ranges keep real step numbers
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.xaxis.dtick == 1  # no unit "1.5"
 
 
 def test_first_layer_images_linear_and_conv():

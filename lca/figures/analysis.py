@@ -560,8 +560,8 @@ def synchrony_figure(result: Any, *, height: int = 340) -> go.Figure:
     ztext = "∞" if math.isinf(z) else f"{z:.1f}"
     title = (f"Shared peak steps: {obs:.1f}% vs {result.null_mean * 100:.1f}% ± "
              f"{result.null_sd * 100:.1f}% by chance (z = {ztext}, p = {result.p:.3g})")
+    fig.update_layout(showlegend=True, bargap=0.05)  # before _layout, which makes room for it
     _layout(fig, title, height=height)
-    fig.update_layout(showlegend=True, bargap=0.05)
     pad = 0.05 * (hi - lo or 1.0)
     fig.update_xaxes(title="C: average % of a layer's peak steps shared with another layer",
                      range=[lo - pad, hi + pad])
@@ -612,8 +612,10 @@ def unit_heatmap(
     if per_cell:
         title = f"{title} · each cell sums about {' × '.join(per_cell)}"
     _layout(fig, title, height=height)
-    fig.update_xaxes(title="training step", showgrid=False)
-    fig.update_yaxes(title=y_title, autorange="reversed", showgrid=False)
+    # Units and steps are whole numbers: on short axes plotly would tick at 0.5, 1.5, …
+    fig.update_xaxes(title="training step", showgrid=False, dtick=1 if t <= 20 else None)
+    fig.update_yaxes(title=y_title, autorange="reversed", showgrid=False,
+                     dtick=1 if u <= 20 else None)
     return fig
 
 
