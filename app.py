@@ -19,6 +19,7 @@ from pages.shared import RUN_KEY
 ROOT = Path(__file__).resolve().parent
 AUTOSELECT_KEY = "_run_autoselected"
 SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
+DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: no warning for them
 log = logging.getLogger("lca.app")
 
 # (file, title, url path, icon); an entry appears only once its file exists. Home is the default
@@ -93,7 +94,12 @@ def sidebar() -> str | None:
     from_url = st.query_params.get(RUN_KEY)
     if requested is None and from_url:
         requested = from_url
-    if requested and requested not in names:
+    deliberate = requested in st.session_state.get(DELETED_KEY, ())
+    if requested and requested not in names and deliberate:  # the user just deleted it
+        st.session_state.pop(RUN_KEY, None)
+        if names:
+            st.session_state[RUN_KEY] = names[0]  # the newest run left, as on a first visit
+    elif requested and requested not in names:
         problem = _explain_bad_request(str(requested))
         if RUN_KEY in st.session_state:
             del st.session_state[RUN_KEY]

@@ -156,6 +156,7 @@ def delete(name: str) -> None:
     except (runs.RunNameError, OSError) as e:
         st.error(f"{name} could not be deleted ({e}).")
         return
+    st.session_state.setdefault("_deleted_runs", set()).add(name)  # app.py: no warning
     st.toast(f"Deleted {name}.")
     st.rerun()
 

@@ -249,3 +249,16 @@ def test_demo_live_then_every_page(server, browser):
             assert n >= 1, f"{slug}: no chart drawn"
         # The sidebar picker shows the run from the link.
         assert demo in picked(page), slug
+
+    # Deleting the run the sidebar shows moves the picker to a run that exists, without
+    # warning that the run "may have been deleted": the user just did that.
+    page.goto(f"{url}/runs?run=demo-2.h5")
+    settle(page)
+    page.get_by_role("button", name="Delete…").click()
+    page.get_by_role("button", name="Yes, delete it").click()
+    page.get_by_text(re.compile(r"Deleted demo-2\.h5")).wait_for(timeout=30_000)
+    settle(page, 1.5)
+    assert not (runs_dir / "demo-2.h5").exists()
+    assert demo in picked(page) and "demo-2.h5" not in picked(page)
+    assert "deleted or renamed" not in page.inner_text("body")
+    assert not problems(page), problems(page)
