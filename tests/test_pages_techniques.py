@@ -120,6 +120,10 @@ def test_heatmap_keeps_totals_and_marks_techniques():
     assert len(frozen_box) == 1 and (frozen_box[0].y0, frozen_box[0].y1) == (1.5, 3.5)
     crosses = [t for t in fig.data if t.name == "prune event"][0]
     assert list(crosses.y) == [0, 2]
+    # Round segment ticks, each drawn where its segment's column is (6 segments a column).
+    assert list(fig.layout.xaxis.ticktext) == [str(s) for s in range(0, 3000, 500)]
+    np.testing.assert_allclose(fig.layout.xaxis.tickvals, (np.arange(0, 3000, 500) + 0.5) / 6
+                               - 0.5)
     assert technique_heatmap_figure(np.zeros((0, 2)), ["a", "b"]).layout.annotations
 
 

@@ -728,8 +728,12 @@ def technique_heatmap_figure(
         height=height or max(340, 28 * len(names) + 170),
     )
     base_layout(fig, title, height=fig.layout.height)
-    ticks = np.linspace(0, len(starts) - 1, min(len(starts), 8)).round().astype(int)
-    fig.update_xaxes(tickvals=ticks, ticktext=[str(int(starts[i])) for i in ticks],
+    # Round segment numbers (0, 20, 40, … or 0, 500, 1000, …), each at its segment's place.
+    raw = max(t / 8, 1.0)
+    step = min(m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)
+               if m * 10 ** math.floor(math.log10(raw)) >= raw)
+    ticks = np.arange(0, t, int(step))
+    fig.update_xaxes(tickvals=[col(s + 0.5) for s in ticks], ticktext=[str(s) for s in ticks],
                      title="segment")
     fig.update_yaxes(tickvals=list(range(len(names))), ticktext=names, autorange="reversed",
                      title="")
