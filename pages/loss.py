@@ -18,6 +18,8 @@ from lca import figures as F
 from lca.store import Reader
 from pages.shared import open_run_or_explain, plot, show_run
 
+LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
+
 
 def _fmt(v: float | None, spec: str, missing: str = "—") -> str:
     return missing if v is None or not np.isfinite(v) else format(v, spec)
@@ -39,6 +41,12 @@ def metrics(r: Reader, s: dict) -> None:
               delta_color="off", delta_arrow="off",
               help="Sum over steps of ΔL − ΣLCA: how much of the loss change LCA did not "
                    "allocate (0 = every bit of it was allocated).")
+    if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") != "rk4-adaptive":
+        st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
+                f"integrator ({s.get('method') or '?'}) was not accurate on some steps, usually "
+                "the first, large ones. Record with method rk4-adaptive, which splits such "
+                "steps until the error is small, or with a smaller learning rate.",
+                icon=":material/info:")
     mh = s["mean_helped"]
     c4.metric("Parameters helping per step", _fmt(None if mh is None else 100 * mh, ".1f") +
               ("%" if mh is not None else ""),

@@ -103,8 +103,16 @@ def test_loss_page(full_run):
     labels = [m.label for m in at.metric]
     assert labels == ["Final loss", "Test accuracy", "Conservation error",
                       "Parameters helping per step"]
+    assert not any("unallocated" in t for t in sentences(at))  # rk4 on a small run: exact
     at.toggle(key="loss_log").set_value(True).run()
     assert charts(ok(at))[0]["layout"]["yaxis"]["type"] == "log"
+
+
+def test_loss_page_says_how_to_shrink_a_large_conservation_error(make_run, runs_folder):
+    make_run("euler.h5", runs_folder, method="euler", lr=0.5)
+    at = ok(page("loss", "euler.h5").run())
+    hint = [t for t in sentences(at) if "unallocated" in t]
+    assert hint and "euler" in hint[0] and "rk4-adaptive" in hint[0]
 
 
 def test_loss_page_marks_prune_interventions(make_run, runs_folder):
