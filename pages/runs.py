@@ -205,10 +205,13 @@ def upload() -> None:
     )
     if f is None:
         return
-    done: dict[str, str] = st.session_state.setdefault(UPLOADED_KEY, {})
+    # What became of each file already handled: shown again on every rerun while the file
+    # stays in the uploader, so a refusal never turns into a quieter message.
+    done: dict[str, tuple[str, str]] = st.session_state.setdefault(UPLOADED_KEY, {})
     file_id = getattr(f, "file_id", None) or f"{f.name}:{f.size}"
     if file_id in done:
-        st.caption(done[file_id])
+        refused, sentence = done[file_id]
+        (st.error if refused else st.success)(sentence)
         return
     folder = runs.runs_dir()
     tmp = folder / f".upload-{uuid.uuid4().hex}.tmp"  # not *.h5: never listed half-written
@@ -220,20 +223,20 @@ def upload() -> None:
                 r.summary()
         except RunFileError as e:
             sentence = str(e).splitlines()[0].replace(repr(tmp.name), repr(f.name))
-            st.error(f"{sentence} It was not added.")
-            done[file_id] = f"{f.name} was refused."
+            done[file_id] = ("refused", f"{sentence} It was not added.")
+            st.error(done[file_id][1])
             return
         except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
-            st.error(f"{f.name!r} cannot be read as an LCA run ({type(e).__name__}); it was "
-                     "not added.")
-            done[file_id] = f"{f.name} was refused."
+            done[file_id] = ("refused", f"{f.name!r} cannot be read as an LCA run "
+                             f"({type(e).__name__}); it was not added.")
+            st.error(done[file_id][1])
             return
         name = runs.safe_name(f.name)
         os.replace(tmp, runs.resolve(name))
     finally:
         tmp.unlink(missing_ok=True)
-    done[file_id] = f"{f.name} was added as {name}."
-    st.success(done[file_id])
+    done[file_id] = ("", f"{f.name} was added as {name}.")
+    st.success(done[file_id][1])
     st.rerun()
 
 
