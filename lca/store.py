@@ -1347,8 +1347,12 @@ class Reader:
         steps_mask = kind == 0
         totals = self.layer_totals() if t else np.zeros(len(self.names))
         order = np.argsort(totals, kind="stable")
-        helping = [(self.names[i], float(totals[i])) for i in order if totals[i] < 0][:top]
-        hurting = [(self.names[i], float(totals[i])) for i in order[::-1] if totals[i] > 0][:top]
+        # Below a millionth of the largest layer's total is float rounding (e.g. conv biases
+        # before BatchNorm, whose true gradient is 0), not a layer that helped or hurt.
+        floor = 1e-6 * float(np.abs(totals).max()) if len(totals) else 0.0
+        helping = [(self.names[i], float(totals[i])) for i in order if totals[i] < -floor][:top]
+        hurting = [(self.names[i], float(totals[i])) for i in order[::-1]
+                   if totals[i] > floor][:top]
         techniques = _technique_names(
             self.config.get("techniques", self.config.get("technique"))
         )

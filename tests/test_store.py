@@ -247,8 +247,21 @@ def test_summary_is_computed_from_the_file(runs):
         assert value < 0 and value == pytest.approx(totals[name])
     for name, value in s["top_hurting"]:
         assert value > 0 and value == pytest.approx(totals[name])
-    assert len(s["top_helping"]) + len(s["top_hurting"]) == sum(v != 0 for v in totals.values())
+    floor = 1e-6 * max(abs(v) for v in totals.values())  # below it: rounding, not a layer
+    assert len(s["top_helping"]) + len(s["top_hurting"]) == sum(
+        abs(v) > floor for v in totals.values())
     json.dumps(s)  # plain types only: the CLI prints it as JSON
+
+
+def test_top_layers_leave_out_rounding_noise(runs, monkeypatch):
+    """A conv bias before BatchNorm has gradient 0; its ±1e-13 is not a layer that hurt."""
+    with open_run(runs["layers"][0]) as r:
+        monkeypatch.setattr(type(r), "layer_totals",
+                            lambda self: np.array([-1.0, 2e-13, 0.5, -1e-14]))
+        s = r.summary()
+        names = r.names
+    assert [n for n, _ in s["top_helping"]] == [names[0]]
+    assert [n for n, _ in s["top_hurting"]] == [names[2]]
 
 
 def test_ranges_and_indices(runs):
