@@ -19,7 +19,7 @@ import streamlit as st
 from lca import figures as F
 from lca import runs
 from lca.store import Reader, RunFileError
-from pages.shared import LIVE_SECONDS, plot
+from pages.shared import LIVE_SECONDS, RUN_KEY, plot
 
 COMPARE_KEY = "compare_runs"  # set by the Runs page
 PICK_KEY = "compare"  # the multiselect, bound to ?compare=
@@ -165,7 +165,9 @@ def main() -> None:
                 "the Train page.")
         return
     preset = [n for n in st.session_state.get(COMPARE_KEY) or [] if n in names]
-    default = preset if len(preset) >= 2 else names[:2]
+    current = st.session_state.get(RUN_KEY)  # the sidebar's run, compared with the newest other
+    newest = [current] if current in names else []
+    default = preset if len(preset) >= 2 else (newest + [n for n in names if n != current])[:2]
     chosen = st.multiselect("Runs to compare", names, default=default, key=PICK_KEY,
                             bind="query-params", placeholder="Pick two or more runs")
     if len(chosen) < 2:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -259,6 +261,15 @@ def test_neurons_page_says_which_record_mode_is_needed(make_run, runs_folder):
 
 # ---------------------------------------------------------------------------------------------
 # Compare.
+
+
+def test_compare_starts_with_the_sidebar_run(make_run, runs_folder):
+    for name in ("old.h5", "mid.h5", "new.h5"):
+        copy_full(make_run, runs_folder, name)
+        os.utime(runs_folder / name)  # list order: newest first
+        time.sleep(0.02)
+    at = ok(page("compare", "old.h5").run())
+    assert at.multiselect(key="compare").value == ["old.h5", "new.h5"]
 
 
 def test_compare_page(make_run, runs_folder):

@@ -422,7 +422,9 @@ def layer_totals(
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     _layout(fig, title or default, height=height)
     fig.update_layout(showlegend=False)
-    fig.update_xaxes(title="layer (parameter tensor)", tickangle=-30 if len(tot) > 6 else 0)
+    # Many tensors (ResNet-20 has 65): upright labels would pile on each other.
+    fig.update_xaxes(title="layer (parameter tensor)", automargin=True,
+                     tickangle=-90 if len(tot) > 16 else -30 if len(tot) > 6 else 0)
     fig.update_yaxes(title=ytitle, exponentformat="e")
     return fig
 
