@@ -136,6 +136,7 @@ def test_prune_split_figure_colours_by_sign_and_patterns_by_part():
     assert list(fig.data[0].marker.color) == [HURT, HELPED]
     assert list(fig.data[1].marker.color) == [HELPED, STILL]
     assert fig.data[1].marker.pattern.shape == "/"
+    assert fig.layout.barmode == "relative"  # one column per layer, its parts stacked
     only_layers = prune_split_figure(PruneSplit(["fc1"], np.zeros(1), np.zeros(1),
                                                 np.array([0.3]), "layers"))
     assert len(only_layers.data) == 1 and "no per-weight split" in only_layers.data[0].name

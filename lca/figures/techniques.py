@@ -832,7 +832,8 @@ def prune_split_figure(split: PruneSplit, *, title: str | None = None,
             hovertemplate=f"%{{x}}<br>{label}<br>LCA %{{y:+.3e}}<extra></extra>",
         ))
     base_layout(fig, title or "What the prune event cost, layer by layer", height=height)
-    fig.update_layout(barmode="group")
+    # Stacked by sign: the parts of one layer sit in one column and add up to its cost.
+    fig.update_layout(barmode="relative")
     fig.update_xaxes(title="layer")
     fig.update_yaxes(title="LCA of the event (loss change)", zeroline=True,
                      zerolinecolor="#555555")
@@ -860,7 +861,7 @@ def prune_events_figure(events: Sequence[PruneEvent], *, height: int = 340) -> g
                         "line": {"color": "#333333", "width": 1}},
                 hovertemplate=f"%{{x}}<br>{_PART_LABELS[part]}<br>LCA %{{y:+.3e}}<extra></extra>",
             ))
-        fig.update_layout(barmode="group")
+        fig.update_layout(barmode="relative")  # one column per event: its parts add up
     else:
         v = np.array([e.cost for e in events], dtype=np.float64)
         fig.add_trace(go.Bar(x=x, y=v, name="loss cost of the event",
