@@ -18,7 +18,7 @@ import streamlit as st
 from lca import figures as F
 from lca.store import Reader
 from lca.synchrony import SynchronyError, synchrony
-from pages.shared import open_run_or_explain, plot, show_run
+from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"
@@ -201,7 +201,7 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {t:,} steps · {len(r.names)} layers "
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} · {len(r.names)} layers "
                    f"(parameter tensors) · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "

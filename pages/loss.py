@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import open_run_or_explain, plot, show_run
+from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -74,7 +74,7 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {t:,} steps recorded · "
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} recorded · "
                    f"{r.num_params:,} parameters · method {r.method} · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "

@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import open_run_or_explain, plot, show_run
+from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
 
 VALUE_BUDGET = 4_000_000  # LCA values read for the histogram (a seeded sample of steps beyond)
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
@@ -192,8 +192,8 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {t:,} steps · {r.num_params:,} parameters "
-                   f"in {len(r.units)} layers · record {r.record}")
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} · "
+                   f"{r.num_params:,} parameters in {len(r.units)} layers · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
                     "step.")

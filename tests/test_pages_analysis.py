@@ -124,6 +124,8 @@ def test_loss_page_marks_prune_interventions(make_run, runs_folder):
     names = [t.get("name") for t in charts(at)[0]["data"]]
     assert any("intervention" in (n or "") for n in names)
     assert any("intervention" in e.label for e in at.expander)
+    # The header says the step axes count the prune as a step of its own.
+    assert any("30 steps + 1 intervention" in c.value for c in at.caption)
 
 
 def test_loss_page_without_run_asks_for_one(runs_folder):
