@@ -318,6 +318,7 @@ def training_curves(
         t = len(tl)
         idx = thin(t)
         fig.add_trace(_line(x=np.arange(1, t + 1)[idx], y=tl[idx], mode="lines",
+                                   connectgaps=True,  # an intervention row has no minibatch
                                    name="minibatch loss", line={"color": "#969696", "width": 1},
                                    hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"),
                       secondary_y=False)

@@ -116,7 +116,7 @@ def live_layer_lines(
             )
         )
     lo, hi = float(np.nanmin(c)), float(np.nanmax(c))
-    pad = 0.08 * max(hi - lo, 1e-12)
+    pad = 0.12 * max(hi - lo, 1e-12)  # room for the "hurt" label when nothing hurt
     lo, hi = min(lo - pad, -pad), max(hi + pad, pad)
     fig.add_hrect(y0=lo, y1=0, fillcolor=HELPED, opacity=0.08, line_width=0)
     fig.add_hrect(y0=0, y1=hi, fillcolor=HURT, opacity=0.08, line_width=0)
@@ -128,10 +128,10 @@ def live_layer_lines(
     fig.update_yaxes(title="LCA summed over steps (loss units)", range=[lo, hi])
     fig.add_annotation(text="helped", x=0.005, y=0.02, xref="paper", yref="paper",
                        xanchor="left", yanchor="bottom", showarrow=False,
-                       font={"color": HELPED, "size": 14})
+                       font={"color": HELPED, "size": 14}, bgcolor="rgba(255,255,255,0.75)")
     fig.add_annotation(text="hurt", x=0.005, y=0.98, xref="paper", yref="paper",
                        xanchor="left", yanchor="top", showarrow=False,
-                       font={"color": HURT, "size": 14})
+                       font={"color": HURT, "size": 14}, bgcolor="rgba(255,255,255,0.75)")
     return fig
 
 
@@ -157,7 +157,7 @@ def live_layer_bars(
         )
     )
     base_layout(fig, title, height=h)
-    fig.update_xaxes(title="total LCA (loss units; negative = helped)", zeroline=True,
+    fig.update_xaxes(title="total LCA (< 0 = helped)", zeroline=True,
                      zerolinecolor="#444", zerolinewidth=1)
     fig.update_yaxes(autorange="reversed", title="")
     fig.update_layout(showlegend=False)
