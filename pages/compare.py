@@ -168,6 +168,13 @@ def main() -> None:
     current = st.session_state.get(RUN_KEY)  # the sidebar's run, compared with the newest other
     newest = [current] if current in names else []
     default = preset if len(preset) >= 2 else (newest + [n for n in names if n != current])[:2]
+    linked = [n for v in st.query_params.get_all(PICK_KEY) for n in v.split(",") if n]
+    missing = [n for n in linked if n not in names]
+    if missing:  # a shared link names runs this folder lacks: the picker drops them quietly
+        st.warning(f"{', '.join(repr(n) for n in missing[:5])} "
+                   f"{'is' if len(missing) == 1 else 'are'} not in the runs folder (deleted, "
+                   "renamed or never copied here), so the comparison leaves "
+                   f"{'it' if len(missing) == 1 else 'them'} out.")
     chosen = st.multiselect("Runs to compare", names, default=default, key=PICK_KEY,
                             bind="query-params", placeholder="Pick two or more runs")
     if len(chosen) < 2:

@@ -274,6 +274,16 @@ def test_compare_starts_with_the_sidebar_run(make_run, runs_folder):
     assert at.multiselect(key="compare").value == ["old.h5", "new.h5"]
 
 
+def test_compare_link_naming_a_missing_run_says_so(make_run, runs_folder):
+    for name in ("a.h5", "b.h5"):
+        copy_full(make_run, runs_folder, name)
+    at = page("compare")
+    at.query_params["compare"] = ["a.h5", "gone.h5", "b.h5"]
+    ok(at.run())
+    assert at.multiselect(key="compare").value == ["a.h5", "b.h5"]
+    assert any("'gone.h5' is not in the runs folder" in t for t in sentences(at))
+
+
 def test_compare_page(make_run, runs_folder):
     copy_full(make_run, runs_folder, "a.h5")
     make_run("b.h5", runs_folder, model_options={"hidden": [16, 8]})
