@@ -130,9 +130,7 @@ def time_functions(path: Path) -> dict[str, float]:
             F.loss_conservation(r.steps("loss"), r.steps("lca"), kind=kind).to_json()
             F.step_error(r.steps("error"), r.steps("splits"), kind=kind).to_json()
             ev = r.events("eval")
-            F.training_curves(r.series("steps/train_loss"), ev,
-                              F.accuracy_x(ev["train_step"], r.steps("train_step"), kind)
-                              ).to_json()
+            F.training_curves(r.series("steps/train_loss"), ev, kind=kind).to_json()
             F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind).to_json()
 
     def layers_page():

@@ -87,7 +87,14 @@ def _on_cell_click(names: list[str], t: int) -> None:
         return
 
 
-def drill_down(r: Reader, t: int, sizes: dict[str, int]) -> None:
+def _rows(pos: np.ndarray, first: int, last: int) -> tuple[int, int]:
+    """The rows [s, e) whose step positions lie in steps first..last (an intervention between
+    two steps of the range comes with them; one before step 1 with a range from step 1)."""
+    s = 0 if first <= 1 else int(np.searchsorted(pos, first, side="left"))
+    return s, int(np.searchsorted(pos, last, side="right"))
+
+
+def drill_down(r: Reader, t: int, sizes: dict[str, int], pos: np.ndarray) -> None:
     """One layer over a range of steps: per-step values and, if recorded, its units × steps."""
     st.subheader("Look closer: one layer over a range of steps")
     c1, c2 = st.columns([1, 2])
@@ -95,7 +102,8 @@ def drill_down(r: Reader, t: int, sizes: dict[str, int]) -> None:
                          placeholder="Click a heatmap cell or pick a layer")
     # While a run grows, the slider spans the steps it will have, so its range (part of the
     # widget's identity) stays put and a clicked selection survives the 2-second refreshes.
-    span = max(t, int(r.attrs.get("expected_steps", -1))) if r.status == "running" else t
+    steps = int(np.floor(pos[-1])) if len(pos) else 0  # optimizer steps recorded
+    span = (max(steps, int(r.config.get("steps") or -1)) if r.status == "running" else steps)
     if span >= 2:
         set_here = st.session_state.pop(DRILL_SET, False)
         cur = st.session_state.get(DRILL_STEPS)
@@ -108,16 +116,20 @@ def drill_down(r: Reader, t: int, sizes: dict[str, int]) -> None:
         # A value set through session state (a click) must not be paired with a default.
         first, last = c2.slider("Steps", 1, span, None if set_here else (1, span),
                                 key=DRILL_STEPS, bind="query-params")
-        first, last = min(first, t), min(last, t)
+        first, last = min(first, steps), min(last, steps)
     else:
-        first, last = 1, t
+        first, last = 1, max(steps, 1)
     if layer is None:
         st.caption("Click a cell of the heatmap above (or pick a layer here) to see that layer "
                    "step by step.")
         return
-    s, e = first - 1, last
+    s, e = _rows(pos, first, last)
+    if e <= s:
+        st.info("No step of this run falls in that range yet.")
+        return
     values = r.layer_lca(s, e)[:, r.names.index(layer)]
-    plot(F.param_trace(values, label=f"{layer} ({sizes[layer]:,} parameters)", step_offset=s,
+    plot(F.param_trace(values, label=f"{layer} ({sizes[layer]:,} parameters)",
+                       positions=pos[s:e],
                        title=f"LCA of {layer} on each step {first}–{last} "
                              "(green = helped, red = hurt)"), key="layers_drill_trace")
     st.caption("Top: the layer's LCA on each step (or block of steps for long ranges); "
@@ -137,7 +149,7 @@ def drill_down(r: Reader, t: int, sizes: dict[str, int]) -> None:
         z = r.unit_lca(gname, s, e)
         what = (f"each unit of {gname} (its {' and '.join(p.split('.')[-1] for p in params)} "
                 "together)" if len(params) > 1 else f"each unit of {gname}")
-    plot(F.unit_heatmap(z, step_offset=s, title=f"LCA of {what}, steps {first}–{last}"),
+    plot(F.unit_heatmap(z, positions=pos[s:e], title=f"LCA of {what}, steps {first}–{last}"),
          key="layers_drill_units")
     st.caption(f"{size:,} units (neurons or channels) × steps; green cells: the unit's incoming "
                "weights lowered the loss on that step, red: raised it.")
@@ -218,13 +230,16 @@ def render(path: Path) -> bool:
                    "(LCA < 0); :red[red]: layers that raised it. "
                    + ("Per parameter shows which layers work hardest for their size."
                       if per_param else "The bars add up to the total change of the loss."))
-        plot(F.layer_step_heatmap(layer_lca, r.names), key=HEATMAP_KEY,
-             on_select=partial(_on_cell_click, list(r.names), t), selection_mode="points")
+        kind = r.steps("kind", 0, t)
+        pos = F.step_positions(kind)
+        plot(F.layer_step_heatmap(layer_lca, r.names, kind=kind), key=HEATMAP_KEY,
+             on_select=partial(_on_cell_click, list(r.names), int(np.floor(pos[-1]))),
+             selection_mode="points")
         st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
                    "Click a cell to look at that layer and those steps in detail below.")
-        drill_down(r, t, sizes)
+        drill_down(r, t, sizes, pos)
         plot(F.cumulative_layers(r.layer_lca(cumulative=True), r.names, per_param_counts=counts,
-                                 per_param=per_param), key="layers_cumulative")
+                                 per_param=per_param, kind=kind), key="layers_cumulative")
         st.caption("Each line is a layer's running total of LCA: going down = the layer is "
                    "lowering the loss; the end point is its bar in the first chart.")
         sync_section(r, path, t)

@@ -106,9 +106,7 @@ def render(path: Path) -> bool:
         train_loss = (r.series("steps/train_loss") if "steps/train_loss" in r.series_layout
                       else None)
         evals = r.events("eval") if "eval" in r.event_layout else {}
-        ex = (F.accuracy_x(evals["train_step"], r.steps("train_step"), kind)
-              if evals and "train_step" in evals else None)
-        plot(F.training_curves(train_loss, evals, ex), key="loss_training")
+        plot(F.training_curves(train_loss, evals, kind=kind), key="loss_training")
         st.caption("Grey: the loss of each training minibatch (noisy). Orange and blue: "
                    "accuracy on the training and test splits at each evaluation.")
         plot(F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind),

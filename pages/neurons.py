@@ -86,7 +86,9 @@ def units_section(r: Reader) -> None:
                          format_func=lambda g: f"{g} ({sizes[g]:,} units)")
     if group is None:
         return
-    plot(F.unit_heatmap(r.unit_lca(group), title=f"LCA of each unit of {group} on each step "
+    units = r.unit_lca(group)
+    plot(F.unit_heatmap(units, positions=F.step_positions(r.steps("kind", 0, len(units))),
+                        title=f"LCA of each unit of {group} on each step "
                         "(green = helped, red = hurt)"), key="neurons_units")
     st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
                "each step. Long runs are summed over blocks of steps (exact sums).")
@@ -181,7 +183,9 @@ def top_section(r: Reader, totals: dict, helped: dict, rows: int, t: int) -> Non
                 f"was recorded '{r.record}' (only its total, above, is kept).")
         return
     trace = r.param_lca(row["tensor"], 0, t, index=row["index"])
-    plot(F.param_trace(trace, label=choice), key="neurons_trace_chart")
+    plot(F.param_trace(trace, label=choice,
+                       positions=F.step_positions(r.steps("kind", 0, len(trace)))),
+         key="neurons_trace_chart")
     st.caption("Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
                "bottom: its running total. Weight and gradient values are not stored in run "
                "files yet, so only the LCA trace can be shown.")

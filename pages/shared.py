@@ -100,12 +100,10 @@ def show_run(render: Callable[[Path], object]) -> None:
 
 
 def steps_phrase(r: Reader, t: int) -> str:
-    """How many rows a run has, said so a reader can line up the step axes: interventions
-    (e.g. prune events) are rows of their own, so after one the row numbers on the Loss,
-    Layers and Neurons pages run ahead of the optimizer step by the interventions before."""
+    """How many optimizer steps a run has, and how many interventions (e.g. prune events:
+    segments of their own, drawn between the steps around them on every step axis)."""
     kind = r.steps("kind", 0, t) if t else []
     extra = int((kind == 1).sum()) if len(kind) else 0
     if not extra:
         return f"{t:,} steps"
-    return (f"{t - extra:,} steps + {extra:,} intervention{'s' if extra > 1 else ''} "
-            f"(each counts as one step on the step axes here)")
+    return f"{t - extra:,} steps + {extra:,} intervention{'s' if extra > 1 else ''}"

@@ -44,13 +44,24 @@ def test_block_centres():
     assert list(centre) == [2.0, 5.0, 7.5]
 
 
-def test_accuracy_x_skips_interventions():
-    # Rows: step, step, intervention, step, step -> train_step after each row.
-    kind = np.array([0, 0, 1, 0, 0])
-    train_step = np.array([1, 2, 2, 3, 4])
-    x = F.accuracy_x(np.array([0, 2, 4]), train_step, kind)
-    # After 0 steps: loss index 0; after 2 steps: after row 1 -> 2; after 4 steps: row 4 -> 5.
-    assert list(x) == [0, 2, 5]
+def test_step_positions_keep_optimizer_step_numbers_across_interventions():
+    # Rows: prune before any step, step, step, prune, step, step.
+    kind = np.array([1, 0, 0, 1, 0, 0])
+    pos = F.step_positions(kind)
+    assert list(pos) == [0.5, 1, 2, 2.5, 3, 4]  # the last step is step 4, not row 6
+    first, last, centre = F.block_centres(np.array([0, 3]), 6, positions=pos)
+    assert list(first) == [0.5, 2.5] and list(last) == [2, 4]
+    # Figures place rows there: the loss after the second prune is drawn at 2.5.
+    fig = F.loss_conservation(np.arange(7.0)[::-1], -np.ones(6), kind=kind)
+    assert list(fig.data[0].x) == [0, 0.5, 1, 2, 2.5, 3, 4]
+    assert list(fig.data[2].x) == [0.5, 2.5]  # the intervention markers
+    heat = F.layer_step_heatmap(np.ones((6, 2)), ["a", "b"], kind=kind, max_cells=4)
+    cells = heat.data[1].customdata  # [layer, first step, last step, value]: whole steps
+    assert [c[1:3] for c in cells[:2]] == [[0, 2], [2, 4]]
+    lines = F.cumulative_layers(np.ones((6, 1)), ["a"], kind=kind)
+    assert list(lines.data[0].x) == list(pos)
+    minibatch = F.training_curves(np.ones(6), kind=kind)
+    assert list(minibatch.data[0].x) == list(pos)
 
 
 def test_per_unit_sums_other_axes():
@@ -83,7 +94,7 @@ def test_loss_conservation_rebuilds_loss_and_marks_interventions():
     measured, rebuilt, marks = fig.data[:3]
     np.testing.assert_allclose(measured.y, loss)
     np.testing.assert_allclose(rebuilt.y, loss)  # exact allocation: the curves coincide
-    assert list(marks.x) == [3] and "intervention" in marks.name
+    assert list(marks.x) == [2.5] and "intervention" in marks.name  # between steps 2 and 3
     assert fig.layout.yaxis.type == "linear"
     assert F.loss_conservation(loss, lca, log_y=True).layout.yaxis.type == "log"
 

@@ -197,6 +197,22 @@ def test_layers_drill_down_by_widgets(full_run):
     assert any("each unit of fc1" in x for x in t)
 
 
+def test_step_numbers_stay_the_optimizers_after_a_prune(make_run, runs_folder):
+    """30 steps and a prune after step 10: the drill-down runs to step 30, not row 31, and
+    steps 11-15 are the optimizer's steps 11-15 (the prune sits at 10.5)."""
+    make_run("pruned.h5", runs_folder,
+             techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}])
+    at = ok(page("layers", "pruned.h5").run())
+    assert at.slider(key="drill_steps").max == 30
+    at.selectbox(key="drill_layer").select("fc1.weight").run()
+    at.slider(key="drill_steps").set_range(10, 12).run()
+    trace = next(c for c in charts(ok(at)) if "fc1.weight on each step 10–12" in
+                 c["layout"]["title"]["text"])
+    x = trace["data"][0]["x"]  # plotly sends numeric arrays base64-encoded
+    x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]) if isinstance(x, dict) else x
+    assert list(x) == [10.0, 10.5, 11.0, 12.0]  # step 10, the prune, steps 11 and 12
+
+
 def test_layers_heatmap_click_selects_layer_and_steps(full_run):
     """A click on a cell (sent as the chart's selection state) fills the drill-down."""
     at = ok(page("layers", full_run).run())

@@ -39,7 +39,6 @@ from .common import (
 __all__ = [
     "IMAGE_DATASETS",
     "INTERVENTION",
-    "accuracy_x",
     "block_centres",
     "compare_layer_difference",
     "compare_layers",
@@ -60,6 +59,7 @@ __all__ = [
     "synchrony_figure",
     "thin",
     "top_parameters",
+    "step_positions",
     "training_curves",
     "unit_heatmap",
 ]
@@ -106,35 +106,41 @@ def thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return idx
 
 
-def block_centres(starts: np.ndarray, n: int, offset: int = 1) -> tuple[np.ndarray, np.ndarray,
-                                                                         np.ndarray]:
+def block_centres(starts: np.ndarray, n: int, offset: int = 1,
+                  positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
     """(first, last, centre) step numbers of blocks that start at ``starts`` in a length-n axis.
 
-    ``offset`` turns 0-based rows into step numbers (1: row 0 is step 1).
+    ``offset`` turns 0-based rows into step numbers (1: row 0 is step 1); ``positions`` (one per
+    row, from ``step_positions``) replaces that numbering where a run has interventions.
     """
     starts = np.asarray(starts, dtype=np.int64)
     stops = np.append(starts[1:], n)
-    first = starts + offset
-    last = stops - 1 + offset
+    if positions is not None:
+        pos = np.asarray(positions, dtype=np.float64)
+        first, last = pos[starts], pos[stops - 1]
+    else:
+        first = starts + offset
+        last = stops - 1 + offset
     return first, last, (first + last) / 2.0
 
 
-def accuracy_x(eval_steps: np.ndarray, train_step: np.ndarray, kind: np.ndarray) -> np.ndarray:
-    """Loss-axis position (0..T) of each evaluation made after ``eval_steps`` optimizer steps.
+def step_positions(kind: np.ndarray) -> np.ndarray:
+    """Where each recorded segment sits on a training-step axis.
 
-    Segments are numbered by row; interventions (kind 1) are extra rows, so after k optimizer
-    steps the loss index is 1 + the row of the k-th optimizer step (0 before any step).
+    Optimizer steps are numbered 1, 2, …; an intervention (kind 1, e.g. a prune event) made
+    after k steps sits at k + 0.5, between the steps around it. Row numbers would run ahead of
+    the optimizer by one per intervention; these stay the optimizer's own step numbers.
     """
-    rows = np.flatnonzero(np.asarray(kind) == 0)
-    ts = np.asarray(train_step)[rows]
-    ev = np.asarray(eval_steps, dtype=np.float64)
-    pos = np.searchsorted(ts, ev, side="left")
-    out = np.zeros(len(ev), dtype=np.float64)
-    ok = (pos < len(rows)) & (ev > 0)
-    out[ok] = rows[pos[ok]] + 1
-    beyond = (pos >= len(rows)) & (ev > 0)
-    out[beyond] = (rows[-1] + 1) if len(rows) else 0
-    return out
+    k = np.asarray(kind)
+    return np.cumsum(k == 0).astype(np.float64) + np.where(k == 1, 0.5, 0.0)
+
+
+def _positions(kind: np.ndarray | None, t: int) -> np.ndarray:
+    """``step_positions`` of the first ``t`` rows, or 1..t where the kinds are not known."""
+    if kind is None or len(kind) < t:
+        return np.arange(1, t + 1, dtype=np.float64)
+    return step_positions(np.asarray(kind)[:t])
 
 
 def per_unit(param_lca: np.ndarray, dim: int = 0) -> np.ndarray:
@@ -220,7 +226,8 @@ def loss_conservation(
     if len(loss) == 0:
         return empty_figure("No loss has been recorded yet.")
     rebuilt = loss[0] + np.concatenate([[0.0], np.cumsum(lca[:t])])
-    x = np.arange(t + 1)
+    pos = _positions(kind, t)
+    x = np.concatenate([[0.0], pos])
     idx = thin(t + 1)
     fig = go.Figure()
     fig.add_trace(_line(x=x[idx], y=loss[: t + 1][idx], name="measured loss L_t",
@@ -234,12 +241,12 @@ def loss_conservation(
     if kind is not None and t:
         rows = np.flatnonzero(np.asarray(kind)[:t] == 1)
         if len(rows):
-            fig.add_trace(go.Scatter(x=rows + 1, y=loss[rows + 1], mode="markers",
+            fig.add_trace(go.Scatter(x=pos[rows], y=loss[rows + 1], mode="markers",
                                      name="intervention (e.g. prune)",
                                      marker={"color": INTERVENTION, "symbol": "x", "size": 11},
-                                     hovertemplate="intervention at step %{x}<br>L = %{y:.5f}"
-                                                   "<extra></extra>"))
-            _mark_interventions(fig, rows + 0.5)
+                                     hovertemplate="intervention after step %{x:.0f}<br>"
+                                                   "L = %{y:.5f}<extra></extra>"))
+            _mark_interventions(fig, pos[rows])
     _layout(fig, title, height=height)
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="loss on the measurement set", type="log" if log_y else "linear")
@@ -260,7 +267,7 @@ def step_error(
     t = len(err)
     if t == 0:
         return empty_figure("No steps have been recorded yet.")
-    x = np.arange(1, t + 1)
+    x = _positions(kind, t)
     idx = thin(t)
     sp = None if splits is None else np.asarray(splits)[:t]
     show_splits = sp is not None and len(sp) == t and bool(np.any(sp > 1))
@@ -283,7 +290,7 @@ def step_error(
     fig.add_hline(y=0, line={"color": "#bdbdbd", "width": 1}, secondary_y=False)
     if kind is not None:
         rows = np.flatnonzero(np.asarray(kind)[:t] == 1)
-        _mark_interventions(fig, rows + 1)
+        _mark_interventions(fig, x[rows])
     _layout(fig, title, height=height)
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="error (loss units)", secondary_y=False, exponentformat="e")
@@ -299,13 +306,14 @@ def training_curves(
     evals: Mapping[str, np.ndarray] | None = None,
     eval_x: np.ndarray | None = None,
     *,
+    kind: np.ndarray | None = None,
     title: str = "Training: minibatch loss and accuracy",
     height: int = 380,
 ) -> go.Figure:
     """Minibatch loss per step (left axis) and train/test accuracy at evaluations (right axis).
 
-    ``eval_x`` places evaluations on the loss axis (see :func:`accuracy_x`); by default their
-    ``train_step`` column is used.
+    With ``kind`` the rows sit at ``step_positions``; evaluations at their ``train_step`` (the
+    optimizer steps done), unless ``eval_x`` places them elsewhere.
     """
     tl = None if train_loss is None else np.asarray(train_loss, dtype=np.float64)
     has_loss = tl is not None and bool(np.isfinite(tl).any())
@@ -317,7 +325,7 @@ def training_curves(
     if has_loss:
         t = len(tl)
         idx = thin(t)
-        fig.add_trace(_line(x=np.arange(1, t + 1)[idx], y=tl[idx], mode="lines",
+        fig.add_trace(_line(x=_positions(kind, t)[idx], y=tl[idx], mode="lines",
                                    connectgaps=True,  # an intervention row has no minibatch
                                    name="minibatch loss", line={"color": "#969696", "width": 1},
                                    hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"),
@@ -362,12 +370,13 @@ def helped_fractions(
         return empty_figure("No steps have been recorded yet.")
     h, u = h[:t], u[:t]
     s = np.clip(1.0 - h - u, 0.0, 1.0)
-    x = np.arange(1, t + 1, dtype=np.float64)
+    pos = _positions(kind, t)
+    x = pos
     if t > max_points:
         sums, starts, _ = block_sum(np.stack([h, s, u], axis=1), max_points)
         counts = np.diff(np.append(starts, t))
         h, s, u = (sums / counts[:, None]).T
-        x = block_centres(starts, t)[2]
+        x = block_centres(starts, t, positions=pos)[2]
     fig = go.Figure()
     for y, name, color in ((h, "helped (LCA < 0)", HELPED), (s, "did not move (LCA = 0)", STILL),
                            (u, "hurt (LCA > 0)", HURT)):
@@ -381,7 +390,7 @@ def helped_fractions(
                   annotation_bgcolor="rgba(255,255,255,0.85)")
     if kind is not None:
         rows = np.flatnonzero(np.asarray(kind)[:t] == 1)
-        _mark_interventions(fig, rows + 1)
+        _mark_interventions(fig, pos[rows])
     _layout(fig, title, height=height)
     fig.update_xaxes(title="training step")
     fig.update_layout(legend={"traceorder": "normal"})
@@ -436,6 +445,7 @@ def layer_step_heatmap(
     max_cells: int = CLICK_CELLS,
     *,
     clickable: bool = True,
+    kind: np.ndarray | None = None,
     title: str = "LCA of each layer on each step (green = helped, red = hurt)",
     height: int | None = None,
 ) -> go.Figure:
@@ -450,7 +460,9 @@ def layer_step_heatmap(
         return empty_figure("No steps have been recorded yet.")
     t, nl = a.shape
     sums, starts, _ = block_sum(a, max(1, max_cells // nl))
-    first, last, centre = block_centres(starts, t)
+    first, last, centre = block_centres(starts, t, positions=_positions(kind, t))
+    # Whole step numbers for the hover and the click (an intervention sits at k + 0.5).
+    first, last = np.floor(first).astype(np.int64), np.ceil(last).astype(np.int64)
     z = sums.T  # (L, blocks)
     labels = list(names)
     m = float(np.abs(z).max()) or 1.0
@@ -487,6 +499,7 @@ def cumulative_layers(
     *,
     per_param_counts: Sequence[int] | np.ndarray | None = None,
     per_param: bool = False,
+    kind: np.ndarray | None = None,
     max_points: int = 2000,
     title: str | None = None,
     height: int = 420,
@@ -499,7 +512,7 @@ def cumulative_layers(
     if per_param and per_param_counts is not None:
         c = c / np.maximum(np.asarray(per_param_counts, dtype=np.float64), 1)[None, :]
     idx = thin(t, max_points)
-    x = np.arange(1, t + 1)[idx]
+    x = _positions(kind, t)[idx]
     fig = go.Figure()
     for j, name in enumerate(names):
         fig.add_trace(_line(
@@ -581,13 +594,15 @@ def unit_heatmap(
     *,
     max_cells: int = 120_000,
     step_offset: int = 0,
+    positions: np.ndarray | None = None,
     title: str = "LCA of each unit on each step (green = helped, red = hurt)",
     y_title: str = "unit (neuron / channel)",
     height: int = 460,
 ) -> go.Figure:
     """Unit × step heatmap of (T, U) ``unit_lca``, block-summed to ``max_cells`` (exact sums).
 
-    ``step_offset``: 0-based index of the first row, for a drill-down into a range of steps.
+    ``step_offset``: 0-based index of the first row, for a drill-down into a range of steps;
+    ``positions``: each row's place on the step axis (``step_positions``), which replaces it.
     """
     a = np.asarray(unit_lca, dtype=np.float64)
     if a.ndim == 1:
@@ -596,7 +611,7 @@ def unit_heatmap(
         return empty_figure("No steps have been recorded yet.")
     t, u = a.shape
     sums, rs, cs = downsample_to_cells(a, max_cells)
-    first, last, centre = block_centres(rs, t, offset=1 + step_offset)
+    first, last, centre = block_centres(rs, t, offset=1 + step_offset, positions=positions)
     ufirst, ulast, ucentre = block_centres(cs, u, offset=0)
     z = sums.T
     m = float(np.abs(z).max()) or 1.0
@@ -858,6 +873,7 @@ def param_trace(
     *,
     label: str = "this parameter",
     step_offset: int = 0,
+    positions: np.ndarray | None = None,
     cumulative: bool = True,
     max_bars: int = 3000,
     title: str | None = None,
@@ -870,7 +886,7 @@ def param_trace(
     if t == 0:
         return empty_figure("No steps have been recorded yet.")
     sums, starts, _ = block_sum(v, min(t, max_bars))
-    first, last, centre = block_centres(starts, t, offset=1 + step_offset)
+    first, last, centre = block_centres(starts, t, offset=1 + step_offset, positions=positions)
     per = "step" if len(starts) == t else "block of steps"
     if cumulative:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42],
@@ -888,7 +904,9 @@ def param_trace(
     if cumulative:
         cum = np.cumsum(v)
         idx = thin(t)
-        fig.add_trace(_line(x=np.arange(1 + step_offset, t + 1 + step_offset)[idx],
+        xs = (np.arange(1 + step_offset, t + 1 + step_offset) if positions is None
+              else np.asarray(positions, dtype=np.float64))
+        fig.add_trace(_line(x=xs[idx],
                                    y=cum[idx], mode="lines", name="running total",
                                    line={"color": MEASURED, "width": 2.5}, showlegend=False,
                                    hovertemplate="after step %{x}<br>running total %{y:.3e}"
