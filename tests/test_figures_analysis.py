@@ -250,7 +250,7 @@ def test_unit_heatmap_downsamples_with_exact_totals():
     assert z.size <= 20_000 and hm.zmid == 0
     assert _close(math.fsum(z.ravel()), math.fsum(a.ravel()))
     np.testing.assert_allclose(z.sum(axis=1).sum(), a.sum())
-    fig = F.unit_heatmap(a[:10, :5], step_offset=100)
+    fig = F.unit_heatmap(a[:10, :5], positions=np.arange(101, 111))
     assert fig.data[0].x[0] == 101  # drill-down ranges keep real step numbers
     assert fig.layout.yaxis.dtick == 1 and fig.layout.xaxis.dtick == 1  # no unit "1.5"
 

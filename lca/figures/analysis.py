@@ -593,7 +593,6 @@ def unit_heatmap(
     unit_lca: np.ndarray,
     *,
     max_cells: int = 120_000,
-    step_offset: int = 0,
     positions: np.ndarray | None = None,
     title: str = "LCA of each unit on each step (green = helped, red = hurt)",
     y_title: str = "unit (neuron / channel)",
@@ -601,8 +600,8 @@ def unit_heatmap(
 ) -> go.Figure:
     """Unit × step heatmap of (T, U) ``unit_lca``, block-summed to ``max_cells`` (exact sums).
 
-    ``step_offset``: 0-based index of the first row, for a drill-down into a range of steps;
-    ``positions``: each row's place on the step axis (``step_positions``), which replaces it.
+    ``positions``: each row's place on the step axis (default 1, 2, …; ``step_positions`` of a
+    run, or a slice of them for a drill-down into a range of steps).
     """
     a = np.asarray(unit_lca, dtype=np.float64)
     if a.ndim == 1:
@@ -611,7 +610,7 @@ def unit_heatmap(
         return empty_figure("No steps have been recorded yet.")
     t, u = a.shape
     sums, rs, cs = downsample_to_cells(a, max_cells)
-    first, last, centre = block_centres(rs, t, offset=1 + step_offset, positions=positions)
+    first, last, centre = block_centres(rs, t, positions=positions)
     ufirst, ulast, ucentre = block_centres(cs, u, offset=0)
     z = sums.T
     m = float(np.abs(z).max()) or 1.0
@@ -872,7 +871,6 @@ def param_trace(
     values: np.ndarray,
     *,
     label: str = "this parameter",
-    step_offset: int = 0,
     positions: np.ndarray | None = None,
     cumulative: bool = True,
     max_bars: int = 3000,
@@ -886,7 +884,7 @@ def param_trace(
     if t == 0:
         return empty_figure("No steps have been recorded yet.")
     sums, starts, _ = block_sum(v, min(t, max_bars))
-    first, last, centre = block_centres(starts, t, offset=1 + step_offset, positions=positions)
+    first, last, centre = block_centres(starts, t, positions=positions)
     per = "step" if len(starts) == t else "block of steps"
     if cumulative:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42],
@@ -904,7 +902,7 @@ def param_trace(
     if cumulative:
         cum = np.cumsum(v)
         idx = thin(t)
-        xs = (np.arange(1 + step_offset, t + 1 + step_offset) if positions is None
+        xs = (np.arange(1, t + 1) if positions is None
               else np.asarray(positions, dtype=np.float64))
         fig.add_trace(_line(x=xs[idx],
                                    y=cum[idx], mode="lines", name="running total",
