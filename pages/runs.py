@@ -237,35 +237,36 @@ def upload() -> None:
         tmp.unlink(missing_ok=True)
     done[file_id] = ("", f"{f.name} was added as {name}.")
     st.success(done[file_id][1])
-    st.rerun()
 
 
 def main() -> None:
     st.title("Runs")
-    items = runs.list_runs()
-    folder = runs.runs_dir()
-    st.caption(f"Every run file in the runs folder ({folder}); "
-               f"{human_bytes(runs.free_bytes())} free.")
-    if not items:
-        st.info("The runs folder is empty: start the demo on Home, set up a run on Train, or "
-                "upload a run file below.")
-        upload()
-        return
-    df, good, bad = table(items)
-    if len(df):
-        st.dataframe(df, hide_index=True, column_config=COLUMNS, key="runs_table")
-    if bad:
-        st.markdown("**Files that are not readable runs**")
-        for name, problem in bad:
-            st.warning(f"{name}: {problem}")
-    names = [r.name for r in items]
-    left, right = st.columns(2)
-    with left:
-        one_run_actions(names, good)
-    with right:
-        compare_actions([n for n in names if n in good])
+    # The listing is filled after the uploader has run, so a file added just now is listed at
+    # once, without a second run of the page (which raced the next upload).
+    listing = st.container()
     st.divider()
     upload()
+    with listing:
+        items = runs.list_runs()
+        st.caption(f"Every run file in the runs folder ({runs.runs_dir()}); "
+                   f"{human_bytes(runs.free_bytes())} free.")
+        if not items:
+            st.info("The runs folder is empty: start the demo on Home, set up a run on Train, "
+                    "or upload a run file below.")
+            return
+        df, good, bad = table(items)
+        if len(df):
+            st.dataframe(df, hide_index=True, column_config=COLUMNS, key="runs_table")
+        if bad:
+            st.markdown("**Files that are not readable runs**")
+            for name, problem in bad:
+                st.warning(f"{name}: {problem}")
+        names = [r.name for r in items]
+        left, right = st.columns(2)
+        with left:
+            one_run_actions(names, good)
+        with right:
+            compare_actions([n for n in names if n in good])
 
 
 if __name__ == "__main__":
