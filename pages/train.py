@@ -77,6 +77,7 @@ def read_snapshot(path: Path) -> dict[str, Any] | None:
             "status": r.status,
             "segments": r.num_steps,
             "steps": int((kind == 0).sum()),
+            "kind": kind,
             "total": int(r.config.get("steps") or 0) or None,
             "loss": r.steps("loss"),
             "helped": r.steps("helped"),
@@ -119,7 +120,8 @@ def _draw_snapshot(snap: dict[str, Any], key: str) -> None:
     )
     left, right = st.columns([3, 2])
     with left:
-        plot(live_loss_figure(loss, total_steps=total, train_loss=snap["train_loss"]),
+        plot(live_loss_figure(loss, total_steps=total, train_loss=snap["train_loss"],
+                              kind=snap["kind"]),
              key=f"{key}-loss")
         st.caption("The loss on the fixed measurement set after each step; falling = learning.")
     with right:
@@ -127,7 +129,8 @@ def _draw_snapshot(snap: dict[str, Any], key: str) -> None:
         totals = cum[-1] if len(cum) else np.zeros(0)
         plot(live_layer_bars(totals, snap["names"]), key=f"{key}-bars")
         st.caption(":green[Green bar]: the layer lowered the loss so far; :red[red]: it raised it.")
-    plot(live_layer_lines(snap["cumulative"], snap["names"], total_steps=total),
+    plot(live_layer_lines(snap["cumulative"], snap["names"], total_steps=total,
+                          kind=snap["kind"]),
          key=f"{key}-lines")
     st.caption(
         "Each line adds up one layer's LCA step by step: the further it sinks into the green "

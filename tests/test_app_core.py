@@ -363,3 +363,11 @@ def test_live_figures_keep_values_and_colours():
         assert trace.y[-1] == cum[-1, j]  # cumulative values are drawn exactly
     assert {s.fillcolor for s in lines.layout.shapes if s.type == "rect"} == {HELPED, HURT}
     assert live_layer_lines(np.zeros((0, 3)), ["a", "b", "c"]).layout.annotations
+
+    # A prune after step 2 is drawn at 2.5; the steps keep the optimizer's numbers.
+    kind = np.array([0, 0, 1, 0])
+    fig = live_loss_figure(np.array([2.0, 1.5, 1.2, 1.3, 1.0]), kind=kind,
+                           train_loss=np.array([2.0, 1.6, np.nan, 1.1]))
+    assert list(fig.data[1].x) == [0, 1, 2, 2.5, 3] and list(fig.data[0].x) == [1, 2, 2.5, 3]
+    lines = live_layer_lines(np.ones((4, 2)), ["a", "b"], kind=kind)
+    assert list(lines.data[0].x) == [1, 2, 2.5, 3]

@@ -59,6 +59,7 @@ __all__ = [
     "synchrony_figure",
     "thin",
     "top_parameters",
+    "step_axis",
     "step_positions",
     "training_curves",
     "unit_heatmap",
@@ -136,7 +137,7 @@ def step_positions(kind: np.ndarray) -> np.ndarray:
     return np.cumsum(k == 0).astype(np.float64) + np.where(k == 1, 0.5, 0.0)
 
 
-def _positions(kind: np.ndarray | None, t: int) -> np.ndarray:
+def step_axis(kind: np.ndarray | None, t: int) -> np.ndarray:
     """``step_positions`` of the first ``t`` rows, or 1..t where the kinds are not known."""
     if kind is None or len(kind) < t:
         return np.arange(1, t + 1, dtype=np.float64)
@@ -226,7 +227,7 @@ def loss_conservation(
     if len(loss) == 0:
         return empty_figure("No loss has been recorded yet.")
     rebuilt = loss[0] + np.concatenate([[0.0], np.cumsum(lca[:t])])
-    pos = _positions(kind, t)
+    pos = step_axis(kind, t)
     x = np.concatenate([[0.0], pos])
     idx = thin(t + 1)
     fig = go.Figure()
@@ -267,7 +268,7 @@ def step_error(
     t = len(err)
     if t == 0:
         return empty_figure("No steps have been recorded yet.")
-    x = _positions(kind, t)
+    x = step_axis(kind, t)
     idx = thin(t)
     sp = None if splits is None else np.asarray(splits)[:t]
     show_splits = sp is not None and len(sp) == t and bool(np.any(sp > 1))
@@ -325,7 +326,7 @@ def training_curves(
     if has_loss:
         t = len(tl)
         idx = thin(t)
-        fig.add_trace(_line(x=_positions(kind, t)[idx], y=tl[idx], mode="lines",
+        fig.add_trace(_line(x=step_axis(kind, t)[idx], y=tl[idx], mode="lines",
                                    connectgaps=True,  # an intervention row has no minibatch
                                    name="minibatch loss", line={"color": "#969696", "width": 1},
                                    hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"),
@@ -370,7 +371,7 @@ def helped_fractions(
         return empty_figure("No steps have been recorded yet.")
     h, u = h[:t], u[:t]
     s = np.clip(1.0 - h - u, 0.0, 1.0)
-    pos = _positions(kind, t)
+    pos = step_axis(kind, t)
     x = pos
     if t > max_points:
         sums, starts, _ = block_sum(np.stack([h, s, u], axis=1), max_points)
@@ -460,7 +461,7 @@ def layer_step_heatmap(
         return empty_figure("No steps have been recorded yet.")
     t, nl = a.shape
     sums, starts, _ = block_sum(a, max(1, max_cells // nl))
-    first, last, centre = block_centres(starts, t, positions=_positions(kind, t))
+    first, last, centre = block_centres(starts, t, positions=step_axis(kind, t))
     # Whole step numbers for the hover and the click (an intervention sits at k + 0.5).
     first, last = np.floor(first).astype(np.int64), np.ceil(last).astype(np.int64)
     z = sums.T  # (L, blocks)
@@ -512,7 +513,7 @@ def cumulative_layers(
     if per_param and per_param_counts is not None:
         c = c / np.maximum(np.asarray(per_param_counts, dtype=np.float64), 1)[None, :]
     idx = thin(t, max_points)
-    x = _positions(kind, t)[idx]
+    x = step_axis(kind, t)[idx]
     fig = go.Figure()
     for j, name in enumerate(names):
         fig.add_trace(_line(

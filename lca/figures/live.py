@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from .analysis import step_axis
 from .common import HELPED, HURT, base_layout, empty_figure, series_color, sign_colors
 
 __all__ = [
@@ -35,7 +36,7 @@ def sample_points(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return idx
 
 
-def _x_range(fig: go.Figure, total: int | None, last: int) -> None:
+def _x_range(fig: go.Figure, total: int | None, last: float) -> None:
     upper = max(total or 0, last, 1)
     fig.update_xaxes(range=[0, upper], title="training step")
 
@@ -53,21 +54,25 @@ def live_loss_figure(
     *,
     total_steps: int | None = None,
     train_loss: np.ndarray | None = None,
+    kind: np.ndarray | None = None,
     title: str = "Loss on the measurement set (lower is better)",
     height: int = 380,
 ) -> go.Figure:
     """The measurement-set loss L_0..L_T against the step; the x axis spans the whole run so the
-    curve visibly grows into it. ``train_loss`` (minibatch loss per step) is drawn faintly."""
+    curve visibly grows into it. ``train_loss`` (minibatch loss per step) is drawn faintly.
+    With ``kind``, an intervention (a prune) sits between the steps around it."""
     loss = np.asarray(loss, dtype=np.float64)
     if loss.size == 0:
         return empty_figure("No loss recorded yet: the run is starting.", height=height)
+    pos = step_axis(kind, len(loss) - 1)
     fig = go.Figure()
     if train_loss is not None and len(train_loss):
         tl = np.asarray(train_loss, dtype=np.float64)
         i = sample_points(len(tl))
         fig.add_trace(
             go.Scatter(
-                x=i + 1, y=tl[i], mode="lines", name="minibatch loss",
+                x=step_axis(kind, len(tl))[i], y=tl[i],
+                mode="lines", name="minibatch loss", connectgaps=True,
                 line={"color": "#b0b0b0", "width": 1},
                 hovertemplate="step %{x}<br>minibatch loss %{y:.4f}<extra></extra>",
             )
@@ -75,14 +80,15 @@ def live_loss_figure(
     i = sample_points(len(loss))
     fig.add_trace(
         go.Scatter(
-            x=i, y=loss[i], mode="lines+markers" if len(loss) < 60 else "lines",
+            x=np.concatenate([[0.0], pos])[i], y=loss[i],
+            mode="lines+markers" if len(loss) < 60 else "lines",
             name="measurement-set loss", line={"color": "#1f77b4", "width": 3},
             hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>",
         )
     )
     base_layout(fig, title, height=height)
     _legend_below(fig)
-    _x_range(fig, total_steps, len(loss) - 1)
+    _x_range(fig, total_steps, float(pos[-1]) if len(pos) else 0)
     fig.update_yaxes(title="loss (cross-entropy)", rangemode="tozero")
     return fig
 
@@ -92,6 +98,7 @@ def live_layer_lines(
     names: Sequence[str],
     *,
     total_steps: int | None = None,
+    kind: np.ndarray | None = None,
     title: str = "Each layer's running total of LCA (below 0 = it helped)",
     height: int = 420,
 ) -> go.Figure:
@@ -106,11 +113,12 @@ def live_layer_lines(
     order = np.argsort(-np.abs(c[-1]), kind="stable")[:MAX_LINES]
     order = np.sort(order)  # keep model order in the legend
     i = sample_points(t)
+    pos = step_axis(kind, t)
     fig = go.Figure()
     for j in order:
         fig.add_trace(
             go.Scatter(
-                x=i + 1, y=c[i, j], mode="lines", name=str(names[j]),
+                x=pos[i], y=c[i, j], mode="lines", name=str(names[j]),
                 line={"color": series_color(int(j)), "width": 2.5},
                 hovertemplate=f"{names[j]}<br>step %{{x}}<br>total LCA %{{y:.4f}}<extra></extra>",
             )
@@ -124,7 +132,7 @@ def live_layer_lines(
     shown = "" if n_layers <= MAX_LINES else f" ({MAX_LINES} of {n_layers} tensors, largest)"
     base_layout(fig, title + shown, height=height)
     _legend_below(fig)
-    _x_range(fig, total_steps, t)
+    _x_range(fig, total_steps, float(pos[-1]))
     fig.update_yaxes(title="LCA summed over steps (loss units)", range=[lo, hi])
     fig.add_annotation(text="helped", x=0.005, y=0.02, xref="paper", yref="paper",
                        xanchor="left", yanchor="bottom", showarrow=False,
