@@ -14,12 +14,11 @@ from pathlib import Path
 import streamlit as st
 
 from lca import runs
-from pages.shared import RUN_KEY
+from pages.shared import DELETED_KEY, RUN_KEY
 
 ROOT = Path(__file__).resolve().parent
 AUTOSELECT_KEY = "_run_autoselected"
 SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
-DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: no warning for them
 log = logging.getLogger("lca.app")
 
 # (file, title, url path, icon); an entry appears only once its file exists. Home is the default

@@ -213,7 +213,8 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} · {len(r.names)} layers "
+        kind = r.steps("kind", 0, t)
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} · {len(r.names)} layers "
                    f"(parameter tensors) · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
@@ -230,7 +231,6 @@ def render(path: Path) -> bool:
                    "(LCA < 0); :red[red]: layers that raised it. "
                    + ("Per parameter shows which layers work hardest for their size."
                       if per_param else "The bars add up to the total change of the loss."))
-        kind = r.steps("kind", 0, t)
         pos = F.step_positions(kind)
         plot(F.layer_step_heatmap(layer_lca, r.names, kind=kind), key=HEATMAP_KEY,
              on_select=partial(_on_cell_click, list(r.names), int(np.floor(pos[-1]))),

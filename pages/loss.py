@@ -74,7 +74,8 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} recorded · "
+        kind = r.steps("kind")
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} recorded · "
                    f"{r.num_params:,} parameters · method {r.method} · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
@@ -82,7 +83,7 @@ def render(path: Path) -> bool:
             return r.status == "running"
         s = r.summary()
         metrics(r, s)
-        loss, lca, kind = r.steps("loss"), r.steps("lca"), r.steps("kind")
+        loss, lca = r.steps("loss"), r.steps("lca")
         log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
         plot(F.loss_conservation(loss, lca, kind=kind, log_y=log_y), key="loss_conservation")
         st.caption(

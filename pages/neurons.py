@@ -74,7 +74,7 @@ def _first_weight(r: Reader) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def units_section(r: Reader) -> None:
+def units_section(r: Reader, pos: np.ndarray) -> None:
     st.subheader("Neurons over time")
     if r.record == "layers":
         st.info("Per-neuron views need a run recorded with record 'units' or 'full'; this run "
@@ -87,7 +87,7 @@ def units_section(r: Reader) -> None:
     if group is None:
         return
     units = r.unit_lca(group)
-    plot(F.unit_heatmap(units, positions=F.step_positions(r.steps("kind", 0, len(units))),
+    plot(F.unit_heatmap(units, positions=pos[:len(units)],
                         title=f"LCA of each unit of {group} on each step "
                         "(green = helped, red = hurt)"), key="neurons_units")
     st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
@@ -153,7 +153,7 @@ def helped_section(totals: dict, helped: dict, rows: int) -> None:
                "that stopped moving (pruned, frozen, skipped, low-bit) pile up at low values.")
 
 
-def top_section(r: Reader, totals: dict, helped: dict, rows: int, t: int) -> None:
+def top_section(r: Reader, totals: dict, helped: dict, rows: int, pos: np.ndarray) -> None:
     st.subheader("The weights that helped and hurt the most")
     table = F.top_parameters(totals, helped, rows, k=TOP_K)
     if not table:
@@ -182,9 +182,9 @@ def top_section(r: Reader, totals: dict, helped: dict, rows: int, t: int) -> Non
         st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
                 f"was recorded '{r.record}' (only its total, above, is kept).")
         return
-    trace = r.param_lca(row["tensor"], 0, t, index=row["index"])
+    trace = r.param_lca(row["tensor"], 0, len(pos), index=row["index"])
     plot(F.param_trace(trace, label=choice,
-                       positions=F.step_positions(r.steps("kind", 0, len(trace)))),
+                       positions=pos[:len(trace)]),
          key="neurons_trace_chart")
     st.caption("Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
                "bottom: its running total. Weight and gradient values are not stored in run "
@@ -196,18 +196,20 @@ def render(path: Path) -> bool:
         if r is None:
             return False
         t = r.num_steps
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(r, t)} · "
+        kind = r.steps("kind", 0, t)
+        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} · "
                    f"{r.num_params:,} parameters in {len(r.units)} layers · record {r.record}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
                     "step.")
             return r.status == "running"
-        units_section(r)
+        pos = F.step_positions(kind)  # where each row sits on the step axis
+        units_section(r, pos)
         totals, helped, rows = _weight_stats(r, str(path), t, _mtime(path))
         images_section(r, totals)
         values_section(path, r, t)
         helped_section(totals, helped, rows)
-        top_section(r, totals, helped, rows, t)
+        top_section(r, totals, helped, rows, pos)
         return r.status == "running"
 
 

@@ -22,7 +22,7 @@ import streamlit as st
 
 from lca import jobs, runs, store
 from lca.store import Reader, RunFileError, human_bytes
-from pages.shared import RUN_KEY
+from pages.shared import DELETED_KEY, RUN_KEY
 from pages.train import first_existing_page, open_run_button, switch_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def delete(name: str) -> None:
     except (runs.RunNameError, OSError) as e:
         st.error(f"{name} could not be deleted ({e}).")
         return
-    st.session_state.setdefault("_deleted_runs", set()).add(name)  # app.py: no warning
+    st.session_state.setdefault(DELETED_KEY, set()).add(name)  # app.py: no warning
     st.toast(f"Deleted {name}.")
     st.rerun()
 

@@ -17,6 +17,7 @@ from lca import runs
 from lca.store import Reader, RunFileError
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
+DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
 
 
@@ -99,11 +100,11 @@ def show_run(render: Callable[[Path], object]) -> None:
     live()
 
 
-def steps_phrase(r: Reader, t: int) -> str:
-    """How many optimizer steps a run has, and how many interventions (e.g. prune events:
-    segments of their own, drawn between the steps around them on every step axis)."""
-    kind = r.steps("kind", 0, t) if t else []
+def steps_phrase(kind) -> str:
+    """How many optimizer steps a run's segment kinds hold, and how many interventions (e.g.
+    prune events: segments of their own, drawn between the steps around them)."""
     extra = int((kind == 1).sum()) if len(kind) else 0
+    steps = len(kind) - extra
     if not extra:
-        return f"{t:,} steps"
-    return f"{t - extra:,} steps + {extra:,} intervention{'s' if extra > 1 else ''}"
+        return f"{steps:,} steps"
+    return f"{steps:,} steps + {extra:,} intervention{'s' if extra > 1 else ''}"
