@@ -36,6 +36,8 @@ from lca.store import (
     human_bytes,
     open_run,
     recover,
+    recovery,
+    writer,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +183,7 @@ def test_round_trip_every_field(runs, mode):
 def test_gpu_summing_path_writes_the_same_file(runs, mode, tmp_path, monkeypatch):
     """On a GPU the writer sums each weight's LCA on the device; driven here with CPU tensors,
     that path must store what the host path stores."""
-    monkeypatch.setattr(store, "_sums_on_device", lambda a: True)
+    monkeypatch.setattr(writer, "_sums_on_device", lambda a: True)
     path = tmp_path / f"{mode}.h5"
     _tracked_run(path, mode)
     with open_run(runs[mode][0]) as host, open_run(path) as device:
@@ -472,7 +474,7 @@ def test_recover_falls_back_to_copying(killed_run, tmp_path, monkeypatch):
     shutil.copy(killed_run, path)
     with open_run(path) as r:
         t = r.num_steps
-    monkeypatch.setattr(store, "_clear_open_flags", lambda p: False)
+    monkeypatch.setattr(recovery, "_clear_open_flags", lambda p: False)
     message = recover(path)
     assert "interrupted" in message
     assert not list(tmp_path.glob(".*tmp"))

@@ -1,0 +1,590 @@
+"""The Writer a Tracker streams into: creates every dataset before SWMR starts, writes whole
+time-chunks, and leaves a file readers can open whatever happens to the process."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from .schema import (
+    FORMAT,
+    LIBVER,
+    RECORD_MODES,
+    RESERVED,
+    SCHEMA_VERSION,
+    STATUS_DTYPE,
+    STATUSES,
+    RunFileError,
+    RunTooLargeError,
+    _chunk_shape,
+    _clean_path,
+    _fill_for,
+    _fixed_strings,
+    _json_fill,
+    _label_bytes,
+    _param_key,
+    _plan,
+    _str_attr,
+    _unit_keys,
+    _version,
+    estimate_bytes,
+    human_bytes,
+)
+
+if TYPE_CHECKING:
+    from ..allocate import Layout, StepRecord
+
+# ---------------------------------------------------------------------------------------------
+# Writer.
+
+_OPEN_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    # A script that ends without closing its tracker still leaves a clean, readable file.
+    for w in list(_OPEN_WRITERS):
+        try:
+            w.close("interrupted")
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+
+
+class Writer:
+    """Streams a Tracker's records into an HDF5 run file that readers can open while it grows.
+
+    Implements the Tracker's ``RecordSink`` (``begin``/``append``/``close``). ``record`` chooses
+    what is kept per step: ``"layers"`` (per-tensor sums), ``"units"`` (+ per output neuron or
+    channel) or ``"full"`` (+ every parameter, float32). Per-weight running totals are kept in
+    every mode because they cost a fixed P×12 bytes, not T×P.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        record: str = "units",
+        config: dict[str, Any] | None = None,
+        chunk_rows: int = 32,
+        flush_seconds: float = 1.0,
+        max_bytes: int | None = None,
+        expected_steps: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if record not in RECORD_MODES:
+            raise ValueError(f"record must be one of {', '.join(RECORD_MODES)}, not {record!r}.")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}.")
+        self.path = Path(path)
+        self.record = record
+        self.config = dict(config or {})
+        self.chunk_rows = int(chunk_rows)
+        self.flush_seconds = float(flush_seconds)
+        self.max_bytes = max_bytes
+        self.expected_steps = expected_steps
+        self.overwrite = overwrite
+        self.estimated_bytes: int | None = None
+        self._f: h5py.File | None = None
+        self._closed = False
+        self._rows = 0  # rows in the file
+        self._n = 0  # rows buffered
+        self._warned: set[str] = set()
+        if self.path.exists() and not overwrite:
+            raise self._exists_error()
+
+    def _exists_error(self) -> RunFileError:
+        return RunFileError(
+            f"{self.path.name} already exists; choose another output name or allow overwriting "
+            "(overwrite=True)."
+        )
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        """Rows appended so far (written or still buffered)."""
+        return self._rows + self._n
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- begin --------------------------------------------------------------------------------
+    def begin(self, layout: Layout, loss0: float) -> None:
+        """Create the file and every dataset, write the metadata, then start SWMR."""
+        if self._f is not None or self._closed:
+            raise RuntimeError("Writer.begin() was already called; use one Writer per run.")
+        self.layout = layout
+        self._validate_layout(layout)
+        self.chunk_rows, self._plan = _plan(layout, self.record, self.chunk_rows)
+        if self.expected_steps is not None:
+            self._check_size(layout)
+        if self.path.exists() and not self.overwrite:
+            raise self._exists_error()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        f = h5py.File(tmp, "w", libver=LIBVER)
+        try:
+            self._create(f, layout, float(loss0))
+            f.swmr_mode = True
+            f.flush()
+            os.replace(tmp, self.path)  # readers only ever see a file that is ready for them
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        self._f = f
+        self._setup_buffers(layout)
+        self._last_flush = time.monotonic()
+        _OPEN_WRITERS.add(self)
+
+    def _validate_layout(self, layout: Layout) -> None:
+        seen: dict[str, str] = {}
+        for kind, paths in (("event table", layout.events), ("array", layout.arrays)):
+            for p in paths:
+                clean = _clean_path(p, kind)
+                if clean.split("/")[0] in RESERVED:
+                    raise ValueError(
+                        f"The {kind} path {p!r} uses the reserved top-level name "
+                        f"{clean.split('/')[0]!r}; put it under e.g. 'techniques/'."
+                    )
+                for other in seen:
+                    if clean == other or clean.startswith(other + "/") or other.startswith(
+                        clean + "/"
+                    ):
+                        raise ValueError(f"The {kind} path {p!r} clashes with {other!r}.")
+                seen[clean] = kind
+        for p, cols in layout.events.items():
+            if not cols:
+                raise ValueError(f"The event table {p!r} has no columns.")
+
+    def _check_size(self, layout: Layout) -> None:
+        est = estimate_bytes(layout, int(self.expected_steps), self.record,
+                             chunk_rows=self.chunk_rows)
+        self.estimated_bytes = est
+        what = (f"{self.expected_steps} steps, record={self.record}, "
+                f"{layout.num_params:,} parameters")
+        fix = "use --record units or layers, fewer steps, or a smaller model."
+        if self.record == "layers":
+            fix = "use fewer steps or a smaller model."
+        if self.max_bytes is not None and est > self.max_bytes:
+            raise RunTooLargeError(
+                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
+                f"{human_bytes(self.max_bytes)} allowed (max_bytes); {fix}"
+            )
+        folder = self.path.parent.resolve()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if est > free:
+            raise RunTooLargeError(
+                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
+                f"{human_bytes(free)} free on the disk holding {folder}; {fix}"
+            )
+
+    def _create(self, f: h5py.File, layout: Layout, loss0: float) -> None:
+        import torch  # the writer runs next to the tracker; readers never need torch
+
+        a = f.attrs
+        _str_attr(f, "format", FORMAT)
+        a["schema_version"] = np.int64(SCHEMA_VERSION)
+        _str_attr(f, "config", json.dumps(self.config, sort_keys=True, default=str))
+        _str_attr(f, "created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        _str_attr(f, "record", self.record)
+        _str_attr(f, "method", layout.method)
+        _str_attr(f, "dtype", layout.dtype)
+        a["measure_size"] = np.int64(layout.measure_size)
+        a["num_params"] = np.int64(layout.num_params)
+        _str_attr(f, "lca_lab_version", _version())
+        _str_attr(f, "torch_version", torch.__version__)
+        _str_attr(f, "h5py_version", h5py.__version__)
+        a["record_every"] = np.int64(1)  # every optimizer step is its own segment
+        a["chunk_rows"] = np.int64(self.chunk_rows)
+        a["expected_steps"] = np.int64(-1 if self.expected_steps is None else self.expected_steps)
+        a["writer_pid"] = np.int64(os.getpid())
+        _str_attr(f, "writer_host", socket.gethostname())
+        _str_attr(f, "series", json.dumps(
+            {_clean_path(p, "series"): [np.dtype(d).str, list(s)]
+             for p, (d, s) in layout.series.items()}))
+        _str_attr(f, "events", json.dumps(
+            {_clean_path(p, "event table"): list(c) for p, c in layout.events.items()}))
+        _str_attr(f, "arrays", json.dumps(
+            {_clean_path(p, "array"): [np.dtype(d).str, list(s), _json_fill(v)]
+             for p, (d, s, v) in layout.arrays.items()}))
+
+        f.create_dataset("status", data=np.bytes_(b"running"), dtype=STATUS_DTYPE)
+        f.create_dataset("totals_rows", data=np.int64(0))
+
+        # Names and shapes of the parameter tensors.
+        names = list(layout.names)
+        shapes = [tuple(s) for s in layout.shapes]
+        maxdim = max([1, *(len(s) for s in shapes)])
+        shape_table = np.full((len(names), maxdim), -1, dtype=np.int64)
+        for i, s in enumerate(shapes):
+            shape_table[i, : len(s)] = s
+        f.create_dataset("layers/names", data=_fixed_strings(names))
+        f.create_dataset("layers/shapes", data=shape_table)
+        f.create_dataset("layers/ndim", data=np.array([len(s) for s in shapes], dtype=np.int32))
+        f.create_dataset("layers/sizes", data=np.array([math.prod(s) for s in shapes],
+                                                        dtype=np.int64))
+
+        # Unit groups: metadata in every mode, per-step LCA only in full/units.
+        groups = list(layout.units)
+        keys = _unit_keys([g.name for g in groups])
+        f.create_dataset("units/names", data=_fixed_strings([g.name for g in groups]))
+        f.create_dataset("units/keys", data=_fixed_strings(keys))
+        f.create_dataset("units/sizes", data=np.array([g.size for g in groups], dtype=np.int64))
+        for key, g in zip(keys, groups, strict=True):
+            grp = f.require_group(f"units/{key}")
+            _str_attr(grp, "name", g.name)
+            _str_attr(grp, "params", json.dumps(list(g.params)))
+            _str_attr(grp, "dims", json.dumps(list(g.dims)))
+            grp.attrs["size"] = np.int64(g.size)
+
+        # Per-weight running totals (every mode), overwritten in place at each flush. Written
+        # with data now: a contiguous dataset first allocated after SWMR started would lie past
+        # the end of file a reader knows, and its refresh() fails ("invalid dataset size").
+        for name, shape in zip(names, shapes, strict=True):
+            grp = f.require_group(f"params/{_param_key(name)}")
+            _str_attr(grp, "name", name)
+            grp.create_dataset("total", data=np.zeros(shape, dtype=np.float64))
+            grp.create_dataset("helped_steps", data=np.zeros(shape, dtype=np.int32))
+
+        # Per-step datasets: unlimited along time, chunked, created before SWMR.
+        for p in self._plan:
+            if p.path == "steps/loss":
+                f.create_dataset(p.path, data=np.array([loss0]), maxshape=(None,),
+                                 chunks=p.chunks, fillvalue=np.nan)
+            else:
+                f.create_dataset(p.path, shape=(0, *p.row_shape), maxshape=(None, *p.row_shape),
+                                 dtype=p.dtype, chunks=p.chunks, fillvalue=p.fill)
+
+        for path, cols in layout.events.items():
+            clean = _clean_path(path, "event table")
+            ct = _chunk_shape((len(cols),), 8, self.chunk_rows)[0]
+            ds = f.create_dataset(clean, shape=(0, len(cols)), maxshape=(None, len(cols)),
+                                  dtype="f8", chunks=(ct, len(cols)), fillvalue=np.nan)
+            ds.attrs.create("columns", data=_fixed_strings(cols))
+        for path, (dtype, shape, fill) in layout.arrays.items():
+            clean = _clean_path(path, "array")
+            f.create_dataset(clean, data=np.full(tuple(shape), fill, dtype=np.dtype(dtype)))
+
+    def _setup_buffers(self, layout: Layout) -> None:
+        import torch
+
+        f, rows = self._f, self.chunk_rows
+        self._targets: list[tuple[h5py.Dataset, np.ndarray, int]] = []
+        self._bufs: dict[str, np.ndarray] = {}
+        for p in self._plan:
+            buf = np.full((rows, *p.row_shape), p.fill, dtype=p.dtype)
+            self._bufs[p.path] = buf
+            self._targets.append((f[p.path], buf, p.extra_rows))
+        self._names = list(layout.names)
+        self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes, strict=True)}
+        self._keys = {n: _param_key(n) for n in self._names}
+        self._pbuf_keys = {n: f"params/{self._keys[n]}/lca" for n in self._names}
+        # Torch views of the float32 buffers, so one copy_ moves and casts from any device.
+        self._pviews = (
+            {n: torch.from_numpy(self._bufs[f"params/{self._keys[n]}/lca"]) for n in self._names}
+            if self.record == "full" else {}
+        )
+        ukeys = _unit_keys([g.name for g in layout.units])
+        self._ubufs = (
+            {g.name: self._bufs[f"units/{k}/lca"] for k, g in zip(ukeys, layout.units,
+                                                                  strict=True)}
+            if self.record in ("full", "units") else {}
+        )
+        self._series_paths = {p: _clean_path(p, "series") for p in layout.series}
+        self._tot: dict[str, Any] = {}
+        self._cnt: dict[str, Any] = {}
+        self._tot_ds = {n: f[f"params/{self._keys[n]}/total"] for n in self._names}
+        self._cnt_ds = {n: f[f"params/{self._keys[n]}/helped_steps"] for n in self._names}
+        self._event_cols = {_clean_path(p, "event table"): tuple(c)
+                            for p, c in layout.events.items()}
+        self._array_paths = {_clean_path(p, "array") for p in layout.arrays}
+        self._events: dict[str, list[list[float]]] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    # -- append -------------------------------------------------------------------------------
+    def append(self, record: StepRecord) -> None:
+        """Buffer one segment; whole time-chunks (or what ``flush_seconds`` has gathered) go out."""
+        import torch
+
+        if self._closed:
+            raise RuntimeError("This Writer is closed.")
+        if self._f is None:
+            raise RuntimeError("Writer.append() called before begin().")
+        i = self._n
+        if record.index != self._rows + i:
+            raise ValueError(
+                f"Record {record.index} arrived but the file expects row {self._rows + i}; "
+                "records must come in order, one per segment."
+            )
+        for name in self._names:
+            self._add_param(name, record.per_param[name], i, torch)
+        for g, v in self._ubufs.items():
+            v[i] = record.per_unit[g]
+        b = self._bufs
+        b["layers/lca"][i] = record.per_tensor
+        for path, clean in self._series_paths.items():
+            buf = b[f"series/{clean}"]
+            v = record.series.get(path) if record.series else None
+            if v is None:
+                buf[i] = _fill_for(buf.dtype)
+            else:
+                if hasattr(v, "detach"):
+                    v = v.detach().cpu().numpy()
+                buf[i] = np.asarray(v)
+        if record.series:
+            for key in record.series:
+                if key not in self._series_paths and key not in self._warned:
+                    self._warned.add(key)
+                    warnings.warn(
+                        f"Series {key!r} was not declared in the tracker's layout, so it is "
+                        "not stored; pass series={...} to lca.Tracker.",
+                        stacklevel=2,
+                    )
+        b["steps/lca"][i] = record.total
+        b["steps/helped"][i] = record.helped
+        b["steps/hurt"][i] = record.hurt
+        b["steps/error"][i] = record.error
+        b["steps/splits"][i] = record.splits
+        b["steps/evaluations"][i] = record.evaluations
+        b["steps/kind"][i] = record.kind
+        b["steps/train_step"][i] = record.train_step
+        b["steps/seconds_lca"][i] = record.seconds_lca
+        b["steps/wall"][i] = record.wall
+        b["steps/label"][i] = _label_bytes(record.label or "")
+        b["steps/loss"][i] = record.loss_end
+        self._n += 1
+        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows
+                or time.monotonic() - self._last_flush >= self.flush_seconds):
+            self._flush()
+
+    def _add_param(self, name: str, a: Any, i: int, torch: Any) -> None:
+        """Running totals (+ the full-mode row) of one tensor's LCA for this step.
+
+        CPU tensors go through numpy: single-threaded and predictable, where small torch ops
+        pay for thread hand-offs (badly so on a busy machine). In full mode a CPU row is only
+        copied into the buffer and the totals are summed from the buffer at flush: one pass
+        over the new rows instead of a read-modify-write of the totals every step. GPU tensors
+        are summed on the device, so only full mode moves per-weight values to the host.
+        """
+        shape = self._shapes[name]
+        if torch.is_tensor(a) and a.device.type not in ("cpu", "cuda"):
+            a = a.detach().cpu()  # e.g. MPS, which has no float64 for the totals
+        if torch.is_tensor(a) and _sums_on_device(a):
+            with torch.no_grad():
+                a = a.detach().reshape(shape)
+                tot, cnt = self._tot.get(name), self._cnt.get(name)
+                if not torch.is_tensor(tot) or tot.device != a.device:
+                    tot = self._tot[name] = torch.as_tensor(
+                        np.zeros(shape) if tot is None else _host(tot)).to(a.device)
+                    cnt = self._cnt[name] = torch.as_tensor(
+                        np.zeros(shape, np.int32) if cnt is None else _host(cnt)).to(a.device)
+                tot.add_(a)
+                cnt.add_(a < 0)
+                if self._pviews:
+                    self._pviews[name][i].copy_(a)
+            return
+        an = (a.detach().numpy() if torch.is_tensor(a) else np.asarray(a)).reshape(shape)
+        if self._pviews:  # full mode: the totals are summed from the row buffer at flush
+            self._bufs[self._pbuf_keys[name]][i] = an
+            return
+        tot = self._tot.get(name)
+        if tot is None or not isinstance(tot, np.ndarray):
+            tot = self._tot[name] = np.zeros(shape) if tot is None else _host(tot)
+            self._cnt[name] = (np.zeros(shape, np.int32) if name not in self._cnt
+                               else _host(self._cnt[name]))
+        np.add(tot, an, out=tot)
+        np.add(self._cnt[name], an < 0, out=self._cnt[name])
+
+    def add_event(self, path: str, row: Sequence[float]) -> None:
+        """Append a row to an event table declared in ``layout.events`` (written at next flush)."""
+        self._require_open()
+        clean = _clean_path(path, "event table")
+        cols = self._event_cols.get(clean)
+        if cols is None:
+            raise KeyError(f"The event table {path!r} was not declared in the tracker's layout.")
+        row = [float(x) for x in row]
+        if len(row) != len(cols):
+            raise ValueError(
+                f"The event table {path!r} has {len(cols)} columns ({', '.join(cols)}); "
+                f"got a row of {len(row)}."
+            )
+        self._events.setdefault(clean, []).append(row)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush()
+
+    def set_array(self, path: str, value: np.ndarray) -> None:
+        """Overwrite a fixed array declared in ``layout.arrays`` (written at next flush)."""
+        self._require_open()
+        clean = _clean_path(path, "array")
+        if clean not in self._array_paths:
+            raise KeyError(f"The array {path!r} was not declared in the tracker's layout.")
+        ds = self._f[clean]
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value)
+        try:
+            value = np.broadcast_to(value, ds.shape).astype(ds.dtype)
+        except ValueError:
+            raise ValueError(
+                f"The array {path!r} has shape {ds.shape}; got a value of shape {value.shape}."
+            ) from None
+        self._arrays[clean] = np.array(value)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("This Writer is closed.")
+        if self._f is None:
+            raise RuntimeError("The Writer has not begun yet (the tracker calls begin()).")
+
+    # -- flush, status, close -------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything buffered now (rows, totals, events, arrays) and make it visible."""
+        self._require_open()
+        self._flush()
+
+    def _flush(self) -> None:
+        # Ctrl-C waits until the flush is whole: an interrupted flush followed by the flush in
+        # close() would otherwise write the buffered rows, and add them to the totals, twice.
+        with _defer_interrupt():
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        f, n = self._f, self._n
+        if n:
+            t0, t1 = self._rows, self._rows + n
+            # Resize-then-write dataset by dataset, loss last: a reader's T (the shortest
+            # dataset) only covers rows that are written everywhere.
+            for ds, buf, extra in self._targets:
+                ds.resize(t1 + extra, axis=0)
+                ds[t0 + extra: t1 + extra] = buf[:n]
+            if self._pviews:
+                self._sum_buffered_totals(n)
+            for name in self._names:
+                self._tot_ds[name][()] = _host(self._tot[name])
+                self._cnt_ds[name][()] = _host(self._cnt[name])
+            f["totals_rows"][()] = t1
+            self._rows, self._n = t1, 0
+        for path, rows in self._events.items():
+            ds = f[path]
+            e = ds.shape[0]
+            ds.resize(e + len(rows), axis=0)
+            ds[e:] = np.asarray(rows, dtype=np.float64)
+        self._events = {}
+        for path, value in self._arrays.items():
+            f[path][()] = value
+        self._arrays = {}
+        f.flush()
+        self._last_flush = time.monotonic()
+
+    def _sum_buffered_totals(self, n: int) -> None:
+        # Full mode on CPU: Σ and the helped count over the n buffered rows (float64 sums of the
+        # float32 values stored, so the totals equal Σ_t of /params/<name>/lca).
+        for name in self._names:
+            if isinstance(self._tot.get(name), np.ndarray) or name not in self._tot:
+                rows = self._bufs[self._pbuf_keys[name]][:n]
+                shape = self._shapes[name]
+                tot = self._tot.setdefault(name, np.zeros(shape))
+                cnt = self._cnt.setdefault(name, np.zeros(shape, np.int32))
+                tot += rows.sum(axis=0, dtype=np.float64)
+                cnt += (rows < 0).sum(axis=0, dtype=np.int32)
+
+    def set_status(self, status: str) -> None:
+        """Record ``status`` now (after writing what is buffered, so the two agree)."""
+        self._require_open()
+        _check_status(status)
+        self._flush()
+        self._f["status"][()] = np.bytes_(status.encode())
+        self._f.flush()
+
+    def close(self, status: str = "complete") -> None:
+        """Flush, record ``status`` and close the file. Closing twice does nothing."""
+        _check_status(status)
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN_WRITERS.discard(self)
+        f = self._f
+        if f is None:
+            return
+        try:
+            self._flush()
+            f["status"][()] = np.bytes_(status.encode())
+            f.flush()
+        finally:
+            f.close()
+            self._f = None
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from ..allocate import exit_status
+
+        self.close(exit_status(exc_type))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._f is not None else "new")
+        return f"Writer({str(self.path)!r}, record={self.record!r}, {state}, {self.num_steps} rows)"
+
+
+@contextlib.contextmanager
+def _defer_interrupt() -> Iterator[None]:
+    """Hold back SIGINT for the duration of the block (main thread only), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[object] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    except ValueError:  # not allowed here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _sums_on_device(a: Any) -> bool:
+    """Whether a step's per-weight LCA is summed where it lies (a GPU) rather than on the host.
+
+    One function so the tests can send CPU tensors down the device path too: the sums and
+    counts it keeps must equal the host path's, whichever device the tensors are on.
+    """
+    return a.device.type == "cuda"
+
+
+def _host(x: Any) -> np.ndarray:
+    """A numpy array on the host, from a numpy array or a torch tensor on any device."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}.")
+
+
