@@ -30,7 +30,7 @@ PAGES = [
     ("pages/loss.py", "Loss", "loss", ":material/show_chart:"),
     ("pages/layers.py", "Layers", "layers", ":material/layers:"),
     ("pages/neurons.py", "Neurons & weights", "neurons", ":material/grid_on:"),
-    ("pages/techniques.py", "Techniques", "techniques", ":material/tune:"),
+    ("pages/techniques_used.py", "Techniques", "techniques", ":material/tune:"),
     ("pages/compare.py", "Compare", "compare", ":material/compare_arrows:"),
     ("pages/playground.py", "Playground", "playground", ":material/science:"),
 ]

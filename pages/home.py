@@ -13,7 +13,7 @@ import streamlit as st
 
 from lca import jobs, runs
 from lca.store import Reader, RunFileError
-from pages.train import (
+from pages.live_panel import (
     LIVE_KEY,
     SELECT_KEY,
     first_existing_page,

@@ -22,8 +22,8 @@ import streamlit as st
 
 from lca import jobs, runs, store
 from lca.store import Reader, RunFileError, human_bytes
+from pages.live_panel import first_existing_page, open_run_button, switch_page
 from pages.shared import DELETED_KEY, RUN_KEY
-from pages.train import first_existing_page, open_run_button, switch_page
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_KEY = "compare_runs"  # the Compare page reads the run names to compare from here

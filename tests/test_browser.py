@@ -36,7 +36,7 @@ PAGES = {
     "loss": ("pages/loss.py", True),
     "layers": ("pages/layers.py", True),
     "neurons": ("pages/neurons.py", True),
-    "techniques": ("pages/techniques.py", False),
+    "techniques": ("pages/techniques_used.py", False),
     "compare": ("pages/compare.py", False),
     "playground": ("pages/playground.py", False),
 }

@@ -38,7 +38,7 @@ from lca.figures import (
 from lca.figures import techniques as tf
 from lca.store import Reader
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques_used.py")
 
 SKIP = {"name": "wus", "window": 5, "warmup": 5, "threshold": 0.5, "patience": 1,
         "skip_windows": 1}

@@ -9,16 +9,14 @@ frozen layers, and a table of what each technique saved. Everything is read thro
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
+import techniques as techniques_registry
 from lca import figures as F
 from lca.store import Reader, RunFileError
 from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, require_run
@@ -79,34 +77,9 @@ def load_history(path: str, stamp: tuple[int, int], name: str):
         return F.pruned_history(r, name)
 
 
-def _registry() -> ModuleType | None:
-    """The ``techniques`` package (the plugin registry).
-
-    This page's own file is also called ``techniques.py``: when it is run on its own
-    (``streamlit run pages/techniques.py``, AppTest) the ``pages`` folder is first on
-    ``sys.path`` and a plain ``import techniques`` would import this page again. Import the
-    package from the repository root explicitly.
-    """
-    mod = sys.modules.get("techniques")
-    if mod is not None and hasattr(mod, "describe"):
-        return mod
-    root = str(Path(__file__).resolve().parent.parent)
-    sys.modules.pop("techniques", None)
-    sys.path.insert(0, root)
-    try:
-        return importlib.import_module("techniques")
-    except ImportError:
-        return None
-    finally:
-        sys.path.remove(root)
-
-
 def describe(name: str) -> str:
-    registry = _registry()
     try:
-        if registry is None:
-            raise ValueError(name)
-        return registry.describe(name)
+        return techniques_registry.describe(name)
     except ValueError:
         return "a technique this version of LCA Lab does not know; its records are shown below."
 
