@@ -41,6 +41,42 @@ class TrainingError(RuntimeError):
     """A run could not start (bad data folder, too large to record, …): one sentence."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, systemd) while training: handled like Ctrl-C (status
+    "interrupted", every whole step kept), so it is a KeyboardInterrupt; the CLI raises it."""
+
+    what = "Stopped by SIGTERM"
+
+
+class RunNotice(UserWarning):
+    """A setting adjusted to the data, with the one sentence saying so (the CLI prints it)."""
+
+
+def fit_to_data(config: RunConfig, num_train: int) -> RunConfig:
+    """``config`` with settings that cannot make sense for ``num_train`` examples adjusted, each
+    with a one-line RunNotice: a batch larger than the data becomes the whole data, a
+    measurement set larger than the data becomes the whole training split. The file records
+    the values actually used."""
+    import warnings
+
+    changes: dict[str, Any] = {}
+    if config.batch_size > num_train:
+        changes["batch_size"] = num_train
+        warnings.warn(RunNotice(
+            f"The batch size {config.batch_size} is larger than the {num_train:,} training "
+            f"examples, so every step uses all {num_train:,} (batch size {num_train:,})."
+        ), stacklevel=2)
+    if config.measure_size is not None and config.measure_size > num_train:
+        changes["measure_size"] = None
+        warnings.warn(RunNotice(
+            f"The measurement set of {config.measure_size:,} is larger than the {num_train:,} "
+            f"training examples, so LCA is measured on all {num_train:,} of them."
+        ), stacklevel=2)
+    if not changes:
+        return config
+    return RunConfig.from_dict({**config.to_dict(), **changes})
+
+
 @dataclass
 class RunResult:
     """What a finished (or stopped) run produced."""
@@ -160,11 +196,13 @@ def run(
     out: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train and record one run. ``out`` (or ``config.out``) is the run file; None records nothing.
 
     ``progress(step, total, train_loss)`` is called after every step; ``should_stop()`` is polled
-    between steps (the app's Stop button), ending the run with status ``interrupted``.
+    between steps (the app's Stop button), ending the run with status ``interrupted``. An
+    existing run file is replaced only with ``overwrite`` (and never while a writer holds it).
     """
     t_start = time.perf_counter()
     seed_everything(config.seed)
@@ -177,6 +215,7 @@ def run(
         device = dist_ctx.device
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
     ds, model = build_data_and_model(config)
+    config = fit_to_data(config, ds.num_train)
     try:
         plugins = [techniques_registry.create(spec) for spec in config.techniques]
     except ValueError as e:  # TechniqueError: one sentence
@@ -250,14 +289,13 @@ def run(
     if path is not None:
         from .store import Writer
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = Writer(
             path,
             record=config.record,
             config=config.to_dict(),
             max_bytes=config.max_bytes,
             expected_steps=config.steps + _expected_interventions(plugins, config.steps),
-            overwrite=True,
+            overwrite=overwrite,
         )
     dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
     tracker_cls = Tracker
@@ -358,8 +396,9 @@ def run(
                 progress(step + 1, config.steps, train_loss)
     except NonFiniteLossError as e:
         status, message = "failed", _failure_message(e, tracker)
-    except KeyboardInterrupt:
-        status, message = "interrupted", f"Interrupted after {_steps_kept(tracker)} steps."
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated) through the CLI
+        what = getattr(e, "what", "Interrupted")
+        status, message = "interrupted", f"{what} after {_steps_kept(tracker)} steps."
     except TrainingError:
         _close_quietly(tracker, "failed")
         raise
