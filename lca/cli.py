@@ -352,6 +352,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         print(f"error: {e}", file=sys.stderr)
+        if not e.clean:  # HDF5 holds writes it cannot make: leave before its clean-up crashes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILED)
         return EXIT_FAILED
     except TrainingError as e:
         if bar is not None:

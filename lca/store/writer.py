@@ -106,6 +106,7 @@ class Writer:
         self._f: h5py.File | None = None
         self._closed = False
         self._rows = 0  # rows in the file
+        self._whole_rows = 0  # ... of which a flush has completed (what a full disk keeps)
         self._n = 0  # rows buffered
         self._warned: set[str] = set()
         self._lock: WriteLock | None = None
@@ -381,6 +382,7 @@ class Writer:
                             for p, c in layout.events.items()}
         self._array_paths = {_clean_path(p, "array") for p in layout.arrays}
         self._events: dict[str, list[list[float]]] = {}
+        self._event_rows = {p: 0 for p in self._event_cols}  # rows each table has whole
         self._arrays: dict[str, np.ndarray] = {}
 
     # -- append -------------------------------------------------------------------------------
@@ -549,7 +551,7 @@ class Writer:
         """
         if not self._reserve_ok or self._f is None:
             return
-        need = _RESERVE_MARGIN
+        need = _RESERVE_MARGIN + _RESERVE_PER_DATASET * (len(self._targets) + len(self._events))
         n = self._n
         if n:
             for c, chunk_bytes in self._chunk_sizes:
@@ -572,35 +574,48 @@ class Writer:
     def _fail_disk_full(self) -> None:
         """End the run after a full disk: status "failed", the file closed with every whole step
         written before, then one sentence (DiskFullError) for the caller."""
-        kept = self._rows
+        kept = self._whole_rows
         f, self._f = self._f, None
         self._closed = True
         _OPEN_WRITERS.discard(self)
+        clean = True
         if f is not None:
-            # Rows a cut-off write may have announced go again (reservation makes this rare);
-            # status is overwritten in place, which needs no new space.
+            # Only when HDF5 itself met the full disk (the reservation fell short): take back the
+            # rows the cut-off flush announced, so no reader meets rows that were never written,
+            # then overwrite the status in place (no new space needed) and close.
             with contextlib.suppress(Exception):
                 for ds, _buf, extra in self._targets:
                     if ds.shape[0] != kept + extra:
                         ds.resize(kept + extra, axis=0)
+                for path, rows in self._event_rows.items():
+                    if f[path].shape[0] != rows:
+                        f[path].resize(rows, axis=0)
             with contextlib.suppress(Exception):
                 f["status"][()] = np.bytes_(b"failed")
-            with contextlib.suppress(Exception):
+            try:
                 f.flush()
-            with contextlib.suppress(Exception):
                 f.close()
+            except Exception:  # noqa: BLE001 - HDF5 could not write what it holds
+                # Its objects must then never be freed (h5py crashes freeing them), so they
+                # stay referenced; the CLI leaves the process at once (DiskFullError.clean).
+                clean = False
+                _UNCLOSABLE.append((f, self._targets, self._tot_ds, self._cnt_ds))
+            else:
+                _trim_to_eoa(self.path)
             self._targets, self._tot_ds, self._cnt_ds = [], {}, {}
-            _trim_to_eoa(self.path)
         self._release_lock()
-        raise DiskFullError(
+        error = DiskFullError(
             f"The disk holding {self.path} is full after step {kept}; every whole step before "
             "it is kept (status failed), so free space and train again."
         )
+        error.clean = clean
+        raise error
 
     def _flush_now(self) -> None:
         f, n = self._f, self._n
+        t1 = self._rows + n
         if n:
-            t0, t1 = self._rows, self._rows + n
+            t0 = self._rows
             # Resize-then-write dataset by dataset, loss last: a reader's T (the shortest
             # dataset) only covers rows that are written everywhere.
             for ds, buf, extra in self._targets:
@@ -618,11 +633,14 @@ class Writer:
             e = ds.shape[0]
             ds.resize(e + len(rows), axis=0)
             ds[e:] = np.asarray(rows, dtype=np.float64)
+        written = {path: f[path].shape[0] for path in self._events}
         self._events = {}
         for path, value in self._arrays.items():
             f[path][()] = value
         self._arrays = {}
         f.flush()
+        self._whole_rows = t1  # on disk, whole, only now (a full disk above keeps the old count)
+        self._event_rows.update(written)
         self._last_flush = time.monotonic()
 
     def _sum_buffered_totals(self, n: int) -> None:
@@ -723,11 +741,22 @@ def _defer_interrupt() -> Iterator[None]:
 
 
 _RESERVE_MARGIN = 256 << 10  # metadata a flush may add (chunk index, object headers): generous
+_RESERVE_PER_DATASET = 8 << 10  # ... and per dataset it touches
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFullError(RunFileError):
-    """The disk filled up: the run ended with status "failed" and every whole step kept."""
+    """The disk filled up: the run ended with status "failed" and every whole step kept.
+
+    ``clean`` is False in the rare case HDF5 met the full disk itself and could not close the
+    file: the process should then end soon (``os._exit`` after saying so, as the CLI does),
+    since HDF5 cannot finish its clean-up without space.
+    """
+
+    clean = True
+
+
+_UNCLOSABLE: list[object] = []  # HDF5 objects that could not be closed (see DiskFullError)
 
 
 def _hdf5_errno(text: str) -> int | None:
