@@ -335,6 +335,16 @@ def allocate_run(
                 path = Path(out) if out is not None else default_out(source, method)
                 if path.resolve() == Path(source).resolve():
                     raise PosthocError("--out must differ from the run being recomputed.")
+                if path.suffix != ".h5":
+                    raise PosthocError(
+                        f"--out {path} does not end in .h5; name the new run file like "
+                        f"{path.stem or 'run'}.h5."
+                    )
+                if path.exists() and not overwrite:  # never replaced without being asked
+                    raise PosthocError(
+                        f"{path} already exists; choose another --out, or add --overwrite to "
+                        "replace it."
+                    )
                 new_config = {
                     **reader.config,
                     "method": method,
