@@ -411,9 +411,14 @@ def test_stop_reaches_a_trainer_that_ignores_sigint(runs_folder, stop_jobs):
         assert jobs.poll(job).alive, jobs.last_error(jobs.poll(job))
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.05)
-    # SIGINT is ignored; SIGTERM after the grace period is handled like Ctrl-C.
-    job = jobs.stop(job, wait_s=HANG_GUARD_S, grace_s=5)
-    assert not job.alive and job.returncode == 143 and job.state == "interrupted"
+    # SIGINT is ignored; SIGTERM after the grace period is handled like Ctrl-C: the trainer
+    # says so and closes its file itself. (Its exit code is 143, unless a loaded machine makes
+    # the interpreter's own shutdown outlast the next grace period: then SIGKILL ends it.)
+    job = jobs.stop(job, wait_s=HANG_GUARD_S, grace_s=15)
+    assert not job.alive and job.state == "interrupted"
+    assert job.returncode in (143, -signal.SIGKILL), job.returncode
+    said = Path(job.out).read_text().strip().splitlines()[-1]
+    assert said.startswith("interrupted: Stopped by SIGTERM after"), said
     status, t = whole_steps(path)
     assert status == "interrupted" and t >= 3
 
