@@ -303,8 +303,11 @@ def _fresh_default_out(config: RunConfig) -> str:
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM: end the run like Ctrl-C. Once: a second SIGTERM while the run is already ending
+    would only cut short the ending (what SIGKILL is for, and what jobs.stop sends next)."""
     from .train import Terminated
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated
 
 
