@@ -17,6 +17,7 @@ from lca import runs
 from pages.shared import DELETED_KEY, RUN_KEY
 
 ROOT = Path(__file__).resolve().parent
+FAVICON = ROOT / "assets" / "favicon.png"
 AUTOSELECT_KEY = "_run_autoselected"
 SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
 log = logging.getLogger("lca.app")
@@ -132,7 +133,9 @@ def sidebar() -> str | None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="LCA Lab", page_icon=":material/insights:", layout="wide")
+    # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
+    # and an offline classroom server must not send its students anywhere else.
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
     pg = st.navigation(build_pages())
     try:
         problem = sidebar()
