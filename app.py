@@ -23,9 +23,13 @@ SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exis
 log = logging.getLogger("lca.app")
 
 # (file, title, url path, icon); an entry appears only once its file exists. Home is the default
-# page, so its address is "/" (Streamlit serves a default page only there).
+# page, so its address is "/" (Streamlit serves a default page only there). A url path should be
+# its file's name: on a server nobody has visited yet, Streamlit resolves a shared link by file
+# name (see pages/__init__.py); only /techniques (file techniques_used.py, so that it does not
+# shadow the techniques package) differs and needs one earlier visit to the app.
 PAGES = [
     ("pages/home.py", "Home", "home", ":material/home:"),
+    ("pages/explain.py", "What is LCA?", "explain", ":material/school:"),
     ("pages/runs.py", "Runs", "runs", ":material/folder_open:"),
     ("pages/train.py", "Train", "train", ":material/play_circle:"),
     ("pages/loss.py", "Loss", "loss", ":material/show_chart:"),
