@@ -10,12 +10,24 @@ import argparse
 import datetime as dt
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+import data
+import techniques
+
+from . import models
 from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
+from .distributed import env_rank
+from .experiments import add_parser, cmd_experiment
 from .integrate import METHODS
+from .posthoc import allocate_run
 from .spec import Spec
+from .store import open_run, recover
+from .train import TrainingError, run
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -61,8 +73,6 @@ def _config_defaults() -> dict[str, Any]:
 def _wrap(lines: list[str], head: str, body: str, indent: int = 20, hang: int = 0) -> None:
     """One epilog entry: ``head`` in a column, ``body`` wrapped beside it (continuation lines
     ``hang`` further in). Pre-wrapped because the epilog keeps its layout."""
-    import textwrap
-
     first = f"  {head:<{indent - 3}} "
     lines.append(
         textwrap.fill(body, width=96, initial_indent=first, subsequent_indent=" " * (indent + hang))
@@ -71,11 +81,6 @@ def _wrap(lines: list[str], head: str, body: str, indent: int = 20, hang: int = 
 
 def _train_epilog() -> str:
     """What the names after --dataset, --model and --technique may be, with their options."""
-    import data
-    import techniques
-
-    from . import models
-
     lines = [
         "config file (--config RUN.toml): RunConfig fields at the top level, e.g.",
         '  dataset = "digits"',
@@ -110,8 +115,6 @@ def _train_epilog() -> str:
 
 
 def _paragraph(text: str) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text, width=96)
 
 
@@ -148,8 +151,6 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
         p.add_argument(flag, dest=name, action="append", type=_kv, default=[],
                        metavar="KEY=VALUE", help=text)
     elif name == "techniques":  # --technique NAME[:KEY=VALUE,...], repeatable
-        import techniques
-
         p.add_argument(flag, dest=name, action="append", default=[],
                        metavar="NAME[:KEY=VALUE,...]",
                        help=f"{text}; one of: {', '.join(techniques.names())}")
@@ -164,8 +165,6 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The config from --config, then every flag given on the command line on top."""
-    import techniques
-
     base = RunConfig.from_file(args.config) if args.config else RunConfig()
     values = base.to_dict()
     if args.dataset not in (None, base.dataset) and not args.dataset_options:
@@ -189,11 +188,6 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .distributed import env_rank
-    from .train import TrainingError, run
-
     config = build_config(args)
     out = config.out or str(
         Path("runs") / f"{config.dataset}-{config.model}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
@@ -235,8 +229,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .store import open_run
-
     with open_run(args.run) as r:
         s = r.summary()
     if args.json:
@@ -276,8 +268,6 @@ def format_summary(s: dict[str, Any], path: str) -> str:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .store import recover
-
     print(recover(args.run, force=args.force))
     return 0
 
@@ -311,12 +301,6 @@ def _allocate_parser(sub) -> None:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .distributed import env_rank
-    from .posthoc import allocate_run
-    from .train import TrainingError
-
     main = env_rank() == 0
     bar = None
 
@@ -399,8 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         "be checked first (only when you are sure nothing writes it any more)",
     )
     _allocate_parser(sub)
-    from .experiments import add_parser, cmd_experiment
-
     add_parser(sub)
     args = parser.parse_args(argv)
     handlers = {

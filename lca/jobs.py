@@ -30,8 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runs
+import torch
+
+import data
+
+from . import models, runs
+from .allocate import Layout, unit_layout
 from .config import RunConfig
+from .store import estimate_bytes as store_estimate
+from .store import human_bytes
 
 try:  # POSIX: a real lock shared by every process using the runs folder
     import fcntl
@@ -469,8 +476,6 @@ def last_error(job: Job) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
-    import data
-
     if name in _FOLDER_SHAPES:
         return _FOLDER_SHAPES[name]
     ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
@@ -486,10 +491,6 @@ def dataset_shape(
 
 @functools.lru_cache(maxsize=64)
 def _compatible(shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
-    import torch
-
-    from . import models
-
     ok = []
     for m in models.names():
         try:
@@ -513,12 +514,6 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     Builds the model (on the meta device: no memory, no time) to learn its tensors; raises the
     dataset's or model's one-sentence ValueError when the config cannot train.
     """
-    import torch
-
-    from . import models
-    from .allocate import Layout, unit_layout
-    from .store import estimate_bytes as store_estimate
-
     shape, classes = dataset_shape(config.dataset, config.dataset_options, config.data_dir)
     with torch.device("meta"):
         model = models.build(config.model, shape, classes, **config.model_options)
@@ -547,8 +542,6 @@ def max_run_bytes() -> int:
 def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
     """(estimated bytes, parameter count); raises JobError with one sentence when the run would
     not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
-    from .store import human_bytes
-
     est, params = estimate_bytes(config)
     cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
     free = runs.free_bytes(folder)
