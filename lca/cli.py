@@ -159,8 +159,21 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
     elif callable(spec.choices):  # names found at run time: listed, checked by RunConfig
         listed = f"one of: {', '.join(spec.allowed() or ())}"
         p.add_argument(flag, dest=name, help=f"{text}; {listed}" if text else listed)
+    elif spec.keywords:  # e.g. --threads auto | 4: the word, else the number (checked later)
+        p.add_argument(flag, dest=name, type=_word_or(spec), help=text)
     else:
         p.add_argument(flag, dest=name, type=spec.kind, choices=spec.choices, help=text)
+
+
+def _word_or(spec: Spec):
+    """argparse type of a flag that takes one of ``spec.keywords`` or a value of ``spec.kind``."""
+
+    def convert(text: str) -> Any:
+        word = text.strip().lower()
+        return word if word in spec.keywords else spec.kind(text)
+
+    convert.__name__ = " or ".join([*spec.keywords, spec.kind.__name__])  # in argparse's error
+    return convert
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
