@@ -469,8 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _allocate_parser(sub)
     from .experiments import add_parser, cmd_experiment
+    from .serve import add_parser as add_serve_parser
+    from .serve import cmd_serve
 
     add_parser(sub)
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
     handlers = {
         "train": cmd_train,
@@ -478,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "recover": cmd_recover,
         "allocate": cmd_allocate,
         "experiment": cmd_experiment,
+        "serve": cmd_serve,
     }
     try:
         return handlers[args.command](args)
