@@ -25,6 +25,8 @@ from .distributed import env_rank
 from .experiments import add_parser, cmd_experiment
 from .integrate import METHODS
 from .posthoc import allocate_run
+from .serve import add_parser as add_serve_parser
+from .serve import cmd_serve
 from .spec import Spec
 from .store import open_run, recover
 from .train import TrainingError, run
@@ -397,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _allocate_parser(sub)
     add_parser(sub)
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
     handlers = {
         "train": cmd_train,
@@ -404,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "recover": cmd_recover,
         "allocate": cmd_allocate,
         "experiment": cmd_experiment,
+        "serve": cmd_serve,
     }
     try:
         return handlers[args.command](args)

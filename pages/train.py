@@ -25,6 +25,7 @@ from lca.config import ConfigError, RunConfig
 from lca.spec import Spec
 from lca.store import human_bytes
 from pages.live_panel import LIVE_KEY, SELECT_KEY, live_panel, still_there
+from pages.shared import locked_help, may, refuse_unless
 
 log = logging.getLogger("lca.app")
 FOLDER_DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -229,8 +230,9 @@ def start_section(values: dict[str, Any], name: str) -> None:
     cols = st.columns([1, 4])
     with cols[0]:
         clicked = st.button("Start training", type="primary", key="train_start",
-                            icon=":material/play_arrow:")
-    if clicked:
+                            icon=":material/play_arrow:", disabled=not may("train"),
+                            help=locked_help("train"))
+    if clicked and refuse_unless("train"):
         run_name = _clean_name(name, config.dataset, config.model)
         try:
             job = jobs.start(config, run_name)
@@ -254,7 +256,8 @@ def other_jobs(watching: str | None) -> None:
         if c2.button("Watch", key=f"train_watch_{j.pid}"):
             st.session_state[LIVE_KEY] = j.name
             st.rerun()
-        if c3.button("Stop", key=f"train_stopother_{j.pid}"):
+        if c3.button("Stop", key=f"train_stopother_{j.pid}", disabled=not may("stop"),
+                     help=locked_help("stop")) and refuse_unless("stop"):
             jobs.stop(j)
             st.rerun()
 
