@@ -49,6 +49,11 @@ class Option(Spec):
 
     from_text: bool = True
 
+    def parse(self, technique: str, key: str, value: Any) -> Any:  # type: ignore[override]
+        """``value`` checked by ``Spec.parse``, the sentence naming the technique's option."""
+        where = f"option {key!r} of technique {technique!r}"
+        return Spec.parse(self, value, where, TechniqueError)
+
 
 @dataclass
 class Declarations:
@@ -109,11 +114,7 @@ class Technique:
                 f"Technique {self.name!r} has no option {unknown[0]!r}; allowed options: {allowed}."
             )
         self.opts: dict[str, Any] = {
-            k: (
-                o.parse(values[k], f"option {k!r} of technique {self.name!r}", TechniqueError)
-                if k in values
-                else o.default
-            )
+            k: (o.parse(self.name, k, values[k]) if k in values else o.default)
             for k, o in self.options.items()
         }
 
