@@ -293,6 +293,8 @@ def run(
             tracker.start()  # L_0 and its gradient; the writer checks the size and opens the file
         except (ValueError, OSError) as e:  # RunTooLargeError, RunFileError: one sentence
             raise TrainingError(str(e)) from None
+        for p in plugins:
+            p.begin(ctx)  # the run file is open: fixed arrays known up front
         _log_eval(ctx, writer, evaluate_all, 0, float("nan"))
         for step in range(config.steps):
             if should_stop is not None and should_stop():
@@ -303,6 +305,9 @@ def run(
                 if p.wants_intervention(ctx):
                     with tracker.intervention(p.name) as row:
                         p.intervene(ctx, row)
+                    p.after_intervention(ctx, tracker.last)  # its segment is measured now
+            for p in plugins:
+                p.before_forward(ctx)  # per-step state changes, outside the step's timer
             t0 = time.perf_counter()
             idx = batches.__next__()
             xb, yb = train_x[idx], train_y[idx]
