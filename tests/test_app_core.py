@@ -4,6 +4,7 @@ start, finish, stop ("interrupted", steps kept) and respect the cap."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -73,9 +74,11 @@ def test_home_without_runs_offers_the_demo(runs_folder):
 
 
 def test_runs_table_lists_runs_and_home_lists_recent(runs_folder, make_run):
-    put_run(make_run, runs_folder, "alpha.h5")
-    time.sleep(0.01)
-    put_run(make_run, runs_folder, "beta.h5")
+    alpha = put_run(make_run, runs_folder, "alpha.h5")
+    beta = put_run(make_run, runs_folder, "beta.h5")
+    now = time.time()
+    os.utime(alpha, (now - 60, now - 60))  # beta is the newer file, whatever the clock's grain
+    os.utime(beta, (now, now))
     at = app().run()
     no_problem(at)
     assert set(at.sidebar.selectbox[0].options) == {"alpha.h5", "beta.h5"}
