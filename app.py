@@ -17,14 +17,19 @@ from lca import runs
 from pages.shared import DELETED_KEY, RUN_KEY
 
 ROOT = Path(__file__).resolve().parent
+FAVICON = ROOT / "assets" / "favicon.png"
 AUTOSELECT_KEY = "_run_autoselected"
 SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
 log = logging.getLogger("lca.app")
 
 # (file, title, url path, icon); an entry appears only once its file exists. Home is the default
-# page, so its address is "/" (Streamlit serves a default page only there).
+# page, so its address is "/" (Streamlit serves a default page only there). A url path should be
+# its file's name: on a server nobody has visited yet, Streamlit resolves a shared link by file
+# name (see pages/__init__.py); only /techniques (file techniques_used.py, so that it does not
+# shadow the techniques package) differs and needs one earlier visit to the app.
 PAGES = [
     ("pages/home.py", "Home", "home", ":material/home:"),
+    ("pages/explain.py", "What is LCA?", "explain", ":material/school:"),
     ("pages/runs.py", "Runs", "runs", ":material/folder_open:"),
     ("pages/train.py", "Train", "train", ":material/play_circle:"),
     ("pages/loss.py", "Loss", "loss", ":material/show_chart:"),
@@ -132,7 +137,9 @@ def sidebar() -> str | None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="LCA Lab", page_icon=":material/insights:", layout="wide")
+    # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
+    # and an offline classroom server must not send its students anywhere else.
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
     pg = st.navigation(build_pages())
     try:
         problem = sidebar()
