@@ -137,9 +137,9 @@ def module_processes() -> Iterator[Processes]:
         procs.end_all()
 
 
-def _running_children() -> dict[int, str]:
-    """pid -> command line of this process's children that are still running (not zombies)."""
-    me, out = os.getpid(), {}
+def _running_children() -> set[int]:
+    """Pids of this process's children that are still running (not zombies), from /proc."""
+    me, out = os.getpid(), set()
     try:
         entries = os.listdir("/proc")
     except OSError:  # no procfs (not Linux): nothing to check
@@ -148,14 +148,21 @@ def _running_children() -> dict[int, str]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
         except OSError:  # exited meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        if int(fields[1]) == me and fields[0] != "Z":
-            out[int(entry)] = cmd.strip()
+        state, ppid = stat[stat.rindex(b")") + 2 :].split(maxsplit=2)[:2]  # after "pid (comm) "
+        if int(ppid) == me and state != b"Z":
+            out.add(int(entry))
     return out
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
 
 
 def _end_pid(pid: int) -> None:
@@ -170,14 +177,14 @@ def _end_pid(pid: int) -> None:
             time.sleep(0.05)  # polls the child's state; the deadline only bounds a stuck one
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _no_process_left_behind() -> Iterator[None]:
-    """The safety net under ``processes``: a child the test started and left running (a
-    trainer job, a server) is ended after the test, and named in a warning."""
-    before = set(_running_children())
+    """The safety net under ``processes``: a child a test module started and left running (a
+    trainer job, a server) is ended after the module, and named in a warning. (Per module: a
+    scan of /proc per test would cost the fast loop seconds.)"""
+    before = _running_children()
     yield
-    for pid, cmd in _running_children().items():
-        if pid not in before:
-            warnings.warn(f"a test left process {pid} running ({cmd[:120]}); ended it",
-                          stacklevel=1)
-            _end_pid(pid)
+    for pid in _running_children() - before:
+        warnings.warn(f"a test left process {pid} running ({_command(pid)[:120]}); ended it",
+                      stacklevel=1)
+        _end_pid(pid)
