@@ -43,17 +43,18 @@ Every step, in this order
 
 Any time
     effective(params)                the weights the forward pass uses, detached: what LCA is
-                                     measured on (defaults to ``forward_params`` detached)
+                                     measured on (defaults to ``forward_params`` detached); the
+                                     tracker calls it at every segment's end, evaluation too
 
-Once, at the end (also after a stop, a NaN loss or an error)
+Once, at the end (also after a stop or a NaN loss; not when an exception ends the run)
     summary() -> dict                what it did and saved, as JSON-able values, for the run
                                      file and the app
 
-What a technique may read and write, all through ``Context``: the model, optimizer, loss, data
-and step; ``ctx.params()``; the LCA measured so far, read-only (``ctx.cumulative_lca``,
-``ctx.last_segment``, ``ctx.segments_measured``); ``ctx.evaluate()``; ``ctx.lr_factor``; and the
-run file through ``ctx.event`` and ``ctx.set_array`` only. Where a technique acted is recorded
-under ``/techniques/<name>/`` in the run file.
+What a technique may read and write, all through ``Context``: the model, optimizer, loss, data,
+step and current minibatch (``ctx.batch``); ``ctx.params()``; the LCA measured so far,
+read-only (``ctx.cumulative_lca``, ``ctx.last_segment``, ``ctx.segments_measured``);
+``ctx.evaluate()``; ``ctx.lr_factor``; and the run file through ``ctx.event`` and
+``ctx.set_array`` only. Where a technique acted is recorded under ``/techniques/<name>/``.
 """
 
 from __future__ import annotations
