@@ -109,14 +109,16 @@ STEP_HOOKS = ["wants_intervention", "before_forward", "autocast", "loss_term", "
               "before_step", "optimizer_step", "after_step"]
 
 
-@pytest.fixture
-def hook_log(monkeypatch):
+@pytest.fixture(scope="module")
+def hook_log():
+    """One 4-step run of ``HookLog`` in the real loop (shared by the tests that read it)."""
     techniques.names()  # load the registry before adding the test technique to it
-    monkeypatch.setitem(techniques._REGISTRY, HookLog.name, HookLog)
     HookLog.last = None
-    cfg = RunConfig(dataset="digits", model="mlp", steps=4, measure_size=200, eval_every=10,
-                    batch_size=32, techniques=[{"name": HookLog.name}])
-    result = run(cfg, out=None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(techniques._REGISTRY, HookLog.name, HookLog)
+        cfg = RunConfig(dataset="digits", model="mlp", steps=4, measure_size=200, eval_every=10,
+                        batch_size=32, techniques=[{"name": HookLog.name}])
+        result = run(cfg, out=None)
     assert result.status == "complete", result.message
     return result, HookLog.last
 

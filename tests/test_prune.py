@@ -176,6 +176,7 @@ def _one_sentence(msg: str) -> None:
     assert ". " not in msg[:-1], msg
 
 
+@pytest.mark.slow
 def test_bad_layers_and_unsupported_layers_fail_at_setup(digits) -> None:
     x, y = digits
     model = make_model()
@@ -437,6 +438,7 @@ def test_conv_im2col_rows_reproduce_the_convolution() -> None:
     torch.testing.assert_close(out.float(), conv(x).flatten(2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lobs_prunes_conv_layers(digits) -> None:
     x, y = digits
     torch.manual_seed(0)
@@ -648,6 +650,7 @@ def test_prune_lca_removes_the_highest_cumulative_lca(digits, scope: str) -> Non
 # --------------------------------------------------------------------------- defaults work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "model"),
     [("prune-magnitude", "mlp"), ("prune-lca", "mlp"), ("prune-lobs", "mlp"),
@@ -662,7 +665,9 @@ def test_defaults_work(name: str, model: str) -> None:
     assert math.isfinite(s["cost_total"]) and math.isfinite(s["helper_removal_ratio"])
 
 
-@pytest.mark.parametrize("name", ["prune-magnitude", "prune-lobs"])
+@pytest.mark.parametrize(
+    "name", ["prune-magnitude", pytest.param("prune-lobs", marks=pytest.mark.slow)]
+)
 def test_batchnorm_statistics(digits, name: str) -> None:
     """L-OBS's input pass never touches running statistics; ``recalibrate_bn`` re-estimates them."""
     x, y = digits
