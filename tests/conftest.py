@@ -177,6 +177,11 @@ def _end_pid(pid: int) -> None:
             time.sleep(0.05)  # polls the child's state; the deadline only bounds a stuck one
 
 
+# Helpers Python's multiprocessing keeps for the interpreter's lifetime (torch's mp.spawn starts
+# the resource tracker): they end with pytest itself.
+_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_process_left_behind() -> Iterator[None]:
     """The safety net under ``processes``: a child a test module started and left running (a
@@ -185,6 +190,8 @@ def _no_process_left_behind() -> Iterator[None]:
     before = _running_children()
     yield
     for pid in _running_children() - before:
-        warnings.warn(f"a test left process {pid} running ({_command(pid)[:120]}); ended it",
-                      stacklevel=1)
+        cmd = _command(pid)
+        if any(helper in cmd for helper in _INTERPRETER_HELPERS):
+            continue
+        warnings.warn(f"a test left process {pid} running ({cmd[:120]}); ended it", stacklevel=1)
         _end_pid(pid)

@@ -207,6 +207,7 @@ def test_train_page_refuses_bad_values_with_a_sentence(runs_folder):
     assert any("would write about" in e for e in texts(at, "error")), texts(at, "error")
 
 
+@pytest.mark.slow  # starts a training subprocess
 def test_train_page_starts_and_stops_a_job(runs_folder):
     at = app()
     at.switch_page("pages/train.py").run()
@@ -226,6 +227,7 @@ def test_train_page_starts_and_stops_a_job(runs_folder):
     assert not job.alive
 
 
+@pytest.mark.slow  # starts a training subprocess
 def test_demo_button_starts_the_demo(runs_folder):
     at = app().run()
     at.button(key="home_demo").click().run()
@@ -259,6 +261,7 @@ def wait_for_steps(job: jobs.Job, n: int, timeout: float = TIMEOUT) -> int:
     raise AssertionError(f"{job.name} did not reach {n} steps: {jobs.last_error(job)}")
 
 
+@pytest.mark.slow  # starts a training subprocess
 def test_job_runs_to_completion(runs_folder):
     t0 = time.perf_counter()
     job = jobs.start(tiny_config(), "tiny.h5")
@@ -276,6 +279,7 @@ def test_job_runs_to_completion(runs_folder):
         jobs.start(tiny_config(), "tiny.h5")
 
 
+@pytest.mark.slow  # starts a training subprocess
 def test_failed_job_keeps_its_sentence(runs_folder, tmp_path):
     config = tiny_config(dataset="mnist", data_dir=str(tmp_path / "nowhere"))
     job = jobs.wait(jobs.start(config, "nodata.h5"), TIMEOUT)
@@ -284,6 +288,7 @@ def test_failed_job_keeps_its_sentence(runs_folder, tmp_path):
     assert sentence and "Traceback" not in sentence and "MNIST" in sentence, sentence
 
 
+@pytest.mark.slow  # starts a training subprocess
 def test_cap_refuses_a_third_job_and_stop_keeps_steps(runs_folder, monkeypatch):
     monkeypatch.setenv(jobs.MAX_JOBS_ENV, "2")
     long = tiny_config(steps=1_000_000)
