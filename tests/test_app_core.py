@@ -19,7 +19,7 @@ from lca.store import Reader
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-TIMEOUT = 60
+TIMEOUT = 300  # s: bounds only a hung script or job; waits follow progress, a busy machine is slow
 
 
 def app() -> AppTest:

@@ -35,7 +35,7 @@ TINY = (
     "--measure-size", "300", "--quiet",
 )
 RK4_STEP_ERROR = 1e-3  # |ΔL − ΣA| of one rk4 step on this model is ~1e-4 at most
-SIGNAL_WAIT_S = 90  # bound on every wait for a subprocess (a loaded machine is slow)
+SIGNAL_WAIT_S = 300  # s: bounds only a hung subprocess; waits follow its progress
 
 
 # ---------------------------------------------------------------------------------------------
