@@ -286,6 +286,7 @@ class Loop:
             self.tracker.start()
         except (ValueError, OSError) as e:  # RunTooLargeError, RunFileError: one sentence
             raise TrainingError(str(e)) from None
+        self.hooks.begin(self.ctx)  # the run file is open: fixed arrays known up front
         self.log_eval(0, float("nan"))
 
     def step(self, step: int) -> float:
@@ -293,6 +294,7 @@ class Loop:
         ctx, config = self.ctx, self.config
         ctx.step = step
         self.hooks.intervene(ctx, self.tracker)
+        self.hooks.before_forward(ctx)  # per-step state changes, outside the step's timer
         t0 = time.perf_counter()
         loss, train_loss = self.forward(step)
         self.backward(loss)

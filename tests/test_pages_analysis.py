@@ -282,10 +282,10 @@ def test_neurons_page_says_which_record_mode_is_needed(make_run, runs_folder):
 
 
 def test_compare_starts_with_the_sidebar_run(make_run, runs_folder):
-    for name in ("old.h5", "mid.h5", "new.h5"):
+    now = time.time()
+    for age, name in ((120, "old.h5"), (60, "mid.h5"), (0, "new.h5")):
         copy_full(make_run, runs_folder, name)
-        os.utime(runs_folder / name)  # list order: newest first
-        time.sleep(0.02)
+        os.utime(runs_folder / name, (now - age, now - age))  # list order: newest first
     at = ok(page("compare", "old.h5").run())
     assert at.multiselect(key="compare").value == ["old.h5", "new.h5"]
 
