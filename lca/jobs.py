@@ -76,13 +76,6 @@ JOBS_DIR = ".jobs"  # per-job config, stdout and stderr files
 KEEP_ENDED = 50  # ended jobs remembered in the registry (newest first)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Shapes of the datasets read from a user's folder, so the app can size a run without the files.
-_FOLDER_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-}
-
 _THREAD_LOCK = threading.RLock()
 _POPENS: dict[int, subprocess.Popen] = {}  # children started by this process, to reap them
 
@@ -511,8 +504,9 @@ def last_error(job: Job) -> str | None:
 def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
     import data
 
-    if name in _FOLDER_SHAPES:
-        return _FOLDER_SHAPES[name]
+    info = data.info(name)
+    if info.on_disk:  # sized from the registry, so the app can size a run without the files
+        return info.input_shape, info.num_classes
     ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
     return tuple(ds.input_shape), int(ds.num_classes)
 
