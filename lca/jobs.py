@@ -581,24 +581,16 @@ def max_run_bytes() -> int:
 def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
     """(estimated bytes, parameter count); raises JobError with one sentence when the run would
     not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
-    from .store import human_bytes
+    from .store.schema import size_refusal
 
     est, params = estimate_bytes(config)
-    cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
-    free = runs.free_bytes(folder)
-    what = f"{config.steps} steps, record={config.record}, {params:,} parameters"
-    fix = ("choose record = units or layers, fewer steps, or a smaller model"
-           if config.record != "layers" else "choose fewer steps or a smaller model")
-    if est > free:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}) but only {human_bytes(free)} "
-            f"are free in the runs folder; {fix}."
-        )
-    if est > cap:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}), more than the "
-            f"{human_bytes(cap)} a run may use here; {fix}."
-        )
+    refusal = size_refusal(
+        "This run", est, steps=config.steps, record=config.record, params=params,
+        cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
+        cap_name="a run may use here", free=runs.free_bytes(folder), where="in the runs folder",
+        verb="choose", record_option="record = units or layers")
+    if refusal:
+        raise JobError(refusal)
     return est, params
 
 
