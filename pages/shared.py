@@ -14,12 +14,35 @@ from typing import Any
 
 import streamlit as st
 
-from lca import runs, views
+from lca import classroom, runs, views
 from lca.store import Reader, RunFileError
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
+TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
+
+
+def may(action: str) -> bool:
+    """Whether this session may ``action`` (train, stop, delete, upload, recover): always,
+    except in classroom mode, where only a session the teacher unlocked may."""
+    if action not in classroom.ACTIONS:
+        raise ValueError(f"Unknown action {action!r}.")
+    return not classroom.enabled() or bool(st.session_state.get(TEACHER_KEY))
+
+
+def refuse_unless(action: str) -> bool:
+    """Guard inside an action's handler (a disabled button is not a lock): True when allowed,
+    else shows the one sentence and returns False."""
+    if may(action):
+        return True
+    st.warning(classroom.locked_sentence(action), icon=":material/lock:")
+    return False
+
+
+def locked_help(action: str, otherwise: str | None = None) -> str | None:
+    """Help text for an action's button: why it is locked, or ``otherwise``."""
+    return otherwise if may(action) else classroom.locked_sentence(action)
 
 
 def runs_folder() -> Path:

@@ -1,7 +1,7 @@
 """Figures as pure functions: run data (numpy arrays, ``lca.views`` records) -> plotly Figure.
 
 One module per page: ``loss``, ``layers``, ``neurons``, ``compare``, ``techniques``, ``prune``,
-``live`` (Home and Train), ``playground``, ``explain`` (imported by its page); ``axes`` and
+``live`` (Home and Train), ``playground``, ``explain``; ``axes`` and
 ``common`` hold what they share. Figures never open a run: ``lca.views`` reads it (the pages
 and notebooks both call it) and the figures draw what it returns. Pages draw with
 ``st.plotly_chart(fig, theme=None)`` so the LCA colours survive. Helped (LCA < 0) is green,
@@ -20,6 +20,7 @@ from typing import Any
 from .axes import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
+from .explain import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .live import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
