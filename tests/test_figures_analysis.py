@@ -354,7 +354,7 @@ def test_figures_carry_plotly_white_as_the_named_template_would(default, monkeyp
     from lca.figures import common
 
     monkeypatch.setattr(pio.templates, "default", default)
-    a = RNG.normal(size=(30, 4))
+    a = np.random.default_rng(1).normal(size=(30, 4))  # not RNG: later tests rely on its order
 
     def build() -> list[go.Figure]:
         return [F.layer_totals(["a", "b"], np.array([-1.0, 2.0])),  # bars
