@@ -40,7 +40,7 @@ from lca.views import (
     pruned_history,
     technique_summaries,
 )
-from lca.views import techniques as vt
+from lca.views import prune as vp
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques_used.py")
 
@@ -234,7 +234,7 @@ def test_prune_split_totals_and_fallbacks(tech_run, monkeypatch):
         assert split.removed.sum() == pytest.approx(event.cost_removed, rel=1e-6)
         assert split.removed.sum() > 0  # removing weights raised the loss
         # Without the technique's table the per-weight LCA gives the same split.
-        monkeypatch.setattr(vt, "_events", lambda *a, **k: None)
+        monkeypatch.setattr(vp, "_events", lambda *a, **k: None)
         by_weight = prune_split(r, event)
         assert by_weight.source == "weights"
         np.testing.assert_allclose(by_weight.removed, split.removed, rtol=1e-5, atol=1e-9)

@@ -15,7 +15,8 @@ import numpy as np
 from lca.segments import intervals, module_of
 from lca.store import Reader
 
-from .techniques import RunTechniques, _pruned_at, _series, _spec, gather, prune_events
+from .prune import prune_events
+from .records import RunTechniques, _pruned_at, _series, _spec, gather
 
 __all__ = ["reported_rows", "technique_summaries"]
 
