@@ -154,15 +154,25 @@ def show_run(render: Callable[[Path], object]) -> None:
             return
         running = r.status == "running"
     if not running:
-        render(path)
+        _render_or_explain(render, path)
         return
 
     @st.fragment(run_every=LIVE_SECONDS)
     def live() -> None:
-        if not render(path):
+        if not _render_or_explain(render, path):
             st.rerun()
 
     live()
+
+
+def _render_or_explain(render: Callable[[Path], object], path: Path) -> bool:
+    """``render(path)``; a file that became unreadable while the page read it piece by piece
+    (deleted, replaced) ends the page with its one sentence, not a traceback."""
+    try:
+        return bool(render(path))
+    except (RunFileError, OSError) as e:
+        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        return False
 
 
 def steps_phrase(kind) -> str:
