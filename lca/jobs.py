@@ -38,7 +38,6 @@ from . import models, runs
 from .allocate import Layout, unit_layout
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
-from .store import human_bytes
 
 try:  # POSIX: a real lock shared by every process using the runs folder
     import fcntl
@@ -81,13 +80,6 @@ LOCK = ".jobs.lock"
 JOBS_DIR = ".jobs"  # per-job config, stdout and stderr files
 KEEP_ENDED = 50  # ended jobs remembered in the registry (newest first)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Shapes of the datasets read from a user's folder, so the app can size a run without the files.
-_FOLDER_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-}
 
 _THREAD_LOCK = threading.RLock()
 _POPENS: dict[int, subprocess.Popen] = {}  # children started by this process, to reap them
@@ -476,8 +468,9 @@ def last_error(job: Job) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
-    if name in _FOLDER_SHAPES:
-        return _FOLDER_SHAPES[name]
+    info = data.info(name)
+    if info.on_disk:  # sized from the registry, so the app can size a run without the files
+        return info.input_shape, info.num_classes
     ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
     return tuple(ds.input_shape), int(ds.num_classes)
 
@@ -542,22 +535,16 @@ def max_run_bytes() -> int:
 def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
     """(estimated bytes, parameter count); raises JobError with one sentence when the run would
     not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
+    from .store.schema import size_refusal
+
     est, params = estimate_bytes(config)
-    cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
-    free = runs.free_bytes(folder)
-    what = f"{config.steps} steps, record={config.record}, {params:,} parameters"
-    fix = ("choose record = units or layers, fewer steps, or a smaller model"
-           if config.record != "layers" else "choose fewer steps or a smaller model")
-    if est > free:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}) but only {human_bytes(free)} "
-            f"are free in the runs folder; {fix}."
-        )
-    if est > cap:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}), more than the "
-            f"{human_bytes(cap)} a run may use here; {fix}."
-        )
+    refusal = size_refusal(
+        "This run", est, steps=config.steps, record=config.record, params=params,
+        cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
+        cap_name="a run may use here", free=runs.free_bytes(folder), where="in the runs folder",
+        verb="choose", record_option="record = units or layers")
+    if refusal:
+        raise JobError(refusal)
     return est, params
 
 
