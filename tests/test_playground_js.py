@@ -242,7 +242,8 @@ def test_data_sets_follow_the_toy_conventions(engine_page):
                 const all = [...d.train, ...d.test];
                 out[name] = {n: all.length, ones: all.filter((p) => p[2] === 1).length,
                     maxAbs: Math.max(...all.map((p) => Math.max(Math.abs(p[0]), Math.abs(p[1])))),
-                    yMin: Math.min(...all.map((p) => p[2])), yMax: Math.max(...all.map((p) => p[2]))};
+                    yMin: Math.min(...all.map((p) => p[2])),
+                    yMax: Math.max(...all.map((p) => p[2]))};
             }
             return out;
         }"""
