@@ -12,17 +12,14 @@ or ``?lock=1`` for all settings (Play, Step and Reset stay).
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlencode
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from lca.playground import ACTIVATIONS, DATASETS, PlaygroundError, parse_hidden
+from pages.playground_component import playground
 
-COMPONENT_DIR = Path(__file__).resolve().parents[1] / "components" / "playground"
 COMPONENT_KEY = "pg"
-playground = components.declare_component("lca_playground", path=str(COMPONENT_DIR))
 
 REGRESSION_SETS = ("plane", "multigauss")
 ALL_SETS = (*DATASETS, *REGRESSION_SETS)

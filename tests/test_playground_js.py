@@ -11,8 +11,15 @@ component's page from disk and checks it fetches nothing from any other host.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -281,3 +288,103 @@ def test_component_page_requests_nothing_from_other_hosts(browser):
     assert requests and all(u.startswith("file://") or u.startswith("data:") for u in requests), [
         u for u in requests if not u.startswith(("file://", "data:"))
     ]
+
+
+# -- in the app ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``streamlit run app.py`` on a free port with an empty runs folder; ended in teardown."""
+    port = _free_port()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    env = {**os.environ, "LCA_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _component(page):
+    """The Playground's iframe once its engine has its settings (waits on the page's progress)."""
+    while True:
+        for frame in page.frames:
+            if "lca_playground" in frame.url:
+                try:
+                    if frame.evaluate("Boolean(window.PG && window.PG.ready)"):
+                        return frame
+                except sync_api.Error:
+                    pass  # still loading
+        page.wait_for_timeout(200)
+
+
+@pytest.mark.slow
+def test_playground_in_the_app_trains_in_the_browser_and_keeps_the_url(browser, server):
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    component_requests: list[str] = []
+
+    def record(request) -> None:
+        try:
+            frame_url = request.frame.url
+        except Exception:  # noqa: BLE001 - a request without a frame
+            frame_url = ""
+        if "lca_playground" in frame_url:
+            component_requests.append(request.url)
+
+    page.on("request", record)
+    page.set_default_timeout(180_000)  # a loaded CI machine is slow; progress is what we wait on
+    page.goto(f"{server}/playground?dataset=xor&lr=0.1&hide=noise")
+    frame = _component(page)
+    settings = frame.evaluate("PG.state.s")
+    assert settings["dataset"] == "xor" and settings["lr"] == "0.1"
+    assert not frame.is_visible("#pg-noise")  # ?hide=noise reached the component
+    assert frame.is_visible("#pg-batch")
+
+    frame.click("#pg-play")
+    frame.wait_for_function("PG.session.steps >= 20")
+    frame.click("#pg-play")
+    steps = frame.evaluate("PG.session.steps")
+    frame.wait_for_function("PG.stats.drawn > 0 && !PG.state.dirty")
+    # Every panel shows the same step: the counter, the loss curve's axis, the LCA sentence.
+    assert frame.inner_text("#pg-stepno") == f"{steps:,}"
+    assert f"all {steps:,} steps".replace(",", "") in frame.inner_text("#pg-sum").replace(",", "")
+
+    # A setting changed in the browser lands in the address (and only settings travel).
+    frame.select_option("#pg-activation", "relu")
+    page.wait_for_url("**activation=relu**")
+    assert "dataset=xor" in page.url and "lr=0.1" in page.url
+    assert frame.evaluate("PG.session.steps") == 0  # a new network starts at step 0
+    page.close()
+
+    own = urlparse(server).netloc
+    assert component_requests
+    assert all(urlparse(u).netloc == own for u in component_requests), component_requests

@@ -32,7 +32,7 @@
   const MAX_LAYERS = 6;
   const MAX_NEURONS = 8;
   const POINTS = 400;
-  const GRID = 50; // the plane is computed on GRID×GRID points each frame
+  const GRID = 40; // the plane is computed on GRID×GRID points each frame (smoothed when drawn)
   const LABEL = {
     tanh: "Tanh", relu: "ReLU", sigmoid: "Sigmoid", gelu: "GELU", linear: "Linear",
     none: "None", L1: "L1", L2: "L2", max: "fastest",
@@ -415,14 +415,14 @@
     const h = S.history;
     const steps = S.steps;
     imageUse = 0;
-    $("pg-stepno").textContent = steps.toLocaleString("en-US");
+    setHtml("pg-stepno", steps.toLocaleString("en-US"));
     const cls = S.task === "classification";
     const pct = (v) => (isFinite(v) ? `${Math.round(100 * v)}%` : "–");
-    $("pg-metrics").innerHTML =
+    setHtml("pg-metrics",
       `<span>Training loss<br><b>${D.formatNum(h.trainLoss[steps])}</b></span>` +
       `<span>Test loss<br><b>${D.formatNum(h.testLoss[steps])}</b></span>` +
       (cls ? `<span>Training accuracy <b>${pct(h.trainAcc[steps])}</b></span>` +
-        `<span>Test accuracy <b>${pct(h.testAcc[steps])}</b></span>` : "");
+        `<span>Test accuracy <b>${pct(h.testAcc[steps])}</b></span>` : ""));
 
     const view = viewName();
     const vec = S.lcaVector(view);
@@ -450,15 +450,23 @@
     const sumA = totals.reduce((a, b) => a + b, 0);
     const dL = h.trainLoss[steps] - h.trainLoss[steps - span];
     const over = view === "recent" ? `the last ${span} steps` : `all ${steps} steps`;
-    $("pg-sum").innerHTML = steps === 0
+    setHtml("pg-sum", steps === 0
       ? "Press Play or Step: each layer's share of the loss change appears here."
       : `Over ${over}, the shares add up to <b>${D.formatNum(sumA)}</b>; the training loss ` +
-        `changed by <b>${D.formatNum(dL)}</b>.`;
-    $("pg-netnote").textContent = steps === 0
+        `changed by <b>${D.formatNum(dL)}</b>.`);
+    setHtml("pg-netnote", steps === 0
       ? "press Play: the lines take colour as the network learns"
-      : `LCA over ${over}; thicker = more; hover a line or neuron`;
+      : "thicker = more; hover a line or neuron");
     updateTips(g);
     state.stats.drawn++;
+  }
+
+  const shown = {};
+  /** Replace an element's content only when it changed (no needless layout work per frame). */
+  function setHtml(id, html) {
+    if (shown[id] === html) return;
+    shown[id] = html;
+    $(id).innerHTML = html;
   }
 
   function placeNeuronButtons() {
