@@ -205,12 +205,20 @@ def share_link(values: dict[str, str], hide: list[str], lock: bool) -> str:
     return f"{base}?{urlencode(params, safe=',')}"
 
 
+# This page is a projector's main view: less white space around it, so the network and the
+# prediction fit a 1024×768 screen beside the sidebar (the style lives only while it is shown).
+COMPACT_PAGE = """<style>
+[data-testid="stMainBlockContainer"] {padding-top: 2.6rem; padding-left: 1.5rem;
+  padding-right: 1.5rem;}
+</style>"""
+
+
 def main() -> None:
+    st.html(COMPACT_PAGE)
     st.title("Playground")
     st.caption(
-        "A tiny network learns to separate blue from orange points, in your browser. Loss "
-        "Change Allocation shows which neurons and weights did the learning: **green helped "
-        "(lowered the loss), red hurt**. Hover any line or neuron for its numbers."
+        "A tiny network learns in your browser; **green** = helped (lowered the loss), "
+        "**red** = hurt. Hover any line or neuron for its numbers."
     )
     hidden = hidden_controls()
     settings, problems = url_settings()

@@ -374,8 +374,13 @@
       });
     }
     const outNames = S.task === "regression" ? ["output"] : ["blue", "orange"];
+    const fills = { blue: "#9ccbe8", orange: "#fbcf9c" };
+    const last = state.planes.length - 1;
     columns.push({
-      nodes: outNames.map((name, j) => ({ label: name, lca: neurons[lay.layers.length - 1][j] })),
+      nodes: outNames.map((name, j) => ({
+        label: name, lca: neurons[lay.layers.length - 1][j], fill: fills[name],
+        image: S.task === "regression" ? copyImage(state.planes[last], 0) : undefined,
+      })),
     });
     const rowOf = active.map((id) => inputIds.indexOf(id));
     const edges = [];

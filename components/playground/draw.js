@@ -66,8 +66,11 @@
   function network(canvas, g, top) {
     const { ctx, w, h } = fit(canvas);
     const cols = g.columns.length;
-    const padL = 54; // room for the input labels
-    const padR = 50; // and for the output labels
+    ctx.font = "12px system-ui, sans-serif";
+    const labelW = (c) => Math.max(0, ...c.nodes.map((n) => (n.label ? ctx.measureText(n.label).width : 0)));
+    const nsGuess = 40;
+    const padL = labelW(g.columns[0]) + nsGuess / 2 + 8; // room for the input labels
+    const padR = labelW(g.columns[cols - 1]) + nsGuess / 2 + 14; // and the output labels
     const maxRows = Math.max(...g.columns.map((c) => c.nodes.length), 1);
     const avail = h - top - 8;
     const colGap = (w - padL - padR) / Math.max(cols - 1, 1);
@@ -119,6 +122,9 @@
       if (n.image) {
         ctx.imageSmoothingEnabled = true;
         ctx.drawImage(n.image, b.x, b.y, b.s, b.s);
+      } else if (n.fill) {
+        ctx.fillStyle = n.fill;
+        ctx.fillRect(b.x, b.y, b.s, b.s);
       } else {
         ctx.fillStyle = "#f3f3f5";
         ctx.fillRect(b.x, b.y, b.s, b.s);
