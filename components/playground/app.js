@@ -458,12 +458,20 @@
     setHtml("pg-sum", steps === 0
       ? "Press Play or Step: each layer's share of the loss change appears here."
       : `Over ${over}, the shares add up to <b>${D.formatNum(sumA)}</b>; the training loss ` +
-        `changed by <b>${D.formatNum(dL)}</b>.`);
+        `changed by <b>${D.formatNum(dL)}</b>.` + missed(sumA, dL));
     setHtml("pg-netnote", steps === 0
       ? "press Play: the lines take colour as the network learns"
       : "thicker = more; hover a line or neuron");
     updateTips(g);
     state.stats.drawn++;
+  }
+
+  /** A sentence when the shares visibly miss the loss change (large steps for the curvature). */
+  function missed(sumA, dL) {
+    const gap = dL - sumA;
+    if (!(Math.abs(gap) > 0.02 * Math.abs(dL) + 1e-4)) return "";
+    return ` The ${D.formatNum(gap)} left over is what the 3-point rule missed: the steps are ` +
+      "large for how curved the loss is (a smaller learning rate closes the gap).";
   }
 
   const shown = {};
@@ -480,10 +488,12 @@
     box.innerHTML = "";
     if (state.hide.has("hidden")) return;
     const h = hiddenSizes();
+    const colX = state.geometry.colX;
+    const tight = colX.length > 1 && colX[1] - colX[0] < 70; // many layers on a narrow screen
     h.forEach((n, l) => {
-      const x = state.geometry.colX[l + 1];
+      const x = colX[l + 1];
       const pair = document.createElement("div");
-      pair.className = "pair";
+      pair.className = tight ? "pair tight" : "pair";
       pair.style.left = `${x}px`;
       pair.style.top = "2px";
       const plus = document.createElement("button");
@@ -506,7 +516,8 @@
       };
       const label = document.createElement("span");
       label.textContent = `${n}`;
-      pair.append(plus, minus, label);
+      pair.append(plus, minus);
+      if (!tight) pair.append(label);
       box.appendChild(pair);
     });
   }
