@@ -335,8 +335,10 @@ def server(tmp_path):
 
 
 def _component(page):
-    """The Playground's iframe once its engine has its settings (waits on the page's progress)."""
-    while True:
+    """The Playground's iframe once its engine has its settings (waits on the page's progress;
+    the deadline only turns a component that never starts into a failure instead of a hang)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
         for frame in page.frames:
             if "lca_playground" in frame.url:
                 try:
@@ -345,6 +347,7 @@ def _component(page):
                 except sync_api.Error:
                     pass  # still loading
         page.wait_for_timeout(200)
+    pytest.fail("the Playground component never reported ready in the app")
 
 
 @pytest.mark.slow
