@@ -391,3 +391,35 @@ def test_playground_in_the_app_trains_in_the_browser_and_keeps_the_url(browser, 
     own = urlparse(server).netloc
     assert component_requests
     assert all(urlparse(u).netloc == own for u in component_requests), component_requests
+
+
+def test_recent_view_is_the_last_steps_and_neurons_sum_their_weights(engine_page):
+    result = engine_page.evaluate(
+        """() => {
+            const s = new PGEngine.Session({task: "classification", dataset: "moons",
+                points: 200, noise: 0.05, trainFraction: 0.5, seed: 2, hidden: [3, 2],
+                activation: "tanh", features: ["x1", "x2", "x1x2"], lr: 0.1, batch: 5,
+                reg: "none", regRate: 0});
+            const perStep = [];
+            for (let i = 0; i < 33; i++) { s.step(); perStep.push(Array.from(s.last)); }
+            const recent = Array.from(s.lcaVector("recent"));
+            const neurons = s.neuronLca(s.cum).map((a) => Array.from(a));
+            return {perStep, recent, cum: Array.from(s.cum), neurons, window: s.window,
+                    recentSteps: s.recentSteps()};
+        }"""
+    )
+    per_step = np.asarray(result["perStep"])
+    window = result["window"]
+    assert window == 20 and result["recentSteps"] == 20
+    np.testing.assert_allclose(result["recent"], per_step[-window:].sum(axis=0), rtol=1e-12,
+                               atol=1e-15)
+    np.testing.assert_allclose(result["cum"], per_step.sum(axis=0), rtol=1e-9, atol=1e-15)
+    # Layout [3 inputs, 3, 2, 2 outputs]: fc1.weight (3x3), fc1.bias, fc2.weight (2x3), …
+    cum = np.asarray(result["cum"])
+    at, sizes = 0, [3, 3, 2, 2]
+    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = cum[at: at + n_in * n_out].reshape(n_out, n_in)
+        b = cum[at + n_in * n_out: at + n_in * n_out + n_out]
+        np.testing.assert_allclose(result["neurons"][layer], w.sum(axis=1) + b, rtol=1e-12)
+        at += n_in * n_out + n_out
+    assert at == len(cum)
