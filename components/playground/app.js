@@ -426,8 +426,8 @@
     setHtml("pg-metrics",
       `<span>Training loss<br><b>${D.formatNum(h.trainLoss[steps])}</b></span>` +
       `<span>Test loss<br><b>${D.formatNum(h.testLoss[steps])}</b></span>` +
-      (cls ? `<span>Training accuracy <b>${pct(h.trainAcc[steps])}</b></span>` +
-        `<span>Test accuracy <b>${pct(h.testAcc[steps])}</b></span>` : ""));
+      (cls ? `<span>Training accuracy<br><b>${pct(h.trainAcc[steps])}</b></span>` +
+        `<span>Test accuracy<br><b>${pct(h.testAcc[steps])}</b></span>` : ""));
 
     const view = viewName();
     const vec = S.lcaVector(view);
