@@ -423,3 +423,27 @@ def test_recent_view_is_the_last_steps_and_neurons_sum_their_weights(engine_page
         np.testing.assert_allclose(result["neurons"][layer], w.sum(axis=1) + b, rtol=1e-12)
         at += n_in * n_out + n_out
     assert at == len(cum)
+
+
+def test_a_diverging_network_stops_with_one_sentence(browser):
+    """Learning rate 3 on ReLU regression blows up: play stops, one sentence says why and what
+    to do, and picking a smaller learning rate starts a fresh network."""
+    page = browser.new_page(viewport={"width": 700, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((COMPONENT / "index.html").as_uri()
+              + "?dataset=plane&activation=relu&lr=3&hidden=8,8,8&speed=max")
+    page.wait_for_function("window.PG && window.PG.ready === true")
+    page.keyboard.press(" ")  # space plays, as on a presenter's clicker
+    page.wait_for_function("PG.session.steps > 0 && !PG.state.playing")
+    steps = page.evaluate("PG.session.steps")
+    loss = page.evaluate("PG.session.history.trainLoss")
+    assert all(math.isfinite(v) for v in loss[:-1]) and not math.isfinite(loss[-1])
+    text = page.inner_text("#pg-sum")
+    assert f"step {steps}" in text and "learning rate 3" in text and "smaller" in text
+    assert page.is_disabled("#pg-play")
+    page.select_option("#pg-lr", "0.03")
+    assert page.evaluate("PG.session.steps") == 0
+    assert page.is_enabled("#pg-play")
+    page.close()
+    assert not errors

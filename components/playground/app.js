@@ -97,7 +97,7 @@
     const v = String(value);
     if (state.s[key] === v) return;
     state.s[key] = v;
-    if (STRUCTURAL.includes(key)) rebuild();
+    if (STRUCTURAL.includes(key) || !isFinite(state.session.loss0)) rebuild(); // or diverged
     else if (LIVE.includes(key)) {
       state.session.setLive({ lr: +state.s.lr, batch: +state.s.batch, reg: state.s.reg,
         regRate: +state.s.rate });
@@ -206,7 +206,7 @@
     };
     $("pg-step").onclick = () => {
       state.playing = false;
-      state.session.step();
+      if (isFinite(state.session.loss0)) state.session.step();
       state.dirty = true;
       syncControls();
     };
@@ -266,6 +266,9 @@
   function syncControls() {
     const s = state.s;
     $("pg-play").classList.toggle("playing", state.playing);
+    const diverged = state.session && !isFinite(state.session.loss0);
+    $("pg-play").disabled = diverged;
+    $("pg-step").disabled = diverged;
     $("pg-play").setAttribute("aria-label", state.playing ? "Pause" : "Play");
     $("pg-play").title = state.playing ? "Pause" : "Play";
     for (const key of ["speed", "lr", "activation", "reg", "rate", "view"]) $(`pg-${key}`).value = s[key];
@@ -455,7 +458,10 @@
     const sumA = totals.reduce((a, b) => a + b, 0);
     const dL = h.trainLoss[steps] - h.trainLoss[steps - span];
     const over = view === "recent" ? `the last ${span} steps` : `all ${steps} steps`;
-    setHtml("pg-sum", steps === 0
+    setHtml("pg-sum", !isFinite(S.loss0)
+      ? `<b class="bad">The loss became too large to compute at step ${steps}: learning rate ` +
+        `${state.s.lr} is too big for this network; pick a smaller one or press Reset.</b>`
+      : steps === 0
       ? "Press Play or Step: each layer's share of the loss change appears here."
       : `Over ${over}, the shares add up to <b>${D.formatNum(sumA)}</b>; the training loss ` +
         `changed by <b>${D.formatNum(dL)}</b>.` + missed(sumA, dL));
@@ -642,12 +648,12 @@
         do {
           S.step();
           stepped++;
-        } while (performance.now() - t0 < 18 && stepped < 2000);
+        } while (performance.now() - t0 < 18 && stepped < 2000 && isFinite(S.loss0));
       } else {
         acc += (+state.s.speed * dt) / 1000;
         let n = Math.floor(acc);
         acc -= n;
-        while (n-- > 0) {
+        while (n-- > 0 && isFinite(S.loss0)) {
           S.step();
           stepped++;
           if (performance.now() - t0 > 40) { // the machine cannot keep up: drop the backlog
@@ -657,13 +663,23 @@
         }
       }
       state.stats.stepsPlayed += stepped;
+      if (!isFinite(S.loss0)) state.playing = false; // diverged: draw it once, then stop
     }
     state.lastT = t;
     if (stepped || state.dirty) {
       state.dirty = false;
       draw();
+      if (stepped && !state.playing) syncControls();
     }
   }
+
+  // Space plays / pauses (a presenter's clicker or keyboard), unless typing in a control.
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key !== " " || !state.ready) return;
+    if (ev.target.closest && ev.target.closest("input, select, button")) return;
+    ev.preventDefault();
+    $("pg-play").click();
+  });
 
   window.addEventListener("resize", () => {
     state.layoutChanged = true;

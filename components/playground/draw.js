@@ -30,6 +30,11 @@
 
   /** v in [-1, 1] -> blue … white … orange (TensorFlow Playground's plane colours), pale. */
   function diverging(v, out, k, pale) {
+    if (!(v === v)) { // NaN: a diverged network predicts nothing; grey
+      out[k] = out[k + 1] = out[k + 2] = 200;
+      out[k + 3] = 255;
+      return;
+    }
     const t = v < -1 ? -1 : v > 1 ? 1 : v;
     const c = t < 0 ? BLUE : ORANGE;
     const a = Math.abs(t) * pale;
@@ -316,6 +321,7 @@
     const a = Math.abs(v);
     let s;
     if (a === 0) s = "0";
+    else if (a >= 1e4) s = v.toExponential(1);
     else if (a >= 100) s = v.toFixed(0);
     else if (a >= 0.01) s = v.toFixed(3);
     else s = v.toExponential(1);
