@@ -83,6 +83,7 @@
   }
 
   function rebuild() {
+    D.relayout(); // the data row and the metrics may change height
     state.session = new E.Session(sessionConfig());
     state.extent = state.session.extent();
     state.featureImages = featureImages(state.extent);
@@ -293,6 +294,7 @@
   }
 
   function applyHide() {
+    D.relayout();
     document.querySelectorAll("[data-key]").forEach((el) => {
       el.classList.toggle("hiddenctl", state.hide.has(el.dataset.key));
     });
@@ -402,16 +404,10 @@
 
   const imagePool = [];
   let imageUse = 0;
+  /** One neuron's map, painted into its own pooled canvas (reused frame after frame). */
   function copyImage(vals, offset) {
-    const src = D.heatImage(vals, offset, GRID, (v) => v);
-    let c = imagePool[imageUse];
-    if (!c) {
-      c = imagePool[imageUse] = document.createElement("canvas");
-      c.width = c.height = GRID;
-    }
-    imageUse++;
-    c.getContext("2d").drawImage(src, 0, 0);
-    return c;
+    if (!imagePool[imageUse]) imagePool[imageUse] = document.createElement("canvas");
+    return D.heatImage(vals, offset, GRID, (v) => v, 0.85, imagePool[imageUse++]);
   }
 
   function layerName(l, count) {
@@ -682,11 +678,18 @@
   });
 
   window.addEventListener("resize", () => {
+    D.relayout();
     state.layoutChanged = true;
     state.dirty = true;
     requestAnimationFrame(reportHeight);
   });
-  if (window.ResizeObserver) new ResizeObserver(() => reportHeight()).observe($("pg"));
+  if (window.ResizeObserver) {
+    new ResizeObserver(() => {
+      D.relayout();
+      state.dirty = true;
+      reportHeight();
+    }).observe($("pg"));
+  }
 
   window.PG = {
     ready: false, state, get session() { return state.session; }, stats: state.stats,

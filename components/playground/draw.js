@@ -14,10 +14,21 @@
   const TEST_LINE = "#7b3294";
 
   /** Size a canvas's backing store to its CSS box × devicePixelRatio; returns its context. */
+  let layoutEpoch = 0;
+  /** Canvas sizes are read from the layout once per epoch (bumped on resize or a new layout),
+   *  so drawing a frame never forces the browser to lay the page out in the middle. */
+  function relayout() {
+    layoutEpoch++;
+  }
   function fit(canvas) {
     const dpr = window.devicePixelRatio || 1;
-    const w = Math.max(1, Math.round(canvas.clientWidth));
-    const h = Math.max(1, Math.round(canvas.clientHeight));
+    if (canvas.sizeEpoch !== layoutEpoch) {
+      canvas.sizeEpoch = layoutEpoch;
+      canvas.cssW = Math.max(1, Math.round(canvas.clientWidth));
+      canvas.cssH = Math.max(1, Math.round(canvas.clientHeight));
+    }
+    const w = canvas.cssW;
+    const h = canvas.cssH;
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr);
       canvas.height = Math.round(h * dpr);
@@ -45,11 +56,12 @@
   }
 
   const scratchCanvas = {};
-  /** Paint `values[offset … offset + size²)` (row 0 = top) into a reusable size×size canvas. */
-  function heatImage(values, offset, size, map, pale = 0.85) {
-    let c = scratchCanvas[size];
-    if (!c) {
-      c = scratchCanvas[size] = document.createElement("canvas");
+  /** Paint `values[offset … offset + size²)` (row 0 = top) into a size×size canvas: `target`
+   *  when given (it is sized and keeps its pixels), else one reusable scratch canvas. */
+  function heatImage(values, offset, size, map, pale = 0.85, target = null) {
+    let c = target || scratchCanvas[size];
+    if (!c) c = scratchCanvas[size] = document.createElement("canvas");
+    if (c.width !== size || c.height !== size || !c.img) {
       c.width = c.height = size;
       c.img = c.getContext("2d").createImageData(size, size);
     }
@@ -329,5 +341,5 @@
     return signed && v > 0 ? "+" + s : s;
   }
 
-  root.PGDraw = { HELPED, HURT, fit, heatImage, network, plane, lossCurve, layerBars, formatNum };
+  root.PGDraw = { HELPED, HURT, fit, relayout, heatImage, network, plane, lossCurve, layerBars, formatNum };
 })(window);
