@@ -85,19 +85,27 @@
     const cols = g.columns.length;
     ctx.font = "12px system-ui, sans-serif";
     const labelW = (c) => Math.max(0, ...c.nodes.map((n) => (n.label ? ctx.measureText(n.label).width : 0)));
-    const nsGuess = 40;
-    const padL = labelW(g.columns[0]) + nsGuess / 2 + 8; // room for the input labels
-    const padR = labelW(g.columns[cols - 1]) + nsGuess / 2 + 14; // and the output labels
     const maxRows = Math.max(...g.columns.map((c) => c.nodes.length), 1);
     const avail = h - top - 8;
-    const colGap = (w - padL - padR) / Math.max(cols - 1, 1);
-    const ns = Math.max(16, Math.min(40, avail / maxRows - 8, colGap * 0.5));
-    const gap = Math.min(14, Math.max(5, avail / maxRows - ns));
+    // Node size: as big as the height and the column spacing allow (bigger on a big screen);
+    // the side margins hold the labels next to nodes of that size.
+    let ns = 40;
+    let padL = 0;
+    let padR = 0;
+    let colGap = 0;
+    for (let pass = 0; pass < 2; pass++) {
+      padL = labelW(g.columns[0]) + ns / 2 + 8; // room for the input labels
+      padR = labelW(g.columns[cols - 1]) + ns / 2 + 14; // and the output labels
+      colGap = (w - padL - padR) / Math.max(cols - 1, 1);
+      ns = Math.max(16, Math.min(56, avail / maxRows - 9, colGap * 0.45));
+    }
+    const gap = Math.min(18, Math.max(5, avail / maxRows - ns));
+    const blockH = Math.min(avail, maxRows * (ns + gap)); // columns hang from the top
     const boxes = g.columns.map((c, ci) => {
       const x = padL + ci * colGap;
       const k = c.nodes.length;
       return c.nodes.map((_, i) => {
-        const y = top + avail / 2 + (i - (k - 1) / 2) * (ns + gap);
+        const y = top + blockH / 2 + (i - (k - 1) / 2) * (ns + gap);
         return { x: x - ns / 2, y: y - ns / 2, s: ns, cx: x, cy: y };
       });
     });
