@@ -221,10 +221,19 @@ def main() -> None:
         "**red** = hurt. Hover any line or neuron for its numbers."
     )
     hidden = hidden_controls()
+    # What the student last changed in the browser (the component's value, set before this run)
+    # goes to the address first, so this run already draws from, and warns about, the new one.
+    reported = reported_settings(st.session_state.get(COMPONENT_KEY))
+    if reported:
+        current, _ = url_settings()
+        write_url({**current, **reported})
     settings, problems = url_settings()
-    for sentence in problems:
-        st.warning(sentence)
-    value = playground(
+    # Always one container here, warnings or not, so the component keeps its place in the page
+    # (a moved component is a new iframe: the student's session would restart at step 0).
+    with st.container():
+        for sentence in problems:
+            st.warning(sentence)
+    playground(
         settings=settings,
         hide=sorted(hidden),
         defaults=DEFAULTS,
@@ -236,10 +245,6 @@ def main() -> None:
         key=COMPONENT_KEY,
         default=None,
     )
-    reported = reported_settings(value)
-    if reported:
-        settings = {**settings, **reported}
-        write_url(settings)
 
     if len(hidden) < len(HIDEABLE):
         with st.expander("Share this exact setup (teacher link)"):

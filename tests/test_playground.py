@@ -285,7 +285,8 @@ def test_page_hands_url_settings_to_the_component():
 
 
 def test_settings_the_component_reports_go_to_the_url():
-    at = _app({"run": "mine.h5", "seed": "3"})
+    at = _app({"run": "mine.h5", "seed": "3", "batch": "lots"})
+    assert len(at.warning) == 1
     _report(at, dataset="moons", lr="0.1", noise="7", seed="0", view="recent steps",
             features="x1,x2,sin1", evil="<script>")
     qp = dict(at.query_params)
@@ -294,7 +295,9 @@ def test_settings_the_component_reports_go_to_the_url():
     assert "seed" not in qp  # back to the default: the address drops it
     assert "noise" not in qp and "evil" not in qp  # not allowed: ignored, never trusted
     assert qp["run"] == "mine.h5"  # other pages' parameters are left alone
+    assert "batch" not in qp and not at.warning  # the address is clean again, in this run
     assert not at.exception
+    assert _args(at)["settings"]["dataset"] == "moons"
     # The teacher link follows what the student set.
     assert "dataset=moons" in at.code[0].value and "seed=" not in at.code[0].value
 

@@ -365,8 +365,9 @@ def test_playground_in_the_app_trains_in_the_browser_and_keeps_the_url(browser, 
 
     page.on("request", record)
     page.set_default_timeout(180_000)  # a loaded CI machine is slow; progress is what we wait on
-    page.goto(f"{server}/playground?dataset=xor&lr=0.1&hide=noise")
+    page.goto(f"{server}/playground?dataset=xor&lr=0.1&hide=noise&batch=lots")
     frame = _component(page)
+    assert "batch size 'lots' is not offered" in page.inner_text("body")
     settings = frame.evaluate("PG.state.s")
     assert settings["dataset"] == "xor" and settings["lr"] == "0.1"
     assert not frame.is_visible("#pg-noise")  # ?hide=noise reached the component
@@ -381,7 +382,12 @@ def test_playground_in_the_app_trains_in_the_browser_and_keeps_the_url(browser, 
     assert frame.inner_text("#pg-stepno") == f"{steps:,}"
     assert f"all {steps:,} steps".replace(",", "") in frame.inner_text("#pg-sum").replace(",", "")
 
-    # A setting changed in the browser lands in the address (and only settings travel).
+    # A setting changed in the browser lands in the address (and only settings travel); the
+    # page reruns without the warning, and the component keeps its session (same iframe).
+    frame.select_option("#pg-speed", "max")
+    page.wait_for_url("**speed=max**")
+    page.get_by_text("is not offered").wait_for(state="detached")
+    assert frame.evaluate("PG.session.steps") == steps
     frame.select_option("#pg-activation", "relu")
     page.wait_for_url("**activation=relu**")
     assert "dataset=xor" in page.url and "lr=0.1" in page.url
