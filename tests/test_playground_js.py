@@ -84,7 +84,11 @@ def _points(n: int, task: str, seed: int) -> list[list[float]]:
 
 def _torch_model(features, hidden, activation, task, params_flat):
     """lca.models.MLP in float64 holding the engine's flat parameter vector (torch order)."""
-    model = MLP(len(features), hidden, 1 if task == "regression" else 2, activation).double()
+    linear = activation == "linear"  # the Playground's extra: no activation at all
+    model = MLP(len(features), hidden, 1 if task == "regression" else 2,
+                "relu" if linear else activation).double()
+    if linear:
+        model.act = nn.Identity()
     at = 0
     with torch.no_grad():
         for p in model.parameters():
@@ -118,25 +122,31 @@ def _play(page, cfg: dict, inject: dict, steps: int) -> dict:
 
 
 CASES = [
-    # (task, activation, hidden, features)
-    ("classification", "tanh", [4, 3], ["x1", "x2"]),
-    ("classification", "relu", [5], ["x1", "x2", "x1sq", "x2sq", "x1x2", "sin1", "sin2"]),
-    ("classification", "gelu", [3, 3], ["x1", "x2", "x1x2"]),
-    ("regression", "tanh", [4, 4], ["x1", "x2"]),
-    ("regression", "sigmoid", [6], ["x1", "x2", "sin1", "x2sq"]),
+    # (task, activation, hidden, features, L2 rate: 0 = regularization off)
+    ("classification", "tanh", [4, 3], ["x1", "x2"], 0.0),
+    ("classification", "relu", [5], ["x1", "x2", "x1sq", "x2sq", "x1x2", "sin1", "sin2"], 0.0),
+    ("classification", "gelu", [3, 3], ["x1", "x2", "x1x2"], 0.0),
+    ("classification", "linear", [3], ["x1", "x2", "x1x2"], 0.0),
+    ("regression", "tanh", [4, 4], ["x1", "x2"], 0.0),
+    ("regression", "sigmoid", [6], ["x1", "x2", "sin1", "x2sq"], 0.0),
+    ("regression", "tanh", [3], ["x1", "x2"], 0.3),
 ]
 
 
-@pytest.mark.parametrize(("task", "activation", "hidden", "features"), CASES)
-def test_one_step_lca_matches_lca_allocate(engine_page, task, activation, hidden, features):
+@pytest.mark.parametrize(("task", "activation", "hidden", "features", "l2"), CASES)
+def test_one_step_lca_matches_lca_allocate(engine_page, task, activation, hidden, features, l2):
+    """One SGD step on fixed weights, data and minibatch: the step is torch's, and every
+    parameter's LCA is lca.allocate's (rk4, float64). With L2 on, the step adds rate·w to each
+    weight's gradient (not the biases') while LCA still allocates the data loss."""
     train = _points(40, task, seed=1)
     batch = [3, 17, 5, 22, 9, 30, 11, 0]
     sizes = [len(features), *hidden, 1 if task == "regression" else 2]
     torch.manual_seed(7)
-    init = MLP(sizes[0], hidden, sizes[-1], activation).double()
+    init = MLP(sizes[0], hidden, sizes[-1], "tanh").double()  # any fixed starting weights
     params0 = torch.cat([p.detach().reshape(-1) for p in init.parameters()]).tolist()
     cfg = {"task": task, "hidden": hidden, "activation": activation, "features": features,
-           "lr": 0.1, "batch": len(batch), "reg": "none", "regRate": 0, "seed": 0}
+           "lr": 0.1, "batch": len(batch), "reg": "L2" if l2 else "none", "regRate": l2,
+           "seed": 0}
     out = _play(engine_page, cfg, {"train": train, "test": [], "params": params0,
                                    "batches": [batch]}, 1)
     assert out["start"] == pytest.approx(params0, abs=0)
@@ -148,7 +158,8 @@ def test_one_step_lca_matches_lca_allocate(engine_page, task, activation, hidden
     # The step: plain SGD on the minibatch, as torch does it.
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt.zero_grad()
-    loss_fn(model(x[batch]), y[batch]).backward()
+    penalty = sum((p**2).sum() for n, p in model.named_parameters() if n.endswith("weight"))
+    (loss_fn(model(x[batch]), y[batch]) + 0.5 * l2 * penalty).backward()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt.step()
     end = {n: p.detach().clone() for n, p in model.named_parameters()}
