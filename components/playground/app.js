@@ -57,8 +57,8 @@
   };
 
   // -- settings ---------------------------------------------------------------------------
-  const hiddenSizes = () => (state.s.hidden.trim() === "" ? [] :
-    state.s.hidden.split(",").map((v) => parseInt(v, 10)));
+  const hiddenSizes = () => state.s.hidden.split(",").map((v) => parseInt(v, 10))
+    .filter((n) => n >= 1).map((n) => Math.min(n, MAX_NEURONS)).slice(0, MAX_LAYERS);
   const featureList = () => {
     const f = state.s.features.split(",").filter((id) => id in E.FEATURES);
     return f.length ? E.FEATURE_IDS.filter((id) => f.includes(id)) : ["x1", "x2"];
