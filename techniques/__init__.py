@@ -10,12 +10,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import Context, Declarations, Option, Technique, TechniqueError
+from .base import (
+    Context,
+    Declarations,
+    LCAResults,
+    MeasuredSegment,
+    Option,
+    RunFileWriter,
+    Technique,
+    TechniqueError,
+)
 
 __all__ = [
     "Context",
     "Declarations",
+    "LCAResults",
+    "MeasuredSegment",
     "Option",
+    "RunFileWriter",
     "Technique",
     "TechniqueError",
     "create",
