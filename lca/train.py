@@ -281,6 +281,7 @@ def run(
         events=events,
         arrays=arrays,
     )
+    tracker.measurer.chunk_loss = techniques_registry.while_measuring(tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     ctx.tracker, ctx.writer = tracker, writer

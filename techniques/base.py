@@ -17,6 +17,14 @@ Like ``torch.nn.utils.prune``, a technique is a small object with clear hooks; t
     after_step(ctx, row)             weights moved: re-apply masks, clip; fill row[series]
     summary() -> dict                what it did and saved, for the run file and the app
 
+Activation hooks (quantized activations, gradient quantizers, loss-scaling boundaries) are
+module hooks a technique registers in ``setup``; they run in *every* forward of the model,
+including LCA's. LCA is measured in float32 on ``effective(params)`` alone, so such a hook must
+step aside while LCA measures: it returns its input unchanged when ``is_measuring()`` is True.
+The loop wraps the measurer's one model call in ``while_measuring`` (one line in
+``lca/train.py``); ``real_forward()`` lets a technique evaluate the real (hooked) model even
+from inside a measurement, e.g. to record the loss its discretized forward really has.
+
 Where a technique acted is recorded under ``/techniques/<name>/`` in the run file: it declares
 its series (one value per segment), event tables and fixed arrays up front (``declare``),
 because HDF5 in SWMR mode cannot create datasets once a run is live.
@@ -24,14 +32,54 @@ because HDF5 in SWMR mode cannot create datasets once a run is live.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+_STATE = threading.local()  # per thread: the app may train in a worker thread
+
+
+def is_measuring() -> bool:
+    """True while LCA measures the loss (activation hooks must then return their input)."""
+    return getattr(_STATE, "measuring", 0) > 0 and getattr(_STATE, "real", 0) == 0
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Mark the forward passes inside as LCA measurements."""
+    _STATE.measuring = getattr(_STATE, "measuring", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.measuring -= 1
+
+
+@contextmanager
+def real_forward() -> Iterator[None]:
+    """Run the hooked (discretized) forward even inside a measurement."""
+    _STATE.real = getattr(_STATE, "real", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.real -= 1
+
+
+def while_measuring(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (the measurer's model call) run under ``measuring()``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with measuring():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class TechniqueError(ValueError):

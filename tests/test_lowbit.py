@@ -1,0 +1,248 @@
+"""Low-precision training techniques (fp8, fixed-point, adaptive-loss-scaling, bnn, conntra):
+their number formats against exact oracles, and what each method promises on tiny models.
+
+``drive`` runs a technique's hooks in the loop's order (``lca/train.py``) without LCA, for
+tests of the numerics; tests marked with the ``train`` fixture run the real loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_techniques_train import FakeWriter, Probe, config, train  # noqa: F401
+from torch import nn
+from torch.func import functional_call
+
+import techniques
+from techniques import Context, TechniqueError
+from techniques.lowbit import FloatFormat, fixed_quantize, float_quantize
+
+E5M2 = FloatFormat(5, 2)
+E6M9 = FloatFormat(6, 9)
+
+
+def ctx_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
+            momentum: float = 0.0) -> Context:
+    return Context(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
+        loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=100,
+        train_x=x, train_y=y, test_x=x, test_y=y,
+    )
+
+
+def drive(tech, ctx: Context, steps: int, batch: int | None = None) -> list[float]:
+    """The loop's hook order for ``steps`` steps; the float32 loss of the weights before each
+    step and after the last (measured on ``effective`` with hooks off, like LCA)."""
+    tech.setup(ctx)
+    x, y = ctx.train_x, ctx.train_y
+    g = torch.Generator().manual_seed(0)
+    losses = [measured_loss(tech, ctx)]
+    for step in range(steps):
+        ctx.step = step
+        idx = torch.randperm(len(x), generator=g)[:batch] if batch else torch.arange(len(x))
+        ctx.batch = (x[idx], y[idx])
+        params = tech.forward_params(dict(ctx.model.named_parameters()))
+        loss = ctx.loss_fn(functional_call(ctx.model, params, (x[idx],)), y[idx])
+        ctx.optimizer.zero_grad(set_to_none=True)
+        if not tech.backward(ctx, loss):
+            loss.backward()
+        tech.before_step(ctx)
+        if not tech.optimizer_step(ctx):
+            ctx.optimizer.step()
+        tech.after_step(ctx, {})
+        losses.append(measured_loss(tech, ctx))
+    return losses
+
+
+def measured_loss(tech, ctx: Context) -> float:
+    with torch.no_grad(), techniques.measuring():
+        params = tech.effective(dict(ctx.model.named_parameters()))
+        return float(ctx.loss_fn(functional_call(ctx.model, params, (ctx.train_x,)),
+                                 ctx.train_y))
+
+
+# ---------------------------------------------------------------------------------------------
+# The float quantizer.
+
+
+def test_every_1_5_2_value_is_on_the_grid_and_matches_float8_e5m2():
+    # Every finite bit pattern of torch's e5m2 (the same IEEE layout as 1-5-2).
+    allv = torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2).double()
+    finite = allv[torch.isfinite(allv)]
+    grid = torch.cat([-E5M2.values().flip(0), E5M2.values()]).unique()
+    assert torch.equal(finite.unique(), grid)
+    assert len(E5M2.values()) == 124  # 0, 3 subnormals, 30 binades × 4
+    assert E5M2.max == 57344.0 and E5M2.min_subnormal == 2.0**-16
+    assert torch.equal(float_quantize(finite, E5M2), finite)  # grid values are fixed points
+    # Any value in range rounds exactly like torch's round-to-nearest-even cast.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20000, generator=g, dtype=torch.float64)
+    x = x * torch.exp2(torch.randint(-22, 16, (20000,), generator=g).double())
+    x = x.clamp(-E5M2.max, E5M2.max)
+    mids = (E5M2.values()[1:] + E5M2.values()[:-1]) / 2  # the exact ties: to even
+    x = torch.cat([x, mids, -mids])
+    assert torch.equal(float_quantize(x, E5M2), x.to(torch.float8_e5m2).double())
+
+
+def test_float_quantizer_saturates_and_underflows():
+    big = torch.tensor([60000.0, 1e9, math.inf, -math.inf])
+    assert float_quantize(big, E5M2).tolist() == [57344.0, 57344.0, 57344.0, -57344.0]
+    tiny = torch.tensor([2.0**-17, 2.0**-17 * 1.01, 2.0**-16, 2.0**-15 * 1.5, 2.0**-18])
+    # Half the smallest subnormal ties to 0 (even); just above it rounds up; subnormals exist.
+    assert float_quantize(tiny, E5M2).tolist() == [0.0, 2.0**-16, 2.0**-16, 2.0**-14 * 0.75,
+                                                   0.0]
+    # Without subnormals everything below the smallest normal 2^-14 flushes to zero.
+    assert float_quantize(tiny, E5M2, subnormals=False).tolist() == [0.0] * 5
+    assert float_quantize(torch.tensor([math.nan]), E5M2).isnan().all()
+    # 1-6-9: 10 significant bits, exponent range 2^-30 .. 2^31.
+    assert E6M9.max == (2 - 2.0**-9) * 2.0**31 and E6M9.min_subnormal == 2.0**-39
+    assert float_quantize(torch.tensor([1 + 2.0**-10, 1 + 3 * 2.0**-10]), E6M9).tolist() == [
+        1.0, 1 + 2.0**-8]
+
+
+def test_stochastic_rounding_is_unbiased():
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    for value, fmt in [(1.0625, E5M2), (0.3 * 2.0**-16, E5M2), (1 + 2.0**-12, E6M9),
+                       (-3.3, E5M2)]:
+        x = torch.full((n,), value, dtype=torch.float64)
+        q = float_quantize(x, fmt, "stochastic", generator=g)
+        lo, hi = q.min().item(), q.max().item()
+        assert {lo, hi} == set(q.unique().tolist())  # only the two neighbours appear
+        # Each draw is a Bernoulli between the neighbours: the mean is within 5 standard errors.
+        se = (hi - lo) / 2 / math.sqrt(n)
+        assert abs(q.mean().item() - value) < 5 * se, value
+
+
+def test_fixed_quantize_grid_and_clip():
+    x = torch.tensor([-2.0, -1.0, -0.26, 0.1, 0.124, 0.126, 0.99, 5.0])
+    q = fixed_quantize(x, bits=4, dr=1.0)  # LSB 1/8, range [-1, 7/8]
+    assert q.tolist() == [-1.0, -1.0, -0.25, 0.125, 0.125, 0.125, 0.875, 0.875]
+
+
+def test_bad_formats_are_one_sentence():
+    for spec in ({"name": "fp8", "forward": "e5m2"}, {"name": "fp8", "update": "1-9-2"},
+                 {"name": "fp8", "loss_scale": 3}):
+        with pytest.raises(TechniqueError) as e:
+            techniques.create(spec)
+        assert str(e.value).endswith(".") and "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp8 technique.
+
+
+def logistic_problem(seed: int = 0):
+    """Logistic regression without bias, weights in [4, 6): 1-6-9 spacing there is 2^-7."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=g)
+    w_true = torch.randn(2, 8, generator=g)
+    y = (x @ w_true.T).argmax(1)
+    model = nn.Sequential()
+    model.add_module("out", nn.Linear(8, 2, bias=False))
+    with torch.no_grad():
+        model.out.weight.copy_(4.0 + 2.0 * torch.rand(2, 8, generator=g))
+    return model, x, y
+
+
+def test_fp8_stored_weights_stay_1_6_9_and_forward_uses_1_5_2():
+    model, x, y = logistic_problem()
+    tech = techniques.create({"name": "fp8"})
+    ctx = ctx_for(model, x, y, lr=0.05, momentum=0.9)
+    drive(tech, ctx, steps=5)
+    w = model.out.weight.detach()
+    assert torch.equal(float_quantize(w, E6M9), w)  # no float32 master: the weight is 1-6-9
+    buf = ctx.optimizer.state[model.out.weight]["momentum_buffer"]
+    assert torch.equal(float_quantize(buf, E6M9), buf)
+    eff = tech.effective(dict(model.named_parameters()))["out.weight"]
+    assert torch.equal(eff, float_quantize(w, E5M2))
+
+
+def test_fp8_activation_hooks_quantize_in_training_and_step_aside_when_measuring():
+    model, x, _ = logistic_problem()
+    tech = techniques.create({"name": "fp8"})
+    tech.setup(ctx_for(model, x, torch.zeros(len(x), dtype=torch.long), lr=0.1))
+    w = model.out.weight.detach()
+    with torch.no_grad():
+        trained = model(x)
+        with techniques.measuring():
+            measured = model(x)
+    assert torch.allclose(measured, x @ w.T, rtol=0, atol=1e-6)  # plain float32
+    assert torch.allclose(trained, float_quantize(x, E5M2) @ w.T, rtol=0, atol=1e-5)
+    # The error dL/dy arriving at the layer output is rounded to 1-5-2 in backward.
+    xr = x.clone().requires_grad_(True)
+    y = model(xr)
+    seed_grad = torch.randn_like(y) * 1e-3
+    y.backward(seed_grad)
+    assert torch.allclose(xr.grad, float_quantize(seed_grad, E5M2) @ w, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_fp8_stochastic_updates_track_fp32_where_nearest_stalls(rounding):
+    """The paper's headline (Fig. 'SR vs nearest'): with updates far below half a 1-6-9
+    spacing, nearest rounding loses every one and training stalls; stochastic rounding keeps
+    them in expectation and tracks float32. The forward runs in 1-5-10 here so that the loss
+    resolves the small weight moves; the update path is the paper's."""
+    steps, lr = 80, 0.006  # |lr·g| < 2^-8, half the spacing
+    model, x, y = logistic_problem()
+    fp32 = drive(techniques.create({"name": "fp8", "forward": "1-8-23", "update": "1-8-23"}),
+                 ctx_for(model, x, y, lr), steps)
+    model, x, y = logistic_problem()
+    w0 = model.out.weight.detach().clone()
+    tech = techniques.create({"name": "fp8", "forward": "1-5-10", "update_rounding": rounding})
+    ctx = ctx_for(model, x, y, lr)
+    low = drive(tech, ctx, steps)
+    drop32, drop = fp32[0] - fp32[-1], low[0] - low[-1]
+    assert drop32 > 0.02  # float32 training makes progress
+    if rounding == "nearest":
+        assert torch.equal(model.out.weight.detach(), float_quantize(w0, E6M9))  # stalled
+        assert drop == 0.0 and tech.summary()["mean_updates_lost"] == 1.0
+    else:
+        assert abs(drop - drop32) < 0.15 * drop32  # tracks float32 within 15%
+
+
+def test_fp8_chunked_accumulation_rounds_each_chunk():
+    tech = techniques.create({"name": "fp8", "chunk": 4})
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 10, generator=g), torch.randn(5, 10, generator=g)
+    out = tech.chunked_linear(x, w, None)
+    acc = torch.zeros(3, 5)
+    for k in (0, 4, 8):  # chunk sums rounded to 1-6-9, accumulated in 1-6-9
+        acc = float_quantize(acc + float_quantize(x[:, k:k + 4] @ w[:, k:k + 4].T, E6M9), E6M9)
+    assert torch.equal(out, acc)
+    assert torch.equal(float_quantize(out, E6M9), out)
+    assert (out - x @ w.T).abs().max() < 0.02 * (x @ w.T).abs().max()
+
+
+def test_fp8_keep_first_last_leaves_them_float32():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+                          nn.Linear(6, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    tech = techniques.create({"name": "fp8", "keep_first_last": True})
+    tech.setup(ctx_for(model, x, y, 0.1))
+    assert tech.targets == ["2.weight", "2.bias"]
+
+
+def test_fp8_needs_sgd():
+    model, x, y = logistic_problem()
+    ctx = ctx_for(model, x, y, 0.1)
+    ctx.optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(TechniqueError, match="optimizer sgd or momentum"):
+        techniques.create({"name": "fp8"}).setup(ctx)
+
+
+@pytest.mark.slow
+def test_fp8_in_the_loop_learns_records_and_conserves(train):  # noqa: F811
+    result, w, _ = train(config([{"name": "fp8", "loss_scale": 256}], steps=20,
+                                optimizer="momentum", lr=0.05, measure_size=200))
+    assert result.loss_final < result.loss0
+    total = math.fsum(r.total for r in w.records)
+    assert abs(total - (w.records[-1].loss_end - w.loss0)) < 0.05 * (result.loss0
+                                                                     - result.loss_final)
+    lost = w.series("techniques/fp8/updates_lost")
+    assert len(lost) == 20 and ((lost >= 0) & (lost <= 1)).all()
+    s = result.summaries["fp8"]
+    assert s["simulated"] and s["activation_bits"] == 8 and s["compression_vs_float32"] > 1.9
