@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_techniques_train import FakeWriter, Probe, config, train  # noqa: F401
@@ -17,6 +18,7 @@ from torch.func import functional_call
 
 import techniques
 from techniques import Context, TechniqueError
+from techniques.fixedpoint import lambda_max
 from techniques.lowbit import FloatFormat, fixed_quantize, float_quantize
 
 E5M2 = FloatFormat(5, 2)
@@ -246,3 +248,109 @@ def test_fp8_in_the_loop_learns_records_and_conserves(train):  # noqa: F811
     assert len(lost) == 20 and ((lost >= 0) & (lost <= 1)).all()
     s = result.summaries["fp8"]
     assert s["simulated"] and s["activation_bits"] == 8 and s["compression_vs_float32"] > 1.9
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed-point (Sakr & Shanbhag).
+
+
+def two_layer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(4, 5))
+    model.add_module("act", nn.ReLU())
+    model.add_module("out", nn.Linear(5, 3))
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return model, x, y
+
+
+def test_fixed_point_precisions_follow_the_formulas_on_a_two_layer_net():
+    model, x, y = two_layer()
+    w1, b1 = model.fc1.weight.detach().clone(), model.fc1.bias.detach().clone()
+    w2, b2 = model.out.weight.detach().clone(), model.out.bias.detach().clone()
+    tech = techniques.create({"name": "fixed-point", "bits": 6, "probe_examples": 32,
+                              "probe_steps": 5})
+    ctx = ctx_for(model, x, y, lr=0.05)
+    tech.setup(ctx)
+    # The noise gains by hand: z = W2·h + b2, h = relu(W1·x + b1).
+    xs = x[:32].double()
+    h = torch.relu(xs @ w1.double().T + b1.double())
+    z = h @ w2.double().T + b2.double()
+    r = (xs @ w1.double().T + b1.double() > 0).double()
+    dr_w1, dr_w2 = [2.0 ** math.ceil(math.log2(w.abs().max())) for w in (w1, w2)]
+    dr_x, dr_h = [2.0 ** math.ceil(math.log2(a.abs().max())) for a in (xs, h)]
+    e = {"w1": 0.0, "w2": 0.0, "x": 0.0, "h": 0.0}
+    for n in range(32):
+        k = int(z[n].argmax())
+        for i in range(3):
+            if i == k:
+                continue
+            gap2 = float(z[n, i] - z[n, k]) ** 2
+            v = (w2[i] - w2[k]).double()
+            e["w2"] += 2 * float(h[n] @ h[n]) * dr_w2**2 / gap2 / 24
+            e["h"] += float(v @ v) * dr_h**2 / gap2 / 24
+            vr = v * r[n]
+            e["w1"] += float(vr @ vr) * float(xs[n] @ xs[n]) * dr_w1**2 / gap2 / 24
+            gx = w1.double().T @ vr
+            e["x"] += float(gx @ gx) * dr_x**2 / gap2 / 24
+    e = {k: v / 32 for k, v in e.items()}
+    assert tech.gains["weights"] == pytest.approx([e["w1"], e["w2"]], rel=1e-4)
+    assert tech.gains["activations"] == pytest.approx([e["x"], e["h"]], rel=1e-4)
+    e_min = min(e.values())
+    expect = [6 + round(math.log2(math.sqrt(e[k] / e_min))) for k in ("w1", "w2", "x", "h")]
+    assert tech.bits["weights"] + tech.bits["activations"] == expect
+    assert min(expect) == 6
+    # Gradient classes: ranges and LSBs are powers of two from the probe's σ, B = log2(DR/LSB)+1.
+    for i in range(2):
+        lo, hi = tech.sigma["weight_grads"][i]
+        dr = 2.0 ** math.ceil(math.log2(2 * hi / math.sqrt(0.1)))
+        lsb = 2.0 ** math.floor(math.log2(lo / 4))
+        assert tech.ranges["weight_grads"][i] == dr
+        assert tech.bits["weight_grads"][i] == round(math.log2(dr / lsb)) + 1
+        assert tech.lsb("weight_grads", i) == lsb
+        lo_a, hi_a = tech.sigma["act_grads"][i]
+        assert tech.ranges["act_grads"][i] == 2.0 ** math.ceil(math.log2(8 * hi_a / math.sqrt(0.1)))
+        lsb_a = 2.0 ** math.floor(math.log2(lsb / math.sqrt(tech.lam[i])))
+        assert tech.lsb("act_grads", i) == lsb_a
+        # The accumulator resolves the smallest update lr_min·LSB_GW.
+        assert tech.lsb("accumulator", i) == 2.0 ** math.floor(math.log2(0.05 * lsb))
+    # λ_max is the largest eigenvalue of AᵀA (Linear) / of the im2col patch matrix (Conv).
+    a = torch.randn(20, 4)
+    assert lambda_max(model.fc1, a) == pytest.approx(
+        float(np.linalg.eigvalsh((a.T @ a).double().numpy()).max()), rel=1e-6)
+    conv = nn.Conv2d(2, 3, 3)
+    img = torch.randn(2, 2, 5, 5)
+    patches = torch.nn.functional.unfold(img, 3).transpose(1, 2).reshape(-1, 18).double()
+    assert lambda_max(conv, img) == pytest.approx(
+        float(np.linalg.eigvalsh((patches.T @ patches).numpy()).max()), rel=1e-6)
+
+
+def test_fixed_point_tensors_lie_on_their_grids():
+    model, x, y = two_layer()
+    tech = techniques.create({"name": "fixed-point", "probe_steps": 3})
+    ctx = ctx_for(model, x, y, lr=0.05)
+    drive(tech, ctx, steps=3, batch=32)
+    for i, name in enumerate(["fc1.weight", "out.weight"]):
+        w = dict(model.named_parameters())[name].detach()
+        lsb = tech.lsb("accumulator", i)
+        assert torch.equal(torch.round(w.double() / lsb) * lsb, w.double())  # stored on ACC grid
+        q = tech.effective(dict(model.named_parameters()))[name].double()
+        lsb_w = tech.lsb("weights", i)
+        assert torch.equal(torch.round(q / lsb_w) * lsb_w, q)
+        assert tech.bits["accumulator"][i] > tech.bits["weights"][i]
+
+
+@pytest.mark.slow
+def test_fixed_point_training_tracks_float(train):  # noqa: F811
+    """Stated margin: after 30 steps the analytic fixed-point run's loss is within 10% of the
+    float run's loss (same seed, same batches); uniform 4 bits is not."""
+    cfg = dict(steps=30, optimizer="momentum", lr=0.05, measure_size=200)
+    base, _, _ = train(config([], **cfg))
+    fx, w, _ = train(config([{"name": "fixed-point"}], **cfg))
+    assert abs(fx.loss_final - base.loss_final) < 0.1 * base.loss_final
+    assert base.loss_final < 0.8 * base.loss0
+    bits = w.arrays["techniques/fixed-point/bits_accumulator"]
+    assert np.isfinite(bits).sum() == 3 and (bits[np.isfinite(bits)] >= 8).all()
+    assert len(w.series("techniques/fixed-point/updates_lost")) == 30
