@@ -354,3 +354,69 @@ def test_fixed_point_training_tracks_float(train):  # noqa: F811
     bits = w.arrays["techniques/fixed-point/bits_accumulator"]
     assert np.isfinite(bits).sum() == 3 and (bits[np.isfinite(bits)] >= 8).all()
     assert len(w.series("techniques/fixed-point/updates_lost")) == 30
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive-loss-scaling.
+
+
+def chain(tiny: float, seed: int = 0):
+    """fc1 → fc2 → fc3 → out; fc2 and fc3 scaled by ``tiny`` so the lower errors are tiny."""
+    torch.manual_seed(seed)
+    m = nn.Sequential()
+    for i, (a, b) in enumerate([(8, 16), (16, 16), (16, 16)], start=1):
+        m.add_module(f"fc{i}", nn.Linear(a, b))
+        m.add_module(f"a{i}", nn.ReLU())
+    m.add_module("out", nn.Linear(16, 3))
+    with torch.no_grad():
+        for layer in (m.fc2, m.fc3):
+            layer.weight.mul_(tiny)
+            layer.bias.fill_(0.1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    return m, x, y
+
+
+def test_als_underflows_less_than_one_global_scale_with_tiny_gradients():
+    model, x, y = chain(1e-3)
+    tech = techniques.create({"name": "adaptive-loss-scaling", "global_scale": 1.0})
+    drive(tech, ctx_for(model, x, y, 0.01), steps=5)
+    s = tech.summary()
+    # The same loss scale (1) for both: one global scale flushes ~20% of the gradient values to
+    # zero in float16; ALS's per-layer scales (powers of two, growing down the chain) ~3%.
+    assert s["mean_underflow_global"] > 0.1
+    assert s["mean_underflow"] < 0.5 * s["mean_underflow_global"]
+    scales = [tech.scales[n] for n in ("out", "fc3", "fc2", "fc1")]
+    assert scales == sorted(scales) and scales[-1] > 1
+    assert all(2.0 ** round(math.log2(v)) == v for v in scales)
+    assert scales[-1] <= 1024  # the accumulated bound
+
+
+def test_als_unscales_weight_gradients_exactly():
+    model, x, y = chain(1.0)
+    ctx = ctx_for(model, x, y, 0.01)
+    tech = techniques.create({"name": "adaptive-loss-scaling", "loss_scale": 8.0})
+    tech.setup(ctx)
+    with techniques.measuring():  # hooks off: the float32 gradients
+        ctx.loss_fn(model(x), y).backward()
+    g32 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    ctx.optimizer.zero_grad(set_to_none=True)
+    tech.backward(ctx, ctx.loss_fn(model(x), y))
+    scaled = {n: p.grad.clone() for n, p in model.named_parameters()}
+    tech.before_step(ctx)
+    for n, p in model.named_parameters():
+        scale = tech.scales[n.split(".")[0]]
+        assert scale >= 8.0
+        assert torch.equal(p.grad * scale, scaled[n].half().float())  # exact unscaling
+        # ... of a float16 gradient: equal to float32's up to float16 rounding along the chain.
+        assert (p.grad - g32[n]).abs().max() <= 2.0**-8 * g32[n].abs().max()
+
+
+def test_als_in_the_loop_records_scales_per_layer(train):  # noqa: F811
+    result, w, _ = train(config([{"name": "adaptive-loss-scaling"}], steps=6,
+                                measure_size=100))
+    scale = w.series("techniques/adaptive-loss-scaling/scale")
+    assert scale.shape == (6, 6)  # mlp (32, 32): three layers, weight and bias each
+    assert np.isfinite(scale).all() and (scale >= 1).all()
+    under = w.series("techniques/adaptive-loss-scaling/underflow")
+    assert ((under >= 0) & (under <= 1)).all()
+    assert result.loss_final < result.loss0
