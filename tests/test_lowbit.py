@@ -420,3 +420,51 @@ def test_als_in_the_loop_records_scales_per_layer(train):  # noqa: F811
     under = w.series("techniques/adaptive-loss-scaling/underflow")
     assert ((under >= 0) & (under <= 1)).all()
     assert result.loss_final < result.loss0
+
+
+# ---------------------------------------------------------------------------------------------
+# bnn.
+
+
+def test_bnn_binarizes_weights_and_hidden_activations_but_measures_the_surrogate():
+    model, x, y = chain(1.0)
+    tech = techniques.create({"name": "bnn"})
+    ctx = ctx_for(model, x, y, 0.5)
+    tech.setup(ctx)
+    assert tech.swapped == 3 and isinstance(model.a1, nn.Hardtanh)
+    seen: dict[str, list[torch.Tensor]] = {"fc1": [], "fc2": []}
+    for name in seen:
+        getattr(model, name).register_forward_pre_hook(
+            lambda m, a, name=name: seen[name].append(a[0].detach()))
+    params = tech.forward_params(dict(model.named_parameters()))
+    functional_call(model, params, (x,))
+    with techniques.measuring():
+        functional_call(model, tech.effective(dict(model.named_parameters())), (x,))
+    (first_train, first_meas), (hidden_train, hidden_meas) = seen["fc1"], seen["fc2"]
+    assert torch.equal(first_train, x) and torch.equal(first_meas, x)  # the data stays real
+    assert set(hidden_train.unique().tolist()) == {-1.0, 1.0}  # sign of the Hardtanh output
+    assert hidden_meas.abs().max() <= 1 and len(hidden_meas.unique()) > 10  # surrogate
+    assert torch.equal(torch.sign(hidden_meas) + (hidden_meas == 0), hidden_train)
+    for n in tech.targets:
+        assert set(params[n].detach().unique().tolist()) <= {-1.0, 1.0}
+    # Latent weights are clipped to [-1, 1] after a (large) step.
+    drive(tech, ctx, steps=2)
+    assert max(float(dict(model.named_parameters())[n].detach().abs().max())
+               for n in tech.targets) <= 1
+
+
+@pytest.mark.slow
+def test_bnn_records_the_discretization_residual(train):  # noqa: F811
+    result, w, _ = train(config([{"name": "bnn"}], steps=12, optimizer="adam", lr=0.01,
+                                measure_size=200))
+    binary = w.series("techniques/bnn/loss_binary")
+    residual = w.series("techniques/bnn/residual")
+    steps = [r for r in w.records if r.kind == 0]
+    assert np.isfinite(binary).all() and np.isfinite(residual).all()
+    for t in range(1, len(steps)):  # residual = ΔL_binary − ΔL_surrogate, per step
+        d_surr = steps[t].loss_end - steps[t].loss_start
+        assert residual[t] == pytest.approx(binary[t] - binary[t - 1] - d_surr, abs=1e-5)
+    assert np.abs(residual).max() > 1e-4  # the binary network's loss moves differently
+    assert binary[-1] < binary[0]
+    s = result.summaries["bnn"]
+    assert "surrogate" in s["lca_measured_on"] and s["activation_bits"] == 1
