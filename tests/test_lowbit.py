@@ -468,3 +468,46 @@ def test_bnn_records_the_discretization_residual(train):  # noqa: F811
     assert binary[-1] < binary[0]
     s = result.summaries["bnn"]
     assert "surrogate" in s["lca_measured_on"] and s["activation_bits"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# conntra.
+
+
+def no_bias_mlp(seed: int = 0):
+    torch.manual_seed(seed)
+    m = nn.Sequential()
+    m.add_module("fc1", nn.Linear(8, 16, bias=False))
+    m.add_module("a1", nn.ReLU())
+    m.add_module("out", nn.Linear(16, 3, bias=False))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(128, 8, generator=g)
+    y = (x[:, :3]).argmax(1)
+    return m, x, y
+
+
+def test_conntra_keeps_weights_ternary_and_accepts_only_loss_drops():
+    model, x, y = no_bias_mlp()
+    tech = techniques.create({"name": "conntra", "moves": 16, "blocks": 4})
+    ctx = ctx_for(model, x, y, lr=0.1)
+    losses = drive(tech, ctx, steps=25)  # full batch: the measured loss is the batch loss
+    assert all(b <= a for a, b in zip(losses, losses[1:], strict=False))  # never goes up
+    assert losses[-1] < losses[0] - 0.05
+    for n in tech.targets:
+        w = dict(model.named_parameters())[n].detach()
+        alpha = tech.alpha[n]
+        assert set((w / alpha).unique().tolist()) <= {-1.0, 0.0, 1.0}
+    s = tech.summary()
+    assert s["moves_accepted"] > 0 and s["moves_accepted"] + s["moves_rejected"] <= 25 * 16
+    assert s["moves_accepted"] % 4 == 0  # whole blocks of 16/4 are accepted or undone
+    # 2 bits per weight + one float32 α per tensor, against 4 bytes per weight.
+    assert s["bytes_float32"] == 4 * (8 * 16 + 16 * 3)
+    assert s["bytes_ternary"] == math.ceil(2 * (8 * 16 + 16 * 3) / 8) + 2 * 4
+    assert "reconstructed" in techniques.describe("conntra")
+
+
+def test_conntra_in_the_loop_records_moves(train):  # noqa: F811
+    result, w, _ = train(config([{"name": "conntra"}], steps=8, measure_size=100))
+    acc = w.series("techniques/conntra/accepted")
+    rej = w.series("techniques/conntra/rejected")
+    assert len(acc) == 8 and ((acc + rej) <= 64).all() and acc.sum() > 0
