@@ -511,3 +511,62 @@ def test_conntra_in_the_loop_records_moves(train):  # noqa: F811
     acc = w.series("techniques/conntra/accepted")
     rej = w.series("techniques/conntra/rejected")
     assert len(acc) == 8 and ((acc + rej) <= 64).all() and acc.sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration, CLI specs, bad options, savings.
+
+NEW = ("fp8", "fixed-point", "adaptive-loss-scaling", "bnn", "conntra")
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_registered_with_documented_options_and_cli_specs(name):
+    assert name in techniques.names()
+    cls = techniques.get(name)
+    assert cls.description and "\n" not in cls.description
+    for key, opt in cls.options.items():
+        assert opt.help, key
+        assert opt.parse(name, key, opt.default) == opt.default
+    assert ("reconstructed" in techniques.describe(name)) == (name == "conntra")
+    config([{"name": name}])  # a config accepts it
+
+
+def test_cli_specs_parse_to_options():
+    t = techniques.create(techniques.parse_spec(
+        "fp8:update_rounding=nearest,chunk=64,keep_first_last=true,forward=1-4-3"))
+    assert t.opts["update_rounding"] == "nearest" and t.opts["chunk"] == 64
+    assert t.opts["keep_first_last"] is True and t.fwd == FloatFormat(4, 3)
+    f = techniques.create(techniques.parse_spec("fixed-point:assign=uniform,bits=8"))
+    assert f.opts == {**f.opts, "assign": "uniform", "bits": 8}
+
+
+BAD = [
+    {"name": "fp8", "update_rounding": "up"},
+    {"name": "fp8", "chunk": -1},
+    {"name": "fixed-point", "assign": "magic"},
+    {"name": "fixed-point", "bits": 1},
+    {"name": "adaptive-loss-scaling", "scale_bound": 0.5},
+    {"name": "bnn", "alpha": "two"},
+    {"name": "conntra", "moves": 0},
+]
+
+
+@pytest.mark.parametrize("spec", BAD, ids=lambda s: "-".join(map(str, s.values())))
+def test_bad_options_are_one_sentence(spec):
+    with pytest.raises(TechniqueError) as e:
+        techniques.create(spec)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.endswith(".")
+
+
+def test_every_technique_states_what_it_saves():
+    from techniques.savings import saving
+
+    for name in techniques.names():
+        s = saving(name, {})
+        assert s.note, name
+        if name in NEW or name in ("quantize", "binary", "ternary") or name.startswith("prune"):
+            assert s.simulated and s.time == "none", name  # simulated numerics claim no speed
+    assert saving("fp8", {"weight_bits_stored": 16}).weight_bits_training == 16
+    assert saving("bnn").activation_bits == 1
+    assert saving("freeze", {"fraction_params_frozen": 0.25}).optimizer_state_bits == 24
