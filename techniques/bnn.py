@@ -172,7 +172,7 @@ class BNN(Technique):
                                "activations without sign",
             "bits": 1,
             "activation_bits": 1,
-            "weight_bits_stored": w_bits,
+            "weight_bits_deployed": w_bits,
             "compression_vs_float32": 32.0 / w_bits,
             "note": "training keeps float32 latent weights (the paper's scheme); the 32x "
                     "saving is for the deployed binary weights; simulated, no speed claimed",

@@ -96,3 +96,21 @@ def saving(name: str, summary: dict[str, Any] | None = None) -> Saving:
                       note="ternary weights are the only copy (stored here in float32 tensors); "
                       "no optimizer state for the weights; biases float32")
     return Saving(note="no saving recorded for this technique")
+
+
+def savings_rows(names: list[str], reported: dict[str, dict[str, Any]] | None) -> list[dict]:
+    """One table row per technique of a run: its saving, from its reported summary."""
+    rows = []
+    for name in names:
+        v = saving(name, (reported or {}).get(name))
+        rows.append({
+            "technique": name,
+            "weight bits (training)": v.weight_bits_training,
+            "weight bits (deployed)": v.weight_bits_deployed,
+            "optimizer state bits": v.optimizer_state_bits,
+            "activation bits": v.activation_bits,
+            "numerics": "simulated" if v.simulated else "real",
+            "time saving": "measured (see benchmarks)" if v.time == "measured" else "none claimed",
+            "what": v.note,
+        })
+    return rows

@@ -8,4 +8,5 @@ from .analysis import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
 from .live import *  # noqa: F401,F403
 from .playground import *  # noqa: F401,F403
+from .precision import *  # noqa: F401,F403
 from .techniques import *  # noqa: F401,F403
