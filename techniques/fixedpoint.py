@@ -32,6 +32,13 @@ Analytic precisions (``assign = "analytic"``):
 * accumulator: LSB_acc = 2^⌊log2(lr_min·DR_GW·2^(1−B_GW))⌋, at most the smallest update, and
   B_acc = log2(DR_W/LSB_acc) + 1.
 
+With ``rounding_segment`` the accumulator rounding of step t is applied just before step t + 1
+as an intervention segment (label ``fixed-point``): each update then follows the two-leg path of
+SEED-TECHNIQUES §7.5, θ → θ + Δθ (the float update) → round(θ + Δθ), and the LCA of the second
+leg is the loss the rounding cost, per weight and layer. (The last step's rounding is never
+applied: the run ends first.) The path split is exact for the total and changes only how the
+step's LCA is split, not the trajectory.
+
 ``assign = "uniform"`` gives every class ``bits`` bits over the same ranges (the comparison the
 paper makes against). Biases stay float32. LCA is measured in float32 on the quantized weights
 with the activation and gradient hooks off; quantized activations make the loss piecewise
@@ -156,6 +163,9 @@ class SakrFixedPoint(Technique):
                            choices=ROUNDINGS),
         "seed": Option(0, "seed of the probe's batches and the stochastic rounding", int,
                        minimum=0),
+        "rounding_segment": Option(False, "round the accumulator as its own LCA segment before "
+                                   "the next step, so its loss cost ('hurt due to rounding') "
+                                   "is allocated separately", bool),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -173,6 +183,7 @@ class SakrFixedPoint(Technique):
         self._written = False
         self._lost: list[float] = []
         self._before: dict[str, torch.Tensor] = {}
+        self._pending: bool | None = None
 
     # -- analysis ------------------------------------------------------------------------------
     def lsb(self, cls: str, i: int) -> float:
@@ -284,7 +295,7 @@ class SakrFixedPoint(Technique):
         where = {full_name(n, "weight"): i for i, (n, _) in enumerate(self._layers)}
         return [values[where[p]] if p in where else math.nan for p in self._order]
 
-    def wants_intervention(self, ctx: Context) -> bool:
+    def _write_arrays(self, ctx: Context) -> None:
         if not self._written:  # the run file is open now: write the assignment once
             self._written = True
             for c in CLASSES:
@@ -292,7 +303,6 @@ class SakrFixedPoint(Technique):
                                                                     self.bits[c]]))
                 ctx.set_array(self, f"lsb_{c}", self.per_param(
                     c, [self.lsb(c, i) for i in range(len(self._layers))]))
-        return False
 
     # -- training ------------------------------------------------------------------------------
     def _wnames(self) -> dict[str, int]:
@@ -322,7 +332,27 @@ class SakrFixedPoint(Technique):
                 p.grad = self._q("weight_grads", i, p.grad)
             self._before[n] = p.detach().clone()
 
+    def wants_intervention(self, ctx: Context) -> bool:
+        self._write_arrays(ctx)
+        return self._pending is not None
+
+    def intervene(self, ctx: Context, row: dict[str, object]) -> None:
+        row_ = self._round(ctx)
+        self._lost.append(row_)
+        row[self.path("updates_lost")] = row_
+
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
+        if self.opts["rounding_segment"]:
+            self._pending = True
+            row[self.path("updates_lost")] = math.nan  # counted on the rounding segment
+            return
+        frac = self._round(ctx)
+        self._lost.append(frac)
+        row[self.path("updates_lost")] = frac
+
+    def _round(self, ctx: Context) -> float:
+        """Put the stored weights on the accumulator grid; the fraction of moves undone."""
+        self._pending = None
         params = ctx.params()
         moved = lost = 0
         with torch.no_grad():
@@ -335,9 +365,7 @@ class SakrFixedPoint(Technique):
                     moved += int(m.sum())
                     lost += int((m & (q == before)).sum())
                 p.copy_(q)
-        frac = lost / moved if moved else 0.0
-        self._lost.append(frac)
-        row[self.path("updates_lost")] = frac
+        return lost / moved if moved else 0.0
 
     def summary(self) -> dict[str, Any]:
         names = [n for n, _ in self._layers]
@@ -364,5 +392,6 @@ class SakrFixedPoint(Technique):
             "weight_bits_stored": acc_bits,
             "compression_vs_float32": 32.0 / acc_bits if acc_bits else 1.0,
             "mean_updates_lost": sum(self._lost) / len(self._lost) if self._lost else 0.0,
+            "rounding_segment": self.opts["rounding_segment"],
         }
         return out
