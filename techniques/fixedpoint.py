@@ -40,9 +40,11 @@ applied: the run ends first.) The path split is exact for the total and changes 
 step's LCA is split, not the trajectory.
 
 ``assign = "uniform"`` gives every class ``bits`` bits over the same ranges (the comparison the
-paper makes against). Biases stay float32. LCA is measured in float32 on the quantized weights
-with the activation and gradient hooks off; quantized activations make the loss piecewise
-constant in the weights, so the surrogate LCA sees is the float-activation network.
+paper makes against). Biases stay float32. Activations get a *clipped* straight-through
+gradient (0 where the activation was clipped to its range). LCA is measured in float32 on the
+quantized weights with the gradient hooks off and the activations clipped to their ranges but
+not rounded: rounded activations make the loss piecewise constant in the weights, so LCA sees
+the STE's surrogate, and the clipping, which training sees, stays in it.
 """
 
 from __future__ import annotations
@@ -230,10 +232,20 @@ class SakrFixedPoint(Technique):
                 m.weight.copy_(fixed_quantize(m.weight, self.bits["accumulator"][i],
                                               dr_w[i]))
         for i, (_, m) in enumerate(self._layers):
-            self._hooks.input(m, lambda a, i=i: quant(a, lambda t: self._q("activations", i, t),
-                                                      None))
+            self._hooks.input(m, lambda a, i=i: self._act(i, a),
+                              surrogate=lambda a, i=i: self._clip_act(i, a))
             self._hooks.output(m, lambda mod, a, y, i=i: quant(
                 y, None, lambda g: self._q("act_grads", i, g)))
+
+    def _clip_act(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """The activation clipped to its range: the quantizer without the rounding (the STE's
+        surrogate, what LCA measures on; its gradient is 0 where the value is clipped)."""
+        dr = self.ranges["activations"][i]
+        return a.clamp(-dr, dr - self.lsb("activations", i))
+
+    def _act(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """Quantized activation with a clipped straight-through gradient."""
+        return quant(self._clip_act(i, a), lambda t: self._q("activations", i, t), None)
 
     def _q(self, cls: str, i: int, t: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
         return fixed_quantize(t, self.bits[cls][i], self.ranges[cls][i], rounding,

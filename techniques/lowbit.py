@@ -201,12 +201,16 @@ class Hooks:
     def __init__(self) -> None:
         self.handles: list = []
 
-    def input(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace the layer's input x by fn(x) (outside measurements)."""
+    def input(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
+              surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Replace the layer's input x by fn(x); while LCA measures, by surrogate(x) (the
+        continuous function the straight-through gradient implies) or leave it alone."""
 
         def pre(mod: nn.Module, args: tuple) -> tuple | None:
-            if is_measuring() or not args or not torch.is_tensor(args[0]):
+            if not args or not torch.is_tensor(args[0]):
                 return None
+            if is_measuring():
+                return None if surrogate is None else (surrogate(args[0]), *args[1:])
             return (fn(args[0]), *args[1:])
 
         self.handles.append(module.register_forward_pre_hook(pre))

@@ -570,3 +570,54 @@ def test_every_technique_states_what_it_saves():
     assert saving("fp8", {"weight_bits_stored": 16}).weight_bits_training == 16
     assert saving("bnn").activation_bits == 1
     assert saving("freeze", {"fraction_params_frozen": 0.25}).optimizer_state_bits == 24
+
+
+# ---------------------------------------------------------------------------------------------
+# The rounding leg as its own segment, and `lca experiment precision`.
+
+
+@pytest.mark.slow
+def test_rounding_segment_allocates_the_rounding_and_the_report_reads_it(tmp_path):
+    from lca.experiments import run_one
+    from lca.store import Reader
+
+    md = run_one("precision", tmp_path, tiny=True, runs_dir=tmp_path / "runs",
+                 log=lambda _m: None).read_text()
+    files = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
+             for line in md.splitlines() if line.startswith("| digits-mlp32")}
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in md.splitlines() if line.startswith("| uniform 8 bits, stochastic |")}
+    path = tmp_path / "runs" / files["digits-mlp32-fx-uniform-8-bits-stochastic"]
+    with Reader(path) as r:
+        kind = r.steps("kind")
+        labels = r.steps("label")
+        lca = r.layer_lca().sum(1)
+        loss = r.steps("loss")
+    assert (kind == 1).sum() == (kind == 0).sum() - 1  # one rounding segment between steps
+    assert all(str(lab) in ("fixed-point", "b'fixed-point'") for lab in labels[kind == 1])
+    rounding = float(lca[kind == 1].sum())
+    assert float(rows["uniform 8 bits, stochastic"][5]) == pytest.approx(rounding, rel=2e-3)
+    # update legs + rounding legs together still telescope to the loss change
+    assert abs(lca.sum() - (loss[-1] - loss[0])) < 0.02 * abs(loss[-1] - loss[0]) + 1e-3
+
+
+def test_fixed_point_activations_are_rounded_in_training_and_only_clipped_when_measured():
+    model, x, y = two_layer()
+    tech = techniques.create({"name": "fixed-point", "probe_steps": 3})
+    tech.setup(ctx_for(model, x, y, lr=0.05))
+    seen: list[torch.Tensor] = []
+    model.out.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    big = x * 100  # beyond the probe's activation range: clipped
+    model(big)
+    with techniques.measuring():
+        model(big)
+    trained, measured = seen
+    dr, lsb = tech.ranges["activations"][1], tech.lsb("activations", 1)
+    assert torch.equal(torch.round(trained.double() / lsb) * lsb, trained.double())
+    assert measured.max() == dr - lsb and (measured < dr).all()
+    assert len(measured.unique()) > len(trained.unique())  # not rounded
+    # The clipped straight-through gradient: zero where the activation was clipped.
+    a = (torch.randn(16, 5) * 4 * dr).requires_grad_(True)
+    tech._act(1, a).sum().backward()
+    inside = (a >= -dr) & (a <= dr - lsb)
+    assert torch.equal(a.grad, inside.float())
