@@ -124,8 +124,10 @@ def build(ctx: ExperimentContext) -> Path:
         rep.text(
             f"With 8-bit accumulators, nearest rounding put back {pct(nr['updates_lost'])}% of "
             f"the weight moves (final loss {fmt(nr['loss_final'])}) and stochastic rounding "
-            f"{pct(sr['updates_lost'])}% (final loss {fmt(sr['loss_final'])}); the rounding leg "
-            f"cost {sci(nr['rounding_lca'])} and {sci(sr['rounding_lca'])}. The analytic "
+            f"{pct(sr['updates_lost'])}% (final loss {fmt(sr['loss_final'])}); the rounding "
+            f"legs' LCA was {sci(nr['rounding_lca'])} and {sci(sr['rounding_lca'])} (below 0 = "
+            "the rounding lowered the loss: a stochastic rounding that goes up a grid step "
+            "completes many small updates at once). The analytic "
             f"precisions (stochastic) reached {fmt(an['loss_final'])} against float32's "
             f"{fmt(b_out['loss_final'])}, with a rounding cost of {sci(an['rounding_lca'])}. "
             "Where the accumulator and the forward weights share one grid (uniform 8 bits) and "
