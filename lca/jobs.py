@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import functools
 import json
-import math
 import os
 import signal
 import subprocess
@@ -31,8 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runs
+import torch
+
+import data
+
+from . import models, runs
+from .allocate import Layout, unit_layout
 from .config import RunConfig
+from .store import estimate_bytes as store_estimate
 
 try:  # POSIX: a real lock shared by every process using the runs folder
     import fcntl
@@ -75,13 +80,6 @@ LOCK = ".jobs.lock"
 JOBS_DIR = ".jobs"  # per-job config, stdout and stderr files
 KEEP_ENDED = 50  # ended jobs remembered in the registry (newest first)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Shapes of the datasets read from a user's folder, so the app can size a run without the files.
-_FOLDER_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-}
 
 _THREAD_LOCK = threading.RLock()
 _POPENS: dict[int, subprocess.Popen] = {}  # children started by this process, to reap them
@@ -324,48 +322,10 @@ def _threads() -> int:
         return max(1, (os.cpu_count() or 1) // max_jobs())
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise JobError(f"The config value {v!r} cannot be passed to a training job.")
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
-    if isinstance(v, dict):
-        items = ", ".join(
-            f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None
-        )
-        return "{" + items + "}"
-    raise JobError(f"The config value {v!r} cannot be passed to a training job.")
-
-
-def config_toml(config: RunConfig) -> str:
-    """The config as a TOML file the CLI's ``--config`` reads back to the same RunConfig."""
-    values = config.to_dict()
-    values.pop("out", None)
-    lines = []
-    tables = []
-    for key, v in values.items():
-        if v is None:
-            continue
-        if key == "techniques":
-            for spec in v:
-                tables.append("[[techniques]]")
-                tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in spec.items()]
-                tables.append("")
-        elif isinstance(v, dict):
-            tables.append(f"[{key}]")
-            tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()]
-            tables.append("")
-        else:
-            lines.append(f"{key} = {_toml_value(v)}")
-    return "\n".join([*lines, "", *tables])
+def config_json(config: RunConfig) -> str:
+    """The config as the JSON file the job's ``--config`` reads back to the same RunConfig
+    (``out`` is left to the job's ``--out``)."""
+    return RunConfig.from_dict({**config.to_dict(), "out": None}).to_json()
 
 
 def start(
@@ -374,7 +334,8 @@ def start(
     """Start training ``config`` in a subprocess that writes run ``name`` in the runs folder.
 
     Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
-    or unusable. The subprocess is ``python -m lca train --config <file> --out <run> --quiet``.
+    or unusable. The subprocess is ``python -m lca train --config <file.json> --out <run>
+    --quiet``.
     """
     root = runs.runs_dir(folder)
     if name is None:
@@ -406,13 +367,11 @@ def start(
         jobs_dir = root / JOBS_DIR
         jobs_dir.mkdir(exist_ok=True)
         stem = f"{path.stem}.{int(time.time() * 1000)}"
-        config_file = jobs_dir / f"{stem}.toml"
-        config_file.write_text(config_toml(config))
+        config_file = jobs_dir / f"{stem}.json"
+        config_file.write_text(config_json(config))
         err, out = jobs_dir / f"{stem}.err", jobs_dir / f"{stem}.out"
         cmd = [sys.executable, "-m", "lca", "train", "--config", str(config_file),
                "--out", str(path), "--quiet"]
-        if config.measure_size is None:
-            cmd += ["--measure-size", "0"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
@@ -509,10 +468,9 @@ def last_error(job: Job) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
-    import data
-
-    if name in _FOLDER_SHAPES:
-        return _FOLDER_SHAPES[name]
+    info = data.info(name)
+    if info.on_disk:  # sized from the registry, so the app can size a run without the files
+        return info.input_shape, info.num_classes
     ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
     return tuple(ds.input_shape), int(ds.num_classes)
 
@@ -526,10 +484,6 @@ def dataset_shape(
 
 @functools.lru_cache(maxsize=64)
 def _compatible(shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
-    import torch
-
-    from . import models
-
     ok = []
     for m in models.names():
         try:
@@ -553,12 +507,6 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     Builds the model (on the meta device: no memory, no time) to learn its tensors; raises the
     dataset's or model's one-sentence ValueError when the config cannot train.
     """
-    import torch
-
-    from . import models
-    from .allocate import Layout, unit_layout
-    from .store import estimate_bytes as store_estimate
-
     shape, classes = dataset_shape(config.dataset, config.dataset_options, config.data_dir)
     with torch.device("meta"):
         model = models.build(config.model, shape, classes, **config.model_options)
@@ -587,24 +535,16 @@ def max_run_bytes() -> int:
 def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
     """(estimated bytes, parameter count); raises JobError with one sentence when the run would
     not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
-    from .store import human_bytes
+    from .store.schema import size_refusal
 
     est, params = estimate_bytes(config)
-    cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
-    free = runs.free_bytes(folder)
-    what = f"{config.steps} steps, record={config.record}, {params:,} parameters"
-    fix = ("choose record = units or layers, fewer steps, or a smaller model"
-           if config.record != "layers" else "choose fewer steps or a smaller model")
-    if est > free:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}) but only {human_bytes(free)} "
-            f"are free in the runs folder; {fix}."
-        )
-    if est > cap:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}), more than the "
-            f"{human_bytes(cap)} a run may use here; {fix}."
-        )
+    refusal = size_refusal(
+        "This run", est, steps=config.steps, record=config.record, params=params,
+        cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
+        cap_name="a run may use here", free=runs.free_bytes(folder), where="in the runs folder",
+        verb="choose", record_option="record = units or layers")
+    if refusal:
+        raise JobError(refusal)
     return est, params
 
 

@@ -13,7 +13,10 @@ from typing import Any
 from .base import (
     Context,
     Declarations,
+    LCAResults,
+    MeasuredSegment,
     Option,
+    RunFileWriter,
     Technique,
     TechniqueError,
     is_measuring,
@@ -25,7 +28,10 @@ from .base import (
 __all__ = [
     "Context",
     "Declarations",
+    "LCAResults",
+    "MeasuredSegment",
     "Option",
+    "RunFileWriter",
     "Technique",
     "TechniqueError",
     "create",

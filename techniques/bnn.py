@@ -132,16 +132,18 @@ class BNN(Technique):
     # -- residual ------------------------------------------------------------------------------
     def _losses(self, ctx: Context) -> tuple[float, float]:
         """(binary network's loss, surrogate's loss) on the measurement set at θ now."""
-        measurer = ctx.tracker.measurer
+        # The tracker's own measurement set and composed ``effective`` (reached past the
+        # read-only Context properties: no property gives a loss at given weights yet).
+        measurer = ctx.tracker.measurer  # type: ignore[union-attr]
         params = {n: p.detach() for n, p in ctx.model.named_parameters()}
-        eff = ctx.tracker.effective or self.effective
+        eff = getattr(ctx.tracker, "effective", None) or self.effective
         params = eff(params)
         with real_forward():
             binary = measurer.loss(params)
         return binary, measurer.loss(params)
 
     def wants_intervention(self, ctx: Context) -> bool:
-        if self._prev is None and self.opts["residual"] and ctx.tracker is not None:
+        if self._prev is None and self.opts["residual"] and hasattr(ctx.tracker, "measurer"):
             self._prev = self._losses(ctx)
         return False
 
@@ -155,7 +157,7 @@ class BNN(Technique):
         self._flips.append(frac)
         row[self.path("flipped")] = frac
         binary, residual = math.nan, math.nan
-        if self.opts["residual"] and ctx.tracker is not None and self._prev is not None:
+        if self.opts["residual"] and hasattr(ctx.tracker, "measurer") and self._prev is not None:
             binary, surrogate = self._losses(ctx)
             residual = (binary - self._prev[0]) - (surrogate - self._prev[1])
             self._prev = (binary, surrogate)

@@ -45,7 +45,7 @@ from .schema import (
     _unit_keys,
     _version,
     estimate_bytes,
-    human_bytes,
+    size_refusal,
 )
 
 if TYPE_CHECKING:
@@ -178,25 +178,16 @@ class Writer:
         est = estimate_bytes(layout, int(self.expected_steps), self.record,
                              chunk_rows=self.chunk_rows)
         self.estimated_bytes = est
-        what = (f"{self.expected_steps} steps, record={self.record}, "
-                f"{layout.num_params:,} parameters")
-        fix = "use --record units or layers, fewer steps, or a smaller model."
-        if self.record == "layers":
-            fix = "use fewer steps or a smaller model."
-        if self.max_bytes is not None and est > self.max_bytes:
-            raise RunTooLargeError(
-                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
-                f"{human_bytes(self.max_bytes)} allowed (max_bytes); {fix}"
-            )
         folder = self.path.parent.resolve()
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
-        free = shutil.disk_usage(folder).free
-        if est > free:
-            raise RunTooLargeError(
-                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
-                f"{human_bytes(free)} free on the disk holding {folder}; {fix}"
-            )
+        refusal = size_refusal(
+            self.path.name, est, steps=self.expected_steps, record=self.record,
+            params=layout.num_params, cap=self.max_bytes, cap_name="allowed (max_bytes)",
+            free=shutil.disk_usage(folder).free, where=f"on the disk holding {folder}",
+            verb="use", record_option="--record units or layers")
+        if refusal:
+            raise RunTooLargeError(refusal)
 
     def _create(self, f: h5py.File, layout: Layout, loss0: float) -> None:
         import torch  # the writer runs next to the tracker; readers never need torch
