@@ -77,56 +77,88 @@ MOMENTUM_CORRECTION = 0.9  # the code's √(1 − 0.9) in the gradient ranges
 
 def noise_gains(model: nn.Module, x: torch.Tensor, layer_names: list[str],
                 dr_w: list[float], dr_a: list[float]) -> tuple[list[float], list[float]]:
-    """EFQN noise gains (E_W, E_A) per layer on examples ``x``, for range-normalized tensors."""
+    """EFQN noise gains (E_W, E_A) per layer on examples ``x``, for range-normalized tensors.
+
+    Per example, the Jacobians of the logits with respect to each layer's input a and output y
+    (zero perturbations added by hooks, differentiated with ``jacrev`` under ``vmap``). For a
+    Linear layer the weight Jacobian of z_i − z_ŷ is the outer product δ·aᵀ with
+    δ = ∂(z_i − z_ŷ)/∂y, so its squared norm is ‖δ‖²·‖a‖²: no per-example weight Jacobian is
+    ever built. Conv weights (shared over positions) get their per-example Jacobian directly.
+    """
     mods = dict(model.named_modules())
     params = {n: p.detach() for n, p in model.named_parameters()}
-    wnames = [full_name(n, "weight") for n in layer_names]
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes_in: dict[str, tuple[int, ...]] = {}
+    shapes_out: dict[str, tuple[int, ...]] = {}
+    acts: dict[str, torch.Tensor] = {}
     handles = []
     for n in layer_names:
-        def grab(mod, args, n=n):  # noqa: ANN001, ANN202
-            shapes[n] = tuple(args[0].shape[1:])
-        handles.append(mods[n].register_forward_pre_hook(grab))
-    with torch.no_grad():
-        z_all = functional_call(model, {**params, **buffers}, (x,))
-    for h in handles:
-        h.remove()
-    state: dict[str, torch.Tensor] = {}
-    handles = []
-    for n in layer_names:
-        def add(mod, args, n=n):  # noqa: ANN001, ANN202
-            return (args[0] + state[n], *args[1:])
-        handles.append(mods[n].register_forward_pre_hook(add))
-
-    def logits(ws: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor],
-               xi: torch.Tensor) -> torch.Tensor:
-        state.update({n: d.unsqueeze(0) for n, d in deltas.items()})
-        return functional_call(model, {**params, **ws, **buffers}, (xi.unsqueeze(0),))[0]
-
-    ws = {n: params[n] for n in wnames}
-    zeros = {n: torch.zeros(shapes[n], dtype=x.dtype) for n in layer_names}
+        def grab(mod, args, out, n=n):  # noqa: ANN001, ANN202
+            shapes_in[n] = tuple(args[0].shape[1:])
+            shapes_out[n] = tuple(out.shape[1:])
+            acts[n] = args[0].detach()
+        handles.append(mods[n].register_forward_hook(grab))
     was = model.training
     model.eval()
     try:
-        jw, ja = vmap(jacrev(logits, argnums=(0, 1)), in_dims=(None, None, 0))(ws, zeros, x)
+        with torch.no_grad():
+            z_all = functional_call(model, {**params, **buffers}, (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    conv = [n for n in layer_names if not isinstance(mods[n], nn.Linear)]
+    state_in: dict[str, torch.Tensor] = {}
+    state_out: dict[str, torch.Tensor] = {}
+    handles = []
+    for n in layer_names:
+        def add_in(mod, args, n=n):  # noqa: ANN001, ANN202
+            return (args[0] + state_in[n], *args[1:])
+
+        def add_out(mod, args, out, n=n):  # noqa: ANN001, ANN202
+            return out + state_out[n]
+        handles.append(mods[n].register_forward_pre_hook(add_in))
+        handles.append(mods[n].register_forward_hook(add_out))
+
+    def logits(ws: dict[str, torch.Tensor], d_in: dict[str, torch.Tensor],
+               d_out: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+        state_in.update({n: d.unsqueeze(0) for n, d in d_in.items()})
+        state_out.update({n: d.unsqueeze(0) for n, d in d_out.items()})
+        return functional_call(model, {**params, **ws, **buffers}, (xi.unsqueeze(0),))[0]
+
+    ws = {full_name(n, "weight"): params[full_name(n, "weight")] for n in conv}
+    z_in = {n: torch.zeros(shapes_in[n], dtype=x.dtype) for n in layer_names}
+    z_out = {n: torch.zeros(shapes_out[n], dtype=x.dtype) for n in layer_names}
+    try:
+        jw, ja, jy = vmap(jacrev(logits, argnums=(0, 1, 2)),
+                          in_dims=(None, None, None, 0))(ws, z_in, z_out, x)
     finally:
         model.train(was)
         for h in handles:
             h.remove()
     pred = z_all.argmax(1)
     c = z_all.shape[1]
+    rows = torch.arange(len(x))
     others = torch.arange(c).unsqueeze(0) != pred.unsqueeze(1)  # (n, c): i ≠ ŷ
     gap2 = (z_all - z_all.gather(1, pred[:, None])) ** 2  # (z_i − z_ŷ)²
 
-    def gain(j: torch.Tensor, dr: float) -> float:
-        j = j.reshape(j.shape[0], c, -1)  # (n, c, k)
-        d = j - j[torch.arange(len(x)), pred].unsqueeze(1)  # ∂(z_i − z_ŷ)/∂a
-        s = (d**2).sum(-1) * dr**2 / gap2.clamp(min=1e-30) / 24
+    def sq_norm_diff(j: torch.Tensor) -> torch.Tensor:
+        """(n, c): ‖∂(z_i − z_ŷ)/∂t‖² for a per-example Jacobian j of shape (n, c, ...)."""
+        j = j.reshape(j.shape[0], c, -1)
+        return ((j - j[rows, pred].unsqueeze(1)) ** 2).sum(-1)
+
+    def gain(sq: torch.Tensor, dr: float) -> float:
+        s = sq * dr**2 / gap2.clamp(min=1e-30) / 24
         return float((s * others).sum(1).mean())
 
-    e_w = [gain(jw[w], dr) for w, dr in zip(wnames, dr_w, strict=True)]
-    e_a = [gain(ja[n], dr) for n, dr in zip(layer_names, dr_a, strict=True)]
+    e_w, e_a = [], []
+    for n, dw, da in zip(layer_names, dr_w, dr_a, strict=True):
+        if n in conv:
+            sq_w = sq_norm_diff(jw[full_name(n, "weight")])
+        else:  # ‖δ aᵀ‖² = ‖δ‖²‖a‖²
+            a2 = (acts[n].reshape(len(x), -1) ** 2).sum(1, keepdim=True)
+            sq_w = sq_norm_diff(jy[n]) * a2
+        e_w.append(gain(sq_w, dw))
+        e_a.append(gain(sq_norm_diff(ja[n]), da))
     return e_w, e_a
 
 
