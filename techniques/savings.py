@@ -68,7 +68,7 @@ def saving(name: str, summary: dict[str, Any] | None = None) -> Saving:
         bits = _num(s, "bits", {"binary": 1.0, "ternary": 2.0}.get(name, 8.0))
         return Saving(weight_bits_deployed=bits, simulated=True,
                       note="float32 latent weights while training (STE); the deployed "
-                      f"weights need {bits:g} bits")
+                      f"weights need {bits:g} bit(s)")
     if name == "fp8":
         stored = _num(s, "weight_bits_stored", 16.0)
         act = _num(s, "activation_bits", 8.0)
