@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from techniques import Context
+from techniques import Context, while_measuring
 
 from . import distributed
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
@@ -229,6 +229,7 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
     loop.path = (out if out is not None else config.out) if main else None
     ctx.writer = _open_writer(config, loop.path, hooks, overwrite)
     ctx.tracker = _build_tracker(config, ctx, hooks, measurement_set(ds, config))
+    ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     return loop
