@@ -333,6 +333,8 @@ def config_form() -> tuple[dict[str, Any], str]:
             "CIFAR-10 are read from your data folder.",
         )
         st.caption(data.describe(values["dataset"]))
+        if values["dataset"] not in FOLDER_DATASETS and data.locate("fashion-mnist"):
+            st.caption("Fashion-MNIST is installed: choose `fashion-mnist` for real 28×28 images.")
         ds_opts = {}
         for opt, default in data.default_options(values["dataset"]).items():
             ds_opts[opt] = _option_widget(opt, default, f"train_ds_{values['dataset']}_{opt}",
@@ -344,8 +346,12 @@ def config_form() -> tuple[dict[str, Any], str]:
         if values["dataset"] in FOLDER_DATASETS:
             values["data_dir"] = st.text_input(
                 "Data folder", value=os.environ.get("LCA_DATA_DIR", ""), key="train_data_dir",
-                help="Folder with the dataset's files (torchvision's layout works).",
+                help="Folder with the dataset's files (torchvision's layout works); empty: "
+                "LCA_DATA_DIR, /usr/share/datasets/<name>, ./data/<name>.",
             ).strip() or None
+            found = data.locate(values["dataset"], values["data_dir"])
+            if found is not None:
+                st.caption(f"Files found in {found}.")
         subset = st.number_input(
             "Training examples to use (0 = all)", min_value=0, value=0, step=100,
             key="train_subset", help="A seeded random subset makes big datasets quick.",
