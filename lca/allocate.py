@@ -92,7 +92,7 @@ class Allocation:
     per_param: Params
     loss_start: float
     loss_end: float
-    splits: int = 1  # Simpson panels used (rk4-adaptive), 1 otherwise
+    splits: int = 1  # Simpson panels used (rk4-adaptive, rk4-paper), 1 otherwise
     evaluations: int = 0  # new gradient evaluations spent on this segment
 
     @property
@@ -209,7 +209,7 @@ def _integrate_flat(
         point = start if s == 0 else end if s == 1 else torch.add(start, delta, alpha=float(s))
         return measurer.flat_grad(point)
 
-    if rule.uses_start or method == "rk4-adaptive":
+    if rule.uses_start or integrate.is_adaptive(method):
         grads[Fraction(0)] = grad_start if grad_start is not None else grad_at(0)
     # The end point is always measured: its loss closes the segment, its gradient opens the next.
     need_end_grad = rule.uses_start or rule.uses_end
@@ -227,8 +227,8 @@ def _integrate_flat(
 
     lca = run(rule)
     splits = 1
-    if method == "rk4-adaptive":
-        for panels in integrate.ADAPTIVE_PANELS[1:]:
+    if integrate.is_adaptive(method):
+        for panels in integrate.refinements(method):
             err = (loss_end - loss_start) - float(lca.double().sum())
             if not abs(err) > tolerance:
                 break
@@ -306,7 +306,7 @@ def allocate(
     start = {n: start[n].detach().to(measurer.device, dtype) for n in measurer.names}
     end = {n: end[n].detach().to(measurer.device, dtype) for n in measurer.names}
     rule = integrate.rule(method)
-    if rule.uses_start or method == "rk4-adaptive":
+    if rule.uses_start or integrate.is_adaptive(method):
         loss_start, grad_start = measurer.loss_and_grad(start)
     else:
         loss_start, grad_start = measurer.loss(start), None
@@ -479,7 +479,7 @@ class Tracker:
             return
         self._theta = self._snapshot()
         rule = integrate.rule(self.method)
-        need_grad = rule.uses_start or self.method == "rk4-adaptive"
+        need_grad = rule.uses_start or integrate.is_adaptive(self.method)
         self._loss, self._grad = self.measurer.flat_loss_and_grad(self._theta,
                                                                   need_grad=need_grad)
         self.loss0 = self._loss

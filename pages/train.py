@@ -423,7 +423,7 @@ def config_form() -> tuple[dict[str, Any], str]:
         values["tolerance"] = st.number_input(
             "Tolerance", value=1e-3, min_value=0.0, format="%.2e", key="train_tolerance",
             help="rk4-adaptive: the allowed |ΔL − ΣA| per step (loss units).",
-            disabled=values["method"] != "rk4-adaptive",
+            disabled=values["method"] not in ("rk4-adaptive", "rk4-paper"),
         )
     with c3:
         values["measure_dtype"] = st.selectbox("Measurement precision", DTYPES,

@@ -332,3 +332,61 @@ def test_rule_tables_are_normalised():
         integrate.check_weights(integrate.rule(name))
     for panels in integrate.ADAPTIVE_PANELS:
         integrate.check_weights(integrate.composite_simpson(panels))
+
+
+# --- the paper's adaptive rule against an exact oracle ------------------------------------------
+def quintic_case():
+    """L(θ) = Σ_i c_i θ_i⁵ + lower terms: along the step the integrand's 4th derivative is the
+    constant 120·c_i·Δ_i⁵, so Simpson over n panels errs by exactly c_i·Δ_i⁵ / (24·n⁴)
+    (∫f − S_n f = −f''''/(2880·n⁴) on [0, 1])."""
+    model, start, _, data, _ = separable_case(5, seed=3)
+    delta = torch.tensor([1.5, -1.2, 0.9, -1.6, 1.1], dtype=F64)  # big: Simpson alone errs
+    end = {"theta": start["theta"] + delta}
+    c5 = model.coeffs[5]
+    exact = poly(model.coeffs, end["theta"]) - poly(model.coeffs, start["theta"])
+
+    def simpson_value(panels: int) -> torch.Tensor:
+        return exact + c5 * delta**5 / (24 * panels**4)
+
+    return model, start, end, data, exact, simpson_value
+
+
+@pytest.mark.parametrize(
+    ("method", "panels_path"),
+    [("rk4-paper", (1, 2, 4, 8, 16)), ("rk4-adaptive", (1, 4, 8, 16, 32))],
+)
+def test_adaptive_rules_stop_at_the_first_panel_count_within_tolerance(method, panels_path):
+    """Each adaptive rule refines through its own panel counts, stops at the first whose
+    |ΔL − ΣA| on the measurement set is within the tolerance, and pays only for new nodes."""
+    model, start, end, data, exact, simpson_value = quintic_case()
+    m = Measurer(model, mean_loss, data, dtype=F64)
+    loss0, g0 = m.loss_and_grad(start)
+    errors = {n: abs(float((simpson_value(n) - exact).sum())) for n in panels_path}
+    assert errors[1] > 1e-4  # the step is big enough for Simpson alone to miss the tolerance
+    for stop_at in panels_path[1:]:
+        # A tolerance between the error of the panel count before and this one.
+        before = panels_path[panels_path.index(stop_at) - 1]
+        tol = math.sqrt(errors[stop_at] * errors[before])
+        m.evaluations = 0
+        seg = integrate_segment(
+            m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=tol
+        )
+        assert seg.splits == stop_at
+        assert seg.evaluations == 2 * stop_at  # 2n + 1 nodes, the start reused
+        assert torch.allclose(seg.per_param["theta"], simpson_value(stop_at), rtol=0, atol=1e-12)
+    m.evaluations = 0
+    seg = integrate_segment(
+        m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=1e-15
+    )
+    assert seg.splits == panels_path[-1] and seg.evaluations == 2 * panels_path[-1]
+
+
+def test_paper_rule_is_a_method_everywhere():
+    assert "rk4-paper" in lca.METHODS and integrate.is_adaptive("rk4-paper")
+    assert integrate.refinements("rk4-paper") == (2, 4, 8, 16)
+    assert integrate.new_evaluations_per_step("rk4-paper") == 2
+    model, start, end, data, _, simpson_value = quintic_case()
+    a = lca.allocate(model, mean_loss, data, start, end, method="rk4-paper", dtype=F64,
+                     tolerance=1e-15)
+    assert a.splits == 16
+    assert torch.allclose(a.per_param["theta"], simpson_value(16), rtol=0, atol=1e-12)
