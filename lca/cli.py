@@ -176,6 +176,17 @@ def _train_parser(sub) -> None:
     p.add_argument("--tolerance", type=float, help="rk4-adaptive: |ΔL − ΣA| allowed per step")
     p.add_argument("--measure-dtype", choices=DTYPES, help="precision LCA is measured in")
     p.add_argument(
+        "--error-every",
+        type=int,
+        help="every K-th step also estimate the per-parameter error (1- vs 2-panel Simpson, "
+        "2 more gradients on those steps; 0 = off)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads_arg,
+        help="CPU threads (default auto: the cores available, shared by running app jobs)",
+    )
+    p.add_argument(
         "--technique",
         action="append",
         default=[],
@@ -205,6 +216,16 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--out", help="run file to write (default runs/<dataset>-<model>-<time>.h5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _threads_arg(text: str) -> int | str:
+    """--threads: ``auto`` or a whole number (checked further by RunConfig)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a whole number") from None
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -237,6 +258,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             "max_bytes",
             "save_weights",
             "out",
+            "threads",
+            "error_every",
         )
     }
     if args.measure_size == 0:  # the whole training split

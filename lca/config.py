@@ -60,6 +60,8 @@ class RunConfig:
     max_bytes: int | None = None
     save_weights: bool = False
     out: str | None = None
+    threads: int | str = "auto"  # torch CPU threads; auto: the cores shared by running app jobs
+    error_every: int = 0  # every k-th step: per-parameter error estimate (1- vs 2-panel); 0 off
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +90,14 @@ class RunConfig:
         if self.lr > FLOAT32_MAX:
             raise ConfigError(f"lr must be at most {FLOAT32_MAX:.1e} (float32), not {self.lr!r}.")
         _positive_float("tolerance", self.tolerance)
+        if self.threads != "auto" and (not isinstance(self.threads, int)
+                                       or isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"threads must be auto or a positive integer, not {self.threads!r}.")
+        if not isinstance(self.error_every, int) or isinstance(self.error_every, bool) or (
+                self.error_every < 0):
+            raise ConfigError(
+                f"error_every must be 0 (off) or a positive integer, not {self.error_every!r}."
+            )
         _unit_interval("momentum", self.momentum)
         _non_negative_float("weight_decay", self.weight_decay)
         for key in ("dataset_options", "model_options"):

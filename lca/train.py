@@ -30,6 +30,7 @@ from . import distributed, models
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
 from .config import RunConfig
 from .posthoc import WeightSavingTracker, declarations_for
+from .threads import using_config_threads
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
@@ -154,6 +155,7 @@ def accuracy(
     return correct / len(x), loss / len(x)
 
 
+@using_config_threads  # config.threads torch threads while training, restored after
 def run(
     config: RunConfig,
     *,
@@ -280,6 +282,7 @@ def run(
         series=series,
         events=events,
         arrays=arrays,
+        error_every=config.error_every,
     )
     if dist_ctx is not None:
         tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks

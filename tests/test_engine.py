@@ -390,3 +390,80 @@ def test_paper_rule_is_a_method_everywhere():
                      tolerance=1e-15)
     assert a.splits == 16
     assert torch.allclose(a.per_param["theta"], simpson_value(16), rtol=0, atol=1e-12)
+
+
+# --- helped fractions leave out parameters at rounding level -------------------------------------
+def test_rounding_level_is_judged_per_tensor_against_the_steps_largest_a():
+    from lca.allocate import rounding_level
+
+    tensor_max = torch.tensor([1e-3, 5e-7, 3e-9, 0.0], dtype=F64).numpy()
+    # float32: √eps = 3.45e-4, so the floor is 3.45e-7: 3e-9 and 0 are noise, 5e-7 is not.
+    assert rounding_level(tensor_max, torch.float32).tolist() == [False, False, True, True]
+    # float64: √eps = 1.49e-8, floor 1.49e-11: only the tensor that did not move at all.
+    assert rounding_level(tensor_max, F64).tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_conv_bias_before_batchnorm_is_left_out_of_helped_fractions(dtype):
+    """The conv's bias is subtracted again by BatchNorm: its gradient is rounding noise, so its
+    A (non-zero under Adam, which moves every parameter by about lr) must count neither as
+    helped nor as hurt; every other parameter counts exactly by its sign."""
+    model = bn_cnn()
+    data = blobs(96, (1, 6, 6))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    tracker = lca.Tracker(model, nn.CrossEntropyLoss(), data, dtype=dtype)
+    for t in range(4):
+        idx = torch.arange(t * 16, t * 16 + 16)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data[0][idx]), data[1][idx]).backward()
+        with tracker.step():
+            opt.step()
+        r = tracker.last
+        bias = r.per_param["0.bias"]
+        assert (bias != 0).any()  # noise is there to be miscounted
+        count = sum(a.numel() for a in r.per_param.values())
+        others = [a for n, a in r.per_param.items() if n != "0.bias"]
+        assert r.helped == sum(int((a < 0).sum()) for a in others) / count
+        assert r.hurt == sum(int((a > 0).sum()) for a in others) / count
+        assert math.isclose(r.still, bias.numel() / count + sum(
+            int((a == 0).sum()) for a in others) / count, abs_tol=1e-12)
+
+
+# --- the per-parameter error estimate: 1- vs 2-panel Simpson on sampled steps --------------------
+def test_error_estimate_on_sampled_steps_matches_the_exact_panel_errors():
+    from lca.allocate import ERROR_REL, ERROR_SIGNS
+
+    model, start, end, data, exact, simpson_value = quintic_case()
+    delta = end["theta"] - start["theta"]
+    tracker = lca.Tracker(model, mean_loss, data, dtype=F64, error_every=2)
+    assert set(tracker.layout.series) >= {ERROR_REL, ERROR_SIGNS}
+    evaluations = []
+    for step in range(3):
+        before = tracker.measurer.evaluations
+        with tracker.step():
+            with torch.no_grad():
+                model.theta += delta * (1 if step % 2 == 0 else -1)
+        evaluations.append(tracker.measurer.evaluations - before)
+        r = tracker.last
+        if step == 1:  # not sampled: plain rk4, no estimate
+            assert ERROR_REL not in r.series and ERROR_SIGNS not in r.series
+            continue
+        # Both sampled steps go start → end (step 2 comes back and goes out again).
+        one, two = simpson_value(1), simpson_value(2)
+        assert torch.allclose(r.per_param["theta"], one, rtol=0, atol=1e-12)
+        assert math.isclose(r.series[ERROR_REL], float((one - two).norm() / two.norm()),
+                            rel_tol=1e-9)
+        same = float((torch.sign(one) == torch.sign(two)).double().mean())
+        assert r.series[ERROR_SIGNS] == same
+    assert evaluations[1:] == [2, 4]  # the estimate costs the 2 quarter points
+
+
+def test_panel_error_counts_signs_only_where_something_moved():
+    from lca.allocate import panel_error
+
+    one = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    two = torch.tensor([1.0, 2.0, 0.0, 3.0])
+    rel, same = panel_error(one, two)
+    assert math.isclose(rel, 4.0 / math.sqrt(14.0)) and same == 2 / 3
+    rel, same = panel_error(one, two, keep=torch.tensor([True, False, True, True]))
+    assert rel == 0.0 and same == 1.0
