@@ -5,19 +5,32 @@ machine shared with other work that is the worst choice: the fc-mnist measuremen
 158 ms with 1 thread and 425–1,299 ms with 2 (issue 15), because threads that wait for a busy
 core stall the whole matmul. So a run's ``threads = "auto"`` means: the cores in this process's
 CPU affinity (never more than ``os.cpu_count()``), capped by an explicit ``OMP_NUM_THREADS``
-(set by the user, or by the app's job launcher for each job), divided by the number of the app's
-training jobs now running (this one included), and at least 1.
+(set by the user, or by the app's job launcher for each job) and by any ``capped`` block, divided
+by the number of the app's training jobs now running (this one included), and at least 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 AUTO = "auto"
 F = TypeVar("F", bound=Callable[..., Any])
+_CAP: list[int] = []  # caps set by ``capped`` (innermost last): "auto" never exceeds them
+
+
+@contextlib.contextmanager
+def capped(threads: int) -> Iterator[None]:
+    """Within the block, ``auto`` chooses at most ``threads`` (e.g. experiments that train many
+    small runs in one process, where one thread is fastest)."""
+    _CAP.append(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        _CAP.pop()
 
 
 def available_cores() -> int:
@@ -58,9 +71,9 @@ def app_jobs_running() -> int:
 def auto_threads(jobs_running: int | None = None) -> int:
     """The ``auto`` thread count (see the module docstring)."""
     cores = available_cores()
-    cap = _omp_cap()
-    if cap is not None:
-        cores = min(cores, cap)
+    for cap in (_omp_cap(), *_CAP):
+        if cap is not None:
+            cores = min(cores, cap)
     running = app_jobs_running() if jobs_running is None else max(1, int(jobs_running))
     return max(1, cores // running)
 

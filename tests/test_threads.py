@@ -73,3 +73,14 @@ def test_cli_flags() -> None:
     assert (config.threads, config.error_every) == ("auto", 0)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--threads", "two"])
+
+
+def test_a_capped_block_bounds_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with threads.capped(2):
+        assert threads.auto_threads(1) == 2
+        with threads.capped(1):
+            assert threads.auto_threads(1) == 1
+        assert threads.auto_threads(1) == 2
+    assert threads.auto_threads(1) == 8

@@ -107,10 +107,13 @@ def one_thread(threads: int | None) -> Iterator[None]:
     if not threads:
         yield
         return
+    from .. import threads as run_threads
+
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        yield
+        with run_threads.capped(int(threads)):  # runs with threads = "auto" keep to it too
+            yield
     finally:
         torch.set_num_threads(old)
 
