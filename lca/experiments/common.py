@@ -160,6 +160,12 @@ class ExperimentContext:
     retrain: bool = False
     log: Callable[[str], None] = print
     runs: dict[str, RunInfo] = field(default_factory=dict)  # file name -> info (this process)
+    # --scale paper --dataset NAME: add runs at the LCA paper's MNIST protocol on NAME
+    # (setups.paper_setups); paper_steps / paper_measure shrink them for a reduced run.
+    scale: str = "quick"
+    dataset: str | None = None
+    paper_steps: int | None = None
+    paper_measure: int | None = None
 
     def size(self, default: Any, tiny: Any) -> Any:
         """``default`` at full size, ``tiny`` with --tiny."""
