@@ -13,6 +13,7 @@ norm ‖A − A_ref‖/‖A_ref‖ and the fraction of signs that differ, mean o
 from __future__ import annotations
 
 import argparse
+import builtins
 import sys
 import time
 from pathlib import Path
@@ -89,11 +90,22 @@ def main() -> None:
     p.add_argument("--measure", type=int, default=2000)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="also write the section as markdown here (e.g. "
+                   "docs/results/bench-adaptive.md, which docs/RESULTS.md includes)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    lines: list[str] = []
+
+    def print(text: str = "") -> None:  # noqa: A001 - the printed lines are the section
+        lines.append(text)
+        builtins.print(text, flush=True)
+
     what, model, measure, thetas = trajectory(args)
+    print("## Adaptive rules: ours (rk4-adaptive) against the paper's (rk4-paper)\n")
+    print("Measured by `python benchmarks/adaptive.py` on one training trajectory, allocated "
+          "by each rule; per-parameter error against composite Simpson with 64 panels.\n")
     print(f"{what}: {args.steps} steps, measurement set {len(measure[1])}, "
-          f"{thetas[0].numel():,} parameters, lr {args.lr}, {args.threads} thread(s)")
+          f"{thetas[0].numel():,} parameters, lr {args.lr}, {args.threads} thread(s)\n")
     ref = reference(model, measure, thetas)
     print("| method | tolerance | evals/step | steps refined | mean abs err | worst abs err | "
           "steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |")
@@ -122,6 +134,8 @@ def main() -> None:
           f"mean relative norm {np.mean(rel_est):.2e} (true {np.mean(rel_true):.2e}), "
           f"worst {np.max(rel_est):.2e} (true {np.max(rel_true):.2e}), correlation over steps "
           f"{corr:.3f}; sign agreement {100 * np.mean([e[1] for e in r['estimate']]):.3f}%.")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
