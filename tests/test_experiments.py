@@ -319,3 +319,14 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     with Reader(files["paper-fashion-mnist-fc-mnist-reduced"]) as r:
         assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
         assert r.status == "complete"
+
+
+def test_results_include_benchmark_sections(tmp_path: Path) -> None:
+    from lca.experiments.results import write_results
+
+    (tmp_path / "bench-zeta.md").write_text("## Zeta\n\nmeasured 2\n")
+    (tmp_path / "bench-alpha.md").write_text("## Alpha\n\nmeasured 1\n")
+    (tmp_path / "notes.md").write_text("## Not a benchmark\n")
+    text = write_results(tmp_path, tmp_path / "RESULTS.md").read_text()
+    assert text.index("## Alpha") < text.index("## Zeta") < text.index("## Reports")
+    assert "Not a benchmark" not in text
