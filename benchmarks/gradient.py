@@ -7,7 +7,9 @@ and, for the convolutional model, the plain pass with the inputs and weights in 
 memory layout. Each is reported in achieved GFLOP/s of its matmul and convolution work (forward
 F, weight gradients F, input gradients F minus the first layer's; ReLU, pooling and the loss are
 not counted) beside ``torch.mm``'s on a 2048² float32 product, the practical limit of this
-machine. Times are medians of ``--repeats`` runs after one warm-up (minimum in brackets).
+machine. Each variant runs once per round, in rotating order, for ``--repeats`` rounds after a
+warm-up; GFLOP/s are at the fastest run (other load only adds time) and the speed relative to
+the plain pass is the median of the per-round ratios (both halves under the same load).
 
 Models: mlp on digits (8×8, the whole training split), fc-mnist and lenet on 28×28
 Fashion-MNIST when installed (else random 28×28 tensors of the same shape: speed does not depend
@@ -20,6 +22,7 @@ on the pixel values).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -99,31 +102,60 @@ def plain_gradient(model: nn.Module, chunks, size: int) -> Callable[[], None]:
 
 def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args,
           device: torch.device, peak: float) -> list[str]:
+    """Time every variant once per round, in rotating order, for ``args.repeats`` rounds: the
+    ratio to the plain pass is taken within each round (same load) and its median reported."""
     model = model.to(device).train()
     x, y = x.to(device), y.to(device)
     chunks = [(x[i : i + args.chunk], y[i : i + args.chunk]) for i in range(0, len(x), args.chunk)]
     flops = sum(gradient_flops(model, cx) for cx, _ in chunks)
     measurer = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    rows = []
-    lca_t = timed(lambda: measurer.flat_grad(flat), args.repeats, device)
-    plain_t = timed(plain_gradient(model, chunks, len(x)), args.repeats, device)
-    variants = [("lca.measure", lca_t), ("plain fwd+bwd", plain_t)]
+    variants: list[tuple[str, Callable[[], object]]] = [
+        ("plain fwd+bwd", plain_gradient(model, chunks, len(x))),
+        ("lca.measure", lambda: measurer.flat_grad(flat)),
+    ]
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        cl_model = model.to(memory_format=torch.channels_last)
+        # A channels-last copy of the model, so the plain NCHW variant keeps its own layout.
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         cl_chunks = [(cx.contiguous(memory_format=torch.channels_last), cy) for cx, cy in chunks]
-        variants.append(("plain, channels-last",
-                         timed(plain_gradient(cl_model, cl_chunks, len(x)), args.repeats, device)))
-        cl_x = x.contiguous(memory_format=torch.channels_last)
-        cl_measurer = Measurer(cl_model, nn.CrossEntropyLoss(), (cl_x, y), chunk_size=args.chunk)
-        variants.append(("lca.measure, channels-last inputs",
-                         timed(lambda: cl_measurer.flat_grad(flat), args.repeats, device)))
-        model.to(memory_format=torch.contiguous_format)
-    for label, (median, best) in variants:
+        cl_measurer = Measurer(cl_model, nn.CrossEntropyLoss(),
+                               (x.contiguous(memory_format=torch.channels_last), y),
+                               chunk_size=args.chunk)
+        cl_weights = Measurer(model, nn.CrossEntropyLoss(),
+                              (x.contiguous(memory_format=torch.channels_last), y),
+                              chunk_size=args.chunk)
+        base_loss = cl_weights.chunk_loss
+
+        def channels_last_loss(tensors, cx, cy):  # 4-D weights copied to channels-last
+            tensors = {n: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+                       for n, t in tensors.items()}
+            return base_loss(tensors, cx, cy)
+
+        cl_weights.chunk_loss = channels_last_loss
+        variants += [
+            ("plain, channels-last", plain_gradient(cl_model, cl_chunks, len(x))),
+            ("lca.measure, channels-last inputs", lambda: cl_measurer.flat_grad(flat)),
+            ("lca.measure, channels-last inputs and weights", lambda: cl_weights.flat_grad(flat)),
+        ]
+    for _, fn in variants:  # warm-up
+        fn()
+    sync(device)
+    times: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for r in range(args.repeats):
+        for label, fn in variants[r % len(variants):] + variants[: r % len(variants)]:
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[label].append(time.perf_counter() - t0)
+    plain = times["plain fwd+bwd"]
+    rows = []
+    for label, _ in variants:
+        t = times[label]
+        ratio = statistics.median([p / v for p, v in zip(plain, t, strict=True)])
+        best, median = min(t), statistics.median(t)
         rows.append(
-            f"| {name} | {len(x):,} | {label} | {1e3 * median:,.1f} ({1e3 * best:,.1f}) | "
-            f"{flops / median / 1e9:.1f} | {plain_t[0] / median:.2f} | "
-            f"{flops / median / 1e9 / peak:.2f} |"
+            f"| {name} | {len(x):,} | {label} | {1e3 * best:,.1f} ({1e3 * median:,.1f}) | "
+            f"{flops / best / 1e9:.1f} | {ratio:.2f} | {flops / best / 1e9 / peak:.2f} |"
         )
     return rows
 
@@ -140,7 +172,7 @@ def fashion_or_synthetic(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="auto", help="torch threads (auto: lca.threads)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7, help="rounds of every variant")
     ap.add_argument("--fc-size", type=int, default=60000, help="fc-mnist measurement set")
     ap.add_argument("--lenet-size", type=int, default=5000, help="lenet measurement set")
     ap.add_argument("--chunk", type=int, default=2048, help="measurement chunk size")
@@ -153,7 +185,8 @@ def main() -> None:
     peak = mm_peak(device, args.repeats)
     print(f"device {device}, torch threads {torch.get_num_threads()}, chunk {args.chunk}, "
           f"torch.mm 2048² float32: {peak:.1f} GFLOP/s")
-    print("| model | examples | gradient | ms median (min) | GFLOP/s | × plain | ÷ torch.mm |")
+    print("| model | examples | gradient | ms min (median) | GFLOP/s at min | speed × plain "
+          "(paired median) | ÷ torch.mm |")
     print("|---|---|---|---|---|---|---|")
     digits = data.load("digits")
     rows = bench("mlp (digits 8×8)", models.build("mlp", digits.input_shape, 10),
