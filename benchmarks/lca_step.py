@@ -4,11 +4,11 @@ Prints, per model: a plain training step, one measurement-set gradient, a tracke
 and efficiency = (train step + 2 × gradient) / tracked step. 1.0 means the tracker adds nothing
 beyond the two gradient evaluations Simpson's rule needs; the target is ≥ 0.9 on CPU.
 
-Two estimates of the ratio: the *paired* one times (train step + 2 gradients) and then one
-tracked step back to back, ``--pairs`` times, and reports the median of the per-pair ratios (and
-its quartiles); the separately timed minima are printed too. On a loaded, shared machine the
-minima come from different moments and gave anything from 0.40 to 1.22, while the paired median
-compares the two under the same load.
+Two estimates of the ratio: the *paired* one times (train step + 2 gradients) and one tracked
+step back to back (in alternating order), ``--pairs`` times, and reports the median of the
+per-pair ratios (and its quartiles); the separately timed minima are printed too. On a loaded,
+shared machine the minima come from different moments and gave anything from 0.40 to 1.22,
+while the paired median compares the two under the same load.
 
     python benchmarks/lca_step.py [--steps 30] [--pairs 40] [--measure 4000] [--threads auto]
 """
@@ -101,14 +101,20 @@ def bench(
         measurer.loss_and_grad(params)
         measurer.loss_and_grad(params)
 
-    ratios = []
-    for _ in range(pairs):  # back to back, so both halves of a pair see the same load
+    def seconds(fn) -> float:
         t0 = time.perf_counter()
-        floor_once()
-        t1 = time.perf_counter()
-        tracked()
-        t2 = time.perf_counter()
-        ratios.append((t1 - t0) / (t2 - t1))
+        fn()
+        return time.perf_counter() - t0
+
+    ratios = []
+    for i in range(pairs):  # back to back, so both halves of a pair see the same load;
+        if i % 2 == 0:  # the order alternates, so whichever half goes first gains nothing
+            t_floor = seconds(floor_once)
+            t_step = seconds(tracked)
+        else:
+            t_step = seconds(tracked)
+            t_floor = seconds(floor_once)
+        ratios.append(t_floor / t_step)
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     tracker.close()
     if tmp is not None:
