@@ -225,6 +225,7 @@ def test_techniques_tables_from_runs(out: Path) -> None:
         assert close(wus_rows[key]["train s"], seconds, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_single_experiment_keeps_runs_beside_report(tmp_path: Path) -> None:
     from lca.experiments import synchrony as sync_experiment
 
