@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from techniques import Context
+from techniques import Context, while_measuring
 
 from . import distributed
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
@@ -36,6 +36,7 @@ from .setup import (  # noqa: F401 - re-exported: callers import them from lca.t
     resolve_device,
     seed_everything,
 )
+from .threads import using_config_threads
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
@@ -151,6 +152,7 @@ def accuracy(
     return correct / len(x), loss / len(x)
 
 
+@using_config_threads  # config.threads torch threads while training, restored after
 def run(
     config: RunConfig,
     *,
@@ -229,6 +231,7 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
     loop.path = (out if out is not None else config.out) if main else None
     ctx.writer = _open_writer(config, loop.path, hooks, overwrite)
     ctx.tracker = _build_tracker(config, ctx, hooks, measurement_set(ds, config))
+    ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     return loop
@@ -295,6 +298,7 @@ def _build_tracker(config: RunConfig, ctx: Context, hooks: Hooks, measure) -> Tr
         series=series,
         events=events,
         arrays=arrays,
+        error_every=config.error_every,
     )
 
 
