@@ -36,6 +36,7 @@ from .setup import (  # noqa: F401 - re-exported: callers import them from lca.t
     resolve_device,
     seed_everything,
 )
+from .threads import using_config_threads
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
@@ -151,6 +152,7 @@ def accuracy(
     return correct / len(x), loss / len(x)
 
 
+@using_config_threads  # config.threads torch threads while training, restored after
 def run(
     config: RunConfig,
     *,
@@ -296,6 +298,7 @@ def _build_tracker(config: RunConfig, ctx: Context, hooks: Hooks, measure) -> Tr
         series=series,
         events=events,
         arrays=arrays,
+        error_every=config.error_every,
     )
 
 
