@@ -41,11 +41,12 @@ PAGES = [
     ("pages/playground.py", "Playground", "playground", ":material/science:"),
 ]
 
+# Green and red mean helped and hurt the loss everywhere, so run statuses use other colours.
 STATUS_BADGE = {
     "running": ("running", "blue", ":material/autorenew:"),
-    "complete": ("complete", "green", ":material/check_circle:"),
-    "failed": ("failed", "red", ":material/error:"),
-    "interrupted": ("interrupted", "orange", ":material/pause_circle:"),
+    "complete": ("complete", "violet", ":material/check_circle:"),
+    "failed": ("failed", "orange", ":material/error:"),
+    "interrupted": ("interrupted", "gray", ":material/pause_circle:"),
 }
 
 

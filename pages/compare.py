@@ -129,9 +129,10 @@ def render(chosen: list[str]) -> bool:
         plot(F.compare_layer_difference(common, totals[a.name], totals[b.name], a.name, b.name,
                                         counts_a=counts[a.name], counts_b=counts[b.name],
                                         per_param=per_param), key=f"compare_diff_{b.name}")
-    st.caption(f"Run B − run A (A = {a.name}, the first run picked): :green[green] where B's "
-               "layer lowered the loss more (or raised it less) than A's, :red[red] where it "
-               "did less.")
+    st.caption(f"Run B − run A (A = {a.name}, the first run picked): :blue[blue] where B's "
+               "layer lowered the loss more (or raised it less) than A's, :orange[orange] where "
+               "it did less. Blue and orange, not green and red: a layer can help in both runs "
+               "and still help less in B.")
     if len(data) > 1 + MAX_DIFFERENCES:
         st.caption(f"Differences are drawn for the first {MAX_DIFFERENCES} runs after A.")
     return any(d.status == "running" for d in data)

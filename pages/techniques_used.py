@@ -58,25 +58,27 @@ def section_timelines(data: views.RunTechniques) -> None:
     marks = data.prune_marks()
     st.subheader("Where the techniques acted")
     plot(F.technique_loss_figure(data.loss, skip_bands=bands, prune_marks=marks,
-                                 scaler_skipped=data.scaler_skipped), key="tech_loss")
+                                 scaler_skipped=data.scaler_skipped, kind=data.kind),
+         key="tech_loss")
     how = ["The loss on the measurement set."]
     if bands:
         how.append("Blue bands: weight updates were skipped.")
     if marks:
-        how.append("Crosses and dotted lines: prune events (a prune is its own segment, so its "
-                   "loss jump is its cost).")
+        how.append("Crosses and dotted lines: prune events, each between the steps around it "
+                   "(a prune made after step k sits at k + ½, as on every page); its loss jump "
+                   "is its cost.")
     if data.scaler_skipped is not None and data.scaler_skipped.any():
         how.append("Purple triangles: steps the loss scaler skipped.")
     st.caption(" ".join(how))
     plot(F.technique_layer_lines_figure(data.layer_lca, data.tensor_names, skip_bands=bands,
-                                        prune_marks=marks), key="tech_layers")
+                                        prune_marks=marks, kind=data.kind), key="tech_layers")
     st.caption("Each line is one layer's running total of LCA: going down = the layer is "
                "lowering the loss." + (" Inside a blue band its weights stand still, so only "
                                        "the biases can still move it." if bands else ""))
     plot(F.technique_heatmap_figure(
         data.layer_lca, data.tensor_names, skip_bands=bands, skip_rows=data.skip_rows,
         frozen=data.frozen_marks(), prune_marks=data.heatmap_prune_marks(),
-        scaler_skipped=data.scaler_skipped,
+        scaler_skipped=data.scaler_skipped, kind=data.kind,
     ), key="tech_heatmap")
     legend = []
     if bands:
@@ -85,7 +87,8 @@ def section_timelines(data: views.RunTechniques) -> None:
         legend.append("black boxes: frozen tensors")
     if marks:
         legend.append("crosses: prune events")
-    st.caption("Each cell is one tensor on one segment: **green = helped** (lowered the loss), "
+    st.caption("Each cell is one tensor on one step (or one prune): **green = helped** (lowered "
+               "the loss), "
                "**red = hurt**." + (f" {'; '.join(legend).capitalize()}." if legend else ""))
 
 
@@ -182,7 +185,7 @@ def section_amp(d: views.TechniqueView, name: str) -> None:
         st.info("The forward pass ran in bfloat16, which needs no loss scaling: the scale stays "
                 "1 and no step was skipped. LCA is still measured in float32.")
         return
-    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0)),
+    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0), kind=data.kind),
          key=f"tech_amp_{name}")
     st.caption("float16 training multiplies the loss by this scale; a step whose gradients "
                "overflowed is skipped (purple) and the scale halves. A skipped step moves no "
