@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from lca import classroom, runs
+from pages import presenter
 from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY
 
 ROOT = Path(__file__).resolve().parent
@@ -170,8 +171,10 @@ def classroom_gate() -> None:
 def main() -> None:
     # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
     # and an offline classroom server must not send its students anywhere else.
-    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide",
+                       initial_sidebar_state=presenter.sidebar_state())
     pg = st.navigation(build_pages())
+    presenter.toggle()
     classroom_gate()
     try:
         problem = sidebar()

@@ -16,6 +16,7 @@ import streamlit as st
 
 from lca import classroom, runs, views
 from lca.store import Reader, RunFileError
+from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
@@ -137,8 +138,18 @@ def require_run() -> Path:
 
 
 def plot(fig, *, key: str | None = None, **kwargs):
-    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
-    return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
+    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept.
+
+    The chart's camera button (plotly's modebar, drawn in the browser, offline) saves it as a
+    PNG named after the run and the chart; in presenter mode the chart's type is bigger.
+    """
+    if presenter.is_on():
+        fig.update_layout(font={"size": presenter.FONT_SIZE})
+    name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
+    config = {"displaylogo": False, "toImageButtonOptions": {
+        "format": "png", "filename": name.replace(" ", "_"), "scale": 2}}
+    return st.plotly_chart(fig, theme=None, width="stretch", key=key,
+                           config={**config, **kwargs.pop("config", {})}, **kwargs)
 
 
 def show_run(render: Callable[[Path], object]) -> None:
