@@ -14,6 +14,18 @@ import streamlit as st
 PRESENTER_KEY = "presenter"  # session-state key and URL query parameter
 FONT_SIZE = 18  # plotly font size in presenter mode (the default layout uses 14)
 
+# Always (projector or not): text wraps inside its box instead of being cut with "…" — a metric
+# "0.0465% of the loss change" or a button "Start training" must read whole at 1024×768.
+LAYOUT = """<style>
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] *,
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] *,
+[data-testid="stMetricDelta"], [data-testid="stMetricDelta"] * {
+  white-space: normal !important; overflow-wrap: anywhere; text-overflow: clip !important;
+  overflow: visible !important;}
+[data-testid="stMetricDelta"] {flex-wrap: wrap; height: auto;}
+button p, button div {white-space: normal; overflow-wrap: anywhere; text-overflow: clip;}
+</style>"""
+
 # Bigger type everywhere (Streamlit sizes its text in rem), captions hidden, less padding.
 STYLE = """<style>
 html {font-size: 19px;}
@@ -37,7 +49,9 @@ def sidebar_state() -> str:
 
 
 def toggle() -> bool:
-    """The sidebar toggle; applies the presenter style while it is on."""
+    """The sidebar toggle; applies the presenter style while it is on (and the wrapping
+    ``LAYOUT`` always)."""
+    st.html(LAYOUT)
     on = st.sidebar.toggle(
         "Presenter mode", key=PRESENTER_KEY, value=is_on(), bind="query-params",
         help="For a projector: bigger type, charts first (captions hidden), sidebar collapsed "

@@ -152,6 +152,19 @@ def plot(fig, *, key: str | None = None, **kwargs):
                            config={**config, **kwargs.pop("config", {})}, **kwargs)
 
 
+def download_csv(make: Callable[[], str], name: str, *, key: str,
+                 label: str = "Download CSV") -> None:
+    """A button that saves the data a chart or table shows as ``<run>-<name>.csv``.
+
+    ``make`` builds the CSV text (``lca.export``) only when the button is clicked, on its own
+    thread, so drawing the page costs nothing for it; the click does not rerun the page.
+    """
+    run = Path(selected_run_name() or "lca-lab").stem
+    st.download_button(label, make, file_name=f"{run}-{name}.csv".replace(" ", "_"),
+                       mime="text/csv", key=key, on_click="ignore",
+                       icon=":material/download:", type="tertiary")
+
+
 def show_run(render: Callable[[Path], object]) -> None:
     """Draw ``render(path)`` for the selected run; while it trains, redraw every LIVE_SECONDS.
 

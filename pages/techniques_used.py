@@ -17,10 +17,17 @@ import numpy as np
 import streamlit as st
 
 import techniques as techniques_registry
+from lca import export, views
 from lca import figures as F
-from lca import views
 from lca.store import RunFileError
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, read_view, require_run
+from pages.shared import (
+    LIVE_SECONDS,
+    download_csv,
+    open_run_or_explain,
+    plot,
+    read_view,
+    require_run,
+)
 
 EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
 
@@ -43,12 +50,15 @@ def section_overview(d: views.TechniqueView) -> None:
         f"- **{n}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
     st.table(d.summaries)
+    download_csv(lambda: export.rows_csv(d.summaries), "techniques", key="tech_csv_summary")
     st.caption("Computed from what the run file records step by step (series, event tables, "
                "arrays), so it grows with a live run.")
     reported = views.reported_rows(d.reported)
     if reported:
         with st.expander("What each technique reported when the run ended"):
             st.dataframe(reported, hide_index=True, width="stretch")
+            download_csv(lambda: export.rows_csv(reported), "techniques-reported",
+                         key="tech_csv_reported")
     elif d.status == "running":
         st.caption("Each technique's own report is added when the run ends.")
 

@@ -28,6 +28,7 @@ __all__ = [
     "series_color",
     "sign_colors",
     "white_template",
+    "wrap_title",
 ]
 
 HELPED = "#1a9850"  # green: the parameter lowered the loss
@@ -56,9 +57,34 @@ def series_color(index: int) -> str:
     return SERIES_COLORS[index % len(SERIES_COLORS)]
 
 
+TITLE_CHARS = 52  # a title line longer than this is cut off on a 1024-px projector: wrap it
+TITLE_LINE_PX = 22  # the height one more title line needs
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> tuple[str, int]:
+    """``title`` broken at spaces into lines of at most ``width`` characters (plotly never wraps
+    a title; it runs past the chart's edge), and how many lines it takes."""
+    if "<br>" in title or len(title) <= width:
+        return title, title.count("<br>") + 1
+    lines: list[str] = []
+    for word in title.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines), len(lines)
+
+
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:
-    """A readable, projector-friendly layout: white background, large font, tight margins."""
+    """A readable, projector-friendly layout: white background, large font, tight margins.
+
+    A long title is wrapped (``wrap_title``) and the top margin grows by a line for each extra
+    line, so the title fits a projector's width."""
     white_template(fig)
+    extra = 0
+    if title:
+        title, lines = wrap_title(title)
+        extra = TITLE_LINE_PX * (lines - 1)
     # The title is pinned to the top of the figure and a horizontal legend sits just above the
     # plot area; the top margin leaves room for both so they never overlap.
     fig.update_layout(
@@ -68,7 +94,7 @@ def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) 
             if title else None
         ),
         height=height,
-        margin={"l": 60, "r": 20, "t": 96 if title else 40, "b": 50},
+        margin={"l": 60, "r": 20, "t": (96 + extra) if title else 40, "b": 50},
         font={"size": 14},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0},
     )
