@@ -15,7 +15,8 @@ PRESENTER_KEY = "presenter"  # session-state key and URL query parameter
 FONT_SIZE = 18  # plotly font size in presenter mode (the default layout uses 14)
 
 # Always (projector or not): text wraps inside its box instead of being cut with "…" — a metric
-# "0.0465% of the loss change" or a button "Start training" must read whole at 1024×768.
+# "0.0465% of the loss change" or a button "Start training" must read whole at 1024×768 — and
+# on a narrow screen the page keeps less white space around it, so the first chart is higher.
 LAYOUT = """<style>
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] *,
 [data-testid="stMetricLabel"], [data-testid="stMetricLabel"] *,
@@ -24,6 +25,11 @@ LAYOUT = """<style>
   overflow: visible !important;}
 [data-testid="stMetricDelta"] {flex-wrap: wrap; height: auto;}
 button p, button div {white-space: normal; overflow-wrap: anywhere; text-overflow: clip;}
+[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}
+@media (max-width: 1200px) {
+  [data-testid="stMainBlockContainer"] {padding-top: 2.8rem; padding-left: 1.5rem;
+    padding-right: 1.5rem;}
+}
 </style>"""
 
 # Bigger type everywhere (Streamlit sizes its text in rem), captions hidden, less padding.
