@@ -42,3 +42,4 @@ def test_layer_heatmap_is_not_washed_out_by_an_outlier_segment():
     assert np.asarray(heat.z).max() == 0.5  # and kept in the data (hover reads it)
     plain = F.lca_heatmap(np.array([[1.0, -2.0]]))
     assert plain.data[0].zmax == 2.0 and plain.data[0].colorbar.title.text == "LCA"
+
