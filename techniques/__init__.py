@@ -19,6 +19,10 @@ from .base import (
     RunFileWriter,
     Technique,
     TechniqueError,
+    is_measuring,
+    measuring,
+    real_forward,
+    while_measuring,
 )
 
 __all__ = [
@@ -33,13 +37,18 @@ __all__ = [
     "create",
     "describe",
     "get",
+    "is_measuring",
+    "measuring",
     "names",
     "parse_spec",
+    "real_forward",
     "validate",
+    "while_measuring",
 ]
 
 # Modules that define techniques; each registers its classes with @register on import.
-_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize")
+_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize",
+            "fp8", "fixedpoint", "loss_scaling", "bnn", "conntra")
 _REGISTRY: dict[str, type[Technique]] = {}
 _loaded = False
 
