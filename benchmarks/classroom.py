@@ -71,10 +71,10 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
     """One lightweight client: one websocket session asking for page after page."""
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-    from tornado.websocket import websocket_connect
+    import websockets  # installed with Streamlit's server (uvicorn)
 
-    ws = await websocket_connect(url.replace("http", "ws") + "/_stcore/stream",
-                                 subprotocols=["streamlit"])
+    ws = await websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream",
+                                  subprotocols=["streamlit"], max_size=None)
     try:
         i = 0
         while time.monotonic() < until:
@@ -84,13 +84,13 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
             msg.rerun_script.query_string = f"run={RUN}"
             msg.rerun_script.page_name = slug
             t0 = time.monotonic()
-            await ws.write_message(msg.SerializeToString(), binary=True)
+            await ws.send(msg.SerializeToString())
             chart = None
             while True:
                 left = VIEW_TIMEOUT_S - (time.monotonic() - t0)
-                raw = await asyncio.wait_for(ws.read_message(), timeout=max(left, 0.1))
-                if raw is None:
-                    raise ConnectionError("the server closed the websocket")
+                raw = await asyncio.wait_for(ws.recv(), timeout=max(left, 0.1))
+                if isinstance(raw, str):
+                    continue
                 fm = ForwardMsg()
                 fm.ParseFromString(raw)
                 kind = fm.WhichOneof("type")
@@ -105,7 +105,7 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
             elif chart is not None:
                 out.append((slug, chart))
     finally:
-        ws.close()
+        await ws.close()
 
 
 async def browser_session(browser, url: str, pages: list[str], until: float, out: list,
@@ -198,9 +198,9 @@ def main() -> None:
                 jobs.stop(job, wait_s=30)
             stop(proc)
     views = [v for vs in results.values() for v in vs]
-    served = sum(1 for i, vs in results.items() if vs) - crashed
+    served = sum(1 for vs in results.values() if vs)
     print(f"sessions served: {served}/{args.sessions}; views with a chart: {len(views)}; "
-          f"failed views: {len(failures)}")
+          f"failed views: {len(failures)}; sessions that broke off: {crashed}")
     for slug in PAGES:
         t = [s for p, s in views if p == slug]
         if t:

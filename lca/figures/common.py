@@ -67,12 +67,13 @@ def wrap_title(title: str, width: int = TITLE_CHARS) -> tuple[str, int]:
     if "<br>" in title or len(title) <= width:
         return title, title.count("<br>") + 1
     lines: list[str] = []
-    for word in title.split(" "):
+    glue = "\x00"  # "z = 1.1" and "a – b" stay on one line
+    for word in title.replace(" = ", f"{glue}={glue}").replace(" – ", f"{glue}–{glue}").split(" "):
         if lines and len(lines[-1]) + 1 + len(word) <= width:
             lines[-1] += " " + word
         else:
             lines.append(word)
-    return "<br>".join(lines), len(lines)
+    return "<br>".join(lines).replace(glue, " "), len(lines)
 
 
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:
