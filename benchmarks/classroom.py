@@ -69,9 +69,9 @@ def steps_per_second(path: Path, seconds: float) -> float:
 
 async def ws_session(url: str, pages: list[str], until: float, out: list, failures: list):
     """One lightweight client: one websocket session asking for page after page."""
+    import websockets  # installed with Streamlit's server (uvicorn)
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-    import websockets  # installed with Streamlit's server (uvicorn)
 
     ws = await websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream",
                                   subprotocols=["streamlit"], max_size=None)
