@@ -435,7 +435,9 @@ class Writer:
         b["steps/label"][i] = _label_bytes(record.label or "")
         b["steps/loss"][i] = record.loss_end
         self._n += 1
-        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows
+        # The very first step goes out at once: a live view (the demo) draws its first chart
+        # as soon as one step exists, instead of waiting for flush_seconds to pass.
+        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows or self._rows == 0
                 or time.monotonic() - self._last_flush >= self.flush_seconds):
             self._flush()
 
