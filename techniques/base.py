@@ -215,6 +215,11 @@ class Technique:
     description: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     reconstructed: ClassVar[bool] = False  # the paper's exact algorithm is not public
+    # Compose or refuse (checked by ``techniques.validate_all`` before training): two
+    # techniques sharing a role (``techniques.ROLES``: "weight-format", "backward", ...) are
+    # refused, and so is a pair where either names the other in ``conflicts`` (name -> why).
+    roles: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(self.options))
