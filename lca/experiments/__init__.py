@@ -45,6 +45,8 @@ EXPERIMENTS: dict[str, str] = {
                  "circular-shift null)",
     "techniques": "weight update skipping vs baseline (time, accuracy) and magnitude vs L-OBS "
                   "vs LCA-guided pruning at equal sparsity",
+    "methods": "backprop vs DFA vs BDFA vs weight symmetry: accuracy, % helped, alignment with "
+               "the true gradient, parameters saved",
 }
 DEFAULT_OUT = Path("docs/results")
 DEFAULT_RUNS = Path("artifacts/experiment-runs")  # gitignored: run files are never committed
