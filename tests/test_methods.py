@@ -266,3 +266,36 @@ def test_roles_are_documented():
             assert role in techniques.ROLES, (name, role)
         for other in cls.conflicts:
             assert other in techniques.names(), (name, other)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the app shows.
+
+
+def test_alignment_and_helped_figures():
+    from lca.figures import HELPED, alignment_figure, helped_by_method_figure
+
+    fig = alignment_figure(np.array([[0.0, 0.1], [0.2, np.nan], [0.5, 0.4]]), ["fc1", "fc2"],
+                           kind=np.array([0, 1, 0]))
+    assert [t.name for t in fig.data] == ["fc1", "fc2"]
+    assert list(fig.data[0].y) == [0.0, 0.5]  # the intervention row is left out
+    fig = helped_by_method_figure({"fc1": 0.4, "out": 0.9}, {"fc1": "dfa", "out": "backprop"})
+    assert list(fig.data[0].x) == ["fc1 (dfa)", "out (backprop)"]
+    assert np.allclose(fig.data[0].y, [40, 90]) and fig.data[0].marker.color == HELPED
+
+
+@pytest.mark.slow
+def test_page_shows_alignment_helped_and_params_saved(runs_folder, make_run):
+    from test_pages_techniques import _page
+
+    techs = [{"name": "dfa"}, {"name": "symmetry"}]
+    make_run(name="methods.h5", folder=runs_folder, techniques=techs,
+             model_options={"hidden": [16, 16]})
+    at = _page(runs_folder, "methods.h5")
+    assert not at.exception and not at.error
+    heads = [h.value for h in at.subheader]
+    assert "Feedback alignment (dfa)" in heads and "Weight symmetry (symmetry)" in heads
+    assert any("**120** parameters saved" in m.value for m in at.markdown)  # 16·15/2
+    titles = [str(c.proto.spec) for c in at.get("plotly_chart")]
+    assert any("Alignment of each layer" in t for t in titles)
+    assert any("Weights that helped, per layer" in t for t in titles)
