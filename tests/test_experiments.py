@@ -244,6 +244,8 @@ def test_methods_table_from_runs(out: Path) -> None:
             else:
                 assert row["alignment last"] == "n/a"
             saved = r.technique_summaries().get("symmetry", {}).get("params_saved", 0)
+            assert close(row["helped % of learned"],
+                         100 * float((totals < 0).sum() / (totals.size - saved)), abs_=0.051)
             assert row["params saved"].startswith(f"{saved:,} of {totals.size:,}")
     assert rows["symmetry"]["params saved"].startswith("4,032")  # fc1, fc2: 2 × 64·63/2
 

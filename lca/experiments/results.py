@@ -277,6 +277,14 @@ def _techniques(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
 
 
 def _methods(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
+    notes.append(
+        "- **Training methods.** Small on purpose (MLP 64-64, 300 SGD steps, digits and a "
+        "2,000-image Fashion-MNIST subset when present: a few minutes on 2 shared cores). DFA is "
+        "scored by LCA with the true gradient; the papers trained far longer, so only the "
+        "direction (alignment grows from ~0, DFA trails backprop) is comparable. Symmetry's "
+        "saving depends on how many layers are square: both on 8×8 digits (64-64-64), one on "
+        "Fashion-MNIST (784-64-64)."
+    )
     for label, x in f["runs"].items():
         bp = x["backprop"]
         for method in ("dfa", "bdfa"):
