@@ -39,6 +39,8 @@ __all__ = [
     "parse_spec",
     "validate",
     "validate_all",
+    "conflict",
+    "ROLES",
 ]
 
 # Modules that define techniques; each registers its classes with @register on import.
@@ -114,6 +116,16 @@ ROLES: dict[str, str] = {
 }
 
 
+# Hooks whose answer is taken from the first technique that says True: two overriding them
+# would silently lose the second's behaviour, so such a pair is refused.
+_EXCLUSIVE_HOOKS = {"backward": "run the backward pass themselves",
+                    "optimizer_step": "step the optimizer themselves"}
+
+
+def _overrides(cls: type[Technique], hook: str) -> bool:
+    return getattr(cls, hook) is not getattr(Technique, hook)
+
+
 def conflict(a: type[Technique], b: type[Technique]) -> str | None:
     """Why techniques ``a`` and ``b`` cannot run together (one sentence), or None."""
     if a.name == b.name:
@@ -122,6 +134,10 @@ def conflict(a: type[Technique], b: type[Technique]) -> str | None:
     why = a.conflicts.get(b.name) or b.conflicts.get(a.name)
     if why:
         return f"Techniques {a.name!r} and {b.name!r} cannot be combined: {why}; keep one."
+    for hook, what in _EXCLUSIVE_HOOKS.items():  # a safety net for techniques without roles:
+        if _overrides(a, hook) and _overrides(b, hook):  # only the first one's hook would run
+            return (f"Techniques {a.name!r} and {b.name!r} cannot be combined: both {what}; "
+                    "keep one.")
     shared = [r for r in a.roles if r in b.roles]
     if shared:
         return (f"Techniques {a.name!r} and {b.name!r} cannot be combined: both "

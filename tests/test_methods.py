@@ -259,6 +259,25 @@ def test_pairs_a_user_would_try_train_and_conserve(trained, pair):
     assert delta < 0 and abs(gap) <= 0.02 * abs(delta)
 
 
+def test_two_techniques_running_the_backward_are_refused_without_roles():
+    class A(techniques.Technique):
+        name = "a"
+
+        def backward(self, ctx, loss):
+            return True
+
+    class B(A):
+        name = "b"
+
+    class C(techniques.Technique):
+        name = "c"
+
+    message = techniques.conflict(A, B)
+    assert message and one_sentence(message) and "'a'" in message and "'b'" in message
+    assert "backward" in message
+    assert techniques.conflict(A, C) is None
+
+
 def test_roles_are_documented():
     for name in techniques.names():
         cls = techniques.get(name)
