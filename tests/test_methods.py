@@ -228,6 +228,7 @@ def _spec(name: str) -> dict:
     return {"name": name, **FAST.get(name, {})}
 
 
+@pytest.mark.slow  # each pair trains 3 steps: a few seconds on a loaded machine
 @pytest.mark.parametrize(("a", "b"), list(itertools.combinations(techniques.names(), 2)))
 def test_every_pair_composes_or_is_refused(trained, a, b):
     techs = [_spec(a), _spec(b)]
