@@ -46,6 +46,8 @@ class _FeedbackAlignment(Technique):
     """Shared by ``dfa`` and ``bdfa``; subclasses say how B_l is drawn."""
 
     roles = ("feedback", "backward")
+    conflicts = {"compress": "the DFA-trained layers take only the projected output error, so "
+                             "a loss term's gradient would never reach them"}
     options: dict[str, Option] = {
         "bp_layers": Option([], "layers that keep backpropagation (the output layer always "
                             "does), joined by +, e.g. fc1", list),
