@@ -382,6 +382,10 @@ def _output_path(job: _Job, source: str | Path, out: str | Path | None, compare:
     path = Path(out) if out is not None else default_out(source, job.method)
     if path.resolve() == Path(source).resolve():
         raise PosthocError("--out must differ from the run being recomputed.")
+    if path.suffix != ".h5":
+        raise PosthocError(
+            f"--out {path} does not end in .h5; name the new run file like {path.stem or 'run'}.h5."
+        )
     return path
 
 
@@ -392,6 +396,10 @@ def _open_output(job: _Job, reader: Any, path: Path | None, record: str | None, 
     # Imported here for the same reason as Reader in allocate_run (h5py at start-up).
     from .store import Writer
 
+    if path.exists() and not overwrite:  # never replaced without being asked
+        raise PosthocError(
+            f"{path} already exists; choose another --out, or add --overwrite to replace it."
+        )
     config = {**reader.config, "method": job.method, "save_weights": False, "out": str(path)}
     return Writer(
         path,

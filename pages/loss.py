@@ -41,7 +41,8 @@ def metrics(s: dict) -> None:
               delta_color="off", delta_arrow="off",
               help="Sum over steps of ΔL − ΣLCA: how much of the loss change LCA did not "
                    "allocate (0 = every bit of it was allocated).")
-    if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") != "rk4-adaptive":
+    if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") not in ("rk4-adaptive",
+                                                                           "rk4-paper"):
         st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
                 f"integrator ({s.get('method') or '?'}) was not accurate on some steps, usually "
                 "the first, large ones. Record with method rk4-adaptive, which splits such "

@@ -51,6 +51,7 @@ def section_overview(d: views.TechniqueView) -> None:
             st.dataframe(reported, hide_index=True, width="stretch")
     elif d.status == "running":
         st.caption("Each technique's own report is added when the run ends.")
+    section_savings(d)
 
 
 def section_timelines(data: views.RunTechniques) -> None:
@@ -266,6 +267,37 @@ def section_symmetry(d: views.TechniqueView, name: str) -> None:
                 "The mirrored entries are never used, never move, and have LCA exactly 0.")
 
 
+def section_savings(d: views.TechniqueView) -> None:
+    from techniques.savings import savings_rows
+
+    st.markdown("**What each technique saves, in bits per value (float32 = 32)**")
+    st.dataframe(savings_rows(d.data.names, d.reported), hide_index=True, width="stretch")
+    st.caption("Simulated numerics (fake quantization, float16/FP8 by casting) cost time here; "
+               "their figures are what the format would store on hardware that has it.")
+
+
+def section_precision(d: views.TechniqueView, name: str, bits: dict[str, np.ndarray]) -> None:
+    st.subheader(f"Precision per tensor ({name})")
+    plot(F.precision_bits_figure(d.data.tensor_names, bits), key=f"tech_precision_{name}")
+    st.caption("Bits of each tensor class per layer: the analytic assignment (feedforward "
+               "precisions equalizing quantization noise, gradient ranges and LSBs from a short "
+               "float probe, an accumulator fine enough for the smallest update) or fixed bits. "
+               "Rounded activations make the loss piecewise constant: LCA is measured on the "
+               "quantized weights with activations clipped but not rounded.")
+
+
+def section_loss_scales(d: views.TechniqueView, name: str) -> None:
+    data, series = d.data, d.series[name]
+    st.subheader(f"Per-layer loss scales ({name})")
+    plot(F.layer_scales_figure(data.tensor_names, series["scale"], data.layer_lca, data.kind),
+         key=f"tech_scales_{name}")
+    plot(F.underflow_figure(series["underflow"], series.get("underflow_global"), data.kind),
+         key=f"tech_underflow_{name}")
+    st.caption("Each layer's float16 error gets its own power-of-two scale; the weight "
+               "gradients are unscaled exactly. Underflow: gradient values float16 flushed to "
+               "zero, with these scales and with one global scale on the same gradients.")
+
+
 def section_other(d: views.TechniqueView, name: str, shown: set[str]) -> None:
     data = d.data
     rest = {k: v for k, v in d.series.get(name, {}).items()
@@ -300,6 +332,7 @@ def body(path: Path) -> None:
     if data.prune:
         section_pruning(d, path)
     handled = {"skipping", "lr_factor", "sparsity"}
+    precision = read_view(views.precision_view, path)
     for name in data.names:
         series = d.series.get(name, {})
         shown = set(handled)
@@ -321,6 +354,12 @@ def body(path: Path) -> None:
             shown |= {"alignment"}
         if name == "symmetry":
             section_symmetry(d, name)
+        if name in precision:
+            section_precision(d, name, precision[name])
+        scale = series.get("scale")
+        if scale is not None and scale.ndim == 2 and "underflow" in series:
+            section_loss_scales(d, name)
+            shown |= {"underflow", "underflow_global"}
         section_other(d, name, shown)
 
 

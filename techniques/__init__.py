@@ -21,6 +21,10 @@ from .base import (
     RunFileWriter,
     Technique,
     TechniqueError,
+    is_measuring,
+    measuring,
+    real_forward,
+    while_measuring,
 )
 
 __all__ = [
@@ -35,17 +39,21 @@ __all__ = [
     "create",
     "describe",
     "get",
+    "is_measuring",
+    "measuring",
     "names",
     "parse_spec",
+    "real_forward",
     "validate",
     "validate_all",
+    "while_measuring",
     "conflict",
     "ROLES",
 ]
 
 # Modules that define techniques; each registers its classes with @register on import.
-_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize", "feedback",
-            "symmetry")
+_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize",
+            "fp8", "fixedpoint", "loss_scaling", "bnn", "conntra", "feedback", "symmetry")
 _REGISTRY: dict[str, type[Technique]] = {}
 _loaded = False
 

@@ -61,12 +61,22 @@ step and current minibatch (``ctx.batch``); ``ctx.params()``; the LCA measured s
 read-only (``ctx.cumulative_lca``, ``ctx.last_segment``, ``ctx.segments_measured``);
 ``ctx.evaluate()``; ``ctx.lr_factor``; and the run file through ``ctx.event`` and
 ``ctx.set_array`` only. Where a technique acted is recorded under ``/techniques/<name>/``.
+
+Activation hooks (quantized activations, gradient quantizers, loss-scaling boundaries) are
+module hooks a technique registers in ``setup``; they run in *every* forward of the model,
+including LCA's. LCA is measured in float32 on ``effective(params)`` alone, so such a hook must
+step aside while LCA measures: it returns its input unchanged when ``is_measuring()`` is True.
+The loop wraps the measurer's one model call in ``while_measuring`` (one line in
+``lca/train.py``); ``real_forward()`` lets a technique evaluate the real (hooked) model even
+from inside a measurement, e.g. to record the loss its discretized forward really has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+import functools
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -74,6 +84,44 @@ import torch
 from torch import nn
 
 from lca.spec import Spec
+
+_STATE = threading.local()  # per thread: the app may train in a worker thread
+
+
+def is_measuring() -> bool:
+    """True while LCA measures the loss (activation hooks must then return their input)."""
+    return getattr(_STATE, "measuring", 0) > 0 and getattr(_STATE, "real", 0) == 0
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Mark the forward passes inside as LCA measurements."""
+    _STATE.measuring = getattr(_STATE, "measuring", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.measuring -= 1
+
+
+@contextmanager
+def real_forward() -> Iterator[None]:
+    """Run the hooked (discretized) forward even inside a measurement."""
+    _STATE.real = getattr(_STATE, "real", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.real -= 1
+
+
+def while_measuring(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (the measurer's model call) run under ``measuring()``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with measuring():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class TechniqueError(ValueError):

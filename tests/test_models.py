@@ -241,11 +241,11 @@ def test_conv_init_uses_fan_in() -> None:
 
 
 def _sgd_cases() -> list:
-    """Every case and two activations; ResNet-20 steps on 28×28 and 32×32 images take seconds
-    each, so those two are marked slow."""
+    """Every case and two activations; ResNet-20's SGD steps take seconds each, so its cases are
+    marked slow."""
     cases = [*_cases(), ("mlp-tanh", (2,)), ("mlp-gelu", (64,))]
     return [
-        pytest.param(n, s, marks=pytest.mark.slow) if n == "resnet20" and s[-1] >= 28 else (n, s)
+        pytest.param(n, s, marks=pytest.mark.slow) if n == "resnet20" else (n, s)
         for n, s in cases
     ]
 

@@ -39,6 +39,7 @@ def trained() -> Playground:
 # -- engine -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_session_different_seed_differs():
     a = Playground(Settings(dataset="xor", seed=5))
     b = Playground(Settings(dataset="xor", seed=5))

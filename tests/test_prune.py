@@ -518,6 +518,7 @@ def test_prune_event_is_its_own_lca_segment(monkeypatch) -> None:
             assert torch.all(a == 0)
 
 
+@pytest.mark.slow
 def test_lobs_event_moves_only_its_layer(monkeypatch) -> None:
     seen = _capture_event_records(monkeypatch, prune.PruneLOBS)
     config = RunConfig(

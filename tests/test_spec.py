@@ -98,7 +98,8 @@ def _other_value(spec: Spec):
     if allowed:
         return next(v for v in allowed if v != spec.default)
     if spec.kind is int:
-        return (spec.default or 0) + 7
+        default = spec.default if isinstance(spec.default, int) else 0  # e.g. threads = "auto"
+        return (default or 0) + 7
     if spec.kind is float:
         return spec.default / 2
     if spec.kind is str:
