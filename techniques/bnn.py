@@ -48,6 +48,7 @@ class BNN(Technique):
     """Binary weights and activations, Hardtanh + sign, latent weights clipped to [−1, 1]."""
 
     name = "bnn"
+    roles = ("weight-format",)
     description = (
         "Binarized neural network (Hubara/Courbariaux): binary weights and activations (the "
         "first layer's input real), Hardtanh before sign, latent weights clipped to [-1, 1]; "

@@ -177,6 +177,7 @@ class SakrFixedPoint(Technique):
     """Sakr & Shanbhag 2019: every tensor class in per-tensor fixed point, analytic precisions."""
 
     name = "fixed-point"
+    roles = ("weight-format", "arithmetic")
     description = (
         "Per-tensor fixed point for weights, activations, activation gradients, weight "
         "gradients and the weight accumulator (Sakr & Shanbhag 2019), with the analytic "
