@@ -7,6 +7,7 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +15,26 @@ from pathlib import Path
 import streamlit as st
 
 from lca import runs
+from lca.figures.literal import literal_figure
 from lca.store import Reader, RunFileError
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
+
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all
+# also stops Streamlit's own syntax (:red[..], :material/..:, $math$) and bare-URL links.
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def literal(text: object) -> str:
+    """``text`` (a layer name, a status, a config string, a file name, an error sentence that
+    quotes a run file) as Streamlit markdown shows it literally: no links, images, emphasis,
+    HTML or colour, and on one line. Use it for every string that did not come from our code,
+    in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels."""
+    one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
 
 
 def runs_folder() -> Path:
@@ -72,8 +88,9 @@ def require_run() -> Path:
 
 
 def plot(fig, *, key: str | None = None, **kwargs):
-    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
-    return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
+    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept;
+    every string in the figure (layer names from the file...) is shown literally, not as HTML."""
+    return st.plotly_chart(literal_figure(fig), theme=None, width="stretch", key=key, **kwargs)
 
 
 def show_run(render: Callable[[Path], object]) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import h5py
 import numpy as np
 
+from . import filecheck
 from .schema import (
     FORMAT,
     SCHEMA_VERSION,
@@ -50,6 +52,11 @@ def _check_path(path: Path) -> None:
         raise RunFileError(f"{name!r} is a folder, not a run file; choose a .h5 file inside it.")
     if not os.access(path, os.R_OK):
         raise RunFileError(f"{name!r} cannot be read (permission denied); check its permissions.")
+    if not stat.S_ISREG(path.stat().st_mode):  # opening a pipe or a device would block
+        raise RunFileError(
+            f"{name!r} is not a regular file (a pipe or a device), so LCA Lab does not read it; "
+            "choose a .h5 run file."
+        )
     try:
         is_h5 = h5py.is_hdf5(str(path))
     except OSError:
@@ -95,6 +102,7 @@ def _open_checked(path: Path) -> h5py.File:
     names the file and the fix."""
     _check_path(path)
     name = path.name
+    filecheck.check(path)  # in a process of its own, cached: before anything is read here
     _refuse_truncated(path)
     try:
         f = h5py.File(path, "r", swmr=True)
@@ -183,6 +191,9 @@ class _SharedFile:
 
     @classmethod
     def acquire(cls, path: Path) -> _SharedFile:
+        # Checked before the lock: a slow or hostile file never holds up other readers.
+        _check_path(path)
+        filecheck.check(path)
         try:
             st = path.stat()
             key = (str(path.resolve()), st.st_dev, st.st_ino)
@@ -317,6 +328,13 @@ class Reader:
                             f"or if its writer was killed: python -m lca recover {self.path.name}"
                         ) from None
                     time.sleep(0.02)
+        try:
+            size = os.fstat(self._f.id.get_vfd_handle()).st_size
+        except (OSError, ValueError, TypeError):
+            size = self.path.stat().st_size
+        too_large = filecheck.declared_too_large(self._ds.values(), size, self.path.name)
+        if too_large:
+            raise RunFileError(too_large)
         self.status: str = _decode(self._status[()]).rstrip("\x00")
         t = min([self._loss.shape[0] - 1, *(ds.shape[0] for ds in self._per_step)])
         t = max(t, 0)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from . import filecheck
 from .reader import _check_header, _check_path, _is_flag_error, _short
 from .schema import LIBVER, RunFileError, _decode
 
@@ -191,6 +192,7 @@ def recover(path: str | os.PathLike[str], *, force: bool = False) -> str:
     p = Path(path)
     name = p.name
     _check_path(p)
+    filecheck.check(p)  # read only from itself, bounded: before anything is read or written
     attrs: dict[str, Any] = {}
     status, readable = "?", True
     try:
@@ -220,6 +222,7 @@ def recover(path: str | os.PathLike[str], *, force: bool = False) -> str:
                 "it to finish) before recovering it."
             ) from None
         if _clear_open_flags(p):
+            filecheck.check(p)  # now it opens: check what could not be checked before
             f = h5py.File(p, "r+", libver=LIBVER)
         elif readable:
             return _recover_by_copy(p)
