@@ -21,6 +21,7 @@ from pages.live_panel import (
     open_run_button,
     still_there,
 )
+from pages.shared import literal
 
 DEMO_KEY = "demo_job"  # session: run name of this session's demo
 RECENT = 8
@@ -38,7 +39,7 @@ def start_demo() -> None:
     try:
         job = jobs.start(jobs.demo_config(), name)
     except (jobs.JobError, ValueError, OSError) as e:
-        st.error(str(e))
+        st.error(literal(e))
         return
     st.session_state[DEMO_KEY] = job.name
     st.session_state[LIVE_KEY] = job.name
@@ -75,7 +76,8 @@ def _row(run: runs.RunFile) -> dict:
         with Reader(run.path) as r:
             s = r.summary()
         info["status"] = s.get("status") or "?"
-        info["what"] = f"{s.get('dataset')} · {s.get('model')} · {s.get('steps')} steps"
+        what = literal(f"{s.get('dataset')} · {s.get('model')}")
+        info["what"] = f"{what} · {s.get('steps')} steps"
         if s.get("loss0") is not None and s.get("loss_final") is not None:
             info["loss"] = f"loss {s['loss0']:.3f} → {s['loss_final']:.3f}"
         if s.get("test_acc") is not None:
@@ -102,10 +104,11 @@ def recent_runs(items: list[runs.RunFile]) -> None:
         with c1:
             when = dt.datetime.fromtimestamp(run.modified).strftime("%d %b %H:%M")
             if info["problem"]:
-                st.markdown(f"**{run.name}** · {when}  \n:red[{info['problem']}]")
+                st.markdown(f"**{literal(run.name)}** · {when}  \n:red[{literal(info['problem'])}]")
             else:
                 st.markdown(
-                    f"**{run.name}** · {STATUS_ICON.get(info['status'], info['status'])} · "
+                    f"**{literal(run.name)}** · "
+                    f"{STATUS_ICON.get(info['status'], literal(info['status']))} · "
                     f"{when}  \n{info['what']} · {info['loss']}"
                 )
         with c2:

@@ -18,7 +18,7 @@ import streamlit as st
 from lca import figures as F
 from lca.store import Reader
 from lca.synchrony import SynchronyError, synchrony
-from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
+from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"
@@ -166,7 +166,7 @@ def sync_section(r: Reader, path: Path, t: int) -> None:
                              "trend alone makes peaks coincide.")
     out = _synchrony(r, str(path), t, _mtime(path), top / 100.0, 25 if detrend else 0)
     if "error" in out:
-        st.info(out["error"])
+        st.info(literal(out["error"]))
         return
     res, names = out["result"], out["names"]
     c1, c2, c3 = st.columns(3)
@@ -204,7 +204,7 @@ def sync_section(r: Reader, path: Path, t: int) -> None:
             "of shifts with C at least as high.\n"
             "- Interventions (e.g. prune events) are left out. The LCA paper reports "
             "synchronized learning but not its measure; this one is ours."
-            + (f"\n- Left out (never moved enough): {', '.join(out['left_out'])}."
+            + (f"\n- Left out (never moved enough): {literal(', '.join(out['left_out']))}."
                if out["left_out"] else ""))
 
 
@@ -214,8 +214,8 @@ def render(path: Path) -> bool:
             return False
         t = r.num_steps
         kind = r.steps("kind", 0, t)
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} · {len(r.names)} layers "
-                   f"(parameter tensors) · record {r.record}")
+        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} · "
+                   f"{len(r.names)} layers (parameter tensors) · record {literal(r.record)}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
                     "step.")

@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
+from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -43,7 +43,8 @@ def metrics(r: Reader, s: dict) -> None:
                    "allocate (0 = every bit of it was allocated).")
     if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") != "rk4-adaptive":
         st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
-                f"integrator ({s.get('method') or '?'}) was not accurate on some steps, usually "
+                f"integrator ({literal(s.get('method') or '?')}) was not accurate on some "
+                "steps, usually "
                 "the first, large ones. Record with method rk4-adaptive, which splits such "
                 "steps until the error is small, or with a smaller learning rate.",
                 icon=":material/info:")
@@ -75,8 +76,9 @@ def render(path: Path) -> bool:
             return False
         t = r.num_steps
         kind = r.steps("kind")
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} recorded · "
-                   f"{r.num_params:,} parameters · method {r.method} · record {r.record}")
+        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} "
+                   f"recorded · {r.num_params:,} parameters · method {literal(r.method)} · "
+                   f"record {literal(r.record)}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
                     "step.")

@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import figures as F
 from lca.store import Reader
-from pages.shared import open_run_or_explain, plot, show_run, steps_phrase
+from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
 
 VALUE_BUDGET = 4_000_000  # LCA values read for the histogram (a seeded sample of steps beyond)
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
@@ -105,7 +105,7 @@ def images_section(r: Reader, totals: dict) -> None:
     image_shape = F.infer_image_shape(dataset, shape[1]) if len(shape) == 2 else None
     if len(shape) == 2 and image_shape is None:
         st.caption(f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
-                   f"Fashion-MNIST, CIFAR-10); this run uses {dataset or 'other data'}.")
+                   f"Fashion-MNIST, CIFAR-10); this run uses {literal(dataset or 'other data')}.")
         return
     st.subheader("What the first layer learned to look at")
     n = shape[0]
@@ -118,7 +118,8 @@ def images_section(r: Reader, totals: dict) -> None:
             "input pixel" if len(shape) == 2 else
             "one small image per kernel (channels summed): each pixel is the total LCA of "
             "that kernel weight")
-    st.caption(f"{name}: {what}. :green[Green]: that weight lowered the loss over training; "
+    st.caption(f"{literal(name)}: {what}. :green[Green]: that weight lowered the loss over "
+               "training; "
                ":red[red]: raised it.")
 
 
@@ -126,7 +127,7 @@ def values_section(path: Path, r: Reader, t: int) -> None:
     st.subheader("All LCA values")
     if r.record != "full":
         st.info(f"The distribution of every weight's LCA on every step needs a run recorded "
-                f"with record 'full'; this run was recorded '{r.record}'.")
+                f"with record 'full'; this run was recorded '{literal(r.record)}'.")
         return
     log = st.toggle("Log scale (shows the rare large values)", key="neurons_hist_log",
                     bind="query-params")
@@ -180,7 +181,7 @@ def top_section(r: Reader, totals: dict, helped: dict, rows: int, pos: np.ndarra
     row = table[labels.index(choice)]
     if r.record != "full":
         st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
-                f"was recorded '{r.record}' (only its total, above, is kept).")
+                f"was recorded '{literal(r.record)}' (only its total, above, is kept).")
         return
     trace = r.param_lca(row["tensor"], 0, len(pos), index=row["index"])
     plot(F.param_trace(trace, label=choice,
@@ -197,8 +198,9 @@ def render(path: Path) -> bool:
             return False
         t = r.num_steps
         kind = r.steps("kind", 0, t)
-        st.caption(f"**{path.name}** · {r.status} · {steps_phrase(kind)} · "
-                   f"{r.num_params:,} parameters in {len(r.units)} layers · record {r.record}")
+        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} · "
+                   f"{r.num_params:,} parameters in {len(r.units)} layers · record "
+                   f"{literal(r.record)}")
         if t == 0:
             st.info("This run has not recorded a step yet; the charts appear after the first "
                     "step.")

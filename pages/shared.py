@@ -37,6 +37,12 @@ def literal(text: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
 
 
+def literal_rows(rows: list[dict]) -> list[dict]:
+    """Table rows for st.table (which renders markdown in its cells) with every string cell
+    shown literally."""
+    return [{k: literal(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
 def runs_folder() -> Path:
     return runs.runs_dir()
 
@@ -54,10 +60,10 @@ def selected_run_path() -> Path | None:
     try:
         path = runs.resolve(name)
     except runs.RunNameError as e:
-        st.error(str(e))
+        st.error(literal(e))
         return None
     if not path.exists():
-        st.warning(f"The run {name} no longer exists; pick another run in the sidebar.")
+        st.warning(f"The run {literal(name)} no longer exists; pick another run in the sidebar.")
         return None
     return path
 
@@ -68,7 +74,7 @@ def open_run_or_explain(path: Path) -> Iterator[Reader | None]:
     try:
         reader = Reader(path)
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         yield None
         return
     try:
