@@ -23,18 +23,22 @@ DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
 
 
-# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all
-# also stops Streamlit's own syntax (:red[..], :material/..:, $math$) and bare-URL links.
-_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+# What Streamlit markdown would turn into markup: emphasis, code, links and images, HTML,
+# tables, strikethrough, LaTeX, entities, directive attributes; a colon before a name
+# (:red[..], :material/..:, :emoji:, and the "http:" of a bare URL); "www." and "@" (bare links).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~$&#@{}]|:(?=[\w/+-])|(?<=www)\.)")
+_BLOCK_START = re.compile(r"^(\s*\d*)([-+=>.)])")  # a list, quote or heading at the start
 
 
 def literal(text: object) -> str:
     """``text`` (a layer name, a status, a config string, a file name, an error sentence that
     quotes a run file) as Streamlit markdown shows it literally: no links, images, emphasis,
     HTML or colour, and on one line. Use it for every string that did not come from our code,
-    in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels."""
+    in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels. Only
+    what markdown would interpret is escaped, so ordinary sentences read the same."""
     one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    return _BLOCK_START.sub(lambda m: m[1] + "\\" + m[2], escaped)
 
 
 def literal_rows(rows: list[dict]) -> list[dict]:

@@ -310,13 +310,16 @@ def markup_run(normal: Path, folder: Path, name: str = "markup.h5") -> Path:
 
 
 def test_markdown_helper_shows_text_literally():
+    import re
+
     from pages.shared import literal
 
-    for text in MARKUP_NAMES:
+    for text in [*MARKUP_NAMES, "see www.example.com", "1. a list", "# a heading"]:
         out = literal(text)
-        for mark in "[]()<>*:!":
-            assert mark not in out.replace("\\" + mark, "")
-    assert literal("fc1.weight") == "fc1\\.weight"
+        bare = re.sub(r"\\.", "", out)  # what is left once every escaped character is removed
+        assert not re.search(r"[\[\]<>*!#]|:\w|www\.|^\d+\.", bare), (text, out)
+    assert literal("'fc1.weight' is cut short; try: python -m lca recover x.h5") == (
+        "'fc1.weight' is cut short; try: python -m lca recover x.h5")  # plain text unchanged
     assert literal("a\nb") == "a b"
 
 
@@ -347,7 +350,7 @@ def test_layers_page_shows_markup_names_literally(normal, runs_folder):
     joined = "\n".join(str(t) for t in texts)
     for raw in [*MARKUP_NAMES, "![x](http://e/)"]:
         assert raw not in joined
-    assert "\\!\\[x\\]\\(http" in joined  # the status, shown literally
+    assert "\\!\\[x\\](http" in joined  # the status, shown literally
     figures = [e.proto.spec for e in at.get("plotly_chart")]
     assert figures
     for spec in figures:
@@ -367,7 +370,8 @@ def test_runs_page_refuses_a_crafted_upload_and_keeps_nothing(normal, runs_folde
     errors = [e.value for e in at.error]
     assert len(errors) == 1
     assert "external storage" in errors[0] and "It was not added" in errors[0]
-    assert "](http" not in errors[0] and SECRET not in errors[0]
+    assert "\\[x\\](http\\://e.com)" in errors[0]  # its name shown literally, not a link
+    assert SECRET not in errors[0]
     assert sorted(os.listdir(runs_folder)) == []  # nothing kept, not even a temporary file
 
 
