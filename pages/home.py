@@ -12,7 +12,7 @@ import datetime as dt
 import streamlit as st
 
 from lca import jobs, runs
-from lca.store import Reader, RunFileError
+from lca.store import Reader, RunFileError, filecheck
 from pages.live_panel import (
     LIVE_KEY,
     SELECT_KEY,
@@ -98,6 +98,7 @@ STATUS_ICON = {
 def recent_runs(items: list[runs.RunFile]) -> None:
     st.subheader("Recent runs")
     page = first_existing_page()
+    filecheck.prefetch(run.path for run in items[:RECENT])  # one checking process for all
     for i, run in enumerate(items[:RECENT]):
         info = _row(run)
         c1, c2 = st.columns([5, 1], vertical_alignment="center")

@@ -55,6 +55,7 @@ def table(items: list[runs.RunFile]) -> tuple[pd.DataFrame, dict[str, dict], lis
     good: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
     rows = []
+    filecheck.prefetch(run.path for run in items)  # one checking process for the whole folder
     for run in items:
         s, problem = summarize(str(run.path), run.modified, run.size)
         if s is None:

@@ -246,6 +246,26 @@ def test_a_normal_run_is_checked_once(normal, monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_folder_listing_is_checked_in_one_process(normal, tmp_path, monkeypatch):
+    def deep(f: h5py.File) -> None:
+        g = f
+        for _ in range(20):
+            g = g.create_group("g")
+
+    folder = tmp_path / "runs"
+    paths = [crafted(normal, folder, "a.h5", lambda f: None),
+             crafted(normal, folder, "b.h5", lambda f: None),
+             crafted(normal, folder, "deep.h5", deep)]
+    batches = []
+    real = filecheck._run_child
+    monkeypatch.setattr(filecheck, "_run_child", lambda ps: batches.append(ps) or real(ps))
+    filecheck.prefetch(paths)
+    Reader(paths[0]).close()
+    Reader(paths[1]).close()
+    assert "deeper than" in refused(paths[2])
+    assert len(batches) == 1 and len(batches[0]) == 3
+
+
 @pytest.mark.slow
 def test_checking_a_hostile_file_never_blocks_other_readers(normal, tmp_path, monkeypatch):
     """While the check of a crafted file is in flight, another thread keeps reading a run."""

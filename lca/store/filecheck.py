@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -51,8 +52,8 @@ DATASET_SLACK_BYTES = 64 << 10  # declared but unwritten bytes allowed per datas
 DECLARED_FACTOR = 32  # all datasets together declare at most 32 × the file's size ...
 DECLARED_SLACK = 64 << 20  # ... plus 64 MiB
 CHECK_MEMORY_BYTES = 1 << 30  # address space of the checking process
-CHECK_CPU_SECONDS = 20
-CHECK_WALL_SECONDS = 60  # killed after this, whatever it is waiting for
+CHECK_CPU_SECONDS = 30
+CHECK_WALL_SECONDS = 120  # killed after this, whatever it is waiting for
 
 LIMITS: dict[str, int] = {
     "max_depth": MAX_DEPTH,
@@ -173,8 +174,9 @@ def forget() -> None:
         _live.clear()
 
 
-def _spawn(path: Path) -> dict[str, Any]:
-    """Run the checker on ``path`` in a process of its own; its verdict as a dict."""
+def _run_child(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Check ``paths`` in one process of their own; path -> verdict for every file the child
+    finished (a child killed half-way keeps the verdicts it printed)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "OPENBLAS_NUM_THREADS": "1",
@@ -184,27 +186,63 @@ def _spawn(path: Path) -> dict[str, Any]:
     }
     if "HDF5_USE_FILE_LOCKING" in os.environ:
         env["HDF5_USE_FILE_LOCKING"] = os.environ["HDF5_USE_FILE_LOCKING"]
-    cmd = [sys.executable, "-I", "-B", str(CHILD), str(path), json.dumps(LIMITS)]
+    cmd = [sys.executable, "-I", "-B", str(CHILD), json.dumps(LIMITS), *map(str, paths)]
+    timed_out = False
     try:
-        done = subprocess.run(  # noqa: S603 - fixed command, the path is an argument
+        done = subprocess.run(  # noqa: S603 - fixed command, the paths are arguments
             cmd, capture_output=True, text=True, timeout=CHECK_WALL_SECONDS, env=env,
             stdin=subprocess.DEVNULL, check=False,
         )
-    except subprocess.TimeoutExpired:
-        return {"refuse": "timeout"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode == 0 and lines:
+        out, err, code = done.stdout, done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:  # killed: keep what it printed
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err, code, timed_out = "", None, True
+    verdicts: dict[str, dict[str, Any]] = {}
+    for line in out.splitlines():
         try:
-            verdict = json.loads(lines[-1])
+            v = json.loads(line)
         except ValueError:
-            verdict = None
-        if isinstance(verdict, dict):
-            return verdict
-    if done.returncode in (-9, -24, 137, 152):  # SIGKILL / SIGXCPU: the CPU cap
-        return {"refuse": "timeout"}
-    if "MemoryError" in done.stderr:
-        return {"refuse": "memory"}
-    return {"refuse": "crashed"}
+            continue
+        if isinstance(v, dict) and isinstance(v.get("file"), str):
+            verdicts[v.pop("file")] = v
+    pending = [str(p) for p in paths if str(p) not in verdicts]
+    if pending:  # the file being checked when the child died: that one is to blame
+        if timed_out or code in (-signal.SIGKILL, -signal.SIGXCPU):
+            verdicts[pending[0]] = {"refuse": "timeout"}
+        elif "MemoryError" in err:
+            verdicts[pending[0]] = {"refuse": "memory"}
+        else:
+            verdicts[pending[0]] = {"refuse": "crashed"}
+    return verdicts
+
+
+def _spawn(path: Path) -> dict[str, Any]:
+    """Check one file in a process of its own; its verdict."""
+    return _run_child([path]).get(str(path), {"refuse": "crashed"})
+
+
+def prefetch(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Check every not yet checked file of ``paths`` in one child process (a listing of the runs
+    folder: one Python start for all of them instead of one per file). Files the child could
+    not finish are checked one by one when they are opened."""
+    todo: list[tuple[Path, tuple[int, int, int, int]]] = []
+    for p in map(Path, paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        key = _key(st)
+        with _lock:
+            known = key in _cache or _live.get(key[:2], st.st_size + 1) <= st.st_size
+        if stat.S_ISREG(st.st_mode) and not known:
+            todo.append((p, key))
+    if len(todo) < 2:
+        return  # one file: checked when it is opened
+    found = _run_child([p for p, _ in todo])
+    for p, key in todo:
+        v = found.get(str(p))
+        if v is not None and v.get("refuse") not in ("timeout", "crashed", "memory"):
+            _remember(key, v)  # a file blamed for a dead batch is checked again on its own
 
 
 def verdict(path: str | os.PathLike[str]) -> dict[str, Any]:

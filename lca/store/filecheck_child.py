@@ -1,10 +1,10 @@
-"""The structure check of one run file, run as a short-lived process of its own.
+"""The structure check of run files, run as a short-lived process of its own.
 
-``lca.store.filecheck`` starts ``python -I filecheck_child.py PATH LIMITS_JSON``; this script
+``lca.store.filecheck`` starts ``python -I filecheck_child.py LIMITS_JSON PATH...``; it
 caps its own memory and CPU time *before* it touches the file, imports only h5py and numpy,
 walks the file's links and object headers with h5py's low-level API (it never follows a soft or
 external link, never opens a dataset's data except a few small schema datasets), and prints one
-JSON line: ``{"ok": true, ...}`` or ``{"refuse": CODE, ...details}``. The parent turns that
+JSON line per file: ``{"ok": true, ...}`` or ``{"refuse": CODE, ...details}``. The parent turns that
 into one sentence. Whatever a hostile file does to this process (hang, crash, eat memory) costs
 the parent one killed child, never a server thread or HDF5's process-wide lock.
 
@@ -259,21 +259,28 @@ def check(path: str, limits: dict) -> dict:
     return {"ok": True, "objects": walker.objects, "attrs": walker.attrs, "status": status}
 
 
-def main(argv: list[str]) -> int:
-    path, limits = argv[1], json.loads(argv[2])
-    _cap(int(limits["memory_bytes"]), int(limits["cpu_seconds"]))
+def _verdict(path: str, limits: dict) -> dict:
     try:
-        verdict = check(path, limits)
+        return check(path, limits)
     except Refuse as r:
-        verdict = {"refuse": r.code, **r.detail}
+        return {"refuse": r.code, **r.detail}
     except MemoryError:
-        verdict = {"refuse": "memory"}
-    except RecursionError:
-        verdict = {"refuse": "broken"}
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
-        verdict = {"refuse": "broken"}
-    sys.stdout.write(json.dumps(verdict) + "\n")
-    sys.stdout.flush()
+        return {"refuse": "memory"}
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):  # RecursionError too
+        return {"refuse": "broken"}
+
+
+def main(argv: list[str]) -> int:
+    """``filecheck_child.py LIMITS_JSON PATH...``: one JSON line per path, flushed as soon as
+    it is known (a batch killed half-way keeps the verdicts it printed)."""
+    limits, paths = json.loads(argv[1]), argv[2:]
+    _cap(int(limits["memory_bytes"]), int(limits["cpu_seconds"]))
+    for path in paths:
+        verdict = _verdict(path, limits)
+        verdict["file"] = path
+        verdict["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sys.stdout.write(json.dumps(verdict) + "\n")
+        sys.stdout.flush()
     return 0
 
 
