@@ -153,10 +153,12 @@ class Walker:
         info = h5o.get_info(root)
         self.seen.add(info.addr)
         self._check_attrs(root, info.num_attrs, "/")
-        queue: list[tuple[object, list[str]]] = [(root, [])]
+        # Groups wait as paths, not open handles: 10,000 open groups would cost ~150 MB.
+        queue: list[tuple[bytes, list[str]]] = [(b"/", [])]
         max_name = self.lim["max_name_bytes"]
         while queue:
-            group, parts = queue.pop(0)
+            gpath, parts = queue.pop(0)
+            group = h5o.open(self.fid, gpath)
             depth = len(parts) + 1
             n = group.get_num_objs()
             if self.objects + n > self.lim["max_objects"]:
@@ -188,7 +190,7 @@ class Walker:
                 self.seen.add(oinfo.addr)
                 self._check_attrs(obj, oinfo.num_attrs, where)
                 if oinfo.type == h5o.TYPE_GROUP:
-                    queue.append((obj, [*parts, text]))
+                    queue.append((gpath.rstrip(b"/") + b"/" + name, [*parts, text]))
                 elif oinfo.type == h5o.TYPE_DATASET:
                     self._check_dataset(obj, [*parts, text])
                 else:
@@ -259,6 +261,19 @@ def check(path: str, limits: dict) -> dict:
     return {"ok": True, "objects": walker.objects, "attrs": walker.attrs, "status": status}
 
 
+def _peak_rss_kb() -> int:
+    """This process's peak resident memory since exec (VmHWM; ru_maxrss would include the
+    parent's size at fork)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _verdict(path: str, limits: dict) -> dict:
     try:
         return check(path, limits)
@@ -278,7 +293,7 @@ def main(argv: list[str]) -> int:
     for path in paths:
         verdict = _verdict(path, limits)
         verdict["file"] = path
-        verdict["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        verdict["peak_rss_kb"] = _peak_rss_kb()
         sys.stdout.write(json.dumps(verdict) + "\n")
         sys.stdout.flush()
     return 0
