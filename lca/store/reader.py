@@ -173,6 +173,28 @@ def _config_name(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+def _all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    """Every dataset of a checked file by path, opened group by group.
+
+    h5py's ``visititems`` walks the whole file in one call under h5py's process-wide lock, so a
+    file with tens of thousands of objects froze every other session's reads for as long; here
+    each call is short and other threads' reads go on in between. (The file check has refused
+    soft and external links, so every link is a hard link inside the file.)
+    """
+    found: dict[str, h5py.Dataset] = {}
+    queue: list[tuple[str, h5py.Group]] = [("", f)]
+    while queue:
+        prefix, group = queue.pop()
+        for name in list(group):
+            obj = group[name]
+            path = f"{prefix}{name}"
+            if isinstance(obj, h5py.Dataset):
+                found[path] = obj
+            elif isinstance(obj, h5py.Group):
+                queue.append((f"{path}/", obj))
+    return found
+
+
 class _SharedFile:
     """One open h5py.File (and one handle per dataset) per run file per process.
 
@@ -188,6 +210,7 @@ class _SharedFile:
     def __init__(self, key: tuple[str, int, int], file: h5py.File) -> None:
         self.key, self.file, self.refs = key, file, 0
         self._datasets: dict[str, h5py.Dataset] | None = None
+        self._walk_lock = threading.Lock()
 
     @classmethod
     def acquire(cls, path: Path) -> _SharedFile:
@@ -209,13 +232,10 @@ class _SharedFile:
             return shared
 
     def datasets(self) -> dict[str, h5py.Dataset]:
-        with self._lock:
+        # Per file, not the class lock: a big file's walk never holds up other files' readers.
+        with self._walk_lock:
             if self._datasets is None:
-                found: dict[str, h5py.Dataset] = {}
-                self.file.visititems(
-                    lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None
-                )
-                self._datasets = found
+                self._datasets = _all_datasets(self.file)
             return self._datasets
 
     def release(self) -> None:
