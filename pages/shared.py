@@ -24,21 +24,29 @@ LIVE_SECONDS = 2.0  # how often live panels re-read a running file
 
 
 # What Streamlit markdown would turn into markup: emphasis, code, links and images, HTML,
-# tables, strikethrough, LaTeX, entities, directive attributes; a colon before a name
-# (:red[..], :material/..:, :emoji:, and the "http:" of a bare URL); "www." and "@" (bare links).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~$&#@{}]|:(?=[\w/+-])|(?<=www)\.)")
+# tables, strikethrough, LaTeX, entities, directive attributes, and a colon before a name
+# (:red[..] directives). Backslashes stop the parser; Streamlit's emoji and icon shortcodes
+# (:smile:, :material/home:) and GitHub's bare links (http://x, www.x, a@b.c) are found later,
+# in the parsed text, so those get an invisible WORD JOINER (U+2060) that breaks the pattern.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~$&#{}])")
+_WORD_JOINER = "\u2060"
+_SHORTCODE_OR_LINK = re.compile(r"(:)(?=[\w/+-])|(@)|(?i:(?<=www)(\.))")
 _BLOCK_START = re.compile(r"^(\s*\d*)([-+=>.)])")  # a list, quote or heading at the start
 
 
 def literal(text: object) -> str:
     """``text`` (a layer name, a status, a config string, a file name, an error sentence that
     quotes a run file) as Streamlit markdown shows it literally: no links, images, emphasis,
-    HTML or colour, and on one line. Use it for every string that did not come from our code,
-    in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels. Only
-    what markdown would interpret is escaped, so ordinary sentences read the same."""
+    HTML, colour or icons, and on one line. Use it for every string that did not come from our
+    code, in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels.
+    Only what markdown would interpret is escaped, so ordinary sentences read the same
+    (checked in a real browser: tests/test_browser.py)."""
     one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
-    return _BLOCK_START.sub(lambda m: m[1] + "\\" + m[2], escaped)
+    joined = _SHORTCODE_OR_LINK.sub(
+        lambda m: "\\:" + _WORD_JOINER if m[1] else "@" + _WORD_JOINER if m[2]
+        else _WORD_JOINER + ".", escaped)
+    return _BLOCK_START.sub(lambda m: m[1] + "\\" + m[2], joined)
 
 
 def literal_rows(rows: list[dict]) -> list[dict]:
