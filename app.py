@@ -13,18 +13,24 @@ from pathlib import Path
 
 import streamlit as st
 
-from lca import runs
-from pages.shared import DELETED_KEY, RUN_KEY, literal
+from lca import classroom, runs
+from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
 
 ROOT = Path(__file__).resolve().parent
+FAVICON = ROOT / "assets" / "favicon.png"
 AUTOSELECT_KEY = "_run_autoselected"
+TEACHER_PARAM = "teacher"  # ?teacher=TOKEN unlocks classroom mode for this browser session
 SELECT_KEY = "_select_when_ready"  # a page asks for this run once its file exists (a new job)
 log = logging.getLogger("lca.app")
 
 # (file, title, url path, icon); an entry appears only once its file exists. Home is the default
-# page, so its address is "/" (Streamlit serves a default page only there).
+# page, so its address is "/" (Streamlit serves a default page only there). A url path should be
+# its file's name: on a server nobody has visited yet, Streamlit resolves a shared link by file
+# name (see pages/__init__.py); only /techniques (file techniques_used.py, so that it does not
+# shadow the techniques package) differs and needs one earlier visit to the app.
 PAGES = [
     ("pages/home.py", "Home", "home", ":material/home:"),
+    ("pages/explain.py", "What is LCA?", "explain", ":material/school:"),
     ("pages/runs.py", "Runs", "runs", ":material/folder_open:"),
     ("pages/train.py", "Train", "train", ":material/play_circle:"),
     ("pages/loss.py", "Loss", "loss", ":material/show_chart:"),
@@ -131,9 +137,41 @@ def sidebar() -> str | None:
     return problem
 
 
+def classroom_gate() -> None:
+    """Classroom mode: unlock this session from ``?teacher=TOKEN`` (then drop the token from the
+    address, so a shared link or a screenshot never carries it) and show who may change what."""
+    if not classroom.enabled():
+        return
+    given = st.query_params.get(TEACHER_PARAM)
+    if given is not None:
+        del st.query_params[TEACHER_PARAM]
+        try:
+            ok = classroom.is_token(given)
+        except ValueError as e:  # a too-short LCA_TEACHER_TOKEN: the server's setup is wrong
+            st.sidebar.error(str(e))
+            ok = False
+        if ok:
+            st.session_state[TEACHER_KEY] = True
+        else:
+            st.sidebar.warning("That teacher token is not right; the app stays view-only. "
+                               "The token is printed where the server was started.")
+    with st.sidebar:
+        if st.session_state.get(TEACHER_KEY):
+            st.badge("Teacher: you can train, stop, delete, upload and recover",
+                     color="blue", icon=":material/school:")
+            if st.button("Lock (view only)", key="classroom_lock", icon=":material/lock:"):
+                st.session_state[TEACHER_KEY] = False
+                st.rerun()
+        else:
+            st.badge("Classroom: view, compare and play", color="gray", icon=":material/lock:")
+
+
 def main() -> None:
-    st.set_page_config(page_title="LCA Lab", page_icon=":material/insights:", layout="wide")
+    # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
+    # and an offline classroom server must not send its students anywhere else.
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
     pg = st.navigation(build_pages())
+    classroom_gate()
     try:
         problem = sidebar()
     except Exception:  # noqa: BLE001 - the sidebar must never take the page down

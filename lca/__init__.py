@@ -21,8 +21,7 @@ from .allocate import (
 )
 from .integrate import METHODS
 from .measure import Measurer
-
-__version__ = "0.1.0"  # also written into every run file (attribute lca_lab_version)
+from .version import __version__
 
 # Names served by lca.store, imported on first use: the store pulls in h5py, which a caller of
 # lca.allocate alone never needs.

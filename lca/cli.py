@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import DEVICES, DTYPES, OPTIMIZERS, RECORD_MODES, SCHEDULES, ConfigError, RunConfig
-from .integrate import METHOD_HELP, METHODS
+from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
+from .integrate import METHODS
+from .spec import Spec
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -115,11 +116,6 @@ def _paragraph(text: str) -> list[str]:
 
 
 def _train_parser(sub) -> None:
-    import data
-    import techniques
-
-    from . import models
-
     p = sub.add_parser(
         "train",
         help="train a model and record its LCA to a run file",
@@ -130,131 +126,66 @@ def _train_parser(sub) -> None:
         formatter_class=_TrainHelpFormatter,
         epilog=_train_epilog(),
     )
-    p.add_argument("--config", help="TOML file with RunConfig fields (flags override it)")
-    p.add_argument("--dataset", help=f"one of: {', '.join(data.names())}")
     p.add_argument(
-        "--dataset-option",
-        action="append",
-        type=_kv,
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option, e.g. noise=0.2 (repeatable)",
+        "--config", help="TOML (or JSON) file with RunConfig fields (flags override it)"
     )
-    p.add_argument(
-        "--data-dir",
-        help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
-    )
-    p.add_argument("--subset", type=int, help="keep this many training examples (default: all)")
-    p.add_argument("--model", help=f"one of: {', '.join(models.names())}")
-    p.add_argument(
-        "--model-option",
-        action="append",
-        type=_kv,
-        default=[],
-        metavar="KEY=VALUE",
-        help="model option, e.g. hidden=[64,32] (repeatable)",
-    )
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="training optimizer")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float, help="momentum of --optimizer momentum")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay of the optimizer")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
-    p.add_argument("--batch-size", type=int, help="training minibatch size")
-    p.add_argument("--steps", type=int, help="optimizer steps")
-    p.add_argument("--seed", type=int, help="seed of the data split, init and batches")
-    p.add_argument(
-        "--measure-size",
-        type=int,
-        help="examples in the measurement set (0 = the whole training split)",
-    )
-    p.add_argument("--measure-batch", type=int, help="chunk size of the measurement set")
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        help="LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
-    )
-    p.add_argument("--tolerance", type=float, help="rk4-adaptive: |ΔL − ΣA| allowed per step")
-    p.add_argument("--measure-dtype", choices=DTYPES, help="precision LCA is measured in")
-    p.add_argument(
-        "--technique",
-        action="append",
-        default=[],
-        metavar="NAME[:KEY=VALUE,...]",
-        help="efficiency technique (repeatable); one of: " + ", ".join(techniques.names()),
-    )
-    p.add_argument(
-        "--record",
-        choices=RECORD_MODES,
-        help="full: every parameter; units: per neuron/channel; layers: per tensor",
-    )
-    p.add_argument(
-        "--device", choices=DEVICES, help="auto: CUDA when available, else CPU"
-    )
-    p.add_argument(
-        "--save-weights",
-        action="store_true",
-        default=None,
-        help="also save θ at every step, so `python -m lca allocate` can recompute the LCA",
-    )
-    p.add_argument("--eval-every", type=int, help="steps between train/test accuracy checks")
-    p.add_argument(
-        "--max-bytes",
-        type=int,
-        help="refuse, before it starts, a run whose file would exceed this many bytes "
-        "(the free disk space is always checked)",
-    )
-    p.add_argument("--out", help="run file to write (default runs/<dataset>-<model>-<time>.h5)")
+    for name, spec in RunConfig.specs().items():
+        _add_config_flag(p, name, spec)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _flag(name: str, spec: Spec) -> str:
+    return spec.flag or "--" + name.replace("_", "-")
+
+
+def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
+    """The flag of RunConfig field ``name``, from its Spec (the one definition of the field).
+
+    Every flag defaults to None, so only the flags a user types override --config.
+    """
+    flag, text = _flag(name, spec), spec.help
+    if spec.kind is dict:  # --dataset-option KEY=VALUE, repeatable, merged over the file's
+        p.add_argument(flag, dest=name, action="append", type=_kv, default=[],
+                       metavar="KEY=VALUE", help=text)
+    elif name == "techniques":  # --technique NAME[:KEY=VALUE,...], repeatable
+        import techniques
+
+        p.add_argument(flag, dest=name, action="append", default=[],
+                       metavar="NAME[:KEY=VALUE,...]",
+                       help=f"{text}; one of: {', '.join(techniques.names())}")
+    elif spec.kind is bool:
+        p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+    elif callable(spec.choices):  # names found at run time: listed, checked by RunConfig
+        listed = f"one of: {', '.join(spec.allowed() or ())}"
+        p.add_argument(flag, dest=name, help=f"{text}; {listed}" if text else listed)
+    else:
+        p.add_argument(flag, dest=name, type=spec.kind, choices=spec.choices, help=text)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The config from --config, then every flag given on the command line on top."""
     import techniques
 
-    base = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    changes: dict[str, Any] = {
-        k: getattr(args, k)
-        for k in (
-            "dataset",
-            "data_dir",
-            "subset",
-            "model",
-            "optimizer",
-            "lr",
-            "momentum",
-            "weight_decay",
-            "schedule",
-            "batch_size",
-            "steps",
-            "seed",
-            "measure_batch",
-            "method",
-            "tolerance",
-            "measure_dtype",
-            "record",
-            "device",
-            "eval_every",
-            "max_bytes",
-            "save_weights",
-            "out",
-        )
-    }
-    if args.measure_size == 0:  # the whole training split
-        base = RunConfig.from_dict({**base.to_dict(), "measure_size": None})
-    elif args.measure_size is not None:
-        changes["measure_size"] = args.measure_size
-    if args.dataset_option:
-        changes["dataset_options"] = {**base.dataset_options, **dict(args.dataset_option)}
-    if args.model_option:
-        changes["model_options"] = {**base.model_options, **dict(args.model_option)}
-    if args.technique:
-        try:
-            changes["techniques"] = [techniques.parse_spec(t) for t in args.technique]
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if changes.get("dataset") and changes["dataset"] != base.dataset and not args.dataset_option:
-        base.dataset_options = {}  # options of the file's dataset need not fit the new one
-    return base.replace(**changes)
+    base = RunConfig.from_file(args.config) if args.config else RunConfig()
+    values = base.to_dict()
+    if args.dataset not in (None, base.dataset) and not args.dataset_options:
+        values["dataset_options"] = {}  # options of the file's dataset need not fit the new one
+    for name, spec in RunConfig.specs().items():
+        given = getattr(args, name, None)
+        if given is None or given == []:
+            continue
+        if spec.kind is dict:  # KEY=VALUE flags add to (and override) the file's options
+            values[name] = {**values[name], **dict(given)}
+        elif name == "techniques":
+            try:
+                values[name] = [techniques.parse_spec(t) for t in given]
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif spec.widget.get("zero_is_none") and given == 0:
+            values[name] = None  # e.g. --measure-size 0: the whole training split
+        else:
+            values[name] = given
+    return RunConfig.from_dict(values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -469,8 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _allocate_parser(sub)
     from .experiments import add_parser, cmd_experiment
+    from .serve import add_parser as add_serve_parser
+    from .serve import cmd_serve
 
     add_parser(sub)
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
     handlers = {
         "train": cmd_train,
@@ -478,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "recover": cmd_recover,
         "allocate": cmd_allocate,
         "experiment": cmd_experiment,
+        "serve": cmd_serve,
     }
     try:
         return handlers[args.command](args)

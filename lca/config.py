@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-from .integrate import METHODS
+import data
+import techniques
+
+from . import models
+from .integrate import METHOD_HELP, METHODS
+from .spec import Spec, setting
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear")
@@ -30,85 +34,112 @@ class ConfigError(ValueError):
     """A config value is not allowed; the message names the field, the value and the choices."""
 
 
+def _dataset_names() -> list[str]:
+    return data.names()
+
+
+def _model_names() -> list[str]:
+    return models.names()
+
+
+# Each field is one line of facts: default, type, help, allowed values, and how the CLI (flag)
+# and the Train form (label, widget: section, step, format, when) ask for it. The CLI flags
+# (lca/cli.py) and the form (pages/train.py) are built from these; ``validate`` checks them.
+# widget "section": the form section that shows the field (none: not on the form), two fields
+# per column in field order; "zero_is_none": 0 stands for None (the form and the CLI);
+# "when": (field, value) the field matters only for; "caption": value -> a line shown below.
 @dataclass
 class RunConfig:
     """Everything that defines a run (the file's ``config`` attribute is this, as JSON)."""
 
-    dataset: str = "digits"
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    subset: int | None = None
-    model: str = "mlp"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "momentum"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    batch_size: int = 64
-    steps: int = 200
-    seed: int = 0
-    measure_size: int | None = 2000  # cap on the measurement set (None: whole training split)
-    measure_batch: int = 2048  # chunk size of the measurement set
-    method: str = "rk4"
-    tolerance: float = 1e-3
-    measure_dtype: str = "float32"
-    techniques: list[dict[str, Any]] = field(default_factory=list)
-    record: str = "full"
-    device: str = "auto"
-    eval_every: int = 20
-    max_bytes: int | None = None
-    save_weights: bool = False
-    out: str | None = None
+    dataset: str = setting(
+        "digits", str, "toy 2-D and scikit-learn sets are built in; MNIST, Fashion-MNIST and "
+        "CIFAR-10 are read from the data folder", choices=_dataset_names, label="Dataset")
+    dataset_options: dict[str, Any] = setting(
+        {}, dict, "dataset option, e.g. noise=0.2 (repeatable)", flag="--dataset-option")
+    data_dir: str | None = setting(
+        None, str, "folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
+        optional=True, from_text=True, label="Data folder")
+    subset: int | None = setting(
+        None, int, "keep this many training examples (default: all)", minimum=1, optional=True,
+        label="Training examples to use (0 = all)", widget={"zero_is_none": True, "step": 100})
+    model: str = setting("mlp", str, "", choices=_model_names, label="Model")
+    model_options: dict[str, Any] = setting(
+        {}, dict, "model option, e.g. hidden=[64,32] (repeatable)", flag="--model-option")
+    optimizer: str = setting("momentum", str, "training optimizer", choices=OPTIMIZERS,
+                             label="Optimizer", widget={"section": "Optimizer"})
+    lr: float = setting(0.05, float, "learning rate", above=0, maximum=FLOAT32_MAX,
+                        label="Learning rate", widget={"section": "Optimizer"})
+    momentum: float = setting(0.9, float, "momentum of --optimizer momentum", minimum=0, below=1,
+                              label="Momentum", widget={"section": "Optimizer", "max": 0.999,
+                              "format": "%.4g", "when": ("optimizer", "momentum")})
+    weight_decay: float = setting(0.0, float, "L2 weight decay of the optimizer", minimum=0,
+                                  label="Weight decay", widget={"section": "Optimizer"})
+    schedule: str = setting("constant", str, "learning-rate schedule", choices=SCHEDULES,
+                            label="Learning-rate schedule", widget={"section": "Optimizer"})
+    batch_size: int = setting(64, int, "training minibatch size", minimum=1, label="Batch size",
+                              widget={"section": "Optimizer"})
+    steps: int = setting(200, int, "optimizer steps", minimum=1, label="Steps",
+                         widget={"section": "Optimizer", "step": 10})
+    seed: int = setting(0, int, "seed of the data split, init and batches", minimum=0,
+                        label="Seed", widget={"section": "Optimizer"})
+    measure_size: int | None = setting(
+        2000, int, "examples in the measurement set (0 = the whole training split)", minimum=1,
+        optional=True, label="Measurement-set size (0 = whole training split)",
+        widget={"section": "LCA measurement", "zero_is_none": True, "step": 100})
+    measure_batch: int = setting(
+        2048, int, "chunk size of the measurement set (examples per forward pass)", minimum=1,
+        label="Measurement chunk", widget={"section": "LCA measurement", "step": 256})
+    method: str = setting(
+        "rk4", str, "LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
+        choices=METHODS, label="LCA method",
+        widget={"section": "LCA measurement", "caption": METHOD_HELP})
+    tolerance: float = setting(
+        1e-3, float, "rk4-adaptive: |ΔL − ΣA| allowed per step", above=0, label="Tolerance",
+        widget={"section": "LCA measurement", "format": "%.2e", "when": ("method",
+                "rk4-adaptive")})
+    measure_dtype: str = setting("float32", str, "precision LCA is measured in", choices=DTYPES,
+                                 label="Measurement precision",
+                                 widget={"section": "LCA measurement"})
+    techniques: list[dict[str, Any]] = setting(
+        [], list, "efficiency technique (repeatable)", item=dict, flag="--technique")
+    record: str = setting(
+        "full", str, "full: every parameter; units: per neuron/channel; layers: per tensor",
+        choices=RECORD_MODES, label="Record", widget={"section": "LCA measurement"})
+    device: str = setting("auto", str, "auto: CUDA when available, else CPU", choices=DEVICES,
+                          label="Device", widget={"section": "LCA measurement"})
+    eval_every: int = setting(20, int, "steps between train/test accuracy checks", minimum=1,
+                              label="Accuracy check every (steps)",
+                              widget={"section": "LCA measurement", "step": 5})
+    max_bytes: int | None = setting(
+        None, int, "refuse, before it starts, a run whose file would exceed this many bytes "
+        "(the free disk space is always checked)", minimum=1, optional=True)
+    save_weights: bool = setting(
+        False, bool, "also save θ at every step, so `python -m lca allocate` can recompute the "
+        "LCA")
+    out: str | None = setting(
+        None, str, "run file to write (default runs/<dataset>-<model>-<time>.h5)", optional=True,
+        from_text=True)
 
     def __post_init__(self) -> None:
         self.validate()
 
     # -- validation --------------------------------------------------------------------------
+    @classmethod
+    def specs(cls) -> dict[str, Spec]:
+        """Every field's Spec, in field order (the CLI and the form are built from these)."""
+        return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+
     def validate(self) -> RunConfig:
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("record", self.record, RECORD_MODES)
-        _choice("device", self.device, DEVICES)
-        _choice("method", self.method, METHODS)
-        _choice("measure_dtype", self.measure_dtype, DTYPES)
-        _positive_int("steps", self.steps)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("measure_batch", self.measure_batch)
-        _positive_int("eval_every", self.eval_every)
-        if self.subset is not None:
-            _positive_int("subset", self.subset)
-        if self.measure_size is not None:
-            _positive_int("measure_size", self.measure_size)
-        if self.max_bytes is not None:
-            _positive_int("max_bytes", self.max_bytes)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, not {self.seed!r}.")
-        _positive_float("lr", self.lr)
-        if self.lr > FLOAT32_MAX:
-            raise ConfigError(f"lr must be at most {FLOAT32_MAX:.1e} (float32), not {self.lr!r}.")
-        _positive_float("tolerance", self.tolerance)
-        _unit_interval("momentum", self.momentum)
-        _non_negative_float("weight_decay", self.weight_decay)
-        for key in ("dataset_options", "model_options"):
-            if not isinstance(getattr(self, key), dict):
-                raise ConfigError(
-                    f"{key} must be a table of key = value, not {getattr(self, key)!r}."
-                )
-        self._check_names()
+        for name, spec in self.specs().items():
+            if name != "techniques":
+                spec.parse(getattr(self, name), name, ConfigError)
+        self._check_techniques()
         return self
 
-    def _check_names(self) -> None:
-        import data
-
-        from . import models
-
-        _choice("dataset", self.dataset, tuple(data.names()))
-        _choice("model", self.model, tuple(models.names()))
+    def _check_techniques(self) -> None:
         if not isinstance(self.techniques, list):
             raise ConfigError(f"techniques must be a list of tables, not {self.techniques!r}.")
-        import techniques
-
         for i, spec in enumerate(self.techniques):
             if not isinstance(spec, dict) or "name" not in spec:
                 raise ConfigError(
@@ -151,6 +182,22 @@ class RunConfig:
             raise ConfigError(f"Config file {p} is not valid TOML: {e}.") from None
         return cls.from_dict(values)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        """A config file given to --config: JSON when its name ends in .json (what the app's
+        jobs write: ``to_json``), else TOML (what people write)."""
+        p = Path(path)
+        if p.suffix.lower() != ".json":
+            return cls.from_toml(p)
+        try:
+            return cls.from_json(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"Config file {p} does not exist; check the path given to --config."
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"Config file {p} is not valid JSON: {e}.") from None
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied (and validated); None values are ignored."""
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -166,36 +213,3 @@ class RunConfig:
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
 
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(
-            f"{name} = {value!r} is not allowed; choose one of: {', '.join(allowed)}."
-        )
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, not {value!r}.")
-    return float(value)
-
-
-def _positive_float(name: str, value: Any) -> None:
-    if _number(name, value) <= 0:
-        raise ConfigError(f"{name} must be greater than 0, not {value!r}.")
-
-
-def _non_negative_float(name: str, value: Any) -> None:
-    if _number(name, value) < 0:
-        raise ConfigError(f"{name} must be 0 or more, not {value!r}.")
-
-
-def _unit_interval(name: str, value: Any) -> None:
-    v = _number(name, value)
-    if not 0 <= v < 1:
-        raise ConfigError(f"{name} must be in [0, 1), not {value!r}.")

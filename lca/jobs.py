@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import functools
 import json
-import math
 import os
 import signal
 import subprocess
@@ -324,48 +323,10 @@ def _threads() -> int:
         return max(1, (os.cpu_count() or 1) // max_jobs())
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise JobError(f"The config value {v!r} cannot be passed to a training job.")
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
-    if isinstance(v, dict):
-        items = ", ".join(
-            f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None
-        )
-        return "{" + items + "}"
-    raise JobError(f"The config value {v!r} cannot be passed to a training job.")
-
-
-def config_toml(config: RunConfig) -> str:
-    """The config as a TOML file the CLI's ``--config`` reads back to the same RunConfig."""
-    values = config.to_dict()
-    values.pop("out", None)
-    lines = []
-    tables = []
-    for key, v in values.items():
-        if v is None:
-            continue
-        if key == "techniques":
-            for spec in v:
-                tables.append("[[techniques]]")
-                tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in spec.items()]
-                tables.append("")
-        elif isinstance(v, dict):
-            tables.append(f"[{key}]")
-            tables += [f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()]
-            tables.append("")
-        else:
-            lines.append(f"{key} = {_toml_value(v)}")
-    return "\n".join([*lines, "", *tables])
+def config_json(config: RunConfig) -> str:
+    """The config as the JSON file the job's ``--config`` reads back to the same RunConfig
+    (``out`` is left to the job's ``--out``)."""
+    return RunConfig.from_dict({**config.to_dict(), "out": None}).to_json()
 
 
 def start(
@@ -374,7 +335,8 @@ def start(
     """Start training ``config`` in a subprocess that writes run ``name`` in the runs folder.
 
     Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
-    or unusable. The subprocess is ``python -m lca train --config <file> --out <run> --quiet``.
+    or unusable. The subprocess is ``python -m lca train --config <file.json> --out <run>
+    --quiet``.
     """
     root = runs.runs_dir(folder)
     if name is None:
@@ -406,13 +368,11 @@ def start(
         jobs_dir = root / JOBS_DIR
         jobs_dir.mkdir(exist_ok=True)
         stem = f"{path.stem}.{int(time.time() * 1000)}"
-        config_file = jobs_dir / f"{stem}.toml"
-        config_file.write_text(config_toml(config))
+        config_file = jobs_dir / f"{stem}.json"
+        config_file.write_text(config_json(config))
         err, out = jobs_dir / f"{stem}.err", jobs_dir / f"{stem}.out"
         cmd = [sys.executable, "-m", "lca", "train", "--config", str(config_file),
                "--out", str(path), "--quiet"]
-        if config.measure_size is None:
-            cmd += ["--measure-size", "0"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]

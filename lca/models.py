@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .spec import Spec
+
 __all__ = [
     "ModelError",
     "build",
@@ -90,62 +92,23 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _parse_int_list(
-    model: str, option: str, value: object, *, allow_empty: bool
-) -> tuple[int, ...]:
-    """Accept a list/tuple of ints, a single int, or a string like ``"64,32"``.
-
-    Strings are accepted because UI text boxes and CLI flags deliver them.
-    """
-    items: list[object] | None = None
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.strip().strip("()[]").split(",") if p.strip()]
-        items = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
-    elif _is_int(value):
-        items = [value]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    if (
-        items is None
-        or not all(_is_int(v) and int(v) > 0 for v in items)  # type: ignore[call-overload]
-        or (not items and not allow_empty)
-    ):
-        raise ModelError(
-            f"Option '{option}' of model '{model}' got {value!r}, but it must be a list of "
-            f"positive integers such as (64, 32) or the string '64,32'."
-        )
-    return tuple(int(v) for v in items)  # type: ignore[call-overload]
+# Model options, checked by the one Spec every setting uses. Text is accepted because UI text
+# boxes and CLI flags deliver it ("64,32", "2").
+_SIZES = Spec(kind=tuple, item=int, minimum=1, from_text=True,
+              example="(64, 32) or the string '64,32'")
+_PAIR = Spec(kind=tuple, item=int, minimum=1, length=2, from_text=True,
+             example="(8, 16) or the string '8,16'")
+_POSITIVE = Spec(kind=int, minimum=1, from_text=True)
+_ACTIVATION = Spec(kind=str, choices=tuple(_ACTIVATIONS))
 
 
-def _parse_pair(model: str, option: str, value: object) -> tuple[int, int]:
-    ints = _parse_int_list(model, option, value, allow_empty=False)
-    if len(ints) != 2:
-        raise ModelError(
-            f"Option '{option}' of model '{model}' got {value!r}, but it must be exactly two "
-            f"positive integers such as (8, 16) or the string '8,16'."
-        )
-    return ints[0], ints[1]
-
-
-def _parse_positive_int(model: str, option: str, value: object) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if not _is_int(value) or value <= 0:  # type: ignore[operator]
-        raise ModelError(
-            f"Option '{option}' of model '{model}' got {value!r}, but it must be a positive "
-            f"integer."
-        )
-    return int(value)  # type: ignore[call-overload]
+def _option(model: str, option: str, spec: Spec, value: object) -> Any:
+    return spec.parse(value, f"Option '{option}' of model '{model}'", ModelError)
 
 
 def _parse_activation(model: str, value: object) -> str:
     key = value.strip().lower() if isinstance(value, str) else value
-    if key not in _ACTIVATIONS:
-        raise ModelError(
-            f"Option 'activation' of model '{model}' got {value!r}, but it must be one of "
-            f"{', '.join(_ACTIVATIONS)}."
-        )
-    return str(key)
+    return _option(model, "activation", _ACTIVATION, key)
 
 
 def _image_shape(model: str, input_shape: tuple[int, ...], min_side: int) -> tuple[int, int, int]:
@@ -355,7 +318,7 @@ class _Spec:
 
 
 def _build_mlp(shape: tuple[int, ...], k: int, opts: dict[str, Any]) -> nn.Module:
-    hidden = _parse_int_list("mlp", "hidden", opts["hidden"], allow_empty=True)
+    hidden = _option("mlp", "hidden", _SIZES, opts["hidden"])
     activation = _parse_activation("mlp", opts["activation"])
     return MLP(math.prod(shape), hidden, k, activation)
 
@@ -366,20 +329,20 @@ def _build_fc_mnist(shape: tuple[int, ...], k: int, opts: dict[str, Any]) -> nn.
 
 def _build_lenet(shape: tuple[int, ...], k: int, opts: dict[str, Any]) -> nn.Module:
     chw = _image_shape("lenet", shape, min_side=4)
-    channels = _parse_pair("lenet", "channels", opts["channels"])
-    hidden = _parse_positive_int("lenet", "hidden", opts["hidden"])
+    channels = _option("lenet", "channels", _PAIR, opts["channels"])
+    hidden = _option("lenet", "hidden", _POSITIVE, opts["hidden"])
     return LeNet(chw, k, channels, hidden)
 
 
 def _build_cnn_small(shape: tuple[int, ...], k: int, opts: dict[str, Any]) -> nn.Module:
     chw = _image_shape("cnn-small", shape, min_side=4)
-    channels = _parse_pair("cnn-small", "channels", opts["channels"])
+    channels = _option("cnn-small", "channels", _PAIR, opts["channels"])
     return SmallCNN(chw, k, channels)
 
 
 def _build_resnet20(shape: tuple[int, ...], k: int, opts: dict[str, Any]) -> nn.Module:
     chw = _image_shape("resnet20", shape, min_side=1)
-    width = _parse_positive_int("resnet20", "width", opts["width"])
+    width = _option("resnet20", "width", _POSITIVE, opts["width"])
     return ResNet20(chw, k, width)
 
 

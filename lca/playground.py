@@ -28,6 +28,7 @@ import data
 
 from . import models
 from .allocate import Tracker
+from .spec import Spec
 
 __all__ = [
     "ACTIVATIONS",
@@ -124,14 +125,9 @@ class Settings:
 
 
 def _check(name: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if not ok or not lo <= value <= hi:
-        kind = "a whole number" if integer else "a number"
-        raise PlaygroundError(
-            f"Setting {name} is {value!r}; it must be {kind} from {lo:g} to {hi:g}."
-        )
+    """The setting checked by the one Spec every setting uses (a bool is not a number)."""
+    spec = Spec(kind=int if integer else float, minimum=lo, maximum=hi)
+    spec.parse(value, f"Setting {name}", PlaygroundError)
 
 
 @dataclass

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, integrate
 from .allocate import KIND_STEP, Layout, RecordSink, StepRecord, Tracker
+from .config import RunConfig
 from .measure import Params
+from .setup import build_data_and_model, measurement_set, resolve_device, seed_everything
 
 WEIGHTS = "weights"  # series prefix: θ at the end of each segment
 WEIGHTS0 = "weights0"  # array prefix: θ_0
@@ -250,11 +252,9 @@ def compare_record(c: Comparison, reader: Any, record: StepRecord) -> None:
 def rebuild(config: dict[str, Any], device: torch.device, data_dir: str | None = None):
     """(model, loss_fn, measurement set) of a run from its stored config, as training made them.
 
-    Uses the training loop's own helpers, so the measurement set is the same seeded subset.
+    Uses the training loop's own setup (lca/setup.py), so the measurement set is the same seeded
+    subset.
     """
-    from .config import RunConfig
-    from .train import build_data_and_model, measurement_set, seed_everything
-
     values = dict(config)
     if data_dir is not None:
         values["data_dir"] = data_dir
@@ -287,9 +287,9 @@ def allocate_run(
     ``out``: write a new run file there (None with ``compare``: compare only). ``method``: the
     integrator (default: the run's). Launched by torchrun, ranks split the segments by range.
     """
-    from . import integrate
-    from .store import Reader, Writer
-    from .train import resolve_device
+    # Imported here: the store pulls in h5py, which `import lca.train` (and so this module)
+    # must not pay for at start-up.
+    from .store import Reader
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -298,157 +298,207 @@ def allocate_run(
     if dist_ctx is not None:
         dev = dist_ctx.device
     try:
-        reader = Reader(source)
-        try:
-            if not has_weights(reader):
-                raise PosthocError(
-                    f"{Path(source).name} has no saved weights; record the run with "
-                    "--save-weights to compute its LCA afterwards."
-                )
-            if not reader.config.get("dataset") or not reader.config.get("model"):
-                raise PosthocError(
-                    f"{Path(source).name} has no training config (dataset, model), so its "
-                    "measurement set cannot be rebuilt; recompute runs made by `python -m lca "
-                    "train`, or call lca.allocate on the saved weights yourself."
-                )
-            method = method or reader.method
-            integrate.rule(method)  # one sentence for an unknown name
-            cfg, model, loss_fn, (mx, my) = rebuild(reader.config, dev, data_dir)
-            names = [n for n, _ in model.named_parameters()]
-            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-            if names != reader.names or any(shapes[n] != reader.shapes[n] for n in names):
-                raise PosthocError(
-                    f"The model rebuilt from {Path(source).name}'s config does not match the "
-                    "saved weights (names or shapes differ); was the model zoo changed?"
-                )
-            dtype = torch.float64 if reader.dtype == "float64" else torch.float32
-            total = reader.num_steps
-            kinds = reader.steps("kind")
-            labels = reader.steps("label")
-            train_steps = reader.steps("train_step")
-            lo, hi = distributed.shard_range(total, rank, world)
-            main = rank == 0
-
-            writer = None
-            path = None
-            if main and (out is not None or not compare):
-                path = Path(out) if out is not None else default_out(source, method)
-                if path.resolve() == Path(source).resolve():
-                    raise PosthocError("--out must differ from the run being recomputed.")
-                new_config = {
-                    **reader.config,
-                    "method": method,
-                    "save_weights": False,
-                    "out": str(path),
-                }
-                writer = Writer(
-                    path,
-                    record=record or reader.record,
-                    config=new_config,
-                    max_bytes=cfg.max_bytes,
-                    expected_steps=total,
-                    overwrite=overwrite,
-                )
+        with Reader(source) as reader:
+            job = validate(reader, source, method, data_dir, dev)
+            job.lo, job.hi = distributed.shard_range(job.total, rank, world)
+            job.main = rank == 0
+            path = _output_path(job, source, out, compare)
+            writer = _open_output(job, reader, path, record, overwrite)
             try:
-                copied = {
-                    p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")
-                }
-                series_values = {p: reader.series(p) for p in copied} if main else {}
-                arrays = (
-                    {
-                        p: v
-                        for p, v in reader.array_layout.items()
-                        if not p.startswith(WEIGHTS0 + "/")
-                    }
-                    if main
-                    else {}
-                )
-                events = dict(reader.event_layout) if main else {}
-                comparison = Comparison() if compare else None
-                relay = _Relay(
-                    lo,
-                    train_steps,
-                    writer,
-                    comparison,
-                    reader,
-                    series_values,
-                    keep=not main,
-                    progress=(lambda i: progress(i, total)) if (progress and main) else None,
-                )
-                trajectory = saved_weights(reader, lo, hi)
-                current: dict[str, Params] = {"θ": next(trajectory)}
-                if not _finite(current["θ"]):
-                    raise PosthocError(
-                        f"{Path(source).name} holds no finite weights at segment {lo} (θ_0 is "
-                        "saved when the first step starts); it cannot be recomputed."
-                    )
-                tracker = Tracker(
-                    model,
-                    loss_fn,
-                    (mx, my),
-                    method=method,
-                    writer=relay,
-                    tolerance=cfg.tolerance,
-                    chunk_size=cfg.measure_batch,
-                    dtype=dtype,
-                    device=dev,
-                    effective=lambda _p: current["θ"],
-                    series=copied if main else None,
-                    events=events or None,
-                    arrays=arrays or None,
-                    keep_cumulative=False,
-                )
-                if main or hi > lo:  # a rank with no segments measures nothing
-                    tracker.start()
-                if writer is not None:  # copy the run's events and arrays into the new file
-                    for p in events:
-                        table = reader.events(p)
-                        cols = reader.event_layout[p]
-                        rows = np.stack([table[c] for c in cols], axis=1) if cols else []
-                        for r in rows:
-                            writer.add_event(p, r)
-                    for p in arrays:
-                        writer.set_array(p, reader.array(p))
-                for k in range(lo, hi):
-                    theta = next(trajectory)
-                    if int(kinds[k]) == KIND_STEP:
-                        with tracker.step():
-                            current["θ"] = theta
-                    else:
-                        with tracker.intervention(str(labels[k])):
-                            current["θ"] = theta
+                relay = replay(job, reader, writer, compare, progress)
             except BaseException:
                 if writer is not None:  # a file that was begun says how it ended
                     writer.close("failed")
                 raise
             status = reader.status
-        finally:
-            reader.close()
-
-        if world > 1:
-            gathered = distributed.gather_objects((relay.kept, comparison), dst=0)
-            if main:
-                for r_kept, r_cmp in gathered[1:]:
-                    for rec in r_kept:
-                        relay.write(rec)
-                        if progress is not None:
-                            progress(rec.index + 1, total)
-                    if comparison is not None and r_cmp is not None:
-                        comparison.merge(r_cmp)
+        comparison = gather(relay, world, progress, job.total)
         final = {"running": "interrupted"}.get(status, status)
         if writer is not None:
             writer.close(final)
         return PosthocResult(
             path=str(path) if path is not None else None,
-            segments=total if main else hi - lo,
+            segments=job.total if job.main else job.hi - job.lo,
             seconds=time.perf_counter() - t0,
-            method=method,
+            method=job.method,
             comparison=comparison,
             ranks=world,
             status=final,
         )
     finally:
         distributed.teardown(dist_ctx)
+
+
+@dataclass
+class _Job:
+    """A run file checked for recomputing, with its model and measurement set rebuilt."""
+
+    name: str  # the source file's name, for messages
+    method: str
+    config: RunConfig
+    model: nn.Module
+    loss_fn: Callable
+    measure: tuple[torch.Tensor, torch.Tensor]
+    dtype: torch.dtype
+    device: torch.device
+    total: int  # segments in the source run
+    lo: int = 0  # this rank's segments: lo .. hi-1
+    hi: int = 0
+    main: bool = True  # rank 0: writes the new file
+
+
+def validate(
+    reader: Any, source: str | Path, method: str | None, data_dir: str | None, device
+) -> _Job:
+    """Refuse, with one sentence, a run that cannot be recomputed; else rebuild its model."""
+    name = Path(source).name
+    if not has_weights(reader):
+        raise PosthocError(
+            f"{name} has no saved weights; record the run with --save-weights to compute its "
+            "LCA afterwards."
+        )
+    if not reader.config.get("dataset") or not reader.config.get("model"):
+        raise PosthocError(
+            f"{name} has no training config (dataset, model), so its measurement set cannot be "
+            "rebuilt; recompute runs made by `python -m lca train`, or call lca.allocate on the "
+            "saved weights yourself."
+        )
+    method = method or reader.method
+    integrate.rule(method)  # one sentence for an unknown name
+    cfg, model, loss_fn, measure = rebuild(reader.config, device, data_dir)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if list(shapes) != reader.names or any(shapes[n] != reader.shapes[n] for n in shapes):
+        raise PosthocError(
+            f"The model rebuilt from {name}'s config does not match the saved weights (names "
+            "or shapes differ); was the model zoo changed?"
+        )
+    dtype = torch.float64 if reader.dtype == "float64" else torch.float32
+    return _Job(name, method, cfg, model, loss_fn, measure, dtype, device, reader.num_steps)
+
+
+def _output_path(job: _Job, source: str | Path, out: str | Path | None, compare: bool):
+    """Where rank 0 writes the recomputed run (None: compare only, or another rank)."""
+    if not job.main or (out is None and compare):
+        return None
+    path = Path(out) if out is not None else default_out(source, job.method)
+    if path.resolve() == Path(source).resolve():
+        raise PosthocError("--out must differ from the run being recomputed.")
+    return path
+
+
+def _open_output(job: _Job, reader: Any, path: Path | None, record: str | None, overwrite: bool):
+    """The new run file's writer: the source's config with the new method, or None."""
+    if path is None:
+        return None
+    # Imported here for the same reason as Reader in allocate_run (h5py at start-up).
+    from .store import Writer
+
+    config = {**reader.config, "method": job.method, "save_weights": False, "out": str(path)}
+    return Writer(
+        path,
+        record=record or reader.record,
+        config=config,
+        max_bytes=job.config.max_bytes,
+        expected_steps=job.total,
+        overwrite=overwrite,
+    )
+
+
+def replay(
+    job: _Job,
+    reader: Any,
+    writer: Any,
+    compare: bool,
+    progress: Callable[[int, int], None] | None,
+) -> _Relay:
+    """Walk this rank's saved segments θ_lo → … → θ_hi with a Tracker; the relay holds the
+    records (written on rank 0 as they come, kept for rank 0 on the others)."""
+    main = job.main
+    copied = {p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")}
+    arrays = (
+        {p: v for p, v in reader.array_layout.items() if not p.startswith(WEIGHTS0 + "/")}
+        if main
+        else {}
+    )
+    events = dict(reader.event_layout) if main else {}
+    relay = _Relay(
+        job.lo,
+        reader.steps("train_step"),
+        writer,
+        Comparison() if compare else None,
+        reader,
+        {p: reader.series(p) for p in copied} if main else {},
+        keep=not main,
+        progress=(lambda i: progress(i, job.total)) if (progress and main) else None,
+    )
+    trajectory = saved_weights(reader, job.lo, job.hi)
+    current: dict[str, Params] = {"θ": next(trajectory)}
+    if not _finite(current["θ"]):
+        raise PosthocError(
+            f"{job.name} holds no finite weights at segment {job.lo} (θ_0 is saved when the "
+            "first step starts); it cannot be recomputed."
+        )
+    tracker = Tracker(
+        job.model,
+        job.loss_fn,
+        job.measure,
+        method=job.method,
+        writer=relay,
+        tolerance=job.config.tolerance,
+        chunk_size=job.config.measure_batch,
+        dtype=job.dtype,
+        device=job.device,
+        effective=lambda _p: current["θ"],
+        series=copied if main else None,
+        events=events or None,
+        arrays=arrays or None,
+        keep_cumulative=False,
+    )
+    if main or job.hi > job.lo:  # a rank with no segments measures nothing
+        tracker.start()
+    if writer is not None:
+        _copy_events_and_arrays(reader, writer, events, arrays)
+    kinds, labels = reader.steps("kind"), reader.steps("label")
+    for k in range(job.lo, job.hi):
+        theta = next(trajectory)
+        if int(kinds[k]) == KIND_STEP:
+            segment = tracker.step()
+        else:
+            segment = tracker.intervention(str(labels[k]))
+        with segment:
+            current["θ"] = theta
+    return relay
+
+
+def _copy_events_and_arrays(reader: Any, writer: Any, events: dict, arrays: dict) -> None:
+    """The source run's event tables and fixed arrays, as they are, into the new file."""
+    for p in events:
+        table = reader.events(p)
+        cols = reader.event_layout[p]
+        rows = np.stack([table[c] for c in cols], axis=1) if cols else []
+        for r in rows:
+            writer.add_event(p, r)
+    for p in arrays:
+        writer.set_array(p, reader.array(p))
+
+
+def gather(
+    relay: _Relay, world: int, progress: Callable[[int, int], None] | None, total: int
+) -> Comparison | None:
+    """Rank 0 writes the other ranks' records in order and merges their comparisons."""
+    comparison = relay.compare
+    if world == 1:
+        return comparison
+    gathered = distributed.gather_objects((relay.kept, comparison), dst=0)
+    if gathered is None:  # not rank 0: its records went to rank 0
+        return comparison
+    for r_kept, r_cmp in gathered[1:]:
+        for rec in r_kept:
+            relay.write(rec)
+            if progress is not None:
+                progress(rec.index + 1, total)
+        if comparison is not None and r_cmp is not None:
+            comparison.merge(r_cmp)
+    return comparison
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,22 +22,25 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import data
-import techniques as techniques_registry
+from techniques import Context
 
-from . import distributed, models
+from . import distributed
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
 from .config import RunConfig
+from .hooks import Hooks
 from .posthoc import WeightSavingTracker, declarations_for
+from .setup import (  # noqa: F401 - re-exported: callers import them from lca.train
+    TrainingError,
+    build_data_and_model,
+    measurement_set,
+    resolve_device,
+    seed_everything,
+)
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
 SUMMARIES_PATH = "technique_summaries"  # JSON: technique name -> its summary() dict
 SUMMARIES_BYTES = 1 << 16  # its fixed length: no variable-length strings in an SWMR file
-
-
-class TrainingError(RuntimeError):
-    """A run could not start (bad data folder, too large to record, …): one sentence."""
 
 
 @dataclass
@@ -56,21 +58,6 @@ class RunResult:
     tracker: Tracker | None = None
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU; ``cuda`` without a GPU is one clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device = 'cuda' was asked for but no CUDA GPU is available; use auto.")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -96,32 +83,6 @@ def schedule_factor(config: RunConfig, step: int) -> float:
     if config.schedule == "step":
         return 0.1 ** int(frac * 3)  # ×0.1 at one third and two thirds of the run
     return 1.0
-
-
-def build_data_and_model(config: RunConfig) -> tuple[data.Dataset, nn.Module]:
-    """The run's dataset and a freshly initialised model (seed first for the same weights)."""
-    try:
-        ds = data.load(
-            config.dataset,
-            subset=config.subset,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            **config.dataset_options,
-        )
-        model = models.build(config.model, ds.input_shape, ds.num_classes, **config.model_options)
-    except ValueError as e:  # DataError, ModelError: all one sentence
-        raise TrainingError(str(e)) from None
-    return ds, model
-
-
-def measurement_set(ds: data.Dataset, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed measurement set: the training split, a seeded subset when capped."""
-    n = ds.num_train
-    if config.measure_size is None or config.measure_size >= n:
-        return ds.x_train, ds.y_train
-    g = torch.Generator().manual_seed(config.seed + 1)
-    idx = torch.randperm(n, generator=g)[: config.measure_size].sort().values
-    return ds.x_train[idx], ds.y_train[idx]
 
 
 def minibatches(n: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
@@ -166,6 +127,33 @@ def run(
     ``progress(step, total, train_loss)`` is called after every step; ``should_stop()`` is polled
     between steps (the app's Stop button), ending the run with status ``interrupted``.
     """
+    loop = build(config, out)
+    status, message = "complete", ""
+    try:
+        loop.start()
+        for step in range(config.steps):
+            if should_stop is not None and should_stop():
+                status, message = "interrupted", f"Stopped by the user after {step} steps."
+                break
+            train_loss = loop.step(step)
+            if progress is not None:
+                progress(step + 1, config.steps, train_loss)
+    except NonFiniteLossError as e:
+        status, message = "failed", _failure_message(e, loop.tracker)
+    except KeyboardInterrupt:
+        status, message = "interrupted", f"Interrupted after {_steps_kept(loop.tracker)} steps."
+    except BaseException:
+        _close_quietly(loop.tracker, "failed")
+        raise
+    return loop.finish(status, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build: device, data, model, techniques, then the run file and the tracker.
+
+
+def build(config: RunConfig, out: str | Path | None = None) -> Loop:
+    """Everything the run needs before its first step; nothing is measured or written yet."""
     t_start = time.perf_counter()
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -175,59 +163,39 @@ def run(
         raise TrainingError(str(e)) from None
     if dist_ctx is not None:
         device = dist_ctx.device
-    main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
     ds, model = build_data_and_model(config)
-    try:
-        plugins = [techniques_registry.create(spec) for spec in config.techniques]
-    except ValueError as e:  # TechniqueError: one sentence
-        raise TrainingError(str(e)) from None
+    hooks = Hooks.from_specs(config.techniques)
     model.to(device)
     if dist_ctx is not None:
         distributed.broadcast_module(model)  # one θ_0 on every rank, whatever the init did
-    loss_fn = nn.CrossEntropyLoss()
     optimizer = build_optimizer(config, model)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    train_x, train_y = ds.x_train.to(device), ds.y_train.to(device)
-    test_x, test_y = ds.x_test.to(device), ds.y_test.to(device)
-    mx, my = measurement_set(ds, config)
-    ctx = techniques_registry.Context(
+    ctx = Context(
         model=model,
         optimizer=optimizer,
-        loss_fn=loss_fn,
+        loss_fn=nn.CrossEntropyLoss(),
         device=device,
         total_steps=config.steps,
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
+        train_x=ds.x_train.to(device),
+        train_y=ds.y_train.to(device),
+        test_x=ds.x_test.to(device),
+        test_y=ds.y_test.to(device),
     )
+    loop = Loop(config=config, ctx=ctx, hooks=hooks, dist_ctx=dist_ctx, t_start=t_start,
+                base_lrs=[g["lr"] for g in optimizer.param_groups],
+                batches=minibatches(ds.num_train, config.batch_size, config.seed + 2))
+    ctx.evaluate = lambda: loop.accuracies()[:2]
+    hooks.setup(ctx)
+    main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
+    loop.path = (out if out is not None else config.out) if main else None
+    ctx.writer = _open_writer(config, loop.path, hooks)
+    ctx.tracker = _build_tracker(config, ctx, hooks, measurement_set(ds, config))
+    if dist_ctx is not None:
+        ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
+    return loop
 
-    def forward_params() -> dict[str, torch.Tensor]:
-        params: dict[str, torch.Tensor] = dict(model.named_parameters())
-        for p in plugins:
-            params = p.forward_params(params)
-        return params
 
-    def effective(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for p in plugins:
-            params = p.effective(params)
-        return params
-
-    def evaluate_all() -> tuple[float, float, float]:
-        params = {**effective(dict(model.named_parameters())), **dict(model.named_buffers())}
-        tr, _ = accuracy(model, params, train_x[:EVAL_MAX_EXAMPLES], train_y[:EVAL_MAX_EXAMPLES])
-        te, te_loss = accuracy(
-            model, params, test_x[:EVAL_MAX_EXAMPLES], test_y[:EVAL_MAX_EXAMPLES]
-        )
-        return tr, te, te_loss
-
-    ctx.evaluate = lambda: evaluate_all()[:2]
-    try:
-        for p in plugins:
-            p.setup(ctx)
-    except ValueError as e:  # TechniqueError: e.g. a layer name the model does not have
-        raise TrainingError(str(e)) from None
-
+def _declarations(ctx: Context, hooks: Hooks) -> tuple[dict, dict, dict]:
+    """(series, events, arrays) the run file holds: the loop's own and each technique's."""
     series: dict[str, tuple[str, tuple[int, ...]]] = {
         "steps/train_loss": ("f8", ()),
         "steps/seconds_train": ("f8", ()),
@@ -235,157 +203,185 @@ def run(
     }
     events: dict[str, tuple[str, ...]] = {"eval": EVAL_COLUMNS}
     arrays: dict[str, tuple[str, tuple[int, ...], float]] = {}
-    if plugins:  # what each technique did and saved, as JSON, written when the run ends
+    if hooks:  # what each technique did and saved, as JSON, written when the run ends
         arrays[SUMMARIES_PATH] = (f"S{SUMMARIES_BYTES}", (), b"")
-    for p in plugins:
+    for p in hooks:
         decl = p.declare(ctx)
         series.update({p.path(k): v for k, v in decl.series.items()})
         events.update({p.path(k): v for k, v in decl.events.items()})
         arrays.update({p.path(k): v for k, v in decl.arrays.items()})
+    return series, events, arrays
 
-    path = out if out is not None else config.out
-    if not main:
-        path = None
-    writer = None
-    if path is not None:
-        from .store import Writer
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer = Writer(
-            path,
-            record=config.record,
-            config=config.to_dict(),
-            max_bytes=config.max_bytes,
-            expected_steps=config.steps + _expected_interventions(plugins, config.steps),
-            overwrite=True,
-        )
+def _open_writer(config: RunConfig, path: str | Path | None, hooks: Hooks):
+    """The run file's writer (None when nothing is recorded); it opens at ``tracker.start``."""
+    if path is None:
+        return None
+    # Imported here: the store pulls in h5py, which a run that records nothing never needs.
+    from .store import Writer
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Writer(
+        path,
+        record=config.record,
+        config=config.to_dict(),
+        max_bytes=config.max_bytes,
+        expected_steps=config.steps + _expected_interventions(hooks.plugins, config.steps),
+        overwrite=True,
+    )
+
+
+def _build_tracker(config: RunConfig, ctx: Context, hooks: Hooks, measure) -> Tracker:
+    """The tracker that measures every segment on the fixed measurement set ``measure``."""
+    series, events, arrays = _declarations(ctx, hooks)
     dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
     tracker_cls = Tracker
     if config.save_weights:  # θ_0 and θ after every segment, for `python -m lca allocate`
-        w_series, w_arrays = declarations_for(model, dtype)
+        w_series, w_arrays = declarations_for(ctx.model, dtype)
         series.update(w_series)
         arrays.update(w_arrays)
         tracker_cls = WeightSavingTracker
-    tracker = tracker_cls(
-        model,
-        loss_fn,
-        (mx, my),
+    return tracker_cls(
+        ctx.model,
+        ctx.loss_fn,
+        measure,
         method=config.method,
-        writer=writer,
+        writer=ctx.writer,
         tolerance=config.tolerance,
         chunk_size=config.measure_batch,
         dtype=dtype,
-        device=device,
-        effective=effective if plugins else None,
+        device=ctx.device,
+        effective=hooks.effective if hooks else None,
         series=series,
         events=events,
         arrays=arrays,
     )
-    if dist_ctx is not None:
-        tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
-    ctx.tracker, ctx.writer = tracker, writer
 
-    status, message = "complete", ""
-    train_loss = float("nan")
-    batches = minibatches(len(train_x), config.batch_size, config.seed + 2)
-    try:
+
+# ---------------------------------------------------------------------------------------------
+# Step and finish.
+
+
+@dataclass
+class Loop:
+    """One run while it trains: the techniques' context (model, optimizer, tracker, writer, …)
+    and what the loop itself keeps between steps."""
+
+    config: RunConfig
+    ctx: Context
+    hooks: Hooks
+    dist_ctx: Any
+    t_start: float
+    base_lrs: list[float]
+    batches: Iterator[torch.Tensor]
+    path: str | Path | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        return self.ctx.tracker
+
+    def start(self) -> None:
+        """Measure L_0 and its gradient (the writer checks the size and opens the file)."""
         try:
-            tracker.start()  # L_0 and its gradient; the writer checks the size and opens the file
+            self.tracker.start()
         except (ValueError, OSError) as e:  # RunTooLargeError, RunFileError: one sentence
             raise TrainingError(str(e)) from None
-        _log_eval(ctx, writer, evaluate_all, 0, float("nan"))
-        for step in range(config.steps):
-            if should_stop is not None and should_stop():
-                status, message = "interrupted", f"Stopped by the user after {step} steps."
-                break
-            ctx.step = step
-            for p in plugins:
-                if p.wants_intervention(ctx):
-                    with tracker.intervention(p.name) as row:
-                        p.intervene(ctx, row)
-            t0 = time.perf_counter()
-            idx = batches.__next__()
-            xb, yb = train_x[idx], train_y[idx]
-            ctx.batch = (xb, yb)
-            lr_now = schedule_factor(config, step) * ctx.lr_factor
-            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                g["lr"] = base * lr_now
-            model.train()
-            with contextlib.ExitStack() as stack:
-                for p in plugins:
-                    cm = p.autocast(ctx)
-                    if cm is not None:
-                        stack.enter_context(cm)
-                params = forward_params()
-                outputs = functional_call(model, params, (xb,)) if plugins else model(xb)
-                loss = loss_fn(outputs.float(), yb)
-            train_loss = float(loss.detach())
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(
-                    f"The training loss became {train_loss} at step {step + 1}, so the run "
-                    "stopped with every step before it kept; lower the learning rate."
-                )
-            for p in plugins:
-                term = p.loss_term(ctx, params)
-                if term is not None:
-                    loss = loss + term
-            optimizer.zero_grad(set_to_none=True)
-            if not any(p.backward(ctx, loss) for p in plugins):
-                loss.backward()
-            for p in plugins:
-                p.before_step(ctx)
-            if dist_ctx is not None:  # rank 0's gradient everywhere: θ stays identical on
-                distributed.broadcast_grads(model)  # every rank even with GPU nondeterminism
-            seconds_train = time.perf_counter() - t0
-            with tracker.step() as row:
-                t1 = time.perf_counter()
-                if not any(p.optimizer_step(ctx) for p in plugins):
-                    optimizer.step()
-                for p in plugins:
-                    p.after_step(ctx, row)
-                seconds_train += time.perf_counter() - t1
-                row.update(
-                    {
-                        "steps/train_loss": train_loss,
-                        "steps/seconds_train": seconds_train,
-                        "steps/lr": optimizer.param_groups[0]["lr"],
-                    }
-                )
-            ctx.step = step + 1
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                _log_eval(ctx, writer, evaluate_all, step + 1, train_loss)
-            if progress is not None:
-                progress(step + 1, config.steps, train_loss)
-    except NonFiniteLossError as e:
-        status, message = "failed", _failure_message(e, tracker)
-    except KeyboardInterrupt:
-        status, message = "interrupted", f"Interrupted after {_steps_kept(tracker)} steps."
-    except TrainingError:
-        _close_quietly(tracker, "failed")
-        raise
-    except BaseException:
-        _close_quietly(tracker, "failed")
-        raise
-    summaries = {p.name: p.summary() for p in plugins}
-    if writer is not None and plugins:
-        with contextlib.suppress(Exception):  # a summary must never cost the run its status
-            writer.set_array(SUMMARIES_PATH, summaries_json(summaries))
-    tracker.close(status)
-    last_acc = ctx.accuracy[-1] if ctx.accuracy else (0, None, None)
-    kept = _steps_kept(tracker)
-    return RunResult(
-        status=status,
-        message=message or f"Finished {kept} steps.",
-        path=str(path) if path is not None else None,
-        steps=kept,
-        loss0=tracker.loss0,
-        loss_final=tracker.last.loss_end if tracker.last else tracker.loss0,
-        train_acc=last_acc[1],
-        test_acc=last_acc[2],
-        tracker=tracker,
-        summaries=summaries,
-        seconds=time.perf_counter() - t_start,
-    )
+        self.log_eval(0, float("nan"))
+
+    def step(self, step: int) -> float:
+        """One optimizer step (after any intervention), measured; returns the training loss."""
+        ctx, config = self.ctx, self.config
+        ctx.step = step
+        self.hooks.intervene(ctx, self.tracker)
+        t0 = time.perf_counter()
+        loss, train_loss = self.forward(step)
+        self.backward(loss)
+        seconds_train = time.perf_counter() - t0
+        with self.tracker.step() as row:
+            t1 = time.perf_counter()
+            self.hooks.optimizer_step(ctx)
+            self.hooks.after_step(ctx, row)
+            seconds_train += time.perf_counter() - t1
+            row.update({
+                "steps/train_loss": train_loss,
+                "steps/seconds_train": seconds_train,
+                "steps/lr": ctx.optimizer.param_groups[0]["lr"],
+            })
+        ctx.step = step + 1
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            self.log_eval(step + 1, train_loss)
+        return train_loss
+
+    def forward(self, step: int) -> tuple[torch.Tensor, float]:
+        """The minibatch's loss with the techniques' weights, casts and loss terms."""
+        ctx, hooks = self.ctx, self.hooks
+        idx = next(self.batches)
+        xb, yb = ctx.train_x[idx], ctx.train_y[idx]
+        ctx.batch = (xb, yb)
+        lr_now = schedule_factor(self.config, step) * ctx.lr_factor
+        for g, base in zip(ctx.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * lr_now
+        ctx.model.train()
+        with hooks.autocast(ctx):
+            params = hooks.forward_params(dict(ctx.model.named_parameters()))
+            outputs = functional_call(ctx.model, params, (xb,)) if hooks else ctx.model(xb)
+            loss = ctx.loss_fn(outputs.float(), yb)
+        train_loss = float(loss.detach())
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"The training loss became {train_loss} at step {step + 1}, so the run "
+                "stopped with every step before it kept; lower the learning rate."
+            )
+        return hooks.add_loss_terms(ctx, params, loss), train_loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients, as the techniques shape them, the same on every rank."""
+        ctx = self.ctx
+        ctx.optimizer.zero_grad(set_to_none=True)
+        self.hooks.backward(ctx, loss)
+        self.hooks.before_step(ctx)
+        if self.dist_ctx is not None:  # rank 0's gradient everywhere: θ stays identical on
+            distributed.broadcast_grads(ctx.model)  # every rank even with GPU nondeterminism
+
+    def accuracies(self) -> tuple[float, float, float]:
+        """(train accuracy, test accuracy, test loss) with the weights the forward pass uses."""
+        ctx, n = self.ctx, EVAL_MAX_EXAMPLES
+        model = ctx.model
+        params = {**self.hooks.effective(dict(model.named_parameters())),
+                  **dict(model.named_buffers())}
+        tr, _ = accuracy(model, params, ctx.train_x[:n], ctx.train_y[:n])
+        te, te_loss = accuracy(model, params, ctx.test_x[:n], ctx.test_y[:n])
+        return tr, te, te_loss
+
+    def log_eval(self, step: int, train_loss: float) -> None:
+        train_acc, test_acc, test_loss = self.accuracies()
+        self.ctx.accuracy.append((step, train_acc, test_acc))
+        if self.ctx.writer is not None:
+            self.ctx.writer.add_event("eval", [step, train_acc, test_acc, test_loss, train_loss])
+
+    def finish(self, status: str, message: str) -> RunResult:
+        """Write the techniques' summaries, close the file with ``status``, report."""
+        tracker, writer = self.tracker, self.ctx.writer
+        summaries = self.hooks.summaries()
+        if writer is not None and self.hooks:
+            with contextlib.suppress(Exception):  # a summary must never cost the run its status
+                writer.set_array(SUMMARIES_PATH, summaries_json(summaries))
+        tracker.close(status)
+        last_acc = self.ctx.accuracy[-1] if self.ctx.accuracy else (0, None, None)
+        kept = _steps_kept(tracker)
+        return RunResult(
+            status=status,
+            message=message or f"Finished {kept} steps.",
+            path=str(self.path) if self.path is not None else None,
+            steps=kept,
+            loss0=tracker.loss0,
+            loss_final=tracker.last.loss_end if tracker.last else tracker.loss0,
+            train_acc=last_acc[1],
+            test_acc=last_acc[2],
+            tracker=tracker,
+            summaries=summaries,
+            seconds=time.perf_counter() - self.t_start,
+        )
 
 
 def summaries_json(summaries: dict[str, dict[str, Any]]) -> bytes:
@@ -414,13 +410,6 @@ def summaries_json(summaries: dict[str, dict[str, Any]]) -> bytes:
 def _expected_interventions(plugins: list, steps: int) -> int:
     # Interventions are rare (prune events); a generous bound keeps the size estimate honest.
     return min(steps, 64) if plugins else 0
-
-
-def _log_eval(ctx, writer, evaluate_all, step: int, train_loss: float) -> None:
-    train_acc, test_acc, test_loss = evaluate_all()
-    ctx.accuracy.append((step, train_acc, test_acc))
-    if writer is not None:
-        writer.add_event("eval", [step, train_acc, test_acc, test_loss, train_loss])
 
 
 def _steps_kept(tracker: Tracker) -> int:

@@ -21,7 +21,7 @@ from pages.live_panel import (
     open_run_button,
     still_there,
 )
-from pages.shared import literal
+from pages.shared import literal, locked_help, may, refuse_unless
 
 DEMO_KEY = "demo_job"  # session: run name of this session's demo
 RECENT = 8
@@ -35,6 +35,8 @@ INTRO = (
 
 
 def start_demo() -> None:
+    if not refuse_unless("train"):
+        return
     name = runs.safe_name("demo")
     try:
         job = jobs.start(jobs.demo_config(), name)
@@ -50,9 +52,10 @@ def start_demo() -> None:
 def demo_button(label: str, *, primary: bool) -> None:
     if st.button(
         label, type="primary" if primary else "secondary", key="home_demo",
-        icon=":material/play_arrow:",
-        help="Trains a small network (two hidden layers, 64 and 32 neurons) on 8x8 handwritten "
-        "digits for 800 steps, recording every weight's LCA; it takes about 20 seconds.",
+        icon=":material/play_arrow:", disabled=not may("train"),
+        help=locked_help("train", "Trains a small network (two hidden layers, 64 and 32 "
+                         "neurons) on 8x8 handwritten digits for 800 steps, recording every "
+                         "weight's LCA; it takes about 20 seconds."),
     ):
         start_demo()
 

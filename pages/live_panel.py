@@ -16,7 +16,7 @@ import streamlit as st
 from lca import jobs, runs
 from lca.figures import live_layer_bars, live_layer_lines, live_loss_figure
 from lca.store import Reader, RunFileError
-from pages.shared import RUN_KEY, literal, plot
+from pages.shared import RUN_KEY, literal, locked_help, may, plot, refuse_unless
 
 log = logging.getLogger("lca.app")
 LIVE_KEY = "live_job"  # session: the run name of the job this session watches
@@ -172,9 +172,10 @@ def _panel_body(name: str, key: str) -> bool:
             _ended_sentence(job, snap)
     with stop_col:
         if job.alive and st.button(
-            "Stop", key=f"{key}-stop", icon=":material/stop_circle:",
-            help="Stop as Ctrl-C would: the run ends 'interrupted' and keeps every step.",
-        ):
+            "Stop", key=f"{key}-stop", icon=":material/stop_circle:", disabled=not may("stop"),
+            help=locked_help("stop", "Stop as Ctrl-C would: the run ends 'interrupted' and "
+                             "keeps every step."),
+        ) and refuse_unless("stop"):
             jobs.stop(job)
             st.toast(f"Stopping {name}…")
     if snap is None:

@@ -23,7 +23,7 @@ import streamlit as st
 from lca import jobs, runs, store
 from lca.store import Reader, RunFileError, filecheck, human_bytes
 from pages.live_panel import first_existing_page, open_run_button, switch_page
-from pages.shared import DELETED_KEY, RUN_KEY, literal
+from pages.shared import DELETED_KEY, RUN_KEY, literal, locked_help, may, refuse_unless
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_KEY = "compare_runs"  # the Compare page reads the run names to compare from here
@@ -124,14 +124,16 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
             icon=":material/download:",
         )
         live = jobs.is_live(pick)
-        if st.button("Delete…", key="runs_delete", icon=":material/delete:", disabled=live,
-                     help="Stop the run first." if live else "Delete the run file."):
+        if st.button("Delete…", key="runs_delete", icon=":material/delete:",
+                     disabled=live or not may("delete"),
+                     help=locked_help("delete", "Stop the run first." if live
+                                      else "Delete the run file.")):
             st.session_state["runs_confirm_delete"] = pick
         if summary is not None and stale(pick, summary) and st.button(
-            "Recover", key="runs_recover", icon=":material/healing:",
-            help="The program writing this run was killed: keep its whole steps and mark it "
-            "interrupted (python -m lca recover).",
-        ):
+            "Recover", key="runs_recover", icon=":material/healing:", disabled=not may("recover"),
+            help=locked_help("recover", "The program writing this run was killed: keep its "
+                             "whole steps and mark it interrupted (python -m lca recover)."),
+        ) and refuse_unless("recover"):
             recovered = recover(path)
     if recovered is not None:
         ok, sentence = recovered
@@ -148,6 +150,8 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
 
 def delete(name: str) -> None:
     st.session_state.pop("runs_confirm_delete", None)
+    if not refuse_unless("delete"):
+        return
     if jobs.is_live(name):
         st.error(f"{literal(name)} is still training; stop it on the Train page before "
                  "deleting it.")
@@ -201,6 +205,9 @@ def compare_actions(names: list[str]) -> None:
 
 def upload() -> None:
     st.subheader("Add a run file")
+    if not may("upload"):
+        st.caption(locked_help("upload"))
+        return
     f = st.file_uploader(
         "Upload an LCA run (.h5) made on another computer", type=["h5"], key="runs_upload",
         help="It is checked before it is kept: files that are not LCA runs are refused.",

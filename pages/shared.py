@@ -14,11 +14,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from lca import runs
+from lca import classroom, runs
 from lca.figures.literal import literal_figure
 from lca.store import Reader, RunFileError
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
+TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
 
@@ -40,7 +41,7 @@ def literal(text: object) -> str:
     HTML, colour or icons, and on one line. Use it for every string that did not come from our
     code, in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels.
     Only what markdown would interpret is escaped, so ordinary sentences read the same
-    (checked in a real browser: tests/test_browser.py)."""
+    (checked in a real browser: tests/test_security_browser.py)."""
     one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
     joined = _SHORTCODE_OR_LINK.sub(
@@ -53,6 +54,28 @@ def literal_rows(rows: list[dict]) -> list[dict]:
     """Table rows for st.table (which renders markdown in its cells) with every string cell
     shown literally."""
     return [{k: literal(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
+def may(action: str) -> bool:
+    """Whether this session may ``action`` (train, stop, delete, upload, recover): always,
+    except in classroom mode, where only a session the teacher unlocked may."""
+    if action not in classroom.ACTIONS:
+        raise ValueError(f"Unknown action {action!r}.")
+    return not classroom.enabled() or bool(st.session_state.get(TEACHER_KEY))
+
+
+def refuse_unless(action: str) -> bool:
+    """Guard inside an action's handler (a disabled button is not a lock): True when allowed,
+    else shows the one sentence and returns False."""
+    if may(action):
+        return True
+    st.warning(classroom.locked_sentence(action), icon=":material/lock:")
+    return False
+
+
+def locked_help(action: str, otherwise: str | None = None) -> str | None:
+    """Help text for an action's button: why it is locked, or ``otherwise``."""
+    return otherwise if may(action) else classroom.locked_sentence(action)
 
 
 def runs_folder() -> Path:

@@ -11,6 +11,7 @@ when Streamlit executes this file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -20,9 +21,11 @@ from typing import Any
 import streamlit as st
 
 from lca import jobs, runs
+from lca.config import ConfigError, RunConfig
+from lca.spec import Spec
 from lca.store import human_bytes
 from pages.live_panel import LIVE_KEY, SELECT_KEY, live_panel, still_there
-from pages.shared import literal
+from pages.shared import literal, locked_help, may, refuse_unless
 
 log = logging.getLogger("lca.app")
 FOLDER_DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -33,34 +36,68 @@ ROOT = Path(__file__).resolve().parent.parent
 # The form.
 
 
-def _option_widget(label: str, default: Any, key: str, help: str | None = None,
-                   choices: tuple | None = None, minimum: float | None = None,
-                   maximum: float | None = None, kind: type | None = None) -> Any:
-    """One widget for one option, chosen from its type; lists are typed as 'a+b' or '32, 32'."""
-    kind = kind or type(default)
+def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
+                 disabled: bool = False) -> Any:
+    """One widget for one setting, chosen from its Spec (a RunConfig field or a technique
+    option); lists are typed as 'a+b'. The value is checked by the Spec, not by the widget."""
+    hints = spec.widget
+    default = spec.default if default is None else default
     label = label.replace("_", " ")
-    if choices:
-        opts = list(choices)
+    common = {"key": key, "help": spec.help or None, "disabled": disabled}
+    low = hints.get("min", spec.minimum if spec.minimum is not None else spec.above)
+    high = hints.get("max", spec.maximum)
+    allowed = spec.allowed()
+    if allowed:
+        opts = list(allowed)
         return st.selectbox(label, opts, index=opts.index(default) if default in opts else 0,
-                            key=key, help=help)
-    if kind is bool:
-        return st.checkbox(label, value=bool(default), key=key, help=help)
-    if kind is int:
+                            **common)
+    if spec.kind is bool:
+        return st.checkbox(label, value=bool(default), **common)
+    if spec.kind is int:
+        return int(st.number_input(
+            label, value=int(default), step=int(hints.get("step", 1)),
+            min_value=None if low is None else int(low),
+            max_value=None if high is None else int(high), **common,
+        ))
+    if spec.kind is float:
         return st.number_input(
-            label, value=int(default), step=1, key=key, help=help,
-            min_value=None if minimum is None else int(minimum),
-            max_value=None if maximum is None else int(maximum),
+            label, value=float(default), format=hints.get("format", "%.6g"),
+            min_value=None if low is None else float(low),
+            max_value=None if high is None else float(high), **common,
         )
-    if kind is float:
-        return st.number_input(
-            label, value=float(default), key=key, help=help, format="%.6g",
-            min_value=None if minimum is None else float(minimum),
-            max_value=None if maximum is None else float(maximum),
-        )
-    if kind in (list, tuple):
-        return st.text_input(label, value="+".join(map(str, default or [])), key=key,
-                             help=(help or "") + " (several values: join them with +)")
-    return st.text_input(label, value="" if default is None else str(default), key=key, help=help)
+    if spec.kind in (list, tuple):
+        text = st.text_input(label, value="+".join(map(str, default or [])), key=key,
+                             help=(spec.help or "") + " (several values: join them with +)",
+                             disabled=disabled)
+        return [v for v in text.replace("|", "+").split("+") if v.strip()]
+    return st.text_input(label, value="" if default is None else str(default), **common)
+
+
+def _field_widget(name: str, values: dict[str, Any], default: Any = None) -> Any:
+    """The widget of RunConfig field ``name``, built from its Spec (label, range, hints)."""
+    spec = RunConfig.specs()[name]
+    hints = spec.widget
+    when = hints.get("when")  # (field, value): the field matters only then
+    disabled = when is not None and values.get(when[0]) != when[1]
+    if hints.get("zero_is_none"):  # 0 stands for None ("all", "the whole split")
+        spec = dataclasses.replace(spec, minimum=0)
+        default = (spec.default or 0) if default is None else default
+    value = _spec_widget(spec.label or name, spec, f"train_{name}", default, disabled)
+    if hints.get("zero_is_none"):
+        value = int(value) or None
+    if "caption" in hints:
+        st.caption(hints["caption"].get(value, ""))
+    return value
+
+
+def _section(title: str, values: dict[str, Any]) -> None:
+    """Every RunConfig field of form section ``title``: four columns, two fields each."""
+    st.subheader(title)
+    names = [n for n, s in RunConfig.specs().items() if s.widget.get("section") == title]
+    cols = st.columns(4)
+    for i, name in enumerate(names):
+        with cols[min(i // 2, 3)]:
+            values[name] = _field_widget(name, values)
 
 
 def _model_option_widget(model: str, opt: str, default: Any) -> Any:
@@ -78,7 +115,8 @@ def _model_option_widget(model: str, opt: str, default: Any) -> Any:
         acts = list(getattr(models, "_ACTIVATIONS", {}) or [default])
         return st.selectbox(opt, acts, index=acts.index(default) if default in acts else 0,
                             key=key)
-    return _option_widget(opt, default, key, help=f"Option {opt!r} of model {model!r}.")
+    return _spec_widget(opt, Spec(default, f"Option {opt!r} of model {model!r}.", type(default)),
+                        key)
 
 
 def _technique_widgets(chosen: list[str]) -> list[dict[str, Any]]:
@@ -92,12 +130,7 @@ def _technique_widgets(chosen: list[str]) -> list[dict[str, Any]]:
             cols = st.columns(3)
             for i, (opt, o) in enumerate(cls.options.items()):
                 with cols[i % 3]:
-                    value = _option_widget(
-                        opt, o.default, f"train_tech_{name}_{opt}", help=o.help,
-                        choices=o.choices, minimum=o.minimum, maximum=o.maximum, kind=o.kind,
-                    )
-                if o.kind in (list, tuple) and isinstance(value, str):
-                    value = [v for v in value.replace("|", "+").split("+") if v.strip()]
+                    value = _spec_widget(opt, o, f"train_tech_{name}_{opt}")
                 if value != o.default:
                     spec[opt] = value
             specs.append(spec)
@@ -109,120 +142,46 @@ def config_form() -> tuple[dict[str, Any], str]:
     import data
     import techniques
     from lca import models
-    from lca.config import DEVICES, DTYPES, OPTIMIZERS, RECORD_MODES, SCHEDULES
-    from lca.integrate import METHOD_HELP, METHODS
 
     values: dict[str, Any] = {}
     st.subheader("Data and model")
     c1, c2 = st.columns(2)
     with c1:
-        names = data.names()
-        values["dataset"] = st.selectbox(
-            "Dataset", names, index=names.index("digits") if "digits" in names else 0,
-            key="train_dataset", format_func=lambda n: n,
-            help="Toy 2-D sets and scikit-learn sets are built in; MNIST, Fashion-MNIST and "
-            "CIFAR-10 are read from your data folder.",
-        )
+        values["dataset"] = _field_widget("dataset", values)
         st.caption(data.describe(values["dataset"]))
-        ds_opts = {}
-        for opt, default in data.default_options(values["dataset"]).items():
-            ds_opts[opt] = _option_widget(opt, default, f"train_ds_{values['dataset']}_{opt}",
-                                          help=f"Option {opt!r} of dataset {values['dataset']}.")
-        values["dataset_options"] = {
-            k: v for k, v in ds_opts.items()
-            if v != data.default_options(values["dataset"]).get(k)
+        defaults = data.default_options(values["dataset"])
+        ds_opts = {
+            opt: _spec_widget(opt, Spec(default, f"Option {opt!r} of dataset "
+                                        f"{values['dataset']}.", type(default)),
+                              f"train_ds_{values['dataset']}_{opt}")
+            for opt, default in defaults.items()
         }
+        values["dataset_options"] = {k: v for k, v in ds_opts.items() if v != defaults.get(k)}
         if values["dataset"] in FOLDER_DATASETS:
-            values["data_dir"] = st.text_input(
-                "Data folder", value=os.environ.get("LCA_DATA_DIR", ""), key="train_data_dir",
-                help="Folder with the dataset's files (torchvision's layout works).",
+            values["data_dir"] = _field_widget(
+                "data_dir", values, default=os.environ.get("LCA_DATA_DIR", "")
             ).strip() or None
-        subset = st.number_input(
-            "Training examples to use (0 = all)", min_value=0, value=0, step=100,
-            key="train_subset", help="A seeded random subset makes big datasets quick.",
-        )
-        values["subset"] = int(subset) or None
+        values["subset"] = _field_widget("subset", values)
     with c2:
         try:
             fitting = jobs.compatible_models(values["dataset"], values["dataset_options"])
         except (ValueError, OSError):
             fitting = models.names()
         fitting = fitting or models.names()
+        default = RunConfig().model
         values["model"] = st.selectbox(
-            "Model", fitting, index=fitting.index("mlp") if "mlp" in fitting else 0,
+            RunConfig.specs()["model"].label, fitting,
+            index=fitting.index(default) if default in fitting else 0,
             key="train_model", help="Only models that accept this dataset's input are listed.",
         )
         st.caption(models.describe(values["model"]))
-        m_opts = {}
-        for opt, default in models.defaults(values["model"]).items():
-            m_opts[opt] = _model_option_widget(values["model"], opt, default)
-        values["model_options"] = m_opts
+        values["model_options"] = {
+            opt: _model_option_widget(values["model"], opt, default)
+            for opt, default in models.defaults(values["model"]).items()
+        }
 
-    st.subheader("Optimizer")
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        values["optimizer"] = st.selectbox("Optimizer", OPTIMIZERS,
-                                           index=OPTIMIZERS.index("momentum"),
-                                           key="train_optimizer")
-        values["lr"] = st.number_input("Learning rate", value=0.05, min_value=0.0,
-                                       format="%.6g", key="train_lr")
-    with c2:
-        values["momentum"] = st.number_input(
-            "Momentum", value=0.9, min_value=0.0, max_value=0.999, format="%.4g",
-            key="train_momentum", disabled=values["optimizer"] != "momentum",
-            help="Used by the momentum optimizer.",
-        )
-        values["weight_decay"] = st.number_input("Weight decay", value=0.0, min_value=0.0,
-                                                 format="%.6g", key="train_wd")
-    with c3:
-        values["schedule"] = st.selectbox("Learning-rate schedule", SCHEDULES,
-                                          key="train_schedule")
-        values["batch_size"] = int(st.number_input("Batch size", value=64, min_value=1,
-                                                   step=1, key="train_batch"))
-    with c4:
-        values["steps"] = int(st.number_input("Steps", value=200, min_value=1, step=10,
-                                              key="train_steps"))
-        values["seed"] = int(st.number_input("Seed", value=0, min_value=0, step=1,
-                                             key="train_seed"))
-
-    st.subheader("LCA measurement")
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        ms = st.number_input(
-            "Measurement-set size (0 = whole training split)", value=2000, min_value=0,
-            step=100, key="train_measure_size",
-            help="LCA measures the loss on this fixed set of training examples every step.",
-        )
-        values["measure_size"] = int(ms) or None
-        values["measure_batch"] = int(st.number_input(
-            "Measurement chunk", value=2048, min_value=1, step=256, key="train_measure_batch",
-            help="Examples per forward pass while measuring (memory vs speed).",
-        ))
-    with c2:
-        values["method"] = st.selectbox(
-            "LCA method", METHODS, index=list(METHODS).index("rk4"), key="train_method",
-            help="How the gradient is integrated along each step: "
-            + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
-        )
-        st.caption(METHOD_HELP.get(values["method"], ""))
-        values["tolerance"] = st.number_input(
-            "Tolerance", value=1e-3, min_value=0.0, format="%.2e", key="train_tolerance",
-            help="rk4-adaptive: the allowed |ΔL − ΣA| per step (loss units).",
-            disabled=values["method"] != "rk4-adaptive",
-        )
-    with c3:
-        values["measure_dtype"] = st.selectbox("Measurement precision", DTYPES,
-                                               key="train_dtype")
-        values["record"] = st.selectbox(
-            "Record", RECORD_MODES, key="train_record",
-            help="full: every weight every step (needed for the weights views); units: per "
-            "neuron/channel; layers: per tensor (smallest files).",
-        )
-    with c4:
-        values["device"] = st.selectbox("Device", DEVICES, key="train_device")
-        values["eval_every"] = int(st.number_input(
-            "Accuracy check every (steps)", value=20, min_value=1, step=5, key="train_eval",
-        ))
+    _section("Optimizer", values)
+    _section("LCA measurement", values)
 
     st.subheader("Efficiency techniques")
     tech_names = techniques.names()
@@ -250,8 +209,6 @@ def _clean_name(name: str, dataset: str, model: str) -> str:
 
 def start_section(values: dict[str, Any], name: str) -> None:
     """Validate, size, then start; every refusal is one sentence."""
-    from lca.config import ConfigError, RunConfig
-
     try:
         config = RunConfig.from_dict(values)
     except ConfigError as e:
@@ -269,8 +226,9 @@ def start_section(values: dict[str, Any], name: str) -> None:
     cols = st.columns([1, 4])
     with cols[0]:
         clicked = st.button("Start training", type="primary", key="train_start",
-                            icon=":material/play_arrow:")
-    if clicked:
+                            icon=":material/play_arrow:", disabled=not may("train"),
+                            help=locked_help("train"))
+    if clicked and refuse_unless("train"):
         run_name = _clean_name(name, config.dataset, config.model)
         try:
             job = jobs.start(config, run_name)
@@ -294,7 +252,8 @@ def other_jobs(watching: str | None) -> None:
         if c2.button("Watch", key=f"train_watch_{j.pid}"):
             st.session_state[LIVE_KEY] = j.name
             st.rerun()
-        if c3.button("Stop", key=f"train_stopother_{j.pid}"):
+        if c3.button("Stop", key=f"train_stopother_{j.pid}", disabled=not may("stop"),
+                     help=locked_help("stop")) and refuse_unless("stop"):
             jobs.stop(j)
             st.rerun()
 

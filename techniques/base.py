@@ -24,7 +24,6 @@ because HDF5 in SWMR mode cannot create datasets once a run is live.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -33,59 +32,22 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lca.spec import Spec
+
 
 class TechniqueError(ValueError):
     """A technique name or option is not allowed; one sentence with the allowed values."""
 
 
 @dataclass(frozen=True)
-class Option:
-    """One knob of a technique: default, one-line help, type, and the allowed range."""
+class Option(Spec):
+    """One knob of a technique: default, one-line help, type, and the allowed range.
 
-    default: Any
-    help: str
-    kind: type = float
-    choices: tuple[Any, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
+    A ``lca.spec.Spec`` (the one way LCA Lab describes and checks a setting) whose values may
+    arrive as CLI text (``prune-magnitude:sparsity=0.5``): "0.5" becomes 0.5, "a+b" a list.
+    """
 
-    def parse(self, technique: str, key: str, value: Any) -> Any:
-        """Coerce a CLI string or TOML value to ``kind`` and check its range."""
-        where = f"option {key!r} of technique {technique!r}"
-        try:
-            if self.kind is bool:
-                if isinstance(value, str):
-                    low = value.strip().lower()
-                    if low not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError
-                    value = low in ("true", "1", "yes")
-                value = bool(value)
-            elif self.kind is list:
-                if isinstance(value, str):
-                    value = [v for v in value.replace("|", "+").split("+") if v]
-                value = [str(v) for v in value]
-            elif self.kind is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                value = int(value)
-            elif self.kind is float:
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError
-            else:
-                value = self.kind(value)
-        except (TypeError, ValueError):
-            raise TechniqueError(
-                f"{where} must be of type {self.kind.__name__}, not {value!r}."
-            ) from None
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
-            raise TechniqueError(f"{where} is {value!r}; choose one of: {allowed}.")
-        if self.minimum is not None and value < self.minimum:
-            raise TechniqueError(f"{where} is {value!r}; it must be at least {self.minimum}.")
-        if self.maximum is not None and value > self.maximum:
-            raise TechniqueError(f"{where} is {value!r}; it must be at most {self.maximum}.")
-        return value
+    from_text: bool = True
 
 
 @dataclass
@@ -147,7 +109,11 @@ class Technique:
                 f"Technique {self.name!r} has no option {unknown[0]!r}; allowed options: {allowed}."
             )
         self.opts: dict[str, Any] = {
-            k: (o.parse(self.name, k, values[k]) if k in values else o.default)
+            k: (
+                o.parse(values[k], f"option {k!r} of technique {self.name!r}", TechniqueError)
+                if k in values
+                else o.default
+            )
             for k, o in self.options.items()
         }
 

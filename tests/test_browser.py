@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -168,6 +169,12 @@ def test_first_visit_straight_to_a_shared_link(tmp_path, browser, make_run):
 def test_demo_live_then_every_page(server, browser):
     url, runs_dir, log = server
     page = browser.new_page(viewport={"width": 1440, "height": 1800})
+    # An offline classroom tool talks to its own server and nothing else.
+    elsewhere: list[str] = []
+    own_host = urllib.parse.urlsplit(url).netloc
+    page.on("request", lambda r: elsewhere.append(r.url)
+            if urllib.parse.urlsplit(r.url).scheme in ("http", "https", "ws", "wss")
+            and urllib.parse.urlsplit(r.url).netloc != own_host else None)
     page.goto(url)
     page.get_by_role("button", name=re.compile("Start the demo")).wait_for(timeout=60_000)
     settle(page)
@@ -264,3 +271,4 @@ def test_demo_live_then_every_page(server, browser):
     assert demo in picked(page) and "demo-2.h5" not in picked(page)
     assert "deleted or renamed" not in page.inner_text("body")
     assert not problems(page), problems(page)
+    assert not elsewhere, f"pages made requests to other hosts: {sorted(set(elsewhere))[:5]}"

@@ -6,6 +6,7 @@ notebooks call the same functions. Helped (LCA < 0) is green, hurt (LCA > 0) red
 
 from .analysis import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
+from .explain import *  # noqa: F401,F403
 from .literal import *  # noqa: F401,F403
 from .live import *  # noqa: F401,F403
 from .playground import *  # noqa: F401,F403

@@ -83,7 +83,7 @@ def human_bytes(n: float) -> str:
 
 def _version() -> str:
     try:
-        from .. import __version__  # type: ignore[attr-defined]
+        from ..version import __version__
 
         return str(__version__)
     except ImportError:
