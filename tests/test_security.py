@@ -179,6 +179,13 @@ def test_soft_link_is_refused(normal, tmp_path):
     assert "soft link" in refused(crafted(normal, tmp_path / "runs", "soft.h5", change))
 
 
+def test_a_hard_link_cycle_is_refused(normal, tmp_path):
+    def change(f: h5py.File) -> None:
+        f["params/loop"] = f["params"]  # a group that contains itself
+
+    assert "two places" in refused(crafted(normal, tmp_path / "runs", "cycle.h5", change))
+
+
 def test_object_references_are_refused(normal, tmp_path):
     def change(f: h5py.File) -> None:
         ref = f.create_dataset("refs", (1,), dtype=h5py.ref_dtype)

@@ -44,7 +44,7 @@ MAX_ATTRS_PER_OBJECT = 256  # the root has ~20
 MAX_ATTRS = 100_000  # ~1 per tensor group + 4 per unit group
 MAX_ATTR_BYTES = 4 << 20  # one attribute (the config and layout JSON of a big model)
 MAX_ALL_ATTR_BYTES = 16 << 20
-MAX_STRING_BYTES = 1 << 20  # one fixed-length string (technique summaries take 64 KiB)
+MAX_STRING_BYTES = 4 << 20  # one fixed-length string (the layout JSON of a very large model)
 MAX_NAME_BYTES = 1024  # one link name (a parameter name)
 MAX_CHUNK_BYTES = 16 << 20  # the writer's chunks are ≤ 1 MiB
 COMPRESSION_FACTOR = 32  # declared bytes per stored byte of a compressed dataset
@@ -95,6 +95,8 @@ def _sentence(name: str, v: dict[str, Any]) -> str | None:
         f"Lab never follows; {_AGAIN} or {_SELF}",
         "virtual": f"{n} takes the data of {where} from other files (a virtual dataset), which "
         f"LCA Lab never reads; {_AGAIN} or {_SELF}",
+        "hard-link": f"{n} links one object from two places ({where} is a second link), which "
+        f"LCA Lab run files never do; {_AGAIN}",
         "soft-link": f"{n} has a soft link ({where}), which LCA Lab run files never contain; "
         f"{_AGAIN}",
         "ud-link": f"{n} has a link of a kind LCA Lab never follows ({where}); {_AGAIN}",

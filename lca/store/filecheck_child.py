@@ -185,8 +185,8 @@ class Walker:
                 self.objects += 1
                 obj = h5o.open(group, name)
                 oinfo = h5o.get_info(obj)
-                if oinfo.addr in self.seen:
-                    continue  # a second hard link to an object already checked
+                if oinfo.addr in self.seen:  # a second link to one object (maybe a cycle)
+                    raise Refuse("hard-link", path=where)
                 self.seen.add(oinfo.addr)
                 self._check_attrs(obj, oinfo.num_attrs, where)
                 if oinfo.type == h5o.TYPE_GROUP:

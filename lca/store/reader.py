@@ -183,6 +183,7 @@ def _all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
     """
     found: dict[str, h5py.Dataset] = {}
     queue: list[tuple[str, h5py.Group]] = [("", f)]
+    seen = {h5py.h5o.get_info(f.id).addr}  # the check refuses a second link; never loop anyway
     while queue:
         prefix, group = queue.pop()
         for name in list(group):
@@ -190,8 +191,11 @@ def _all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
             path = f"{prefix}{name}"
             if isinstance(obj, h5py.Dataset):
                 found[path] = obj
-            elif isinstance(obj, h5py.Group):
-                queue.append((f"{path}/", obj))
+            elif isinstance(obj, h5py.Group) and path.count("/") < filecheck.MAX_DEPTH:
+                addr = h5py.h5o.get_info(obj.id).addr
+                if addr not in seen:
+                    seen.add(addr)
+                    queue.append((f"{path}/", obj))
     return found
 
 
