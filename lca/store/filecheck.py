@@ -135,6 +135,7 @@ def _sentence(name: str, v: dict[str, Any]) -> str | None:
         f"steps in /steps/loss, so it is damaged or crafted; {_AGAIN}",
         "memory": f"{n} needs more than {human_bytes(CHECK_MEMORY_BYTES)} just to be checked, "
         f"so it is damaged or crafted; {_AGAIN}",
+        "changed": f"{n} was replaced while it was being checked; open it again",
         "timeout": f"{n} could not be checked within {CHECK_WALL_SECONDS} s, so it is refused; "
         f"{_AGAIN}",
         "crashed": f"{n} made the HDF5 library fail while it was being checked, so it is "
@@ -154,6 +155,12 @@ _inflight: dict[tuple[int, int, int, int], threading.Lock] = {}
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _same_file(key: tuple[int, int, int, int], verdict: dict[str, Any]) -> bool:
+    """Whether the child checked the file (device, inode) the verdict is to be cached for."""
+    inode = verdict.get("inode")
+    return not verdict.get("ok") or (isinstance(inode, list) and tuple(inode) == key[:2])
 
 
 def _remember(key: tuple[int, int, int, int], verdict: dict[str, Any]) -> None:
@@ -243,7 +250,8 @@ def prefetch(paths: Iterable[str | os.PathLike[str]]) -> None:
     found = _run_child([p for p, _ in todo])
     for p, key in todo:
         v = found.get(str(p))
-        if v is not None and v.get("refuse") not in ("timeout", "crashed", "memory"):
+        if v is not None and v.get("refuse") not in ("timeout", "crashed", "memory", "changed") \
+                and _same_file(key, v):
             _remember(key, v)  # a file blamed for a dead batch is checked again on its own
 
 
@@ -264,7 +272,7 @@ def verdict(path: str | os.PathLike[str]) -> dict[str, Any]:
         if cached is None and live_size is not None and st.st_size >= live_size:
             # A live run that grew: SWMR writers cannot add objects, so its structure stands;
             # the Reader re-checks the declared sizes in-process (declared_too_large).
-            cached = {"ok": True, "status": "running", "grown": True}
+            cached = {"ok": True, "status": "running", "grown": True, "inode": list(key[:2])}
         if cached is not None:
             return cached
         gate = _inflight.setdefault(key, threading.Lock())
@@ -273,19 +281,26 @@ def verdict(path: str | os.PathLike[str]) -> dict[str, Any]:
             cached = _cache.get(key)
         if cached is None:
             cached = _spawn(p)
-            _remember(key, cached)
+            if _same_file(key, cached):
+                _remember(key, cached)
+            elif cached.get("ok"):
+                cached = {"refuse": "changed"}  # the child saw another file than we stat'ed
     with _lock:
         _inflight.pop(key, None)
     return cached
 
 
-def check(path: str | os.PathLike[str], name: str | None = None) -> None:
+def check(path: str | os.PathLike[str], name: str | None = None) -> tuple[int, int] | None:
     """Raise RunFileError (one sentence naming ``name`` or the file, and the fix) unless the file
-    passed the structure check; nothing of it is read in this process."""
+    passed the structure check; nothing of it is read in this process. Returns the (device,
+    inode) that was checked, so the caller can make sure it opens that very file."""
     p = Path(path)
-    sentence = _sentence(name or p.name, verdict(p))
+    v = verdict(p)
+    sentence = _sentence(name or p.name, v)
     if sentence is not None:
         raise RunFileError(sentence)
+    inode = v.get("inode")
+    return tuple(inode) if isinstance(inode, list) else None
 
 
 def declared_too_large(datasets: Iterable[Any], file_size: int, name: str) -> str | None:

@@ -254,11 +254,15 @@ def check(path: str, limits: dict) -> dict:
     fid = _open(path)
     if fid.get_access_plist().get_driver() != h5fd.SEC2:
         raise Refuse("driver")
+    opened = os.fstat(fid.get_vfd_handle())
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        raise Refuse("changed")  # replaced between stat and open: the parent checks again
     walker = Walker(fid, limits, st.st_size)
     walker.walk()
     walker.check_rows()
     status = _dry_read(fid)
-    return {"ok": True, "objects": walker.objects, "attrs": walker.attrs, "status": status}
+    return {"ok": True, "objects": walker.objects, "attrs": walker.attrs, "status": status,
+            "inode": [opened.st_dev, opened.st_ino]}
 
 
 def _peak_rss_kb() -> int:

@@ -102,7 +102,7 @@ def _open_checked(path: Path) -> h5py.File:
     names the file and the fix."""
     _check_path(path)
     name = path.name
-    filecheck.check(path)  # in a process of its own, cached: before anything is read here
+    checked = filecheck.check(path)  # in a process of its own, cached: before anything is read
     _refuse_truncated(path)
     try:
         f = h5py.File(path, "r", swmr=True)
@@ -112,6 +112,9 @@ def _open_checked(path: Path) -> h5py.File:
             f"repair it with: python -m lca recover {name}"
         ) from None
     try:
+        opened = os.fstat(f.id.get_vfd_handle())
+        if checked is not None and (opened.st_dev, opened.st_ino) != checked:
+            raise RunFileError(f"{name!r} was replaced while it was being opened; open it again.")
         _check_header(f, name)
     except BaseException:
         f.close()
