@@ -119,48 +119,45 @@ def time_apptest(page: str, run: str, repeats: int = 2) -> tuple[list[float], in
 
 
 def time_functions(path: Path) -> dict[str, float]:
-    """Reader reads + figure functions of each page, without Streamlit (median of 3)."""
+    """The pages' reads (``lca.views``, uncached) + figure functions, without Streamlit
+    (median of 3)."""
     from lca import figures as F
+    from lca import views
     from lca.synchrony import synchrony
 
     def loss_page():
         with lca.open_run(path) as r:
-            r.summary()
-            kind = r.steps("kind")
-            F.loss_conservation(r.steps("loss"), r.steps("lca"), kind=kind).to_json()
-            F.step_error(r.steps("error"), r.steps("splits"), kind=kind).to_json()
-            ev = r.events("eval")
-            F.training_curves(r.series("steps/train_loss"), ev, kind=kind).to_json()
-            F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind).to_json()
+            v = views.loss_view(r)
+        F.loss_conservation(v.loss, v.lca, kind=v.kind).to_json()
+        F.step_error(v.error, v.splits, kind=v.kind).to_json()
+        F.training_curves(v.train_loss, v.evals, kind=v.kind).to_json()
+        F.helped_fractions(v.helped, v.hurt, kind=v.kind).to_json()
 
     def layers_page():
         with lca.open_run(path) as r:
-            a = r.layer_lca()
-            F.layer_totals(r.names, a.sum(0)).to_json()
-            F.layer_step_heatmap(a, r.names).to_json()
-            F.cumulative_layers(r.layer_lca(cumulative=True), r.names).to_json()
-            res = synchrony(a)
-            F.peak_raster(res.peaks, r.names).to_json()
-            F.synchrony_figure(res).to_json()
+            v = views.layers_view(r)
+        F.layer_totals(v.names, v.totals, v.counts).to_json()
+        F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind).to_json()
+        F.cumulative_layers(v.cumulative, v.names, kind=v.kind).to_json()
+        res = synchrony(v.layer_lca[v.kind == 0])
+        F.peak_raster(res.peaks, v.names).to_json()
+        F.synchrony_figure(res).to_json()
 
     def neurons_page():
         with lca.open_run(path) as r:
-            t = r.num_steps
-            F.unit_heatmap(r.unit_lca("fc1")).to_json()
-            totals = {n: r.param_totals(n) for n in r.names}
-            helped = {n: r.param_helped_steps(n) for n in r.names}
-            F.first_layer_images(totals["fc1.weight"], (1, 28, 28), max_units=64).to_json()
-            rows = max(1, 4_000_000 // r.num_params)
-            window = min(32, rows)
-            parts = [r.param_lca(n, s, s + window).ravel()
-                     for s in range(0, t - window + 1, t // max(1, rows // window))[
-                         : max(1, rows // window)] for n in r.names]
-            F.lca_histogram(np.concatenate(parts)).to_json()
-            F.helped_fraction_histogram(np.concatenate([h.ravel() for h in helped.values()]),
-                                        t).to_json()
-            table = F.top_parameters(totals, helped, t)
+            v = views.neurons_view(r)
+            units = views.unit_rows(r, "fc1")
+            stats = views.weight_stats(r)
+            values, used = views.value_sample(r)
+            table = F.top_parameters(stats.totals, stats.helped, stats.rows)
             row = table[0]
-            F.param_trace(r.param_lca(row["tensor"], index=row["index"])).to_json()
+            trace = views.param_rows(r, row["tensor"], index=row["index"])
+        F.unit_heatmap(units, positions=v.positions).to_json()
+        F.first_layer_images(stats.totals["fc1.weight"], (1, 28, 28), max_units=64).to_json()
+        F.lca_histogram(values, steps_used=used, steps_total=v.num_steps).to_json()
+        F.helped_fraction_histogram(np.concatenate([h.ravel() for h in stats.helped.values()]),
+                                    stats.rows).to_json()
+        F.param_trace(trace, positions=v.positions).to_json()
 
     out = {}
     for name, fn in (("loss", loss_page), ("layers", layers_page), ("neurons", neurons_page)):

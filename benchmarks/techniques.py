@@ -4,6 +4,9 @@ Every run trains the same model on the same data from the same seed; the trainin
 (forward, backward, optimizer step and the technique's hooks — not the LCA measurement) comes
 from the run file's ``steps/seconds_train`` series. Prints, per technique: mean step time, the
 saving against the baseline, and what the technique reports it did (its summary in the file).
+Then, per technique, what it saves in bits per weight (training / deployed), per weight of
+optimizer state and per activation (``techniques.savings``); techniques whose numerics are
+simulated in float32 are marked so, and their step time is a cost, never a saving.
 
     python benchmarks/techniques.py [--model cnn-small] [--steps 200] [--device cpu]
 """
@@ -22,6 +25,7 @@ import numpy as np  # noqa: E402
 import lca  # noqa: E402
 from lca.config import RunConfig  # noqa: E402
 from lca.train import run  # noqa: E402
+from techniques.savings import saving  # noqa: E402
 
 # Settings that make each technique act within a short benchmark run.
 CASES: list[tuple[str, list[dict]]] = [
@@ -38,7 +42,14 @@ CASES: list[tuple[str, list[dict]]] = [
     ("binary", [{"name": "binary"}]),
     ("ternary", [{"name": "ternary"}]),
     ("compress", [{"name": "compress"}]),
+    ("fp8", [{"name": "fp8", "loss_scale": 256}]),
+    ("fixed-point", [{"name": "fixed-point"}]),
+    ("adaptive-loss-scaling", [{"name": "adaptive-loss-scaling"}]),
+    ("bnn", [{"name": "bnn", "residual": False}]),
+    ("conntra", [{"name": "conntra"}]),
 ]
+# Config changes a case needs (fp8 performs the SGD update itself).
+OVERRIDES: dict[str, dict] = {"fp8": {"optimizer": "momentum"}}
 
 # Summary entries worth printing: what the technique did or saved.
 SAVED_KEYS = ("fraction_updates_skipped", "steps_skipped", "sparsity", "bits", "params_frozen",
@@ -76,8 +87,9 @@ def main() -> None:
     print(f"{label} on {args.dataset}, {args.steps} steps, device {args.device}, "
           f"{args.threads} thread(s), fastest of {args.repeats}; "
           "train step = forward + backward + optimizer + technique hooks (no LCA)")
-    print(f"{'technique':<17}{'step ms':>9}{'vs baseline':>13}  what it did")
+    print(f"{'technique':<23}{'step ms':>9}{'vs baseline':>13}  what it did")
     baseline = None
+    bits_rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, specs in cases:
             options = {"hidden": [int(h) for h in args.hidden.split(",")]} if (
@@ -85,7 +97,8 @@ def main() -> None:
             config = RunConfig(dataset=args.dataset, model=args.model, model_options=options,
                                steps=args.steps,
                                measure_size=200, record="layers", device=args.device,
-                               eval_every=10, techniques=specs)
+                               eval_every=10, techniques=specs,
+                               **OVERRIDES.get(name, {}))
             step_ms = float("inf")
             for k in range(args.repeats):  # other load only adds time: keep the fastest run
                 path = Path(tmp) / f"{name}-{k}.h5"
@@ -100,7 +113,21 @@ def main() -> None:
                 baseline = step_ms
             saved = 100 * (baseline - step_ms) / baseline
             what = "; ".join(describe_saving(s) for s in summaries.values())
-            print(f"{name:<17}{step_ms:>9.2f}{saved:>+12.1f}%  {what}")
+            sims = [saving(t, s).simulated for t, s in summaries.items()]
+            versus = "simulated" if any(sims) else f"{saved:+.1f}%"
+            print(f"{name:<23}{step_ms:>9.2f}{versus:>13}  {what}")
+            for t, s in summaries.items():
+                v = saving(t, s)
+                bits_rows.append(
+                    f"{t:<23}{v.weight_bits_training:>7.3g}/{v.weight_bits_deployed:<7.3g}"
+                    f"{v.optimizer_state_bits:>8.3g}{v.activation_bits:>8.3g}"
+                    f"  {'simulated' if v.simulated else 'real':<10}{v.time:<9}{v.note}")
+    print("\nbits per value vs float32 (32): weights training/deployed, optimizer state per "
+          "weight, activations")
+    print(f"{'technique':<23}{'weights':>15}{'optim':>8}{'acts':>8}  {'numerics':<10}"
+          f"{'time':<9}what")
+    for row in bits_rows:
+        print(row)
 
 
 if __name__ == "__main__":

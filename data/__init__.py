@@ -5,6 +5,8 @@ Public API::
     data.names() -> list[str]              # registered dataset names, sorted
     data.describe(name) -> str             # one-line description, without loading anything
     data.default_options(name) -> dict     # the options ``name`` accepts, with their defaults
+    data.info(name) -> data.DatasetInfo    # input shape, classes, images?, without loading
+    data.image_shape(name, features)       # (C, H, W) of an image set's flattened input, or None
     data.load(name, *, subset=None, seed=0, data_dir=None, **options) -> data.Dataset
     data.Dataset, data.DataError
 
@@ -16,6 +18,7 @@ read from ``data_dir`` or ``$LCA_DATA_DIR``. See the loader modules for per-data
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +30,10 @@ from .dataset import DataError, Dataset
 from .options import check_int, check_seed
 from .splits import take_subset
 
-__all__ = ["DataError", "Dataset", "default_options", "describe", "load", "names"]
+__all__ = [
+    "DataError", "Dataset", "DatasetInfo", "default_options", "describe", "image_shape", "info",
+    "load", "names",
+]
 
 
 @dataclass(frozen=True)
@@ -36,20 +42,43 @@ class _Spec:
 
     description: str
     loader: Callable[..., Dataset]  # called as loader(seed=..., data_dir=..., **options)
+    info: DatasetInfo
     defaults: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without loading it: the one place dataset shapes live.
+
+    ``input_shape`` is one example's shape; for IDX files (MNIST, Fashion-MNIST) it is the
+    original files' (1, 28, 28), while files of another square size load with their own.
+    ``images``: examples are pictures (C, H, W), so figures may draw weights as images;
+    ``on_disk``: read from the user's data folder (the only datasets that need files).
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    images: bool
+    on_disk: bool
 
 
 def _build_registry() -> dict[str, _Spec]:
     registry: dict[str, _Spec] = {}
     for kind, description in toy.DESCRIPTIONS.items():
-        registry[kind] = _Spec(description, partial(toy.load_toy, kind), toy.DEFAULTS)
+        registry[kind] = _Spec(description, partial(toy.load_toy, kind),
+                               DatasetInfo(toy.INPUT_SHAPE, toy.NUM_CLASSES, False, False),
+                               toy.DEFAULTS)
     for kind, description in sklearn_sets.DESCRIPTIONS.items():
+        shape, classes = sklearn_sets.SHAPES[kind]
         registry[kind] = _Spec(
-            description, partial(sklearn_sets.load_sklearn, kind), sklearn_sets.DEFAULTS
+            description, partial(sklearn_sets.load_sklearn, kind),
+            DatasetInfo(shape, classes, len(shape) == 3, False), sklearn_sets.DEFAULTS
         )
     for kind, description in idx.DESCRIPTIONS.items():
-        registry[kind] = _Spec(description, partial(idx.load_idx, kind))
-    registry["cifar10"] = _Spec(cifar.DESCRIPTION, cifar.load_cifar10)
+        registry[kind] = _Spec(description, partial(idx.load_idx, kind),
+                               DatasetInfo(idx.IMAGE_SHAPE, idx.NUM_CLASSES, True, True))
+    registry["cifar10"] = _Spec(cifar.DESCRIPTION, cifar.load_cifar10,
+                                DatasetInfo(cifar.IMAGE_SHAPE, cifar.NUM_CLASSES, True, True))
     return registry
 
 
@@ -82,6 +111,32 @@ def describe(name: str) -> str:
 def default_options(name: str) -> dict[str, object]:
     """Return the options dataset ``name`` accepts in ``load(**options)``, with default values."""
     return dict(_REGISTRY[_canonical(name)].defaults)
+
+
+def info(name: str) -> DatasetInfo:
+    """Input shape, class count and kind of dataset ``name``, without loading or finding it."""
+    return _REGISTRY[_canonical(name)].info
+
+
+def image_shape(name: object, in_features: int) -> tuple[int, int, int] | None:
+    """(C, H, W) of image dataset ``name`` whose flattened input has ``in_features`` values, else
+    None (not an image dataset, unknown, or no shape fits). IDX files may hold any square size,
+    so a size other than the registered one is inferred as 1 or 3 square channels."""
+    try:
+        known = info(name) if name is not None else None
+    except DataError:
+        return None
+    if known is None or not known.images:
+        return None
+    if math.prod(known.input_shape) == in_features:
+        return tuple(known.input_shape)  # type: ignore[return-value]
+    for c in (1, 3):
+        if in_features % c:
+            continue
+        side = math.isqrt(in_features // c)
+        if side > 1 and side * side * c == in_features:
+            return (c, side, side)
+    return None
 
 
 def load(

@@ -30,6 +30,7 @@ from .splits import to_dataset
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 NUM_CLASSES = 10
+IMAGE_SHAPE = (1, 28, 28)  # the original files; other square sizes load too (from the file)
 
 # (train images, train labels, test images, test labels): the names of the original files.
 FILES = (

@@ -20,6 +20,14 @@ from .splits import STREAM_SPLIT, rng_for, standardize, stratified_split, to_dat
 
 DEFAULTS: dict[str, object] = {"test_fraction": 0.2}
 
+# (input shape, classes) of each set, known without loading it (sklearn is slow to import).
+SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "iris": ((4,), 3),
+    "wine": ((13,), 3),
+    "breast-cancer": ((30,), 2),
+}
+
 DESCRIPTIONS: dict[str, str] = {
     "digits": "Handwritten digits from scikit-learn: 1,797 grey 8x8 images, 10 classes, "
     "pixels in [0, 1].",

@@ -30,6 +30,8 @@ from .options import check_fraction, check_int, check_nonnegative
 from .splits import STREAM_GENERATE, STREAM_NOISE, STREAM_SPLIT, rng_for, to_dataset
 
 DEFAULTS: dict[str, object] = {"noise": 0.05, "train_fraction": 0.5, "n": 1000}
+INPUT_SHAPE = (2,)  # every toy set: points in the plane, 2 classes
+NUM_CLASSES = 2
 
 MAX_POINTS = 10_000_000  # a typo such as n=10**12 should be an error, not an out-of-memory crash
 

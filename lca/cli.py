@@ -7,18 +7,40 @@ with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
+import re
+import signal
 import sys
+import textwrap
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
-from .integrate import METHODS
-from .spec import Spec
+from tqdm import tqdm
 
+import data
+import techniques
+
+from . import models
+from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
+from .distributed import env_rank
+from .experiments import add_parser, cmd_experiment
+from .integrate import METHODS
+from .posthoc import allocate_run
+from .serve import add_parser as add_serve_parser
+from .serve import cmd_serve
+from .spec import Spec
+from .store import DiskFullError, open_run, recover
+from .train import RunNotice, TrainingError, run
+
+EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -33,9 +55,11 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 EXIT_CODES = (
-    "exit status: 0 run complete; 1 run failed (the loss became NaN or infinite; the steps before "
-    "it are kept); 2 bad input (one line on stderr starting 'error:'); 130 interrupted by Ctrl-C "
-    "(the steps so far are kept)."
+    "exit status: 0 run complete; 1 run failed (the loss became NaN or infinite, or the disk "
+    "filled up; the steps before it are kept); 2 bad input (one line on stderr starting "
+    "'error:'); 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (kill, docker stop, "
+    "systemd): both end the run with status 'interrupted' and keep every whole step. Settings "
+    "adjusted to the data are said in one line starting 'notice:'."
 )
 
 
@@ -61,8 +85,6 @@ def _config_defaults() -> dict[str, Any]:
 def _wrap(lines: list[str], head: str, body: str, indent: int = 20, hang: int = 0) -> None:
     """One epilog entry: ``head`` in a column, ``body`` wrapped beside it (continuation lines
     ``hang`` further in). Pre-wrapped because the epilog keeps its layout."""
-    import textwrap
-
     first = f"  {head:<{indent - 3}} "
     lines.append(
         textwrap.fill(body, width=96, initial_indent=first, subsequent_indent=" " * (indent + hang))
@@ -71,11 +93,6 @@ def _wrap(lines: list[str], head: str, body: str, indent: int = 20, hang: int = 
 
 def _train_epilog() -> str:
     """What the names after --dataset, --model and --technique may be, with their options."""
-    import data
-    import techniques
-
-    from . import models
-
     lines = [
         "config file (--config RUN.toml): RunConfig fields at the top level, e.g.",
         '  dataset = "digits"',
@@ -110,8 +127,6 @@ def _train_epilog() -> str:
 
 
 def _paragraph(text: str) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text, width=96)
 
 
@@ -131,6 +146,8 @@ def _train_parser(sub) -> None:
     )
     for name, spec in RunConfig.specs().items():
         _add_config_flag(p, name, spec)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (never while another run writes it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -148,8 +165,6 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
         p.add_argument(flag, dest=name, action="append", type=_kv, default=[],
                        metavar="KEY=VALUE", help=text)
     elif name == "techniques":  # --technique NAME[:KEY=VALUE,...], repeatable
-        import techniques
-
         p.add_argument(flag, dest=name, action="append", default=[],
                        metavar="NAME[:KEY=VALUE,...]",
                        help=f"{text}; one of: {', '.join(techniques.names())}")
@@ -158,14 +173,25 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
     elif callable(spec.choices):  # names found at run time: listed, checked by RunConfig
         listed = f"one of: {', '.join(spec.allowed() or ())}"
         p.add_argument(flag, dest=name, help=f"{text}; {listed}" if text else listed)
+    elif spec.keywords:  # e.g. --threads auto | 4: the word, else the number (checked later)
+        p.add_argument(flag, dest=name, type=_word_or(spec), help=text)
     else:
         p.add_argument(flag, dest=name, type=spec.kind, choices=spec.choices, help=text)
 
 
+def _word_or(spec: Spec):
+    """argparse type of a flag that takes one of ``spec.keywords`` or a value of ``spec.kind``."""
+
+    def convert(text: str) -> Any:
+        word = text.strip().lower()
+        return word if word in spec.keywords else spec.kind(text)
+
+    convert.__name__ = " or ".join([*spec.keywords, spec.kind.__name__])  # in argparse's error
+    return convert
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The config from --config, then every flag given on the command line on top."""
-    import techniques
-
     base = RunConfig.from_file(args.config) if args.config else RunConfig()
     values = base.to_dict()
     if args.dataset not in (None, base.dataset) and not args.dataset_options:
@@ -188,17 +214,63 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+def check_out(out: str | os.PathLike[str], *, overwrite: bool, flag: str = "--out") -> Path:
+    """Refuse, before anything is computed, an output that would lose a run or cannot be a run
+    file: not ending in .h5, a folder, an existing run without ``--overwrite``, or a run that
+    another process is writing (even with ``--overwrite``)."""
+    from .store.lock import busy_sentence, holder
+
+    path = Path(out)
+    if path.suffix != ".h5":
+        raise ValueError(
+            f"{flag} {out} does not end in .h5; name the run file like {path.stem or 'run'}.h5."
+        )
+    if path.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; name a run file inside it, e.g. {out}/run.h5.")
+    who = holder(path)
+    if who is not None:
+        raise ValueError(busy_sentence(path, who))
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{out} already exists; choose another {flag}, or add --overwrite to replace it."
+        )
+    return path
+
+
+def _fresh_default_out(config: RunConfig) -> str:
+    """runs/<dataset>-<model>-<time>.h5, with -2, -3, … when that name is taken."""
+    stem = f"{config.dataset}-{config.model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    path, k = Path("runs") / f"{stem}.h5", 2
+    while path.exists():
+        path, k = Path("runs") / f"{stem}-{k}.h5", k + 1
+    return str(path)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM: end the run like Ctrl-C. Once: a second SIGTERM while the run is already ending
+    would only cut short the ending (what SIGKILL is for, and what jobs.stop sends next)."""
+    from .train import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def _notices(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """warnings.showwarning for the CLI: a RunNotice is one 'notice:' line, others as usual."""
+    from .train import RunNotice
+
+    if issubclass(category, RunNotice):
+        print(f"notice: {message}", file=sys.stderr)
+        return
+    _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .distributed import env_rank
-    from .train import TrainingError, run
-
     config = build_config(args)
-    out = config.out or str(
-        Path("runs") / f"{config.dataset}-{config.model}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
-    )
+    out = config.out or _fresh_default_out(config)
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
+    if main:
+        check_out(out, overwrite=args.overwrite)
     quiet = args.quiet or not main
     bar = None  # made at the first step, so a run refused at setup shows only its sentence
 
@@ -211,8 +283,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4f}")
 
+    if not main:
+        warnings.simplefilter("ignore", RunNotice)  # rank 0 says it once
     try:
-        result = run(config, out=out, progress=progress)
+        result = run(config, out=out, progress=progress, overwrite=args.overwrite)
+    except DiskFullError as e:
+        if bar is not None:
+            bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        if not e.clean:  # HDF5 holds writes it cannot make: leave before its clean-up crashes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_FAILED)
+        return EXIT_FAILED
     except TrainingError as e:
         if bar is not None:
             bar.close()
@@ -228,15 +311,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{result.loss_final:.4f}{acc}. Run file: {out}"
     )
     if result.status == "failed":
-        return 1
+        return EXIT_FAILED
     if result.status == "interrupted":
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if result.message.startswith("Stopped by SIGTERM") else (
+            EXIT_INTERRUPTED)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .store import open_run
-
     with open_run(args.run) as r:
         s = r.summary()
     if args.json:
@@ -276,8 +358,6 @@ def format_summary(s: dict[str, Any], path: str) -> str:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from .store import recover
-
     print(recover(args.run, force=args.force))
     return 0
 
@@ -311,13 +391,9 @@ def _allocate_parser(sub) -> None:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .distributed import env_rank
-    from .posthoc import allocate_run
-    from .train import TrainingError
-
     main = env_rank() == 0
+    if main and args.out is not None:
+        check_out(args.out, overwrite=args.overwrite)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -395,14 +471,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--force",
         action="store_true",
-        help="repair even if the file's writer process still seems alive or the file cannot "
-        "be checked first (only when you are sure nothing writes it any more)",
+        help="repair a file that was open without SWMR and so cannot be checked first (only "
+        "when you are sure nothing writes it any more); a run another process is writing is "
+        "refused even so",
     )
     _allocate_parser(sub)
-    from .experiments import add_parser, cmd_experiment
-    from .serve import add_parser as add_serve_parser
-    from .serve import cmd_serve
-
     add_parser(sub)
     add_serve_parser(sub)
     args = parser.parse_args(argv)
@@ -414,14 +487,70 @@ def main(argv: list[str] | None = None) -> int:
         "experiment": cmd_experiment,
         "serve": cmd_serve,
     }
+    with _train_signals(args.command == "train"):
+        return _run(handlers[args.command], args)
+
+
+@contextlib.contextmanager
+def _train_signals(active: bool) -> Iterator[None]:
+    """While ``train`` runs: SIGTERM (kill, docker stop, systemd) ends the run like Ctrl-C does,
+    and settings adjusted to the data are said as 'notice:' lines. Restored afterwards, so
+    calling ``main`` from Python leaves the caller's handlers as they were."""
+    if not active:
+        yield
+        return
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    shown, warnings.showwarning = warnings.showwarning, _notices
     try:
-        return handlers[args.command](args)
+        yield
+    finally:
+        warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(handler, args: argparse.Namespace) -> int:  # noqa: ANN001
+    try:
+        return handler(args)
     except BrokenPipeError:  # `python -m lca inspect x.h5 | head`: the reader left early
         sys.stderr.close()  # nothing more can be said; keep Python from complaining at exit
         return 0
     except (ValueError, OSError) as e:  # ConfigError, RunFileError, DataError, …: one sentence
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_sentence(e, args)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # before or after the run itself (which keeps its steps)
+        from .train import Terminated
+
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+
+
+_SHOW_WARNING = warnings.showwarning
+_TMP_NAME = re.compile(r"\.([^/\s'\"]+?)\.\d+(?:\.recover)?\.tmp")
+_ERRNO_PREFIX = re.compile(r"\[Errno \d+\]\s*")
+_HDF5_OS_ERROR = re.compile(r"Unable to [^(]*\([^)]*?errno = \d+, error message = '([^']*)'[^)]*\)")
+
+
+def error_sentence(e: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The error as one sentence about the user's input: no raw errno text, no hidden temporary
+    file names, no HDF5 internals ("unable to lock file, errno = 11" names who has the file)."""
+    from .store.lock import is_hdf5_lock_error, open_elsewhere_sentence
+
+    text = str(e).strip()
+    text = text.splitlines()[0] if text else type(e).__name__
+    target = getattr(args, "run", None) or getattr(args, "out", None)
+    if is_hdf5_lock_error(e) and target:
+        doing = {"recover": "recover", "allocate": "read", "inspect": "read"}.get(
+            getattr(args, "command", ""), "use")
+        return open_elsewhere_sentence(target, doing)
+    if type(e) in (OSError, PermissionError, FileNotFoundError, IsADirectoryError,
+                   NotADirectoryError, FileExistsError) and e.strerror:
+        where = e.filename or target or "the file"
+        where = _TMP_NAME.sub(r"\1", str(where))
+        return (f"Cannot use {where}: {e.strerror[:1].lower()}{e.strerror[1:]}; check the path "
+                "and that you may read and write there.")
+    text = _TMP_NAME.sub(r"\1", _ERRNO_PREFIX.sub("", text))
+    # An HDF5 message with the OS error inside: keep the OS error's words only.
+    return _HDF5_OS_ERROR.sub(lambda m: m[1].lower(), text)

@@ -45,12 +45,22 @@ class Hooks:
         except ValueError as e:  # TechniqueError: e.g. a layer name the model does not have
             raise TrainingError(str(e)) from None
 
+    def begin(self, ctx: Context) -> None:
+        for p in self.plugins:
+            p.begin(ctx)
+
     def intervene(self, ctx: Context, tracker) -> None:
-        """Weight moves outside the optimizer (a prune): each is its own LCA segment."""
+        """Weight moves outside the optimizer (a prune): each is its own LCA segment, handed
+        back to its technique once measured."""
         for p in self.plugins:
             if p.wants_intervention(ctx):
                 with tracker.intervention(p.name) as row:
                     p.intervene(ctx, row)
+                p.after_intervention(ctx, tracker.last)
+
+    def before_forward(self, ctx: Context) -> None:
+        for p in self.plugins:
+            p.before_forward(ctx)
 
     def forward_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for p in self.plugins:

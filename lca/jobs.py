@@ -3,6 +3,9 @@
 Why a subprocess and not a thread of the app: training is CPU-heavy Python that would stall the
 Streamlit server for every user, a crash or a NaN must not take the app down, and Stop must work
 like Ctrl-C in a terminal (SIGINT: the run ends with status "interrupted" and keeps every step).
+A trainer that ignores SIGINT (started by a server that was started in the background, or under
+``nohup``-like wrappers) still stops: Stop escalates to SIGTERM (handled like Ctrl-C) and then
+SIGKILL (the file is then recovered, so it too ends "interrupted"), a grace period apart.
 The run file is the only channel: the job writes it in SWMR mode, pages read it while it grows.
 
 The jobs of a runs folder are listed in ``<runs>/.jobs.json`` (a small registry guarded by a
@@ -30,8 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runs
+import torch
+
+import data
+
+from . import models, runs
+from .allocate import Layout, unit_layout
 from .config import RunConfig
+from .store import estimate_bytes as store_estimate
 
 try:  # POSIX: a real lock shared by every process using the runs folder
     import fcntl
@@ -61,6 +70,7 @@ __all__ = [
     "poll",
     "start",
     "stop",
+    "stop_grace",
     "wait",
 ]
 
@@ -73,14 +83,10 @@ REGISTRY = ".jobs.json"
 LOCK = ".jobs.lock"
 JOBS_DIR = ".jobs"  # per-job config, stdout and stderr files
 KEEP_ENDED = 50  # ended jobs remembered in the registry (newest first)
+STOP_GRACE_ENV = "LCA_STOP_GRACE_S"
+DEFAULT_STOP_GRACE_S = 10.0  # between SIGINT, SIGTERM and SIGKILL when a run does not stop
+_NEXT_SIGNAL = {int(signal.SIGINT): int(signal.SIGTERM), int(signal.SIGTERM): int(signal.SIGKILL)}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Shapes of the datasets read from a user's folder, so the app can size a run without the files.
-_FOLDER_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-}
 
 _THREAD_LOCK = threading.RLock()
 _POPENS: dict[int, subprocess.Popen] = {}  # children started by this process, to reap them
@@ -110,6 +116,9 @@ class Job:
     returncode: int | None = None
     stop_requested: bool = False
     folder: str = ""  # the runs folder whose registry lists this job
+    stop_signal: int = 0  # the last signal Stop sent (SIGINT, then SIGTERM, then SIGKILL)
+    stop_sent: float | None = None  # time.time() it was sent
+    stop_grace: float = DEFAULT_STOP_GRACE_S  # seconds before the next one
 
     @property
     def alive(self) -> bool:
@@ -124,8 +133,8 @@ class Job:
         rc = self.returncode
         if rc == 0:
             return "complete"
-        if rc in (130, -signal.SIGINT) or (rc is None and self.stop_requested):
-            return "interrupted"
+        if rc in (130, 143, -signal.SIGINT, -signal.SIGTERM) or self.stop_requested:
+            return "interrupted"  # Stop, Ctrl-C or SIGTERM (a kill after Stop is recovered)
         if rc is None:
             return "ended"
         return "failed"
@@ -231,15 +240,46 @@ def _check(job: Job) -> bool:
 
 
 def _refreshed(folder: Path) -> list[Job]:
-    """The registry with every job's liveness checked and saved (call with the lock held)."""
+    """The registry with every job's liveness checked and saved (call with the lock held); a
+    stop that was not obeyed within its grace period escalates here."""
     items = _load(folder)
     changed = False
     for j in items:
-        if j.ended is None and not _check(j):
-            changed = True
+        if j.ended is None:
+            changed |= _follow_up(j)
     if changed:
         _save(folder, items)
     return items
+
+
+def _follow_up(job: Job) -> bool:
+    """Check a live job; escalate its stop if due; recover its file if Stop had to kill it.
+    Returns whether the job record changed."""
+    if not _check(job):
+        if job.stop_signal == signal.SIGKILL:  # killed mid-write: the file says "running"
+            _recover_quietly(job.path)
+        return True
+    if not job.stop_requested or job.stop_sent is None:
+        return False
+    if time.time() - job.stop_sent < job.stop_grace:
+        return False
+    nxt = _NEXT_SIGNAL.get(job.stop_signal)
+    if nxt is None:
+        return False
+    try:
+        os.kill(job.pid, nxt)
+    except ProcessLookupError:
+        return False
+    job.stop_signal, job.stop_sent = nxt, time.time()
+    return True
+
+
+def _recover_quietly(path: str) -> None:
+    """Make a killed run's file clean ("interrupted", every whole step); never raises."""
+    from .store import recover
+
+    with contextlib.suppress(Exception):
+        recover(path)
 
 
 def jobs(folder: str | Path | None = None) -> list[Job]:
@@ -282,7 +322,7 @@ def poll(job: Job, folder: str | Path | None = None) -> Job:
         if j.pid == job.pid and j.started == job.started:
             return j
     if job.ended is None:  # not in this registry (e.g. it was forgotten): check directly
-        _check(job)
+        _follow_up(job)
     return job
 
 
@@ -397,25 +437,49 @@ def start(
     return job
 
 
-def stop(job: Job, *, wait_s: float | None = None) -> Job:
+def stop_grace() -> float:
+    """Seconds Stop waits before the next signal ($LCA_STOP_GRACE_S, default 10)."""
+    try:
+        return max(0.0, float(os.environ.get(STOP_GRACE_ENV, DEFAULT_STOP_GRACE_S)))
+    except ValueError:
+        return DEFAULT_STOP_GRACE_S
+
+
+def stop(job: Job, *, wait_s: float | None = None, grace_s: float | None = None) -> Job:
     """Ask the job to stop, as Ctrl-C would (SIGINT): the run ends "interrupted", steps kept.
 
+    A run still going ``grace_s`` seconds later (default ``stop_grace()``) gets SIGTERM, which
+    it handles like Ctrl-C, and ``grace_s`` after that SIGKILL, after which its file is
+    recovered. The escalation happens whenever the job is looked at (``poll``, ``jobs``,
+    ``wait``) and in a background thread, so a trainer that ignores SIGINT never runs on.
     With ``wait_s``, wait up to that many seconds for the process to end.
     """
+    grace = stop_grace() if grace_s is None else float(grace_s)
     root = _folder_of(job)
     with _locked(root):
         items = _refreshed(root)
         for j in items:
             if j.pid == job.pid and j.started == job.started:
                 job = j
-        if job.alive and _check(job):
+        if job.alive and _check(job) and not job.stop_requested:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(job.pid, signal.SIGINT)
             job.stop_requested = True
+            job.stop_signal, job.stop_sent, job.stop_grace = int(signal.SIGINT), time.time(), grace
         _save(root, items)
     if wait_s is not None:
         job = wait(job, wait_s)
+    if job.alive:
+        threading.Thread(target=_watch, args=(job,), daemon=True, name="lca-stop").start()
     return job
+
+
+def _watch(job: Job) -> None:
+    """Follow a stopped job until it has ended (escalating on the way)."""
+    while job.alive:
+        time.sleep(min(0.5, max(0.05, job.stop_grace / 4)))
+        with contextlib.suppress(Exception):
+            job = poll(job)
 
 
 def wait(job: Job, timeout: float) -> Job:
@@ -469,10 +533,9 @@ def last_error(job: Job) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _shape_of(name: str, options_json: str, data_dir: str | None) -> tuple[tuple[int, ...], int]:
-    import data
-
-    if name in _FOLDER_SHAPES:
-        return _FOLDER_SHAPES[name]
+    info = data.info(name)
+    if info.on_disk:  # sized from the registry, so the app can size a run without the files
+        return info.input_shape, info.num_classes
     ds = data.load(name, data_dir=data_dir, **json.loads(options_json))
     return tuple(ds.input_shape), int(ds.num_classes)
 
@@ -486,10 +549,6 @@ def dataset_shape(
 
 @functools.lru_cache(maxsize=64)
 def _compatible(shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
-    import torch
-
-    from . import models
-
     ok = []
     for m in models.names():
         try:
@@ -513,12 +572,6 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     Builds the model (on the meta device: no memory, no time) to learn its tensors; raises the
     dataset's or model's one-sentence ValueError when the config cannot train.
     """
-    import torch
-
-    from . import models
-    from .allocate import Layout, unit_layout
-    from .store import estimate_bytes as store_estimate
-
     shape, classes = dataset_shape(config.dataset, config.dataset_options, config.data_dir)
     with torch.device("meta"):
         model = models.build(config.model, shape, classes, **config.model_options)
@@ -547,24 +600,16 @@ def max_run_bytes() -> int:
 def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int, int]:
     """(estimated bytes, parameter count); raises JobError with one sentence when the run would
     not fit under ``max_run_bytes()`` (or ``config.max_bytes``) or on the disk."""
-    from .store import human_bytes
+    from .store.schema import size_refusal
 
     est, params = estimate_bytes(config)
-    cap = min(max_run_bytes(), config.max_bytes or max_run_bytes())
-    free = runs.free_bytes(folder)
-    what = f"{config.steps} steps, record={config.record}, {params:,} parameters"
-    fix = ("choose record = units or layers, fewer steps, or a smaller model"
-           if config.record != "layers" else "choose fewer steps or a smaller model")
-    if est > free:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}) but only {human_bytes(free)} "
-            f"are free in the runs folder; {fix}."
-        )
-    if est > cap:
-        raise JobError(
-            f"This run would write about {human_bytes(est)} ({what}), more than the "
-            f"{human_bytes(cap)} a run may use here; {fix}."
-        )
+    refusal = size_refusal(
+        "This run", est, steps=config.steps, record=config.record, params=params,
+        cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
+        cap_name="a run may use here", free=runs.free_bytes(folder), where="in the runs folder",
+        verb="choose", record_option="record = units or layers")
+    if refusal:
+        raise JobError(refusal)
     return est, params
 
 

@@ -1,16 +1,17 @@
-"""The classroom playground engine: a tiny MLP on a 2-D toy set, trained in small increments.
+"""The Playground's Python reference engine: a tiny MLP on a 2-D toy set, trained step by step.
 
 TensorFlow Playground shows a network learning live; this engine adds *who did the learning*:
 every optimizer step is allocated by Loss Change Allocation (``lca.Tracker``, the measurement set
 is the training points), and the credit is accumulated per neuron (incoming weights plus bias)
 and per edge (one weight), both over the whole session (cumulative) and over the last ``window``
-steps (recent). The page calls ``step(n)`` on a timer while "playing"; the engine itself knows
-nothing about Streamlit, so a notebook can drive it the same way.
+steps (recent). The app's Playground runs the same definitions in the student's browser
+(``components/playground/engine.js``, tested against ``lca.allocate``), so the server does no
+training; this engine is for notebooks and scripts (call ``step(n)``), and its settings checks
+(``parse_hidden``, the data sets, the activations) are the ones the page uses.
 
-Toy nets are a few hundred parameters, so training happens in the app's process (a few
-milliseconds per step); real runs go to a subprocess elsewhere. Everything is deterministic for a
-seed: the data, the initial weights (built under a forked, seeded RNG so concurrent sessions do
-not disturb one another) and the minibatch order (a private ``torch.Generator``).
+Toy nets are a few hundred parameters (a few milliseconds per step). Everything is deterministic
+for a seed: the data, the initial weights (built under a forked, seeded RNG so concurrent
+sessions do not disturb one another) and the minibatch order (a private ``torch.Generator``).
 """
 
 from __future__ import annotations

@@ -382,6 +382,10 @@ def _output_path(job: _Job, source: str | Path, out: str | Path | None, compare:
     path = Path(out) if out is not None else default_out(source, job.method)
     if path.resolve() == Path(source).resolve():
         raise PosthocError("--out must differ from the run being recomputed.")
+    if path.suffix != ".h5":
+        raise PosthocError(
+            f"--out {path} does not end in .h5; name the new run file like {path.stem or 'run'}.h5."
+        )
     return path
 
 
@@ -392,6 +396,10 @@ def _open_output(job: _Job, reader: Any, path: Path | None, record: str | None, 
     # Imported here for the same reason as Reader in allocate_run (h5py at start-up).
     from .store import Writer
 
+    if path.exists() and not overwrite:  # never replaced without being asked
+        raise PosthocError(
+            f"{path} already exists; choose another --out, or add --overwrite to replace it."
+        )
     config = {**reader.config, "method": job.method, "save_weights": False, "out": str(path)}
     return Writer(
         path,
@@ -412,23 +420,16 @@ def replay(
 ) -> _Relay:
     """Walk this rank's saved segments θ_lo → … → θ_hi with a Tracker; the relay holds the
     records (written on rank 0 as they come, kept for rank 0 on the others)."""
-    main = job.main
-    copied = {p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")}
-    arrays = (
-        {p: v for p, v in reader.array_layout.items() if not p.startswith(WEIGHTS0 + "/")}
-        if main
-        else {}
-    )
-    events = dict(reader.event_layout) if main else {}
+    series, events, arrays = _copied_layout(reader, job.main)
     relay = _Relay(
         job.lo,
         reader.steps("train_step"),
         writer,
         Comparison() if compare else None,
         reader,
-        {p: reader.series(p) for p in copied} if main else {},
-        keep=not main,
-        progress=(lambda i: progress(i, job.total)) if (progress and main) else None,
+        {p: reader.series(p) for p in series} if job.main else {},
+        keep=not job.main,
+        progress=(lambda i: progress(i, job.total)) if (progress and job.main) else None,
     )
     trajectory = saved_weights(reader, job.lo, job.hi)
     current: dict[str, Params] = {"θ": next(trajectory)}
@@ -438,22 +439,12 @@ def replay(
             "first step starts); it cannot be recomputed."
         )
     tracker = Tracker(
-        job.model,
-        job.loss_fn,
-        job.measure,
-        method=job.method,
-        writer=relay,
-        tolerance=job.config.tolerance,
-        chunk_size=job.config.measure_batch,
-        dtype=job.dtype,
-        device=job.device,
-        effective=lambda _p: current["θ"],
-        series=copied if main else None,
-        events=events or None,
-        arrays=arrays or None,
-        keep_cumulative=False,
+        job.model, job.loss_fn, job.measure, method=job.method, writer=relay,
+        tolerance=job.config.tolerance, chunk_size=job.config.measure_batch, dtype=job.dtype,
+        device=job.device, effective=lambda _p: current["θ"], series=series or None,
+        events=events or None, arrays=arrays or None, keep_cumulative=False,
     )
-    if main or job.hi > job.lo:  # a rank with no segments measures nothing
+    if job.main or job.hi > job.lo:  # a rank with no segments measures nothing
         tracker.start()
     if writer is not None:
         _copy_events_and_arrays(reader, writer, events, arrays)
@@ -467,6 +458,16 @@ def replay(
         with segment:
             current["θ"] = theta
     return relay
+
+
+def _copied_layout(reader: Any, main: bool) -> tuple[dict, dict, dict]:
+    """(series, events, arrays) of the source run that the new file repeats: all but the saved
+    weights; only rank 0 writes, so the other ranks declare none."""
+    if not main:
+        return {}, {}, {}
+    series = {p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")}
+    arrays = {p: v for p, v in reader.array_layout.items() if not p.startswith(WEIGHTS0 + "/")}
+    return series, dict(reader.event_layout), arrays
 
 
 def _copy_events_and_arrays(reader: Any, writer: Any, events: dict, arrays: dict) -> None:

@@ -13,6 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .store.lock import RunBusyError as StoreBusyError
+from .store.lock import held, holder
+
 RUNS_ENV = "LCA_RUNS_DIR"
 SUFFIX = ".h5"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -20,6 +23,10 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class RunNameError(ValueError):
     """A run name that is not a plain file in the runs folder."""
+
+
+class RunBusyError(ValueError):
+    """A run that a process is writing (or recovering) right now: it cannot be deleted."""
 
 
 def runs_dir(folder: str | Path | None = None) -> Path:
@@ -79,14 +86,35 @@ def safe_name(text: str, folder: str | Path | None = None) -> str:
     stem = _SAFE.sub("-", Path(text).stem).strip("-.") or "run"
     root = runs_dir(folder)
     name, k = f"{stem}{SUFFIX}", 2
-    while (root / name).exists():
+    while (root / name).exists() or holder(root / name) is not None:
         name, k = f"{stem}-{k}{SUFFIX}", k + 1
     return name
 
 
+def busy_reason(name: str, folder: str | Path | None = None) -> str | None:
+    """One sentence when run ``name`` is being written (or recovered) right now, else None.
+
+    The run file's lock is the one source of truth, so a run a terminal started counts as much
+    as one the app started. For the app: the process is named by its id only.
+    """
+    who = holder(resolve(name, folder))
+    if who is None:
+        return None
+    by = f"process {who.pid}" if who.pid else "another process"
+    return (f"{name} is being written right now (by {by}); stop that run or wait for it to "
+            "finish first.")
+
+
 def delete(name: str, folder: str | Path | None = None) -> None:
+    """Delete run ``name``; refused (RunBusyError) while a process writes it. The run's lock is
+    held while deleting, so no writer can start on it half-way."""
     path = resolve(name, folder)
-    path.unlink(missing_ok=True)
+    try:
+        with held(path, doing="delete"):
+            path.unlink(missing_ok=True)
+    except StoreBusyError:
+        raise RunBusyError(busy_reason(name, folder) or f"{name} is being written right now; "
+                           "stop that run or wait for it to finish first.") from None
 
 
 def free_bytes(folder: str | Path | None = None) -> int:

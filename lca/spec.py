@@ -49,6 +49,7 @@ class Spec:
     above: float | None = None  # exclusive lower bound ("greater than")
     below: float | None = None  # exclusive upper bound ("less than")
     optional: bool = False  # None is allowed (it means "not set": all, automatic, none)
+    keywords: tuple[str, ...] = ()  # words allowed besides a value of ``kind``, e.g. ("auto",)
     item: type | None = None  # element type of a list/tuple (str when None)
     length: int | None = None  # a list/tuple of exactly this many items
     nonempty: bool = False  # a list/tuple of at least one item
@@ -73,6 +74,8 @@ class Spec:
         """
         if value is None and self.optional:
             return None
+        if isinstance(value, str) and value.strip().lower() in self.keywords:
+            return value.strip().lower()
         allowed = self.allowed()
         if allowed is not None:
             if self.from_text:
@@ -151,6 +154,7 @@ class Spec:
             text = "a finite number"
         else:
             text = _KIND_WORDS.get(self.kind, self.kind.__name__)
+        text = " or ".join([*self.keywords, text])
         return text + (f" such as {self.example}" if self.example else "")
 
 

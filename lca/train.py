@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from techniques import Context
+from techniques import Context, while_measuring
 
 from . import distributed
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
@@ -41,6 +41,42 @@ EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss"
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
 SUMMARIES_PATH = "technique_summaries"  # JSON: technique name -> its summary() dict
 SUMMARIES_BYTES = 1 << 16  # its fixed length: no variable-length strings in an SWMR file
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, systemd) while training: handled like Ctrl-C (status
+    "interrupted", every whole step kept), so it is a KeyboardInterrupt; the CLI raises it."""
+
+    what = "Stopped by SIGTERM"
+
+
+class RunNotice(UserWarning):
+    """A setting adjusted to the data, with the one sentence saying so (the CLI prints it)."""
+
+
+def fit_to_data(config: RunConfig, num_train: int) -> RunConfig:
+    """``config`` with settings that cannot make sense for ``num_train`` examples adjusted, each
+    with a one-line RunNotice: a batch larger than the data becomes the whole data, a
+    measurement set larger than the data becomes the whole training split. The file records
+    the values actually used."""
+    import warnings
+
+    changes: dict[str, Any] = {}
+    if config.batch_size > num_train:
+        changes["batch_size"] = num_train
+        warnings.warn(RunNotice(
+            f"The batch size {config.batch_size} is larger than the {num_train:,} training "
+            f"examples, so every step uses all {num_train:,} (batch size {num_train:,})."
+        ), stacklevel=2)
+    if config.measure_size is not None and config.measure_size > num_train:
+        changes["measure_size"] = None
+        warnings.warn(RunNotice(
+            f"The measurement set of {config.measure_size:,} is larger than the {num_train:,} "
+            f"training examples, so LCA is measured on all {num_train:,} of them."
+        ), stacklevel=2)
+    if not changes:
+        return config
+    return RunConfig.from_dict({**config.to_dict(), **changes})
 
 
 @dataclass
@@ -121,13 +157,15 @@ def run(
     out: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train and record one run. ``out`` (or ``config.out``) is the run file; None records nothing.
 
     ``progress(step, total, train_loss)`` is called after every step; ``should_stop()`` is polled
-    between steps (the app's Stop button), ending the run with status ``interrupted``.
+    between steps (the app's Stop button), ending the run with status ``interrupted``. An
+    existing run file is replaced only with ``overwrite`` (and never while a writer holds it).
     """
-    loop = build(config, out)
+    loop = build(config, out, overwrite=overwrite)
     status, message = "complete", ""
     try:
         loop.start()
@@ -140,8 +178,9 @@ def run(
                 progress(step + 1, config.steps, train_loss)
     except NonFiniteLossError as e:
         status, message = "failed", _failure_message(e, loop.tracker)
-    except KeyboardInterrupt:
-        status, message = "interrupted", f"Interrupted after {_steps_kept(loop.tracker)} steps."
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated) through the CLI
+        what = getattr(e, "what", "Interrupted")
+        status, message = "interrupted", f"{what} after {_steps_kept(loop.tracker)} steps."
     except BaseException:
         _close_quietly(loop.tracker, "failed")
         raise
@@ -152,7 +191,7 @@ def run(
 # Build: device, data, model, techniques, then the run file and the tracker.
 
 
-def build(config: RunConfig, out: str | Path | None = None) -> Loop:
+def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool = False) -> Loop:
     """Everything the run needs before its first step; nothing is measured or written yet."""
     t_start = time.perf_counter()
     seed_everything(config.seed)
@@ -164,6 +203,7 @@ def build(config: RunConfig, out: str | Path | None = None) -> Loop:
     if dist_ctx is not None:
         device = dist_ctx.device
     ds, model = build_data_and_model(config)
+    config = fit_to_data(config, ds.num_train)
     hooks = Hooks.from_specs(config.techniques)
     model.to(device)
     if dist_ctx is not None:
@@ -187,8 +227,9 @@ def build(config: RunConfig, out: str | Path | None = None) -> Loop:
     hooks.setup(ctx)
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
     loop.path = (out if out is not None else config.out) if main else None
-    ctx.writer = _open_writer(config, loop.path, hooks)
+    ctx.writer = _open_writer(config, loop.path, hooks, overwrite)
     ctx.tracker = _build_tracker(config, ctx, hooks, measurement_set(ds, config))
+    ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     return loop
@@ -213,21 +254,21 @@ def _declarations(ctx: Context, hooks: Hooks) -> tuple[dict, dict, dict]:
     return series, events, arrays
 
 
-def _open_writer(config: RunConfig, path: str | Path | None, hooks: Hooks):
-    """The run file's writer (None when nothing is recorded); it opens at ``tracker.start``."""
+def _open_writer(config: RunConfig, path: str | Path | None, hooks: Hooks, overwrite: bool):
+    """The run file's writer (None when nothing is recorded); it opens at ``tracker.start``.
+    An existing file is replaced only with ``overwrite`` (the Writer makes the folder)."""
     if path is None:
         return None
     # Imported here: the store pulls in h5py, which a run that records nothing never needs.
     from .store import Writer
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return Writer(
         path,
         record=config.record,
         config=config.to_dict(),
         max_bytes=config.max_bytes,
         expected_steps=config.steps + _expected_interventions(hooks.plugins, config.steps),
-        overwrite=True,
+        overwrite=overwrite,
     )
 
 
@@ -286,6 +327,7 @@ class Loop:
             self.tracker.start()
         except (ValueError, OSError) as e:  # RunTooLargeError, RunFileError: one sentence
             raise TrainingError(str(e)) from None
+        self.hooks.begin(self.ctx)  # the run file is open: fixed arrays known up front
         self.log_eval(0, float("nan"))
 
     def step(self, step: int) -> float:
@@ -293,6 +335,7 @@ class Loop:
         ctx, config = self.ctx, self.config
         ctx.step = step
         self.hooks.intervene(ctx, self.tracker)
+        self.hooks.before_forward(ctx)  # per-step state changes, outside the step's timer
         t0 = time.perf_counter()
         loss, train_loss = self.forward(step)
         self.backward(loss)

@@ -9,17 +9,15 @@ match, and the page says so. Reads only per-step scalars and per-layer sums.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
 
 from lca import figures as F
-from lca import runs
-from lca.store import Reader, RunFileError
-from pages.shared import LIVE_SECONDS, RUN_KEY, literal, plot
+from lca import runs, views
+from lca.store import RunFileError
+from pages.shared import LIVE_SECONDS, RUN_KEY, literal, plot, read_view
 
 COMPARE_KEY = "compare_runs"  # set by the Runs page
 PICK_KEY = "compare"  # the multiselect, bound to ?compare=
@@ -27,45 +25,31 @@ MAX_DIFFERENCES = 4
 
 
 @dataclass
-class RunData:
-    """What the comparison needs from one run, read once per redraw."""
+class Unreadable:
+    """A run that cannot be compared, and the one sentence that says why."""
 
     name: str
+    error: str
     status: str = ""
-    summary: dict = field(default_factory=dict)
-    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    train_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    wall: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    names: list[str] = field(default_factory=list)
-    totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    sizes: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
 
 
-def read_run(name: str) -> RunData:
-    """One run's loss, step/wall axes, per-layer totals and summary; a bad file -> .error."""
+def read_run(name: str) -> views.CompareView | Unreadable:
+    """One run's loss, step/wall axes, per-layer totals and summary (cached per file version)."""
     try:
-        path: Path = runs.resolve(name)
-        with Reader(path) as r:
-            return RunData(
-                name=name, status=r.status, summary=r.summary(), loss=r.steps("loss"),
-                train_step=r.steps("train_step"), wall=r.steps("wall"), names=list(r.names),
-                totals=r.layer_totals() if r.num_steps else np.zeros(len(r.names)),
-                sizes={n: int(math.prod(r.shapes[n])) for n in r.names})
+        view = read_view(views.compare_view, runs.resolve(name))
+        return replace(view, name=name)
     except (RunFileError, OSError, runs.RunNameError, KeyError, ValueError) as e:
-        text = str(e).splitlines()[0] if str(e) else f"{name} cannot be read."
-        return RunData(name=name, error=text)
+        return Unreadable(name, str(e).splitlines()[0] if str(e) else f"{name} cannot be read.")
 
 
 def _status(name: str) -> str | None:
     try:
-        with Reader(runs.resolve(name)) as r:
-            return r.status
+        return read_view(views.run_view, runs.resolve(name)).status
     except (RunFileError, OSError, runs.RunNameError, KeyError, ValueError):
         return None
 
 
-def summary_table(data: list[RunData]) -> None:
+def summary_table(data: list[views.CompareView]) -> None:
     rows = []
     for d in data:
         s = d.summary
@@ -89,11 +73,11 @@ def summary_table(data: list[RunData]) -> None:
 
 def render(chosen: list[str]) -> bool:
     """Draw the comparison; return whether any of the runs is still running."""
-    data = [read_run(n) for n in chosen]
-    for d in data:
-        if d.error:
+    read = [read_run(n) for n in chosen]
+    for d in read:
+        if isinstance(d, Unreadable):
             st.warning(literal(d.error))
-    data = [d for d in data if not d.error]
+    data = [d for d in read if isinstance(d, views.CompareView)]
     if len(data) < 2:
         st.info("Pick at least two readable runs to compare.")
         return any(d.status == "running" for d in data)

@@ -16,9 +16,17 @@ import numpy as np
 import streamlit as st
 
 from lca import figures as F
-from lca.store import Reader
+from lca import views
 from lca.synchrony import SynchronyError, synchrony
-from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
+from pages.shared import (
+    file_stamp,
+    literal,
+    plot,
+    read_view,
+    show_run,
+    steps_phrase,
+    view_or_explain,
+)
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"
@@ -27,21 +35,13 @@ MIN_DRILL = 40  # steps shown around a clicked cell
 DRILL_SET = "_drill_set"  # the click callback just set the drill-down widgets
 
 
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
-def _synchrony(_r: Reader, path: str, t: int, mtime: int, top: float, window: int) -> dict:
-    """The synchrony test on optimizer steps only (cached per file state and settings; the open
-    reader is passed in, unhashed, because a second reader of the same file in one process
-    would disturb the first one's SWMR reads)."""
-    kind = _r.steps("kind", 0, t)
-    series = _r.layer_lca(0, t)[kind == 0]
-    names = list(_r.names)
+def _synchrony(path: str, stamp: tuple[int, int], top: float, window: int) -> dict:
+    """The synchrony test on optimizer steps only (cached per file version and settings)."""
+    del stamp  # part of the cache key only
+    v: views.LayersView = read_view(views.layers_view, Path(path))
+    series = v.layer_lca[v.kind == 0]
+    names = v.names
     try:
         res = synchrony(series, top_fraction=top, window=window)
     except SynchronyError as e:
@@ -94,16 +94,16 @@ def _rows(pos: np.ndarray, first: int, last: int) -> tuple[int, int]:
     return s, int(np.searchsorted(pos, last, side="right"))
 
 
-def drill_down(r: Reader, t: int, sizes: dict[str, int], pos: np.ndarray) -> None:
+def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
     """One layer over a range of steps: per-step values and, if recorded, its units × steps."""
     st.subheader("Look closer: one layer over a range of steps")
     c1, c2 = st.columns([1, 2])
-    layer = c1.selectbox("Layer", r.names, index=None, key=DRILL_LAYER, bind="query-params",
+    layer = c1.selectbox("Layer", v.names, index=None, key=DRILL_LAYER, bind="query-params",
                          placeholder="Click a heatmap cell or pick a layer")
     # While a run grows, the slider spans the steps it will have, so its range (part of the
     # widget's identity) stays put and a clicked selection survives the 2-second refreshes.
     steps = int(np.floor(pos[-1])) if len(pos) else 0  # optimizer steps recorded
-    span = (max(steps, int(r.config.get("steps") or -1)) if r.status == "running" else steps)
+    span = max(steps, int(v.config.get("steps") or -1)) if v.running else steps
     if span >= 2:
         set_here = st.session_state.pop(DRILL_SET, False)
         cur = st.session_state.get(DRILL_STEPS)
@@ -127,26 +127,26 @@ def drill_down(r: Reader, t: int, sizes: dict[str, int], pos: np.ndarray) -> Non
     if e <= s:
         st.info("No step of this run falls in that range yet.")
         return
-    values = r.layer_lca(s, e)[:, r.names.index(layer)]
-    plot(F.param_trace(values, label=f"{layer} ({sizes[layer]:,} parameters)",
+    values = v.layer_lca[s:e, v.names.index(layer)]
+    plot(F.param_trace(values, label=f"{layer} ({v.sizes[layer]:,} parameters)",
                        positions=pos[s:e],
                        title=f"LCA of {layer} on each step {first}–{last} "
                              "(green = helped, red = hurt)"), key="layers_drill_trace")
     st.caption("Top: the layer's LCA on each step (or block of steps for long ranges); "
                "bottom: its running total over the range.")
-    group = next((g for g in r.units if layer in g[2]), None)
-    if r.record == "layers":
+    group = next((g for g in v.units if layer in g[2]), None)
+    if v.record == "layers":
         st.info("Per-unit detail needs a run recorded with record 'units' or 'full'; this run "
                 "was recorded 'layers'.")
         return
     if group is None:
         return
     gname, size, params = group
-    if r.record == "full" and math.prod(r.shapes[layer]) <= 4096 and len(r.shapes[layer]) <= 1:
-        z = r.param_lca(layer, s, e).reshape(e - s, -1)
+    if v.record == "full" and v.sizes[layer] <= 4096 and len(v.shapes[layer]) <= 1:
+        z = read_view(views.param_rows, path, layer, s, e, large=True).reshape(e - s, -1)
         what = f"each element of {layer}"
     else:
-        z = r.unit_lca(gname, s, e)
+        z = read_view(views.unit_rows, path, gname, s, e, large=True)
         what = (f"each unit of {gname} (its {' and '.join(p.split('.')[-1] for p in params)} "
                 "together)" if len(params) > 1 else f"each unit of {gname}")
     plot(F.unit_heatmap(z, positions=pos[s:e], title=f"LCA of {what}, steps {first}–{last}"),
@@ -155,7 +155,7 @@ def drill_down(r: Reader, t: int, sizes: dict[str, int], pos: np.ndarray) -> Non
                "weights lowered the loss on that step, red: raised it.")
 
 
-def sync_section(r: Reader, path: Path, t: int) -> None:
+def sync_section(path: Path) -> None:
     st.subheader("Do the layers learn at the same moments?")
     c1, c2 = st.columns(2)
     top = c1.slider("Peak steps: each layer's top % of steps by |LCA|", 1, 20, 5,
@@ -164,7 +164,7 @@ def sync_section(r: Reader, path: Path, t: int) -> None:
                         value=True, key="sync_detrend", bind="query-params",
                         help="All layers learn most at the start; without this, that shared "
                              "trend alone makes peaks coincide.")
-    out = _synchrony(r, str(path), t, _mtime(path), top / 100.0, 25 if detrend else 0)
+    out = _synchrony(str(path), file_stamp(path), top / 100.0, 25 if detrend else 0)
     if "error" in out:
         st.info(literal(out["error"]))
         return
@@ -209,41 +209,35 @@ def sync_section(r: Reader, path: Path, t: int) -> None:
 
 
 def render(path: Path) -> bool:
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return False
-        t = r.num_steps
-        kind = r.steps("kind", 0, t)
-        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} · "
-                   f"{len(r.names)} layers (parameter tensors) · record {literal(r.record)}")
-        if t == 0:
-            st.info("This run has not recorded a step yet; the charts appear after the first "
-                    "step.")
-            return r.status == "running"
-        sizes = {n: int(math.prod(r.shapes[n])) for n in r.names}
-        counts = np.array([sizes[n] for n in r.names])
-        per_param = st.toggle("Per parameter (divide each layer by its number of parameters)",
-                              key="layers_per_param", bind="query-params")
-        layer_lca = r.layer_lca()
-        plot(F.layer_totals(r.names, layer_lca.sum(axis=0), counts, per_param=per_param),
-             key="layers_totals")
-        st.caption(":green[Green bars]: layers whose weights lowered the loss over the whole run "
-                   "(LCA < 0); :red[red]: layers that raised it. "
-                   + ("Per parameter shows which layers work hardest for their size."
-                      if per_param else "The bars add up to the total change of the loss."))
-        pos = F.step_positions(kind)
-        plot(F.layer_step_heatmap(layer_lca, r.names, kind=kind), key=HEATMAP_KEY,
-             on_select=partial(_on_cell_click, list(r.names), int(np.floor(pos[-1]))),
-             selection_mode="points")
-        st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
-                   "Click a cell to look at that layer and those steps in detail below.")
-        drill_down(r, t, sizes, pos)
-        plot(F.cumulative_layers(r.layer_lca(cumulative=True), r.names, per_param_counts=counts,
-                                 per_param=per_param, kind=kind), key="layers_cumulative")
-        st.caption("Each line is a layer's running total of LCA: going down = the layer is "
-                   "lowering the loss; the end point is its bar in the first chart.")
-        sync_section(r, path, t)
-        return r.status == "running"
+    v: views.LayersView | None = view_or_explain(views.layers_view, path)
+    if v is None:
+        return False
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+               f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}")
+    if v.num_steps == 0:
+        st.info("This run has not recorded a step yet; the charts appear after the first "
+                "step.")
+        return v.running
+    per_param = st.toggle("Per parameter (divide each layer by its number of parameters)",
+                          key="layers_per_param", bind="query-params")
+    plot(F.layer_totals(v.names, v.totals, v.counts, per_param=per_param), key="layers_totals")
+    st.caption(":green[Green bars]: layers whose weights lowered the loss over the whole run "
+               "(LCA < 0); :red[red]: layers that raised it. "
+               + ("Per parameter shows which layers work hardest for their size."
+                  if per_param else "The bars add up to the total change of the loss."))
+    pos = v.positions
+    plot(F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind), key=HEATMAP_KEY,
+         on_select=partial(_on_cell_click, list(v.names), int(np.floor(pos[-1]))),
+         selection_mode="points")
+    st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
+               "Click a cell to look at that layer and those steps in detail below.")
+    drill_down(path, v, pos)
+    plot(F.cumulative_layers(v.cumulative, v.names, per_param_counts=v.counts,
+                             per_param=per_param, kind=v.kind), key="layers_cumulative")
+    st.caption("Each line is a layer's running total of LCA: going down = the layer is "
+               "lowering the loss; the end point is its bar in the first chart.")
+    sync_section(path)
+    return v.running
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import streamlit as st
 
 from lca import figures as F
-from lca.store import Reader
-from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
+from lca import views
+from pages.shared import literal, plot, show_run, steps_phrase, view_or_explain
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -25,7 +25,7 @@ def _fmt(v: float | None, spec: str, missing: str = "—") -> str:
     return missing if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def metrics(r: Reader, s: dict) -> None:
+def metrics(s: dict) -> None:
     """Final loss, test accuracy, conservation error, mean % helped."""
     c1, c2, c3, c4 = st.columns(4)
     change = s["loss_final"] - s["loss0"]
@@ -55,14 +55,13 @@ def metrics(r: Reader, s: dict) -> None:
                    "over 50%).")
 
 
-def interventions_table(r: Reader, kind: np.ndarray, loss: np.ndarray) -> None:
-    rows = np.flatnonzero(kind == 1)
+def interventions_table(v: views.LossView) -> None:
+    rows = np.flatnonzero(v.kind == 1)
     if not len(rows):
         return
-    labels = r.steps("label")
-    lca = r.steps("lca")
-    table = [{"step": int(i + 1), "what": labels[i] or "intervention",
-              "loss change": float(loss[i + 1] - loss[i]), "sum of LCA": float(lca[i])}
+    loss = v.loss
+    table = [{"step": int(i + 1), "what": v.labels[i] or "intervention",
+              "loss change": float(loss[i + 1] - loss[i]), "sum of LCA": float(v.lca[i])}
              for i in rows[:200]]
     with st.expander(f"{len(rows)} intervention segment(s): a technique moved weights outside "
                      "the optimizer (e.g. a prune event)"):
@@ -71,55 +70,44 @@ def interventions_table(r: Reader, kind: np.ndarray, loss: np.ndarray) -> None:
 
 def render(path: Path) -> bool:
     """Draw the page from the file as it is now; return whether the run is still running."""
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return False
-        t = r.num_steps
-        kind = r.steps("kind")
-        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} "
-                   f"recorded · {r.num_params:,} parameters · method {literal(r.method)} · "
-                   f"record {literal(r.record)}")
-        if t == 0:
-            st.info("This run has not recorded a step yet; the charts appear after the first "
-                    "step.")
-            return r.status == "running"
-        s = r.summary()
-        metrics(r, s)
-        loss, lca = r.steps("loss"), r.steps("lca")
-        log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
-        plot(F.loss_conservation(loss, lca, kind=kind, log_y=log_y), key="loss_conservation")
-        st.caption(
-            "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
-            "plus the running sum of every parameter's LCA. When LCA splits each step's loss "
-            "change exactly, the two curves coincide; a visible gap would be integration error."
-            + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else ""))
-        adaptive = "adaptive" in r.method
-        tol = float(r.config.get("tolerance", 0) or 0) if adaptive else None
-        splits = r.steps("splits")
-        plot(F.step_error(r.steps("error"), splits, kind=kind, tolerance=tol),
-             key="loss_error")
-        note = ""
-        if adaptive:
-            note = (" Blue: how many Simpson panels the adaptive method needed on each step; "
-                    if (splits > 1).any() else
-                    " The adaptive method never needed more than one Simpson panel; ")
-            note += "dotted lines: its tolerance."
-        st.caption("How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
-                   "in loss units; 0 = exact)." + note)
-        train_loss = (r.series("steps/train_loss") if "steps/train_loss" in r.series_layout
-                      else None)
-        evals = r.events("eval") if "eval" in r.event_layout else {}
-        plot(F.training_curves(train_loss, evals, kind=kind), key="loss_training")
-        st.caption("Grey: the loss of each training minibatch (noisy). Orange and blue: "
-                   "accuracy on the training and test splits at each evaluation.")
-        plot(F.helped_fractions(r.steps("helped"), r.steps("hurt"), kind=kind),
-             key="loss_helped")
-        st.caption(
-            ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
-            "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
-            "found barely more than half of the parameters help on any step.")
-        interventions_table(r, kind, loss)
-        return r.status == "running"
+    v: views.LossView | None = view_or_explain(views.loss_view, path)
+    if v is None:
+        return False
+    kind = v.kind
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "
+               f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
+               f"record {literal(v.record)}")
+    if v.num_steps == 0:
+        st.info("This run has not recorded a step yet; the charts appear after the first "
+                "step.")
+        return v.running
+    metrics(v.summary)
+    log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
+    plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
+    st.caption(
+        "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
+        "plus the running sum of every parameter's LCA. When LCA splits each step's loss "
+        "change exactly, the two curves coincide; a visible gap would be integration error."
+        + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else ""))
+    plot(F.step_error(v.error, v.splits, kind=kind, tolerance=v.tolerance), key="loss_error")
+    note = ""
+    if v.tolerance is not None:
+        note = (" Blue: how many Simpson panels the adaptive method needed on each step; "
+                if (v.splits > 1).any() else
+                " The adaptive method never needed more than one Simpson panel; ")
+        note += "dotted lines: its tolerance."
+    st.caption("How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
+               "in loss units; 0 = exact)." + note)
+    plot(F.training_curves(v.train_loss, v.evals, kind=kind), key="loss_training")
+    st.caption("Grey: the loss of each training minibatch (noisy). Orange and blue: "
+               "accuracy on the training and test splits at each evaluation.")
+    plot(F.helped_fractions(v.helped, v.hurt, kind=kind), key="loss_helped")
+    st.caption(
+        ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
+        "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
+        "found barely more than half of the parameters help on any step.")
+    interventions_table(v)
+    return v.running
 
 
 def main() -> None:

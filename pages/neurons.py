@@ -15,78 +15,26 @@ import numpy as np
 import streamlit as st
 
 from lca import figures as F
-from lca.store import Reader
-from pages.shared import literal, open_run_or_explain, plot, show_run, steps_phrase
+from lca import views
+from pages.shared import literal, plot, read_view, show_run, steps_phrase, view_or_explain
 
-VALUE_BUDGET = 4_000_000  # LCA values read for the histogram (a seeded sample of steps beyond)
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10
 
 
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
-
-
-@st.cache_data(max_entries=4, show_spinner="Reading LCA values…")
-def _value_sample(_r: Reader, path: str, t: int, mtime: int) -> tuple[np.ndarray, int]:
-    """Every per-weight LCA value of the first t steps, or of a seeded sample of whole windows
-    of steps (aligned to the file's time chunks, so reads stay cheap) when that is too many.
-
-    The open reader is passed in (not hashed: the key is path, T and mtime) because a second
-    reader of the same file in this process would disturb the first one's SWMR reads.
-    """
-    r = _r
-    p = max(1, r.num_params)
-    rows = max(1, VALUE_BUDGET // p)
-    if rows >= t:
-        ranges = [(0, t)]
-    else:
-        window = max(1, min(int(r.attrs.get("chunk_rows", 32)), rows))
-        starts = np.arange(0, t - window + 1, window)
-        pick = np.random.default_rng(0).choice(len(starts), size=min(len(starts),
-                                                                    max(1, rows // window)),
-                                               replace=False)
-        ranges = [(int(s), int(s) + window) for s in np.sort(starts[pick])]
-    parts = [r.param_lca(n, s, e).ravel() for s, e in ranges for n in r.names]
-    used = sum(e - s for s, e in ranges)
-    return np.concatenate(parts).astype(np.float32, copy=False), used
-
-
-@st.cache_data(max_entries=4, show_spinner=False)
-def _weight_stats(_r: Reader, path: str, t: int, mtime: int) -> tuple[dict, dict, int]:
-    """Per-weight total LCA and helped-step counts of every tensor, and the steps they cover."""
-    totals = {n: _r.param_totals(n) for n in _r.names}
-    helped = {n: _r.param_helped_steps(n) for n in _r.names}
-    return totals, helped, min(_r.totals_rows, _r.num_steps)
-
-
-def _first_weight(r: Reader) -> tuple[str, tuple[int, ...]] | None:
-    """The first layer's weight tensor (2-D Linear or 4-D Conv), in model order."""
-    for _group, _size, params in r.units:
-        for name in params:
-            shape = r.shapes[name]
-            if len(shape) in (2, 4):
-                return name, shape
-        return None
-    return None
-
-
-def units_section(r: Reader, pos: np.ndarray) -> None:
+def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     st.subheader("Neurons over time")
-    if r.record == "layers":
+    if v.record == "layers":
         st.info("Per-neuron views need a run recorded with record 'units' or 'full'; this run "
                 "was recorded 'layers' (one sum per layer).")
         return
-    groups = [g[0] for g in r.units]
-    sizes = {g[0]: g[1] for g in r.units}
+    groups = [g[0] for g in v.units]
+    sizes = {g[0]: g[1] for g in v.units}
     group = st.selectbox("Layer", groups, index=0, key="neuron_layer", bind="query-params",
                          format_func=lambda g: f"{g} ({sizes[g]:,} units)")
     if group is None:
         return
-    units = r.unit_lca(group)
+    units = read_view(views.unit_rows, path, group, 0, v.num_steps, large=True)
     plot(F.unit_heatmap(units, positions=pos[:len(units)],
                         title=f"LCA of each unit of {group} on each step "
                         "(green = helped, red = hurt)"), key="neurons_units")
@@ -94,18 +42,14 @@ def units_section(r: Reader, pos: np.ndarray) -> None:
                "each step. Long runs are summed over blocks of steps (exact sums).")
 
 
-def images_section(r: Reader, totals: dict) -> None:
-    first = _first_weight(r)
-    dataset = r.config.get("dataset")
-    if isinstance(dataset, dict):
-        dataset = dataset.get("name")
-    if first is None:
+def images_section(v: views.NeuronsView, totals: dict) -> None:
+    if v.first_weight is None:
         return
-    name, shape = first
-    image_shape = F.infer_image_shape(dataset, shape[1]) if len(shape) == 2 else None
+    name, shape = v.first_weight
+    image_shape = v.image_shape
     if len(shape) == 2 and image_shape is None:
         st.caption(f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
-                   f"Fashion-MNIST, CIFAR-10); this run uses {literal(dataset or 'other data')}.")
+                   f"Fashion-MNIST, CIFAR-10); this run uses {literal(v.dataset or 'other data')}.")
         return
     st.subheader("What the first layer learned to look at")
     n = shape[0]
@@ -123,16 +67,16 @@ def images_section(r: Reader, totals: dict) -> None:
                ":red[red]: raised it.")
 
 
-def values_section(path: Path, r: Reader, t: int) -> None:
+def values_section(path: Path, v: views.NeuronsView) -> None:
     st.subheader("All LCA values")
-    if r.record != "full":
+    if v.record != "full":
         st.info(f"The distribution of every weight's LCA on every step needs a run recorded "
-                f"with record 'full'; this run was recorded '{literal(r.record)}'.")
+                f"with record 'full'; this run was recorded '{literal(v.record)}'.")
         return
     log = st.toggle("Log scale (shows the rare large values)", key="neurons_hist_log",
                     bind="query-params")
-    values, used = _value_sample(r, str(path), t, _mtime(path))
-    plot(F.lca_histogram(values, log=log, steps_used=used, steps_total=t),
+    values, used = read_view(views.value_sample, path, large=True)
+    plot(F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps),
          key="neurons_histogram")
     st.caption("How big one weight's share of one step's loss change usually is. The LCA paper "
                "found a heavy-tailed peak at 0 with slightly more mass on the :green[helped] "
@@ -154,7 +98,8 @@ def helped_section(totals: dict, helped: dict, rows: int) -> None:
                "that stopped moving (pruned, frozen, skipped, low-bit) pile up at low values.")
 
 
-def top_section(r: Reader, totals: dict, helped: dict, rows: int, pos: np.ndarray) -> None:
+def top_section(path: Path, v: views.NeuronsView, totals: dict, helped: dict, rows: int,
+                pos: np.ndarray) -> None:
     st.subheader("The weights that helped and hurt the most")
     table = F.top_parameters(totals, helped, rows, k=TOP_K)
     if not table:
@@ -179,11 +124,11 @@ def top_section(r: Reader, totals: dict, helped: dict, rows: int, pos: np.ndarra
     if choice is None:
         return
     row = table[labels.index(choice)]
-    if r.record != "full":
+    if v.record != "full":
         st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
-                f"was recorded '{literal(r.record)}' (only its total, above, is kept).")
+                f"was recorded '{literal(v.record)}' (only its total, above, is kept).")
         return
-    trace = r.param_lca(row["tensor"], 0, len(pos), index=row["index"])
+    trace = read_view(views.param_rows, path, row["tensor"], 0, len(pos), row["index"])
     plot(F.param_trace(trace, label=choice,
                        positions=pos[:len(trace)]),
          key="neurons_trace_chart")
@@ -193,26 +138,24 @@ def top_section(r: Reader, totals: dict, helped: dict, rows: int, pos: np.ndarra
 
 
 def render(path: Path) -> bool:
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return False
-        t = r.num_steps
-        kind = r.steps("kind", 0, t)
-        st.caption(f"**{literal(path.name)}** · {literal(r.status)} · {steps_phrase(kind)} · "
-                   f"{r.num_params:,} parameters in {len(r.units)} layers · record "
-                   f"{literal(r.record)}")
-        if t == 0:
-            st.info("This run has not recorded a step yet; the charts appear after the first "
-                    "step.")
-            return r.status == "running"
-        pos = F.step_positions(kind)  # where each row sits on the step axis
-        units_section(r, pos)
-        totals, helped, rows = _weight_stats(r, str(path), t, _mtime(path))
-        images_section(r, totals)
-        values_section(path, r, t)
-        helped_section(totals, helped, rows)
-        top_section(r, totals, helped, rows, pos)
-        return r.status == "running"
+    v: views.NeuronsView | None = view_or_explain(views.neurons_view, path)
+    if v is None:
+        return False
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+               f"{v.num_params:,} parameters in {len(v.units)} layers · record "
+               f"{literal(v.record)}")
+    if v.num_steps == 0:
+        st.info("This run has not recorded a step yet; the charts appear after the first "
+                "step.")
+        return v.running
+    pos = v.positions  # where each row sits on the step axis
+    units_section(path, v, pos)
+    stats: views.WeightStats = read_view(views.weight_stats, path)
+    images_section(v, stats.totals)
+    values_section(path, v)
+    helped_section(stats.totals, stats.helped, stats.rows)
+    top_section(path, v, stats.totals, stats.helped, stats.rows, pos)
+    return v.running
 
 
 def main() -> None:

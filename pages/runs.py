@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from lca import jobs, runs, store
+from lca import jobs, runs
 from lca.store import Reader, RunFileError, filecheck, human_bytes
 from pages.live_panel import first_existing_page, open_run_button, switch_page
 from pages.shared import DELETED_KEY, RUN_KEY, literal, locked_help, may, refuse_unless
@@ -36,9 +36,7 @@ def summarize(path: str, mtime: float, size: int) -> tuple[dict[str, Any] | None
     version (path, mtime, size)."""
     try:
         with Reader(path) as r:
-            s = r.summary()
-            s["writer_alive"] = store._writer_alive(r.attrs) is not None  # noqa: SLF001
-        return s, None
+            return r.summary(), None
     except RunFileError as e:
         return None, str(e).splitlines()[0]
     except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
@@ -46,9 +44,10 @@ def summarize(path: str, mtime: float, size: int) -> tuple[dict[str, Any] | None
 
 
 def stale(name: str, summary: dict[str, Any]) -> bool:
-    """A run that says "running" but that nothing writes any more (its writer was killed)."""
-    return (summary.get("status") == "running" and not jobs.is_live(name)
-            and not summary.get("writer_alive"))
+    """A run that says "running" but that nothing writes any more (its writer was killed).
+    Asked of the run's lock each time (not cached: a writer can die at any moment)."""
+    return (summary.get("status") == "running" and runs.busy_reason(name) is None
+            and not jobs.is_live(name))
 
 
 def table(items: list[runs.RunFile]) -> tuple[pd.DataFrame, dict[str, dict], list[tuple]]:
@@ -123,16 +122,18 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
             mime="application/x-hdf5", key="runs_download", on_click="ignore",
             icon=":material/download:",
         )
-        live = jobs.is_live(pick)
+        busy = runs.busy_reason(pick)  # written right now (by the app or a terminal)
+        if busy is None and jobs.is_live(pick):
+            busy = f"{pick} is still training; stop it on the Train page first."
         if st.button("Delete…", key="runs_delete", icon=":material/delete:",
-                     disabled=live or not may("delete"),
-                     help=locked_help("delete", "Stop the run first." if live
-                                      else "Delete the run file.")):
+                     disabled=busy is not None or not may("delete"),
+                     help=locked_help("delete", busy or "Delete the run file.")):
             st.session_state["runs_confirm_delete"] = pick
-        if summary is not None and stale(pick, summary) and st.button(
-            "Recover", key="runs_recover", icon=":material/healing:", disabled=not may("recover"),
-            help=locked_help("recover", "The program writing this run was killed: keep its "
-                             "whole steps and mark it interrupted (python -m lca recover)."),
+        if summary is not None and summary.get("status") == "running" and st.button(
+            "Recover", key="runs_recover", icon=":material/healing:",
+            disabled=busy is not None or not may("recover"),
+            help=locked_help("recover", busy or "The program writing this run was killed: keep "
+                             "its whole steps and mark it interrupted (python -m lca recover)."),
         ) and refuse_unless("recover"):
             recovered = recover(path)
     if recovered is not None:
@@ -157,8 +158,11 @@ def delete(name: str) -> None:
                  "deleting it.")
         return
     try:
-        runs.delete(name)
+        runs.delete(name)  # refused while a process writes it, whoever started that process
         jobs.forget(name)
+    except runs.RunBusyError as e:
+        st.error(literal(e))
+        return
     except (runs.RunNameError, OSError) as e:
         st.error(literal(f"{name} could not be deleted ({e})."))
         return

@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
-from lca import classroom, runs
+from lca import classroom, runs, views
 from lca.figures.literal import literal_figure
 from lca.store import Reader, RunFileError
 
@@ -118,6 +119,47 @@ def open_run_or_explain(path: Path) -> Iterator[Reader | None]:
         reader.close()
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(mtime, size) of a run file: a new version of the file (a live run's flush) is a new key."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _read(view: str, path: str, args: tuple) -> Any:
+    with Reader(path) as r:
+        return getattr(views, view)(r, *args)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_small(view: str, path: str, stamp: tuple[int, int], args: tuple) -> Any:
+    del stamp  # part of the cache key only
+    return _read(view, path, args)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading per-weight LCA…")
+def _read_large(view: str, path: str, stamp: tuple[int, int], args: tuple) -> Any:
+    del stamp
+    return _read(view, path, args)
+
+
+def read_view(view: Callable[..., Any], path: Path, *args: Any, large: bool = False) -> Any:
+    """``view(Reader(path), *args)`` for a function of ``lca.views``, cached per file version
+    (path, mtime, size); ``large`` for per-weight reads (fewer kept). Raises RunFileError or
+    OSError for a file that cannot be read."""
+    read = _read_large if large else _read_small
+    return read(view.__name__, str(path), file_stamp(path), tuple(args))
+
+
+def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
+    """``read_view``, or None after showing the one sentence that says why the run is
+    unreadable."""
+    try:
+        return read_view(view, path, *args)
+    except (RunFileError, OSError) as e:
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
+        return None
+
+
 def require_run() -> Path:
     """The selected run, or a friendly prompt and st.stop() when there is none."""
     path = selected_run_path()
@@ -147,15 +189,25 @@ def show_run(render: Callable[[Path], object]) -> None:
             return
         running = r.status == "running"
     if not running:
-        render(path)
+        _render_or_explain(render, path)
         return
 
     @st.fragment(run_every=LIVE_SECONDS)
     def live() -> None:
-        if not render(path):
+        if not _render_or_explain(render, path):
             st.rerun()
 
     live()
+
+
+def _render_or_explain(render: Callable[[Path], object], path: Path) -> bool:
+    """``render(path)``; a file that became unreadable while the page read it piece by piece
+    (deleted, replaced) ends the page with its one sentence, not a traceback."""
+    try:
+        return bool(render(path))
+    except (RunFileError, OSError) as e:
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
+        return False
 
 
 def steps_phrase(kind) -> str:

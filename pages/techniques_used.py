@@ -4,84 +4,38 @@ Skip windows as bands on the loss and per-layer timelines, prune events with the
 split into removed weights / compensating survivors / the rest, whether pruning removed helpers
 or hurters, the techniques marked on the layer × step heatmap, AMP's loss scale, bits per layer,
 frozen layers, and a table of what each technique saved. Everything is read through
-``lca.store.Reader`` and drawn by ``lca.figures``; a live run refreshes itself.
+``lca.views`` (cached per file version) and drawn by ``lca.figures``; a live run refreshes
+itself.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import streamlit as st
 
 import techniques as techniques_registry
 from lca import figures as F
-from lca.store import Reader, RunFileError
+from lca import views
+from lca.store import RunFileError
 from pages.shared import (
     LIVE_SECONDS,
     literal,
     literal_rows,
     open_run_or_explain,
     plot,
+    read_view,
     require_run,
 )
 
 EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st_ = path.stat()
-    return st_.st_mtime_ns, st_.st_size
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def load(path: str, stamp: tuple[int, int]) -> dict[str, Any]:
-    """Everything the page draws except per-weight histories (cached per file version)."""
-    del stamp  # part of the cache key only
-    with Reader(path) as r:
-        data = F.gather(r)
-        events = {n: F.prune_events(r, n, data) for n in data.prune}
-        splits = {(e.technique, e.segment): F.prune_split(r, e)
-                  for evs in events.values() for e in evs}
-        extra: dict[str, dict[str, np.ndarray]] = {}
-        for name in data.names:
-            prefix = f"techniques/{name}/"
-            extra[name] = {
-                p[len(prefix):]: np.asarray(r.series(p)) for p in r.series_layout
-                if p.startswith(prefix)
-            }
-        layer_events = {}
-        for n in data.prune:
-            path_ = f"techniques/{n}/events"
-            if path_ in r.event_layout:
-                layer_events[n] = r.events(path_)
-        bits = {}
-        for name in data.names:
-            p = f"techniques/{name}/bits"
-            if p in r.array_layout:
-                bits[name] = np.asarray(r.array(p), dtype=np.float64)
-        return {
-            "data": data,
-            "summaries": F.technique_summaries(r, data),
-            "reported": r.technique_summaries(),
-            "events": events,
-            "splits": splits,
-            "series": extra,
-            "layer_events": layer_events,
-            "bits": bits,
-            "record": r.record,
-            "status": r.status,
-            "shapes": dict(r.shapes),
-        }
-
-
-@st.cache_data(show_spinner="Reading the pruned weights' histories…", max_entries=8)
-def load_history(path: str, stamp: tuple[int, int], name: str):
-    del stamp
-    with Reader(path) as r:
-        return F.pruned_history(r, name)
+def load_history(path: Path, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pruned weights' and the survivors' cumulative LCA (record full; cached)."""
+    return read_view(views.pruned_history, path, name, large=True)
 
 
 def describe(name: str) -> str:
@@ -91,23 +45,24 @@ def describe(name: str) -> str:
         return "a technique this version of LCA Lab does not know; its records are shown below."
 
 
-def section_overview(d: dict[str, Any]) -> None:
-    data = d["data"]
+def section_overview(d: views.TechniqueView) -> None:
+    data = d.data
     st.markdown("**Techniques in this run:**\n" + "\n".join(
         f"- **{literal(n)}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
-    st.table(literal_rows(d["summaries"]))
+    st.table(literal_rows(d.summaries))
     st.caption("Computed from what the run file records step by step (series, event tables, "
                "arrays), so it grows with a live run.")
-    reported = F.reported_rows(d["reported"])
+    reported = views.reported_rows(d.reported)
     if reported:
         with st.expander("What each technique reported when the run ended"):
             st.dataframe(reported, hide_index=True, width="stretch")
-    elif d["status"] == "running":
+    elif d.status == "running":
         st.caption("Each technique's own report is added when the run ends.")
+    section_savings(d)
 
 
-def section_timelines(data: F.RunTechniques) -> None:
+def section_timelines(data: views.RunTechniques) -> None:
     bands = F.intervals(data.skip_mask)
     marks = data.prune_marks()
     st.subheader("Where the techniques acted")
@@ -143,29 +98,9 @@ def section_timelines(data: F.RunTechniques) -> None:
                "**red = hurt**." + (f" {'; '.join(legend).capitalize()}." if legend else ""))
 
 
-def _helper_table(layer_events: dict[str, np.ndarray], shapes: dict, names: list[str]):
-    """Pooled helper shares from the technique's per-layer event rows (any record mode)."""
-    if not layer_events or "helped_removed" not in layer_events:
-        return None
-    rem = np.asarray(layer_events["removed"], dtype=np.float64)
-    pruned = np.asarray(layer_events["pruned"], dtype=np.float64)
-    layer = np.asarray(layer_events["layer"], dtype=int)
-    numel = np.array([math.prod(shapes[names[i]]) if 0 <= i < len(names) else 0 for i in layer],
-                     dtype=np.float64)
-    surv = numel - pruned
-    hr = np.nan_to_num(np.asarray(layer_events["helped_removed"], dtype=np.float64))
-    hs = np.nan_to_num(np.asarray(layer_events["helped_survivors"], dtype=np.float64))
-    if rem.sum() <= 0 or surv.sum() <= 0:
-        return None
-    # Survivors are counted at the last event only (the weights that were kept in the end).
-    last = layer_events["step"] == np.max(layer_events["step"])
-    return (float((hr * rem).sum() / rem.sum()), float((hs * surv)[last].sum() / surv[last].sum()),
-            int(rem.sum()), int(surv[last].sum()))
-
-
-def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> None:
-    data: F.RunTechniques = d["data"]
-    events = [e for evs in d["events"].values() for e in evs]
+def section_pruning(d: views.TechniqueView, path: Path) -> None:
+    data: views.RunTechniques = d.data
+    events = [e for evs in d.events.values() for e in evs]
     st.subheader("Pruning: what each prune event cost")
     if not events:
         st.info("No prune event has happened yet: the schedule's first step is still ahead "
@@ -176,9 +111,9 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
                "loss, green lowered it**. Solid = the removed weights; striped = surviving "
                "weights of the pruned layers that moved to compensate (L-OBS) and their biases; "
                "dotted = everything else.")
-    for name in d["events"]:
-        sparsity = d["series"].get(name, {}).get("sparsity")
-        if sparsity is not None and sparsity.ndim == 1 and len(d["events"]) == 1:
+    for name in d.events:
+        sparsity = d.series.get(name, {}).get("sparsity")
+        if sparsity is not None and sparsity.ndim == 1 and len(d.events) == 1:
             plot(F.series_figure(100 * sparsity.astype(np.float64),
                                  title=f"{name}: share of the prunable weights that are zero",
                                  y_title="sparsity (%)", kind=data.kind, height=260),
@@ -187,7 +122,7 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
     choice = st.selectbox("Prune event shown per layer", titles, key=EVENT_KEY,
                           bind="query-params") if len(events) > 1 else titles[0]
     event = events[titles.index(choice)] if choice in titles else events[0]
-    split = d["splits"][(event.technique, event.segment)]
+    split = d.splits[(event.technique, event.segment)]
     plot(F.prune_split_figure(split, title=f"What {event.title} cost, layer by layer "
                               f"(total {event.cost:+.3g})"), key="tech_prune_split")
     if split.source == "layers":
@@ -199,11 +134,11 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
                    "the step each weight was pruned at.")
 
     st.subheader("Did pruning remove helpers or hurters?")
-    for name in d["events"]:
-        if not d["events"][name]:
+    for name in d.events:
+        if not d.events[name]:
             continue
-        hist = load_history(str(path), stamp, name) if d["record"] == "full" else None
-        ratio = [e.helper_removal_ratio for e in d["events"][name]
+        hist = load_history(path, name) if d.record == "full" else None
+        ratio = [e.helper_removal_ratio for e in d.events[name]
                  if math.isfinite(e.helper_removal_ratio)]
         cols = st.columns([3, 1])
         with cols[0]:
@@ -215,8 +150,8 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
                         float((survivors > 0).mean()) if len(survivors) else math.nan]
                 counts = [len(removed), len(survivors)]
             else:
-                table = _helper_table(d["layer_events"].get(name, {}), d["shapes"],
-                                      data.tensor_names)
+                table = views.helper_shares(d.layer_events.get(name, {}), d.shapes,
+                                            data.tensor_names)
                 shares = [table[0], table[1]] if table else [math.nan, math.nan]
                 hurt = None
                 counts = [table[2], table[3]] if table else None
@@ -242,9 +177,9 @@ def section_pruning(d: dict[str, Any], path: Path, stamp: tuple[int, int]) -> No
                     "above come from the technique's own event table.")
 
 
-def section_amp(d: dict[str, Any], name: str) -> None:
-    series = d["series"].get(name, {})
-    data = d["data"]
+def section_amp(d: views.TechniqueView, name: str) -> None:
+    series = d.series.get(name, {})
+    data = d.data
     st.subheader(f"Mixed precision ({literal(name)})")
     scale = series.get("scale")
     skipped = series.get("skipped")
@@ -263,15 +198,15 @@ def section_amp(d: dict[str, Any], name: str) -> None:
                "weight, so its LCA is exactly 0.")
 
 
-def section_quantize(d: dict[str, Any], name: str) -> None:
-    data = d["data"]
+def section_quantize(d: views.TechniqueView, name: str) -> None:
+    data = d.data
     st.subheader(f"Low-bit weights ({literal(name)})")
-    bits = d["bits"].get(name)
+    bits = d.bits.get(name)
     if bits is not None:
         plot(F.bits_figure(data.tensor_names, bits), key=f"tech_bits_{name}")
         st.caption("Bits each tensor's weights use in the forward pass; grey tensors stay "
                    "float32 (biases, and the first layer for binary/ternary by default).")
-    changed = d["series"].get(name, {}).get("changed")
+    changed = d.series.get(name, {}).get("changed")
     if changed is not None and changed.ndim == 1:
         plot(F.series_figure(100 * changed, title="How many quantized weights changed value "
                              "each step", y_title="weights whose level changed (%)",
@@ -280,8 +215,8 @@ def section_quantize(d: dict[str, Any], name: str) -> None:
                    "rounding threshold; the others have LCA exactly 0 on that step.")
 
 
-def section_freeze(d: dict[str, Any], name: str) -> None:
-    data = d["data"]
+def section_freeze(d: views.TechniqueView, name: str) -> None:
+    data = d.data
     rows, mask = data.frozen[name]
     layers = ", ".join(sorted({F.module_of(data.tensor_names[i]) for i in rows})) or "?"
     st.subheader(f"Frozen layers ({literal(name)})")
@@ -294,9 +229,9 @@ def section_freeze(d: dict[str, Any], name: str) -> None:
                 "(the LCA paper's freezing experiment).")
 
 
-def section_compress(d: dict[str, Any], name: str) -> None:
-    data = d["data"]
-    value = d["series"].get(name, {}).get("value")
+def section_compress(d: views.TechniqueView, name: str) -> None:
+    data = d.data
+    value = d.series.get(name, {}).get("value")
     st.subheader(f"Compressibility regularizer ({literal(name)})")
     plot(F.series_figure(value.astype(np.float64), title="The regularizer Σ‖w‖₁/‖w‖₂ over "
                          "training (lower = weights concentrated in fewer large values)",
@@ -305,9 +240,40 @@ def section_compress(d: dict[str, Any], name: str) -> None:
                "the regularizer moves without lowering that loss show up as hurting (red).")
 
 
-def section_other(d: dict[str, Any], name: str, shown: set[str]) -> None:
-    data = d["data"]
-    rest = {k: v for k, v in d["series"].get(name, {}).items()
+def section_savings(d: views.TechniqueView) -> None:
+    from techniques.savings import savings_rows
+
+    st.markdown("**What each technique saves, in bits per value (float32 = 32)**")
+    st.dataframe(savings_rows(d.data.names, d.reported), hide_index=True, width="stretch")
+    st.caption("Simulated numerics (fake quantization, float16/FP8 by casting) cost time here; "
+               "their figures are what the format would store on hardware that has it.")
+
+
+def section_precision(d: views.TechniqueView, name: str, bits: dict[str, np.ndarray]) -> None:
+    st.subheader(f"Precision per tensor ({name})")
+    plot(F.precision_bits_figure(d.data.tensor_names, bits), key=f"tech_precision_{name}")
+    st.caption("Bits of each tensor class per layer: the analytic assignment (feedforward "
+               "precisions equalizing quantization noise, gradient ranges and LSBs from a short "
+               "float probe, an accumulator fine enough for the smallest update) or fixed bits. "
+               "Rounded activations make the loss piecewise constant: LCA is measured on the "
+               "quantized weights with activations clipped but not rounded.")
+
+
+def section_loss_scales(d: views.TechniqueView, name: str) -> None:
+    data, series = d.data, d.series[name]
+    st.subheader(f"Per-layer loss scales ({name})")
+    plot(F.layer_scales_figure(data.tensor_names, series["scale"], data.layer_lca, data.kind),
+         key=f"tech_scales_{name}")
+    plot(F.underflow_figure(series["underflow"], series.get("underflow_global"), data.kind),
+         key=f"tech_underflow_{name}")
+    st.caption("Each layer's float16 error gets its own power-of-two scale; the weight "
+               "gradients are unscaled exactly. Underflow: gradient values float16 flushed to "
+               "zero, with these scales and with one global scale on the same gradients.")
+
+
+def section_other(d: views.TechniqueView, name: str, shown: set[str]) -> None:
+    data = d.data
+    rest = {k: v for k, v in d.series.get(name, {}).items()
             if k not in shown and v.ndim == 1}
     if not rest:
         return
@@ -319,35 +285,35 @@ def section_other(d: dict[str, Any], name: str, shown: set[str]) -> None:
 
 def body(path: Path) -> None:
     try:
-        stamp = _stamp(path)
-        d = load(str(path), stamp)
+        d: views.TechniqueView = read_view(views.technique_view, path)
     except (RunFileError, OSError) as e:
         st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         return
-    data: F.RunTechniques = d["data"]
+    data: views.RunTechniques = d.data
     if not data.names:
-        st.info(F.no_technique_sentence())
+        st.info(views.no_technique_sentence())
         return
     if data.segments == 0:
         st.info(f"{literal(path.name)} has no recorded step yet; the techniques appear here "
                 "as soon as "
                 "the first step is written.")
         return
-    if d["status"] == "running":
+    if d.status == "running":
         st.caption(f"Live: {literal(path.name)} is still training; this page refreshes every "
                    f"{LIVE_SECONDS:g} s.")
     section_overview(d)
     section_timelines(data)
     if data.prune:
-        section_pruning(d, path, stamp)
+        section_pruning(d, path)
     handled = {"skipping", "lr_factor", "sparsity"}
+    precision = read_view(views.precision_view, path)
     for name in data.names:
-        series = d["series"].get(name, {})
+        series = d.series.get(name, {})
         shown = set(handled)
         if "skipped" in series and "scale" in series and series["scale"].ndim == 1:
             section_amp(d, name)
             shown |= {"scale", "skipped"}
-        if name in d["bits"]:
+        if name in d.bits:
             section_quantize(d, name)
             shown |= {"scale", "changed"}
         if name in data.frozen:
@@ -357,6 +323,12 @@ def body(path: Path) -> None:
         if value is not None and value.ndim == 1 and name not in data.frozen:
             section_compress(d, name)
             shown |= {"value"}
+        if name in precision:
+            section_precision(d, name, precision[name])
+        scale = series.get("scale")
+        if scale is not None and scale.ndim == 2 and "underflow" in series:
+            section_loss_scales(d, name)
+            shown |= {"underflow", "underflow_global"}
         section_other(d, name, shown)
 
 

@@ -77,8 +77,12 @@ def _field_widget(name: str, values: dict[str, Any], default: Any = None) -> Any
     """The widget of RunConfig field ``name``, built from its Spec (label, range, hints)."""
     spec = RunConfig.specs()[name]
     hints = spec.widget
-    when = hints.get("when")  # (field, value): the field matters only then
-    disabled = when is not None and values.get(when[0]) != when[1]
+    when = hints.get("when")  # (field, value or values): the field matters only then
+    if when is not None:
+        wanted = when[1] if isinstance(when[1], tuple | list) else (when[1],)
+        disabled = values.get(when[0]) not in wanted
+    else:
+        disabled = False
     if hints.get("zero_is_none"):  # 0 stands for None ("all", "the whole split")
         spec = dataclasses.replace(spec, minimum=0)
         default = (spec.default or 0) if default is None else default

@@ -10,24 +10,45 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import Context, Declarations, Option, Technique, TechniqueError
+from .base import (
+    Context,
+    Declarations,
+    LCAResults,
+    MeasuredSegment,
+    Option,
+    RunFileWriter,
+    Technique,
+    TechniqueError,
+    is_measuring,
+    measuring,
+    real_forward,
+    while_measuring,
+)
 
 __all__ = [
     "Context",
     "Declarations",
+    "LCAResults",
+    "MeasuredSegment",
     "Option",
+    "RunFileWriter",
     "Technique",
     "TechniqueError",
     "create",
     "describe",
     "get",
+    "is_measuring",
+    "measuring",
     "names",
     "parse_spec",
+    "real_forward",
     "validate",
+    "while_measuring",
 ]
 
 # Modules that define techniques; each registers its classes with @register on import.
-_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize")
+_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize",
+            "fp8", "fixedpoint", "loss_scaling", "bnn", "conntra")
 _REGISTRY: dict[str, type[Technique]] = {}
 _loaded = False
 

@@ -1,38 +1,121 @@
 """The one small interface every efficiency technique plugs into the training loop through.
 
-Like ``torch.nn.utils.prune``, a technique is a small object with clear hooks; the loop in
-``lca/train.py`` calls them in a fixed order and knows nothing else about any technique:
+Like ``torch.nn.utils.prune``, a technique is a small object with clear hooks. The loop in
+``lca/train.py`` calls them in a fixed order and knows nothing else about any technique; a
+technique knows nothing of the loop beyond the ``Context`` below. Everything a technique may do
+is in this file: subclass ``Technique``, override the hooks you need (every default is a no-op),
+decorate the class with ``techniques.register`` and add its module to ``techniques._MODULES``.
 
-    setup(ctx)                       once, after the model and optimizer exist
-    wants_intervention(ctx) -> bool  before each step; if True the loop calls
+Hooks, in the order the loop calls them (``ctx.step`` = optimizer steps completed so far):
+
+Once, before training
+    setup(ctx)                       after the model and optimizer exist: choose layers, build
+                                     masks; raise TechniqueError (one sentence) for options the
+                                     model cannot satisfy
+    declare(ctx) -> Declarations     after ``setup``, before the run file exists: every series,
+                                     event table and array the technique will write (HDF5 in SWMR
+                                     mode cannot create datasets once a run is live)
+    begin(ctx)                       the run file is open and L(θ_0) is measured, before the first
+                                     step: write fixed arrays (``ctx.set_array``) known up front
+
+Every step, in this order
+    wants_intervention(ctx) -> bool  a question, answered without changing anything (the loop may
+                                     ask it any number of times); if True the loop calls
     intervene(ctx, row)              inside ``tracker.intervention(name)``: a weight move outside
-                                     the optimizer (a prune) becomes its own LCA segment
+                                     the optimizer (a prune) becomes its own LCA segment; ``row``
+                                     takes this segment's values of the declared series
+    after_intervention(ctx, measured)  right after that segment is measured (``measured`` is its
+                                     ``MeasuredSegment``, also ``ctx.last_segment``): record what
+                                     the intervention cost
+    before_forward(ctx)              every technique, after the step's interventions, before the
+                                     minibatch, learning rate and forward pass: per-step state
+                                     changes (freeze layers from a step on, accuracy checks,
+                                     ``ctx.lr_factor``); not part of the step's measured time
+    autocast(ctx)                    a context manager around the forward pass (mixed precision)
     forward_params(params)           the weights the training forward uses (STE quantizers)
-    effective(params)                the same weights, detached: what LCA is measured on
-    autocast(ctx)                    a context for the forward pass (mixed precision)
     loss_term(ctx, params)           a regularizer added to the training loss
     backward(ctx, loss) -> bool      True if it ran the backward itself (loss scaling)
     before_step(ctx)                 gradients exist: mask them or drop them (grad = None)
     optimizer_step(ctx) -> bool      True if it stepped the optimizer itself (grad scaler)
-    after_step(ctx, row)             weights moved: re-apply masks, clip; fill row[series]
-    summary() -> dict                what it did and saved, for the run file and the app
+    after_step(ctx, row)             inside ``tracker.step()``, after the optimizer moved the
+                                     weights: re-apply masks, clip; fill ``row`` (this step's
+                                     values of the declared series)
 
-Where a technique acted is recorded under ``/techniques/<name>/`` in the run file: it declares
-its series (one value per segment), event tables and fixed arrays up front (``declare``),
-because HDF5 in SWMR mode cannot create datasets once a run is live.
+Any time
+    effective(params)                the weights the forward pass uses, detached: what LCA is
+                                     measured on (defaults to ``forward_params`` detached); the
+                                     tracker calls it at every segment's end, evaluation too
+
+Once, at the end (also after a stop or a NaN loss; not when an exception ends the run)
+    summary() -> dict                what it did and saved, as JSON-able values, for the run
+                                     file and the app
+
+What a technique may read and write, all through ``Context``: the model, optimizer, loss, data,
+step and current minibatch (``ctx.batch``); ``ctx.params()``; the LCA measured so far,
+read-only (``ctx.cumulative_lca``, ``ctx.last_segment``, ``ctx.segments_measured``);
+``ctx.evaluate()``; ``ctx.lr_factor``; and the run file through ``ctx.event`` and
+``ctx.set_array`` only. Where a technique acted is recorded under ``/techniques/<name>/``.
+
+Activation hooks (quantized activations, gradient quantizers, loss-scaling boundaries) are
+module hooks a technique registers in ``setup``; they run in *every* forward of the model,
+including LCA's. LCA is measured in float32 on ``effective(params)`` alone, so such a hook must
+step aside while LCA measures: it returns its input unchanged when ``is_measuring()`` is True.
+The loop wraps the measurer's one model call in ``while_measuring`` (one line in
+``lca/train.py``); ``real_forward()`` lets a technique evaluate the real (hooked) model even
+from inside a measurement, e.g. to record the loss its discretized forward really has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import functools
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from lca.spec import Spec
+
+_STATE = threading.local()  # per thread: the app may train in a worker thread
+
+
+def is_measuring() -> bool:
+    """True while LCA measures the loss (activation hooks must then return their input)."""
+    return getattr(_STATE, "measuring", 0) > 0 and getattr(_STATE, "real", 0) == 0
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Mark the forward passes inside as LCA measurements."""
+    _STATE.measuring = getattr(_STATE, "measuring", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.measuring -= 1
+
+
+@contextmanager
+def real_forward() -> Iterator[None]:
+    """Run the hooked (discretized) forward even inside a measurement."""
+    _STATE.real = getattr(_STATE, "real", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.real -= 1
+
+
+def while_measuring(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (the measurer's model call) run under ``measuring()``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with measuring():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class TechniqueError(ValueError):
@@ -49,6 +132,11 @@ class Option(Spec):
 
     from_text: bool = True
 
+    def parse(self, technique: str, key: str, value: Any) -> Any:  # type: ignore[override]
+        """``value`` checked by ``Spec.parse``, the sentence naming the technique's option."""
+        where = f"option {key!r} of technique {technique!r}"
+        return Spec.parse(self, value, where, TechniqueError)
+
 
 @dataclass
 class Declarations:
@@ -59,9 +147,66 @@ class Declarations:
     arrays: dict[str, tuple[str, tuple[int, ...], float]] = field(default_factory=dict)
 
 
+@runtime_checkable
+class MeasuredSegment(Protocol):
+    """One measured LCA segment, read-only (``lca.allocate.StepRecord`` is one)."""
+
+    @property
+    def index(self) -> int: ...  # row in the run: segments are numbered 0, 1, 2, … in time order
+
+    @property
+    def kind(self) -> int: ...  # 0: an optimizer step, 1: an intervention
+
+    @property
+    def train_step(self) -> int: ...  # optimizer steps completed when the segment ended
+
+    @property
+    def label(self) -> str: ...  # the intervening technique's name ("" for a step)
+
+    @property
+    def loss_start(self) -> float: ...  # measurement-set loss at the segment's start and end
+
+    @property
+    def loss_end(self) -> float: ...
+
+    @property
+    def per_param(self) -> Mapping[str, torch.Tensor]: ...  # name -> A, the parameter's shape
+
+    @property
+    def total(self) -> float: ...  # ΣA over all parameters
+
+    @property
+    def error(self) -> float: ...  # (loss_end − loss_start) − total: what was not allocated
+
+
+@runtime_checkable
+class LCAResults(Protocol):
+    """What a technique may read of the tracker (``lca.allocate.Tracker`` is one)."""
+
+    @property
+    def cumulative(self) -> Mapping[str, torch.Tensor]: ...  # name -> ΣA over all segments
+
+    @property
+    def last(self) -> MeasuredSegment | None: ...  # the latest segment, None before the first
+
+
+@runtime_checkable
+class RunFileWriter(Protocol):
+    """Where ``Context.event`` and ``Context.set_array`` write (``lca.store.Writer`` is one)."""
+
+    def add_event(self, path: str, row: Sequence[float]) -> None: ...
+
+    def set_array(self, path: str, value: Any) -> None: ...
+
+
 @dataclass
 class Context:
-    """What the loop shares with techniques. Techniques never reach past it into the loop."""
+    """What the loop shares with techniques. Techniques never reach past it into the loop.
+
+    The loop fills ``tracker`` and ``writer`` after ``setup`` and ``declare`` (the run file is
+    made from the declarations); read the LCA through the properties below, which are empty (or
+    None) when no tracker measures the run (a notebook driving the hooks by hand).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -73,9 +218,8 @@ class Context:
     test_x: torch.Tensor
     test_y: torch.Tensor
     step: int = 0  # optimizer steps completed so far
-    tracker: Any = None  # lca.Tracker: ``tracker.cumulative`` holds each parameter's ΣA so far
-    writer: Any = None  # lca.Writer or None
-    scheduler: Any = None
+    tracker: LCAResults | None = None  # the LCA measured so far: read it through the properties
+    writer: RunFileWriter | None = None  # the run file, or None: write through event/set_array
     lr_factor: float = 1.0  # multiplies the scheduled learning rate (WUS+LR lowers it)
     batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the current minibatch
     accuracy: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train, test)
@@ -84,11 +228,30 @@ class Context:
     def params(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
 
+    @property
+    def cumulative_lca(self) -> Mapping[str, torch.Tensor]:
+        """Each parameter's ΣA over every segment measured so far (its shape); empty without a
+        tracker or before the first segment. Read-only: the tensors are the tracker's own."""
+        return self.tracker.cumulative if self.tracker is not None else {}
+
+    @property
+    def last_segment(self) -> MeasuredSegment | None:
+        """The latest measured segment (a step or an intervention), or None."""
+        return self.tracker.last if self.tracker is not None else None
+
+    @property
+    def segments_measured(self) -> int:
+        """Segments measured so far: the index the next segment (e.g. an intervention) gets."""
+        last = self.last_segment
+        return last.index + 1 if last is not None else 0
+
     def event(self, technique: Technique, table: str, row: list[float]) -> None:
+        """Append a row to the technique's declared event table ``table``."""
         if self.writer is not None:
             self.writer.add_event(technique.path(table), row)
 
-    def set_array(self, technique: Technique, name: str, value) -> None:
+    def set_array(self, technique: Technique, name: str, value: Any) -> None:
+        """Overwrite the technique's declared fixed array ``name``."""
         if self.writer is not None:
             self.writer.set_array(technique.path(name), value)
 
@@ -109,11 +272,7 @@ class Technique:
                 f"Technique {self.name!r} has no option {unknown[0]!r}; allowed options: {allowed}."
             )
         self.opts: dict[str, Any] = {
-            k: (
-                o.parse(values[k], f"option {k!r} of technique {self.name!r}", TechniqueError)
-                if k in values
-                else o.default
-            )
+            k: (o.parse(self.name, k, values[k]) if k in values else o.default)
             for k, o in self.options.items()
         }
 
@@ -128,10 +287,19 @@ class Technique:
     def setup(self, ctx: Context) -> None:
         pass
 
+    def begin(self, ctx: Context) -> None:
+        pass
+
     def wants_intervention(self, ctx: Context) -> bool:
         return False
 
     def intervene(self, ctx: Context, row: dict[str, object]) -> None:
+        pass
+
+    def after_intervention(self, ctx: Context, measured: MeasuredSegment) -> None:
+        pass
+
+    def before_forward(self, ctx: Context) -> None:
         pass
 
     def forward_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -91,10 +91,9 @@ class Freeze(Technique):
         self._total = sum(p.numel() for p in params.values())
         self._apply(ctx)
 
-    def wants_intervention(self, ctx: Context) -> bool:
-        """Before each step (and before its forward pass): freeze once ``start`` is reached."""
+    def before_forward(self, ctx: Context) -> None:
+        """Before each step's forward pass: freeze once ``start`` is reached."""
         self._apply(ctx)
-        return False
 
     def before_step(self, ctx: Context) -> None:
         if self._active:

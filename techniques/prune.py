@@ -12,8 +12,9 @@ All three share one machinery (``_Pruner``):
 - **A prune event is an intervention.** ``wants_intervention`` is True at the scheduled steps;
   ``intervene`` zeroes the chosen weights (L-OBS also moves the survivors to compensate) inside
   ``tracker.intervention``, so the loss change of the event is allocated as its own LCA segment:
-  the cost of pruning, per layer and per weight (removed weights vs compensating survivors).
-- **Before each event** the candidates' cumulative LCA (``ctx.tracker.cumulative``) is recorded:
+  the cost of pruning, per layer and per weight (removed weights vs compensating survivors),
+  recorded by ``after_intervention`` from the measured segment.
+- **Before each event** the candidates' cumulative LCA (``ctx.cumulative_lca``) is recorded:
   did the method remove helpers (cumulative LCA < 0) or hurters, compared with the survivors?
 
 Schedules (``schedule`` option): ``oneshot`` prunes to ``sparsity`` at step ``start``;
@@ -47,7 +48,7 @@ from torch.func import functional_call
 from techniques import register
 
 from . import lobs
-from .base import Context, Declarations, Option, Technique, TechniqueError
+from .base import Context, Declarations, MeasuredSegment, Option, Technique, TechniqueError
 
 EVENT_COLUMNS = (
     "step",  # optimizer steps completed when the event happened
@@ -170,7 +171,6 @@ class _Pruner(Technique):
         self.event_steps: list[int] = []
         self._ctx: Context | None = None
         self._pending: _Pending | None = None
-        self._targets: dict[str, int] | None = None
         self._log: list[dict[str, float]] = []  # one dict per event (TOTAL_COLUMNS)
         self._pooled = [0.0, 0, 0.0, 0]  # Σ cum LCA removed, n removed, Σ survivors, n survivors
         self._sparsity = 0.0
@@ -276,19 +276,14 @@ class _Pruner(Technique):
 
     # -- hooks -------------------------------------------------------------------------------
     def wants_intervention(self, ctx: Context) -> bool:
-        self._finish(ctx)
+        """True at a scheduled step when some layer is below its target count (no side effect)."""
         s = self.target_sparsity(ctx.step)
-        if s is None or not self.layers:
-            return False
-        counts = self._target_counts(s)
-        self._targets = counts if self._needs_event(counts) else None
-        return self._targets is not None
+        return s is not None and bool(self.layers) and self._needs_event(self._target_counts(s))
 
     def intervene(self, ctx: Context, row: dict[str, object]) -> None:
-        if self._targets is None:  # called without wants_intervention (a notebook, a test)
-            s = self.target_sparsity(ctx.step)
-            self._targets = self._target_counts(self.opts["sparsity"] if s is None else s)
-        counts, self._targets = self._targets, None
+        self._finish(ctx, None)  # an earlier event whose segment never came back
+        s = self.target_sparsity(ctx.step)  # None: called off schedule (a notebook, a test)
+        counts = self._target_counts(self.opts["sparsity"] if s is None else s)
         params = ctx.params()
         removed = self._prune(ctx, counts)  # moves the weights; returns newly pruned masks
         stats = self._helper_stats(ctx, removed)
@@ -301,15 +296,18 @@ class _Pruner(Technique):
                 ctx.set_array(self, array_name(lay.name), self.pruned_at[lay.name])
         self._zero_state(ctx)
         self._sparsity = self._count_sparsity()
-        tracker = ctx.tracker
-        segment = len(tracker.history) if tracker is not None else None
+        segment = ctx.segments_measured if ctx.tracker is not None else None
         self._pending = _Pending(ctx.step, segment, removed, stats)
         row[self.path("sparsity")] = self.global_sparsity()
         if self.opts["recalibrate_bn"]:
             _recalibrate_bn(ctx)
+        if ctx.tracker is None:  # no segment will measure the event: record it now, cost NaN
+            self._finish(ctx, None)
+
+    def after_intervention(self, ctx: Context, measured: MeasuredSegment) -> None:
+        self._finish(ctx, measured)  # the event's segment exists now: record its cost
 
     def before_step(self, ctx: Context) -> None:
-        self._finish(ctx)  # the event's segment exists now: record its cost
         for lay in self.layers:
             g = lay.module.weight.grad
             if g is not None:
@@ -321,7 +319,7 @@ class _Pruner(Technique):
 
     def summary(self) -> dict[str, Any]:
         if self._ctx is not None:
-            self._finish(self._ctx)
+            self._finish(self._ctx, None)
         pruned = {lay.name: int((~self.masks[lay.name]).sum()) for lay in self.layers}
         costs = [e["cost"] for e in self._log]
         removed_mean = self._pooled[0] / self._pooled[1] if self._pooled[1] else math.nan
@@ -422,7 +420,7 @@ class _Pruner(Technique):
 
         Read before the event's own segment exists, so it is the weights' history up to now.
         """
-        cumulative = getattr(ctx.tracker, "cumulative", None) or {}
+        cumulative = ctx.cumulative_lca
         out = {}
         for lay in self.layers:
             rem = removed[lay.name]
@@ -444,13 +442,17 @@ class _Pruner(Technique):
             )
         return out
 
-    def _finish(self, ctx: Context) -> None:
-        """Record the last event: its LCA segment's cost per layer, then the event rows."""
+    def _finish(self, ctx: Context, measured: MeasuredSegment | None) -> None:
+        """Record the last event: its LCA segment's cost per layer, then the event rows.
+
+        ``measured`` is the event's segment; None when nobody measured it (no tracker), and the
+        costs are then NaN.
+        """
         p = self._pending
         if p is None:
             return
         self._pending = None
-        rec = getattr(ctx.tracker, "last", None)
+        rec = measured
         ok = (
             rec is not None and p.segment is not None and rec.index == p.segment
             and rec.kind == 1 and rec.label == self.name
@@ -459,11 +461,6 @@ class _Pruner(Technique):
         seg = (nan, nan, nan, nan)  # loss before, loss after, ΣA, error
         if ok:
             seg = (rec.loss_start, rec.loss_end, rec.total, rec.error)
-        else:  # another intervention came in between: the history still has the totals
-            history = getattr(ctx.tracker, "history", None) or []
-            if p.segment is not None and p.segment < len(history):
-                h = history[p.segment]
-                seg = (h["loss"] - h["lca"] - h["error"], h["loss"], h["lca"], h["error"])
         total_removed = sum(int(r.sum()) for r in p.removed.values())
         layer_cost = {}
         for lay in self.layers:
@@ -623,7 +620,7 @@ class PruneLCA(_Pruner):
     }
 
     def _scores(self, ctx: Context) -> dict[str, torch.Tensor]:
-        cumulative = getattr(ctx.tracker, "cumulative", None) or {}
+        cumulative = ctx.cumulative_lca
         out = {}
         for lay in self.layers:
             c = cumulative.get(lay.name)

@@ -63,7 +63,6 @@ class _Quantizer(Technique):
         self._codes_prev: dict[str, torch.Tensor] = {}
         self._changed: list[float] = []
         self._scales: dict[str, float] = {}
-        self._bits_written = False
 
     # -- to be defined by subclasses -------------------------------------------------------------
     def select(self, model: nn.Module) -> list[str]:
@@ -109,14 +108,10 @@ class _Quantizer(Technique):
                 out[n] = self.quantized(n, out[n])
         return out
 
-    def wants_intervention(self, ctx: Context) -> bool:
-        """Before the first step the run file is open: write the per-tensor bits once."""
-        if not self._bits_written:
-            self._bits_written = True
-            targets = set(self.targets)
-            ctx.set_array(self, "bits", [self.bits if n in targets else math.nan
-                                         for n in self._order])
-        return False
+    def begin(self, ctx: Context) -> None:
+        """The run file is open: write the per-tensor bits once."""
+        targets = set(self.targets)
+        ctx.set_array(self, "bits", [self.bits if n in targets else math.nan for n in self._order])
 
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
         params = ctx.params()

@@ -16,7 +16,7 @@ across the window and their LCA is exactly 0 there. ``no_grad`` additionally tur
 gradients: that is where the time saving comes from. LCA is unaffected, because the measurer
 builds its own leaves from the weights.
 
-The accuracy check runs in ``wants_intervention`` (before each step, always answering False),
+The accuracy check runs in ``before_forward`` (before each step's minibatch and forward pass),
 i.e. before the loop starts the step's timer, so ``steps/seconds_train`` measures training only
 and the skipped-vs-normal step times in the summary compare like with like. The check uses
 ``ctx.evaluate()`` (accuracy with the weights the forward pass uses, on at most 5,000 examples of
@@ -105,7 +105,7 @@ class WeightUpdateSkipping(Technique):
         self._target_numel = sum(params[n].numel() for n in self._targets)
         self._total_numel = sum(p.numel() for p in params.values())
 
-    def wants_intervention(self, ctx: Context) -> bool:
+    def before_forward(self, ctx: Context) -> None:
         """The per-step decision point: end a skip window or run the window's accuracy check."""
         step = ctx.step
         if self._prev_acc is None:  # baseline at the first step
@@ -119,7 +119,6 @@ class WeightUpdateSkipping(Technique):
                 self._check(ctx, step, resumed=True)
         elif step - self._last_check >= self.opts["window"]:
             self._check(ctx, step, resumed=False)
-        return False
 
     def before_step(self, ctx: Context) -> None:
         if not self._skipping:

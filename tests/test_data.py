@@ -76,6 +76,30 @@ def test_describe_is_one_line(name: str) -> None:
     assert text and "\n" not in text
 
 
+@pytest.mark.parametrize("name", sorted(set(TOY) | set(TABULAR) | {"digits"}))
+def test_info_is_what_loading_gives(name: str) -> None:
+    """``data.info`` is the one place shapes live (jobs size runs with it): it must agree with
+    the data itself."""
+    ds = data.load(name, subset=20)
+    info = data.info(name)
+    assert (info.input_shape, info.num_classes) == (ds.input_shape, ds.num_classes)
+    assert info.images == (name == "digits") and not info.on_disk
+
+
+def test_info_of_folder_datasets_needs_no_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LCA_DATA_DIR", raising=False)
+    assert data.info("MNIST").input_shape == (1, 28, 28)
+    assert data.info("cifar-10") == data.DatasetInfo((3, 32, 32), 10, images=True, on_disk=True)
+    assert data.info("fashion_mnist").on_disk
+    with pytest.raises(data.DataError):
+        data.info("imagenet")
+    # Image shapes of a flattened input: the registered one, else a square of 1 or 3 channels.
+    assert data.image_shape("mnist", 784) == (1, 28, 28)
+    assert data.image_shape("mnist", 3 * 20 * 20) == (3, 20, 20)
+    assert data.image_shape("iris", 4) is None
+    assert data.image_shape("imagenet", 784) is None
+
+
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(data.DataError) as excinfo:
         data.load("imagenet")

@@ -71,6 +71,7 @@ def report(out: Path, name: str) -> str:
     return path.read_text()
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_every_report_and_summary_written(out: Path) -> None:
     for name in EXPERIMENTS:
         md = report(out, name)
@@ -88,6 +89,7 @@ def test_every_report_and_summary_written(out: Path) -> None:
     assert "--tiny" in results  # a tiny summary says its numbers mean nothing
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_integrators_table_from_runs(out: Path) -> None:
     md = report(out, "integrators")
     files = run_files(md, out / "runs")
@@ -110,6 +112,7 @@ def test_integrators_table_from_runs(out: Path) -> None:
             assert float(row["evals/step"]) == 1
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_helped_tables_from_runs(out: Path) -> None:
     md = report(out, "helped")
     files = run_files(md, out / "runs")
@@ -131,6 +134,7 @@ def test_helped_tables_from_runs(out: Path) -> None:
         assert close(vrow["sum of < 0"], float(a[a < 0].astype(np.float64).sum()), rel=1e-3)
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_layers_totals_from_runs(out: Path) -> None:
     md = report(out, "layers")
     files = run_files(md, out / "runs")
@@ -155,6 +159,7 @@ def test_layers_totals_from_runs(out: Path) -> None:
     assert checked >= 3 + 4 + 20  # fc-mnist, LeNet and ResNet-20 modules
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_freeze_side_by_side_from_runs(out: Path) -> None:
     md = report(out, "freeze")
     files = run_files(md, out / "runs")
@@ -180,6 +185,7 @@ def test_freeze_side_by_side_from_runs(out: Path) -> None:
                          rel=1e-3)
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_synchrony_matches_the_app_metric(out: Path) -> None:
     md = report(out, "synchrony")
     files = run_files(md, out / "runs")
@@ -195,6 +201,7 @@ def test_synchrony_matches_the_app_metric(out: Path) -> None:
         assert int(row["tensors"]) == len(res.layers)
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
 def test_techniques_tables_from_runs(out: Path) -> None:
     md = report(out, "techniques")
     files = run_files(md, out / "runs")
@@ -218,6 +225,7 @@ def test_techniques_tables_from_runs(out: Path) -> None:
         assert close(wus_rows[key]["train s"], seconds, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_single_experiment_keeps_runs_beside_report(tmp_path: Path) -> None:
     from lca.experiments import synchrony as sync_experiment
 
@@ -251,6 +259,7 @@ def _fake_data(folder: Path) -> None:
         (cifar / name).write_bytes(pickle.dumps(batch))
 
 
+@pytest.mark.slow
 def test_data_dir_adds_mnist_and_cifar_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()

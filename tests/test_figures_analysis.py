@@ -342,6 +342,38 @@ def test_compare_figures():
     assert _is_empty(F.compare_layers([], {}))
 
 
+@pytest.mark.parametrize("default", ["plotly", "none"])
+def test_figures_carry_plotly_white_as_the_named_template_would(default, monkeypatch):
+    """base_layout assigns plotly_white without validating it again: the JSON sent to the
+    browser is the one ``update_layout(template="plotly_white")`` gives, whatever template is
+    plotly's default (Streamlit makes its own the default when it is imported)."""
+    import json
+
+    import plotly.io as pio
+
+    from lca.figures import common
+
+    monkeypatch.setattr(pio.templates, "default", default)
+    a = np.random.default_rng(1).normal(size=(30, 4))  # not RNG: later tests rely on its order
+
+    def build() -> list[go.Figure]:
+        return [F.layer_totals(["a", "b"], np.array([-1.0, 2.0])),  # bars
+                F.unit_heatmap(a),  # a heatmap
+                F.step_error(a[:, 0], np.arange(30) % 3 + 1),  # two y axes
+                F.empty_figure("Nothing yet.")]
+
+    figs = build()
+    monkeypatch.setattr(common, "white_template",
+                        lambda fig: fig.update_layout(template="plotly_white"))
+    for fig, named in zip(figs, build(), strict=True):
+        assert json.loads(fig.to_json()) == json.loads(named.to_json())
+        assert fig.layout.template.layout.plot_bgcolor == "white"
+    # The template is a copy: changing one figure's leaves plotly's (and the next figure's).
+    figs[0].layout.template.layout.font.color = "red"
+    assert pio.templates["plotly_white"].layout.font.color != "red"
+    assert figs[1].layout.template.layout.font.color != "red"
+
+
 def test_diverging_scale_is_green_to_red():
     assert DIVERGING[0][1] == HELPED and DIVERGING[-1][1] == HURT
 

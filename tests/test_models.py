@@ -240,7 +240,17 @@ def test_conv_init_uses_fan_in() -> None:
 # --------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize(("name", "shape"), [*_cases(), ("mlp-tanh", (2,)), ("mlp-gelu", (64,))])
+def _sgd_cases() -> list:
+    """Every case and two activations; ResNet-20's SGD steps take seconds each, so its cases are
+    marked slow."""
+    cases = [*_cases(), ("mlp-tanh", (2,)), ("mlp-gelu", (64,))]
+    return [
+        pytest.param(n, s, marks=pytest.mark.slow) if n == "resnet20" else (n, s)
+        for n, s in cases
+    ]
+
+
+@pytest.mark.parametrize(("name", "shape"), _sgd_cases())
 def test_sgd_changes_parameters_and_lowers_loss(name: str, shape: tuple[int, ...]) -> None:
     opts: dict[str, object] = dict(_small_options(name))
     if name.startswith("mlp-"):

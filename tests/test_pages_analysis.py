@@ -141,6 +141,25 @@ def test_bad_file_is_one_sentence(runs_folder):
         assert not at.get("plotly_chart")
 
 
+def test_file_that_vanishes_while_a_page_reads_it_is_one_sentence():
+    """Pages read a run piece by piece (a view, then the drill-down's rows): a file deleted or
+    replaced between two reads ends the page with its sentence, never a traceback."""
+
+    def script():
+        from pathlib import Path
+
+        from pages.shared import _render_or_explain
+
+        def render(path):
+            raise FileNotFoundError(f"{path.name} was deleted while this page read it.")
+
+        _render_or_explain(render, Path("gone.h5"))
+
+    at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["gone.h5 was deleted while this page read it."]
+
+
 def test_empty_run_is_one_sentence(runs_folder):
     import torch
 
@@ -282,10 +301,10 @@ def test_neurons_page_says_which_record_mode_is_needed(make_run, runs_folder):
 
 
 def test_compare_starts_with_the_sidebar_run(make_run, runs_folder):
-    for name in ("old.h5", "mid.h5", "new.h5"):
+    now = time.time()
+    for age, name in ((120, "old.h5"), (60, "mid.h5"), (0, "new.h5")):
         copy_full(make_run, runs_folder, name)
-        os.utime(runs_folder / name)  # list order: newest first
-        time.sleep(0.02)
+        os.utime(runs_folder / name, (now - age, now - age))  # list order: newest first
     at = ok(page("compare", "old.h5").run())
     assert at.multiselect(key="compare").value == ["old.h5", "new.h5"]
 

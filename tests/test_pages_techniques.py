@@ -10,33 +10,37 @@ import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from lca import views
 from lca.figures import (
     HELPED,
     HURT,
     STILL,
-    PruneEvent,
-    PruneSplit,
     amp_scale_figure,
     bits_figure,
-    gather,
     helper_removal_figure,
     helper_share_figure,
     intervals,
     module_of,
-    no_technique_sentence,
-    prune_events,
     prune_events_figure,
-    prune_split,
     prune_split_figure,
-    pruned_history,
     series_figure,
     technique_heatmap_figure,
     technique_layer_lines_figure,
     technique_loss_figure,
+)
+from lca.figures import prune as pf
+from lca.store import Reader
+from lca.views import (
+    PruneEvent,
+    PruneSplit,
+    gather,
+    no_technique_sentence,
+    prune_events,
+    prune_split,
+    pruned_history,
     technique_summaries,
 )
-from lca.figures import techniques as tf
-from lca.store import Reader
+from lca.views import prune as vp
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques_used.py")
 
@@ -131,7 +135,7 @@ def test_prune_split_figure_colours_by_sign_and_patterns_by_part():
     split = PruneSplit(["fc1", "out"], np.array([0.02, -0.01]), np.array([-0.005, 0.0]),
                        np.array([0.0, 0.001]), "events")
     fig = prune_split_figure(split)
-    assert [t.name for t in fig.data] == [tf._PART_LABELS[p] for p in
+    assert [t.name for t in fig.data] == [pf._PART_LABELS[p] for p in
                                           ("removed", "compensated", "rest")]
     assert list(fig.data[0].marker.color) == [HURT, HELPED]
     assert list(fig.data[1].marker.color) == [HELPED, STILL]
@@ -194,6 +198,18 @@ def test_amp_bits_and_series_figures():
 # -- readers on real runs ---------------------------------------------------------------------
 
 
+def test_readers_moved_to_views_keep_their_old_names():
+    """Notebooks that read through ``lca.figures`` (``F.gather(r)``) keep working."""
+    from lca import figures as F
+
+    for name in ("gather", "prune_events", "prune_split", "pruned_history", "PruneEvent",
+                 "technique_summaries", "reported_rows", "no_technique_sentence",
+                 "infer_image_shape", "IMAGE_DATASETS"):
+        assert getattr(F, name) is getattr(views, name), name
+    with pytest.raises(AttributeError):
+        F.no_such_figure  # noqa: B018
+
+
 def test_gather_finds_skip_windows_and_prune_events(tech_run):
     with Reader(tech_run) as r:
         d = gather(r)
@@ -218,7 +234,7 @@ def test_prune_split_totals_and_fallbacks(tech_run, monkeypatch):
         assert split.removed.sum() == pytest.approx(event.cost_removed, rel=1e-6)
         assert split.removed.sum() > 0  # removing weights raised the loss
         # Without the technique's table the per-weight LCA gives the same split.
-        monkeypatch.setattr(tf, "_events", lambda *a, **k: None)
+        monkeypatch.setattr(vp, "_events", lambda *a, **k: None)
         by_weight = prune_split(r, event)
         assert by_weight.source == "weights"
         np.testing.assert_allclose(by_weight.removed, split.removed, rtol=1e-5, atol=1e-9)
@@ -260,7 +276,7 @@ def test_summaries_say_what_each_technique_saved(tech_run, misc_run):
 
 
 def test_reported_rows_word_each_techniques_own_summary(tech_run):
-    rows = tf.reported_rows({"wus": {"fraction_steps_skipped": 0.1, "seconds_step_normal": 0.002,
+    rows = views.reported_rows({"wus": {"fraction_steps_skipped": 0.1, "seconds_step_normal": 0.002,
                                      "steps": 200, "grad_scaler": True},
                              "quantize": {"sparsity_per_layer": {"fc1.weight": 0.5},
                                           "compression": 6.9598, "event_steps": [60, 90]}})
@@ -271,7 +287,7 @@ def test_reported_rows_word_each_techniques_own_summary(tech_run):
                   ("quantize", "sparsity per layer"): "fc1.weight 50.0%",
                   ("quantize", "compression"): "6.96", ("quantize", "event steps"): "60, 90"}
     with Reader(tech_run) as r:  # a real run stores what each technique reported at its end
-        names = {row["technique"] for row in tf.reported_rows(r.technique_summaries())}
+        names = {row["technique"] for row in views.reported_rows(r.technique_summaries())}
     assert names == {"wus", "prune-magnitude"}
 
 

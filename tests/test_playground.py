@@ -1,7 +1,11 @@
-"""The classroom playground: engine (determinism, LCA bookkeeping), figures, and the page."""
+"""The classroom playground: the Python reference engine (determinism, LCA bookkeeping), its
+figures, and the page that hands the browser component its settings and keeps them in the URL.
+
+The component's own numbers (training and LCA in JS) are tested in test_playground_js.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,7 @@ def trained() -> Playground:
 # -- engine -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_session_different_seed_differs():
     a = Playground(Settings(dataset="xor", seed=5))
     b = Playground(Settings(dataset="xor", seed=5))
@@ -249,83 +254,82 @@ def _app(params: dict[str, str] | None = None) -> AppTest:
     return at.run()
 
 
-def _engine(at: AppTest) -> Playground:
-    return at.session_state["pg_engine"]
+def _args(at: AppTest) -> dict:
+    """What the page handed the browser component on its last run."""
+    comps = at.get("component_instance")
+    assert len(comps) == 1
+    return json.loads(comps[0].proto.json_args)
 
 
-def test_page_renders_steps_plays_and_resets():
-    at = _app()
+def _report(at: AppTest, **settings: str) -> AppTest:
+    """The component reports changed settings (what streamlit:setComponentValue does)."""
+    at.session_state["pg"] = settings
+    return at.run()
+
+
+def test_page_hands_url_settings_to_the_component():
+    at = _app({"dataset": "spiral", "hidden": "8, 8", "lr": "0.10", "activation": "relu",
+               "seed": "7", "speed": "max", "features": "x2,x1sq,x1", "reg": "L2",
+               "test": "true"})
+    assert not at.exception and not at.warning
+    args = _args(at)
+    s = args["settings"]
+    assert (s["dataset"], s["hidden"], s["lr"], s["activation"], s["seed"]) == (
+        "spiral", "8,8", "0.1", "relu", "7")
+    assert (s["speed"], s["features"], s["reg"], s["test"]) == ("max", "x1,x2,x1sq", "L2", "1")
+    assert s["noise"] == "0.05" and s["view"] == "whole session"  # absent: the defaults
+    assert args["hide"] == []
+    assert "0.1" in args["options"]["lr"] and "max" in args["options"]["speed"]
+    # The server trains nothing: no engine, no figures, no timer in this session.
+    assert "pg_engine" not in at.session_state
+    assert not at.get("plotly_chart")
+
+
+def test_settings_the_component_reports_go_to_the_url():
+    at = _app({"run": "mine.h5", "seed": "3", "batch": "lots"})
+    assert len(at.warning) == 1
+    _report(at, dataset="moons", lr="0.1", noise="7", seed="0", view="recent steps",
+            features="x1,x2,sin1", evil="<script>")
+    qp = dict(at.query_params)
+    assert qp["dataset"] == "moons" and qp["lr"] == "0.1" and qp["view"] == "recent steps"
+    assert qp["features"] == "x1,x2,sin1"
+    assert "seed" not in qp  # back to the default: the address drops it
+    assert "noise" not in qp and "evil" not in qp  # not allowed: ignored, never trusted
+    assert qp["run"] == "mine.h5"  # other pages' parameters are left alone
+    assert "batch" not in qp and not at.warning  # the address is clean again, in this run
     assert not at.exception
-    assert [b.label for b in at.button] == ["Play", "Step", "Reset"]
-    charts = at.get("plotly_chart")
-    assert len(charts) == 5
-    assert "data" in charts[0].proto.spec  # figure JSON readable
-    assert _engine(at).steps == 0
-
-    at.button(key="pg_step").click().run()
-    assert _engine(at).steps == 1
-
-    at.button(key="pg_play").click().run()
-    assert at.session_state["pg_playing"] is True
-    assert at.button(key="pg_play").label == "Pause"
-    assert _engine(at).steps == 1 + 5  # the playing fragment ran one tick of `speed` steps
-    at.button(key="pg_play").click().run()
-    assert at.session_state["pg_playing"] is False
-    steps = _engine(at).steps
-    at.run()
-    assert _engine(at).steps == steps  # paused: a rerun does not train
-
-    at.button(key="pg_reset").click().run()
-    assert _engine(at).steps == 0 and not at.exception
+    assert _args(at)["settings"]["dataset"] == "moons"
+    # The teacher link follows what the student set.
+    assert "dataset=moons" in at.code[0].value and "seed=" not in at.code[0].value
 
 
-def test_new_data_set_while_playing_stops_and_says_play():
-    """The button must tell the truth: after a rebuild nothing plays, so it reads Play."""
-    at = _app()
-    at.button(key="pg_play").click().run()
-    assert at.button(key="pg_play").label == "Pause"
-    at.selectbox(key="dataset").select("xor").run()
-    assert at.session_state["pg_playing"] is False and _engine(at).steps == 0
-    assert at.button(key="pg_play").label == "Play"
-    assert any("starts again" in t.value for t in at.toast)
-    at.button(key="pg_play").click().run()  # one press plays again
-    assert at.session_state["pg_playing"] is True and _engine(at).steps == 5
-
-
-def test_page_reads_settings_from_the_url():
-    at = _app({"dataset": "spiral", "hidden": "8,8", "lr": "0.1", "activation": "relu",
-               "seed": "7", "speed": "20"})
+def test_hidden_controls_are_passed_and_lock_hides_everything():
+    at = _app({"hide": "dataset,lr,bogus", "dataset": "xor", "lr": "0.3"})
     assert not at.exception
-    s = _engine(at).settings
-    assert (s.dataset, s.hidden, s.lr, s.activation, s.seed) == ("spiral", (8, 8), 0.1, "relu",
-                                                                  7)
-    assert at.selectbox(key="dataset").value == "spiral"
-    at.button(key="pg_play").click().run()
-    assert _engine(at).steps == 20
-
-
-def test_hidden_controls_are_not_rendered_but_keep_url_values():
-    at = _app({"hide": "dataset,lr", "dataset": "xor", "lr": "0.3"})
-    assert not at.exception
-    labels = [w.label for w in [*at.selectbox, *at.select_slider, *at.slider]]
-    assert "Data set" not in labels and "Learning rate" not in labels
-    assert "Activation" in labels and "Noise" in labels
-    s = _engine(at).settings
-    assert s.dataset == "xor" and s.lr == 0.3
+    args = _args(at)
+    assert args["hide"] == ["dataset", "lr"]
+    assert args["settings"]["dataset"] == "xor" and args["settings"]["lr"] == "0.3"
+    assert at.expander  # the teacher link helper is still there
 
     locked = _app({"lock": "1", "dataset": "gauss"})
     assert not locked.exception
-    assert not locked.selectbox and not locked.slider and not locked.text_input
-    assert [b.label for b in locked.button] == ["Play", "Step", "Reset"]
-    assert not locked.expander  # no teacher-link helper for students
-    assert _engine(locked).settings.dataset == "gauss"
+    args = _args(locked)
+    assert set(args["hide"]) == set(_args(at)["settings"])  # every setting is hidden
+    assert args["settings"]["dataset"] == "gauss"
+    assert not locked.expander and not locked.multiselect  # no teacher helper for students
+    assert _args(_app({"hide": "all"}))["hide"] == args["hide"]
 
 
-def test_bad_hidden_layers_text_gives_one_sentence():
-    at = _app({"hidden": "4,x"})
+def test_bad_url_values_give_one_sentence_each():
+    at = _app({"hidden": "4,x", "lr": "5", "train": "95"})
     assert not at.exception
-    assert at.warning and "4,x" in at.warning[0].value
-    assert _engine(at).settings.hidden == (4, 4)
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 3
+    assert any("4,x" in w for w in warnings)
+    assert any("'5'" in w and "0.03" in w for w in warnings)
+    assert all(w.endswith(".") and "\n" not in w and w.count(". ") <= 1 for w in warnings)
+    s = _args(at)["settings"]
+    assert (s["hidden"], s["lr"], s["train"]) == ("4,4", "0.03", "50")
 
 
 def test_share_link_lists_non_default_settings():
@@ -333,3 +337,5 @@ def test_share_link_lists_non_default_settings():
     codes = [c.value for c in at.code]
     assert codes and "dataset=moons" in codes[0] and "noise=0.1" in codes[0]
     assert "lr=" not in codes[0]  # defaults stay out of the link
+    at.checkbox(key="pg_lock_choice").check().run()
+    assert "lock=1" in at.code[0].value

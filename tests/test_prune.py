@@ -1,8 +1,9 @@
 """Tests for the pruning techniques (techniques/prune.py) and the L-OBS maths (techniques/lobs.py).
 
 Most tests drive the plugin hooks in a small hand-written loop that calls them in the order
-``lca/train.py`` does (wants_intervention/intervene inside ``tracker.intervention`` before the
-step, before_step after backward, after_step inside ``tracker.step``), so they can look at the
+``lca/train.py`` does (wants_intervention/intervene inside ``tracker.intervention`` and then
+after_intervention before the step, before_forward, before_step after backward, after_step inside
+``tracker.step``), so they can look at the
 optimizer state and at what the technique writes through a fake writer. Two tests run the real
 loop. Everything is small: digits, an MLP, ~300 measurement examples.
 """
@@ -110,10 +111,12 @@ def loop(
             if tracker is not None:
                 with tracker.intervention(tech.name) as row:
                     tech.intervene(ctx, row)
+                tech.after_intervention(ctx, tracker.last)
             else:
                 tech.intervene(ctx, {})
             if on_event is not None:
                 on_event(ctx, "after")
+        tech.before_forward(ctx)
         idx = torch.randint(0, len(x), (64,), generator=g)
         loss = loss_fn(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
@@ -173,6 +176,7 @@ def _one_sentence(msg: str) -> None:
     assert ". " not in msg[:-1], msg
 
 
+@pytest.mark.slow
 def test_bad_layers_and_unsupported_layers_fail_at_setup(digits) -> None:
     x, y = digits
     model = make_model()
@@ -434,6 +438,7 @@ def test_conv_im2col_rows_reproduce_the_convolution() -> None:
     torch.testing.assert_close(out.float(), conv(x).flatten(2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lobs_prunes_conv_layers(digits) -> None:
     x, y = digits
     torch.manual_seed(0)
@@ -453,10 +458,10 @@ def test_lobs_prunes_conv_layers(digits) -> None:
 def _capture_event_records(monkeypatch, cls) -> list:
     """Per prune event: (tracker record of its segment, params before, params after).
 
-    The record is the tracker's ``last`` when the hook after the event runs.
+    The record is the segment ``after_intervention`` receives.
     """
     seen: list = []
-    original_intervene, original_before_step = cls.intervene, cls.before_step
+    original_intervene, original_after = cls.intervene, cls.after_intervention
 
     def params(ctx):
         return {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
@@ -466,14 +471,13 @@ def _capture_event_records(monkeypatch, cls) -> list:
         original_intervene(self, ctx, row)
         seen.append([None, before, params(ctx)])
 
-    def before_step(self, ctx):
-        last = ctx.tracker.last
-        if seen and seen[-1][0] is None and last.kind == KIND_INTERVENTION:
-            seen[-1][0] = last
-        original_before_step(self, ctx)
+    def after_intervention(self, ctx, measured):
+        assert measured is ctx.last_segment and measured.kind == KIND_INTERVENTION
+        seen[-1][0] = measured
+        original_after(self, ctx, measured)
 
     monkeypatch.setattr(cls, "intervene", intervene)
-    monkeypatch.setattr(cls, "before_step", before_step)
+    monkeypatch.setattr(cls, "after_intervention", after_intervention)
     return seen
 
 
@@ -514,6 +518,7 @@ def test_prune_event_is_its_own_lca_segment(monkeypatch) -> None:
             assert torch.all(a == 0)
 
 
+@pytest.mark.slow
 def test_lobs_event_moves_only_its_layer(monkeypatch) -> None:
     seen = _capture_event_records(monkeypatch, prune.PruneLOBS)
     config = RunConfig(
@@ -646,6 +651,7 @@ def test_prune_lca_removes_the_highest_cumulative_lca(digits, scope: str) -> Non
 # --------------------------------------------------------------------------- defaults work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "model"),
     [("prune-magnitude", "mlp"), ("prune-lca", "mlp"), ("prune-lobs", "mlp"),
@@ -660,7 +666,9 @@ def test_defaults_work(name: str, model: str) -> None:
     assert math.isfinite(s["cost_total"]) and math.isfinite(s["helper_removal_ratio"])
 
 
-@pytest.mark.parametrize("name", ["prune-magnitude", "prune-lobs"])
+@pytest.mark.parametrize(
+    "name", ["prune-magnitude", pytest.param("prune-lobs", marks=pytest.mark.slow)]
+)
 def test_batchnorm_statistics(digits, name: str) -> None:
     """L-OBS's input pass never touches running statistics; ``recalibrate_bn`` re-estimates them."""
     x, y = digits

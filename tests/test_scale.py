@@ -8,9 +8,11 @@ which rank writes. Runs are tiny so the whole file stays well under a minute and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,26 +50,44 @@ TINY_FLAGS = [
 ]  # fmt: skip
 
 
+# Threads per process, for the subprocesses (each torchrun rank) and for the in-process reference
+# runs alike: a matmul's float rounding depends on how many threads split its sums, so a
+# reference with another thread count trains weights that differ in the last bits (3.7e-9).
+THREADS = 1
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCH_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
+    env["OMP_NUM_THREADS"] = str(THREADS)
     return env
 
 
-def _lca(*args: str, ranks: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m lca ARGS``, or under ``torchrun --standalone --nproc-per-node ranks``."""
+@contextlib.contextmanager
+def rank_threads() -> Iterator[None]:
+    """This process computes with ``THREADS`` threads inside the block, as each rank does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+HANG_S = 900  # bounds only a hung subprocess; a slow, busy machine never comes near it
+
+
+def _lca(processes, *args: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    """``python -m lca ARGS``, or under ``torchrun --standalone --nproc-per-node ranks``; the
+    ``processes`` fixture ends it and its ranks (one process group) whatever happens."""
     launcher = [sys.executable]
     if ranks > 1:  # --standalone: a free local port, so parallel test runs never collide
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-    return subprocess.run(
-        [*launcher, "-m", "lca", *args],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    cmd = [*launcher, "-m", "lca", *args]
+    proc = processes.start(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=HANG_S)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def _assert_same_lca(a: Path, b: Path, tol: float = TOL) -> float:
@@ -90,7 +110,8 @@ def online(tmp_path_factory) -> Path:
     from lca.train import run
 
     path = tmp_path_factory.mktemp("online") / "online.h5"
-    result = run(RunConfig.from_dict({**TINY, "save_weights": True}), out=path)
+    with rank_threads():  # the torchrun test compares its ranks' weights with these bit for bit
+        result = run(RunConfig.from_dict({**TINY, "save_weights": True}), out=path)
     assert result.status == "complete"
     return path
 
@@ -166,6 +187,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_no_tf32_switches_both_apis_off_and_restores_them():
     # A caller who set TF32 through PyTorch's newer fp32_precision API made the legacy
     # allow_tf32 getter raise, so measuring crashed; measuring must neither crash nor leave TF32
@@ -173,7 +195,7 @@ def test_no_tf32_switches_both_apis_off_and_restores_them():
     # CPU builds too) in a subprocess, so this test process's flags are never touched.
     proc = subprocess.run(
         [sys.executable, "-c", _TF32_CHECK], cwd=ROOT, env=_env(), capture_output=True,
-        text=True, timeout=60,
+        text=True, timeout=HANG_S,
     )  # fmt: skip
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -209,6 +231,7 @@ def _sharded_worker(rank: int, world: int, init: str, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns two gloo ranks
 def test_sharded_measurer_equals_one_process(tmp_path):
     import torch.multiprocessing as mp
 
@@ -230,14 +253,16 @@ def test_sharded_measurer_equals_one_process(tmp_path):
             assert relative_difference(r["grads"][n].numpy(), grads[n].numpy()) <= TOL
 
 
-def test_torchrun_two_ranks_equal_one_process_and_only_rank0_writes(online, tmp_path):
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_and_only_rank0_writes(online, tmp_path, processes):
     out = tmp_path / "ranks2.h5"
-    proc = _lca("train", *TINY_FLAGS, "--save-weights", "--out", str(out), ranks=2)
+    proc = _lca(processes, "train", *TINY_FLAGS, "--save-weights", "--out", str(out), ranks=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("complete:") == 1  # one report, from rank 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks2.h5"]  # nothing else written
     _assert_same_lca(online, out)
-    with Reader(online) as a, Reader(out) as b:  # training itself is identical, bit for bit
+    # Training itself is identical, bit for bit: each rank and the reference use THREADS threads.
+    with Reader(online) as a, Reader(out) as b:
         for n in a.names:
             np.testing.assert_array_equal(b.series(f"{WEIGHTS}/{n}"), a.series(f"{WEIGHTS}/{n}"))
 
@@ -249,7 +274,8 @@ def test_torchrun_two_ranks_equal_one_process_and_only_rank0_writes(online, tmp_
 def test_saved_weights_are_the_trajectory(online):
     from lca.train import run
 
-    result = run(RunConfig.from_dict({**TINY, "save_weights": True}), out=None)
+    with rank_threads():  # as the reference was made: the same float rounding
+        result = run(RunConfig.from_dict({**TINY, "save_weights": True}), out=None)
     final = dict(result.tracker.model.named_parameters())
     with Reader(online) as r:
         assert has_weights(r)
@@ -275,9 +301,11 @@ def test_posthoc_equals_online(online, tmp_path):
         np.testing.assert_array_equal(b.events("eval")["test_acc"], a.events("eval")["test_acc"])
 
 
-def test_posthoc_on_two_ranks_by_step_range(online, tmp_path):
+@pytest.mark.slow
+def test_posthoc_on_two_ranks_by_step_range(online, tmp_path, processes):
     out = tmp_path / "post2.h5"
-    proc = _lca("allocate", str(online), "--out", str(out), "--compare", "--quiet", ranks=2)
+    proc = _lca(processes, "allocate", str(online), "--out", str(out), "--compare", "--quiet",
+                ranks=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 processes" in proc.stdout and "max relative difference" in proc.stdout
     _assert_same_lca(online, out)

@@ -330,51 +330,63 @@ def test_plain_h5py_sees_the_schema(runs):
 
 WRITER_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys
     import torch
     from torch import nn
     sys.path.insert(0, {root!r})
     import lca
 
-    path, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    path, steps, pause_every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)
     x, y = torch.randn(200, 6), torch.randint(0, 3, (200,))
     model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     writer = lca.Writer(path, record="full", chunk_rows=4, flush_seconds=0.05)
     tracker = lca.Tracker(model, nn.functional.cross_entropy, (x, y), writer=writer)
-    for step in range(steps):
+    for step in range(1, steps + 1):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
         with tracker.step():
             opt.step()
-        time.sleep(pause)
+        if pause_every and step % pause_every == 0 and step < steps:
+            writer.flush()  # every step so far is visible; wait until the reader has looked
+            print(step, flush=True)
+            sys.stdin.readline()
     tracker.close()
     """
 )
 
 
-def _start_writer(tmp_path: Path, name: str, steps: int, pause: float):
+def _start_writer(processes, tmp_path: Path, name: str, steps: int, pause_every: int = 0):
+    """The writer script in a subprocess; with ``pause_every`` it stops after every that many
+    steps, prints the step count and waits for a line on its stdin."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER_SCRIPT.format(root=str(ROOT)))
     path = tmp_path / name
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(path), str(steps), str(pause)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    with open(tmp_path / f"{name}.stderr", "wb") as err:
+        proc = processes.start(
+            [sys.executable, str(script), str(path), str(steps), str(pause_every)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+        )
     return proc, path
 
 
+def _writer_error(proc: subprocess.Popen, tmp_path: Path, name: str) -> str:
+    proc.wait()
+    err = (tmp_path / f"{name}.stderr").read_text()[-2000:]
+    return f"writer ended (rc {proc.returncode}): {err}"
+
+
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen):
+    """Poll ``predicate`` until true; ``timeout`` only bounds a writer that is stuck."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         if proc.poll() is not None and proc.returncode != 0:
-            raise AssertionError(f"writer failed: {proc.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"writer failed with rc {proc.returncode}")
         time.sleep(0.05)
-    proc.kill()
     raise AssertionError("timed out waiting for the writer")
 
 
@@ -389,55 +401,55 @@ def _per_step_lengths(path: Path) -> dict[str, int]:
     return out
 
 
-def test_reader_in_another_process_sees_steps_grow(tmp_path):
-    proc, path = _start_writer(tmp_path, "live.h5", steps=40, pause=0.03)
+@pytest.mark.slow
+def test_reader_in_another_process_sees_steps_grow(tmp_path, processes):
+    name = "live.h5"
+    proc, path = _start_writer(processes, tmp_path, name, steps=40, pause_every=10)
+    seen = []
+    reader = None
     try:
-        _wait_for(path.exists, 60, proc)  # appears atomically, already in SWMR mode
-        seen = []
-        with open_run(path) as r:
-            assert r.status in ("running", "complete")
-
-            def finished():
-                t = r.refresh()
-                # every array agrees on T at every moment a reader can see
-                assert len(r.steps("loss")) == t + 1
-                assert r.layer_lca().shape[0] == t and len(r.steps("label")) == t
-                assert r.param_lca("2.weight").shape[0] == t
-                if r.status == "running":
-                    seen.append(t)
-                return r.status != "running"
-
-            _wait_for(finished, 90, proc)
-            assert r.status == "complete" and r.num_steps == 40
-        assert proc.wait(30) == 0
+        for pause in (10, 20, 30):  # the writer waits at each pause until we have looked
+            line = proc.stdout.readline().decode().strip()
+            assert line == str(pause), _writer_error(proc, tmp_path, name)
+            if reader is None:  # the file appeared atomically, already in SWMR mode
+                reader = open_run(path)
+            t = reader.refresh()
+            # every array agrees on T at every moment a reader can see
+            assert len(reader.steps("loss")) == t + 1
+            assert reader.layer_lca().shape[0] == t and len(reader.steps("label")) == t
+            assert reader.param_lca("2.weight").shape[0] == t
+            assert reader.status == "running" and t == pause
+            seen.append(t)
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        assert proc.wait() == 0, _writer_error(proc, tmp_path, name)
+        reader.refresh()
+        assert reader.status == "complete" and reader.num_steps == 40
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert len(set(seen)) >= 3, f"the reader saw too few distinct lengths while live: {seen}"
-    assert seen == sorted(seen)
+        if reader is not None:
+            reader.close()
+    assert seen == [10, 20, 30]
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory):
+def killed_run(tmp_path_factory, module_processes):
     """A run file whose writer was SIGKILLed mid-run (a copy is made per test)."""
     folder = tmp_path_factory.mktemp("killed")
-    proc, path = _start_writer(folder, "killed.h5", steps=100_000, pause=0.0)
-    try:
-        def long_enough():
-            if not path.exists():
-                return False
-            with open_run(path) as r:
-                return r.num_steps >= 10
-        _wait_for(long_enough, 90, proc)
-        time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, path = _start_writer(module_processes, folder, "killed.h5", steps=100_000)
+
+    def long_enough():
+        if not path.exists():
+            return False
+        with open_run(path) as r:
+            return r.num_steps >= 10
+
+    _wait_for(long_enough, 90, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     return path
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_a_readable_consistent_file(killed_run, tmp_path):
     path = tmp_path / "k.h5"
     shutil.copy(killed_run, path)
@@ -469,6 +481,7 @@ def test_killed_writer_leaves_a_readable_consistent_file(killed_run, tmp_path):
     assert "already clean" in again and "\n" not in again
 
 
+@pytest.mark.slow
 def test_recover_falls_back_to_copying(killed_run, tmp_path, monkeypatch):
     path = tmp_path / "k2.h5"
     shutil.copy(killed_run, path)

@@ -169,6 +169,7 @@ WUS_FORCED = {"name": "wus", "window": 5, "warmup": 0, "threshold": 10.0, "patie
 SKIPPED = set(range(5, 15)) | set(range(20, 30)) | set(range(35, 40))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("optimizer", "no_grad"), [("momentum", True), ("adam", False)])
 def test_wus_skips_weights_bit_for_bit(train, optimizer, no_grad):
     result, w, probe = train(config(
@@ -214,6 +215,7 @@ def test_wus_waits_for_warmup_and_patience(train):
     assert {t for t, s in enumerate(skipping) if s} == set(range(20, 30))
 
 
+@pytest.mark.slow
 def test_wus_lr_lowers_the_learning_rate_on_a_plateau(train):
     result, w, _ = train(config([{**WUS_FORCED, "name": "wus-lr", "lr_patience": 1,
                                   "factor": 0.5, "min_factor": 0.25}]))
@@ -268,6 +270,7 @@ def test_freeze_unknown_layer_names_the_layers():
 # Mixed precision.
 
 
+@pytest.mark.slow
 def test_amp_bf16_on_cpu_records_and_conserves(train):
     result, w, _ = train(config([{"name": "amp"}], steps=30, method="rk4-adaptive"))
     assert result.summaries["amp"]["dtype"] == "bf16"
@@ -282,6 +285,7 @@ def test_amp_bf16_on_cpu_records_and_conserves(train):
                            rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_amp_fp16_grad_scaler_skips_overflowing_steps(train):
     # A huge initial scale makes the fp16 gradients overflow: the scaler skips those steps and
     # halves the scale until they fit (fp16 autocast and GradScaler("cpu") work on CPU too).
@@ -406,6 +410,7 @@ def test_binary_and_ternary_take_two_and_three_values():
         assert torch.equal(eff[n] != 0, keep)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     {"name": "quantize"},
     {"name": "quantize", "rounding": "stochastic"},  # 4-bit stochastic needs up to 16 panels
@@ -450,6 +455,7 @@ def test_compress_loss_term_matches_an_independent_sum():
     assert params["fc1.weight"].grad is not None and params["fc1.bias"].grad is None
 
 
+@pytest.mark.slow
 def test_compress_lowers_the_regularizer_relative_to_baseline(train):
     result, w, _ = train(config([{"name": "compress", "strength": 0.05}], steps=50))
     base, _, _ = train(config([], steps=50))
@@ -470,6 +476,7 @@ def test_compress_lowers_the_regularizer_relative_to_baseline(train):
 # Everything together, options, registry.
 
 
+@pytest.mark.slow
 def test_techniques_combine(train):
     techs = [
         {"name": "freeze", "layers": "out", "start": 5},
@@ -543,5 +550,5 @@ def test_registered_with_documented_options(name):
     assert cls.description and "\n" not in cls.description
     for key, opt in cls.options.items():
         assert opt.help, key
-        assert opt.parse(name, key, opt.default) == opt.default  # defaults are valid values
+        assert opt.parse(opt.default, key) == opt.default  # defaults are valid values
     assert ("reconstructed" in techniques.describe(name)) == name.startswith("wus")

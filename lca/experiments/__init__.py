@@ -45,6 +45,8 @@ EXPERIMENTS: dict[str, str] = {
                  "circular-shift null)",
     "techniques": "weight update skipping vs baseline (time, accuracy) and magnitude vs L-OBS "
                   "vs LCA-guided pruning at equal sparsity",
+    "precision": "per-tensor fixed point: the loss cost of rounding (LCA of the rounding leg) "
+                 "per layer, stochastic vs nearest, analytic precisions vs uniform 8 bits",
 }
 DEFAULT_OUT = Path("docs/results")
 DEFAULT_RUNS = Path("artifacts/experiment-runs")  # gitignored: run files are never committed

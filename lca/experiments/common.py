@@ -184,7 +184,7 @@ class ExperimentContext:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
-                result = run(config, out=path)
+                result = run(config, out=path, overwrite=True)  # our own cache file
             except TrainingError as e:
                 raise ExperimentError(f"Run {label!r} could not start: {e}") from None
             if result.status != "complete":

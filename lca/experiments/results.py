@@ -31,8 +31,10 @@ PAPER = {
     "wus": "54% (WUS) / 50% (WUS+LR) training time saved, CIFAR-10 on CPU "
            "(Safayenikoo & Akturk 2020)",
     "pruning": "no paper compared magnitude, L-OBS and LCA-guided pruning",
+    "precision": "Sakr & Shanbhag 2019: analytic precisions track float; no paper measured "
+                 "the loss cost of rounding with LCA",
 }
-ORDER = ("integrators", "helped", "layers", "freeze", "synchrony", "techniques")
+ORDER = ("integrators", "helped", "layers", "freeze", "synchrony", "techniques", "precision")
 
 
 def load(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -272,6 +274,15 @@ def _techniques(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
                      f"{pct(v['test_acc_final'])}%", link])
 
 
+def _precision(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
+    p = f["precision"]
+    for label, v in p["runs"].items():
+        rows.append([f"fixed point, {label} (mlp, digits)", PAPER["precision"],
+                     f"final loss {fmt(v['loss_final'])} (float {fmt(p['float']['loss_final'])}),"
+                     f" rounding LCA {sci(v['rounding_lca'])}, updates lost "
+                     f"{pct(v['updates_lost'])}%", link])
+
+
 _SECTIONS = {
     "integrators": _integrators,
     "helped": _helped,
@@ -279,4 +290,5 @@ _SECTIONS = {
     "freeze": _freeze,
     "synchrony": _synchrony,
     "techniques": _techniques,
+    "precision": _precision,
 }

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .analysis import step_axis
+from lca.segments import step_axis
+
 from .common import HELPED, HURT, base_layout, empty_figure, series_color, sign_colors
 
 __all__ = [

@@ -21,8 +21,9 @@ The package has one module per job: ``schema`` (layout, dtypes, size estimate), 
 
 from ..downsample import block_starts, block_sum, downsample_to_cells
 from . import filecheck
+from .lock import RunBusyError
 from .reader import Reader, open_run
-from .recovery import _lookup3, _writer_alive, recover  # noqa: F401 - used by tests and pages
+from .recovery import _lookup3, recover  # noqa: F401 - used by tests
 from .schema import (
     FORMAT,
     RECORD_MODES,
@@ -34,15 +35,17 @@ from .schema import (
     estimate_bytes,
     human_bytes,
 )
-from .writer import Writer
+from .writer import DiskFullError, Writer
 
 __all__ = [
+    "DiskFullError",
     "FORMAT",
     "RECORD_MODES",
     "SCHEMA_VERSION",
     "STATUSES",
     "STEP_FIELDS",
     "Reader",
+    "RunBusyError",
     "RunFileError",
     "RunTooLargeError",
     "Writer",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ import h5py
 import numpy as np
 
 from . import filecheck
+from .lock import held, is_hdf5_lock_error, open_elsewhere_sentence
 from .reader import _check_header, _check_path, _is_flag_error, _short
 from .schema import LIBVER, RunFileError, _decode
 
@@ -96,23 +96,6 @@ def _clear_open_flags(path: Path) -> bool:
     return True
 
 
-def _writer_alive(attrs: dict[str, Any]) -> int | None:
-    pid = attrs.get("writer_pid")
-    if not isinstance(pid, int) or pid <= 0 or attrs.get("writer_host") != socket.gethostname():
-        return None
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    except OSError:
-        return None
-    return pid
-
-
 def _repair(f: h5py.File, name: str) -> str:
     """Trim every per-step dataset of an open (r+) run to the last whole step; finish it."""
     status = _decode(f["status"][()]).rstrip("\x00")
@@ -186,27 +169,34 @@ def recover(path: str | os.PathLike[str], *, force: bool = False) -> str:
 
     Keeps the last whole step (the shortest per-step dataset, with loss one longer), trims
     everything else to it, recomputes the per-weight totals in full mode, turns status "running"
-    into "interrupted" and closes the file normally. A clean file is left as it is. A file whose
-    writer process still runs on this machine is refused unless ``force``.
+    into "interrupted" and closes the file normally. A clean file is left as it is. A file a
+    writer still holds (its lock, see ``lock.py``) is refused, ``force`` or not: repairing under
+    a live writer would lose steps.
     """
     p = Path(path)
-    name = p.name
     _check_path(p)
     filecheck.check(p)  # read only from itself, bounded: before anything is read or written
-    attrs: dict[str, Any] = {}
-    status, readable = "?", True
+    with held(p, doing="recover"):  # RunBusyError, naming the writer, while one holds it
+        return _recover(p, force=force)
+
+
+def _recover(p: Path, *, force: bool) -> str:
+    name = p.name
+    readable = True
     try:
         with h5py.File(p, "r", swmr=True) as g:  # what a killed SWMR writer leaves can be read
             _check_header(g, name)
-            attrs = {k: _decode(v) for k, v in g.attrs.items()}
-            status = _decode(g["status"][()]).rstrip("\x00") if "status" in g else "?"
     except OSError as e:
+        if is_hdf5_lock_error(e):
+            raise RunFileError(open_elsewhere_sentence(p, "recover")) from None
         if not _is_flag_error(e):
             raise RunFileError(f"{name!r} could not be opened for repair ({_short(e)}).") from None
         readable = False  # open for writing without SWMR: nothing can be checked first
     try:
         f = h5py.File(p, "r+", libver=LIBVER)
     except OSError as e:
+        if is_hdf5_lock_error(e):
+            raise RunFileError(open_elsewhere_sentence(p, "recover")) from None
         if not _is_flag_error(e):
             raise RunFileError(f"{name!r} could not be opened for repair ({_short(e)}).") from None
         if not readable and not force:
@@ -214,12 +204,6 @@ def recover(path: str | os.PathLike[str], *, force: bool = False) -> str:
                 f"{name!r} is marked as open by a program that wrote it without SWMR, so it "
                 "cannot be checked first; if nothing writes it any more, repair it with "
                 "lca.store.recover(path, force=True)."
-            ) from None
-        pid = _writer_alive(attrs)
-        if pid is not None and not force and status == "running":
-            raise RunFileError(
-                f"{name!r} is still being written by process {pid}; stop that run (or wait for "
-                "it to finish) before recovering it."
             ) from None
         if _clear_open_flags(p):
             filecheck.check(p)  # now it opens: check what could not be checked before

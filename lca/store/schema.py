@@ -269,3 +269,27 @@ def estimate_bytes(
     return int(total)
 
 
+def size_refusal(
+    subject: str, estimate: int, *, steps: int, record: str, params: int, cap: int | None,
+    cap_name: str, free: int, where: str, verb: str, record_option: str,
+) -> str | None:
+    """The one sentence refusing a run of ``estimate`` bytes (``estimate_bytes``) that is over
+    ``cap`` or the ``free`` bytes of its disk, or None when it fits.
+
+    The one size check of a run, whoever starts it: the Writer (its ``max_bytes``, the disk it
+    writes to; advice in CLI flags) and the app before it starts a job ($LCA_MAX_RUN_BYTES, the
+    runs folder's disk; advice in form words) say it to their reader through ``subject``,
+    ``cap_name``, ``where``, ``verb`` and ``record_option``.
+    """
+    if cap is not None and estimate > cap:
+        limit = f"the {human_bytes(cap)} {cap_name}"
+    elif estimate > free:
+        limit = f"the {human_bytes(free)} free {where}"
+    else:
+        return None
+    fix = (f"{verb} {record_option}, fewer steps, or a smaller model" if record != "layers"
+           else f"{verb} fewer steps or a smaller model")
+    return (f"{subject} would write about {human_bytes(estimate)} ({steps} steps, "
+            f"record={record}, {params:,} parameters), more than {limit}; {fix}.")
+
+

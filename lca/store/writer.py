@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from .lock import RunBusyError, WriteLock, acquire, holder
 from .schema import (
     FORMAT,
     LIBVER,
@@ -45,7 +47,7 @@ from .schema import (
     _unit_keys,
     _version,
     estimate_bytes,
-    human_bytes,
+    size_refusal,
 )
 
 if TYPE_CHECKING:
@@ -104,10 +106,19 @@ class Writer:
         self._f: h5py.File | None = None
         self._closed = False
         self._rows = 0  # rows in the file
+        self._whole_rows = 0  # ... of which a flush has completed (what a full disk keeps)
         self._n = 0  # rows buffered
         self._warned: set[str] = set()
+        self._lock: WriteLock | None = None
+        self._reserve_ok = hasattr(os, "posix_fallocate")
         if self.path.exists() and not overwrite:
             raise self._exists_error()
+        who = holder(self.path)  # refuse at once, before the caller trains anything
+        if who is not None:
+            raise RunBusyError(
+                f"Cannot write {self.path}: it is still being written by {who.describe()}; wait "
+                "for that run to finish or stop it first."
+            )
 
     def _exists_error(self) -> RunFileError:
         return RunFileError(
@@ -135,24 +146,69 @@ class Writer:
         self.chunk_rows, self._plan = _plan(layout, self.record, self.chunk_rows)
         if self.expected_steps is not None:
             self._check_size(layout)
-        if self.path.exists() and not self.overwrite:
-            raise self._exists_error()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        f = h5py.File(tmp, "w", libver=LIBVER)
         try:
-            self._create(f, layout, float(loss0))
-            f.swmr_mode = True
-            f.flush()
-            os.replace(tmp, self.path)  # readers only ever see a file that is ready for them
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._os_error(e, "create") from None
+        # One writer per file: held from here to close(), refused at once if another holds it.
+        # Taken before the existence check, so two writers racing for a new name cannot both
+        # pass it, and an --overwrite cannot replace a file another writer is writing.
+        self._lock = acquire(self.path)
+        try:
+            if self.path.exists() and not self.overwrite:
+                raise self._exists_error()
+            f = self._create_file(layout, float(loss0))
         except BaseException:
-            f.close()
-            tmp.unlink(missing_ok=True)
+            self._release_lock()
             raise
         self._f = f
         self._setup_buffers(layout)
         self._last_flush = time.monotonic()
         _OPEN_WRITERS.add(self)
+
+    def _create_file(self, layout: Layout, loss0: float) -> h5py.File:
+        """Build the file under a hidden name, start SWMR, then rename it into place (readers only
+        ever see a file that is ready for them). Errors name the run, never the hidden file."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            f = h5py.File(tmp, "w", libver=LIBVER)
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            if _is_io_error(e):
+                raise self._os_error(e, "create") from None
+            raise
+        try:
+            self._create(f, layout, loss0)
+            f.swmr_mode = True
+            f.flush()
+            os.replace(tmp, self.path)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                f.close()
+            tmp.unlink(missing_ok=True)
+            if _is_io_error(e):
+                raise self._os_error(e, "create") from None
+            raise
+        return f
+
+    def _os_error(self, e: BaseException, doing: str) -> RunFileError:
+        """An OS or HDF5 error while making the file as one sentence about the run's path."""
+        if _is_disk_full(e):
+            return DiskFullError(
+                f"The disk holding {self.path} is full, so the run could not start; free space "
+                "and train again."
+            )
+        code = getattr(e, "errno", None) or _hdf5_errno(str(e))
+        reason = os.strerror(code).lower() if code else "the file system refused it"
+        return RunFileError(
+            f"Cannot {doing} {self.path} ({reason}); choose another --out in a folder you can "
+            "write to."
+        )
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     def _validate_layout(self, layout: Layout) -> None:
         seen: dict[str, str] = {}
@@ -178,25 +234,16 @@ class Writer:
         est = estimate_bytes(layout, int(self.expected_steps), self.record,
                              chunk_rows=self.chunk_rows)
         self.estimated_bytes = est
-        what = (f"{self.expected_steps} steps, record={self.record}, "
-                f"{layout.num_params:,} parameters")
-        fix = "use --record units or layers, fewer steps, or a smaller model."
-        if self.record == "layers":
-            fix = "use fewer steps or a smaller model."
-        if self.max_bytes is not None and est > self.max_bytes:
-            raise RunTooLargeError(
-                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
-                f"{human_bytes(self.max_bytes)} allowed (max_bytes); {fix}"
-            )
         folder = self.path.parent.resolve()
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
-        free = shutil.disk_usage(folder).free
-        if est > free:
-            raise RunTooLargeError(
-                f"{self.path.name} would need about {human_bytes(est)} ({what}), more than the "
-                f"{human_bytes(free)} free on the disk holding {folder}; {fix}"
-            )
+        refusal = size_refusal(
+            self.path.name, est, steps=self.expected_steps, record=self.record,
+            params=layout.num_params, cap=self.max_bytes, cap_name="allowed (max_bytes)",
+            free=shutil.disk_usage(folder).free, where=f"on the disk holding {folder}",
+            verb="use", record_option="--record units or layers")
+        if refusal:
+            raise RunTooLargeError(refusal)
 
     def _create(self, f: h5py.File, layout: Layout, loss0: float) -> None:
         import torch  # the writer runs next to the tracker; readers never need torch
@@ -295,6 +342,13 @@ class Writer:
             buf = np.full((rows, *p.row_shape), p.fill, dtype=p.dtype)
             self._bufs[p.path] = buf
             self._targets.append((f[p.path], buf, p.extra_rows))
+        # Bytes one time-block of chunks takes on disk, per dataset: what a flush may allocate.
+        self._chunk_sizes: list[tuple[int, int]] = []
+        for ds, buf, _extra in self._targets:
+            chunks = ds.chunks or (1, *buf.shape[1:])
+            per_block = math.prod(-(-s // c) for s, c in zip(buf.shape[1:], chunks[1:],
+                                                               strict=True))
+            self._chunk_sizes.append((chunks[0], per_block * math.prod(chunks) * buf.itemsize))
         self._names = list(layout.names)
         self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes, strict=True)}
         self._keys = {n: _param_key(n) for n in self._names}
@@ -319,6 +373,7 @@ class Writer:
                             for p, c in layout.events.items()}
         self._array_paths = {_clean_path(p, "array") for p in layout.arrays}
         self._events: dict[str, list[list[float]]] = {}
+        self._event_rows = {p: 0 for p in self._event_cols}  # rows each table has whole
         self._arrays: dict[str, np.ndarray] = {}
 
     # -- append -------------------------------------------------------------------------------
@@ -465,15 +520,93 @@ class Writer:
         self._flush()
 
     def _flush(self) -> None:
-        # Ctrl-C waits until the flush is whole: an interrupted flush followed by the flush in
-        # close() would otherwise write the buffered rows, and add them to the totals, twice.
+        # Ctrl-C and SIGTERM wait until the flush is whole: an interrupted flush followed by the
+        # flush in close() would otherwise write the buffered rows, and add them to the totals,
+        # twice.
         with _defer_interrupt():
-            self._flush_now()
+            try:
+                self._reserve_space()
+                self._flush_now()
+            except Exception as e:
+                if not _is_disk_full(e):
+                    raise
+                self._fail_disk_full()
+
+    def _reserve_space(self) -> None:
+        """Make sure the disk has room for this flush before HDF5 writes a byte of it.
+
+        HDF5 cut off half-way by a full disk leaves its metadata and raw data out of step (and
+        h5py may crash on the way out), so the space is claimed first, with posix_fallocate,
+        past HDF5's end of file: a full disk then fails here, with the file untouched since the
+        last whole flush. HDF5 writes into the claimed space later; close() trims what is left.
+        """
+        if not self._reserve_ok or self._f is None:
+            return
+        need = _RESERVE_MARGIN + _RESERVE_PER_DATASET * (len(self._targets) + len(self._events))
+        n = self._n
+        if n:
+            for c, chunk_bytes in self._chunk_sizes:
+                need += (n // c + 2) * chunk_bytes
+        for rows in self._events.values():
+            need += (len(rows) + 64) * 8 * max(1, len(rows[0]) if rows else 1)
+        try:
+            fd = self._f.id.get_vfd_handle()
+            end = self._f.id.get_filesize() + need
+            size = os.fstat(fd).st_size
+            if end > size:
+                os.posix_fallocate(fd, size, end - size)
+        except OSError as e:
+            if _is_disk_full(e):
+                raise
+            self._reserve_ok = False  # not possible here (file system, driver): write as before
+        except (TypeError, ValueError, RuntimeError):
+            self._reserve_ok = False
+
+    def _fail_disk_full(self) -> None:
+        """End the run after a full disk: status "failed", the file closed with every whole step
+        written before, then one sentence (DiskFullError) for the caller."""
+        kept = self._whole_rows
+        f, self._f = self._f, None
+        self._closed = True
+        _OPEN_WRITERS.discard(self)
+        clean = True
+        if f is not None:
+            # Only when HDF5 itself met the full disk (the reservation fell short): take back the
+            # rows the cut-off flush announced, so no reader meets rows that were never written,
+            # then overwrite the status in place (no new space needed) and close.
+            with contextlib.suppress(Exception):
+                for ds, _buf, extra in self._targets:
+                    if ds.shape[0] != kept + extra:
+                        ds.resize(kept + extra, axis=0)
+                for path, rows in self._event_rows.items():
+                    if f[path].shape[0] != rows:
+                        f[path].resize(rows, axis=0)
+            with contextlib.suppress(Exception):
+                f["status"][()] = np.bytes_(b"failed")
+            try:
+                f.flush()
+                f.close()
+            except Exception:  # noqa: BLE001 - HDF5 could not write what it holds
+                # Its objects must then never be freed (h5py crashes freeing them), so they
+                # stay referenced; the CLI leaves the process at once (DiskFullError.clean).
+                clean = False
+                _UNCLOSABLE.append((f, self._targets, self._tot_ds, self._cnt_ds))
+            else:
+                _trim_to_eoa(self.path)
+            self._targets, self._tot_ds, self._cnt_ds = [], {}, {}
+        self._release_lock()
+        error = DiskFullError(
+            f"The disk holding {self.path} is full after step {kept}; every whole step before "
+            "it is kept (status failed), so free space and train again."
+        )
+        error.clean = clean
+        raise error
 
     def _flush_now(self) -> None:
         f, n = self._f, self._n
+        t1 = self._rows + n
         if n:
-            t0, t1 = self._rows, self._rows + n
+            t0 = self._rows
             # Resize-then-write dataset by dataset, loss last: a reader's T (the shortest
             # dataset) only covers rows that are written everywhere.
             for ds, buf, extra in self._targets:
@@ -491,11 +624,14 @@ class Writer:
             e = ds.shape[0]
             ds.resize(e + len(rows), axis=0)
             ds[e:] = np.asarray(rows, dtype=np.float64)
+        written = {path: f[path].shape[0] for path in self._events}
         self._events = {}
         for path, value in self._arrays.items():
             f[path][()] = value
         self._arrays = {}
         f.flush()
+        self._whole_rows = t1  # on disk, whole, only now (a full disk above keeps the old count)
+        self._event_rows.update(written)
         self._last_flush = time.monotonic()
 
     def _sum_buffered_totals(self, n: int) -> None:
@@ -519,22 +655,31 @@ class Writer:
         self._f.flush()
 
     def close(self, status: str = "complete") -> None:
-        """Flush, record ``status`` and close the file. Closing twice does nothing."""
+        """Flush, record ``status`` and close the file. Closing twice does nothing.
+
+        Signals wait until the file is closed, so a SIGTERM at the end still leaves the status.
+        """
         _check_status(status)
         if self._closed:
             return
-        self._closed = True
-        _OPEN_WRITERS.discard(self)
-        f = self._f
-        if f is None:
-            return
-        try:
-            self._flush()
-            f["status"][()] = np.bytes_(status.encode())
-            f.flush()
-        finally:
-            f.close()
-            self._f = None
+        with _defer_interrupt():
+            self._closed = True
+            _OPEN_WRITERS.discard(self)
+            try:
+                f = self._f
+                if f is None:
+                    return
+                try:
+                    self._flush()  # a full disk closes the file itself and raises DiskFullError
+                    f["status"][()] = np.bytes_(status.encode())
+                    f.flush()
+                finally:
+                    if self._f is not None:
+                        self._f = None
+                        f.close()
+                        _trim_to_eoa(self.path)
+            finally:
+                self._release_lock()
 
     def __enter__(self) -> Writer:
         return self
@@ -549,24 +694,104 @@ class Writer:
         return f"Writer({str(self.path)!r}, record={self.record!r}, {state}, {self.num_steps} rows)"
 
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _defer_interrupt() -> Iterator[None]:
-    """Hold back SIGINT for the duration of the block (main thread only), then raise it."""
+    """Hold back SIGINT and SIGTERM for the duration of the block (main thread only), then act
+    on them as their handlers would have: KeyboardInterrupt for Ctrl-C, the CLI's SIGTERM
+    handler, or the default action (the process ends, with the file whole)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[object] = []
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+        for sig in _HELD_SIGNALS:
+            handler = signal.getsignal(sig)
+            if handler is None or handler == signal.SIG_IGN:
+                continue  # installed outside Python, or ignored: leave it alone
+            previous[sig] = signal.signal(sig, lambda n, _frame: caught.append(n))
     except ValueError:  # not allowed here (e.g. an embedded interpreter)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            handler = previous[sig]
+            if handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
+            elif callable(handler):
+                handler(sig, None)
+
+
+_RESERVE_MARGIN = 256 << 10  # metadata a flush may add (chunk index, object headers): generous
+_RESERVE_PER_DATASET = 8 << 10  # ... and per dataset it touches
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(RunFileError):
+    """The disk filled up: the run ended with status "failed" and every whole step kept.
+
+    ``clean`` is False in the rare case HDF5 met the full disk itself and could not close the
+    file: the process should then end soon (``os._exit`` after saying so, as the CLI does),
+    since HDF5 cannot finish its clean-up without space.
+    """
+
+    clean = True
+
+
+_UNCLOSABLE: list[object] = []  # HDF5 objects that could not be closed (see DiskFullError)
+
+
+def _hdf5_errno(text: str) -> int | None:
+    """The errno an HDF5 message carries ("... errno = 28, error message = ..."), if any."""
+    import re
+
+    m = re.search(r"errno = (\d+)", text)
+    return int(m[1]) if m else None
+
+
+def _is_io_error(e: BaseException) -> bool:
+    """An error of the file system under HDF5 (not a bug): an OSError, or HDF5's own error
+    with an errno in its text (h5py raises some of those as RuntimeError)."""
+    if isinstance(e, OSError):
+        return True
+    return isinstance(e, RuntimeError) and _hdf5_errno(str(e)) is not None
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if not isinstance(e, OSError | RuntimeError):
+        return False
+    code = getattr(e, "errno", None) or _hdf5_errno(str(e))
+    return code in _NO_SPACE or "No space left" in str(e)
+
+
+def _trim_to_eoa(path: Path) -> None:
+    """Cut a closed run file back to the end address its superblock records, dropping the
+    space ``_reserve_space`` claimed and HDF5 did not use (HDF5 trims only what it wrote).
+
+    Only a version 2/3 superblock at offset 0 with 8-byte addresses (what the Writer makes) is
+    read; anything else is left alone.
+    """
+    import struct
+
+    with contextlib.suppress(OSError):
+        with open(path, "r+b") as fh:
+            raw = fh.read(48)
+            if len(raw) < 48 or raw[:8] != b"\x89HDF\r\n\x1a\n" or raw[8] not in (2, 3) \
+                    or raw[9] != 8 or raw[11] != 0:
+                return
+            base, _ext, eoa = struct.unpack_from("<QQQ", raw, 12)
+            size = os.fstat(fh.fileno()).st_size
+            if base == 0 and 48 <= eoa < size:
+                fh.truncate(eoa)
 
 
 def _sums_on_device(a: Any) -> bool:
