@@ -8,7 +8,14 @@ Skipped when Chromium is not installed.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -22,7 +29,46 @@ if shutil.which("chromium") is None:
     pytest.skip("chromium is not installed", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from test_browser import ARGS, CHROMIUM, start_server, stop_server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def start_server(runs_dir: Path) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` on a free port; returns once it answers its health check."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LCA_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):  # each try waits up to 2 s for an answer
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)  # the server is starting: nothing to wait on but its port
+    proc.kill()
+    proc.wait(20)
+    pytest.fail("streamlit did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(20)
 
 NAMES = ["[click](http://example.com/x)", "<b>bold</b><a href='http://example.com'>a</a>",
          ":red[red] :smile: **strong**", "see www.example.com or me@example.com"]
@@ -37,9 +83,9 @@ def markup_server(make_run, tmp_path):
         del f["layers/names"]
         f.create_dataset("layers/names", data=_fixed_strings(NAMES))
         f["status"][()] = np.bytes_(STATUS.encode())
-    proc, url, _log = start_server(runs_dir)
+    proc, url = start_server(runs_dir)
     yield url
-    stop_server(proc, runs_dir)
+    stop_server(proc)
 
 
 def test_layer_names_and_status_are_shown_literally(markup_server):
