@@ -92,9 +92,10 @@ def _row(run: runs.RunFile) -> dict:
 
 STATUS_ICON = {
     "running": ":blue[● running]",
-    "complete": ":green[● complete]",
-    "failed": ":red[● failed]",
-    "interrupted": ":orange[● interrupted]",
+    # Green and red mean helped and hurt the loss in this app, so statuses use other colours.
+    "complete": ":violet[● complete]",
+    "failed": ":orange[● failed]",
+    "interrupted": ":gray[● interrupted]",
 }
 
 
@@ -108,7 +109,8 @@ def recent_runs(items: list[runs.RunFile]) -> None:
         with c1:
             when = dt.datetime.fromtimestamp(run.modified).strftime("%d %b %H:%M")
             if info["problem"]:
-                st.markdown(f"**{literal(run.name)}** · {when}  \n:red[{literal(info['problem'])}]")
+                st.markdown(f"**{literal(run.name)}** · {when}  \n"
+                            f":orange[{literal(info['problem'])}]")
             else:
                 st.markdown(
                     f"**{literal(run.name)}** · "

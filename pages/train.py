@@ -153,6 +153,8 @@ def config_form() -> tuple[dict[str, Any], str]:
     with c1:
         values["dataset"] = _field_widget("dataset", values)
         st.caption(data.describe(values["dataset"]))
+        if values["dataset"] not in FOLDER_DATASETS and data.locate("fashion-mnist"):
+            st.caption("Fashion-MNIST is installed: choose `fashion-mnist` for real 28×28 images.")
         defaults = data.default_options(values["dataset"])
         ds_opts = {
             opt: _spec_widget(opt, Spec(default, f"Option {opt!r} of dataset "
@@ -165,6 +167,9 @@ def config_form() -> tuple[dict[str, Any], str]:
             values["data_dir"] = _field_widget(
                 "data_dir", values, default=os.environ.get("LCA_DATA_DIR", "")
             ).strip() or None
+            found = data.locate(values["dataset"], values["data_dir"])
+            if found is not None:
+                st.caption(f"Files found in {found}.")
         values["subset"] = _field_widget("subset", values)
     with c2:
         try:
