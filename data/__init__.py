@@ -8,12 +8,15 @@ Public API::
     data.info(name) -> data.DatasetInfo    # input shape, classes, images?, without loading
     data.image_shape(name, features)       # (C, H, W) of an image set's flattened input, or None
     data.load(name, *, subset=None, seed=0, data_dir=None, **options) -> data.Dataset
+    data.locate(name, data_dir=None) -> Path | None   # where an IDX dataset would be read from
     data.Dataset, data.DataError
 
 Every bad input raises ``DataError`` (a ``ValueError``) whose message is one sentence naming
 the problem and the fix. ``seed`` drives every random choice, so the same arguments always give
 bit-identical tensors. Nothing is ever downloaded: ``mnist``, ``fashion-mnist`` and ``cifar10``
-read from ``data_dir`` or ``$LCA_DATA_DIR``. See the loader modules for per-dataset details.
+read from ``data_dir`` or ``$LCA_DATA_DIR``; ``mnist`` and ``fashion-mnist`` are also found in
+``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist``) and ``./data/<name>``. See
+the loader modules for per-dataset details.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from types import MappingProxyType
 
 from . import cifar, idx, sklearn_sets, toy
@@ -32,7 +36,7 @@ from .splits import take_subset
 
 __all__ = [
     "DataError", "Dataset", "DatasetInfo", "default_options", "describe", "image_shape", "info",
-    "load", "names",
+    "load", "locate", "names",
 ]
 
 
@@ -170,3 +174,11 @@ def load(
     if subset_ is not None:
         dataset = take_subset(dataset, subset_, seed_)
     return dataset
+
+
+def locate(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return the folder ``mnist`` or ``fashion-mnist`` would be read from (``data_dir``, else the
+    first standard place holding all four files), or None when it is nowhere or ``name`` is not
+    an IDX dataset; reads no file, so the app can offer a dataset only when it is present."""
+    key = _canonical(name)
+    return idx.locate(key, data_dir) if key in idx.LABELS else None

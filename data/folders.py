@@ -1,8 +1,11 @@
 """Finding the user's data folder and the dataset files inside it.
 
 Real datasets are never downloaded (the app must run offline); the user points us at a folder
-with ``data_dir`` / ``--data-dir`` or the ``LCA_DATA_DIR`` environment variable. Errors name the
-expected files and every place we looked, so the user can fix the layout without reading code.
+with ``data_dir`` / ``--data-dir`` or the ``LCA_DATA_DIR`` environment variable, and datasets that
+an operating-system package installs (Debian's ``dataset-fashion-mnist`` puts the IDX files in
+``/usr/share/datasets/fashion-mnist``) or that sit in ``./data/<name>`` are found without either.
+Errors name the expected files and every place we looked, so the user can fix the layout without
+reading code.
 """
 
 from __future__ import annotations
@@ -14,6 +17,18 @@ from pathlib import Path
 from .dataset import DataError
 
 ENV_VAR = "LCA_DATA_DIR"
+# Where OS packages put datasets (Debian: /usr/share/datasets/<name>); a module attribute so
+# tests can point it at an empty folder and behave the same on machines with the package.
+SYSTEM_DIR = Path("/usr/share/datasets")
+# The project-local folder, relative to the working directory: ./data/<name>.
+LOCAL_DIR = Path("data")
+
+
+def standard_roots(name: str) -> list[Path]:
+    """The folders searched, in order, when no data folder is given: ``$LCA_DATA_DIR``,
+    ``SYSTEM_DIR/<name>``, ``LOCAL_DIR/<name>``; an unset variable is left out."""
+    roots = [Path(os.environ[ENV_VAR]).expanduser()] if os.environ.get(ENV_VAR) else []
+    return [*roots, SYSTEM_DIR / name, LOCAL_DIR / name]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None, label: str, expected: str) -> Path:
@@ -36,7 +51,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, label: str, expect
     return path
 
 
-def describe_places(places: Sequence[Path]) -> str:
+def describe_places(places: Sequence[Path | str]) -> str:
     """Format candidate folders as "a, b or c" for error messages."""
     names = [str(p) for p in places]
     if len(names) == 1:

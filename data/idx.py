@@ -1,11 +1,15 @@
-"""MNIST and Fashion-MNIST from IDX files in the user's data folder.
+"""MNIST and Fashion-MNIST from IDX files in the user's data folder or a standard place.
+
+Without ``data_dir`` the files are looked for, in order, in ``$LCA_DATA_DIR``,
+``/usr/share/datasets/<name>`` (where Debian's ``dataset-fashion-mnist`` package puts them) and
+``./data/<name>``; a ``data_dir`` that is given is the only place looked at.
 
 The IDX format is parsed here with numpy (no torchvision, no download): a 4-byte big-endian
 magic number ``0x000008DD`` (``08`` = unsigned bytes, ``DD`` = number of dimensions), then one
 big-endian uint32 per dimension, then the raw bytes. Images must have magic ``0x00000803``
 (N, rows, cols) and labels ``0x00000801`` (N,). Each file may be plain or gzipped.
 
-Accepted layouts under the data folder (first complete one wins):
+Accepted layouts under each of those folders (first complete one wins):
 
 * the four files directly in the folder;
 * torchvision's layout, ``MNIST/raw/`` or ``FashionMNIST/raw/``;
@@ -19,12 +23,20 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .dataset import DataError, Dataset, reason
-from .folders import describe_places, find_file, resolve_data_dir
+from .folders import (
+    ENV_VAR,
+    LOCAL_DIR,
+    describe_places,
+    find_file,
+    resolve_data_dir,
+    standard_roots,
+)
 from .splits import to_dataset
 
 IMAGES_MAGIC = 0x00000803
@@ -42,16 +54,19 @@ FILES = (
 EXPECTED = ", ".join(f"{stem}(.gz)" for stem in FILES)
 
 LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+# The operating-system package that installs a dataset into folders.SYSTEM_DIR (Debian).
+INSTALL = {"fashion-mnist": "apt-get install dataset-fashion-mnist"}
 SUBFOLDERS = {
     "mnist": (Path("MNIST", "raw"), Path("mnist")),
     "fashion-mnist": (Path("FashionMNIST", "raw"), Path("fashion-mnist"), Path("fashion_mnist")),
 }
 
 DESCRIPTIONS = {
-    "mnist": "MNIST handwritten digits from your data folder: grey 28x28 images "
-    "(60,000 train / 10,000 test), 10 classes, pixels in [0, 1].",
-    "fashion-mnist": "Fashion-MNIST clothing images from your data folder: grey 28x28 images "
-    "(60,000 train / 10,000 test), 10 classes, pixels in [0, 1].",
+    "mnist": "MNIST handwritten digits (IDX files from your data folder or ./data/mnist): "
+    "grey 28x28 images (60,000 train / 10,000 test), 10 classes, pixels in [0, 1].",
+    "fashion-mnist": "Fashion-MNIST clothing images (IDX files; apt-get install "
+    "dataset-fashion-mnist): grey 28x28 images (60,000 train / 10,000 test), 10 classes, "
+    "pixels in [0, 1].",
 }
 
 
@@ -108,12 +123,23 @@ def read_idx(path: Path, expected_magic: int, label: str = "IDX") -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def find_idx_folder(root: Path, kind: str) -> tuple[Path, ...]:
-    """Return the paths of the four IDX files for ``kind`` under ``root``, or raise DataError."""
+def _places(root: Path, kind: str) -> list[Path]:
+    """The folders under ``root`` that may hold the four files: itself, then known layouts."""
+    return [root, *(root / sub for sub in SUBFOLDERS[kind])]
+
+
+def find_idx_folder(
+    roots: Path | Sequence[Path], kind: str, fix: str | None = None
+) -> tuple[Path, ...]:
+    """Return the paths of the four IDX files for ``kind`` under the first of ``roots`` (or its
+    known subfolders) that holds all four, or raise DataError naming every place looked at.
+
+    ``fix`` is the advice that ends the not-found message (defaults to setting --data-dir).
+    """
+    roots = [roots] if isinstance(roots, Path) else list(roots)
     label = LABELS[kind]
-    places = [root, *(root / sub for sub in SUBFOLDERS[kind])]
     partial: tuple[Path, list[str]] | None = None
-    for folder in places:
+    for folder in (place for root in roots for place in _places(root, kind)):
         found = [find_file(folder, stem) for stem in FILES]
         if all(found):
             return tuple(p for p in found if p is not None)
@@ -125,10 +151,40 @@ def find_idx_folder(root: Path, kind: str) -> tuple[Path, ...]:
             f"{label} is incomplete in {folder}: missing {', '.join(missing)} of the expected "
             f"{EXPECTED}; copy the missing files there."
         )
+    subfolders = describe_places([sub.as_posix() for sub in SUBFOLDERS[kind]])
+    fix = fix or f"set --data-dir or {ENV_VAR} to the folder holding them"
     raise DataError(
-        f"{label} not found: expected {EXPECTED} in {describe_places(places)}; "
-        "set --data-dir or LCA_DATA_DIR."
+        f"{label} not found: expected {EXPECTED} in {describe_places(roots)} (directly or in "
+        f"{subfolders} inside); {fix}."
     )
+
+
+def _fix_for(kind: str) -> str:
+    """What to tell a user who has the dataset nowhere we look."""
+    install = f"install it with `{INSTALL[kind]}` or " if kind in INSTALL else ""
+    return (
+        f"{install}put the files in {LOCAL_DIR / kind}, or set --data-dir or {ENV_VAR} to the "
+        "folder holding them"
+    )
+
+
+def locate(kind: str, data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder the four ``kind`` files would be loaded from, or None if they are nowhere we
+    look; cheap (no file is read), so the app can offer the dataset only when it is present."""
+    try:
+        return _find(kind, data_dir)[0].parent
+    except DataError:
+        return None
+
+
+def _find(kind: str, data_dir: str | os.PathLike[str] | None) -> tuple[Path, ...]:
+    """The four files: from ``data_dir`` alone when given (an explicit folder is never silently
+    replaced by another), else from the standard places in order."""
+    label = LABELS[kind]
+    if data_dir is not None and str(data_dir) != "":
+        root = resolve_data_dir(data_dir, label, EXPECTED)
+        return find_idx_folder(root, kind)
+    return find_idx_folder(standard_roots(kind), kind, _fix_for(kind))
 
 
 def _split(images_path: Path, labels_path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,12 +211,11 @@ def _split(images_path: Path, labels_path: Path, label: str) -> tuple[np.ndarray
 
 
 def load_idx(kind: str, *, seed: int, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Load ``mnist`` or ``fashion-mnist`` from the data folder (``seed`` is unused: the split
-    is the official one)."""
+    """Load ``mnist`` or ``fashion-mnist`` from ``data_dir``, else the first standard place that
+    holds them (``seed`` is unused: the split is the official one)."""
     del seed
     label = LABELS[kind]
-    root = resolve_data_dir(data_dir, label, EXPECTED)
-    train_images, train_labels, test_images, test_labels = find_idx_folder(root, kind)
+    train_images, train_labels, test_images, test_labels = _find(kind, data_dir)
     x_train, y_train = _split(train_images, train_labels, label)
     x_test, y_test = _split(test_images, test_labels, label)
     if x_train.shape[1:] != x_test.shape[1:]:

@@ -95,9 +95,9 @@ class RunConfig:
         choices=METHODS, label="LCA method",
         widget={"section": "LCA measurement", "caption": METHOD_HELP})
     tolerance: float = setting(
-        1e-3, float, "rk4-adaptive: |ΔL − ΣA| allowed per step", above=0, label="Tolerance",
-        widget={"section": "LCA measurement", "format": "%.2e", "when": ("method",
-                "rk4-adaptive")})
+        1e-3, float, "rk4-adaptive / rk4-paper: |ΔL − ΣA| allowed per step", above=0,
+        label="Tolerance", widget={"section": "LCA measurement", "format": "%.2e",
+                                   "when": ("method", ("rk4-adaptive", "rk4-paper"))})
     measure_dtype: str = setting("float32", str, "precision LCA is measured in", choices=DTYPES,
                                  label="Measurement precision",
                                  widget={"section": "LCA measurement"})
@@ -120,6 +120,15 @@ class RunConfig:
     out: str | None = setting(
         None, str, "run file to write (default runs/<dataset>-<model>-<time>.h5)", optional=True,
         from_text=True)
+    threads: int | str = setting(
+        "auto", int, "CPU threads (auto: the cores available, shared by the app's running jobs)",
+        minimum=1, keywords=("auto",), from_text=True, label="CPU threads",
+        widget={"section": "LCA measurement"})
+    error_every: int = setting(
+        0, int, "every K-th step also estimate the per-parameter error (1- vs 2-panel Simpson, "
+        "2 more gradients on those steps; 0 = off)", minimum=0,
+        label="Per-weight error estimate every (steps, 0 = off)",
+        widget={"section": "LCA measurement"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +159,10 @@ class RunConfig:
                 techniques.validate(spec)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        try:  # every pair of techniques composes or is refused before training
+            techniques.validate_all(self.techniques)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

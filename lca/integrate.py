@@ -62,8 +62,15 @@ EULER = Rule("euler", (Fraction(0),), (1.0,), degree=0)
 TRAPEZOID = Rule("trapezoid", (Fraction(0), Fraction(1)), (0.5, 0.5), degree=1)
 SIMPSON = composite_simpson(1)
 
-# Panel counts tried in turn by the adaptive rule (REFERENCE §1: 4, 8, 16, at most 32 panels).
+# Panel counts tried in turn by our adaptive rule, "rk4-adaptive": after plain Simpson it jumps to
+# 4 panels (error ÷ 256 for a smooth integrand), then doubles, at most 32 panels (65 nodes).
 ADAPTIVE_PANELS: tuple[int, ...] = (1, 4, 8, 16, 32)
+# The LCA paper's released code, "rk4-paper": it doubles the *sub-intervals* 2 → 4 → 8 → 16 → 32,
+# i.e. 1, 2, 4, 8, 16 Simpson panels (at most 33 nodes), each step evaluating only new points.
+PAPER_PANELS: tuple[int, ...] = (1, 2, 4, 8, 16)
+# Adaptive method name -> the panel counts it tries in turn, refining while |ΔL − ΣA| > tolerance
+# on the measurement set.
+ADAPTIVE: dict[str, tuple[int, ...]] = {"rk4-adaptive": ADAPTIVE_PANELS, "rk4-paper": PAPER_PANELS}
 DEFAULT_TOLERANCE = 1e-3
 
 _FIXED: dict[str, Rule] = {
@@ -75,21 +82,25 @@ _FIXED: dict[str, Rule] = {
 }
 
 #: Names accepted by ``method=`` everywhere (API, CLI, config, app).
-METHODS: tuple[str, ...] = ("euler", "trapezoid", "rk4", "rk4-adaptive", "gauss2", "gauss3")
+METHODS: tuple[str, ...] = (
+    "euler", "trapezoid", "rk4", "rk4-adaptive", "rk4-paper", "gauss2", "gauss3"
+)
 
 METHOD_HELP: dict[str, str] = {
     "euler": "first order: gradient at the start of the step (exact only for linear loss)",
     "trapezoid": "mean of start and end gradients (exact for quadratic loss)",
     "rk4": "Simpson 1-4-1, the LCA paper's 'RK4' (exact for quartic loss); default",
     "rk4-adaptive": "Simpson, split into 4/8/16/32 panels while |ΔL − ΣA| > tolerance",
+    "rk4-paper": "the LCA paper's adaptive rule: Simpson split into 2/4/8/16 panels while "
+    "|ΔL − ΣA| > tolerance",
     "gauss2": "2-point Gauss–Legendre (exact for quartic loss, no endpoint reuse)",
     "gauss3": "3-point Gauss–Legendre (exact for degree-6 loss, no endpoint reuse)",
 }
 
 
 def rule(method: str) -> Rule:
-    """The first rule a method uses (for rk4-adaptive: plain Simpson before any split)."""
-    if method == "rk4-adaptive":
+    """The first rule a method uses (for the adaptive ones: plain Simpson before any split)."""
+    if method in ADAPTIVE:
         return SIMPSON
     try:
         return _FIXED[method]
@@ -97,6 +108,16 @@ def rule(method: str) -> Rule:
         raise ValueError(
             f"Unknown LCA method {method!r}; choose one of: {', '.join(METHODS)}."
         ) from None
+
+
+def is_adaptive(method: str) -> bool:
+    """True for the methods that refine a step until its conservation error is small enough."""
+    return method in ADAPTIVE
+
+
+def refinements(method: str) -> tuple[int, ...]:
+    """The Simpson panel counts an adaptive method tries after plain Simpson, in order."""
+    return ADAPTIVE[method][1:] if method in ADAPTIVE else ()
 
 
 def new_evaluations_per_step(method: str) -> int:

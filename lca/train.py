@@ -36,6 +36,7 @@ from .setup import (  # noqa: F401 - re-exported: callers import them from lca.t
     resolve_device,
     seed_everything,
 )
+from .threads import using_config_threads
 
 EVAL_COLUMNS = ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")
 EVAL_MAX_EXAMPLES = 5000  # accuracy is measured on at most this many examples per split
@@ -151,6 +152,7 @@ def accuracy(
     return correct / len(x), loss / len(x)
 
 
+@using_config_threads  # config.threads torch threads while training, restored after
 def run(
     config: RunConfig,
     *,
@@ -296,6 +298,7 @@ def _build_tracker(config: RunConfig, ctx: Context, hooks: Hooks, measure) -> Tr
         series=series,
         events=events,
         arrays=arrays,
+        error_every=config.error_every,
     )
 
 
@@ -459,9 +462,15 @@ def _steps_kept(tracker: Tracker) -> int:
     """Optimizer steps whose segment was recorded.
 
     Not ``tracker.train_steps``: the tracker counts a step before measuring it, so a step cut
-    short by a NaN loss or Ctrl-C would be counted although the file does not have it.
+    short by a NaN loss or Ctrl-C would be counted although the file does not have it. Only the
+    segments the writer took count: a signal can land between the tracker's history and the
+    writer's row (history entry i is row i).
     """
-    return sum(1 for h in tracker.history if h["kind"] == KIND_STEP)
+    history = tracker.history
+    rows = getattr(tracker.writer, "num_steps", None)
+    if isinstance(rows, int):
+        history = history[:rows]
+    return sum(1 for h in history if h["kind"] == KIND_STEP)
 
 
 def _failure_message(error: NonFiniteLossError, tracker: Tracker) -> str:

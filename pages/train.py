@@ -53,6 +53,9 @@ def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
                             **common)
     if spec.kind is bool:
         return st.checkbox(label, value=bool(default), **common)
+    if spec.keywords:  # a number or a word such as "auto": typed, then checked by the Spec
+        text = st.text_input(label, value=str(default), **common).strip()
+        return int(text) if spec.kind is int and text.isdigit() else text
     if spec.kind is int:
         return int(st.number_input(
             label, value=int(default), step=int(hints.get("step", 1)),
@@ -153,6 +156,8 @@ def config_form() -> tuple[dict[str, Any], str]:
     with c1:
         values["dataset"] = _field_widget("dataset", values)
         st.caption(data.describe(values["dataset"]))
+        if values["dataset"] not in FOLDER_DATASETS and data.locate("fashion-mnist"):
+            st.caption("Fashion-MNIST is installed: choose `fashion-mnist` for real 28×28 images.")
         defaults = data.default_options(values["dataset"])
         ds_opts = {
             opt: _spec_widget(opt, Spec(default, f"Option {opt!r} of dataset "
@@ -165,6 +170,9 @@ def config_form() -> tuple[dict[str, Any], str]:
             values["data_dir"] = _field_widget(
                 "data_dir", values, default=os.environ.get("LCA_DATA_DIR", "")
             ).strip() or None
+            found = data.locate(values["dataset"], values["data_dir"])
+            if found is not None:
+                st.caption(f"Files found in {found}.")
         values["subset"] = _field_widget("subset", values)
     with c2:
         try:

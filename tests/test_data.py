@@ -365,13 +365,66 @@ def test_idx_subset(tmp_path: Path) -> None:
     assert all(any(torch.equal(x, w) for w in written) for x in ds.x_train)
 
 
-def test_no_data_dir_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_standard_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No dataset in any standard place, whatever this machine has installed: the system folder
+    and the working directory point into an empty ``tmp_path/machine``; returns that folder."""
+    machine = tmp_path / "machine"
+    (machine / "share").mkdir(parents=True)
     monkeypatch.delenv("LCA_DATA_DIR", raising=False)
+    monkeypatch.setattr(data.folders, "SYSTEM_DIR", machine / "share")
+    monkeypatch.chdir(machine)
+    return machine
+
+
+def test_no_data_dir_at_all(no_standard_data: Path) -> None:
     for name, expected in (("mnist", IDX_FILES[0]), ("cifar10", "data_batch_1")):
         with pytest.raises(data.DataError) as excinfo:
             data.load(name)
         message = error_message(excinfo)
         assert expected in message and "LCA_DATA_DIR" in message
+
+
+def test_fashion_mnist_missing_everywhere_names_places_and_package(no_standard_data: Path) -> None:
+    with pytest.raises(data.DataError) as excinfo:
+        data.load("fashion-mnist")
+    message = error_message(excinfo)
+    assert all(stem in message for stem in IDX_FILES)
+    assert str(no_standard_data / "share" / "fashion-mnist") in message
+    assert str(Path("data", "fashion-mnist")) in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "--data-dir" in message and "LCA_DATA_DIR" in message
+    assert data.locate("fashion-mnist") is None
+
+
+def test_standard_places_are_searched_in_order(
+    no_standard_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$LCA_DATA_DIR, then the system folder, then ./data/<name>; the first complete one wins."""
+    local = write_idx_set(no_standard_data / "data" / "fashion-mnist", gz=True, seed=1)
+    check_idx_dataset(data.load("fashion-mnist"), local)
+    assert data.locate("fashion-mnist") == Path("data", "fashion-mnist")
+    system = write_idx_set(no_standard_data / "share" / "fashion-mnist", gz=True, seed=2)
+    check_idx_dataset(data.load("fashion-mnist"), system)
+    assert data.locate("fashion-mnist") == no_standard_data / "share" / "fashion-mnist"
+    env = write_idx_set(no_standard_data / "mine" / "FashionMNIST" / "raw", gz=False, seed=3)
+    monkeypatch.setenv("LCA_DATA_DIR", str(no_standard_data / "mine"))
+    check_idx_dataset(data.load("fashion-mnist"), env)
+    given = write_idx_set(no_standard_data / "given", gz=False, seed=4)
+    check_idx_dataset(data.load("fashion-mnist", data_dir=no_standard_data / "given"), given)
+    # The system folder holds only Fashion-MNIST: MNIST is not confused with it.
+    monkeypatch.delenv("LCA_DATA_DIR")
+    with pytest.raises(data.DataError):
+        data.load("mnist")
+
+
+def test_a_given_folder_is_never_replaced_by_a_standard_place(no_standard_data: Path) -> None:
+    write_idx_set(no_standard_data / "share" / "fashion-mnist", gz=True)
+    (no_standard_data / "empty").mkdir()
+    with pytest.raises(data.DataError) as excinfo:
+        data.load("fashion-mnist", data_dir=no_standard_data / "empty")
+    assert str(no_standard_data / "empty") in error_message(excinfo)
+    assert data.locate("fashion-mnist", no_standard_data / "empty") is None
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -389,7 +442,7 @@ def test_idx_empty_folder_names_places_looked(tmp_path: Path) -> None:
         data.load("mnist", data_dir=tmp_path)
     message = error_message(excinfo)
     assert all(stem in message for stem in IDX_FILES)
-    assert str(tmp_path / "MNIST" / "raw") in message
+    assert str(tmp_path) in message and "MNIST/raw" in message
     assert "--data-dir" in message and "LCA_DATA_DIR" in message
 
 

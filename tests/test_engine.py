@@ -332,3 +332,138 @@ def test_rule_tables_are_normalised():
         integrate.check_weights(integrate.rule(name))
     for panels in integrate.ADAPTIVE_PANELS:
         integrate.check_weights(integrate.composite_simpson(panels))
+
+
+# --- the paper's adaptive rule against an exact oracle ------------------------------------------
+def quintic_case():
+    """L(θ) = Σ_i c_i θ_i⁵ + lower terms: along the step the integrand's 4th derivative is the
+    constant 120·c_i·Δ_i⁵, so Simpson over n panels errs by exactly c_i·Δ_i⁵ / (24·n⁴)
+    (∫f − S_n f = −f''''/(2880·n⁴) on [0, 1])."""
+    model, start, _, data, _ = separable_case(5, seed=3)
+    delta = torch.tensor([1.5, -1.2, 0.9, -1.6, 1.1], dtype=F64)  # big: Simpson alone errs
+    end = {"theta": start["theta"] + delta}
+    c5 = model.coeffs[5]
+    exact = poly(model.coeffs, end["theta"]) - poly(model.coeffs, start["theta"])
+
+    def simpson_value(panels: int) -> torch.Tensor:
+        return exact + c5 * delta**5 / (24 * panels**4)
+
+    return model, start, end, data, exact, simpson_value
+
+
+@pytest.mark.parametrize(
+    ("method", "panels_path"),
+    [("rk4-paper", (1, 2, 4, 8, 16)), ("rk4-adaptive", (1, 4, 8, 16, 32))],
+)
+def test_adaptive_rules_stop_at_the_first_panel_count_within_tolerance(method, panels_path):
+    """Each adaptive rule refines through its own panel counts, stops at the first whose
+    |ΔL − ΣA| on the measurement set is within the tolerance, and pays only for new nodes."""
+    model, start, end, data, exact, simpson_value = quintic_case()
+    m = Measurer(model, mean_loss, data, dtype=F64)
+    loss0, g0 = m.loss_and_grad(start)
+    errors = {n: abs(float((simpson_value(n) - exact).sum())) for n in panels_path}
+    assert errors[1] > 1e-4  # the step is big enough for Simpson alone to miss the tolerance
+    for stop_at in panels_path[1:]:
+        # A tolerance between the error of the panel count before and this one.
+        before = panels_path[panels_path.index(stop_at) - 1]
+        tol = math.sqrt(errors[stop_at] * errors[before])
+        m.evaluations = 0
+        seg = integrate_segment(
+            m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=tol
+        )
+        assert seg.splits == stop_at
+        assert seg.evaluations == 2 * stop_at  # 2n + 1 nodes, the start reused
+        assert torch.allclose(seg.per_param["theta"], simpson_value(stop_at), rtol=0, atol=1e-12)
+    m.evaluations = 0
+    seg = integrate_segment(
+        m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=1e-15
+    )
+    assert seg.splits == panels_path[-1] and seg.evaluations == 2 * panels_path[-1]
+
+
+def test_paper_rule_is_a_method_everywhere():
+    assert "rk4-paper" in lca.METHODS and integrate.is_adaptive("rk4-paper")
+    assert integrate.refinements("rk4-paper") == (2, 4, 8, 16)
+    assert integrate.new_evaluations_per_step("rk4-paper") == 2
+    model, start, end, data, _, simpson_value = quintic_case()
+    a = lca.allocate(model, mean_loss, data, start, end, method="rk4-paper", dtype=F64,
+                     tolerance=1e-15)
+    assert a.splits == 16
+    assert torch.allclose(a.per_param["theta"], simpson_value(16), rtol=0, atol=1e-12)
+
+
+# --- helped fractions leave out parameters at rounding level -------------------------------------
+def test_rounding_level_is_judged_per_tensor_against_the_steps_largest_a():
+    from lca.allocate import rounding_level
+
+    tensor_max = torch.tensor([1e-3, 5e-7, 3e-9, 0.0], dtype=F64).numpy()
+    # float32: √eps = 3.45e-4, so the floor is 3.45e-7: 3e-9 and 0 are noise, 5e-7 is not.
+    assert rounding_level(tensor_max, torch.float32).tolist() == [False, False, True, True]
+    # float64: √eps = 1.49e-8, floor 1.49e-11: only the tensor that did not move at all.
+    assert rounding_level(tensor_max, F64).tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_conv_bias_before_batchnorm_is_left_out_of_helped_fractions(dtype):
+    """The conv's bias is subtracted again by BatchNorm: its gradient is rounding noise, so its
+    A (non-zero under Adam, which moves every parameter by about lr) must count neither as
+    helped nor as hurt; every other parameter counts exactly by its sign."""
+    model = bn_cnn()
+    data = blobs(96, (1, 6, 6))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    tracker = lca.Tracker(model, nn.CrossEntropyLoss(), data, dtype=dtype)
+    for t in range(4):
+        idx = torch.arange(t * 16, t * 16 + 16)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data[0][idx]), data[1][idx]).backward()
+        with tracker.step():
+            opt.step()
+        r = tracker.last
+        bias = r.per_param["0.bias"]
+        assert (bias != 0).any()  # noise is there to be miscounted
+        count = sum(a.numel() for a in r.per_param.values())
+        others = [a for n, a in r.per_param.items() if n != "0.bias"]
+        assert r.helped == sum(int((a < 0).sum()) for a in others) / count
+        assert r.hurt == sum(int((a > 0).sum()) for a in others) / count
+        assert math.isclose(r.still, bias.numel() / count + sum(
+            int((a == 0).sum()) for a in others) / count, abs_tol=1e-12)
+
+
+# --- the per-parameter error estimate: 1- vs 2-panel Simpson on sampled steps --------------------
+def test_error_estimate_on_sampled_steps_matches_the_exact_panel_errors():
+    from lca.allocate import ERROR_REL, ERROR_SIGNS
+
+    model, start, end, data, exact, simpson_value = quintic_case()
+    delta = end["theta"] - start["theta"]
+    tracker = lca.Tracker(model, mean_loss, data, dtype=F64, error_every=2)
+    assert set(tracker.layout.series) >= {ERROR_REL, ERROR_SIGNS}
+    evaluations = []
+    for step in range(3):
+        before = tracker.measurer.evaluations
+        with tracker.step():
+            with torch.no_grad():
+                model.theta += delta * (1 if step % 2 == 0 else -1)
+        evaluations.append(tracker.measurer.evaluations - before)
+        r = tracker.last
+        if step == 1:  # not sampled: plain rk4, no estimate
+            assert ERROR_REL not in r.series and ERROR_SIGNS not in r.series
+            continue
+        # Both sampled steps go start → end (step 2 comes back and goes out again).
+        one, two = simpson_value(1), simpson_value(2)
+        assert torch.allclose(r.per_param["theta"], one, rtol=0, atol=1e-12)
+        assert math.isclose(r.series[ERROR_REL], float((one - two).norm() / two.norm()),
+                            rel_tol=1e-9)
+        same = float((torch.sign(one) == torch.sign(two)).double().mean())
+        assert r.series[ERROR_SIGNS] == same
+    assert evaluations[1:] == [2, 4]  # the estimate costs the 2 quarter points
+
+
+def test_panel_error_counts_signs_only_where_something_moved():
+    from lca.allocate import panel_error
+
+    one = torch.tensor([1.0, -2.0, 0.0, 3.0])
+    two = torch.tensor([1.0, 2.0, 0.0, 3.0])
+    rel, same = panel_error(one, two)
+    assert math.isclose(rel, 4.0 / math.sqrt(14.0)) and same == 2 / 3
+    rel, same = panel_error(one, two, keep=torch.tensor([True, False, True, True]))
+    assert rel == 0.0 and same == 1.0

@@ -225,6 +225,31 @@ def test_techniques_tables_from_runs(out: Path) -> None:
         assert close(wus_rows[key]["train s"], seconds, rel=1e-3)
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
+def test_methods_table_from_runs(out: Path) -> None:
+    md = report(out, "methods")
+    files = run_files(md, out / "runs")
+    rows = {r["method"]: r for r in table_rows(md, "alignment last")}
+    assert set(rows) == {"backprop", "dfa", "bdfa", "symmetry"}
+    for method, row in rows.items():
+        with Reader(files[f"digits-{method}"]) as r:
+            totals = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names])
+            assert close(row["helped %"], 100 * float((totals < 0).mean()), abs_=0.051)
+            assert close(row["test acc %"], 100 * float(r.events("eval")["test_acc"][-1]),
+                         abs_=0.051)
+            if method in ("dfa", "bdfa"):
+                a = np.asarray(r.series(f"techniques/{method}/alignment"), dtype=np.float64)
+                assert close(row["alignment last"], float(np.nanmean(a[-max(1, len(a) // 5):])),
+                             rel=1e-2, abs_=1e-3)
+            else:
+                assert row["alignment last"] == "n/a"
+            saved = r.technique_summaries().get("symmetry", {}).get("params_saved", 0)
+            assert close(row["helped % of learned"],
+                         100 * float((totals < 0).sum() / (totals.size - saved)), abs_=0.051)
+            assert row["params saved"].startswith(f"{saved:,} of {totals.size:,}")
+    assert rows["symmetry"]["params saved"].startswith("4,032")  # fc1, fc2: 2 × 64·63/2
+
+
 @pytest.mark.slow
 def test_single_experiment_keeps_runs_beside_report(tmp_path: Path) -> None:
     from lca.experiments import synchrony as sync_experiment
@@ -282,3 +307,60 @@ def test_cli_lists_experiments(capsys: pytest.CaptureFixture[str]) -> None:
     listed = capsys.readouterr().out
     for name in [*EXPERIMENTS, "all"]:
         assert name in listed
+
+
+def test_paper_scale_configs_follow_the_protocol() -> None:
+    from lca.experiments.common import ExperimentContext
+    from lca.experiments.setups import paper_setups
+
+    ctx = ExperimentContext(Path("out"), Path("runs"), scale="paper", dataset="fashion-mnist")
+    setups = {s.label: s.config for s in paper_setups(ctx)}
+    assert set(setups) == {"paper-fashion-mnist-fc-mnist", "paper-fashion-mnist-lenet"}
+    for cfg in setups.values():
+        assert (cfg.subset, cfg.measure_size, cfg.measure_batch) == (55_000, None, 1_000)
+        assert (cfg.method, cfg.tolerance, cfg.dataset) == ("rk4-paper", 1e-3, "fashion-mnist")
+    assert paper_setups(ExperimentContext(Path("out"), Path("runs"))) == []  # quick scale
+    ctx.paper_steps, ctx.paper_measure = 20, 5000
+    reduced = paper_setups(ctx)
+    assert all(s.label.endswith("-reduced") and s.config.steps == 20
+               and s.config.measure_size == 5000 and "reduced" in s.note for s in reduced)
+
+
+def test_paper_scale_without_the_dataset_is_one_sentence(tmp_path: Path) -> None:
+    from lca.experiments import ExperimentError
+
+    with pytest.raises(ExperimentError) as excinfo:
+        run_one("helped", tmp_path / "out", tiny=True, data_dir=str(tmp_path),
+                scale="paper", dataset="fashion-mnist", log=lambda _m: None)
+    message = str(excinfo.value)
+    assert "\n" not in message and "Fashion-MNIST" in message and str(tmp_path) in message
+    with pytest.raises(ExperimentError, match="28×28"):
+        run_one("helped", tmp_path / "out", tiny=True, scale="paper", dataset="digits",
+                log=lambda _m: None)
+
+
+@pytest.mark.slow
+def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _fake_data(data_dir)
+    path = run_one("helped", tmp_path / "out", tiny=True, data_dir=str(data_dir),
+                   scale="paper", dataset="fashion-mnist", log=lambda _m: None)
+    files = run_files(path.read_text(), tmp_path / "out" / "runs")
+    # --tiny shrinks every run, so the paper-scale ones say they are reduced.
+    paper = {"paper-fashion-mnist-fc-mnist-reduced", "paper-fashion-mnist-lenet-reduced"}
+    assert paper <= set(files)
+    with Reader(files["paper-fashion-mnist-fc-mnist-reduced"]) as r:
+        assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
+        assert r.status == "complete"
+
+
+def test_results_include_benchmark_sections(tmp_path: Path) -> None:
+    from lca.experiments.results import write_results
+
+    (tmp_path / "bench-zeta.md").write_text("## Zeta\n\nmeasured 2\n")
+    (tmp_path / "bench-alpha.md").write_text("## Alpha\n\nmeasured 1\n")
+    (tmp_path / "notes.md").write_text("## Not a benchmark\n")
+    text = write_results(tmp_path, tmp_path / "RESULTS.md").read_text()
+    assert text.index("## Alpha") < text.index("## Zeta") < text.index("## Reports")
+    assert "Not a benchmark" not in text

@@ -587,8 +587,8 @@ def test_rounding_segment_allocates_the_rounding_and_the_report_reads_it(tmp_pat
                  log=lambda _m: None).read_text()
     files = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
              for line in md.splitlines() if line.startswith("| digits-mlp32")}
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
-            for line in md.splitlines() if line.startswith("| uniform 8 bits, stochastic |")}
+    rows = [line.split(" | ") for line in md.splitlines()
+            if line.startswith("| uniform 8 bits, stochastic |")]  # the Runs table comes first
     path = tmp_path / "runs" / files["digits-mlp32-fx-uniform-8-bits-stochastic"]
     with Reader(path) as r:
         kind = r.steps("kind")
@@ -598,7 +598,9 @@ def test_rounding_segment_allocates_the_rounding_and_the_report_reads_it(tmp_pat
     assert (kind == 1).sum() == (kind == 0).sum() - 1  # one rounding segment between steps
     assert all(str(lab) in ("fixed-point", "b'fixed-point'") for lab in labels[kind == 1])
     rounding = float(lca[kind == 1].sum())
-    assert float(rows["uniform 8 bits, stochastic"][5]) == pytest.approx(rounding, rel=2e-3)
+    assert float(rows[0][5]) == pytest.approx(rounding, rel=2e-3)
+    per_layer = [float(row[6].strip(" |")) for row in rows[1:]]  # the Per layer table
+    assert sum(per_layer) == pytest.approx(rounding, rel=1e-2, abs=1e-5)
     # update legs + rounding legs together still telescope to the loss change
     assert abs(lca.sum() - (loss[-1] - loss[0])) < 0.02 * abs(loss[-1] - loss[0]) + 1e-3
 

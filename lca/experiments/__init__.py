@@ -1,6 +1,7 @@
 """Reproducible experiments: the LCA paper's findings (and our own tables) on our small models.
 
-``python -m lca experiment NAME [--tiny] [--data-dir DIR] [--out docs/results]`` trains the runs
+``python -m lca experiment NAME [--tiny] [--data-dir DIR] [--out docs/results]
+[--scale paper --dataset fashion-mnist]`` trains the runs
 an experiment needs from a fixed seed (or reuses them from the runs folder), computes every table
 from the run files and writes ``<out>/<NAME>.md`` with HTML figures under ``<out>/figures/``, and a
 ``<out>/<NAME>.json`` of its key numbers, from which ``docs/RESULTS.md`` is written (our number
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .common import ExperimentContext, ExperimentError, one_thread
 
@@ -45,9 +47,12 @@ EXPERIMENTS: dict[str, str] = {
                  "circular-shift null)",
     "techniques": "weight update skipping vs baseline (time, accuracy) and magnitude vs L-OBS "
                   "vs LCA-guided pruning at equal sparsity",
+    "methods": "backprop vs DFA vs BDFA vs weight symmetry: accuracy, % helped, alignment with "
+               "the true gradient, parameters saved",
     "precision": "per-tensor fixed point: the loss cost of rounding (LCA of the rounding leg) "
                  "per layer, stochastic vs nearest, analytic precisions vs uniform 8 bits",
 }
+SCALES = ("quick", "paper")  # paper: also the LCA paper's MNIST protocol on 28×28 images
 DEFAULT_OUT = Path("docs/results")
 DEFAULT_RUNS = Path("artifacts/experiment-runs")  # gitignored: run files are never committed
 
@@ -66,12 +71,40 @@ def _check(name: str) -> None:
 
 def _context(out_dir: str | Path, tiny: bool, data_dir: str | None,
              runs_dir: str | Path | None, retrain: bool,
-             log: Callable[[str], None]) -> ExperimentContext:
+             log: Callable[[str], None], scale: str = "quick", dataset: str | None = None,
+             paper_steps: int | None = None, paper_measure: int | None = None
+             ) -> ExperimentContext:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExperimentError(f"The output {out} exists and is not a folder; choose a folder.")
     runs = Path(runs_dir) if runs_dir is not None else out / "runs"
-    return ExperimentContext(out, runs, tiny=tiny, data_dir=data_dir, retrain=retrain, log=log)
+    if scale not in SCALES:
+        raise ExperimentError(f"Unknown scale {scale!r}; choose one of: {', '.join(SCALES)}.")
+    if scale == "paper":
+        dataset = _paper_dataset(dataset, data_dir)
+    return ExperimentContext(out, runs, tiny=tiny, data_dir=data_dir, retrain=retrain, log=log,
+                             scale=scale, dataset=dataset, paper_steps=paper_steps,
+                             paper_measure=paper_measure)
+
+
+def _paper_dataset(dataset: str | None, data_dir: str | None) -> str:
+    """The 28×28 dataset of a paper-scale run, checked to be readable before anything trains."""
+    import data
+
+    from .setups import PAPER_DATASETS
+
+    name = (dataset or "fashion-mnist").strip().lower().replace("_", "-")
+    if name not in PAPER_DATASETS:
+        raise ExperimentError(
+            f"--scale paper runs on 28×28 images; --dataset {dataset!r} is not one of "
+            f"{', '.join(PAPER_DATASETS)}."
+        )
+    if data.locate(name, data_dir) is None:
+        try:
+            data.load(name, subset=1, data_dir=data_dir)
+        except data.DataError as e:
+            raise ExperimentError(str(e)) from None
+    return name
 
 
 def _build(name: str, ctx: ExperimentContext) -> Path:
@@ -85,7 +118,7 @@ def _build(name: str, ctx: ExperimentContext) -> Path:
 
 def run_one(name: str, out_dir: str | Path, *, tiny: bool = False, data_dir: str | None = None,
             runs_dir: str | Path | None = None, retrain: bool = False, threads: int | None = 1,
-            log: Callable[[str], None] = print) -> Path:
+            log: Callable[[str], None] = print, **scale: Any) -> Path:
     """Run experiment ``name``; return the report's path (``out_dir/<name>.md``).
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``) and are reused when a complete run with the
@@ -93,7 +126,7 @@ def run_one(name: str, out_dir: str | Path, *, tiny: bool = False, data_dir: str
     models on a shared machine; None leaves torch's setting).
     """
     _check(name)
-    ctx = _context(out_dir, tiny, data_dir, runs_dir, retrain, log)
+    ctx = _context(out_dir, tiny, data_dir, runs_dir, retrain, log, **scale)
     with one_thread(threads):
         return _build(name, ctx)
 
@@ -101,12 +134,12 @@ def run_one(name: str, out_dir: str | Path, *, tiny: bool = False, data_dir: str
 def run_all(out_dir: str | Path, *, tiny: bool = False, data_dir: str | None = None,
             runs_dir: str | Path | None = None, retrain: bool = False, threads: int | None = 1,
             results: str | Path | None = None,
-            log: Callable[[str], None] = print) -> list[Path]:
+            log: Callable[[str], None] = print, **scale: Any) -> list[Path]:
     """Run every experiment (sharing runs between them), then write the results summary
     (``results``, default :func:`default_results_path`); return the report paths."""
     from .results import write_results
 
-    ctx = _context(out_dir, tiny, data_dir, runs_dir, retrain, log)
+    ctx = _context(out_dir, tiny, data_dir, runs_dir, retrain, log, **scale)
     paths = []
     with one_thread(threads):
         for name in EXPERIMENTS:
@@ -155,6 +188,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--results", help="results summary to write with 'all' (default: "
                    "docs/RESULTS.md for --out docs/results, else OUT/RESULTS.md)")
+    p.add_argument("--scale", choices=SCALES, default="quick",
+                   help="paper: also run fc-mnist and LeNet at the LCA paper's MNIST protocol "
+                   "(55,000 training images, all of them the measurement set, rk4-paper at "
+                   "1e-3) on --dataset; hours per run on a small CPU")
+    p.add_argument("--dataset", help="28×28 dataset of --scale paper: fashion-mnist (default; "
+                   "apt-get install dataset-fashion-mnist) or mnist")
+    p.add_argument("--paper-steps", type=int,
+                   help="reduce the paper-scale runs to this many steps (labelled 'reduced')")
+    p.add_argument("--paper-measure", type=int,
+                   help="reduce the paper-scale measurement set to this many examples")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -175,6 +218,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     common = {
         "tiny": args.tiny, "data_dir": args.data_dir, "runs_dir": args.runs_dir,
         "retrain": args.retrain, "threads": args.threads or None, "log": log,
+        "scale": args.scale, "dataset": args.dataset, "paper_steps": args.paper_steps,
+        "paper_measure": args.paper_measure,
     }
     if args.name == "all":
         paths = run_all(args.out, results=args.results, **common)

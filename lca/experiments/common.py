@@ -107,10 +107,13 @@ def one_thread(threads: int | None) -> Iterator[None]:
     if not threads:
         yield
         return
+    from .. import threads as run_threads
+
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        yield
+        with run_threads.capped(int(threads)):  # runs with threads = "auto" keep to it too
+            yield
     finally:
         torch.set_num_threads(old)
 
@@ -157,6 +160,12 @@ class ExperimentContext:
     retrain: bool = False
     log: Callable[[str], None] = print
     runs: dict[str, RunInfo] = field(default_factory=dict)  # file name -> info (this process)
+    # --scale paper --dataset NAME: add runs at the LCA paper's MNIST protocol on NAME
+    # (setups.paper_setups); paper_steps / paper_measure shrink them for a reduced run.
+    scale: str = "quick"
+    dataset: str | None = None
+    paper_steps: int | None = None
+    paper_measure: int | None = None
 
     def size(self, default: Any, tiny: Any) -> Any:
         """``default`` at full size, ``tiny`` with --tiny."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..store import Reader
 from .common import ExperimentContext, Report, fmt, pct, sci
-from .setups import fc_mnist_digits, lenet_digits, mnist_setups
+from .setups import fc_mnist_digits, lenet_digits, mnist_setups, paper_setups
 
 NAME = "helped"
 TITLE = "How many parameters help, and how often"
@@ -160,7 +160,7 @@ def build(ctx: ExperimentContext) -> Path:
     from .. import figures as F
 
     rep = Report(ctx, NAME, TITLE)
-    setups = [fc_mnist_digits(ctx), lenet_digits(ctx), *mnist_setups(ctx)]
+    setups = [fc_mnist_digits(ctx), lenet_digits(ctx), *mnist_setups(ctx), *paper_setups(ctx)]
     rep.text(
         "Paper (Lan et al. 2019): barely over 50% of parameters help on any iteration; each "
         "parameter helps on about half of the iterations; the histogram of all LCA values is "
@@ -168,7 +168,8 @@ def build(ctx: ExperimentContext) -> Path:
         "and LeNet are trained on the bundled 8×8 digits, where they adapt to the input "
         "(fc-mnist becomes 64-100-50-10 with 12,060 parameters instead of 84,060; LeNet's dense "
         "layer sees 40×2×2 features, 88,970 parameters instead of 808,970)"
-        + (", and on an MNIST subset." if len(setups) > 2 else
+        + (", and on 28×28 images (an MNIST subset with --data-dir; the paper's protocol with "
+           "--scale paper)." if len(setups) > 2 else
            "; no MNIST folder was given (--data-dir), so there are no MNIST rows.")
     )
     step_rows, param_rows, value_rows = [], [], []

@@ -19,7 +19,14 @@ import numpy as np
 
 from ..store import Reader
 from .common import ExperimentContext, Report, fmt, module_groups, pct, sci
-from .setups import cifar_setups, fc_mnist_digits, lenet_digits, mnist_setups, resnet20_digits
+from .setups import (
+    cifar_setups,
+    fc_mnist_digits,
+    lenet_digits,
+    mnist_setups,
+    paper_setups,
+    resnet20_digits,
+)
 
 NAME = "layers"
 TITLE = "Which layers help: per-layer LCA totals"
@@ -95,6 +102,7 @@ def build(ctx: ExperimentContext) -> Path:
 
     rep = Report(ctx, NAME, TITLE)
     setups = [fc_mnist_digits(ctx), lenet_digits(ctx), resnet20_digits(ctx), *mnist_setups(ctx),
+              *paper_setups(ctx),
               *cifar_setups(ctx)]
     rep.text(
         "Paper: on MNIST every layer of the FC net and of LeNet helps, roughly in proportion to "

@@ -16,7 +16,14 @@ from typing import Any
 from ..store import Reader
 from ..synchrony import SynchronyError, SynchronyResult, synchrony
 from .common import ExperimentContext, Report, fmt, pct
-from .setups import cifar_setups, fc_mnist_digits, lenet_digits, mnist_setups, resnet20_digits
+from .setups import (
+    cifar_setups,
+    fc_mnist_digits,
+    lenet_digits,
+    mnist_setups,
+    paper_setups,
+    resnet20_digits,
+)
 
 NAME = "synchrony"
 TITLE = "Is learning synchronized across layers?"
@@ -40,6 +47,7 @@ def build(ctx: ExperimentContext) -> Path:
 
     rep = Report(ctx, NAME, TITLE)
     setups = [fc_mnist_digits(ctx), lenet_digits(ctx), resnet20_digits(ctx), *mnist_setups(ctx),
+              *paper_setups(ctx),
               *cifar_setups(ctx)]
     rep.text(
         "Metric (ours, `lca/synchrony.py`, the same code as the app's synchronization view): "

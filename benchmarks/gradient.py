@@ -1,0 +1,203 @@
+"""How close the measurement-set gradient (``lca.measure``) gets to what the machine can do.
+
+For each model, one full measurement-set gradient is timed three ways over the same data and the
+same chunks: LCA's ``Measurer.flat_grad`` (parameters as views of one flat leaf, run through
+``functional_call``), a plain PyTorch forward + backward (``model(x)``, ``loss.backward()``),
+and, for the convolutional model, the plain pass with the inputs and weights in channels-last
+memory layout. Each is reported in achieved GFLOP/s of its matmul and convolution work (forward
+F, weight gradients F, input gradients F minus the first layer's; ReLU, pooling and the loss are
+not counted) beside ``torch.mm``'s on a 2048² float32 product, the practical limit of this
+machine. Each variant runs once per round, in rotating order, for ``--repeats`` rounds after a
+warm-up; GFLOP/s are at the fastest run (other load only adds time) and the speed relative to
+the plain pass is the median of the per-round ratios (both halves under the same load).
+
+Models: mlp on digits (8×8, the whole training split), fc-mnist and lenet on 28×28
+Fashion-MNIST when installed (else random 28×28 tensors of the same shape: speed does not depend
+on the pixel values).
+
+    python benchmarks/gradient.py [--threads auto] [--repeats 5] [--fc-size 60000]
+        [--lenet-size 5000] [--chunk 2048] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import data  # noqa: E402
+from lca import models, threads  # noqa: E402
+from lca.measure import Measurer  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:
+    """(median, min) seconds of ``fn`` after one warm-up run."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def gradient_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """Multiply-add FLOPs (×2) of forward + backward of Linear and Conv layers on ``x``:
+    forward F, weight gradients F, input gradients F for every layer but the first (whose
+    input needs no gradient)."""
+    per_layer: list[float] = []
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        if isinstance(module, nn.Linear):
+            per_layer.append(2.0 * output.numel() * module.in_features)
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            per_layer.append(2.0 * output.numel() * module.in_channels // module.groups * k)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    forward = sum(per_layer)
+    return forward + forward + (forward - (per_layer[0] if per_layer else 0.0))
+
+
+def mm_peak(device: torch.device, repeats: int, n: int = 2048) -> float:
+    """GFLOP/s of torch.mm on n×n float32 (the best of ``repeats``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    _, best = timed(lambda: torch.mm(a, b), repeats, device)
+    return 2.0 * n**3 / best / 1e9
+
+
+def plain_gradient(model: nn.Module, chunks, size: int) -> Callable[[], None]:
+    """The baseline: model(x) and backward per chunk, mean loss over the whole set."""
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        for x, y in chunks:
+            (loss_fn(model(x), y) / size).backward()
+
+    return run
+
+
+def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args,
+          device: torch.device, peak: float) -> list[str]:
+    """Time every variant once per round, in rotating order, for ``args.repeats`` rounds: the
+    ratio to the plain pass is taken within each round (same load) and its median reported."""
+    model = model.to(device).train()
+    x, y = x.to(device), y.to(device)
+    chunks = [(x[i : i + args.chunk], y[i : i + args.chunk]) for i in range(0, len(x), args.chunk)]
+    flops = sum(gradient_flops(model, cx) for cx, _ in chunks)
+    measurer = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    variants: list[tuple[str, Callable[[], object]]] = [
+        ("plain fwd+bwd", plain_gradient(model, chunks, len(x))),
+        ("lca.measure", lambda: measurer.flat_grad(flat)),
+    ]
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        # A channels-last copy of the model, so the plain NCHW variant keeps its own layout.
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        cl_chunks = [(cx.contiguous(memory_format=torch.channels_last), cy) for cx, cy in chunks]
+        cl_measurer = Measurer(cl_model, nn.CrossEntropyLoss(),
+                               (x.contiguous(memory_format=torch.channels_last), y),
+                               chunk_size=args.chunk)
+        cl_weights = Measurer(model, nn.CrossEntropyLoss(),
+                              (x.contiguous(memory_format=torch.channels_last), y),
+                              chunk_size=args.chunk)
+        base_loss = cl_weights.chunk_loss
+
+        def channels_last_loss(tensors, cx, cy):  # 4-D weights copied to channels-last
+            tensors = {n: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+                       for n, t in tensors.items()}
+            return base_loss(tensors, cx, cy)
+
+        cl_weights.chunk_loss = channels_last_loss
+        variants += [
+            ("plain, channels-last", plain_gradient(cl_model, cl_chunks, len(x))),
+            ("lca.measure, channels-last inputs", lambda: cl_measurer.flat_grad(flat)),
+            ("lca.measure, channels-last inputs and weights", lambda: cl_weights.flat_grad(flat)),
+        ]
+    for _, fn in variants:  # warm-up
+        fn()
+    sync(device)
+    times: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for r in range(args.repeats):
+        for label, fn in variants[r % len(variants):] + variants[: r % len(variants)]:
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[label].append(time.perf_counter() - t0)
+    plain = times["plain fwd+bwd"]
+    rows = []
+    for label, _ in variants:
+        t = times[label]
+        ratio = statistics.median([p / v for p, v in zip(plain, t, strict=True)])
+        best, median = min(t), statistics.median(t)
+        rows.append(
+            f"| {name} | {len(x):,} | {label} | {1e3 * best:,.1f} ({1e3 * median:,.1f}) | "
+            f"{flops / best / 1e9:.1f} | {ratio:.2f} | {flops / best / 1e9 / peak:.2f} |"
+        )
+    return rows
+
+
+def fashion_or_synthetic(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if data.locate("fashion-mnist") is not None:
+        ds = data.load("fashion-mnist")
+        return ds.x_train[:size], ds.y_train[:size], "Fashion-MNIST"
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g),
+            "random 28×28")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="auto", help="torch threads (auto: lca.threads)")
+    ap.add_argument("--repeats", type=int, default=7, help="rounds of every variant")
+    ap.add_argument("--fc-size", type=int, default=60000, help="fc-mnist measurement set")
+    ap.add_argument("--lenet-size", type=int, default=5000, help="lenet measurement set")
+    ap.add_argument("--chunk", type=int, default=2048, help="measurement chunk size")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(threads.resolve(args.threads if args.threads == "auto"
+                                          else int(args.threads)))
+    torch.manual_seed(0)
+    peak = mm_peak(device, args.repeats)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, chunk {args.chunk}, "
+          f"torch.mm 2048² float32: {peak:.1f} GFLOP/s")
+    print("| model | examples | gradient | ms min (median) | GFLOP/s at min | speed × plain "
+          "(paired median) | ÷ torch.mm |")
+    print("|---|---|---|---|---|---|---|")
+    digits = data.load("digits")
+    rows = bench("mlp (digits 8×8)", models.build("mlp", digits.input_shape, 10),
+                 digits.x_train, digits.y_train, args, device, peak)
+    x, y, source = fashion_or_synthetic(max(args.fc_size, args.lenet_size))
+    rows += bench(f"fc-mnist ({source})", models.build("fc-mnist", (1, 28, 28), 10),
+                  x[: args.fc_size], y[: args.fc_size], args, device, peak)
+    rows += bench(f"lenet ({source})", models.build("lenet", (1, 28, 28), 10),
+                  x[: args.lenet_size], y[: args.lenet_size], args, device, peak)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
