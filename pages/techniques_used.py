@@ -244,6 +244,42 @@ def section_compress(d: views.TechniqueView, name: str) -> None:
                "the regularizer moves without lowering that loss show up as hurting (red).")
 
 
+def section_feedback(d: views.TechniqueView, name: str) -> None:
+    """DFA/BDFA: alignment with the true gradient over time, and helped per layer."""
+    report = d.reported.get(name, {})
+    dfa_layers = [n for n in str(report.get("dfa_layers", "")).split("+") if n]
+    bp_layers = [n for n in str(report.get("bp_layers", "")).split("+") if n]
+    st.subheader(f"Feedback alignment ({name})")
+    alignment = d.series.get(name, {}).get("alignment")
+    if alignment is not None and alignment.ndim == 2:
+        names = dfa_layers or [f"layer {j + 1}" for j in range(alignment.shape[1])]
+        plot(F.alignment_figure(alignment, names, kind=d.data.kind), key=f"tech_align_{name}")
+        st.caption("Cosine between the update this method made and the true gradient "
+                   "(backprop), per hidden layer. LCA always uses the true gradient, so a layer "
+                   "near 0 barely learns and one below 0 is pushed uphill.")
+    helped = {k[len("helped_"):]: float(v) for k, v in report.items()
+              if k.startswith("helped_") and isinstance(v, int | float)}
+    if helped:
+        trained_by = {**dict.fromkeys(bp_layers, "backprop"), **dict.fromkeys(dfa_layers, name)}
+        plot(F.helped_by_method_figure(helped, trained_by), key=f"tech_helped_{name}")
+        st.caption("Share of each layer's weights whose total LCA is below 0 (helped) when the "
+                   "run ended, for layers trained by feedback alignment and by backprop.")
+    elif d.status == "running":
+        st.caption("Helped per layer appears when the run ends.")
+
+
+def section_symmetry(d: views.TechniqueView, name: str) -> None:
+    report = d.reported.get(name, {})
+    st.subheader(f"Weight symmetry ({name})")
+    if "params_saved" not in report:
+        st.caption("The parameter count saved appears when the run ends.")
+        return
+    st.markdown(f"Variant **{report.get('variant', '?')}** on **{report.get('layers', '?')}**: "
+                f"**{int(report['params_saved']):,}** parameters saved "
+                f"({100 * float(report.get('fraction_params_saved', 0)):.1f}% of the model). "
+                "The mirrored entries are never used, never move, and have LCA exactly 0.")
+
+
 def section_savings(d: views.TechniqueView) -> None:
     from techniques.savings import savings_rows
 
@@ -326,6 +362,11 @@ def body(path: Path) -> None:
         if value is not None and value.ndim == 1 and name not in data.frozen:
             section_compress(d, name)
             shown |= {"value"}
+        if "alignment" in series:
+            section_feedback(d, name)
+            shown |= {"alignment"}
+        if name == "symmetry":
+            section_symmetry(d, name)
         if name in precision:
             section_precision(d, name, precision[name])
         scale = series.get("scale")

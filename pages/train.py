@@ -53,7 +53,10 @@ def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
                             **common)
     if spec.kind is bool:
         return st.checkbox(label, value=bool(default), **common)
-    if spec.kind is int and not isinstance(default, str):  # "auto" (threads) is typed as text
+    if spec.keywords:  # a number or a word such as "auto": typed, then checked by the Spec
+        text = st.text_input(label, value=str(default), **common).strip()
+        return int(text) if spec.kind is int and text.isdigit() else text
+    if spec.kind is int:
         return int(st.number_input(
             label, value=int(default), step=int(hints.get("step", 1)),
             min_value=None if low is None else int(low),

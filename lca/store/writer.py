@@ -378,7 +378,14 @@ class Writer:
 
     # -- append -------------------------------------------------------------------------------
     def append(self, record: StepRecord) -> None:
-        """Buffer one segment; whole time-chunks (or what ``flush_seconds`` has gathered) go out."""
+        """Buffer one segment; whole time-chunks (or what ``flush_seconds`` has gathered) go out.
+
+        Ctrl-C and SIGTERM wait until the row is whole in the buffer (``num_steps`` then counts
+        it, and close() writes it)."""
+        with _defer_interrupt():
+            self._append(record)
+
+    def _append(self, record: StepRecord) -> None:
         import torch
 
         if self._closed:
