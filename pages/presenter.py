@@ -25,7 +25,8 @@ LAYOUT = """<style>
   overflow: visible !important;}
 [data-testid="stMetricDelta"] {flex-wrap: wrap; height: auto;}
 button p, button div {white-space: normal; overflow-wrap: anywhere; text-overflow: clip;}
-[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}
+[data-testid="stMainBlockContainer"] {padding-top: 3.5rem; padding-left: 2.5rem;
+  padding-right: 2.5rem;}
 @media (max-width: 1200px) {
   [data-testid="stMainBlockContainer"] {padding-top: 2.8rem; padding-left: 1.5rem;
     padding-right: 1.5rem;}

@@ -63,6 +63,13 @@ def sidebar_collapsed(page) -> bool:
     return box is None or box["x"] + box["width"] <= 1
 
 
+def drawn(page) -> None:
+    """Wait until plotly has drawn every chart (its SVG exists), so titles can be measured."""
+    charts = page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]')
+    for i in range(charts.count()):
+        charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=90_000)
+
+
 @pytest.fixture(scope="module")
 def projector(tmp_path_factory, make_run, module_processes):
     """A server with two finished runs (Compare needs two) and a browser."""
@@ -88,6 +95,7 @@ def test_every_page_fits_a_projector(projector, width, height):
         for slug in SLUGS:
             page.goto(f"{url}/{slug}?run=lesson.h5")
             settle(page, 1.5)
+            drawn(page)
             page.screenshot(path=str(SHOTS / f"projector-{width}-{slug or 'home'}.png"))
             assert not problems(page), (slug, problems(page), log.read_text()[-2000:])
             bad = page.evaluate(OVERFLOWS)
