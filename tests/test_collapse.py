@@ -101,3 +101,29 @@ def test_recorded_at_every_evaluation_of_a_short_run(tmp_path):
     for col in COLLAPSE_COLUMNS[1:]:
         assert np.all(np.isfinite(table[col])) and np.all(table[col] >= 0)
     assert np.all(table["classes"] >= 2)
+
+
+def test_view_and_figure_of_a_recorded_run(tmp_path):
+    from lca import figures as F
+    from lca import views
+    from lca.config import RunConfig
+    from lca.store import Reader
+    from lca.train import run
+
+    out = tmp_path / "nc.h5"
+    run(RunConfig(dataset="gauss", model="mlp", steps=4, eval_every=2, batch_size=16, subset=64,
+                  measure_size=64, lr=0.1, seed=0), out=out)
+    with Reader(out) as r:
+        v = views.collapse_view(r)
+        layer = np.asarray(r.layer_lca(0, r.num_steps))
+        names = list(r.names)
+    np.testing.assert_array_equal(v.steps, [0, 2, 4])
+    assert set(v.measures) == set(COLLAPSE_COLUMNS[1:])
+    assert v.tensors == [f"{v.classifier}.weight", f"{v.classifier}.bias"]
+    cols = [names.index(n) for n in v.tensors]
+    np.testing.assert_allclose(v.lca_cumulative, np.cumsum(layer[:, cols].sum(1)))
+    fig = F.collapse_figure(v.steps, v.measures, v.positions, v.lca_cumulative,
+                            classifier=v.classifier)
+    assert len(fig.data) == 1 + 6
+    empty = F.collapse_figure(np.zeros(0), {}, np.zeros(0), np.zeros(0))
+    assert "No evaluation" in empty.layout.annotations[0].text
