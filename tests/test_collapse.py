@@ -127,3 +127,23 @@ def test_view_and_figure_of_a_recorded_run(tmp_path):
     assert len(fig.data) == 1 + 6
     empty = F.collapse_figure(np.zeros(0), {}, np.zeros(0), np.zeros(0))
     assert "No evaluation" in empty.layout.annotations[0].text
+
+
+def test_layers_page_shows_collapse_beside_the_last_layer(make_run, runs_folder):
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    make_run("full.h5", runs_folder)
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "layers.py"), default_timeout=60)
+    at.session_state["run"] = "full.h5"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    fig = [s for s in specs if "Neural collapse" in ((s["layout"].get("title") or {})
+                                                      .get("text") or "")]
+    assert len(fig) == 1
+    names = [t.get("name") for t in fig[0]["data"]]
+    assert names[0].endswith("LCA") and "NC1 within-class spread" in names
