@@ -65,3 +65,23 @@ def test_stop_ends_every_packed_model_interrupted(tmp_path):
 def test_pack_must_be_positive():
     with pytest.raises(ValueError, match="pack"):
         _config(pack=0)
+
+
+def test_cli_pack_writes_one_file_per_model(tmp_path, capsys):
+    from lca.cli import main
+
+    out = tmp_path / "sweep.h5"
+    code = main(["train", "--dataset", "gauss", "--model", "mlp", "--steps", "3",
+                 "--subset", "64", "--measure-size", "64", "--batch-size", "16", "--seed", "7",
+                 "--pack", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "[0] seed 7 complete" in text and "[1] seed 8 complete" in text
+    for i in range(2):
+        with Reader(tmp_path / f"sweep-{i}.h5") as r:
+            assert r.status == "complete" and r.config["seed"] == 7 + i
+    assert not out.exists()
+    # an existing packed file is refused before anything is trained, in one sentence
+    assert main(["train", "--dataset", "gauss", "--steps", "3", "--pack", "2",
+                 "--out", str(out), "--quiet"]) != 0
+    assert "exists" in capsys.readouterr().err
