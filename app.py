@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from lca import classroom, runs
+from pages import presenter
 from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY
 
 ROOT = Path(__file__).resolve().parent
@@ -41,11 +42,12 @@ PAGES = [
     ("pages/playground.py", "Playground", "playground", ":material/science:"),
 ]
 
+# Green and red mean helped and hurt the loss everywhere, so run statuses use other colours.
 STATUS_BADGE = {
     "running": ("running", "blue", ":material/autorenew:"),
-    "complete": ("complete", "green", ":material/check_circle:"),
-    "failed": ("failed", "red", ":material/error:"),
-    "interrupted": ("interrupted", "orange", ":material/pause_circle:"),
+    "complete": ("complete", "violet", ":material/check_circle:"),
+    "failed": ("failed", "orange", ":material/error:"),
+    "interrupted": ("interrupted", "gray", ":material/pause_circle:"),
 }
 
 
@@ -169,8 +171,10 @@ def classroom_gate() -> None:
 def main() -> None:
     # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
     # and an offline classroom server must not send its students anywhere else.
-    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide",
+                       initial_sidebar_state=presenter.sidebar_state())
     pg = st.navigation(build_pages())
+    presenter.toggle()
     classroom_gate()
     try:
         problem = sidebar()

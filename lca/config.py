@@ -165,6 +165,10 @@ class RunConfig:
                 techniques.validate(spec)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        try:  # every pair of techniques composes or is refused before training
+            techniques.validate_all(self.techniques)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

@@ -28,6 +28,7 @@ class Hooks:
     @classmethod
     def from_specs(cls, specs: list[dict]) -> Hooks:
         try:
+            techniques_registry.validate_all(specs)  # compose or refuse, before anything runs
             return cls([techniques_registry.create(spec) for spec in specs])
         except ValueError as e:  # TechniqueError: one sentence
             raise TrainingError(str(e)) from None

@@ -91,9 +91,10 @@ def _row(run: runs.RunFile) -> dict:
 
 STATUS_ICON = {
     "running": ":blue[● running]",
-    "complete": ":green[● complete]",
-    "failed": ":red[● failed]",
-    "interrupted": ":orange[● interrupted]",
+    # Green and red mean helped and hurt the loss in this app, so statuses use other colours.
+    "complete": ":violet[● complete]",
+    "failed": ":orange[● failed]",
+    "interrupted": ":gray[● interrupted]",
 }
 
 
@@ -106,7 +107,7 @@ def recent_runs(items: list[runs.RunFile]) -> None:
         with c1:
             when = dt.datetime.fromtimestamp(run.modified).strftime("%d %b %H:%M")
             if info["problem"]:
-                st.markdown(f"**{run.name}** · {when}  \n:red[{info['problem']}]")
+                st.markdown(f"**{run.name}** · {when}  \n:orange[{info['problem']}]")
             else:
                 st.markdown(
                     f"**{run.name}** · {STATUS_ICON.get(info['status'], info['status'])} · "

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from lca import export, views
 from lca import figures as F
-from lca import views
-from pages.shared import plot, show_run, steps_phrase, view_or_explain
+from pages.shared import download_csv, plot, show_run, steps_phrase, view_or_explain
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -66,6 +66,7 @@ def interventions_table(v: views.LossView) -> None:
     with st.expander(f"{len(rows)} intervention segment(s): a technique moved weights outside "
                      "the optimizer (e.g. a prune event)"):
         st.dataframe(table, hide_index=True)
+        download_csv(lambda: export.rows_csv(table), "interventions", key="loss_csv_events")
 
 
 def render(path: Path) -> bool:
@@ -83,6 +84,12 @@ def render(path: Path) -> bool:
     metrics(v.summary)
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
     plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
+    t = min(len(v.lca), len(v.loss) - 1)
+    download_csv(lambda: export.series_csv({
+        "step": F.step_axis(kind, t),
+        "loss before": v.loss[:t], "loss after": v.loss[1: t + 1], "sum of LCA": v.lca[:t],
+        "loss change - sum of LCA": v.error[:t]}), "loss-and-lca-per-step",
+        key="loss_csv_steps")
     st.caption(
         "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
         "plus the running sum of every parameter's LCA. When LCA splits each step's loss "

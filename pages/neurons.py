@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from lca import export, views
 from lca import figures as F
-from lca import views
-from pages.shared import plot, read_view, show_run, steps_phrase, view_or_explain
+from pages.shared import download_csv, plot, read_view, show_run, steps_phrase, view_or_explain
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10
@@ -38,6 +38,9 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     plot(F.unit_heatmap(units, positions=pos[:len(units)],
                         title=f"LCA of each unit of {group} on each step "
                         "(green = helped, red = hurt)"), key="neurons_units")
+    download_csv(lambda: export.step_matrix_csv(
+        pos[:len(units)], units, [f"{group} unit {i}" for i in range(units.shape[1])]),
+        f"{group}-unit-lca-per-step", key="neurons_csv_units")
     st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
                "each step. Long runs are summed over blocks of steps (exact sums).")
 

@@ -23,7 +23,7 @@ import streamlit as st
 from lca import jobs, runs
 from lca.store import Reader, RunFileError, human_bytes
 from pages.live_panel import first_existing_page, open_run_button, switch_page
-from pages.shared import DELETED_KEY, RUN_KEY, locked_help, may, refuse_unless
+from pages.shared import DELETED_KEY, RUN_KEY, download_csv, locked_help, may, refuse_unless
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_KEY = "compare_runs"  # the Compare page reads the run names to compare from here
@@ -268,6 +268,7 @@ def main() -> None:
         df, good, bad = table(items)
         if len(df):
             st.dataframe(df, hide_index=True, column_config=COLUMNS, key="runs_table")
+            download_csv(lambda: df.to_csv(index=False), "runs", key="runs_csv")
         if bad:
             st.markdown("**Files that are not readable runs**")
             for name, problem in bad:

@@ -16,6 +16,7 @@ import streamlit as st
 
 from lca import classroom, runs, views
 from lca.store import Reader, RunFileError
+from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
@@ -137,8 +138,31 @@ def require_run() -> Path:
 
 
 def plot(fig, *, key: str | None = None, **kwargs):
-    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
-    return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
+    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept.
+
+    The chart's camera button (plotly's modebar, drawn in the browser, offline) saves it as a
+    PNG named after the run and the chart; in presenter mode the chart's type is bigger.
+    """
+    if presenter.is_on():
+        fig.update_layout(font={"size": presenter.FONT_SIZE})
+    name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
+    config = {"displaylogo": False, "toImageButtonOptions": {
+        "format": "png", "filename": name.replace(" ", "_"), "scale": 2}}
+    return st.plotly_chart(fig, theme=None, width="stretch", key=key,
+                           config={**config, **kwargs.pop("config", {})}, **kwargs)
+
+
+def download_csv(make: Callable[[], str], name: str, *, key: str,
+                 label: str = "Download CSV") -> None:
+    """A button that saves the data a chart or table shows as ``<run>-<name>.csv``.
+
+    ``make`` builds the CSV text (``lca.export``) only when the button is clicked, on its own
+    thread, so drawing the page costs nothing for it; the click does not rerun the page.
+    """
+    run = Path(selected_run_name() or "lca-lab").stem
+    st.download_button(label, make, file_name=f"{run}-{name}.csv".replace(" ", "_"),
+                       mime="text/csv", key=key, on_click="ignore",
+                       icon=":material/download:", type="tertiary")
 
 
 def show_run(render: Callable[[Path], object]) -> None:

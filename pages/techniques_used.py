@@ -17,10 +17,17 @@ import numpy as np
 import streamlit as st
 
 import techniques as techniques_registry
+from lca import export, views
 from lca import figures as F
-from lca import views
 from lca.store import RunFileError
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, read_view, require_run
+from pages.shared import (
+    LIVE_SECONDS,
+    download_csv,
+    open_run_or_explain,
+    plot,
+    read_view,
+    require_run,
+)
 
 EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
 
@@ -43,12 +50,15 @@ def section_overview(d: views.TechniqueView) -> None:
         f"- **{n}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
     st.table(d.summaries)
+    download_csv(lambda: export.rows_csv(d.summaries), "techniques", key="tech_csv_summary")
     st.caption("Computed from what the run file records step by step (series, event tables, "
                "arrays), so it grows with a live run.")
     reported = views.reported_rows(d.reported)
     if reported:
         with st.expander("What each technique reported when the run ended"):
             st.dataframe(reported, hide_index=True, width="stretch")
+            download_csv(lambda: export.rows_csv(reported), "techniques-reported",
+                         key="tech_csv_reported")
     elif d.status == "running":
         st.caption("Each technique's own report is added when the run ends.")
     section_savings(d)
@@ -59,25 +69,27 @@ def section_timelines(data: views.RunTechniques) -> None:
     marks = data.prune_marks()
     st.subheader("Where the techniques acted")
     plot(F.technique_loss_figure(data.loss, skip_bands=bands, prune_marks=marks,
-                                 scaler_skipped=data.scaler_skipped), key="tech_loss")
+                                 scaler_skipped=data.scaler_skipped, kind=data.kind),
+         key="tech_loss")
     how = ["The loss on the measurement set."]
     if bands:
         how.append("Blue bands: weight updates were skipped.")
     if marks:
-        how.append("Crosses and dotted lines: prune events (a prune is its own segment, so its "
-                   "loss jump is its cost).")
+        how.append("Crosses and dotted lines: prune events, each between the steps around it "
+                   "(a prune made after step k sits at k + ½, as on every page); its loss jump "
+                   "is its cost.")
     if data.scaler_skipped is not None and data.scaler_skipped.any():
         how.append("Purple triangles: steps the loss scaler skipped.")
     st.caption(" ".join(how))
     plot(F.technique_layer_lines_figure(data.layer_lca, data.tensor_names, skip_bands=bands,
-                                        prune_marks=marks), key="tech_layers")
+                                        prune_marks=marks, kind=data.kind), key="tech_layers")
     st.caption("Each line is one layer's running total of LCA: going down = the layer is "
                "lowering the loss." + (" Inside a blue band its weights stand still, so only "
                                        "the biases can still move it." if bands else ""))
     plot(F.technique_heatmap_figure(
         data.layer_lca, data.tensor_names, skip_bands=bands, skip_rows=data.skip_rows,
         frozen=data.frozen_marks(), prune_marks=data.heatmap_prune_marks(),
-        scaler_skipped=data.scaler_skipped,
+        scaler_skipped=data.scaler_skipped, kind=data.kind,
     ), key="tech_heatmap")
     legend = []
     if bands:
@@ -86,7 +98,8 @@ def section_timelines(data: views.RunTechniques) -> None:
         legend.append("black boxes: frozen tensors")
     if marks:
         legend.append("crosses: prune events")
-    st.caption("Each cell is one tensor on one segment: **green = helped** (lowered the loss), "
+    st.caption("Each cell is one tensor on one step (or one prune): **green = helped** (lowered "
+               "the loss), "
                "**red = hurt**." + (f" {'; '.join(legend).capitalize()}." if legend else ""))
 
 
@@ -183,7 +196,7 @@ def section_amp(d: views.TechniqueView, name: str) -> None:
         st.info("The forward pass ran in bfloat16, which needs no loss scaling: the scale stays "
                 "1 and no step was skipped. LCA is still measured in float32.")
         return
-    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0)),
+    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0), kind=data.kind),
          key=f"tech_amp_{name}")
     st.caption("float16 training multiplies the loss by this scale; a step whose gradients "
                "overflowed is skipped (purple) and the scale halves. A skipped step moves no "
@@ -229,6 +242,42 @@ def section_compress(d: views.TechniqueView, name: str) -> None:
                          y_title="Σ ‖w‖₁ / ‖w‖₂", kind=data.kind), key=f"tech_compress_{name}")
     st.caption("It is added to the training loss only; LCA measures the plain loss, so weights "
                "the regularizer moves without lowering that loss show up as hurting (red).")
+
+
+def section_feedback(d: views.TechniqueView, name: str) -> None:
+    """DFA/BDFA: alignment with the true gradient over time, and helped per layer."""
+    report = d.reported.get(name, {})
+    dfa_layers = [n for n in str(report.get("dfa_layers", "")).split("+") if n]
+    bp_layers = [n for n in str(report.get("bp_layers", "")).split("+") if n]
+    st.subheader(f"Feedback alignment ({name})")
+    alignment = d.series.get(name, {}).get("alignment")
+    if alignment is not None and alignment.ndim == 2:
+        names = dfa_layers or [f"layer {j + 1}" for j in range(alignment.shape[1])]
+        plot(F.alignment_figure(alignment, names, kind=d.data.kind), key=f"tech_align_{name}")
+        st.caption("Cosine between the update this method made and the true gradient "
+                   "(backprop), per hidden layer. LCA always uses the true gradient, so a layer "
+                   "near 0 barely learns and one below 0 is pushed uphill.")
+    helped = {k[len("helped_"):]: float(v) for k, v in report.items()
+              if k.startswith("helped_") and isinstance(v, int | float)}
+    if helped:
+        trained_by = {**dict.fromkeys(bp_layers, "backprop"), **dict.fromkeys(dfa_layers, name)}
+        plot(F.helped_by_method_figure(helped, trained_by), key=f"tech_helped_{name}")
+        st.caption("Share of each layer's weights whose total LCA is below 0 (helped) when the "
+                   "run ended, for layers trained by feedback alignment and by backprop.")
+    elif d.status == "running":
+        st.caption("Helped per layer appears when the run ends.")
+
+
+def section_symmetry(d: views.TechniqueView, name: str) -> None:
+    report = d.reported.get(name, {})
+    st.subheader(f"Weight symmetry ({name})")
+    if "params_saved" not in report:
+        st.caption("The parameter count saved appears when the run ends.")
+        return
+    st.markdown(f"Variant **{report.get('variant', '?')}** on **{report.get('layers', '?')}**: "
+                f"**{int(report['params_saved']):,}** parameters saved "
+                f"({100 * float(report.get('fraction_params_saved', 0)):.1f}% of the model). "
+                "The mirrored entries are never used, never move, and have LCA exactly 0.")
 
 
 def section_savings(d: views.TechniqueView) -> None:
@@ -313,6 +362,11 @@ def body(path: Path) -> None:
         if value is not None and value.ndim == 1 and name not in data.frozen:
             section_compress(d, name)
             shown |= {"value"}
+        if "alignment" in series:
+            section_feedback(d, name)
+            shown |= {"alignment"}
+        if name == "symmetry":
+            section_symmetry(d, name)
         if name in precision:
             section_precision(d, name, precision[name])
         scale = series.get("scale")

@@ -50,6 +50,12 @@ Once, at the end (also after a stop or a NaN loss; not when an exception ends th
     summary() -> dict                what it did and saved, as JSON-able values, for the run
                                      file and the app
 
+Compose or refuse: ``techniques.validate_all`` (run by ``RunConfig`` and the loop before
+anything trains) refuses, with one sentence naming both, any two techniques that share a role
+(class attribute ``roles``, e.g. ``("weight-format",)``; the roles are ``techniques.ROLES``),
+that name each other in ``conflicts`` (``{"other-name": "why, as a clause"}``), or that both
+override ``backward`` or ``optimizer_step`` (only the first one's answer would count).
+
 What a technique may read and write, all through ``Context``: the model, optimizer, loss, data,
 step and current minibatch (``ctx.batch``); ``ctx.params()``; the LCA measured so far,
 read-only (``ctx.cumulative_lca``, ``ctx.last_segment``, ``ctx.segments_measured``);
@@ -263,6 +269,11 @@ class Technique:
     description: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     reconstructed: ClassVar[bool] = False  # the paper's exact algorithm is not public
+    # Compose or refuse (checked by ``techniques.validate_all`` before training): two
+    # techniques sharing a role (``techniques.ROLES``: "weight-format", "backward", ...) are
+    # refused, and so is a pair where either names the other in ``conflicts`` (name -> why).
+    roles: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(self.options))

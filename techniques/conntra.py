@@ -34,6 +34,7 @@ class CoNNTrA(Technique):
     """Ternary weights trained by accepted one-level coordinate moves."""
 
     name = "conntra"
+    roles = ("weight-format",)
     reconstructed = True
     description = (
         "CoNNTrA-style ternary training: weights in {-a, 0, +a} per tensor move one level at "

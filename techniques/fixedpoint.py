@@ -177,6 +177,7 @@ class SakrFixedPoint(Technique):
     """Sakr & Shanbhag 2019: every tensor class in per-tensor fixed point, analytic precisions."""
 
     name = "fixed-point"
+    roles = ("weight-format", "arithmetic")
     description = (
         "Per-tensor fixed point for weights, activations, activation gradients, weight "
         "gradients and the weight accumulator (Sakr & Shanbhag 2019), with the analytic "
@@ -376,8 +377,10 @@ class SakrFixedPoint(Technique):
                 p.grad = self._q("weight_grads", i, p.grad)
             self._before[n] = p.detach().clone()
 
-    def wants_intervention(self, ctx: Context) -> bool:
+    def begin(self, ctx: Context) -> None:
         self._write_arrays(ctx)
+
+    def wants_intervention(self, ctx: Context) -> bool:
         return self._pending is not None
 
     def intervene(self, ctx: Context, row: dict[str, object]) -> None:

@@ -55,6 +55,7 @@ class FP8(Technique):
     """Wang et al. 2018: 1-5-2 GEMM operands, 1-6-9 stochastic-rounded updates, no fp32 copy."""
 
     name = "fp8"
+    roles = ("weight-format", "arithmetic")
     description = (
         "8-bit floating-point training (Wang et al. 2018, simulated): weights, activations and "
         "gradients in 1-5-2, weight update, momentum and the weights themselves in 1-6-9 with "

@@ -29,6 +29,7 @@ class MixedPrecision(Technique):
     """Autocast the training forward; fp16 adds a GradScaler."""
 
     name = "amp"
+    roles = ("backward", "arithmetic")
     description = (
         "Mixed precision: the training forward runs in bfloat16 (CPU) or float16 with loss "
         "scaling (CUDA); LCA is still measured in float32."

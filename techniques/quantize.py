@@ -157,6 +157,7 @@ class FixedPoint(_Quantizer):
     """Symmetric per-tensor fixed point with B bits (nearest or stochastic rounding)."""
 
     name = "quantize"
+    roles = ("weight-format",)
     description = (
         "Fixed-point weights: Linear/Conv weights rounded to B-bit symmetric per-tensor grids in "
         "the forward pass, trained through a straight-through estimator."
@@ -239,6 +240,7 @@ def _first_weight(model: nn.Module) -> str | None:
 class Binary(_Quantizer):
     """BNN weights: sign(w)·α with a straight-through estimator, latent weights in [−1, 1]."""
 
+    roles = ("weight-format",)
     name = "binary"
     description = (
         "Binary weights (BNN): each Linear/Conv weight is ±alpha in the forward pass, trained "
@@ -281,6 +283,7 @@ class Binary(_Quantizer):
 @register
 class Ternary(_Quantizer):
     """Ternary weights α·sign(w)·[|w| > 0.7·mean|w|] with a straight-through estimator."""
+    roles = ("weight-format",)
 
     name = "ternary"
     description = (

@@ -46,6 +46,7 @@ class WeightUpdateSkipping(Technique):
     """Skip Linear/Conv weight updates for a while when the accuracy plateaus."""
 
     name = "wus"
+    roles = ("update-skipping",)
     description = (
         "Weight update skipping: when the accuracy stops changing, Linear/Conv weights stop "
         "updating for a few windows while biases and norm layers keep training."

@@ -225,6 +225,31 @@ def test_techniques_tables_from_runs(out: Path) -> None:
         assert close(wus_rows[key]["train s"], seconds, rel=1e-3)
 
 
+@pytest.mark.slow  # the module's runs of every experiment: tens of seconds
+def test_methods_table_from_runs(out: Path) -> None:
+    md = report(out, "methods")
+    files = run_files(md, out / "runs")
+    rows = {r["method"]: r for r in table_rows(md, "alignment last")}
+    assert set(rows) == {"backprop", "dfa", "bdfa", "symmetry"}
+    for method, row in rows.items():
+        with Reader(files[f"digits-{method}"]) as r:
+            totals = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names])
+            assert close(row["helped %"], 100 * float((totals < 0).mean()), abs_=0.051)
+            assert close(row["test acc %"], 100 * float(r.events("eval")["test_acc"][-1]),
+                         abs_=0.051)
+            if method in ("dfa", "bdfa"):
+                a = np.asarray(r.series(f"techniques/{method}/alignment"), dtype=np.float64)
+                assert close(row["alignment last"], float(np.nanmean(a[-max(1, len(a) // 5):])),
+                             rel=1e-2, abs_=1e-3)
+            else:
+                assert row["alignment last"] == "n/a"
+            saved = r.technique_summaries().get("symmetry", {}).get("params_saved", 0)
+            assert close(row["helped % of learned"],
+                         100 * float((totals < 0).sum() / (totals.size - saved)), abs_=0.051)
+            assert row["params saved"].startswith(f"{saved:,} of {totals.size:,}")
+    assert rows["symmetry"]["params saved"].startswith("4,032")  # fc1, fc2: 2 × 64·63/2
+
+
 @pytest.mark.slow
 def test_single_experiment_keeps_runs_beside_report(tmp_path: Path) -> None:
     from lca.experiments import synchrony as sync_experiment

@@ -219,6 +219,8 @@ def test_wants_intervention_changes_nothing(name: str) -> None:
     tech = techniques.create({"name": name})
     if name == "prune-lca":  # scores need a cumulative LCA; none is measured here
         tech = techniques.create({"name": "prune-magnitude"})
+    if name == "symmetry":  # needs a square layer: fc2 becomes 5×5
+        ctx.model.fc2, ctx.model.out = nn.Linear(5, 5), nn.Linear(5, 3)
     tech.setup(ctx)
     for step in range(80):
         ctx.step = step

@@ -47,6 +47,8 @@ EXPERIMENTS: dict[str, str] = {
                  "circular-shift null)",
     "techniques": "weight update skipping vs baseline (time, accuracy) and magnitude vs L-OBS "
                   "vs LCA-guided pruning at equal sparsity",
+    "methods": "backprop vs DFA vs BDFA vs weight symmetry: accuracy, % helped, alignment with "
+               "the true gradient, parameters saved",
     "precision": "per-tensor fixed point: the loss cost of rounding (LCA of the rounding leg) "
                  "per layer, stochastic vs nearest, analytic precisions vs uniform 8 bits",
 }

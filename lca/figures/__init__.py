@@ -25,6 +25,7 @@ from .explain import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .live import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
+from .methods import *  # noqa: F401,F403
 from .neurons import *  # noqa: F401,F403
 from .playground import *  # noqa: F401,F403
 from .precision import *  # noqa: F401,F403
