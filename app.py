@@ -15,7 +15,7 @@ import streamlit as st
 
 from lca import classroom, runs
 from pages import presenter
-from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY
+from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
 
 ROOT = Path(__file__).resolve().parent
 FAVICON = ROOT / "assets" / "favicon.png"
@@ -182,14 +182,14 @@ def main() -> None:
         log.exception("sidebar failed")
         problem = "The run list could not be shown; the details are in the server log."
     if problem:
-        st.warning(problem)
+        st.warning(literal(problem))  # it may quote a name from the URL: shown literally
     try:
         pg.run()
     except Exception as e:  # noqa: BLE001 - st.stop/st.rerun are BaseException and pass through
         log.exception("page %s failed", getattr(pg, "title", "?"))
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         st.error(
-            f"This page hit an unexpected problem ({type(e).__name__}: {first}); "
+            f"This page hit an unexpected problem ({type(e).__name__}: {literal(first)}); "
             "the details are in the server log — pick another run or reload the page."
         )
 

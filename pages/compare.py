@@ -17,7 +17,7 @@ import streamlit as st
 from lca import export, runs, views
 from lca import figures as F
 from lca.store import RunFileError
-from pages.shared import LIVE_SECONDS, RUN_KEY, download_csv, plot, read_view
+from pages.shared import LIVE_SECONDS, RUN_KEY, download_csv, literal, plot, read_view
 
 COMPARE_KEY = "compare_runs"  # set by the Runs page
 PICK_KEY = "compare"  # the multiselect, bound to ?compare=
@@ -77,7 +77,7 @@ def render(chosen: list[str]) -> bool:
     read = [read_run(n) for n in chosen]
     for d in read:
         if isinstance(d, Unreadable):
-            st.warning(d.error)
+            st.warning(literal(d.error))
     data = [d for d in read if isinstance(d, views.CompareView)]
     if len(data) < 2:
         st.info("Pick at least two readable runs to compare.")
@@ -134,7 +134,8 @@ def render(chosen: list[str]) -> bool:
         plot(F.compare_layer_difference(common, totals[a.name], totals[b.name], a.name, b.name,
                                         counts_a=counts[a.name], counts_b=counts[b.name],
                                         per_param=per_param), key=f"compare_diff_{b.name}")
-    st.caption(f"Run B − run A (A = {a.name}, the first run picked): :blue[blue] where B's "
+    st.caption(f"Run B − run A (A = {literal(a.name)}, the first run picked): :blue[blue] "
+               "where B's "
                "layer lowered the loss more (or raised it less) than A's, :orange[orange] where "
                "it did less. Blue and orange, not green and red: a layer can help in both runs "
                "and still help less in B.")
@@ -161,7 +162,7 @@ def main() -> None:
     linked = [n for v in st.query_params.get_all(PICK_KEY) for n in v.split(",") if n]
     missing = [n for n in linked if n not in names]
     if missing:  # a shared link names runs this folder lacks: the picker drops them quietly
-        st.warning(f"{', '.join(repr(n) for n in missing[:5])} "
+        st.warning(f"{literal(', '.join(repr(n) for n in missing[:5]))} "
                    f"{'is' if len(missing) == 1 else 'are'} not in the runs folder (deleted, "
                    "renamed or never copied here), so the comparison leaves "
                    f"{'it' if len(missing) == 1 else 'them'} out.")

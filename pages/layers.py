@@ -21,6 +21,7 @@ from lca.synchrony import SynchronyError, synchrony
 from pages.shared import (
     download_csv,
     file_stamp,
+    literal,
     plot,
     read_view,
     show_run,
@@ -176,7 +177,7 @@ def sync_section(path: Path) -> None:
                              "trend alone makes peaks coincide.")
     out = _synchrony(str(path), file_stamp(path), top / 100.0, 25 if detrend else 0)
     if "error" in out:
-        st.info(out["error"])
+        st.info(literal(out["error"]))
         return
     res, names = out["result"], out["names"]
     c1, c2, c3 = st.columns(3)
@@ -215,7 +216,7 @@ def sync_section(path: Path) -> None:
             "of shifts with C at least as high.\n"
             "- Interventions (e.g. prune events) are left out. The LCA paper reports "
             "synchronized learning but not its measure; this one is ours."
-            + (f"\n- Left out (never moved enough): {', '.join(out['left_out'])}."
+            + (f"\n- Left out (never moved enough): {literal(', '.join(out['left_out']))}."
                if out["left_out"] else ""))
 
 
@@ -223,8 +224,8 @@ def render(path: Path) -> bool:
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
-    st.caption(f"**{path.name}** · {v.status} · {steps_phrase(v.kind)} · {len(v.names)} layers "
-               f"(parameter tensors) · record {v.record}")
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+               f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}")
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first "
                 "step.")

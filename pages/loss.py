@@ -16,7 +16,7 @@ import streamlit as st
 
 from lca import export, views
 from lca import figures as F
-from pages.shared import download_csv, plot, show_run, steps_phrase, view_or_explain
+from pages.shared import download_csv, literal, plot, show_run, steps_phrase, view_or_explain
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -44,7 +44,8 @@ def metrics(s: dict) -> None:
     if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") not in ("rk4-adaptive",
                                                                            "rk4-paper"):
         st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
-                f"integrator ({s.get('method') or '?'}) was not accurate on some steps, usually "
+                f"integrator ({literal(s.get('method') or '?')}) was not accurate on some "
+                "steps, usually "
                 "the first, large ones. Record with method rk4-adaptive, which splits such "
                 "steps until the error is small, or with a smaller learning rate.",
                 icon=":material/info:")
@@ -75,8 +76,9 @@ def render(path: Path) -> bool:
     if v is None:
         return False
     kind = v.kind
-    st.caption(f"**{path.name}** · {v.status} · {steps_phrase(kind)} recorded · "
-               f"{v.num_params:,} parameters · method {v.method} · record {v.record}")
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "
+               f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
+               f"record {literal(v.record)}")
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first "
                 "step.")

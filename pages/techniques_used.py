@@ -23,6 +23,8 @@ from lca.store import RunFileError
 from pages.shared import (
     LIVE_SECONDS,
     download_csv,
+    literal,
+    literal_rows,
     open_run_or_explain,
     plot,
     read_view,
@@ -47,9 +49,9 @@ def describe(name: str) -> str:
 def section_overview(d: views.TechniqueView) -> None:
     data = d.data
     st.markdown("**Techniques in this run:**\n" + "\n".join(
-        f"- **{n}**: {describe(n)}" for n in data.names))
+        f"- **{literal(n)}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
-    st.table(d.summaries)
+    st.table(literal_rows(d.summaries))
     download_csv(lambda: export.rows_csv(d.summaries), "techniques", key="tech_csv_summary")
     st.caption("Computed from what the run file records step by step (series, event tables, "
                "arrays), so it grows with a live run.")
@@ -185,7 +187,7 @@ def section_pruning(d: views.TechniqueView, path: Path) -> None:
 def section_amp(d: views.TechniqueView, name: str) -> None:
     series = d.series.get(name, {})
     data = d.data
-    st.subheader(f"Mixed precision ({name})")
+    st.subheader(f"Mixed precision ({literal(name)})")
     scale = series.get("scale")
     skipped = series.get("skipped")
     if scale is None or scale.ndim != 1:
@@ -205,7 +207,7 @@ def section_amp(d: views.TechniqueView, name: str) -> None:
 
 def section_quantize(d: views.TechniqueView, name: str) -> None:
     data = d.data
-    st.subheader(f"Low-bit weights ({name})")
+    st.subheader(f"Low-bit weights ({literal(name)})")
     bits = d.bits.get(name)
     if bits is not None:
         plot(F.bits_figure(data.tensor_names, bits), key=f"tech_bits_{name}")
@@ -224,11 +226,12 @@ def section_freeze(d: views.TechniqueView, name: str) -> None:
     data = d.data
     rows, mask = data.frozen[name]
     layers = ", ".join(sorted({F.module_of(data.tensor_names[i]) for i in rows})) or "?"
-    st.subheader(f"Frozen layers ({name})")
+    st.subheader(f"Frozen layers ({literal(name)})")
     steps = F.intervals(mask)
     when = (f"from segment {steps[0][0]} on" if steps else "never (its start step was not "
             "reached)")
-    st.markdown(f"**{layers}** frozen {when}: the black boxes on the heatmap. Frozen weights do "
+    st.markdown(f"**{literal(layers)}** frozen {when}: the black boxes on the heatmap. "
+                "Frozen weights do "
                 "not move, so their LCA is 0 there; watch where the learning goes instead "
                 "(the LCA paper's freezing experiment).")
 
@@ -236,7 +239,7 @@ def section_freeze(d: views.TechniqueView, name: str) -> None:
 def section_compress(d: views.TechniqueView, name: str) -> None:
     data = d.data
     value = d.series.get(name, {}).get("value")
-    st.subheader(f"Compressibility regularizer ({name})")
+    st.subheader(f"Compressibility regularizer ({literal(name)})")
     plot(F.series_figure(value.astype(np.float64), title="The regularizer Σ‖w‖₁/‖w‖₂ over "
                          "training (lower = weights concentrated in fewer large values)",
                          y_title="Σ ‖w‖₁ / ‖w‖₂", kind=data.kind), key=f"tech_compress_{name}")
@@ -317,7 +320,7 @@ def section_other(d: views.TechniqueView, name: str, shown: set[str]) -> None:
             if k not in shown and v.ndim == 1}
     if not rest:
         return
-    st.subheader(f"{name}: recorded series")
+    st.subheader(f"{literal(name)}: recorded series")
     for field_, v in rest.items():
         plot(F.series_figure(v.astype(np.float64), title=f"{name}: {field_}", y_title=field_,
                              kind=data.kind), key=f"tech_series_{name}_{field_}")
@@ -327,18 +330,19 @@ def body(path: Path) -> None:
     try:
         d: views.TechniqueView = read_view(views.technique_view, path)
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         return
     data: views.RunTechniques = d.data
     if not data.names:
         st.info(views.no_technique_sentence())
         return
     if data.segments == 0:
-        st.info(f"{path.name} has no recorded step yet; the techniques appear here as soon as "
+        st.info(f"{literal(path.name)} has no recorded step yet; the techniques appear here "
+                "as soon as "
                 "the first step is written.")
         return
     if d.status == "running":
-        st.caption(f"Live: {path.name} is still training; this page refreshes every "
+        st.caption(f"Live: {literal(path.name)} is still training; this page refreshes every "
                    f"{LIVE_SECONDS:g} s.")
     section_overview(d)
     section_timelines(data)
