@@ -84,6 +84,7 @@ def test_penultimate_features_are_the_classifier_inputs():
     assert torch.allclose(feats, torch.relu(model[0](x)))
 
 
+@pytest.mark.slow
 def test_recorded_at_every_evaluation_of_a_short_run(tmp_path):
     from lca.config import RunConfig
     from lca.store import Reader
@@ -103,6 +104,7 @@ def test_recorded_at_every_evaluation_of_a_short_run(tmp_path):
     assert np.all(table["classes"] >= 2)
 
 
+@pytest.mark.slow
 def test_view_and_figure_of_a_recorded_run(tmp_path):
     from lca import figures as F
     from lca import views
@@ -129,6 +131,7 @@ def test_view_and_figure_of_a_recorded_run(tmp_path):
     assert "No evaluation" in empty.layout.annotations[0].text
 
 
+@pytest.mark.slow
 def test_layers_page_shows_collapse_beside_the_last_layer(make_run, runs_folder):
     import json
     from pathlib import Path

@@ -26,6 +26,7 @@ def test_pack_paths_and_configs(tmp_path):
     assert [c.out for c in cs] == [str(tmp_path / f"p-{i}.h5") for i in range(3)]
 
 
+@pytest.mark.slow
 def test_each_packed_model_equals_the_model_trained_alone(tmp_path):
     # unstacked: each model's own backward and random state, so equality is exact (tolerance 0
     # for the weights, 0 for the stored float32 per-parameter LCA).
@@ -47,6 +48,7 @@ def test_each_packed_model_equals_the_model_trained_alone(tmp_path):
     assert not torch.equal(*first)
 
 
+@pytest.mark.slow
 def test_stacked_pack_equals_each_model_trained_alone_to_float_tolerance(tmp_path):
     # one vmap-ed forward/backward for the 3 models: batched matmuls round differently, so the
     # weights agree to 1e-5 and the per-parameter LCA to 1e-5 absolute after 5 steps.
@@ -76,6 +78,7 @@ def test_stacked_pack_equals_each_model_trained_alone_to_float_tolerance(tmp_pat
                                            atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stop_ends_every_packed_model_interrupted(tmp_path):
     calls = {"n": 0}
 
@@ -96,6 +99,7 @@ def test_pack_must_be_positive():
         _config(pack=0)
 
 
+@pytest.mark.slow
 def test_cli_pack_writes_one_file_per_model(tmp_path, capsys):
     from lca.cli import main
 
