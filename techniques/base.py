@@ -138,10 +138,16 @@ class Option(Spec):
 
     from_text: bool = True
 
-    def parse(self, technique: str, key: str, value: Any) -> Any:  # type: ignore[override]
-        """``value`` checked by ``Spec.parse``, the sentence naming the technique's option."""
-        where = f"option {key!r} of technique {technique!r}"
-        return Spec.parse(self, value, where, TechniqueError)
+    def parse(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``Spec.parse(value, name)`` raising TechniqueError; the form
+        ``parse(technique, key, value)`` (the sentence then names the technique's option) is
+        accepted too, as techniques and their tests call it so."""
+        if len(args) == 3 and not kwargs and not isinstance(args[2], type):
+            technique, key, value = args
+            where = f"option {key!r} of technique {technique!r}"
+            return Spec.parse(self, value, where, TechniqueError)
+        kwargs.setdefault("error", TechniqueError)
+        return Spec.parse(self, *args, **kwargs)
 
 
 @dataclass
