@@ -268,6 +268,8 @@ def _notices(message, category, filename, lineno, file=None, line=None) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args)
     out = config.out or _fresh_default_out(config)
+    if config.pack > 1:
+        return _train_pack(config, out, args)
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
     if main:
         check_out(out, overwrite=args.overwrite)
@@ -316,6 +318,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_TERMINATED if result.message.startswith("Stopped by SIGTERM") else (
             EXIT_INTERRUPTED)
     return 0
+
+
+def _train_pack(config, out: str, args: argparse.Namespace) -> int:
+    """``--pack N``: the N models in one process, one line (and run file) per model."""
+    from .pack import pack_path, run_pack
+
+    if env_rank() != 0 or os.environ.get("WORLD_SIZE", "1") != "1":
+        print("error: --pack trains in one process; run it without torchrun.", file=sys.stderr)
+        return EXIT_USAGE
+    for i in range(config.pack):
+        check_out(str(pack_path(out, i)), overwrite=args.overwrite)
+    bar = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar.update(step - bar.n)
+        bar.set_postfix(mean_loss=f"{loss:.4f}")
+
+    try:
+        results = run_pack(config, out=out, progress=progress, overwrite=args.overwrite)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.close()
+    for i, result in enumerate(results):
+        acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
+        print(f"[{i}] seed {config.seed + i} {result.status}: {result.message} Loss "
+              f"{result.loss0:.4f} -> {result.loss_final:.4f}{acc}. Run file: {result.path}")
+    statuses = {r.status for r in results}
+    if "interrupted" in statuses:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if "failed" in statuses else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

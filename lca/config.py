@@ -129,6 +129,12 @@ class RunConfig:
         "2 more gradients on those steps; 0 = off)", minimum=0,
         label="Per-weight error estimate every (steps, 0 = off)",
         widget={"section": "LCA measurement"})
+    pack: int = setting(
+        1, int, "train N models of this config with seeds seed, seed+1, … in one process, in "
+        "lock-step, each with its own LCA and run file OUT-0.h5 … OUT-(N-1).h5", minimum=1)
+    pack_index: int | None = setting(
+        None, int, "this model's place in its pack (set by --pack; recorded in each file)",
+        minimum=0, optional=True)
 
     def __post_init__(self) -> None:
         self.validate()

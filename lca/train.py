@@ -26,6 +26,13 @@ from techniques import Context, while_measuring
 
 from . import distributed
 from .allocate import KIND_STEP, NonFiniteLossError, Tracker
+from .collapse import (
+    COLLAPSE_COLUMNS,
+    COLLAPSE_TABLE,
+    classifier_layer,
+    collapse_measures,
+    penultimate_features,
+)
 from .config import RunConfig
 from .hooks import Hooks
 from .posthoc import WeightSavingTracker, declarations_for
@@ -230,14 +237,22 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
     loop.path = (out if out is not None else config.out) if main else None
     ctx.writer = _open_writer(config, loop.path, hooks, overwrite)
-    ctx.tracker = _build_tracker(config, ctx, hooks, measurement_set(ds, config))
+    measure = measurement_set(ds, config)
+    if ctx.writer is not None:  # neural collapse at each evaluation, on the measurement set
+        loop.collapse_layer = classifier_layer(model, ds.num_classes)
+        loop.collapse_set = (measure[0][:EVAL_MAX_EXAMPLES].to(device),
+                             measure[1][:EVAL_MAX_EXAMPLES].to(device))
+    ctx.tracker = _build_tracker(config, ctx, hooks, measure,
+                                 collapse=loop.collapse_layer is not None)
     ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     return loop
 
 
-def _declarations(ctx: Context, hooks: Hooks) -> tuple[dict, dict, dict]:
+def _declarations(
+    ctx: Context, hooks: Hooks, collapse: bool = False
+) -> tuple[dict, dict, dict]:
     """(series, events, arrays) the run file holds: the loop's own and each technique's."""
     series: dict[str, tuple[str, tuple[int, ...]]] = {
         "steps/train_loss": ("f8", ()),
@@ -245,6 +260,8 @@ def _declarations(ctx: Context, hooks: Hooks) -> tuple[dict, dict, dict]:
         "steps/lr": ("f8", ()),
     }
     events: dict[str, tuple[str, ...]] = {"eval": EVAL_COLUMNS}
+    if collapse:
+        events[COLLAPSE_TABLE] = COLLAPSE_COLUMNS
     arrays: dict[str, tuple[str, tuple[int, ...], float]] = {}
     if hooks:  # what each technique did and saved, as JSON, written when the run ends
         arrays[SUMMARIES_PATH] = (f"S{SUMMARIES_BYTES}", (), b"")
@@ -274,9 +291,11 @@ def _open_writer(config: RunConfig, path: str | Path | None, hooks: Hooks, overw
     )
 
 
-def _build_tracker(config: RunConfig, ctx: Context, hooks: Hooks, measure) -> Tracker:
+def _build_tracker(
+    config: RunConfig, ctx: Context, hooks: Hooks, measure, collapse: bool = False
+) -> Tracker:
     """The tracker that measures every segment on the fixed measurement set ``measure``."""
-    series, events, arrays = _declarations(ctx, hooks)
+    series, events, arrays = _declarations(ctx, hooks, collapse)
     dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
     tracker_cls = Tracker
     if config.save_weights:  # θ_0 and θ after every segment, for `python -m lca allocate`
@@ -319,6 +338,8 @@ class Loop:
     base_lrs: list[float]
     batches: Iterator[torch.Tensor]
     path: str | Path | None = None
+    collapse_layer: str | None = None  # the classifier whose input features collapse measures
+    collapse_set: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def tracker(self) -> Tracker:
@@ -404,6 +425,27 @@ class Loop:
         self.ctx.accuracy.append((step, train_acc, test_acc))
         if self.ctx.writer is not None:
             self.ctx.writer.add_event("eval", [step, train_acc, test_acc, test_loss, train_loss])
+            self.log_collapse(step)
+
+    def log_collapse(self, step: int) -> None:
+        """The neural-collapse measures of the classifier's input features on the measurement
+        set (skipped when it holds fewer than two classes)."""
+        if self.collapse_layer is None or self.collapse_set is None:
+            return
+        model = self.ctx.model
+        params = {**self.hooks.effective(dict(model.named_parameters())),
+                  **dict(model.named_buffers())}
+        x, y = self.collapse_set
+        feats = penultimate_features(model, params, self.collapse_layer, x)
+        weight = params.get(f"{self.collapse_layer}.weight")
+        bias = params.get(f"{self.collapse_layer}.bias")
+        if weight is None:  # a technique replaced the classifier's weight: nothing to compare
+            return
+        try:
+            measures = collapse_measures(feats, y, weight, bias)
+        except ValueError:
+            return
+        self.ctx.writer.add_event(COLLAPSE_TABLE, measures.row(step))
 
     def finish(self, status: str, message: str) -> RunResult:
         """Write the techniques' summaries, close the file with ``status``, report."""

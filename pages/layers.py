@@ -254,7 +254,40 @@ def render(path: Path) -> bool:
     st.caption("Each line is a layer's running total of LCA: going down = the layer is "
                "lowering the loss; the end point is its bar in the first chart.")
     sync_section(path)
+    collapse_section(path)
     return v.running
+
+
+def collapse_section(path: Path) -> None:
+    """Neural collapse of the classifier's input features, beside the classifier's LCA."""
+    st.subheader("Does the last layer collapse, and does it still learn?")
+    c = view_or_explain(views.collapse_view, path)
+    if c is None:
+        return
+    if not c.measures:
+        st.info("This run has no neural-collapse measures: they are recorded at each evaluation "
+                "for runs trained with this version whose model ends in a linear classifier. "
+                "Train the run again to see them.")
+        return
+    plot(F.collapse_figure(c.steps, c.measures, c.positions, c.lca_cumulative,
+                           classifier=c.classifier or "last layer"), key="layers_collapse")
+    st.caption("Top: the last layer's running LCA (green: it has lowered the loss overall). "
+               "Bottom: how far its input features are from neural collapse, measured on the "
+               "measurement set at each evaluation; every measure is 0 at full collapse "
+               "(log axis, so 0 is drawn at 1e-6).")
+    with st.expander("What do the four measures say?"):
+        st.markdown(
+            "- **NC1**: the spread of features within each class, relative to the spread of "
+            "the class means (Tr(Σ_W Σ_B⁺)/C).\n"
+            "- **NC2**: the centred class means have equal lengths (std/mean of the norms) and "
+            "equal angles at the simplex value cos = −1/(C−1) (std of the cosines; mean "
+            "|cos + 1/(C−1)|).\n"
+            "- **NC3**: the classifier's rows point along the class means "
+            "(‖W/‖W‖ − M/‖M‖‖²).\n"
+            "- **NC4**: the share of examples where the classifier's answer differs from the "
+            "nearest class mean.\n\n"
+            "Papyan, Han & Donoho (2020), *Prevalence of neural collapse during the terminal "
+            "phase of deep learning training*.")
 
 
 def main() -> None:

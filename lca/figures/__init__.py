@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from .axes import *  # noqa: F401,F403
+from .collapse import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
 from .explain import *  # noqa: F401,F403

@@ -18,6 +18,7 @@ One view per page: ``loss_view``, ``layers_view``, ``neurons_view`` (with ``weig
 from __future__ import annotations
 
 from .analysis import *  # noqa: F401,F403
+from .collapse import *  # noqa: F401,F403
 from .precision import *  # noqa: F401,F403
 from .prune import *  # noqa: F401,F403
 from .records import *  # noqa: F401,F403
