@@ -78,6 +78,9 @@ def fit_to_data(config: RunConfig, num_train: int) -> RunConfig:
         ), stacklevel=2)
     if config.measure_size is not None and config.measure_size > num_train:
         changes["measure_size"] = None
+    # The default cap (2,000) is larger than the small built-in sets by design; only a size the
+    # user chose is worth a notice.
+    if "measure_size" in changes and config.measure_size != RunConfig().measure_size:
         warnings.warn(RunNotice(
             f"The measurement set of {config.measure_size:,} is larger than the {num_train:,} "
             f"training examples, so LCA is measured on all {num_train:,} of them."
