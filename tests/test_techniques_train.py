@@ -547,5 +547,5 @@ def test_registered_with_documented_options(name):
     assert cls.description and "\n" not in cls.description
     for key, opt in cls.options.items():
         assert opt.help, key
-        assert opt.parse(opt.default, key) == opt.default  # defaults are valid values
+        assert opt.parse(name, key, opt.default) == opt.default  # defaults are valid values
     assert ("reconstructed" in techniques.describe(name)) == name.startswith("wus")
