@@ -14,7 +14,8 @@ from pathlib import Path
 import streamlit as st
 
 from lca import classroom, runs
-from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY
+from pages import presenter
+from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
 
 ROOT = Path(__file__).resolve().parent
 FAVICON = ROOT / "assets" / "favicon.png"
@@ -41,11 +42,12 @@ PAGES = [
     ("pages/playground.py", "Playground", "playground", ":material/science:"),
 ]
 
+# Green and red mean helped and hurt the loss everywhere, so run statuses use other colours.
 STATUS_BADGE = {
     "running": ("running", "blue", ":material/autorenew:"),
-    "complete": ("complete", "green", ":material/check_circle:"),
-    "failed": ("failed", "red", ":material/error:"),
-    "interrupted": ("interrupted", "orange", ":material/pause_circle:"),
+    "complete": ("complete", "violet", ":material/check_circle:"),
+    "failed": ("failed", "orange", ":material/error:"),
+    "interrupted": ("interrupted", "gray", ":material/pause_circle:"),
 }
 
 
@@ -169,8 +171,10 @@ def classroom_gate() -> None:
 def main() -> None:
     # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
     # and an offline classroom server must not send its students anywhere else.
-    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide")
+    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide",
+                       initial_sidebar_state=presenter.sidebar_state())
     pg = st.navigation(build_pages())
+    presenter.toggle()
     classroom_gate()
     try:
         problem = sidebar()
@@ -178,14 +182,14 @@ def main() -> None:
         log.exception("sidebar failed")
         problem = "The run list could not be shown; the details are in the server log."
     if problem:
-        st.warning(problem)
+        st.warning(literal(problem))  # it may quote a name from the URL: shown literally
     try:
         pg.run()
     except Exception as e:  # noqa: BLE001 - st.stop/st.rerun are BaseException and pass through
         log.exception("page %s failed", getattr(pg, "title", "?"))
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         st.error(
-            f"This page hit an unexpected problem ({type(e).__name__}: {first}); "
+            f"This page hit an unexpected problem ({type(e).__name__}: {literal(first)}); "
             "the details are in the server log — pick another run or reload the page."
         )
 

@@ -41,7 +41,10 @@ def resolve(name: str, folder: str | Path | None = None) -> Path:
     root = runs_dir(folder)
     if not name or "\x00" in name or Path(name).is_absolute():
         raise RunNameError(f"{name!r} is not a run name; pick a run from the runs list.")
-    path = (root / name).resolve()
+    try:
+        path = (root / name).resolve()  # symlinks followed: one leading outside is refused
+    except (OSError, RuntimeError):
+        raise RunNameError(f"{name!r} is not a run name; pick a run from the runs list.") from None
     if root != path.parent and root not in path.parents:
         raise RunNameError(f"{name!r} is outside the runs folder; pick a run from the runs list.")
     if path.suffix != SUFFIX:
@@ -57,12 +60,22 @@ class RunFile:
     modified: float
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, with every symlink followed, is a regular file inside ``root``."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, dangling or a symlink loop
+        return False
+    return real.is_relative_to(root) and real.is_file()
+
+
 def list_runs(folder: str | Path | None = None) -> list[RunFile]:
-    """Every .h5 file under the runs folder, newest first."""
+    """Every .h5 file under the runs folder, newest first. A symlink (to a file or a folder)
+    that leads outside the folder is left out, as is anything that is not a regular file."""
     root = runs_dir(folder)
     out = []
     for p in root.rglob(f"*{SUFFIX}"):
-        if p.is_file():
+        if _inside(p, root):
             st = p.stat()
             out.append(RunFile(p.relative_to(root).as_posix(), p, st.st_size, st.st_mtime))
     return sorted(out, key=lambda r: r.modified, reverse=True)

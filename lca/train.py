@@ -462,9 +462,15 @@ def _steps_kept(tracker: Tracker) -> int:
     """Optimizer steps whose segment was recorded.
 
     Not ``tracker.train_steps``: the tracker counts a step before measuring it, so a step cut
-    short by a NaN loss or Ctrl-C would be counted although the file does not have it.
+    short by a NaN loss or Ctrl-C would be counted although the file does not have it. Only the
+    segments the writer took count: a signal can land between the tracker's history and the
+    writer's row (history entry i is row i).
     """
-    return sum(1 for h in tracker.history if h["kind"] == KIND_STEP)
+    history = tracker.history
+    rows = getattr(tracker.writer, "num_steps", None)
+    if isinstance(rows, int):
+        history = history[:rows]
+    return sum(1 for h in history if h["kind"] == KIND_STEP)
 
 
 def _failure_message(error: NonFiniteLossError, tracker: Tracker) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
+from lca import export, runs, views
 from lca import figures as F
-from lca import runs, views
 from lca.store import RunFileError
-from pages.shared import LIVE_SECONDS, RUN_KEY, plot, read_view
+from pages.shared import LIVE_SECONDS, RUN_KEY, download_csv, literal, plot, read_view
 
 COMPARE_KEY = "compare_runs"  # set by the Runs page
 PICK_KEY = "compare"  # the multiselect, bound to ?compare=
@@ -69,6 +69,7 @@ def summary_table(data: list[views.CompareView]) -> None:
         "helping per step %": st.column_config.NumberColumn(format="%.1f"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     })
+    download_csv(lambda: export.rows_csv(rows), "compare-runs", key="compare_csv_runs")
 
 
 def render(chosen: list[str]) -> bool:
@@ -76,7 +77,7 @@ def render(chosen: list[str]) -> bool:
     read = [read_run(n) for n in chosen]
     for d in read:
         if isinstance(d, Unreadable):
-            st.warning(d.error)
+            st.warning(literal(d.error))
     data = [d for d in read if isinstance(d, views.CompareView)]
     if len(data) < 2:
         st.info("Pick at least two readable runs to compare.")
@@ -122,6 +123,10 @@ def render(chosen: list[str]) -> bool:
     counts = {d.name: np.array([d.sizes[n] for n in common]) for d in data}
     plot(F.compare_layers(common, totals, counts=counts, per_param=per_param),
          key="compare_layers")
+    download_csv(lambda: export.series_csv({
+        "layer": common, **{f"{n} total LCA": totals[n] for n in totals},
+        **{f"{n} parameters": counts[n] for n in counts}}), "compare-layer-totals",
+        key="compare_csv_layers")
     st.caption("Each layer's total LCA in each run (one colour per run). Bars below 0: the "
                "layer lowered the loss over the run.")
     a = data[0]
@@ -129,9 +134,11 @@ def render(chosen: list[str]) -> bool:
         plot(F.compare_layer_difference(common, totals[a.name], totals[b.name], a.name, b.name,
                                         counts_a=counts[a.name], counts_b=counts[b.name],
                                         per_param=per_param), key=f"compare_diff_{b.name}")
-    st.caption(f"Run B − run A (A = {a.name}, the first run picked): :green[green] where B's "
-               "layer lowered the loss more (or raised it less) than A's, :red[red] where it "
-               "did less.")
+    st.caption(f"Run B − run A (A = {literal(a.name)}, the first run picked): :blue[blue] "
+               "where B's "
+               "layer lowered the loss more (or raised it less) than A's, :orange[orange] where "
+               "it did less. Blue and orange, not green and red: a layer can help in both runs "
+               "and still help less in B.")
     if len(data) > 1 + MAX_DIFFERENCES:
         st.caption(f"Differences are drawn for the first {MAX_DIFFERENCES} runs after A.")
     return any(d.status == "running" for d in data)
@@ -155,7 +162,7 @@ def main() -> None:
     linked = [n for v in st.query_params.get_all(PICK_KEY) for n in v.split(",") if n]
     missing = [n for n in linked if n not in names]
     if missing:  # a shared link names runs this folder lacks: the picker drops them quietly
-        st.warning(f"{', '.join(repr(n) for n in missing[:5])} "
+        st.warning(f"{literal(', '.join(repr(n) for n in missing[:5]))} "
                    f"{'is' if len(missing) == 1 else 'are'} not in the runs folder (deleted, "
                    "renamed or never copied here), so the comparison leaves "
                    f"{'it' if len(missing) == 1 else 'them'} out.")

@@ -12,7 +12,7 @@ import datetime as dt
 import streamlit as st
 
 from lca import jobs, runs
-from lca.store import Reader, RunFileError
+from lca.store import Reader, RunFileError, filecheck
 from pages.live_panel import (
     LIVE_KEY,
     SELECT_KEY,
@@ -21,7 +21,7 @@ from pages.live_panel import (
     open_run_button,
     still_there,
 )
-from pages.shared import locked_help, may, refuse_unless
+from pages.shared import literal, locked_help, may, refuse_unless
 
 DEMO_KEY = "demo_job"  # session: run name of this session's demo
 RECENT = 8
@@ -41,7 +41,7 @@ def start_demo() -> None:
     try:
         job = jobs.start(jobs.demo_config(), name)
     except (jobs.JobError, ValueError, OSError) as e:
-        st.error(str(e))
+        st.error(literal(e))
         return
     st.session_state[DEMO_KEY] = job.name
     st.session_state[LIVE_KEY] = job.name
@@ -79,7 +79,8 @@ def _row(run: runs.RunFile) -> dict:
         with Reader(run.path) as r:
             s = r.summary()
         info["status"] = s.get("status") or "?"
-        info["what"] = f"{s.get('dataset')} · {s.get('model')} · {s.get('steps')} steps"
+        what = literal(f"{s.get('dataset')} · {s.get('model')}")
+        info["what"] = f"{what} · {s.get('steps')} steps"
         if s.get("loss0") is not None and s.get("loss_final") is not None:
             info["loss"] = f"loss {s['loss0']:.3f} → {s['loss_final']:.3f}"
         if s.get("test_acc") is not None:
@@ -91,25 +92,29 @@ def _row(run: runs.RunFile) -> dict:
 
 STATUS_ICON = {
     "running": ":blue[● running]",
-    "complete": ":green[● complete]",
-    "failed": ":red[● failed]",
-    "interrupted": ":orange[● interrupted]",
+    # Green and red mean helped and hurt the loss in this app, so statuses use other colours.
+    "complete": ":violet[● complete]",
+    "failed": ":orange[● failed]",
+    "interrupted": ":gray[● interrupted]",
 }
 
 
 def recent_runs(items: list[runs.RunFile]) -> None:
     st.subheader("Recent runs")
     page = first_existing_page()
+    filecheck.prefetch(run.path for run in items[:RECENT])  # one checking process for all
     for i, run in enumerate(items[:RECENT]):
         info = _row(run)
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         with c1:
             when = dt.datetime.fromtimestamp(run.modified).strftime("%d %b %H:%M")
             if info["problem"]:
-                st.markdown(f"**{run.name}** · {when}  \n:red[{info['problem']}]")
+                st.markdown(f"**{literal(run.name)}** · {when}  \n"
+                            f":orange[{literal(info['problem'])}]")
             else:
                 st.markdown(
-                    f"**{run.name}** · {STATUS_ICON.get(info['status'], info['status'])} · "
+                    f"**{literal(run.name)}** · "
+                    f"{STATUS_ICON.get(info['status'], literal(info['status']))} · "
                     f"{when}  \n{info['what']} · {info['loss']}"
                 )
         with c2:

@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from lca import export, views
 from lca import figures as F
-from lca import views
 from lca.synchrony import SynchronyError, synchrony
-from pages.shared import file_stamp, plot, read_view, show_run, steps_phrase, view_or_explain
+from pages.shared import (
+    download_csv,
+    file_stamp,
+    literal,
+    plot,
+    read_view,
+    show_run,
+    steps_phrase,
+    view_or_explain,
+)
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"
@@ -86,6 +95,13 @@ def _rows(pos: np.ndarray, first: int, last: int) -> tuple[int, int]:
     return s, int(np.searchsorted(pos, last, side="right"))
 
 
+def p_phrase(p: float) -> str:
+    """A p-value as people write it: "p < 0.001" rather than "p = 0.000999"."""
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.2g}" if p < 0.1 else f"p = {p:.2f}"
+
+
 def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
     """One layer over a range of steps: per-step values and, if recorded, its units × steps."""
     st.subheader("Look closer: one layer over a range of steps")
@@ -143,6 +159,9 @@ def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
                 "together)" if len(params) > 1 else f"each unit of {gname}")
     plot(F.unit_heatmap(z, positions=pos[s:e], title=f"LCA of {what}, steps {first}–{last}"),
          key="layers_drill_units")
+    download_csv(lambda: export.step_matrix_csv(
+        pos[s:e], z, [f"{gname} unit {i}" for i in range(z.shape[1])]),
+        f"{layer}-units-steps-{first}-{last}", key="layers_csv_units")
     st.caption(f"{size:,} units (neurons or channels) × steps; green cells: the unit's incoming "
                "weights lowered the loss on that step, red: raised it.")
 
@@ -158,7 +177,7 @@ def sync_section(path: Path) -> None:
                              "trend alone makes peaks coincide.")
     out = _synchrony(str(path), file_stamp(path), top / 100.0, 25 if detrend else 0)
     if "error" in out:
-        st.info(out["error"])
+        st.info(literal(out["error"]))
         return
     res, names = out["result"], out["names"]
     c1, c2, c3 = st.columns(3)
@@ -169,9 +188,10 @@ def sync_section(path: Path) -> None:
               help=f"C when each layer's peaks are shifted in time at random ({res.shifts} "
                    "shifts).")
     z = "∞" if math.isinf(res.z) else f"{res.z:.1f}"
-    c3.metric("z-score", z, delta=f"p = {res.p:.3g}", delta_color="off",
-              help="How many standard deviations above chance; p: share of random shifts at "
-                   "least as synchronized.")
+    c3.metric("z-score", z, delta=p_phrase(res.p), delta_color="off",
+              help="How many standard deviations the shared peaks lie above what chance gives "
+                   "(0 = just chance; above 3 = very unlikely by chance). p: the share of "
+                   "random shifts at least as synchronized.")
     verdict = ("peak together far more often than chance: learning is synchronized across "
                "layers" if res.p < 0.01 and res.z > 0 else
                "do not peak together more often than chance would give")
@@ -196,7 +216,7 @@ def sync_section(path: Path) -> None:
             "of shifts with C at least as high.\n"
             "- Interventions (e.g. prune events) are left out. The LCA paper reports "
             "synchronized learning but not its measure; this one is ours."
-            + (f"\n- Left out (never moved enough): {', '.join(out['left_out'])}."
+            + (f"\n- Left out (never moved enough): {literal(', '.join(out['left_out']))}."
                if out["left_out"] else ""))
 
 
@@ -204,8 +224,8 @@ def render(path: Path) -> bool:
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
-    st.caption(f"**{path.name}** · {v.status} · {steps_phrase(v.kind)} · {len(v.names)} layers "
-               f"(parameter tensors) · record {v.record}")
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+               f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}")
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first "
                 "step.")
@@ -213,6 +233,9 @@ def render(path: Path) -> bool:
     per_param = st.toggle("Per parameter (divide each layer by its number of parameters)",
                           key="layers_per_param", bind="query-params")
     plot(F.layer_totals(v.names, v.totals, v.counts, per_param=per_param), key="layers_totals")
+    download_csv(lambda: export.series_csv({
+        "layer": v.names, "total LCA": v.totals, "parameters": v.counts}),
+        "layer-totals", key="layers_csv_totals")
     st.caption(":green[Green bars]: layers whose weights lowered the loss over the whole run "
                "(LCA < 0); :red[red]: layers that raised it. "
                + ("Per parameter shows which layers work hardest for their size."
@@ -221,6 +244,8 @@ def render(path: Path) -> bool:
     plot(F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind), key=HEATMAP_KEY,
          on_select=partial(_on_cell_click, list(v.names), int(np.floor(pos[-1]))),
          selection_mode="points")
+    download_csv(lambda: export.step_matrix_csv(pos, v.layer_lca, v.names),
+                 "layer-lca-per-step", key="layers_csv_steps")
     st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
                "Click a cell to look at that layer and those steps in detail below.")
     drill_down(path, v, pos)

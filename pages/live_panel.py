@@ -16,7 +16,7 @@ import streamlit as st
 from lca import jobs, runs
 from lca.figures import live_layer_bars, live_layer_lines, live_loss_figure
 from lca.store import Reader, RunFileError
-from pages.shared import RUN_KEY, locked_help, may, plot, refuse_unless
+from pages.shared import RUN_KEY, literal, locked_help, may, plot, refuse_unless
 
 log = logging.getLogger("lca.app")
 LIVE_KEY = "live_job"  # session: the run name of the job this session watches
@@ -145,7 +145,7 @@ def _ended_sentence(job: jobs.Job, snap: dict[str, Any] | None) -> None:
         kept = f" after {snap['steps']} steps" if snap else ""
         st.warning(f"{job.name} was stopped{kept}; every recorded step is kept.")
     else:
-        st.error(jobs.last_error(job) or f"{job.name} ended without finishing.")
+        st.error(literal(jobs.last_error(job) or f"{job.name} ended without finishing."))
 
 
 def _panel_body(name: str, key: str) -> bool:
@@ -162,7 +162,7 @@ def _panel_body(name: str, key: str) -> bool:
         if job.alive:
             snap = None  # the file is being created; next tick will read it
         else:
-            st.error(str(e).splitlines()[0] if str(e) else f"{name} cannot be read.")
+            st.error(literal(str(e).splitlines()[0] if str(e) else f"{name} cannot be read."))
             return False
     head, stop_col = st.columns([5, 1])
     with head:
@@ -228,6 +228,6 @@ def live_panel(name: str, key: str = "live") -> None:
             _panel_body(name, key)
         except Exception as e:  # noqa: BLE001
             log.exception("live panel failed")
-            st.error(f"{name} could not be shown ({type(e).__name__}: {e}).")
+            st.error(literal(f"{name} could not be shown ({type(e).__name__}: {e})."))
 
 

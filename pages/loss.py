@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from lca import export, views
 from lca import figures as F
-from lca import views
-from pages.shared import plot, show_run, steps_phrase, view_or_explain
+from pages.shared import download_csv, literal, plot, show_run, steps_phrase, view_or_explain
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -44,7 +44,8 @@ def metrics(s: dict) -> None:
     if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") not in ("rk4-adaptive",
                                                                            "rk4-paper"):
         st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
-                f"integrator ({s.get('method') or '?'}) was not accurate on some steps, usually "
+                f"integrator ({literal(s.get('method') or '?')}) was not accurate on some "
+                "steps, usually "
                 "the first, large ones. Record with method rk4-adaptive, which splits such "
                 "steps until the error is small, or with a smaller learning rate.",
                 icon=":material/info:")
@@ -66,6 +67,7 @@ def interventions_table(v: views.LossView) -> None:
     with st.expander(f"{len(rows)} intervention segment(s): a technique moved weights outside "
                      "the optimizer (e.g. a prune event)"):
         st.dataframe(table, hide_index=True)
+        download_csv(lambda: export.rows_csv(table), "interventions", key="loss_csv_events")
 
 
 def render(path: Path) -> bool:
@@ -74,8 +76,9 @@ def render(path: Path) -> bool:
     if v is None:
         return False
     kind = v.kind
-    st.caption(f"**{path.name}** · {v.status} · {steps_phrase(kind)} recorded · "
-               f"{v.num_params:,} parameters · method {v.method} · record {v.record}")
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "
+               f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
+               f"record {literal(v.record)}")
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first "
                 "step.")
@@ -83,6 +86,12 @@ def render(path: Path) -> bool:
     metrics(v.summary)
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
     plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
+    t = min(len(v.lca), len(v.loss) - 1)
+    download_csv(lambda: export.series_csv({
+        "step": F.step_axis(kind, t),
+        "loss before": v.loss[:t], "loss after": v.loss[1: t + 1], "sum of LCA": v.lca[:t],
+        "loss change - sum of LCA": v.error[:t]}), "loss-and-lca-per-step",
+        key="loss_csv_steps")
     st.caption(
         "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
         "plus the running sum of every parameter's LCA. When LCA splits each step's loss "

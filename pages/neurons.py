@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from lca import export, views
 from lca import figures as F
-from lca import views
-from pages.shared import plot, read_view, show_run, steps_phrase, view_or_explain
+from pages.shared import (
+    download_csv,
+    literal,
+    plot,
+    read_view,
+    show_run,
+    steps_phrase,
+    view_or_explain,
+)
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10
@@ -38,6 +46,9 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     plot(F.unit_heatmap(units, positions=pos[:len(units)],
                         title=f"LCA of each unit of {group} on each step "
                         "(green = helped, red = hurt)"), key="neurons_units")
+    download_csv(lambda: export.step_matrix_csv(
+        pos[:len(units)], units, [f"{group} unit {i}" for i in range(units.shape[1])]),
+        f"{group}-unit-lca-per-step", key="neurons_csv_units")
     st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
                "each step. Long runs are summed over blocks of steps (exact sums).")
 
@@ -49,7 +60,7 @@ def images_section(v: views.NeuronsView, totals: dict) -> None:
     image_shape = v.image_shape
     if len(shape) == 2 and image_shape is None:
         st.caption(f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
-                   f"Fashion-MNIST, CIFAR-10); this run uses {v.dataset or 'other data'}.")
+                   f"Fashion-MNIST, CIFAR-10); this run uses {literal(v.dataset or 'other data')}.")
         return
     st.subheader("What the first layer learned to look at")
     n = shape[0]
@@ -62,7 +73,8 @@ def images_section(v: views.NeuronsView, totals: dict) -> None:
             "input pixel" if len(shape) == 2 else
             "one small image per kernel (channels summed): each pixel is the total LCA of "
             "that kernel weight")
-    st.caption(f"{name}: {what}. :green[Green]: that weight lowered the loss over training; "
+    st.caption(f"{literal(name)}: {what}. :green[Green]: that weight lowered the loss over "
+               "training; "
                ":red[red]: raised it.")
 
 
@@ -70,7 +82,7 @@ def values_section(path: Path, v: views.NeuronsView) -> None:
     st.subheader("All LCA values")
     if v.record != "full":
         st.info(f"The distribution of every weight's LCA on every step needs a run recorded "
-                f"with record 'full'; this run was recorded '{v.record}'.")
+                f"with record 'full'; this run was recorded '{literal(v.record)}'.")
         return
     log = st.toggle("Log scale (shows the rare large values)", key="neurons_hist_log",
                     bind="query-params")
@@ -125,7 +137,7 @@ def top_section(path: Path, v: views.NeuronsView, totals: dict, helped: dict, ro
     row = table[labels.index(choice)]
     if v.record != "full":
         st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
-                f"was recorded '{v.record}' (only its total, above, is kept).")
+                f"was recorded '{literal(v.record)}' (only its total, above, is kept).")
         return
     trace = read_view(views.param_rows, path, row["tensor"], 0, len(pos), row["index"])
     plot(F.param_trace(trace, label=choice,
@@ -140,8 +152,9 @@ def render(path: Path) -> bool:
     v: views.NeuronsView | None = view_or_explain(views.neurons_view, path)
     if v is None:
         return False
-    st.caption(f"**{path.name}** · {v.status} · {steps_phrase(v.kind)} · "
-               f"{v.num_params:,} parameters in {len(v.units)} layers · record {v.record}")
+    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+               f"{v.num_params:,} parameters in {len(v.units)} layers · record "
+               f"{literal(v.record)}")
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first "
                 "step.")

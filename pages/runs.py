@@ -21,9 +21,17 @@ import pandas as pd
 import streamlit as st
 
 from lca import jobs, runs
-from lca.store import Reader, RunFileError, human_bytes
+from lca.store import Reader, RunFileError, filecheck, human_bytes
 from pages.live_panel import first_existing_page, open_run_button, switch_page
-from pages.shared import DELETED_KEY, RUN_KEY, locked_help, may, refuse_unless
+from pages.shared import (
+    DELETED_KEY,
+    RUN_KEY,
+    download_csv,
+    literal,
+    locked_help,
+    may,
+    refuse_unless,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_KEY = "compare_runs"  # the Compare page reads the run names to compare from here
@@ -54,6 +62,7 @@ def table(items: list[runs.RunFile]) -> tuple[pd.DataFrame, dict[str, dict], lis
     good: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
     rows = []
+    filecheck.prefetch(run.path for run in items)  # one checking process for the whole folder
     for run in items:
         s, problem = summarize(str(run.path), run.modified, run.size)
         if s is None:
@@ -137,9 +146,9 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
             recovered = recover(path)
     if recovered is not None:
         ok, sentence = recovered
-        (st.success if ok else st.error)(sentence)
+        (st.success if ok else st.error)(literal(sentence))
     if st.session_state.get("runs_confirm_delete") == pick:
-        st.warning(f"Delete {pick} for good? This cannot be undone.")
+        st.warning(f"Delete {literal(pick)} for good? This cannot be undone.")
         d1, d2, _ = st.columns([1, 1, 4])
         if d1.button("Yes, delete it", key="runs_delete_yes", type="primary"):
             delete(pick)
@@ -153,19 +162,20 @@ def delete(name: str) -> None:
     if not refuse_unless("delete"):
         return
     if jobs.is_live(name):
-        st.error(f"{name} is still training; stop it on the Train page before deleting it.")
+        st.error(f"{literal(name)} is still training; stop it on the Train page before "
+                 "deleting it.")
         return
     try:
         runs.delete(name)  # refused while a process writes it, whoever started that process
         jobs.forget(name)
     except runs.RunBusyError as e:
-        st.error(str(e))
+        st.error(literal(e))
         return
     except (runs.RunNameError, OSError) as e:
-        st.error(f"{name} could not be deleted ({e}).")
+        st.error(literal(f"{name} could not be deleted ({e})."))
         return
     st.session_state.setdefault(DELETED_KEY, set()).add(name)  # app.py: no warning
-    st.toast(f"Deleted {name}.")
+    st.toast(f"Deleted {literal(name)}.")
     st.rerun()
 
 
@@ -222,7 +232,7 @@ def upload() -> None:
     file_id = getattr(f, "file_id", None) or f"{f.name}:{f.size}"
     if file_id in done:
         refused, sentence = done[file_id]
-        (st.error if refused else st.success)(sentence)
+        (st.error if refused else st.success)(literal(sentence))
         return
     folder = runs.runs_dir()
     tmp = folder / f".upload-{uuid.uuid4().hex}.tmp"  # not *.h5: never listed half-written
@@ -230,24 +240,27 @@ def upload() -> None:
         with open(tmp, "wb") as out:
             out.write(f.getbuffer())
         try:
+            # Read only from itself and bounded, checked in a process of its own before any
+            # of it is read here; then read as the pages will.
+            filecheck.check(tmp, name=f.name)
             with Reader(tmp) as r:
                 r.summary()
         except RunFileError as e:
             sentence = str(e).splitlines()[0].replace(repr(tmp.name), repr(f.name))
             done[file_id] = ("refused", f"{sentence} It was not added.")
-            st.error(done[file_id][1])
+            st.error(literal(done[file_id][1]))
             return
         except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
             done[file_id] = ("refused", f"{f.name!r} cannot be read as an LCA run "
                              f"({type(e).__name__}); it was not added.")
-            st.error(done[file_id][1])
+            st.error(literal(done[file_id][1]))
             return
         name = runs.safe_name(f.name)
         os.replace(tmp, runs.resolve(name))
     finally:
         tmp.unlink(missing_ok=True)
     done[file_id] = ("", f"{f.name} was added as {name}.")
-    st.success(done[file_id][1])
+    st.success(literal(done[file_id][1]))
 
 
 def main() -> None:
@@ -259,7 +272,7 @@ def main() -> None:
     upload()
     with listing:
         items = runs.list_runs()
-        st.caption(f"Every run file in the runs folder ({runs.runs_dir()}); "
+        st.caption(f"Every run file in the runs folder ({literal(runs.runs_dir())}); "
                    f"{human_bytes(runs.free_bytes())} free.")
         if not items:
             st.info("The runs folder is empty: start the demo on Home, set up a run on Train, "
@@ -268,10 +281,11 @@ def main() -> None:
         df, good, bad = table(items)
         if len(df):
             st.dataframe(df, hide_index=True, column_config=COLUMNS, key="runs_table")
+            download_csv(lambda: df.to_csv(index=False), "runs", key="runs_csv")
         if bad:
             st.markdown("**Files that are not readable runs**")
             for name, problem in bad:
-                st.warning(f"{name}: {problem}")
+                st.warning(literal(f"{name}: {problem}"))
         names = [r.name for r in items]
         left, right = st.columns(2)
         with left:

@@ -7,6 +7,7 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +16,46 @@ from typing import Any
 import streamlit as st
 
 from lca import classroom, runs, views
+from lca.figures.literal import literal_figure
 from lca.store import Reader, RunFileError
+from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
 LIVE_SECONDS = 2.0  # how often live panels re-read a running file
+
+
+# What Streamlit markdown would turn into markup: emphasis, code, links and images, HTML,
+# tables, strikethrough, LaTeX, entities, directive attributes, and a colon before a name
+# (:red[..] directives). Backslashes stop the parser; Streamlit's emoji and icon shortcodes
+# (:smile:, :material/home:) and GitHub's bare links (http://x, www.x, a@b.c) are found later,
+# in the parsed text, so those get an invisible WORD JOINER (U+2060) that breaks the pattern.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~$&#{}])")
+_WORD_JOINER = "\u2060"
+_SHORTCODE_OR_LINK = re.compile(r"(:)(?=[\w/+-])|(@)|(?i:(?<=www)(\.))")
+_BLOCK_START = re.compile(r"^(\s*\d*)([-+=>.)])")  # a list, quote or heading at the start
+
+
+def literal(text: object) -> str:
+    """``text`` (a layer name, a status, a config string, a file name, an error sentence that
+    quotes a run file) as Streamlit markdown shows it literally: no links, images, emphasis,
+    HTML, colour or icons, and on one line. Use it for every string that did not come from our
+    code, in st.markdown, st.caption, st.info/warning/error/success, titles and widget labels.
+    Only what markdown would interpret is escaped, so ordinary sentences read the same
+    (checked in a real browser: tests/test_security_browser.py)."""
+    one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    joined = _SHORTCODE_OR_LINK.sub(
+        lambda m: "\\:" + _WORD_JOINER if m[1] else "@" + _WORD_JOINER if m[2]
+        else _WORD_JOINER + ".", escaped)
+    return _BLOCK_START.sub(lambda m: m[1] + "\\" + m[2], joined)
+
+
+def literal_rows(rows: list[dict]) -> list[dict]:
+    """Table rows for st.table (which renders markdown in its cells) with every string cell
+    shown literally."""
+    return [{k: literal(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
 
 
 def may(action: str) -> bool:
@@ -62,10 +97,10 @@ def selected_run_path() -> Path | None:
     try:
         path = runs.resolve(name)
     except runs.RunNameError as e:
-        st.error(str(e))
+        st.error(literal(e))
         return None
     if not path.exists():
-        st.warning(f"The run {name} no longer exists; pick another run in the sidebar.")
+        st.warning(f"The run {literal(name)} no longer exists; pick another run in the sidebar.")
         return None
     return path
 
@@ -76,7 +111,7 @@ def open_run_or_explain(path: Path) -> Iterator[Reader | None]:
     try:
         reader = Reader(path)
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         yield None
         return
     try:
@@ -122,7 +157,7 @@ def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
     try:
         return read_view(view, path, *args)
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         return None
 
 
@@ -137,8 +172,32 @@ def require_run() -> Path:
 
 
 def plot(fig, *, key: str | None = None, **kwargs):
-    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept."""
-    return st.plotly_chart(fig, theme=None, width="stretch", key=key, **kwargs)
+    """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept.
+
+    The chart's camera button (plotly's modebar, drawn in the browser, offline) saves it as a
+    PNG named after the run and the chart; in presenter mode the chart's type is bigger.
+    """
+    if presenter.is_on():
+        fig.update_layout(font={"size": presenter.FONT_SIZE})
+    name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
+    config = {"displaylogo": False, "toImageButtonOptions": {
+        "format": "png", "filename": name.replace(" ", "_"), "scale": 2}}
+    fig = literal_figure(fig)  # strings from the file (layer names...) shown literally
+    return st.plotly_chart(fig, theme=None, width="stretch", key=key,
+                           config={**config, **kwargs.pop("config", {})}, **kwargs)
+
+
+def download_csv(make: Callable[[], str], name: str, *, key: str,
+                 label: str = "Download CSV") -> None:
+    """A button that saves the data a chart or table shows as ``<run>-<name>.csv``.
+
+    ``make`` builds the CSV text (``lca.export``) only when the button is clicked, on its own
+    thread, so drawing the page costs nothing for it; the click does not rerun the page.
+    """
+    run = Path(selected_run_name() or "lca-lab").stem
+    st.download_button(label, make, file_name=f"{run}-{name}.csv".replace(" ", "_"),
+                       mime="text/csv", key=key, on_click="ignore",
+                       icon=":material/download:", type="tertiary")
 
 
 def show_run(render: Callable[[Path], object]) -> None:
@@ -171,7 +230,7 @@ def _render_or_explain(render: Callable[[Path], object], path: Path) -> bool:
     try:
         return bool(render(path))
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         return False
 
 

@@ -17,10 +17,19 @@ import numpy as np
 import streamlit as st
 
 import techniques as techniques_registry
+from lca import export, views
 from lca import figures as F
-from lca import views
 from lca.store import RunFileError
-from pages.shared import LIVE_SECONDS, open_run_or_explain, plot, read_view, require_run
+from pages.shared import (
+    LIVE_SECONDS,
+    download_csv,
+    literal,
+    literal_rows,
+    open_run_or_explain,
+    plot,
+    read_view,
+    require_run,
+)
 
 EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
 
@@ -40,15 +49,18 @@ def describe(name: str) -> str:
 def section_overview(d: views.TechniqueView) -> None:
     data = d.data
     st.markdown("**Techniques in this run:**\n" + "\n".join(
-        f"- **{n}**: {describe(n)}" for n in data.names))
+        f"- **{literal(n)}**: {describe(n)}" for n in data.names))
     st.subheader("What each technique did and saved")
-    st.table(d.summaries)
+    st.table(literal_rows(d.summaries))
+    download_csv(lambda: export.rows_csv(d.summaries), "techniques", key="tech_csv_summary")
     st.caption("Computed from what the run file records step by step (series, event tables, "
                "arrays), so it grows with a live run.")
     reported = views.reported_rows(d.reported)
     if reported:
         with st.expander("What each technique reported when the run ended"):
             st.dataframe(reported, hide_index=True, width="stretch")
+            download_csv(lambda: export.rows_csv(reported), "techniques-reported",
+                         key="tech_csv_reported")
     elif d.status == "running":
         st.caption("Each technique's own report is added when the run ends.")
     section_savings(d)
@@ -59,25 +71,27 @@ def section_timelines(data: views.RunTechniques) -> None:
     marks = data.prune_marks()
     st.subheader("Where the techniques acted")
     plot(F.technique_loss_figure(data.loss, skip_bands=bands, prune_marks=marks,
-                                 scaler_skipped=data.scaler_skipped), key="tech_loss")
+                                 scaler_skipped=data.scaler_skipped, kind=data.kind),
+         key="tech_loss")
     how = ["The loss on the measurement set."]
     if bands:
         how.append("Blue bands: weight updates were skipped.")
     if marks:
-        how.append("Crosses and dotted lines: prune events (a prune is its own segment, so its "
-                   "loss jump is its cost).")
+        how.append("Crosses and dotted lines: prune events, each between the steps around it "
+                   "(a prune made after step k sits at k + ½, as on every page); its loss jump "
+                   "is its cost.")
     if data.scaler_skipped is not None and data.scaler_skipped.any():
         how.append("Purple triangles: steps the loss scaler skipped.")
     st.caption(" ".join(how))
     plot(F.technique_layer_lines_figure(data.layer_lca, data.tensor_names, skip_bands=bands,
-                                        prune_marks=marks), key="tech_layers")
+                                        prune_marks=marks, kind=data.kind), key="tech_layers")
     st.caption("Each line is one layer's running total of LCA: going down = the layer is "
                "lowering the loss." + (" Inside a blue band its weights stand still, so only "
                                        "the biases can still move it." if bands else ""))
     plot(F.technique_heatmap_figure(
         data.layer_lca, data.tensor_names, skip_bands=bands, skip_rows=data.skip_rows,
         frozen=data.frozen_marks(), prune_marks=data.heatmap_prune_marks(),
-        scaler_skipped=data.scaler_skipped,
+        scaler_skipped=data.scaler_skipped, kind=data.kind,
     ), key="tech_heatmap")
     legend = []
     if bands:
@@ -86,7 +100,8 @@ def section_timelines(data: views.RunTechniques) -> None:
         legend.append("black boxes: frozen tensors")
     if marks:
         legend.append("crosses: prune events")
-    st.caption("Each cell is one tensor on one segment: **green = helped** (lowered the loss), "
+    st.caption("Each cell is one tensor on one step (or one prune): **green = helped** (lowered "
+               "the loss), "
                "**red = hurt**." + (f" {'; '.join(legend).capitalize()}." if legend else ""))
 
 
@@ -172,7 +187,7 @@ def section_pruning(d: views.TechniqueView, path: Path) -> None:
 def section_amp(d: views.TechniqueView, name: str) -> None:
     series = d.series.get(name, {})
     data = d.data
-    st.subheader(f"Mixed precision ({name})")
+    st.subheader(f"Mixed precision ({literal(name)})")
     scale = series.get("scale")
     skipped = series.get("skipped")
     if scale is None or scale.ndim != 1:
@@ -183,7 +198,7 @@ def section_amp(d: views.TechniqueView, name: str) -> None:
         st.info("The forward pass ran in bfloat16, which needs no loss scaling: the scale stays "
                 "1 and no step was skipped. LCA is still measured in float32.")
         return
-    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0)),
+    plot(F.amp_scale_figure(scale, None if skipped is None else (skipped != 0), kind=data.kind),
          key=f"tech_amp_{name}")
     st.caption("float16 training multiplies the loss by this scale; a step whose gradients "
                "overflowed is skipped (purple) and the scale halves. A skipped step moves no "
@@ -192,7 +207,7 @@ def section_amp(d: views.TechniqueView, name: str) -> None:
 
 def section_quantize(d: views.TechniqueView, name: str) -> None:
     data = d.data
-    st.subheader(f"Low-bit weights ({name})")
+    st.subheader(f"Low-bit weights ({literal(name)})")
     bits = d.bits.get(name)
     if bits is not None:
         plot(F.bits_figure(data.tensor_names, bits), key=f"tech_bits_{name}")
@@ -211,11 +226,12 @@ def section_freeze(d: views.TechniqueView, name: str) -> None:
     data = d.data
     rows, mask = data.frozen[name]
     layers = ", ".join(sorted({F.module_of(data.tensor_names[i]) for i in rows})) or "?"
-    st.subheader(f"Frozen layers ({name})")
+    st.subheader(f"Frozen layers ({literal(name)})")
     steps = F.intervals(mask)
     when = (f"from segment {steps[0][0]} on" if steps else "never (its start step was not "
             "reached)")
-    st.markdown(f"**{layers}** frozen {when}: the black boxes on the heatmap. Frozen weights do "
+    st.markdown(f"**{literal(layers)}** frozen {when}: the black boxes on the heatmap. "
+                "Frozen weights do "
                 "not move, so their LCA is 0 there; watch where the learning goes instead "
                 "(the LCA paper's freezing experiment).")
 
@@ -223,7 +239,7 @@ def section_freeze(d: views.TechniqueView, name: str) -> None:
 def section_compress(d: views.TechniqueView, name: str) -> None:
     data = d.data
     value = d.series.get(name, {}).get("value")
-    st.subheader(f"Compressibility regularizer ({name})")
+    st.subheader(f"Compressibility regularizer ({literal(name)})")
     plot(F.series_figure(value.astype(np.float64), title="The regularizer Σ‖w‖₁/‖w‖₂ over "
                          "training (lower = weights concentrated in fewer large values)",
                          y_title="Σ ‖w‖₁ / ‖w‖₂", kind=data.kind), key=f"tech_compress_{name}")
@@ -304,7 +320,7 @@ def section_other(d: views.TechniqueView, name: str, shown: set[str]) -> None:
             if k not in shown and v.ndim == 1}
     if not rest:
         return
-    st.subheader(f"{name}: recorded series")
+    st.subheader(f"{literal(name)}: recorded series")
     for field_, v in rest.items():
         plot(F.series_figure(v.astype(np.float64), title=f"{name}: {field_}", y_title=field_,
                              kind=data.kind), key=f"tech_series_{name}_{field_}")
@@ -314,18 +330,19 @@ def body(path: Path) -> None:
     try:
         d: views.TechniqueView = read_view(views.technique_view, path)
     except (RunFileError, OSError) as e:
-        st.error(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read.")
+        st.error(literal(str(e).splitlines()[0] if str(e) else f"{path.name} cannot be read."))
         return
     data: views.RunTechniques = d.data
     if not data.names:
         st.info(views.no_technique_sentence())
         return
     if data.segments == 0:
-        st.info(f"{path.name} has no recorded step yet; the techniques appear here as soon as "
+        st.info(f"{literal(path.name)} has no recorded step yet; the techniques appear here "
+                "as soon as "
                 "the first step is written.")
         return
     if d.status == "running":
-        st.caption(f"Live: {path.name} is still training; this page refreshes every "
+        st.caption(f"Live: {literal(path.name)} is still training; this page refreshes every "
                    f"{LIVE_SECONDS:g} s.")
     section_overview(d)
     section_timelines(data)

@@ -25,7 +25,7 @@ from lca.config import ConfigError, RunConfig
 from lca.spec import Spec
 from lca.store import human_bytes
 from pages.live_panel import LIVE_KEY, SELECT_KEY, live_panel, still_there
-from pages.shared import locked_help, may, refuse_unless
+from pages.shared import literal, locked_help, may, refuse_unless
 
 log = logging.getLogger("lca.app")
 FOLDER_DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -53,6 +53,9 @@ def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
                             **common)
     if spec.kind is bool:
         return st.checkbox(label, value=bool(default), **common)
+    if spec.keywords:  # a number or a word such as "auto": typed, then checked by the Spec
+        text = st.text_input(label, value=str(default), **common).strip()
+        return int(text) if spec.kind is int and text.isdigit() else text
     if spec.kind is int:
         return int(st.number_input(
             label, value=int(default), step=int(hints.get("step", 1)),
@@ -221,12 +224,12 @@ def start_section(values: dict[str, Any], name: str) -> None:
     try:
         config = RunConfig.from_dict(values)
     except ConfigError as e:
-        st.error(str(e))
+        st.error(literal(e))
         return
     try:
         est, params = jobs.check_size(config)
     except (jobs.JobError, ValueError, OSError) as e:
-        st.error(str(e))
+        st.error(literal(e))
         return
     st.info(
         f"This run will write about **{human_bytes(est)}** ({params:,} parameters, "
@@ -242,7 +245,7 @@ def start_section(values: dict[str, Any], name: str) -> None:
         try:
             job = jobs.start(config, run_name)
         except (jobs.JobError, ValueError, OSError) as e:
-            st.error(str(e))
+            st.error(literal(e))
             return
         st.session_state[LIVE_KEY] = job.name
         st.session_state[SELECT_KEY] = job.name
@@ -257,7 +260,7 @@ def other_jobs(watching: str | None) -> None:
     st.markdown(f"**Also training on this server** (at most {jobs.max_jobs()} at once):")
     for j in live:
         c1, c2, c3 = st.columns([4, 1, 1])
-        c1.write(f"{j.name} · {j.seconds:.0f} s")
+        c1.write(f"{literal(j.name)} · {j.seconds:.0f} s")
         if c2.button("Watch", key=f"train_watch_{j.pid}"):
             st.session_state[LIVE_KEY] = j.name
             st.rerun()

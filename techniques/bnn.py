@@ -143,10 +143,9 @@ class BNN(Technique):
             binary = measurer.loss(params)
         return binary, measurer.loss(params)
 
-    def wants_intervention(self, ctx: Context) -> bool:
+    def before_forward(self, ctx: Context) -> None:
         if self._prev is None and self.opts["residual"] and hasattr(ctx.tracker, "measurer"):
             self._prev = self._losses(ctx)
-        return False
 
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
         params = ctx.params()

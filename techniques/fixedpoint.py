@@ -377,8 +377,10 @@ class SakrFixedPoint(Technique):
                 p.grad = self._q("weight_grads", i, p.grad)
             self._before[n] = p.detach().clone()
 
-    def wants_intervention(self, ctx: Context) -> bool:
+    def begin(self, ctx: Context) -> None:
         self._write_arrays(ctx)
+
+    def wants_intervention(self, ctx: Context) -> bool:
         return self._pending is not None
 
     def intervene(self, ctx: Context, row: dict[str, object]) -> None:

@@ -338,7 +338,7 @@ def test_compare_figures():
     assert not {t.marker.color for t in fig.data} & {HELPED, HURT}
     diff = F.compare_layer_difference(["x", "y"], totals["a"], totals["b"], "a", "b")
     np.testing.assert_allclose(diff.data[0].y, [-1.0, -0.25])
-    assert list(diff.data[0].marker.color) == [HELPED, HELPED]
+    assert list(diff.data[0].marker.color) == [F.B_MORE, F.B_MORE]  # B lowered it more
     assert _is_empty(F.compare_layers([], {}))
 
 

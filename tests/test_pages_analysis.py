@@ -22,6 +22,7 @@ import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
+from lca import figures as F
 from lca.figures.common import HELPED, HURT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,7 +332,8 @@ def test_compare_page(make_run, runs_folder):
     common = charts(at)[1]["data"][0]["x"]
     assert common == ["fc1.weight", "fc1.bias", "out.weight", "out.bias"]
     diff = charts(at)[2]["data"][0]["marker"]["color"]
-    assert set(diff) <= {HELPED, HURT, "#9e9e9e"}
+    # Blue / orange / grey: "B helped less" is not "hurt", so never green or red.
+    assert set(diff) <= {F.B_MORE, F.B_LESS, "#9e9e9e"}
     at.radio(key="compare_align").set_value("wall-clock time").run()
     assert "seconds" in charts(ok(at))[0]["layout"]["xaxis"]["title"]["text"]
 

@@ -90,6 +90,33 @@ def test_loss_figure_marks_bands_events_and_scaler_skips():
     assert technique_loss_figure(np.array([1.0])).layout.annotations  # one sentence, no chart
 
 
+def test_techniques_figures_use_the_step_axis_of_every_page():
+    """A prune recorded as row 9 (after 9 optimizer steps) sits at step 9.5, and the rows after
+    it keep the optimizer's own step numbers, as on the Loss and Layers pages."""
+    loss = np.linspace(2.0, 1.0, 21)
+    kind = np.zeros(20, dtype=np.int8)
+    kind[9] = 1
+    fig = technique_loss_figure(loss, skip_bands=[(12, 15)], prune_marks=[(9, "prune")],
+                                kind=kind)
+    line = next(t for t in fig.data if t.name == "loss")
+    assert list(line.x[:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9.5, 10]
+    assert list(next(t for t in fig.data if t.name == "prune event").x) == [9.5]
+    vlines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert [v.x0 for v in vlines] == [9.5]
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert [(r.x0, r.x1) for r in rects] == [(11, 14)]  # segments 12..14 = steps 12..14
+    assert fig.layout.xaxis.title.text.startswith("training step")
+    a = np.ones((20, 2))
+    lines = technique_layer_lines_figure(a, ["fc.weight", "fc.bias"], prune_marks=[(9, "p")],
+                                         kind=kind)
+    assert list(lines.data[0].x[8:11]) == [9, 9.5, 10]
+    heat = technique_heatmap_figure(a, ["fc.weight", "fc.bias"], kind=kind,
+                                    prune_marks=[(9, [0], "p")])
+    assert heat.layout.xaxis.title.text == "training step"
+    assert "prune after step 9" in heat.data[0].customdata[0][9]
+    assert "after step 9 " in next(t for t in heat.data if t.name == "prune event").hovertext[0]
+
+
 def test_layer_lines_are_cumulative_per_module():
     a = np.array([[-1.0, -0.5, 0.2, 0.0], [-1.0, 0.0, 0.1, 0.1]])
     fig = technique_layer_lines_figure(a, ["fc1.weight", "fc1.bias", "out.weight", "out.bias"],
@@ -124,10 +151,11 @@ def test_heatmap_keeps_totals_and_marks_techniques():
     assert len(frozen_box) == 1 and (frozen_box[0].y0, frozen_box[0].y1) == (1.5, 3.5)
     crosses = [t for t in fig.data if t.name == "prune event"][0]
     assert list(crosses.y) == [0, 2]
-    # Round segment ticks, each drawn where its segment's column is (6 segments a column).
-    assert list(fig.layout.xaxis.ticktext) == [str(s) for s in range(0, 3000, 500)]
-    np.testing.assert_allclose(fig.layout.xaxis.tickvals, (np.arange(0, 3000, 500) + 0.5) / 6
-                               - 0.5)
+    # Round step ticks, each drawn where its step's column is (6 steps a column; step k is row
+    # k - 1 when there is no intervention).
+    steps = [1, *range(500, 3001, 500)]
+    assert list(fig.layout.xaxis.ticktext) == [str(s) for s in steps]
+    np.testing.assert_allclose(fig.layout.xaxis.tickvals, (np.array(steps) - 1 + 0.5) / 6 - 0.5)
     assert technique_heatmap_figure(np.zeros((0, 2)), ["a", "b"]).layout.annotations
 
 
@@ -185,13 +213,13 @@ def test_helper_figures():
 def test_amp_bits_and_series_figures():
     scale = np.array([65536.0, 65536.0, 32768.0, 32768.0])
     fig = amp_scale_figure(scale, np.array([0, 1, 0, 0], dtype=bool))
-    assert fig.layout.yaxis.type == "log" and list(fig.data[1].x) == [1]
+    assert fig.layout.yaxis.type == "log" and list(fig.data[1].x) == [2]  # row 1 = step 2
     bits = bits_figure(["w", "b"], np.array([4.0, np.nan]))
     assert list(bits.data[0].y) == [4.0, 32.0]
     assert bits.data[0].marker.color[1] == "#bdbdbd"
     s = series_figure(np.array([0.0, 0.5, 0.5, 0.7]), title="t", y_title="y",
                       kind=np.array([0, 1, 0, 0]))
-    assert list(s.data[0].x) == [0, 2, 3]  # the intervention row is left out
+    assert list(s.data[0].x) == [1, 2, 3]  # steps; the intervention row is left out
     assert series_figure(np.array([]), title="t", y_title="y").layout.annotations
 
 

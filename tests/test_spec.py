@@ -97,9 +97,8 @@ def _other_value(spec: Spec):
     allowed = spec.allowed()
     if allowed:
         return next(v for v in allowed if v != spec.default)
-    if spec.kind is int:
-        default = spec.default if isinstance(spec.default, int) else 0  # e.g. threads = "auto"
-        return (default or 0) + 7
+    if spec.kind is int:  # e.g. 7 steps more; 3 where the default is a word ("auto")
+        return 3 if spec.default in spec.keywords else (spec.default or 0) + 7
     if spec.kind is float:
         return spec.default / 2
     if spec.kind is str:

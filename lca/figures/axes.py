@@ -23,7 +23,9 @@ import plotly.graph_objects as go
 from lca.segments import step_axis, step_positions
 
 from .common import (
+    TITLE_LINE_PX,
     base_layout,
+    wrap_title,
 )
 
 __all__ = [
@@ -100,7 +102,7 @@ def titled_layout(fig: go.Figure, title: str | None, *, height: int = 380) -> go
         named = [t for t in fig.data if t.showlegend is not False]
         legend = fig.layout.showlegend is not False and (
             len(named) > 1 or (len(named) == 1 and fig.layout.showlegend is True))
-        top = 95 if legend else 60
+        top = (95 if legend else 60) + TITLE_LINE_PX * (wrap_title(title)[1] - 1)
         fig.update_layout(title={"y": 1 - 12 / (height + top - 50), "yanchor": "top", "x": 0.01,
                                  "xanchor": "left", "font": {"size": 18}},
                           margin={"t": top}, height=height + top - 50)

@@ -23,9 +23,12 @@ __all__ = [
     "block_heatmap",
     "empty_figure",
     "lca_heatmap",
+    "robust_limit",
+    "robust_colorbar_title",
     "series_color",
     "sign_colors",
     "white_template",
+    "wrap_title",
 ]
 
 HELPED = "#1a9850"  # green: the parameter lowered the loss
@@ -54,9 +57,35 @@ def series_color(index: int) -> str:
     return SERIES_COLORS[index % len(SERIES_COLORS)]
 
 
+TITLE_CHARS = 52  # a title line longer than this is cut off on a 1024-px projector: wrap it
+TITLE_LINE_PX = 22  # the height one more title line needs
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> tuple[str, int]:
+    """``title`` broken at spaces into lines of at most ``width`` characters (plotly never wraps
+    a title; it runs past the chart's edge), and how many lines it takes."""
+    if "<br>" in title or len(title) <= width:
+        return title, title.count("<br>") + 1
+    lines: list[str] = []
+    glue = "\x00"  # "z = 1.1" and "a – b" stay on one line
+    for word in title.replace(" = ", f"{glue}={glue}").replace(" – ", f"{glue}–{glue}").split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines).replace(glue, " "), len(lines)
+
+
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) -> go.Figure:
-    """A readable, projector-friendly layout: white background, large font, tight margins."""
+    """A readable, projector-friendly layout: white background, large font, tight margins.
+
+    A long title is wrapped (``wrap_title``) and the top margin grows by a line for each extra
+    line, so the title fits a projector's width."""
     white_template(fig)
+    extra = 0
+    if title:
+        title, lines = wrap_title(title)
+        extra = TITLE_LINE_PX * (lines - 1)
     # The title is pinned to the top of the figure and a horizontal legend sits just above the
     # plot area; the top margin leaves room for both so they never overlap.
     fig.update_layout(
@@ -66,7 +95,7 @@ def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) 
             if title else None
         ),
         height=height,
-        margin={"l": 60, "r": 20, "t": 96 if title else 40, "b": 50},
+        margin={"l": 60, "r": 20, "t": (96 + extra) if title else 40, "b": 50},
         font={"size": 14},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0},
     )
@@ -113,6 +142,40 @@ def symmetric_limit(z: np.ndarray) -> float:
     return m if m > 0 else 1.0
 
 
+ROBUST_PERCENTILE = 99.0  # colour range: this percentile of |value| ...
+OUTLIER_FACTOR = 2.0  # ... used only when the largest |value| is this many times larger
+
+
+def robust_limit(z: np.ndarray) -> tuple[float, float | None]:
+    """A symmetric colour limit that one outlier cell cannot wash out, and the outlier.
+
+    Returns ``(limit, largest)``: ``limit`` is the 99th percentile of |z| when the largest |z|
+    is more than twice that (e.g. one prune segment among thousands of ordinary steps), so
+    every ordinary cell keeps a visible colour and the outlier is drawn at full saturation;
+    ``largest`` is then the signed value of the largest cell (to state in the colour bar and
+    the hover), else ``None`` and ``limit`` is the plain max |z|.
+    """
+    a = np.asarray(z, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        return 1.0, None
+    mag = np.abs(finite)
+    top = float(mag.max())
+    if top == 0:
+        return 1.0, None
+    q = float(np.percentile(mag, ROBUST_PERCENTILE))
+    if q > 0 and top > OUTLIER_FACTOR * q:
+        return q, float(finite[int(np.argmax(mag))])
+    return top, None
+
+
+def robust_colorbar_title(label: str, largest: float | None) -> str:
+    """The colour bar's title; says when colours are capped and what the largest cell holds."""
+    if largest is None:
+        return label
+    return f"{label}<br><sub>colours capped;<br>largest cell<br>{largest:+.2e}</sub>"
+
+
 def lca_heatmap(
     z: np.ndarray,
     *,
@@ -125,9 +188,13 @@ def lca_heatmap(
     height: int = 420,
     hover: str = "LCA",
 ) -> go.Figure:
-    """A heatmap on the diverging LCA scale, centred at 0 (green helped, red hurt)."""
+    """A heatmap on the diverging LCA scale, centred at 0 (green helped, red hurt).
+
+    The colour range is ``robust_limit``: one outlier cell is capped (its value is in the hover
+    and the colour bar) instead of washing every other cell out.
+    """
     z = np.asarray(z, dtype=np.float64)
-    m = symmetric_limit(z)
+    m, largest = robust_limit(z)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -137,7 +204,7 @@ def lca_heatmap(
             zmid=0,
             zmin=-m,
             zmax=m,
-            colorbar={"title": {"text": colorbar_title}},
+            colorbar={"title": {"text": robust_colorbar_title(colorbar_title, largest)}},
             hovertemplate=(
                 f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>{hover} %{{z:.3e}}<extra></extra>"
             ),

@@ -1,7 +1,8 @@
 """Figures of the Compare page: two or more runs side by side. Pure functions.
 
 Loss curves overlaid, per-layer totals grouped by run, and one run's difference from another
-(green where run B's layer helped more). Conventions in ``lca.figures.axes``.
+(blue where run B's layer lowered the loss more, orange where less: green and red keep meaning
+helped and hurt). Conventions in ``lca.figures.axes``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from .axes import (
     titled_layout,
 )
 from .common import (
+    STILL,
     empty_figure,
     series_color,
-    sign_colors,
 )
 
 __all__ = [
+    "B_LESS",
+    "B_MORE",
     "compare_layer_difference",
     "compare_layers",
     "compare_loss",
+    "difference_colors",
 ]
 
 
@@ -94,6 +98,15 @@ def compare_layers(
     return fig
 
 
+B_MORE = "#2166ac"  # blue: run B's layer lowered the loss more than run A's
+B_LESS = "#e08214"  # orange: less (never red or green: those mean hurt and helped)
+
+
+def difference_colors(d: np.ndarray) -> list[str]:
+    """Blue where B − A < 0 (B lowered the loss more), orange where > 0, grey where equal."""
+    return [B_MORE if x < 0 else B_LESS if x > 0 else STILL for x in np.asarray(d).ravel()]
+
+
 def compare_layer_difference(
     names: Sequence[str],
     a: np.ndarray,
@@ -106,7 +119,9 @@ def compare_layer_difference(
     per_param: bool = False,
     height: int = 380,
 ) -> go.Figure:
-    """Run B − run A per layer: green where B's layer helped more (or hurt less) than A's."""
+    """Run B − run A per layer: blue where B's layer lowered the loss more (or raised it less)
+    than A's, orange where less. Not green and red: those mean helped and hurt, and a layer
+    that helped in both runs can still be "less" in B."""
     if not names:
         return empty_figure("These runs have no layer names in common.")
     per = bool(per_param and counts_a is not None and counts_b is not None)
@@ -114,13 +129,13 @@ def compare_layer_difference(
         d = _per_param(b, counts_b) - _per_param(a, counts_a)
     else:
         d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    fig = go.Figure(go.Bar(x=list(names), y=d, marker_color=sign_colors(d),
+    fig = go.Figure(go.Bar(x=list(names), y=d, marker_color=difference_colors(d),
                            hovertemplate="%{x}<br>B − A = %{y:.4e}<extra></extra>",
                            showlegend=False))
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = " per parameter" if per else ""
-    titled_layout(fig, f"Difference{what}: {label_b} − {label_a} (green = B helped more, "
-                "red = B helped less)", height=height)
+    titled_layout(fig, f"Difference{what}: {label_b} − {label_a} (blue = B lowered the loss "
+                "more, orange = less)", height=height)
     fig.update_xaxes(title="layer (parameter tensor)", tickangle=-30 if len(names) > 6 else 0)
     fig.update_yaxes(title=f"difference of total LCA{what}", exponentformat="e")
     return fig

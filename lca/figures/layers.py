@@ -26,6 +26,8 @@ from .axes import (
 from .common import (
     DIVERGING,
     empty_figure,
+    robust_colorbar_title,
+    robust_limit,
     series_color,
     sign_colors,
 )
@@ -102,11 +104,12 @@ def layer_step_heatmap(
     first, last = np.floor(first).astype(np.int64), np.ceil(last).astype(np.int64)
     z = sums.T  # (L, blocks)
     labels = list(names)
-    m = float(np.abs(z).max()) or 1.0
+    m, largest = robust_limit(z)
     hover = "%{y}<br>steps %{customdata[1]}–%{customdata[2]}<br>LCA %{customdata[3]:.3e}"
     fig = go.Figure(go.Heatmap(
         z=z, x=centre, y=labels, colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-        colorbar={"title": {"text": "LCA"}}, hoverinfo="skip" if clickable else None,
+        colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
+        hoverinfo="skip" if clickable else None,
         customdata=None if clickable else np.dstack([
             np.tile(np.arange(nl)[:, None], (1, len(first))), np.tile(first, (nl, 1)),
             np.tile(last, (nl, 1)), z]),

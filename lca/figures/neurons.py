@@ -30,6 +30,8 @@ from .common import (
     HURT,
     NOT_HELPED,
     empty_figure,
+    robust_colorbar_title,
+    robust_limit,
     sign_colors,
 )
 
@@ -77,7 +79,7 @@ def unit_heatmap(
     first, last, centre = block_centres(rs, t, positions=positions)
     ufirst, ulast, ucentre = block_centres(cs, u, offset=0)
     z = sums.T
-    m = float(np.abs(z).max()) or 1.0
+    m, largest = robust_limit(z)
     # No per-cell customdata (it would triple the bytes sent): a cell's block is stated once.
     per_cell = []
     if len(rs) < t:
@@ -87,7 +89,7 @@ def unit_heatmap(
     near = "around " if per_cell else ""
     fig = go.Figure(go.Heatmap(
         z=z, x=centre, y=ucentre, colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-        colorbar={"title": {"text": "LCA"}},
+        colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
         hovertemplate=f"{near}unit %{{y:.0f}}<br>{near}step %{{x:.0f}}<br>LCA %{{z:.3e}}"
                       "<extra></extra>"))
     if per_cell:

@@ -20,6 +20,7 @@ The package has one module per job: ``schema`` (layout, dtypes, size estimate), 
 """
 
 from ..downsample import block_starts, block_sum, downsample_to_cells
+from . import filecheck
 from .lock import RunBusyError
 from .reader import Reader, open_run
 from .recovery import _lookup3, recover  # noqa: F401 - used by tests
@@ -52,6 +53,7 @@ __all__ = [
     "block_sum",
     "downsample_to_cells",
     "estimate_bytes",
+    "filecheck",
     "human_bytes",
     "open_run",
     "recover",

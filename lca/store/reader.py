@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import h5py
 import numpy as np
 
+from . import filecheck
 from .schema import (
     FORMAT,
     SCHEMA_VERSION,
@@ -50,6 +52,11 @@ def _check_path(path: Path) -> None:
         raise RunFileError(f"{name!r} is a folder, not a run file; choose a .h5 file inside it.")
     if not os.access(path, os.R_OK):
         raise RunFileError(f"{name!r} cannot be read (permission denied); check its permissions.")
+    if not stat.S_ISREG(path.stat().st_mode):  # opening a pipe or a device would block
+        raise RunFileError(
+            f"{name!r} is not a regular file (a pipe or a device), so LCA Lab does not read it; "
+            "choose a .h5 run file."
+        )
     try:
         is_h5 = h5py.is_hdf5(str(path))
     except OSError:
@@ -95,6 +102,7 @@ def _open_checked(path: Path) -> h5py.File:
     names the file and the fix."""
     _check_path(path)
     name = path.name
+    checked = filecheck.check(path)  # in a process of its own, cached: before anything is read
     _refuse_truncated(path)
     try:
         f = h5py.File(path, "r", swmr=True)
@@ -104,6 +112,9 @@ def _open_checked(path: Path) -> h5py.File:
             f"repair it with: python -m lca recover {name}"
         ) from None
     try:
+        opened = os.fstat(f.id.get_vfd_handle())
+        if checked is not None and (opened.st_dev, opened.st_ino) != checked:
+            raise RunFileError(f"{name!r} was replaced while it was being opened; open it again.")
         _check_header(f, name)
     except BaseException:
         f.close()
@@ -165,6 +176,32 @@ def _config_name(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+def _all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    """Every dataset of a checked file by path, opened group by group.
+
+    h5py's ``visititems`` walks the whole file in one call under h5py's process-wide lock, so a
+    file with tens of thousands of objects froze every other session's reads for as long; here
+    each call is short and other threads' reads go on in between. (The file check has refused
+    soft and external links, so every link is a hard link inside the file.)
+    """
+    found: dict[str, h5py.Dataset] = {}
+    queue: list[tuple[str, h5py.Group]] = [("", f)]
+    seen = {h5py.h5o.get_info(f.id).addr}  # the check refuses a second link; never loop anyway
+    while queue:
+        prefix, group = queue.pop()
+        for name in list(group):
+            obj = group[name]
+            path = f"{prefix}{name}"
+            if isinstance(obj, h5py.Dataset):
+                found[path] = obj
+            elif isinstance(obj, h5py.Group) and path.count("/") < filecheck.MAX_DEPTH:
+                addr = h5py.h5o.get_info(obj.id).addr
+                if addr not in seen:
+                    seen.add(addr)
+                    queue.append((f"{path}/", obj))
+    return found
+
+
 class _SharedFile:
     """One open h5py.File (and one handle per dataset) per run file per process.
 
@@ -180,9 +217,13 @@ class _SharedFile:
     def __init__(self, key: tuple[str, int, int], file: h5py.File) -> None:
         self.key, self.file, self.refs = key, file, 0
         self._datasets: dict[str, h5py.Dataset] | None = None
+        self._walk_lock = threading.Lock()
 
     @classmethod
     def acquire(cls, path: Path) -> _SharedFile:
+        # Checked before the lock: a slow or hostile file never holds up other readers.
+        _check_path(path)
+        filecheck.check(path)
         try:
             st = path.stat()
             key = (str(path.resolve()), st.st_dev, st.st_ino)
@@ -198,13 +239,10 @@ class _SharedFile:
             return shared
 
     def datasets(self) -> dict[str, h5py.Dataset]:
-        with self._lock:
+        # Per file, not the class lock: a big file's walk never holds up other files' readers.
+        with self._walk_lock:
             if self._datasets is None:
-                found: dict[str, h5py.Dataset] = {}
-                self.file.visititems(
-                    lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None
-                )
-                self._datasets = found
+                self._datasets = _all_datasets(self.file)
             return self._datasets
 
     def release(self) -> None:
@@ -317,6 +355,13 @@ class Reader:
                             f"or if its writer was killed: python -m lca recover {self.path.name}"
                         ) from None
                     time.sleep(0.02)
+        try:
+            size = os.fstat(self._f.id.get_vfd_handle()).st_size
+        except (OSError, ValueError, TypeError):
+            size = self.path.stat().st_size
+        too_large = filecheck.declared_too_large(self._ds.values(), size, self.path.name)
+        if too_large:
+            raise RunFileError(too_large)
         self.status: str = _decode(self._status[()]).rstrip("\x00")
         t = min([self._loss.shape[0] - 1, *(ds.shape[0] for ds in self._per_step)])
         t = max(t, 0)

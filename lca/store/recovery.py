@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from . import filecheck
 from .lock import held, is_hdf5_lock_error, open_elsewhere_sentence
 from .reader import _check_header, _check_path, _is_flag_error, _short
 from .schema import LIBVER, RunFileError, _decode
@@ -174,6 +175,7 @@ def recover(path: str | os.PathLike[str], *, force: bool = False) -> str:
     """
     p = Path(path)
     _check_path(p)
+    filecheck.check(p)  # read only from itself, bounded: before anything is read or written
     with held(p, doing="recover"):  # RunBusyError, naming the writer, while one holds it
         return _recover(p, force=force)
 
@@ -204,6 +206,7 @@ def _recover(p: Path, *, force: bool) -> str:
                 "lca.store.recover(path, force=True)."
             ) from None
         if _clear_open_flags(p):
+            filecheck.check(p)  # now it opens: check what could not be checked before
             f = h5py.File(p, "r+", libver=LIBVER)
         elif readable:
             return _recover_by_copy(p)

@@ -378,7 +378,14 @@ class Writer:
 
     # -- append -------------------------------------------------------------------------------
     def append(self, record: StepRecord) -> None:
-        """Buffer one segment; whole time-chunks (or what ``flush_seconds`` has gathered) go out."""
+        """Buffer one segment; whole time-chunks (or what ``flush_seconds`` has gathered) go out.
+
+        Ctrl-C and SIGTERM wait until the row is whole in the buffer (``num_steps`` then counts
+        it, and close() writes it)."""
+        with _defer_interrupt():
+            self._append(record)
+
+    def _append(self, record: StepRecord) -> None:
         import torch
 
         if self._closed:
@@ -428,7 +435,9 @@ class Writer:
         b["steps/label"][i] = _label_bytes(record.label or "")
         b["steps/loss"][i] = record.loss_end
         self._n += 1
-        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows
+        # The very first step goes out at once: a live view (the demo) draws its first chart
+        # as soon as one step exists, instead of waiting for flush_seconds to pass.
+        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows or self._rows == 0
                 or time.monotonic() - self._last_flush >= self.flush_seconds):
             self._flush()
 
