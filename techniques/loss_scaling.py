@@ -74,6 +74,8 @@ class AdaptiveLossScaling(Technique):
     """Zhao et al.: a power-of-two loss scale per layer from gradient and weight statistics."""
 
     name = "adaptive-loss-scaling"
+    conflicts = {"fixed-point": "the per-layer scaled backward (torch.func) cannot run "
+                                "fixed-point's rounding autograd functions"}
     description = (
         "Adaptive layer-wise loss scaling (Zhao et al.): each layer's float16 error gets its "
         "own power-of-two scale from gradient and weight statistics, weight gradients unscaled "
