@@ -55,9 +55,7 @@ def build_pages() -> list:
     pages = []
     for file, title, url, icon in PAGES:
         if (ROOT / file).exists():
-            pages.append(
-                st.Page(file, title=title, url_path=url, icon=icon, default=url == "home")
-            )
+            pages.append(st.Page(file, title=title, url_path=url, icon=icon, default=url == "home"))
     return pages
 
 
@@ -155,12 +153,17 @@ def classroom_gate() -> None:
         if ok:
             st.session_state[TEACHER_KEY] = True
         else:
-            st.sidebar.warning("That teacher token is not right; the app stays view-only. "
-                               "The token is printed where the server was started.")
+            st.sidebar.warning(
+                "That teacher token is not right; the app stays view-only. "
+                "The token is printed where the server was started."
+            )
     with st.sidebar:
         if st.session_state.get(TEACHER_KEY):
-            st.badge("Teacher: you can train, stop, delete, upload and recover",
-                     color="blue", icon=":material/school:")
+            st.badge(
+                "Teacher: you can train, stop, delete, upload and recover",
+                color="blue",
+                icon=":material/school:",
+            )
             if st.button("Lock (view only)", key="classroom_lock", icon=":material/lock:"):
                 st.session_state[TEACHER_KEY] = False
                 st.rerun()
@@ -171,8 +174,12 @@ def classroom_gate() -> None:
 def main() -> None:
     # A local file: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com,
     # and an offline classroom server must not send its students anywhere else.
-    st.set_page_config(page_title="LCA Lab", page_icon=str(FAVICON), layout="wide",
-                       initial_sidebar_state=presenter.sidebar_state())
+    st.set_page_config(
+        page_title="LCA Lab",
+        page_icon=str(FAVICON),
+        layout="wide",
+        initial_sidebar_state=presenter.sidebar_state(),
+    )
     pg = st.navigation(build_pages())
     presenter.toggle()
     classroom_gate()

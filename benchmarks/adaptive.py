@@ -54,8 +54,9 @@ def trajectory(args) -> tuple[str, nn.Module, tuple, list[torch.Tensor]]:
     return f"{model_name} on {name}", model, measure, thetas
 
 
-def allocate_all(model, measure, thetas, method: str, tol: float, estimate: bool = False
-                 ) -> dict[str, object]:
+def allocate_all(
+    model, measure, thetas, method: str, tol: float, estimate: bool = False
+) -> dict[str, object]:
     """Allocate every segment with ``method``; the end gradient opens the next segment."""
     measurer = Measurer(model, nn.CrossEntropyLoss(), measure)
     space = FlatSpace.of(model, measurer.device)
@@ -63,8 +64,17 @@ def allocate_all(model, measure, thetas, method: str, tol: float, estimate: bool
     rows = {"lca": [], "err": [], "evals": [], "splits": [], "estimate": []}
     t0 = time.perf_counter()
     for start, end in zip(thetas[:-1], thetas[1:], strict=True):
-        seg = _integrate_flat(measurer, space, start, end, method, loss_start=loss,
-                              grad_start=grad, tolerance=tol, estimate=estimate)
+        seg = _integrate_flat(
+            measurer,
+            space,
+            start,
+            end,
+            method,
+            loss_start=loss,
+            grad_start=grad,
+            tolerance=tol,
+            estimate=estimate,
+        )
         if seg.panels_1_2 is not None:
             rows["estimate"].append(panel_error(*seg.panels_1_2))
         rows["lca"].append(seg.lca.clone())
@@ -90,8 +100,11 @@ def main() -> None:
     p.add_argument("--measure", type=int, default=2000)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", help="also write the section as markdown here (e.g. "
-                   "docs/results/bench-adaptive.md, which docs/RESULTS.md includes)")
+    p.add_argument(
+        "--out",
+        help="also write the section as markdown here (e.g. "
+        "docs/results/bench-adaptive.md, which docs/RESULTS.md includes)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lines: list[str] = []
@@ -102,16 +115,27 @@ def main() -> None:
 
     what, model, measure, thetas = trajectory(args)
     print("## Adaptive rules: ours (rk4-adaptive) against the paper's (rk4-paper)\n")
-    print("Measured by `python benchmarks/adaptive.py` on one training trajectory, allocated "
-          "by each rule; per-parameter error against composite Simpson with 64 panels.\n")
-    print(f"{what}: {args.steps} steps, measurement set {len(measure[1])}, "
-          f"{thetas[0].numel():,} parameters, lr {args.lr}, {args.threads} thread(s)\n")
+    print(
+        "Measured by `python benchmarks/adaptive.py` on one training trajectory, allocated "
+        "by each rule; per-parameter error against composite Simpson with 64 panels.\n"
+    )
+    print(
+        f"{what}: {args.steps} steps, measurement set {len(measure[1])}, "
+        f"{thetas[0].numel():,} parameters, lr {args.lr}, {args.threads} thread(s)\n"
+    )
     ref = reference(model, measure, thetas)
-    print("| method | tolerance | evals/step | steps refined | mean abs err | worst abs err | "
-          "steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |")
+    print(
+        "| method | tolerance | evals/step | steps refined | mean abs err | worst abs err | "
+        "steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for method, tol in [("rk4", 1e-3), ("rk4-adaptive", 1e-3), ("rk4-paper", 1e-3),
-                        ("rk4-adaptive", 1e-4), ("rk4-paper", 1e-4)]:
+    for method, tol in [
+        ("rk4", 1e-3),
+        ("rk4-adaptive", 1e-3),
+        ("rk4-paper", 1e-3),
+        ("rk4-adaptive", 1e-4),
+        ("rk4-paper", 1e-4),
+    ]:
         r = allocate_all(model, measure, thetas, method, tol)
         err = np.abs(np.array(r["err"]))
         rel, signs = [], []
@@ -119,21 +143,27 @@ def main() -> None:
             rel.append(float((a - b).norm() / b.norm().clamp_min(1e-30)))
             moved = b != 0
             signs.append(float((torch.sign(a[moved]) != torch.sign(b[moved])).double().mean()))
-        print(f"| {method} | {tol:.0e} | {np.mean(r['evals']):.2f} | "
-              f"{int(np.sum(np.array(r['splits']) > 1))} | {err.mean():.2e} | {err.max():.2e} | "
-              f"{int(np.sum(err > tol))} | {np.mean(rel):.2e} | {100 * np.mean(signs):.3f} | "
-              f"{r['seconds']:.1f} |")
+        print(
+            f"| {method} | {tol:.0e} | {np.mean(r['evals']):.2f} | "
+            f"{int(np.sum(np.array(r['splits']) > 1))} | {err.mean():.2e} | {err.max():.2e} | "
+            f"{int(np.sum(err > tol))} | {np.mean(rel):.2e} | {100 * np.mean(signs):.3f} | "
+            f"{r['seconds']:.1f} |"
+        )
     # The estimate a run records with --error-every: 1- vs 2-panel Simpson, against rk4's
     # true per-parameter error (against the 64-panel reference) on the same steps.
     r = allocate_all(model, measure, thetas, "rk4", 1e-3, estimate=True)
-    rel_true = [float((a - b).norm() / b.norm().clamp_min(1e-30))
-                for a, b in zip(r["lca"], ref, strict=True)]
+    rel_true = [
+        float((a - b).norm() / b.norm().clamp_min(1e-30))
+        for a, b in zip(r["lca"], ref, strict=True)
+    ]
     rel_est = [e[0] for e in r["estimate"]]
     corr = float(np.corrcoef(rel_true, rel_est)[0, 1])
-    print(f"\nrk4's per-parameter error, estimated by 1- vs 2-panel Simpson (--error-every): "
-          f"mean relative norm {np.mean(rel_est):.2e} (true {np.mean(rel_true):.2e}), "
-          f"worst {np.max(rel_est):.2e} (true {np.max(rel_true):.2e}), correlation over steps "
-          f"{corr:.3f}; sign agreement {100 * np.mean([e[1] for e in r['estimate']]):.3f}%.")
+    print(
+        f"\nrk4's per-parameter error, estimated by 1- vs 2-panel Simpson (--error-every): "
+        f"mean relative norm {np.mean(rel_est):.2e} (true {np.mean(rel_true):.2e}), "
+        f"worst {np.max(rel_est):.2e} (true {np.max(rel_true):.2e}), correlation over steps "
+        f"{corr:.3f}; sign agreement {100 * np.mean([e[1] for e in r['estimate']]):.3f}%."
+    )
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

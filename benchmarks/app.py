@@ -34,36 +34,59 @@ from lca.allocate import KIND_STEP, StepRecord, UnitGroup  # noqa: E402
 PAGES = ("loss", "layers", "neurons", "compare")
 
 
-def synthetic_run(path: Path, steps: int, hidden: int, inputs: int = 784, classes: int = 10,
-                  seed: int = 0) -> float:
+def synthetic_run(
+    path: Path, steps: int, hidden: int, inputs: int = 784, classes: int = 10, seed: int = 0
+) -> float:
     """Write a run of random LCA through lca.Writer; return the seconds it took."""
     rng = np.random.default_rng(seed)
-    shapes = {"fc1.weight": (hidden, inputs), "fc1.bias": (hidden,),
-              "out.weight": (classes, hidden), "out.bias": (classes,)}
+    shapes = {
+        "fc1.weight": (hidden, inputs),
+        "fc1.bias": (hidden,),
+        "out.weight": (classes, hidden),
+        "out.bias": (classes,),
+    }
     names = tuple(shapes)
-    units = (UnitGroup("fc1", ("fc1.weight", "fc1.bias"), (0, 0), hidden),
-             UnitGroup("out", ("out.weight", "out.bias"), (0, 0), classes))
+    units = (
+        UnitGroup("fc1", ("fc1.weight", "fc1.bias"), (0, 0), hidden),
+        UnitGroup("out", ("out.weight", "out.bias"), (0, 0), classes),
+    )
     layout = lca.Layout(
-        names=names, shapes=tuple(shapes[n] for n in names), units=units, method="rk4",
-        dtype="float32", measure_size=10_000,
-        series={"steps/train_loss": ("f8", ()), "steps/seconds_train": ("f8", ()),
-                "steps/lr": ("f8", ())},
-        events={"eval": ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")})
-    config = {"dataset": "mnist", "model": "mlp", "model_options": {"hidden": [hidden]},
-              "steps": steps, "record": "full", "method": "rk4", "techniques": [],
-              "note": "synthetic benchmark run (random LCA, no training)"}
+        names=names,
+        shapes=tuple(shapes[n] for n in names),
+        units=units,
+        method="rk4",
+        dtype="float32",
+        measure_size=10_000,
+        series={
+            "steps/train_loss": ("f8", ()),
+            "steps/seconds_train": ("f8", ()),
+            "steps/lr": ("f8", ()),
+        },
+        events={"eval": ("train_step", "train_acc", "test_acc", "test_loss", "train_loss")},
+    )
+    config = {
+        "dataset": "mnist",
+        "model": "mlp",
+        "model_options": {"hidden": [hidden]},
+        "steps": steps,
+        "record": "full",
+        "method": "rk4",
+        "techniques": [],
+        "note": "synthetic benchmark run (random LCA, no training)",
+    }
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     total_p = sum(sizes.values())
     t0 = time.perf_counter()
-    writer = lca.Writer(path, record="full", config=config, overwrite=True,
-                        expected_steps=steps)
+    writer = lca.Writer(path, record="full", config=config, overwrite=True, expected_steps=steps)
     loss0 = 2.3
     writer.begin(layout, loss0)
     loss = loss0
     # A pool of random draws, rescaled per step: drawing 200k normals every step would cost
     # more than writing them. Sums are taken in float64 from the float32 values written.
-    pool = [{n: rng.standard_normal(sizes[n], dtype=np.float32).reshape(shapes[n])
-             for n in names} for _ in range(16)]
+    pool = [
+        {n: rng.standard_normal(sizes[n], dtype=np.float32).reshape(shapes[n]) for n in names}
+        for _ in range(16)
+    ]
     # The loss falls by 2.0 over the run, fastest early; each weight's LCA is noise around a
     # small negative drift, so a bit more than half of the weights help on a step (the paper).
     w = 0.05 + np.exp(-np.arange(steps) / (steps / 8))
@@ -83,13 +106,30 @@ def synthetic_run(path: Path, steps: int, hidden: int, inputs: int = 784, classe
         }
         helped = sum(int(np.count_nonzero(arrays[n] < 0)) for n in names) / total_p
         start, loss = loss, loss + math.fsum(per_tensor) + float(rng.normal(0, 1e-6))
-        writer.append(StepRecord(
-            index=t, kind=KIND_STEP, train_step=t + 1, label="", loss_start=start,
-            loss_end=loss, per_param=per_param, per_tensor=per_tensor, per_unit=per_unit,
-            helped=helped, hurt=1 - helped, splits=1, evaluations=2, seconds_lca=0.01,
-            wall=0.02 * (t + 1),
-            series={"steps/train_loss": loss + float(rng.normal(0, 0.05)),
-                    "steps/seconds_train": 0.005, "steps/lr": 0.05}))
+        writer.append(
+            StepRecord(
+                index=t,
+                kind=KIND_STEP,
+                train_step=t + 1,
+                label="",
+                loss_start=start,
+                loss_end=loss,
+                per_param=per_param,
+                per_tensor=per_tensor,
+                per_unit=per_unit,
+                helped=helped,
+                hurt=1 - helped,
+                splits=1,
+                evaluations=2,
+                seconds_lca=0.01,
+                wall=0.02 * (t + 1),
+                series={
+                    "steps/train_loss": loss + float(rng.normal(0, 0.05)),
+                    "steps/seconds_train": 0.005,
+                    "steps/lr": 0.05,
+                },
+            )
+        )
         if (t + 1) % 100 == 0 or t + 1 == steps:
             acc = 1 - 0.9 * math.exp(-(t + 1) / (steps / 6))
             writer.add_event("eval", [t + 1, acc, acc - 0.02, loss + 0.05, loss])
@@ -155,8 +195,9 @@ def time_functions(path: Path) -> dict[str, float]:
         F.unit_heatmap(units, positions=v.positions).to_json()
         F.first_layer_images(stats.totals["fc1.weight"], (1, 28, 28), max_units=64).to_json()
         F.lca_histogram(values, steps_used=used, steps_total=v.num_steps).to_json()
-        F.helped_fraction_histogram(np.concatenate([h.ravel() for h in stats.helped.values()]),
-                                    stats.rows).to_json()
+        F.helped_fraction_histogram(
+            np.concatenate([h.ravel() for h in stats.helped.values()]), stats.rows
+        ).to_json()
         F.param_trace(trace, positions=v.positions).to_json()
 
     out = {}
@@ -174,8 +215,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--out", type=Path, default=None, help="folder for the run (default: a temp "
-                    "folder, removed afterwards unless --keep)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the run (default: a temp folder, removed afterwards unless --keep)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated run files")
     args = ap.parse_args()
 
@@ -189,8 +234,10 @@ def main() -> None:
         with lca.open_run(big) as r:
             params, steps = r.num_params, r.num_steps
         size = big.stat().st_size
-        print(f"synthetic run: {params:,} parameters x {steps:,} steps, record full, "
-              f"{size / 1e9:.2f} GB, written in {seconds:.1f} s")
+        print(
+            f"synthetic run: {params:,} parameters x {steps:,} steps, record full, "
+            f"{size / 1e9:.2f} GB, written in {seconds:.1f} s"
+        )
 
         # Warm up imports (streamlit, plotly, h5py, torch) on the small run first.
         time_apptest("loss", "small.h5", repeats=1)

@@ -73,8 +73,9 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    ws = await websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream",
-                                  subprotocols=["streamlit"], max_size=None)
+    ws = await websockets.connect(
+        url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None
+    )
     try:
         i = 0
         while time.monotonic() < until:
@@ -94,14 +95,19 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
                 fm = ForwardMsg()
                 fm.ParseFromString(raw)
                 kind = fm.WhichOneof("type")
-                if (chart is None and kind == "delta"
-                        and fm.delta.WhichOneof("type") == "new_element"
-                        and fm.delta.new_element.WhichOneof("type") == "plotly_chart"):
+                if (
+                    chart is None
+                    and kind == "delta"
+                    and fm.delta.WhichOneof("type") == "new_element"
+                    and fm.delta.new_element.WhichOneof("type") == "plotly_chart"
+                ):
                     chart = time.monotonic() - t0
                 # A run that ends early for a rerun (the app selecting the run, a page
                 # switching) is followed by the run that draws the page: wait for that one.
-                if (kind == "script_finished"
-                        and fm.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN):
+                if (
+                    kind == "script_finished"
+                    and fm.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN
+                ):
                     break
             if chart is None and slug != "home":
                 failures.append((slug, "no chart"))
@@ -111,8 +117,9 @@ async def ws_session(url: str, pages: list[str], until: float, out: list, failur
         await ws.close()
 
 
-async def browser_session(browser, url: str, pages: list[str], until: float, out: list,
-                          failures: list):
+async def browser_session(
+    browser, url: str, pages: list[str], until: float, out: list, failures: list
+):
     page = await browser.new_page(viewport={"width": 1024, "height": 768})
     try:
         i = 0
@@ -122,8 +129,9 @@ async def browser_session(browser, url: str, pages: list[str], until: float, out
             t0 = time.monotonic()
             await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
             try:
-                await page.locator('[data-testid="stMain"] [data-testid="stPlotlyChart"]'
-                                   ).first.wait_for(timeout=VIEW_TIMEOUT_S * 1000)
+                await page.locator(
+                    '[data-testid="stMain"] [data-testid="stPlotlyChart"]'
+                ).first.wait_for(timeout=VIEW_TIMEOUT_S * 1000)
                 out.append((slug, time.monotonic() - t0))
             except Exception:  # noqa: BLE001 - a timeout is a failed view, counted
                 if slug != "home":
@@ -142,7 +150,7 @@ async def run_class(url: str, n: int, browsers: int, seconds: float) -> tuple[di
         b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS) if browsers else None
         tasks = []
         for i in range(n):
-            order = PAGES[i % len(PAGES):] + PAGES[: i % len(PAGES)]  # spread the pages
+            order = PAGES[i % len(PAGES) :] + PAGES[: i % len(PAGES)]  # spread the pages
             if i < browsers:
                 tasks.append(browser_session(b, url, order, until, results[i], failures[i]))
             else:
@@ -169,8 +177,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--alone", type=float, default=15.0, help="seconds to time training alone")
     args = ap.parse_args()
-    print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); "
-          f"{args.sessions} sessions ({args.browsers} chromium) for {args.seconds:.0f} s")
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); "
+        f"{args.sessions} sessions ({args.browsers} chromium) for {args.seconds:.0f} s"
+    )
     with tempfile.TemporaryDirectory(prefix="lca-class-bench-") as tmp:
         runs_dir = Path(tmp) / "runs"
         runs_dir.mkdir()
@@ -192,7 +202,8 @@ def main() -> None:
             cpu0, _ = proc_cpu_rss(proc.pid)
             s0, t0 = steps_done(path), time.monotonic()
             results, failures, crashed = asyncio.run(
-                run_class(url, args.sessions, args.browsers, args.seconds))
+                run_class(url, args.sessions, args.browsers, args.seconds)
+            )
             loaded = (steps_done(path) - s0) / (time.monotonic() - t0)
             cpu1, rss = proc_cpu_rss(proc.pid)
             wall = time.monotonic() - t0
@@ -202,21 +213,29 @@ def main() -> None:
             stop(proc)
     views = [v for vs in results.values() for v in vs]
     served = sum(1 for vs in results.values() if vs)
-    print(f"sessions served: {served}/{args.sessions}; views with a chart: {len(views)}; "
-          f"failed views: {len(failures)}; sessions that broke off: {crashed}")
+    print(
+        f"sessions served: {served}/{args.sessions}; views with a chart: {len(views)}; "
+        f"failed views: {len(failures)}; sessions that broke off: {crashed}"
+    )
     for slug in PAGES:
         t = [s for p, s in views if p == slug]
         if t:
-            print(f"  {slug:8s} first chart: median {statistics.median(t):.2f} s, "
-                  f"p95 {pct(t, 95):.2f} s ({len(t)} views)")
+            print(
+                f"  {slug:8s} first chart: median {statistics.median(t):.2f} s, "
+                f"p95 {pct(t, 95):.2f} s ({len(t)} views)"
+            )
     allt = [s for _, s in views]
     if allt:
         print(f"all pages: median {statistics.median(allt):.2f} s, p95 {pct(allt, 95):.2f} s")
-    print(f"server: {cpu1 - cpu0:.1f} CPU-s in {wall:.0f} s ({(cpu1 - cpu0) / wall:.2f} cores), "
-          f"RSS {rss / 2**20:.0f} MiB at the end")
-    print(f"training: {alone:.1f} steps/s alone, {loaded:.1f} under load, ratio "
-          f"{loaded / alone if alone else float('nan'):.2f} (on a shared machine other work "
-          "moves both figures)")
+    print(
+        f"server: {cpu1 - cpu0:.1f} CPU-s in {wall:.0f} s ({(cpu1 - cpu0) / wall:.2f} cores), "
+        f"RSS {rss / 2**20:.0f} MiB at the end"
+    )
+    print(
+        f"training: {alone:.1f} steps/s alone, {loaded:.1f} under load, ratio "
+        f"{loaded / alone if alone else float('nan'):.2f} (on a shared machine other work "
+        "moves both figures)"
+    )
     for f in failures[:5]:
         print("  failure:", f)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -26,8 +26,13 @@ from benchmarks.lca_step import best_time  # noqa: E402
 from lca import models  # noqa: E402
 from lca.measure import Measurer  # noqa: E402
 
-SHAPES = {"resnet20": (3, 32, 32), "lenet": (1, 28, 28), "fc-mnist": (1, 28, 28),
-          "cnn-small": (1, 8, 8), "mlp": (1, 8, 8)}
+SHAPES = {
+    "resnet20": (3, 32, 32),
+    "lenet": (1, 28, 28),
+    "fc-mnist": (1, 28, 28),
+    "cnn-small": (1, 8, 8),
+    "mlp": (1, 8, 8),
+}
 
 
 def measurer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int, device: str):
@@ -55,9 +60,11 @@ def main() -> None:
     compiled.chunk_loss = torch.compile(compiled.chunk_loss)
     flat = eager.flatten(dict(model.named_parameters()))
 
-    print(f"{args.model} ({flat.numel():,} parameters), measurement set {args.measure:,} "
-          f"in chunks of {args.chunk}, device {args.device}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} ({flat.numel():,} parameters), measurement set {args.measure:,} "
+        f"in chunks of {args.chunk}, device {args.device}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
     loss_e, grad_e = eager.flat_loss_and_grad(flat)
     t0 = time.perf_counter()
     loss_c, grad_c = compiled.flat_loss_and_grad(flat)

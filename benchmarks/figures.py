@@ -54,8 +54,7 @@ def cases() -> dict[str, Callable[[], go.Figure]]:
         "unit_heatmap": lambda: F.unit_heatmap(unit),
         "lca_histogram": lambda: F.lca_histogram(values),
         "param_trace": lambda: F.param_trace(layer[:, 0]),
-        "compare_layers": lambda: F.compare_layers(names, {"a": layer.sum(0),
-                                                           "b": -layer.sum(0)}),
+        "compare_layers": lambda: F.compare_layers(names, {"a": layer.sum(0), "b": -layer.sum(0)}),
         "technique_loss_figure": lambda: F.technique_loss_figure(loss, skip_bands=[(100, 300)]),
         "empty_figure": lambda: F.empty_figure("Nothing yet."),
     }

@@ -35,10 +35,21 @@ def make_normal(folder: Path) -> Path:
     from lca.train import run
 
     path = folder / "normal.h5"
-    run(RunConfig.from_dict({
-        "dataset": "digits", "model": "mlp", "model_options": {"hidden": [16]}, "steps": 30,
-        "measure_size": 300, "eval_every": 10, "record": "full", "device": "cpu",
-    }), out=path)
+    run(
+        RunConfig.from_dict(
+            {
+                "dataset": "digits",
+                "model": "mlp",
+                "model_options": {"hidden": [16]},
+                "steps": 30,
+                "measure_size": 300,
+                "eval_every": 10,
+                "record": "full",
+                "device": "cpu",
+            }
+        ),
+        out=path,
+    )
     return path
 
 
@@ -54,8 +65,10 @@ def external(target: str):
     def change(f: h5py.File) -> None:
         n = f["layers/names"].shape[0]
         del f["layers/names"]
-        f.create_dataset("layers/names", shape=(n,), dtype="S8",
-                         external=[(target, 0, h5py.h5f.UNLIMITED)])
+        f.create_dataset(
+            "layers/names", shape=(n,), dtype="S8", external=[(target, 0, h5py.h5f.UNLIMITED)]
+        )
+
     return change
 
 
@@ -85,6 +98,7 @@ def files(folder: Path, normal: Path) -> dict[str, Path]:
         def grow(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,) and obj.ndim:
                 obj.resize(20_000_000 + (name == "steps/loss"), axis=0)
+
         f.visititems(grow)
 
     def attrs(f):
@@ -102,8 +116,9 @@ def files(folder: Path, normal: Path) -> dict[str, Path]:
     return {
         "normal run (30 steps, full)": normal,
         "10,000 tensors (40,000 objects)": crafted(normal, "tensors.h5", many_tensors),
-        "external storage: /proc/self/environ": crafted(normal, "environ.h5",
-                                                        external("/proc/self/environ")),
+        "external storage: /proc/self/environ": crafted(
+            normal, "environ.h5", external("/proc/self/environ")
+        ),
         "external storage: a FIFO": crafted(normal, "fifo.h5", external(str(fifo))),
         "external link": crafted(normal, "elink.h5", elink),
         "virtual dataset": crafted(normal, "vds.h5", vds),
@@ -137,13 +152,16 @@ def main() -> None:
         rss = verdict.get("peak_rss_kb")
         peak = f"{rss / 1024:.0f} MB" if rss else "?"
         size = path.stat().st_size
-        print(f"{label:40} {size / 1e6:7.2f}MB {first:7.2f}s {cached * 1e6:6.0f}µs {peak:>10}  "
-              f"{said}")
+        print(
+            f"{label:40} {size / 1e6:7.2f}MB {first:7.2f}s {cached * 1e6:6.0f}µs {peak:>10}  {said}"
+        )
     filecheck.forget()
     t0 = time.perf_counter()
     filecheck.prefetch(made.values())
-    print(f"all {len(made)} files above in one checking process (prefetch, as the Runs page "
-          f"does): {time.perf_counter() - t0:.2f}s")
+    print(
+        f"all {len(made)} files above in one checking process (prefetch, as the Runs page "
+        f"does): {time.perf_counter() - t0:.2f}s"
+    )
     if args.out is None:
         shutil.rmtree(folder, ignore_errors=True)
 

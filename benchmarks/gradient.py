@@ -70,8 +70,11 @@ def gradient_flops(model: nn.Module, x: torch.Tensor) -> float:
             k = module.kernel_size[0] * module.kernel_size[1]
             per_layer.append(2.0 * output.numel() * module.in_channels // module.groups * k)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear | nn.Conv2d)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -100,8 +103,15 @@ def plain_gradient(model: nn.Module, chunks, size: int) -> Callable[[], None]:
     return run
 
 
-def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args,
-          device: torch.device, peak: float) -> list[str]:
+def bench(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args,
+    device: torch.device,
+    peak: float,
+) -> list[str]:
     """Time every variant once per round, in rotating order, for ``args.repeats`` rounds: the
     ratio to the plain pass is taken within each round (same load) and its median reported."""
     model = model.to(device).train()
@@ -118,17 +128,25 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args,
         # A channels-last copy of the model, so the plain NCHW variant keeps its own layout.
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         cl_chunks = [(cx.contiguous(memory_format=torch.channels_last), cy) for cx, cy in chunks]
-        cl_measurer = Measurer(cl_model, nn.CrossEntropyLoss(),
-                               (x.contiguous(memory_format=torch.channels_last), y),
-                               chunk_size=args.chunk)
-        cl_weights = Measurer(model, nn.CrossEntropyLoss(),
-                              (x.contiguous(memory_format=torch.channels_last), y),
-                              chunk_size=args.chunk)
+        cl_measurer = Measurer(
+            cl_model,
+            nn.CrossEntropyLoss(),
+            (x.contiguous(memory_format=torch.channels_last), y),
+            chunk_size=args.chunk,
+        )
+        cl_weights = Measurer(
+            model,
+            nn.CrossEntropyLoss(),
+            (x.contiguous(memory_format=torch.channels_last), y),
+            chunk_size=args.chunk,
+        )
         base_loss = cl_weights.chunk_loss
 
         def channels_last_loss(tensors, cx, cy):  # 4-D weights copied to channels-last
-            tensors = {n: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-                       for n, t in tensors.items()}
+            tensors = {
+                n: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+                for n, t in tensors.items()
+            }
             return base_loss(tensors, cx, cy)
 
         cl_weights.chunk_loss = channels_last_loss
@@ -142,7 +160,7 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args,
     sync(device)
     times: dict[str, list[float]] = {label: [] for label, _ in variants}
     for r in range(args.repeats):
-        for label, fn in variants[r % len(variants):] + variants[: r % len(variants)]:
+        for label, fn in variants[r % len(variants) :] + variants[: r % len(variants)]:
             t0 = time.perf_counter()
             fn()
             sync(device)
@@ -165,8 +183,11 @@ def fashion_or_synthetic(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         ds = data.load("fashion-mnist")
         return ds.x_train[:size], ds.y_train[:size], "Fashion-MNIST"
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g),
-            "random 28×28")
+    return (
+        torch.rand(size, 1, 28, 28, generator=g),
+        torch.randint(0, 10, (size,), generator=g),
+        "random 28×28",
+    )
 
 
 def main() -> None:
@@ -179,23 +200,49 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(threads.resolve(args.threads if args.threads == "auto"
-                                          else int(args.threads)))
+    torch.set_num_threads(
+        threads.resolve(args.threads if args.threads == "auto" else int(args.threads))
+    )
     torch.manual_seed(0)
     peak = mm_peak(device, args.repeats)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, chunk {args.chunk}, "
-          f"torch.mm 2048² float32: {peak:.1f} GFLOP/s")
-    print("| model | examples | gradient | ms min (median) | GFLOP/s at min | speed × plain "
-          "(paired median) | ÷ torch.mm |")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, chunk {args.chunk}, "
+        f"torch.mm 2048² float32: {peak:.1f} GFLOP/s"
+    )
+    print(
+        "| model | examples | gradient | ms min (median) | GFLOP/s at min | speed × plain "
+        "(paired median) | ÷ torch.mm |"
+    )
     print("|---|---|---|---|---|---|---|")
     digits = data.load("digits")
-    rows = bench("mlp (digits 8×8)", models.build("mlp", digits.input_shape, 10),
-                 digits.x_train, digits.y_train, args, device, peak)
+    rows = bench(
+        "mlp (digits 8×8)",
+        models.build("mlp", digits.input_shape, 10),
+        digits.x_train,
+        digits.y_train,
+        args,
+        device,
+        peak,
+    )
     x, y, source = fashion_or_synthetic(max(args.fc_size, args.lenet_size))
-    rows += bench(f"fc-mnist ({source})", models.build("fc-mnist", (1, 28, 28), 10),
-                  x[: args.fc_size], y[: args.fc_size], args, device, peak)
-    rows += bench(f"lenet ({source})", models.build("lenet", (1, 28, 28), 10),
-                  x[: args.lenet_size], y[: args.lenet_size], args, device, peak)
+    rows += bench(
+        f"fc-mnist ({source})",
+        models.build("fc-mnist", (1, 28, 28), 10),
+        x[: args.fc_size],
+        y[: args.fc_size],
+        args,
+        device,
+        peak,
+    )
+    rows += bench(
+        f"lenet ({source})",
+        models.build("lenet", (1, 28, 28), 10),
+        x[: args.lenet_size],
+        y[: args.lenet_size],
+        args,
+        device,
+        peak,
+    )
     print("\n".join(rows))
 
 

@@ -159,8 +159,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=40, help="paired (floor, tracked) timings")
     ap.add_argument("--threads", default="auto", help="torch threads (auto: lca.threads)")
     args = ap.parse_args()
-    torch.set_num_threads(threads.resolve(args.threads if args.threads == "auto"
-                                          else int(args.threads)))
+    torch.set_num_threads(
+        threads.resolve(args.threads if args.threads == "auto" else int(args.threads))
+    )
     cases = [
         ("mlp (digits 8×8)", models.build("mlp", (1, 8, 8), 10, hidden=(64, 64)), (1, 8, 8)),
         ("cnn-small (28×28)", models.build("cnn-small", (1, 28, 28), 10), (1, 28, 28)),
@@ -174,8 +175,9 @@ def main() -> None:
         f"{'eff. (minima)':>15}{'eff. paired median [q1, q3]':>30}"
     )
     for name, model, shape in cases:
-        r = bench(name, model, shape, 10, args.measure, args.steps, args.device, args.record,
-                  args.pairs)
+        r = bench(
+            name, model, shape, 10, args.measure, args.steps, args.device, args.record, args.pairs
+        )
         print(
             f"{r['model']:<20}{r['params']:>9,}{r['train_ms']:>10.2f}{r['grad_ms']:>10.2f}"
             f"{r['tracked_ms']:>12.2f}{r['efficiency']:>15.3f}"

@@ -28,9 +28,19 @@ from lca.train import run  # noqa: E402
 
 
 def config(steps: int, pack: int, seed: int = 0) -> RunConfig:
-    return RunConfig(dataset="digits", model="mlp", steps=steps, batch_size=64,
-                     measure_size=256, eval_every=steps, lr=0.05, seed=seed, pack=pack,
-                     threads=1, device="cpu")
+    return RunConfig(
+        dataset="digits",
+        model="mlp",
+        steps=steps,
+        batch_size=64,
+        measure_size=256,
+        eval_every=steps,
+        lr=0.05,
+        seed=seed,
+        pack=pack,
+        threads=1,
+        device="cpu",
+    )
 
 
 def main() -> None:
@@ -38,11 +48,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8])
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {args.steps} steps per model, MLP on digits, "
-          "measure 256, CPU, 1 thread")
+    print(
+        f"torch {torch.__version__}, {args.steps} steps per model, MLP on digits, "
+        "measure 256, CPU, 1 thread"
+    )
     run(config(2, 1))  # warm-up: imports, the digits set, first-call costs
-    print(f"{'N':>3} {'stacked':>8} {'lock-step':>10} {'sequential':>11} "
-          f"{'stacked/seq':>12} {'lock-step/seq':>14}   (steps/s)")
+    print(
+        f"{'N':>3} {'stacked':>8} {'lock-step':>10} {'sequential':>11} "
+        f"{'stacked/seq':>12} {'lock-step/seq':>14}   (steps/s)"
+    )
     for n in args.sizes:
         t0 = time.perf_counter()
         results = run_pack(config(args.steps, n))
@@ -56,9 +70,11 @@ def main() -> None:
             assert run(config(args.steps, 1, seed=i)).status == "complete"
         sequential = time.perf_counter() - t0
         total = n * args.steps
-        print(f"{n:>3} {total / packed:>8.1f} {total / lockstep:>10.1f} "
-              f"{total / sequential:>11.1f} {sequential / packed:>12.2f} "
-              f"{sequential / lockstep:>14.2f}")
+        print(
+            f"{n:>3} {total / packed:>8.1f} {total / lockstep:>10.1f} "
+            f"{total / sequential:>11.1f} {sequential / packed:>12.2f} "
+            f"{sequential / lockstep:>14.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces; skip past it
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces; skip past it
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -51,10 +51,27 @@ def start_server(runs_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]
     env = {**os.environ, "LCA_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(ROOT)}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -161,10 +178,15 @@ def main() -> None:
 
     print(f"viewport {args.width}x{args.height}, Chromium headless (software rendering)")
     print(f"{'phase':<22}{'seconds':>8}{'steps/s':>10}{'frames/s':>10}{'server CPU-s':>14}")
-    for name, m in (("idle (loaded)", idle), ("play, 50 steps/s asked", default),
-                    ("play, fastest", fastest)):
-        print(f"{name:<22}{m['seconds']:>8.1f}{m['steps_per_s']:>10.1f}{m['frames_per_s']:>10.1f}"
-              f"{m['server_cpu_s']:>14.2f}")
+    for name, m in (
+        ("idle (loaded)", idle),
+        ("play, 50 steps/s asked", default),
+        ("play, fastest", fastest),
+    ):
+        print(
+            f"{name:<22}{m['seconds']:>8.1f}{m['steps_per_s']:>10.1f}{m['frames_per_s']:>10.1f}"
+            f"{m['server_cpu_s']:>14.2f}"
+        )
     per_min = 60 * fastest["server_cpu_s"] / fastest["seconds"]
     print(f"server CPU while one student plays: {per_min:.2f} CPU-s per minute of play")
     print(f"steps trained in the browser: {fastest['steps']:,}; address after play: {shown}")

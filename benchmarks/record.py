@@ -72,15 +72,20 @@ class Setup:
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(2000, 64, generator=g)
         self.y = torch.randint(0, 10, (2000,), generator=g)
-        self.model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(),
-                                   nn.Linear(128, 10))
+        self.model = nn.Sequential(
+            nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
         self.mode, self.steps = mode, steps
         self.path = folder / f"{mode}.h5"
-        self.writer = None if mode is None else TimedWriter(
-            self.path, record=mode, overwrite=True, expected_steps=steps + WARMUP)
-        self.tracker = lca.Tracker(self.model, nn.functional.cross_entropy, (self.x, self.y),
-                                   writer=self.writer)
+        self.writer = (
+            None
+            if mode is None
+            else TimedWriter(self.path, record=mode, overwrite=True, expected_steps=steps + WARMUP)
+        )
+        self.tracker = lca.Tracker(
+            self.model, nn.functional.cross_entropy, (self.x, self.y), writer=self.writer
+        )
         self.i = 0
         self.seconds = 0.0
         self.writer_seconds = 0.0
@@ -117,8 +122,9 @@ class Setup:
             out["size"] = self.path.stat().st_size
             out["estimate"] = estimate_bytes(layout, self.steps + WARMUP, self.mode)
             # marginal bytes per step (files grow by whole chunks, so size/steps misleads)
-            out["bytes_per_step"] = (estimate_bytes(layout, 10_000, self.mode)
-                                     - estimate_bytes(layout, 0, self.mode)) / 10_000
+            out["bytes_per_step"] = (
+                estimate_bytes(layout, 10_000, self.mode) - estimate_bytes(layout, 0, self.mode)
+            ) / 10_000
         return out
 
 
@@ -144,8 +150,13 @@ def writer_alone(folder: Path, rows: int = 256) -> dict[str, float]:
     pool = []
     for _ in range(8):
         per_param = {n: torch.randn(s, generator=g) * 1e-6 for n, s in shapes.items()}
-        pool.append((per_param, np.array([float(a.double().sum()) for a in per_param.values()]),
-                     sum_units(per_param, list(layout.units))))
+        pool.append(
+            (
+                per_param,
+                np.array([float(a.double().sum()) for a in per_param.values()]),
+                sum_units(per_param, list(layout.units)),
+            )
+        )
     out = {}
     for mode in MODES:
         w = Writer(folder / f"alone-{mode}.h5", record=mode, overwrite=True)
@@ -153,10 +164,25 @@ def writer_alone(folder: Path, rows: int = 256) -> dict[str, float]:
         t0 = clock()
         for i in range(rows):
             per_param, per_tensor, per_unit = pool[i % len(pool)]
-            w.append(StepRecord(
-                index=i, kind=0, train_step=i + 1, label="", loss_start=1.0, loss_end=1.0,
-                per_param=per_param, per_tensor=per_tensor, per_unit=per_unit, helped=0.5,
-                hurt=0.5, splits=1, evaluations=2, seconds_lca=0.0, wall=0.0))
+            w.append(
+                StepRecord(
+                    index=i,
+                    kind=0,
+                    train_step=i + 1,
+                    label="",
+                    loss_start=1.0,
+                    loss_end=1.0,
+                    per_param=per_param,
+                    per_tensor=per_tensor,
+                    per_unit=per_unit,
+                    helped=0.5,
+                    hurt=0.5,
+                    splits=1,
+                    evaluations=2,
+                    seconds_lca=0.0,
+                    wall=0.0,
+                )
+            )
         w.close("complete")
         out[mode] = (clock() - t0) / rows
     return out
@@ -166,10 +192,15 @@ def main() -> None:
     global clock
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120, help="tracked steps per set-up")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's own choice)")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="CPU time of this process (default) or wall-clock time")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="CPU time of this process (default) or wall-clock time",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,25 +210,39 @@ def main() -> None:
         alone = writer_alone(folder)
         results = measure(args.steps, folder)
     base = results[0]["step_s"]
-    print(f"MLP 64-512-128-10 ({results[0]['params']:,} parameters), measurement set 2,000, "
-          f"rk4, {args.steps} tracked steps, torch threads {torch.get_num_threads()}, "
-          f"{args.clock} time")
-    print(f"{'record':<10} {'step ms':>8} {'writer ms':>10} {'writer %':>9} {'Δ vs none':>10} "
-          f"{'per step':>10} {'file':>9} {'estimate':>9}")
+    print(
+        f"MLP 64-512-128-10 ({results[0]['params']:,} parameters), measurement set 2,000, "
+        f"rk4, {args.steps} tracked steps, torch threads {torch.get_num_threads()}, "
+        f"{args.clock} time"
+    )
+    print(
+        f"{'record':<10} {'step ms':>8} {'writer ms':>10} {'writer %':>9} {'Δ vs none':>10} "
+        f"{'per step':>10} {'file':>9} {'estimate':>9}"
+    )
     for r in results:
         share = 100 * r["writer_s"] / r["step_s"] if r["writer_s"] else 0.0
         delta = 100 * (r["step_s"] - base) / base
         extra = ""
         if "size" in r:
-            extra = (f" {human_bytes(r['bytes_per_step']):>10} {human_bytes(r['size']):>9} "
-                     f"{human_bytes(r['estimate']):>9}")
-        print(f"{r['mode']:<10} {1e3 * r['step_s']:8.2f} {1e3 * r['writer_s']:10.3f} "
-              f"{share:8.2f}% {delta:9.1f}%{extra}")
-    print("writer alone (synthetic records, 256 appends, no tracker): " + ", ".join(
-        f"{m} {1e3 * t:.2f} ms/step ({100 * t / base:.1f}% of a step without writer)"
-        for m, t in alone.items()))
-    print("writer % = time inside Writer.begin/append/close / whole tracked step; Δ vs none = "
-          "step time against no writer (noisy); per step = file growth per step.")
+            extra = (
+                f" {human_bytes(r['bytes_per_step']):>10} {human_bytes(r['size']):>9} "
+                f"{human_bytes(r['estimate']):>9}"
+            )
+        print(
+            f"{r['mode']:<10} {1e3 * r['step_s']:8.2f} {1e3 * r['writer_s']:10.3f} "
+            f"{share:8.2f}% {delta:9.1f}%{extra}"
+        )
+    print(
+        "writer alone (synthetic records, 256 appends, no tracker): "
+        + ", ".join(
+            f"{m} {1e3 * t:.2f} ms/step ({100 * t / base:.1f}% of a step without writer)"
+            for m, t in alone.items()
+        )
+    )
+    print(
+        "writer % = time inside Writer.begin/append/close / whole tracked step; Δ vs none = "
+        "step time against no writer (noisy); per step = file growth per step."
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ from techniques.savings import saving  # noqa: E402
 CASES: list[tuple[str, list[dict]]] = [
     ("baseline", []),
     ("wus", [{"name": "wus", "warmup": 20, "window": 10, "threshold": 0.02, "skip_windows": 4}]),
-    ("wus-lr", [{"name": "wus-lr", "warmup": 20, "window": 10, "threshold": 0.02,
-                 "skip_windows": 4}]),
+    (
+        "wus-lr",
+        [{"name": "wus-lr", "warmup": 20, "window": 10, "threshold": 0.02, "skip_windows": 4}],
+    ),
     ("freeze", [{"name": "freeze", "layers": ["out"], "start": 0}]),
     ("prune-magnitude", [{"name": "prune-magnitude", "sparsity": 0.8, "start": 20}]),
     ("prune-lobs", [{"name": "prune-lobs", "sparsity": 0.8, "start": 20}]),
@@ -52,8 +54,17 @@ CASES: list[tuple[str, list[dict]]] = [
 OVERRIDES: dict[str, dict] = {"fp8": {"optimizer": "momentum"}}
 
 # Summary entries worth printing: what the technique did or saved.
-SAVED_KEYS = ("fraction_updates_skipped", "steps_skipped", "sparsity", "bits", "params_frozen",
-              "steps_skipped_by_scaler", "dtype", "compression_vs_float32", "final")
+SAVED_KEYS = (
+    "fraction_updates_skipped",
+    "steps_skipped",
+    "sparsity",
+    "bits",
+    "params_frozen",
+    "steps_skipped_by_scaler",
+    "dtype",
+    "compression_vs_float32",
+    "final",
+)
 
 
 def describe_saving(summary: dict) -> str:
@@ -69,14 +80,21 @@ def describe_saving(summary: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mlp")
-    ap.add_argument("--hidden", default="1024,1024",
-                    help="mlp hidden sizes: wide enough that compute, not Python, dominates")
+    ap.add_argument(
+        "--hidden",
+        default="1024,1024",
+        help="mlp hidden sizes: wide enough that compute, not Python, dominates",
+    )
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", nargs="*", help="technique names to run (default: all)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 keeps timings steady on a shared machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 keeps timings steady on a shared machine)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="runs per technique; fastest kept")
     args = ap.parse_args()
     import torch
@@ -84,21 +102,33 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if not args.only or c[0] in args.only or c[0] == "baseline"]
     label = f"mlp {args.hidden}" if args.model == "mlp" else args.model
-    print(f"{label} on {args.dataset}, {args.steps} steps, device {args.device}, "
-          f"{args.threads} thread(s), fastest of {args.repeats}; "
-          "train step = forward + backward + optimizer + technique hooks (no LCA)")
+    print(
+        f"{label} on {args.dataset}, {args.steps} steps, device {args.device}, "
+        f"{args.threads} thread(s), fastest of {args.repeats}; "
+        "train step = forward + backward + optimizer + technique hooks (no LCA)"
+    )
     print(f"{'technique':<23}{'step ms':>9}{'vs baseline':>13}  what it did")
     baseline = None
     bits_rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, specs in cases:
-            options = {"hidden": [int(h) for h in args.hidden.split(",")]} if (
-                args.model == "mlp") else {}
-            config = RunConfig(dataset=args.dataset, model=args.model, model_options=options,
-                               steps=args.steps,
-                               measure_size=200, record="layers", device=args.device,
-                               eval_every=10, techniques=specs,
-                               **OVERRIDES.get(name, {}))
+            options = (
+                {"hidden": [int(h) for h in args.hidden.split(",")]}
+                if (args.model == "mlp")
+                else {}
+            )
+            config = RunConfig(
+                dataset=args.dataset,
+                model=args.model,
+                model_options=options,
+                steps=args.steps,
+                measure_size=200,
+                record="layers",
+                device=args.device,
+                eval_every=10,
+                techniques=specs,
+                **OVERRIDES.get(name, {}),
+            )
             step_ms = float("inf")
             for k in range(args.repeats):  # other load only adds time: keep the fastest run
                 path = Path(tmp) / f"{name}-{k}.h5"
@@ -121,11 +151,15 @@ def main() -> None:
                 bits_rows.append(
                     f"{t:<23}{v.weight_bits_training:>7.3g}/{v.weight_bits_deployed:<7.3g}"
                     f"{v.optimizer_state_bits:>8.3g}{v.activation_bits:>8.3g}"
-                    f"  {'simulated' if v.simulated else 'real':<10}{v.time:<9}{v.note}")
-    print("\nbits per value vs float32 (32): weights training/deployed, optimizer state per "
-          "weight, activations")
-    print(f"{'technique':<23}{'weights':>15}{'optim':>8}{'acts':>8}  {'numerics':<10}"
-          f"{'time':<9}what")
+                    f"  {'simulated' if v.simulated else 'real':<10}{v.time:<9}{v.note}"
+                )
+    print(
+        "\nbits per value vs float32 (32): weights training/deployed, optimizer state per "
+        "weight, activations"
+    )
+    print(
+        f"{'technique':<23}{'weights':>15}{'optim':>8}{'acts':>8}  {'numerics':<10}{'time':<9}what"
+    )
     for row in bits_rows:
         print(row)
 

@@ -35,8 +35,16 @@ from .options import check_int, check_seed
 from .splits import take_subset
 
 __all__ = [
-    "DataError", "Dataset", "DatasetInfo", "default_options", "describe", "image_shape", "info",
-    "load", "locate", "names",
+    "DataError",
+    "Dataset",
+    "DatasetInfo",
+    "default_options",
+    "describe",
+    "image_shape",
+    "info",
+    "load",
+    "locate",
+    "names",
 ]
 
 
@@ -69,20 +77,31 @@ class DatasetInfo:
 def _build_registry() -> dict[str, _Spec]:
     registry: dict[str, _Spec] = {}
     for kind, description in toy.DESCRIPTIONS.items():
-        registry[kind] = _Spec(description, partial(toy.load_toy, kind),
-                               DatasetInfo(toy.INPUT_SHAPE, toy.NUM_CLASSES, False, False),
-                               toy.DEFAULTS)
+        registry[kind] = _Spec(
+            description,
+            partial(toy.load_toy, kind),
+            DatasetInfo(toy.INPUT_SHAPE, toy.NUM_CLASSES, False, False),
+            toy.DEFAULTS,
+        )
     for kind, description in sklearn_sets.DESCRIPTIONS.items():
         shape, classes = sklearn_sets.SHAPES[kind]
         registry[kind] = _Spec(
-            description, partial(sklearn_sets.load_sklearn, kind),
-            DatasetInfo(shape, classes, len(shape) == 3, False), sklearn_sets.DEFAULTS
+            description,
+            partial(sklearn_sets.load_sklearn, kind),
+            DatasetInfo(shape, classes, len(shape) == 3, False),
+            sklearn_sets.DEFAULTS,
         )
     for kind, description in idx.DESCRIPTIONS.items():
-        registry[kind] = _Spec(description, partial(idx.load_idx, kind),
-                               DatasetInfo(idx.IMAGE_SHAPE, idx.NUM_CLASSES, True, True))
-    registry["cifar10"] = _Spec(cifar.DESCRIPTION, cifar.load_cifar10,
-                                DatasetInfo(cifar.IMAGE_SHAPE, cifar.NUM_CLASSES, True, True))
+        registry[kind] = _Spec(
+            description,
+            partial(idx.load_idx, kind),
+            DatasetInfo(idx.IMAGE_SHAPE, idx.NUM_CLASSES, True, True),
+        )
+    registry["cifar10"] = _Spec(
+        cifar.DESCRIPTION,
+        cifar.load_cifar10,
+        DatasetInfo(cifar.IMAGE_SHAPE, cifar.NUM_CLASSES, True, True),
+    )
     return registry
 
 

@@ -76,8 +76,7 @@ def unit_layout(model: nn.Module) -> list[UnitGroup]:
 def sum_units(per_param: Params, groups: list[UnitGroup]) -> dict[str, np.ndarray]:
     """Per-unit LCA (float64) for each group: Σ over each unit's incoming parameters."""
     first = next(iter(per_param.values()))
-    space = FlatSpace(list(per_param), [a.shape for a in per_param.values()], groups,
-                      first.device)
+    space = FlatSpace(list(per_param), [a.shape for a in per_param.values()], groups, first.device)
     return space.split_units(space.per_unit(space.flatten(per_param)).cpu().numpy())
 
 
@@ -160,8 +159,9 @@ class FlatSpace:
         """Views of ``flat`` shaped like the parameters (no copy)."""
         return {
             n: flat[o : o + k].view(shape)
-            for n, o, k, shape in zip(self.names, self.offsets[:-1], self.sizes, self.shapes,
-                                      strict=True)
+            for n, o, k, shape in zip(
+                self.names, self.offsets[:-1], self.sizes, self.shapes, strict=True
+            )
         }
 
     def per_tensor(self, flat: torch.Tensor) -> torch.Tensor:
@@ -273,12 +273,19 @@ def _integrate_flat(
             grads[Fraction(1)] = grad_at(1)
         one = lca if rule is integrate.SIMPSON and splits == 1 else run(integrate.SIMPSON)
         panels_1_2 = (one, run(integrate.composite_simpson(2)))
-    return _Segment(lca, loss_end, g_end if need_end_grad else None, splits,
-                    measurer.evaluations - evals0, panels_1_2)
+    return _Segment(
+        lca,
+        loss_end,
+        g_end if need_end_grad else None,
+        splits,
+        measurer.evaluations - evals0,
+        panels_1_2,
+    )
 
 
-def panel_error(one: torch.Tensor, two: torch.Tensor, keep: torch.Tensor | None = None
-                ) -> tuple[float, float]:
+def panel_error(
+    one: torch.Tensor, two: torch.Tensor, keep: torch.Tensor | None = None
+) -> tuple[float, float]:
     """(‖A₁ − A₂‖ / ‖A₂‖, fraction of parameters where A₁ and A₂ have the same sign) between
     1-panel and 2-panel Simpson: the per-parameter error estimate of rk4 on one step.
 
@@ -323,7 +330,11 @@ def integrate_segment(
     space = FlatSpace.of(model, measurer.device)
     dtype = measurer.dtype
     seg = _integrate_flat(
-        measurer, space, space.flatten(start, dtype), space.flatten(end, dtype), method,
+        measurer,
+        space,
+        space.flatten(start, dtype),
+        space.flatten(end, dtype),
+        method,
         loss_start=loss_start,
         grad_start=None if grad_start is None else space.flatten(grad_start, dtype),
         tolerance=tolerance,
@@ -413,8 +424,10 @@ KIND_STEP, KIND_INTERVENTION = 0, 1
 # that were not sampled. Stored by the writer like any declared series (/series/lca/...).
 ERROR_REL = "lca/panel_error_rel"
 ERROR_SIGNS = "lca/panel_sign_agreement"
-ERROR_SERIES: dict[str, tuple[str, tuple[int, ...]]] = {ERROR_REL: ("f8", ()),
-                                                        ERROR_SIGNS: ("f8", ())}
+ERROR_SERIES: dict[str, tuple[str, tuple[int, ...]]] = {
+    ERROR_REL: ("f8", ()),
+    ERROR_SIGNS: ("f8", ()),
+}
 
 
 @dataclass
@@ -550,8 +563,7 @@ class Tracker:
         self._theta = self._snapshot()
         rule = integrate.rule(self.method)
         need_grad = rule.uses_start or integrate.is_adaptive(self.method)
-        self._loss, self._grad = self.measurer.flat_loss_and_grad(self._theta,
-                                                                  need_grad=need_grad)
+        self._loss, self._grad = self.measurer.flat_loss_and_grad(self._theta, need_grad=need_grad)
         self.loss0 = self._loss
         if not math.isfinite(self._loss):
             raise NonFiniteLossError(f"The initial loss is {self._loss}; nothing was recorded.")
@@ -597,11 +609,20 @@ class Tracker:
 
     def _segment(self, end: torch.Tensor, kind: int, label: str, row: dict[str, object]) -> None:
         t0 = time.perf_counter()
-        estimate = (kind == KIND_STEP and self.error_every > 0
-                    and (self.train_steps - 1) % self.error_every == 0)
+        estimate = (
+            kind == KIND_STEP
+            and self.error_every > 0
+            and (self.train_steps - 1) % self.error_every == 0
+        )
         seg = _integrate_flat(
-            self.measurer, self.space, self._theta, end, self.method,
-            loss_start=self._loss, grad_start=self._grad, tolerance=self.tolerance,
+            self.measurer,
+            self.space,
+            self._theta,
+            end,
+            self.method,
+            loss_start=self._loss,
+            grad_start=self._grad,
+            tolerance=self.tolerance,
             estimate=estimate,
         )
         index = len(self.history)
@@ -614,14 +635,20 @@ class Tracker:
         count = self.layout.num_params
         # Everything the host needs from this step, in one device-to-host copy.
         n_layers = len(self.layout.names)
-        summary = torch.cat([
-            self.space.per_tensor(lca),
-            self.space.per_unit(lca),
-            self.space.sign_summary(lca),
-        ]).cpu().numpy()
+        summary = (
+            torch.cat(
+                [
+                    self.space.per_tensor(lca),
+                    self.space.per_unit(lca),
+                    self.space.sign_summary(lca),
+                ]
+            )
+            .cpu()
+            .numpy()
+        )
         per_tensor = summary[:n_layers]
-        per_unit = self.space.split_units(summary[n_layers:-3 * n_layers])
-        neg, pos, tensor_max = summary[-3 * n_layers:].reshape(3, n_layers)
+        per_unit = self.space.split_units(summary[n_layers : -3 * n_layers])
+        neg, pos, tensor_max = summary[-3 * n_layers :].reshape(3, n_layers)
         # Tensors at rounding level (structurally zero gradients) neither help nor hurt.
         noise = rounding_level(tensor_max, lca.dtype)
         helped, hurt = int(neg[~noise].sum()), int(pos[~noise].sum())

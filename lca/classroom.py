@@ -53,10 +53,17 @@ def token() -> str:
     with _lock:
         if _made is None:
             _made = secrets.token_urlsafe(9)
-            log.warning("Classroom mode: the teacher unlocks the app by opening it with "
-                        "?teacher=%s (or set %s).", _made, ENV_TOKEN)
-            print(f"LCA Lab classroom mode: teacher token {_made}  (open the app with "
-                  f"?teacher={_made})", flush=True)
+            log.warning(
+                "Classroom mode: the teacher unlocks the app by opening it with "
+                "?teacher=%s (or set %s).",
+                _made,
+                ENV_TOKEN,
+            )
+            print(
+                f"LCA Lab classroom mode: teacher token {_made}  (open the app with "
+                f"?teacher={_made})",
+                flush=True,
+            )
         return _made
 
 
@@ -71,5 +78,7 @@ def locked_sentence(action: str) -> str:
     """The one sentence a student sees instead of ``action``."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown classroom action {action!r}; one of {', '.join(ACTIONS)}.")
-    return (f"Classroom mode: only the teacher can {action} here; you can view, compare and play "
-            "with everything.")
+    return (
+        f"Classroom mode: only the teacher can {action} here; you can view, compare and play "
+        "with everything."
+    )

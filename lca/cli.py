@@ -113,8 +113,10 @@ def _train_epilog() -> str:
     for name in models.names():
         opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in models.defaults(name).items())
         _wrap(lines, name, models.describe(name) + (f" Options: {opts}." if opts else ""))
-    lines += ["", "techniques (--technique NAME[:KEY=VALUE,...], repeatable; list values "
-              "joined by +):"]
+    lines += [
+        "",
+        "techniques (--technique NAME[:KEY=VALUE,...], repeatable; list values joined by +):",
+    ]
     for name in techniques.names():
         _wrap(lines, name, techniques.describe(name))
         for key, opt in techniques.get(name).options.items():
@@ -134,20 +136,23 @@ def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model and record its LCA to a run file",
-        description="\n".join(_paragraph(
-            "Train a model and record every step's Loss Change Allocation to HDF5. Flags "
-            "override values from --config; a flag's default is the RunConfig default."
-        )),
+        description="\n".join(
+            _paragraph(
+                "Train a model and record every step's Loss Change Allocation to HDF5. Flags "
+                "override values from --config; a flag's default is the RunConfig default."
+            )
+        ),
         formatter_class=_TrainHelpFormatter,
         epilog=_train_epilog(),
     )
-    p.add_argument(
-        "--config", help="TOML (or JSON) file with RunConfig fields (flags override it)"
-    )
+    p.add_argument("--config", help="TOML (or JSON) file with RunConfig fields (flags override it)")
     for name, spec in RunConfig.specs().items():
         _add_config_flag(p, name, spec)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it exists (never while another run writes it)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (never while another run writes it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -162,12 +167,18 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str, spec: Spec) -> None:
     """
     flag, text = _flag(name, spec), spec.help
     if spec.kind is dict:  # --dataset-option KEY=VALUE, repeatable, merged over the file's
-        p.add_argument(flag, dest=name, action="append", type=_kv, default=[],
-                       metavar="KEY=VALUE", help=text)
+        p.add_argument(
+            flag, dest=name, action="append", type=_kv, default=[], metavar="KEY=VALUE", help=text
+        )
     elif name == "techniques":  # --technique NAME[:KEY=VALUE,...], repeatable
-        p.add_argument(flag, dest=name, action="append", default=[],
-                       metavar="NAME[:KEY=VALUE,...]",
-                       help=f"{text}; one of: {', '.join(techniques.names())}")
+        p.add_argument(
+            flag,
+            dest=name,
+            action="append",
+            default=[],
+            metavar="NAME[:KEY=VALUE,...]",
+            help=f"{text}; one of: {', '.join(techniques.names())}",
+        )
     elif spec.kind is bool:
         p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
     elif callable(spec.choices):  # names found at run time: listed, checked by RunConfig
@@ -315,8 +326,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.status == "failed":
         return EXIT_FAILED
     if result.status == "interrupted":
-        return EXIT_TERMINATED if result.message.startswith("Stopped by SIGTERM") else (
-            EXIT_INTERRUPTED)
+        return (
+            EXIT_TERMINATED
+            if result.message.startswith("Stopped by SIGTERM")
+            else (EXIT_INTERRUPTED)
+        )
     return 0
 
 
@@ -350,8 +364,10 @@ def _train_pack(config, out: str, args: argparse.Namespace) -> int:
             bar.close()
     for i, result in enumerate(results):
         acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
-        print(f"[{i}] seed {config.seed + i} {result.status}: {result.message} Loss "
-              f"{result.loss0:.4f} -> {result.loss_final:.4f}{acc}. Run file: {result.path}")
+        print(
+            f"[{i}] seed {config.seed + i} {result.status}: {result.message} Loss "
+            f"{result.loss0:.4f} -> {result.loss_final:.4f}{acc}. Run file: {result.path}"
+        )
     statuses = {r.status for r in results}
     if "interrupted" in statuses:
         return EXIT_INTERRUPTED
@@ -583,14 +599,27 @@ def error_sentence(e: BaseException, args: argparse.Namespace | None = None) -> 
     target = getattr(args, "run", None) or getattr(args, "out", None)
     if is_hdf5_lock_error(e) and target:
         doing = {"recover": "recover", "allocate": "read", "inspect": "read"}.get(
-            getattr(args, "command", ""), "use")
+            getattr(args, "command", ""), "use"
+        )
         return open_elsewhere_sentence(target, doing)
-    if type(e) in (OSError, PermissionError, FileNotFoundError, IsADirectoryError,
-                   NotADirectoryError, FileExistsError) and e.strerror:
+    if (
+        type(e)
+        in (
+            OSError,
+            PermissionError,
+            FileNotFoundError,
+            IsADirectoryError,
+            NotADirectoryError,
+            FileExistsError,
+        )
+        and e.strerror
+    ):
         where = e.filename or target or "the file"
         where = _TMP_NAME.sub(r"\1", str(where))
-        return (f"Cannot use {where}: {e.strerror[:1].lower()}{e.strerror[1:]}; check the path "
-                "and that you may read and write there.")
+        return (
+            f"Cannot use {where}: {e.strerror[:1].lower()}{e.strerror[1:]}; check the path "
+            "and that you may read and write there."
+        )
     text = _TMP_NAME.sub(r"\1", _ERRNO_PREFIX.sub("", text))
     # An HDF5 message with the OS error inside: keep the OS error's words only.
     return _HDF5_OS_ERROR.sub(lambda m: m[1].lower(), text)

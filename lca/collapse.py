@@ -55,8 +55,16 @@ class CollapseMeasures:
 
     def row(self, step: int) -> list[float]:
         """The run file's row for evaluation step ``step`` (columns ``COLLAPSE_COLUMNS``)."""
-        return [step, self.nc1, self.nc2_equinorm, self.nc2_equiangle, self.nc2_max_angle,
-                self.nc3, self.nc4, self.classes]
+        return [
+            step,
+            self.nc1,
+            self.nc2_equinorm,
+            self.nc2_equiangle,
+            self.nc2_max_angle,
+            self.nc3,
+            self.nc4,
+            self.classes,
+        ]
 
 
 @torch.no_grad()

@@ -53,88 +53,231 @@ class RunConfig:
     """Everything that defines a run (the file's ``config`` attribute is this, as JSON)."""
 
     dataset: str = setting(
-        "digits", str, "toy 2-D and scikit-learn sets are built in; MNIST, Fashion-MNIST and "
-        "CIFAR-10 are read from the data folder", choices=_dataset_names, label="Dataset")
+        "digits",
+        str,
+        "toy 2-D and scikit-learn sets are built in; MNIST, Fashion-MNIST and "
+        "CIFAR-10 are read from the data folder",
+        choices=_dataset_names,
+        label="Dataset",
+    )
     dataset_options: dict[str, Any] = setting(
-        {}, dict, "dataset option, e.g. noise=0.2 (repeatable)", flag="--dataset-option")
+        {}, dict, "dataset option, e.g. noise=0.2 (repeatable)", flag="--dataset-option"
+    )
     data_dir: str | None = setting(
-        None, str, "folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
-        optional=True, from_text=True, label="Data folder")
+        None,
+        str,
+        "folder with MNIST / Fashion-MNIST / CIFAR-10 files (default: $LCA_DATA_DIR)",
+        optional=True,
+        from_text=True,
+        label="Data folder",
+    )
     subset: int | None = setting(
-        None, int, "keep this many training examples (default: all)", minimum=1, optional=True,
-        label="Training examples to use (0 = all)", widget={"zero_is_none": True, "step": 100})
+        None,
+        int,
+        "keep this many training examples (default: all)",
+        minimum=1,
+        optional=True,
+        label="Training examples to use (0 = all)",
+        widget={"zero_is_none": True, "step": 100},
+    )
     model: str = setting("mlp", str, "", choices=_model_names, label="Model")
     model_options: dict[str, Any] = setting(
-        {}, dict, "model option, e.g. hidden=[64,32] (repeatable)", flag="--model-option")
-    optimizer: str = setting("momentum", str, "training optimizer", choices=OPTIMIZERS,
-                             label="Optimizer", widget={"section": "Optimizer"})
-    lr: float = setting(0.05, float, "learning rate", above=0, maximum=FLOAT32_MAX,
-                        label="Learning rate", widget={"section": "Optimizer"})
-    momentum: float = setting(0.9, float, "momentum of --optimizer momentum", minimum=0, below=1,
-                              label="Momentum", widget={"section": "Optimizer", "max": 0.999,
-                              "format": "%.4g", "when": ("optimizer", "momentum")})
-    weight_decay: float = setting(0.0, float, "L2 weight decay of the optimizer", minimum=0,
-                                  label="Weight decay", widget={"section": "Optimizer"})
-    schedule: str = setting("constant", str, "learning-rate schedule", choices=SCHEDULES,
-                            label="Learning-rate schedule", widget={"section": "Optimizer"})
-    batch_size: int = setting(64, int, "training minibatch size", minimum=1, label="Batch size",
-                              widget={"section": "Optimizer"})
-    steps: int = setting(200, int, "optimizer steps", minimum=1, label="Steps",
-                         widget={"section": "Optimizer", "step": 10})
-    seed: int = setting(0, int, "seed of the data split, init and batches", minimum=0,
-                        label="Seed", widget={"section": "Optimizer"})
+        {}, dict, "model option, e.g. hidden=[64,32] (repeatable)", flag="--model-option"
+    )
+    optimizer: str = setting(
+        "momentum",
+        str,
+        "training optimizer",
+        choices=OPTIMIZERS,
+        label="Optimizer",
+        widget={"section": "Optimizer"},
+    )
+    lr: float = setting(
+        0.05,
+        float,
+        "learning rate",
+        above=0,
+        maximum=FLOAT32_MAX,
+        label="Learning rate",
+        widget={"section": "Optimizer"},
+    )
+    momentum: float = setting(
+        0.9,
+        float,
+        "momentum of --optimizer momentum",
+        minimum=0,
+        below=1,
+        label="Momentum",
+        widget={
+            "section": "Optimizer",
+            "max": 0.999,
+            "format": "%.4g",
+            "when": ("optimizer", "momentum"),
+        },
+    )
+    weight_decay: float = setting(
+        0.0,
+        float,
+        "L2 weight decay of the optimizer",
+        minimum=0,
+        label="Weight decay",
+        widget={"section": "Optimizer"},
+    )
+    schedule: str = setting(
+        "constant",
+        str,
+        "learning-rate schedule",
+        choices=SCHEDULES,
+        label="Learning-rate schedule",
+        widget={"section": "Optimizer"},
+    )
+    batch_size: int = setting(
+        64,
+        int,
+        "training minibatch size",
+        minimum=1,
+        label="Batch size",
+        widget={"section": "Optimizer"},
+    )
+    steps: int = setting(
+        200,
+        int,
+        "optimizer steps",
+        minimum=1,
+        label="Steps",
+        widget={"section": "Optimizer", "step": 10},
+    )
+    seed: int = setting(
+        0,
+        int,
+        "seed of the data split, init and batches",
+        minimum=0,
+        label="Seed",
+        widget={"section": "Optimizer"},
+    )
     measure_size: int | None = setting(
-        2000, int, "examples in the measurement set (0 = the whole training split)", minimum=1,
-        optional=True, label="Measurement-set size (0 = whole training split)",
-        widget={"section": "LCA measurement", "zero_is_none": True, "step": 100})
+        2000,
+        int,
+        "examples in the measurement set (0 = the whole training split)",
+        minimum=1,
+        optional=True,
+        label="Measurement-set size (0 = whole training split)",
+        widget={"section": "LCA measurement", "zero_is_none": True, "step": 100},
+    )
     measure_batch: int = setting(
-        2048, int, "chunk size of the measurement set (examples per forward pass)", minimum=1,
-        label="Measurement chunk", widget={"section": "LCA measurement", "step": 256})
+        2048,
+        int,
+        "chunk size of the measurement set (examples per forward pass)",
+        minimum=1,
+        label="Measurement chunk",
+        widget={"section": "LCA measurement", "step": 256},
+    )
     method: str = setting(
-        "rk4", str, "LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
-        choices=METHODS, label="LCA method",
-        widget={"section": "LCA measurement", "caption": METHOD_HELP})
+        "rk4",
+        str,
+        "LCA integrator: " + "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()),
+        choices=METHODS,
+        label="LCA method",
+        widget={"section": "LCA measurement", "caption": METHOD_HELP},
+    )
     tolerance: float = setting(
-        1e-3, float, "rk4-adaptive / rk4-paper: |ΔL − ΣA| allowed per step", above=0,
-        label="Tolerance", widget={"section": "LCA measurement", "format": "%.2e",
-                                   "when": ("method", ("rk4-adaptive", "rk4-paper"))})
-    measure_dtype: str = setting("float32", str, "precision LCA is measured in", choices=DTYPES,
-                                 label="Measurement precision",
-                                 widget={"section": "LCA measurement"})
+        1e-3,
+        float,
+        "rk4-adaptive / rk4-paper: |ΔL − ΣA| allowed per step",
+        above=0,
+        label="Tolerance",
+        widget={
+            "section": "LCA measurement",
+            "format": "%.2e",
+            "when": ("method", ("rk4-adaptive", "rk4-paper")),
+        },
+    )
+    measure_dtype: str = setting(
+        "float32",
+        str,
+        "precision LCA is measured in",
+        choices=DTYPES,
+        label="Measurement precision",
+        widget={"section": "LCA measurement"},
+    )
     techniques: list[dict[str, Any]] = setting(
-        [], list, "efficiency technique (repeatable)", item=dict, flag="--technique")
+        [], list, "efficiency technique (repeatable)", item=dict, flag="--technique"
+    )
     record: str = setting(
-        "full", str, "full: every parameter; units: per neuron/channel; layers: per tensor",
-        choices=RECORD_MODES, label="Record", widget={"section": "LCA measurement"})
-    device: str = setting("auto", str, "auto: CUDA when available, else CPU", choices=DEVICES,
-                          label="Device", widget={"section": "LCA measurement"})
-    eval_every: int = setting(20, int, "steps between train/test accuracy checks", minimum=1,
-                              label="Accuracy check every (steps)",
-                              widget={"section": "LCA measurement", "step": 5})
+        "full",
+        str,
+        "full: every parameter; units: per neuron/channel; layers: per tensor",
+        choices=RECORD_MODES,
+        label="Record",
+        widget={"section": "LCA measurement"},
+    )
+    device: str = setting(
+        "auto",
+        str,
+        "auto: CUDA when available, else CPU",
+        choices=DEVICES,
+        label="Device",
+        widget={"section": "LCA measurement"},
+    )
+    eval_every: int = setting(
+        20,
+        int,
+        "steps between train/test accuracy checks",
+        minimum=1,
+        label="Accuracy check every (steps)",
+        widget={"section": "LCA measurement", "step": 5},
+    )
     max_bytes: int | None = setting(
-        None, int, "refuse, before it starts, a run whose file would exceed this many bytes "
-        "(the free disk space is always checked)", minimum=1, optional=True)
+        None,
+        int,
+        "refuse, before it starts, a run whose file would exceed this many bytes "
+        "(the free disk space is always checked)",
+        minimum=1,
+        optional=True,
+    )
     save_weights: bool = setting(
-        False, bool, "also save θ at every step, so `python -m lca allocate` can recompute the "
-        "LCA")
+        False, bool, "also save θ at every step, so `python -m lca allocate` can recompute the LCA"
+    )
     out: str | None = setting(
-        None, str, "run file to write (default runs/<dataset>-<model>-<time>.h5)", optional=True,
-        from_text=True)
+        None,
+        str,
+        "run file to write (default runs/<dataset>-<model>-<time>.h5)",
+        optional=True,
+        from_text=True,
+    )
     threads: int | str = setting(
-        "auto", int, "CPU threads (auto: the cores available, shared by the app's running jobs)",
-        minimum=1, keywords=("auto",), from_text=True, label="CPU threads",
-        widget={"section": "LCA measurement"})
+        "auto",
+        int,
+        "CPU threads (auto: the cores available, shared by the app's running jobs)",
+        minimum=1,
+        keywords=("auto",),
+        from_text=True,
+        label="CPU threads",
+        widget={"section": "LCA measurement"},
+    )
     error_every: int = setting(
-        0, int, "every K-th step also estimate the per-parameter error (1- vs 2-panel Simpson, "
-        "2 more gradients on those steps; 0 = off)", minimum=0,
+        0,
+        int,
+        "every K-th step also estimate the per-parameter error (1- vs 2-panel Simpson, "
+        "2 more gradients on those steps; 0 = off)",
+        minimum=0,
         label="Per-weight error estimate every (steps, 0 = off)",
-        widget={"section": "LCA measurement"})
+        widget={"section": "LCA measurement"},
+    )
     pack: int = setting(
-        1, int, "train N models of this config with seeds seed, seed+1, … in one process, in "
-        "lock-step, each with its own LCA and run file OUT-0.h5 … OUT-(N-1).h5", minimum=1)
+        1,
+        int,
+        "train N models of this config with seeds seed, seed+1, … in one process, in "
+        "lock-step, each with its own LCA and run file OUT-0.h5 … OUT-(N-1).h5",
+        minimum=1,
+    )
     pack_index: int | None = setting(
-        None, int, "this model's place in its pack (set by --pack; recorded in each file)",
-        minimum=0, optional=True)
+        None,
+        int,
+        "this model's place in its pack (set by --pack; recorded in each file)",
+        minimum=0,
+        optional=True,
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -231,4 +374,3 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
-

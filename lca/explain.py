@@ -27,8 +27,18 @@ __all__ = ["GLOSSARY", "SCENARIOS", "TwoWeightExample", "glossary", "two_weight_
 # stretched (×3) and the second shrunk (×0.6): the valley is steep along weight 1 and shallow
 # along weight 2, so a large step overshoots in weight 1 (it hurts) while weight 2 still helps.
 _X = np.array(
-    [[1.2, 1.0], [0.5, 1.6], [1.5, 0.4], [-0.4, 1.2], [0.9, -0.3],
-     [-1.0, -1.2], [-1.4, -0.3], [-0.6, -1.5], [0.3, -1.0], [-1.2, 0.5]],
+    [
+        [1.2, 1.0],
+        [0.5, 1.6],
+        [1.5, 0.4],
+        [-0.4, 1.2],
+        [0.9, -0.3],
+        [-1.0, -1.2],
+        [-1.4, -0.3],
+        [-0.6, -1.5],
+        [0.3, -1.0],
+        [-1.2, 0.5],
+    ],
 ) * np.array([3.0, 0.6])
 _Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0], dtype=np.float64)
 
@@ -99,11 +109,14 @@ def two_weight_example(
 
     def lca_of_step(method: str):
         return allocate(
-            _model(w0), _loss_fn,
+            _model(w0),
+            _loss_fn,
             (torch.as_tensor(_X), torch.as_tensor(_Y)),
             {"weight": torch.as_tensor(w0).reshape(1, 2)},
             {"weight": torch.as_tensor(w1).reshape(1, 2)},
-            method=method, tolerance=1e-6, dtype=torch.float64,
+            method=method,
+            tolerance=1e-6,
+            dtype=torch.float64,
         )
 
     alloc = lca_of_step("rk4-adaptive")
@@ -119,11 +132,20 @@ def two_weight_example(
     w1_grid, w2_grid = np.meshgrid(axis, axis)
     surface = _loss(np.stack([w1_grid, w2_grid], axis=-1))
     return TwoWeightExample(
-        start=w0, end=w1, grid_w1=axis, grid_w2=axis, grid_loss=surface, s=s,
-        integrand=integrand, simpson_s=simpson_s,
+        start=w0,
+        end=w1,
+        grid_w1=axis,
+        grid_w2=axis,
+        grid_loss=surface,
+        s=s,
+        integrand=integrand,
+        simpson_s=simpson_s,
         simpson_values=_grad(w0 + simpson_s[:, None] * delta) * delta,
-        simpson_shares=simpson, shares=shares, fine_shares=np.trapezoid(integrand, s, axis=0),
-        loss_start=alloc.loss_start, loss_end=alloc.loss_end,
+        simpson_shares=simpson,
+        shares=shares,
+        fine_shares=np.trapezoid(integrand, s, axis=0),
+        loss_start=alloc.loss_start,
+        loss_end=alloc.loss_end,
     )
 
 
@@ -133,37 +155,37 @@ GLOSSARY: dict[str, str] = {
     "loss": "How wrong the network is on the measurement set: lower is better.",
     "step": "One update of the weights by the optimizer, after one minibatch.",
     "LCA": "Loss Change Allocation: each step's change of the loss, split among the weights. "
-           "The shares add up to the change.",
+    "The shares add up to the change.",
     "helped": "A weight helped on a step when its share of the loss change is negative: its move "
-              "lowered the loss (green).",
+    "lowered the loss (green).",
     "hurt": "A weight hurt on a step when its share is positive: its move raised the loss (red).",
     "measurement set": "A fixed set of training examples on which the loss is measured before "
-                       "and after every step, so every step is judged by the same yardstick.",
+    "and after every step, so every step is judged by the same yardstick.",
     "segment": "A straight move of the weights that LCA measures: usually one optimizer step; a "
-               "technique's own move (such as pruning) is a segment of its own.",
+    "technique's own move (such as pruning) is a segment of its own.",
     "intervention": "A change of the weights made outside the optimizer, for example pruning; "
-                    "it is measured as its own segment and drawn half-way between two steps.",
+    "it is measured as its own segment and drawn half-way between two steps.",
     "conservation error": "The part of the loss change that the shares do not add up to. Near "
-                          "zero means the split is exact.",
+    "zero means the split is exact.",
     "parameter tensor": "One block of weights of a layer, for example the weight matrix of the "
-                        "first layer or its biases.",
+    "first layer or its biases.",
     "layer": "A stage of the network; its LCA is the sum over its weights.",
     "unit": "One neuron (dense layer) or one channel (convolution); its LCA is the sum over "
-            "the weights feeding it.",
+    "the weights feeding it.",
     "Simpson 1-4-1 (rk4)": "How LCA measures the path: it looks at the gradient at the start, "
-                           "the middle and the end of the step and weighs them 1 : 4 : 1.",
+    "the middle and the end of the step and weighs them 1 : 4 : 1.",
     "rk4-adaptive": "Simpson's rule that splits a step into smaller pieces until the shares add "
-                    "up to the loss change within a tolerance.",
+    "up to the loss change within a tolerance.",
     "helped fraction": "The share of all weights that helped on a step. The LCA paper found it "
-                       "barely above one half.",
+    "barely above one half.",
     "synchronization": "Whether layers learn at the same moments: peaks of their LCA are "
-                       "compared with what shuffled steps would give by chance.",
+    "compared with what shuffled steps would give by chance.",
     "z-score": "How many standard deviations a value is above what chance gives; above 2 is "
-               "rarely chance.",
+    "rarely chance.",
     "p-value": "How often chance alone would give a result at least this strong; p < 0.001 "
-               "means less than once in a thousand tries.",
+    "means less than once in a thousand tries.",
     "technique": "A method that makes training cheaper (skipping updates, pruning, low "
-                 "precision, freezing); LCA shows what it took away.",
+    "precision, freezing); LCA shows what it took away.",
 }
 
 

@@ -54,13 +54,16 @@ def series_csv(columns: Mapping[str, Sequence[object] | np.ndarray]) -> str:
     return out.getvalue()
 
 
-def step_matrix_csv(steps: np.ndarray, matrix: np.ndarray, names: Sequence[str],
-                    step_name: str = "step") -> str:
+def step_matrix_csv(
+    steps: np.ndarray, matrix: np.ndarray, names: Sequence[str], step_name: str = "step"
+) -> str:
     """A (T, N) matrix, one row per step and one column per layer or unit, with the step
     column first: the per-layer or per-unit series a heatmap draws, unthinned."""
     m = np.asarray(matrix)
     if m.ndim != 2 or m.shape[1] != len(names) or m.shape[0] != len(steps):
-        raise ValueError(f"A {m.shape} matrix does not match {len(steps)} steps × "
-                         f"{len(names)} names.")
-    return series_csv({step_name: np.asarray(steps),
-                       **{str(n): m[:, j] for j, n in enumerate(names)}})
+        raise ValueError(
+            f"A {m.shape} matrix does not match {len(steps)} steps × {len(names)} names."
+        )
+    return series_csv(
+        {step_name: np.asarray(steps), **{str(n): m[:, j] for j, n in enumerate(names)}}
+    )

@@ -83,7 +83,13 @@ _FIXED: dict[str, Rule] = {
 
 #: Names accepted by ``method=`` everywhere (API, CLI, config, app).
 METHODS: tuple[str, ...] = (
-    "euler", "trapezoid", "rk4", "rk4-adaptive", "rk4-paper", "gauss2", "gauss3"
+    "euler",
+    "trapezoid",
+    "rk4",
+    "rk4-adaptive",
+    "rk4-paper",
+    "gauss2",
+    "gauss3",
 )
 
 METHOD_HELP: dict[str, str] = {

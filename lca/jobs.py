@@ -369,9 +369,7 @@ def config_json(config: RunConfig) -> str:
     return RunConfig.from_dict({**config.to_dict(), "out": None}).to_json()
 
 
-def start(
-    config: RunConfig, name: str | None = None, folder: str | Path | None = None
-) -> Job:
+def start(config: RunConfig, name: str | None = None, folder: str | Path | None = None) -> Job:
     """Start training ``config`` in a subprocess that writes run ``name`` in the runs folder.
 
     Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
@@ -411,8 +409,17 @@ def start(
         config_file = jobs_dir / f"{stem}.json"
         config_file.write_text(config_json(config))
         err, out = jobs_dir / f"{stem}.err", jobs_dir / f"{stem}.out"
-        cmd = [sys.executable, "-m", "lca", "train", "--config", str(config_file),
-               "--out", str(path), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lca",
+            "train",
+            "--config",
+            str(config_file),
+            "--out",
+            str(path),
+            "--quiet",
+        ]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
@@ -423,13 +430,23 @@ def start(
         env.setdefault("MKL_NUM_THREADS", threads)
         with open(out, "wb") as fo, open(err, "wb") as fe:
             popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd, cwd=str(PROJECT_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=fo,
+                cmd,
+                cwd=str(PROJECT_ROOT),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fo,
                 stderr=fe,
             )
         _POPENS[popen.pid] = popen
         job = Job(
-            name=name, path=str(path), pid=popen.pid, started=time.time(), log=str(err),
-            out=str(out), config_file=str(config_file), steps=int(config.steps),
+            name=name,
+            path=str(path),
+            pid=popen.pid,
+            started=time.time(),
+            log=str(err),
+            out=str(out),
+            config_file=str(config_file),
+            steps=int(config.steps),
             folder=str(root),
         )
         items.append(job)
@@ -520,8 +537,10 @@ def last_error(job: Job) -> str | None:
     if err:
         return err[-1]
     if job.returncode is not None and job.returncode < 0:
-        return (f"The training process for {job.name} was killed (signal {-job.returncode}); "
-                "recover the run file on the Runs page.")
+        return (
+            f"The training process for {job.name} was killed (signal {-job.returncode}); "
+            "recover the run file on the Runs page."
+        )
     if job.returncode is not None:
         return f"The training process for {job.name} ended with exit status {job.returncode}."
     return f"The training process for {job.name} ended; its exit status is unknown."
@@ -604,10 +623,18 @@ def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int
 
     est, params = estimate_bytes(config)
     refusal = size_refusal(
-        "This run", est, steps=config.steps, record=config.record, params=params,
+        "This run",
+        est,
+        steps=config.steps,
+        record=config.record,
+        params=params,
         cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
-        cap_name="a run may use here", free=runs.free_bytes(folder), where="in the runs folder",
-        verb="choose", record_option="record = units or layers")
+        cap_name="a run may use here",
+        free=runs.free_bytes(folder),
+        where="in the runs folder",
+        verb="choose",
+        record_option="record = units or layers",
+    )
     if refusal:
         raise JobError(refusal)
     return est, params

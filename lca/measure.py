@@ -235,9 +235,7 @@ class Measurer:
         self, flat: torch.Tensor, need_grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
-        views = {
-            n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout
-        }
+        views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
         buffers = self._buffers()
         # float64 on the device: the same sum the old per-chunk float() made, without a host
         # sync per chunk (float32 -> float64 is exact, and so is the order of the additions).
@@ -267,8 +265,12 @@ class Measurer:
 
     def flatten(self, params: Params) -> torch.Tensor:
         """Parameters (name -> tensor) as one vector in model order, on the device."""
-        return torch.cat([params[n].detach().reshape(-1).to(self.device, self.dtype)
-                          for n, _, _, _ in self._flat_layout])
+        return torch.cat(
+            [
+                params[n].detach().reshape(-1).to(self.device, self.dtype)
+                for n, _, _, _ in self._flat_layout
+            ]
+        )
 
     def loss_and_grad(self, params: Params, *, need_grad: bool = True) -> tuple[float, Params]:
         """Mean loss over the measurement set at ``params`` and its gradient (name -> tensor)."""

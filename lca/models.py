@@ -94,10 +94,17 @@ def _is_int(value: object) -> bool:
 
 # Model options, checked by the one Spec every setting uses. Text is accepted because UI text
 # boxes and CLI flags deliver it ("64,32", "2").
-_SIZES = Spec(kind=tuple, item=int, minimum=1, from_text=True,
-              example="(64, 32) or the string '64,32'")
-_PAIR = Spec(kind=tuple, item=int, minimum=1, length=2, from_text=True,
-             example="(8, 16) or the string '8,16'")
+_SIZES = Spec(
+    kind=tuple, item=int, minimum=1, from_text=True, example="(64, 32) or the string '64,32'"
+)
+_PAIR = Spec(
+    kind=tuple,
+    item=int,
+    minimum=1,
+    length=2,
+    from_text=True,
+    example="(8, 16) or the string '8,16'",
+)
 _POSITIVE = Spec(kind=int, minimum=1, from_text=True)
 _ACTIVATION = Spec(kind=str, choices=tuple(_ACTIVATIONS))
 

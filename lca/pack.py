@@ -55,8 +55,12 @@ def pack_configs(config: RunConfig, out: str | Path | None = None) -> list[RunCo
     """The pack's N configs: seed + i, pack_index i, out ``pack_path(out, i)`` (None: no files)."""
     out = out if out is not None else config.out
     return [
-        replace(config, seed=config.seed + i, pack_index=i,
-                out=None if out is None else str(pack_path(out, i)))
+        replace(
+            config,
+            seed=config.seed + i,
+            pack_index=i,
+            out=None if out is None else str(pack_path(out, i)),
+        )
         for i in range(config.pack)
     ]
 
@@ -88,11 +92,13 @@ def stackable(loops: list[Loop]) -> bool:
     the same parameter shapes, and no BatchNorm (running statistics) or dropout (random)."""
     if not loops or any(loop.hooks or loop.dist_ctx is not None for loop in loops):
         return False
-    shapes = {tuple((n, tuple(p.shape)) for n, p in loop.ctx.model.named_parameters())
-              for loop in loops}
+    shapes = {
+        tuple((n, tuple(p.shape)) for n, p in loop.ctx.model.named_parameters()) for loop in loops
+    }
     unstackable = (nn.modules.batchnorm._BatchNorm, nn.Dropout)
     return len(shapes) == 1 and not any(
-        isinstance(m, unstackable) for loop in loops for m in loop.ctx.model.modules())
+        isinstance(m, unstackable) for loop in loops for m in loop.ctx.model.modules()
+    )
 
 
 class StackedStep:
@@ -111,8 +117,12 @@ class StackedStep:
 
     def compute(self, active: list[int]) -> None:
         """The gradients of the loops ``active`` (their next minibatches drawn here)."""
-        params = {n: torch.stack([dict(self.loops[i].ctx.model.named_parameters())[n].detach()
-                                  for i in active]) for n in self.names}
+        params = {
+            n: torch.stack(
+                [dict(self.loops[i].ctx.model.named_parameters())[n].detach() for i in active]
+            )
+            for n in self.names
+        }
         xs, ys = [], []
         for i in active:
             ctx = self.loops[i].ctx
@@ -127,7 +137,8 @@ class StackedStep:
             return loss_fn(functional_call(model, p, (x,)).float(), y)
 
         grads, losses = vmap(grad_and_value(loss_of), randomness="error")(
-            params, torch.stack(xs), torch.stack(ys))
+            params, torch.stack(xs), torch.stack(ys)
+        )
         self.slot = {i: k for k, i in enumerate(active)}
         self.grads, self.losses = grads, losses
 
@@ -211,8 +222,7 @@ def run_pack(
     except KeyboardInterrupt as e:
         what = getattr(e, "what", "Interrupted")
         for i, loop in enumerate(loops):
-            ended.setdefault(i, ("interrupted",
-                                 f"{what} after {_steps_kept(loop.tracker)} steps."))
+            ended.setdefault(i, ("interrupted", f"{what} after {_steps_kept(loop.tracker)} steps."))
     except BaseException:
         for loop in loops:
             if loop.ctx.tracker is not None:

@@ -115,8 +115,13 @@ class Settings:
     def structure(self) -> tuple:
         """The settings whose change needs a fresh network (lr and batch size apply live)."""
         return (
-            self.dataset, self.noise, self.train_fraction, self.hidden, self.activation,
-            self.seed, self.points,
+            self.dataset,
+            self.noise,
+            self.train_fraction,
+            self.hidden,
+            self.activation,
+            self.seed,
+            self.points,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +182,10 @@ class Playground:
         self._perm = torch.randperm(self.data.num_train, generator=self._gen)
         self._cursor = 0
         self.tracker = Tracker(
-            self.model, self.loss_fn, (self.data.x_train, self.data.y_train), method="rk4",
+            self.model,
+            self.loss_fn,
+            (self.data.x_train, self.data.y_train),
+            method="rk4",
             keep_cumulative=False,
         )
         self.tracker.start()
@@ -190,8 +198,9 @@ class Playground:
         self.num_params = int(sum(sizes))
         self._cum = np.zeros(self.num_params)  # Σ over all steps of A, per parameter
         self._ring = np.zeros((self.window, self.num_params))  # the last `window` steps
-        self._cum_units = {n: np.zeros(k) for n, k in zip(self.layer_names, s.hidden + (2,),
-                                                           strict=True)}
+        self._cum_units = {
+            n: np.zeros(k) for n, k in zip(self.layer_names, s.hidden + (2,), strict=True)
+        }
         self.steps = 0
         self.history = History()
         self._log(self.tracker.loss0, 0.0, 0.0)
@@ -225,7 +234,7 @@ class Playground:
         if self._cursor + b > n:  # a new epoch: reshuffle (the short tail is dropped)
             self._perm = torch.randperm(n, generator=self._gen)
             self._cursor = 0
-        idx = self._perm[self._cursor: self._cursor + b]
+        idx = self._perm[self._cursor : self._cursor + b]
         self._cursor += b
         return idx
 
@@ -283,7 +292,7 @@ class Playground:
         """Per-parameter LCA (float64) over the whole session or the recent window."""
         v = self._vector(window)
         return {
-            n: v[self._offsets[n]: self._offsets[n] + math.prod(s)].reshape(s)
+            n: v[self._offsets[n] : self._offsets[n] + math.prod(s)].reshape(s)
             for n, s in self._shapes.items()
         }
 
@@ -303,8 +312,10 @@ class Playground:
         """
         if window == "cumulative":
             return [self._cum_units[layer].copy() for layer in self.layer_names]
-        return [e.sum(axis=1) + b for e, b in zip(self.edge_lca(window), self.bias_lca(window),
-                                                    strict=True)]
+        return [
+            e.sum(axis=1) + b
+            for e, b in zip(self.edge_lca(window), self.bias_lca(window), strict=True)
+        ]
 
     def weights(self) -> list[np.ndarray]:
         """Per layer, the current (out, in) weight matrix (for hover text)."""
@@ -354,8 +365,10 @@ class Playground:
         """The training and test points with their labels, as numpy arrays."""
         d = self.data
         return {
-            "x_train": d.x_train.numpy(), "y_train": d.y_train.numpy(),
-            "x_test": d.x_test.numpy(), "y_test": d.y_test.numpy(),
+            "x_train": d.x_train.numpy(),
+            "y_train": d.y_train.numpy(),
+            "x_test": d.x_test.numpy(),
+            "y_test": d.y_test.numpy(),
         }
 
     def with_settings(self, **changes: Any) -> Settings:

@@ -439,10 +439,20 @@ def replay(
             "first step starts); it cannot be recomputed."
         )
     tracker = Tracker(
-        job.model, job.loss_fn, job.measure, method=job.method, writer=relay,
-        tolerance=job.config.tolerance, chunk_size=job.config.measure_batch, dtype=job.dtype,
-        device=job.device, effective=lambda _p: current["θ"], series=series or None,
-        events=events or None, arrays=arrays or None, keep_cumulative=False,
+        job.model,
+        job.loss_fn,
+        job.measure,
+        method=job.method,
+        writer=relay,
+        tolerance=job.config.tolerance,
+        chunk_size=job.config.measure_batch,
+        dtype=job.dtype,
+        device=job.device,
+        effective=lambda _p: current["θ"],
+        series=series or None,
+        events=events or None,
+        arrays=arrays or None,
+        keep_cumulative=False,
     )
     if job.main or job.hi > job.lo:  # a rank with no segments measures nothing
         tracker.start()

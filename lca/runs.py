@@ -101,8 +101,10 @@ def busy_reason(name: str, folder: str | Path | None = None) -> str | None:
     if who is None:
         return None
     by = f"process {who.pid}" if who.pid else "another process"
-    return (f"{name} is being written right now (by {by}); stop that run or wait for it to "
-            "finish first.")
+    return (
+        f"{name} is being written right now (by {by}); stop that run or wait for it to "
+        "finish first."
+    )
 
 
 def delete(name: str, folder: str | Path | None = None) -> None:
@@ -113,8 +115,10 @@ def delete(name: str, folder: str | Path | None = None) -> None:
         with held(path, doing="delete"):
             path.unlink(missing_ok=True)
     except StoreBusyError:
-        raise RunBusyError(busy_reason(name, folder) or f"{name} is being written right now; "
-                           "stop that run or wait for it to finish first.") from None
+        raise RunBusyError(
+            busy_reason(name, folder)
+            or f"{name} is being written right now; stop that run or wait for it to finish first."
+        ) from None
 
 
 def free_bytes(folder: str | Path | None = None) -> int:

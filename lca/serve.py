@@ -31,13 +31,17 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--classroom", action="store_true", help="read-only except for the teacher")
     p.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
-    p.add_argument("--address", default=None,
-                   help="address to listen on (default: every interface, as Streamlit does)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="address to listen on (default: every interface, as Streamlit does)",
+    )
     p.add_argument("--runs-dir", default=None, help="the runs folder (default ./runs)")
 
 
-def plan(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[str], dict[str, str],
-                                                                    list[str]]:
+def plan(
+    args: argparse.Namespace, environ: dict[str, str]
+) -> tuple[list[str], dict[str, str], list[str]]:
     """(command, environment, lines to print) for ``args``; raises ValueError on a bad token."""
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, not {args.port}.")
@@ -56,10 +60,21 @@ def plan(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[str], 
             )
         env[classroom.ENV_MODE] = "1"
         env[classroom.ENV_TOKEN] = token
-        lines = [f"LCA Lab classroom mode. Students open {base}",
-                 f"The teacher opens {base}?teacher={token}  (keep this link to yourself)"]
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-           "--server.port", str(args.port), "--server.headless", "true"]
+        lines = [
+            f"LCA Lab classroom mode. Students open {base}",
+            f"The teacher opens {base}?teacher={token}  (keep this link to yourself)",
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app.py"),
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+    ]
     if args.address:
         cmd += ["--server.address", args.address]
     return cmd, env, lines

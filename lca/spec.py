@@ -114,9 +114,7 @@ class Spec:
             if not isinstance(value, list | tuple):
                 raise TypeError
             out = [_scalar(v, self.item or str, self.from_text) for v in value]
-            if (self.length is not None and len(out) != self.length) or (
-                self.nonempty and not out
-            ):
+            if (self.length is not None and len(out) != self.length) or (self.nonempty and not out):
                 raise ValueError
             return kind(out)
         if kind is dict:
@@ -143,8 +141,10 @@ class Spec:
         """What the value must be, in words: "a positive integer", "a finite number", …."""
         if self.kind in (list, tuple):
             item = self.item or str
-            what = "positive integers" if item is int and self.minimum == 1 else (
-                _KIND_WORDS[item] + "s"
+            what = (
+                "positive integers"
+                if item is int and self.minimum == 1
+                else (_KIND_WORDS[item] + "s")
             )
             count = {None: "a list of", 2: "exactly two"}.get(self.length, f"exactly {self.length}")
             text = f"{count} {what}"
@@ -195,8 +195,10 @@ def _scalar(value: Any, kind: type, from_text: bool) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if from_text and isinstance(value, str) and value.strip().lower() in (
-            TRUE_TEXT + FALSE_TEXT
+        if (
+            from_text
+            and isinstance(value, str)
+            and value.strip().lower() in (TRUE_TEXT + FALSE_TEXT)
         ):
             return value.strip().lower() in TRUE_TEXT
         if from_text and isinstance(value, int):

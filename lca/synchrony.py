@@ -130,9 +130,7 @@ def coincidence(peaks: np.ndarray) -> float:
     return float((c * (c - 1) // 2).sum() / (pairs * n))
 
 
-def _null(
-    positions: np.ndarray, t: int, shifts: int, rng: np.random.Generator
-) -> np.ndarray:
+def _null(positions: np.ndarray, t: int, shifts: int, rng: np.random.Generator) -> np.ndarray:
     """C for ``shifts`` independent random circular shifts of each layer's peak positions."""
     nl, n = positions.shape
     pairs = nl * (nl - 1) / 2
@@ -145,7 +143,7 @@ def _null(
         shifted = (positions[None, :, :] + off) % t  # (b, L, n)
         flat = shifted + (np.arange(b, dtype=np.int64) * t)[:, None, None]
         counts = np.bincount(flat.ravel(), minlength=b * t).reshape(b, t)
-        out[done: done + b] = (counts * (counts - 1) // 2).sum(axis=1) / (pairs * n)
+        out[done : done + b] = (counts * (counts - 1) // 2).sum(axis=1) / (pairs * n)
         done += b
     return out
 

@@ -72,19 +72,25 @@ def fit_to_data(config: RunConfig, num_train: int) -> RunConfig:
     changes: dict[str, Any] = {}
     if config.batch_size > num_train:
         changes["batch_size"] = num_train
-        warnings.warn(RunNotice(
-            f"The batch size {config.batch_size} is larger than the {num_train:,} training "
-            f"examples, so every step uses all {num_train:,} (batch size {num_train:,})."
-        ), stacklevel=2)
+        warnings.warn(
+            RunNotice(
+                f"The batch size {config.batch_size} is larger than the {num_train:,} training "
+                f"examples, so every step uses all {num_train:,} (batch size {num_train:,})."
+            ),
+            stacklevel=2,
+        )
     if config.measure_size is not None and config.measure_size > num_train:
         changes["measure_size"] = None
     # The default cap (2,000) is larger than the small built-in sets by design; only a size the
     # user chose is worth a notice.
     if "measure_size" in changes and config.measure_size != RunConfig().measure_size:
-        warnings.warn(RunNotice(
-            f"The measurement set of {config.measure_size:,} is larger than the {num_train:,} "
-            f"training examples, so LCA is measured on all {num_train:,} of them."
-        ), stacklevel=2)
+        warnings.warn(
+            RunNotice(
+                f"The measurement set of {config.measure_size:,} is larger than the {num_train:,} "
+                f"training examples, so LCA is measured on all {num_train:,} of them."
+            ),
+            stacklevel=2,
+        )
     if not changes:
         return config
     return RunConfig.from_dict({**config.to_dict(), **changes})
@@ -232,9 +238,15 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
         test_x=ds.x_test.to(device),
         test_y=ds.y_test.to(device),
     )
-    loop = Loop(config=config, ctx=ctx, hooks=hooks, dist_ctx=dist_ctx, t_start=t_start,
-                base_lrs=[g["lr"] for g in optimizer.param_groups],
-                batches=minibatches(ds.num_train, config.batch_size, config.seed + 2))
+    loop = Loop(
+        config=config,
+        ctx=ctx,
+        hooks=hooks,
+        dist_ctx=dist_ctx,
+        t_start=t_start,
+        base_lrs=[g["lr"] for g in optimizer.param_groups],
+        batches=minibatches(ds.num_train, config.batch_size, config.seed + 2),
+    )
     ctx.evaluate = lambda: loop.accuracies()[:2]
     hooks.setup(ctx)
     main = dist_ctx is None or dist_ctx.is_main  # only rank 0 writes the run file
@@ -243,19 +255,20 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
     measure = measurement_set(ds, config)
     if ctx.writer is not None:  # neural collapse at each evaluation, on the measurement set
         loop.collapse_layer = classifier_layer(model, ds.num_classes)
-        loop.collapse_set = (measure[0][:EVAL_MAX_EXAMPLES].to(device),
-                             measure[1][:EVAL_MAX_EXAMPLES].to(device))
-    ctx.tracker = _build_tracker(config, ctx, hooks, measure,
-                                 collapse=loop.collapse_layer is not None)
+        loop.collapse_set = (
+            measure[0][:EVAL_MAX_EXAMPLES].to(device),
+            measure[1][:EVAL_MAX_EXAMPLES].to(device),
+        )
+    ctx.tracker = _build_tracker(
+        config, ctx, hooks, measure, collapse=loop.collapse_layer is not None
+    )
     ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
     return loop
 
 
-def _declarations(
-    ctx: Context, hooks: Hooks, collapse: bool = False
-) -> tuple[dict, dict, dict]:
+def _declarations(ctx: Context, hooks: Hooks, collapse: bool = False) -> tuple[dict, dict, dict]:
     """(series, events, arrays) the run file holds: the loop's own and each technique's."""
     series: dict[str, tuple[str, tuple[int, ...]]] = {
         "steps/train_loss": ("f8", ()),
@@ -372,11 +385,13 @@ class Loop:
             self.hooks.optimizer_step(ctx)
             self.hooks.after_step(ctx, row)
             seconds_train += time.perf_counter() - t1
-            row.update({
-                "steps/train_loss": train_loss,
-                "steps/seconds_train": seconds_train,
-                "steps/lr": ctx.optimizer.param_groups[0]["lr"],
-            })
+            row.update(
+                {
+                    "steps/train_loss": train_loss,
+                    "steps/seconds_train": seconds_train,
+                    "steps/lr": ctx.optimizer.param_groups[0]["lr"],
+                }
+            )
         ctx.step = step + 1
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             self.log_eval(step + 1, train_loss)
@@ -417,8 +432,10 @@ class Loop:
         """(train accuracy, test accuracy, test loss) with the weights the forward pass uses."""
         ctx, n = self.ctx, EVAL_MAX_EXAMPLES
         model = ctx.model
-        params = {**self.hooks.effective(dict(model.named_parameters())),
-                  **dict(model.named_buffers())}
+        params = {
+            **self.hooks.effective(dict(model.named_parameters())),
+            **dict(model.named_buffers()),
+        }
         tr, _ = accuracy(model, params, ctx.train_x[:n], ctx.train_y[:n])
         te, te_loss = accuracy(model, params, ctx.test_x[:n], ctx.test_y[:n])
         return tr, te, te_loss
@@ -436,8 +453,10 @@ class Loop:
         if self.collapse_layer is None or self.collapse_set is None:
             return
         model = self.ctx.model
-        params = {**self.hooks.effective(dict(model.named_parameters())),
-                  **dict(model.named_buffers())}
+        params = {
+            **self.hooks.effective(dict(model.named_parameters())),
+            **dict(model.named_buffers()),
+        }
         x, y = self.collapse_set
         feats = penultimate_features(model, params, self.collapse_layer, x)
         weight = params.get(f"{self.collapse_layer}.weight")
@@ -491,10 +510,12 @@ def summaries_json(summaries: dict[str, dict[str, Any]]) -> bytes:
 
     text = json.dumps(clean(summaries), default=str).encode()
     if len(text) > SUMMARIES_BYTES:  # keep only the scalar entries of each summary
-        text = json.dumps({
-            k: {kk: vv for kk, vv in clean(v).items() if not isinstance(vv, dict | list)}
-            for k, v in summaries.items()
-        }).encode()[:SUMMARIES_BYTES]
+        text = json.dumps(
+            {
+                k: {kk: vv for kk, vv in clean(v).items() if not isinstance(vv, dict | list)}
+                for k, v in summaries.items()
+            }
+        ).encode()[:SUMMARIES_BYTES]
     return text
 
 

@@ -53,22 +53,33 @@ def summary_table(data: list[views.CompareView]) -> None:
     rows = []
     for d in data:
         s = d.summary
-        rows.append({
-            "run": d.name, "status": d.status, "dataset": s.get("dataset"),
-            "model": s.get("model"), "techniques": ", ".join(s.get("techniques") or []) or "—",
-            "steps": s.get("steps"), "parameters": s.get("num_params"),
-            "final loss": s.get("loss_final"),
-            "test accuracy %": None if s.get("test_acc") is None else 100 * s["test_acc"],
-            "helping per step %": None if s.get("mean_helped") is None
-            else 100 * s["mean_helped"],
-            "seconds": s.get("duration_s"),
-        })
-    st.dataframe(rows, hide_index=True, column_config={
-        "final loss": st.column_config.NumberColumn(format="%.4f"),
-        "test accuracy %": st.column_config.NumberColumn(format="%.1f"),
-        "helping per step %": st.column_config.NumberColumn(format="%.1f"),
-        "seconds": st.column_config.NumberColumn(format="%.1f"),
-    })
+        rows.append(
+            {
+                "run": d.name,
+                "status": d.status,
+                "dataset": s.get("dataset"),
+                "model": s.get("model"),
+                "techniques": ", ".join(s.get("techniques") or []) or "—",
+                "steps": s.get("steps"),
+                "parameters": s.get("num_params"),
+                "final loss": s.get("loss_final"),
+                "test accuracy %": None if s.get("test_acc") is None else 100 * s["test_acc"],
+                "helping per step %": None
+                if s.get("mean_helped") is None
+                else 100 * s["mean_helped"],
+                "seconds": s.get("duration_s"),
+            }
+        )
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "final loss": st.column_config.NumberColumn(format="%.4f"),
+            "test accuracy %": st.column_config.NumberColumn(format="%.1f"),
+            "helping per step %": st.column_config.NumberColumn(format="%.1f"),
+            "seconds": st.column_config.NumberColumn(format="%.1f"),
+        },
+    )
     download_csv(lambda: export.rows_csv(rows), "compare-runs", key="compare_csv_runs")
 
 
@@ -85,11 +96,20 @@ def render(chosen: list[str]) -> bool:
     summary_table(data)
 
     c1, c2, c3 = st.columns(3)
-    align = c1.radio("Align the runs by", ["training step", "wall-clock time"], horizontal=True,
-                     key="compare_align", bind="query-params")
+    align = c1.radio(
+        "Align the runs by",
+        ["training step", "wall-clock time"],
+        horizontal=True,
+        key="compare_align",
+        bind="query-params",
+    )
     log_y = c2.toggle("Log scale for the loss", key="compare_log", bind="query-params")
-    per_param = c3.toggle("Per parameter", key="compare_per_param", bind="query-params",
-                          help="Divide each layer's total by its number of parameters.")
+    per_param = c3.toggle(
+        "Per parameter",
+        key="compare_per_param",
+        bind="query-params",
+        help="Divide each layer's total by its number of parameters.",
+    )
     by_time = align == "wall-clock time"
     curves = []
     for d in data:
@@ -99,46 +119,83 @@ def render(chosen: list[str]) -> bool:
         else:
             x = np.concatenate([[0.0], d.train_step[:n].astype(np.float64)])
         curves.append((d.name, x, d.loss))
-    plot(F.compare_loss(curves, x_title="seconds since the run started" if by_time
-                        else "training step", log_y=log_y), key="compare_loss")
-    st.caption("Each line is one run's loss on its own measurement set"
-               + (" against the seconds since it started (training and LCA together)."
-                  if by_time else " after each optimizer step."))
+    plot(
+        F.compare_loss(
+            curves,
+            x_title="seconds since the run started" if by_time else "training step",
+            log_y=log_y,
+        ),
+        key="compare_loss",
+    )
+    st.caption(
+        "Each line is one run's loss on its own measurement set"
+        + (
+            " against the seconds since it started (training and LCA together)."
+            if by_time
+            else " after each optimizer step."
+        )
+    )
 
     first = data[0].names
     common = [n for n in first if all(n in d.names for d in data[1:])]
     all_names = {n for d in data for n in d.names}
     if not common:
-        st.info("These runs share no layer names (different architectures), so their layers "
-                "cannot be compared; only the loss curves are shown.")
+        st.info(
+            "These runs share no layer names (different architectures), so their layers "
+            "cannot be compared; only the loss curves are shown."
+        )
         return any(d.status == "running" for d in data)
     if len(common) < len(all_names) or any(d.names != first for d in data):
-        st.info(f"The runs have different architectures: only the {len(common)} layers whose "
-                f"names match in all of them are compared ({len(all_names) - len(common)} "
-                "left out).")
+        st.info(
+            f"The runs have different architectures: only the {len(common)} layers whose "
+            f"names match in all of them are compared ({len(all_names) - len(common)} "
+            "left out)."
+        )
     elif any(d.sizes != data[0].sizes for d in data):
-        st.info("The runs have the same layer names but different layer sizes; switch on "
-                "'Per parameter' to compare them fairly.")
+        st.info(
+            "The runs have the same layer names but different layer sizes; switch on "
+            "'Per parameter' to compare them fairly."
+        )
     totals = {d.name: np.array([d.totals[d.names.index(n)] for n in common]) for d in data}
     counts = {d.name: np.array([d.sizes[n] for n in common]) for d in data}
-    plot(F.compare_layers(common, totals, counts=counts, per_param=per_param),
-         key="compare_layers")
-    download_csv(lambda: export.series_csv({
-        "layer": common, **{f"{n} total LCA": totals[n] for n in totals},
-        **{f"{n} parameters": counts[n] for n in counts}}), "compare-layer-totals",
-        key="compare_csv_layers")
-    st.caption("Each layer's total LCA in each run (one colour per run). Bars below 0: the "
-               "layer lowered the loss over the run.")
+    plot(F.compare_layers(common, totals, counts=counts, per_param=per_param), key="compare_layers")
+    download_csv(
+        lambda: export.series_csv(
+            {
+                "layer": common,
+                **{f"{n} total LCA": totals[n] for n in totals},
+                **{f"{n} parameters": counts[n] for n in counts},
+            }
+        ),
+        "compare-layer-totals",
+        key="compare_csv_layers",
+    )
+    st.caption(
+        "Each layer's total LCA in each run (one colour per run). Bars below 0: the "
+        "layer lowered the loss over the run."
+    )
     a = data[0]
-    for b in data[1: 1 + MAX_DIFFERENCES]:
-        plot(F.compare_layer_difference(common, totals[a.name], totals[b.name], a.name, b.name,
-                                        counts_a=counts[a.name], counts_b=counts[b.name],
-                                        per_param=per_param), key=f"compare_diff_{b.name}")
-    st.caption(f"Run B − run A (A = {literal(a.name)}, the first run picked): :blue[blue] "
-               "where B's "
-               "layer lowered the loss more (or raised it less) than A's, :orange[orange] where "
-               "it did less. Blue and orange, not green and red: a layer can help in both runs "
-               "and still help less in B.")
+    for b in data[1 : 1 + MAX_DIFFERENCES]:
+        plot(
+            F.compare_layer_difference(
+                common,
+                totals[a.name],
+                totals[b.name],
+                a.name,
+                b.name,
+                counts_a=counts[a.name],
+                counts_b=counts[b.name],
+                per_param=per_param,
+            ),
+            key=f"compare_diff_{b.name}",
+        )
+    st.caption(
+        f"Run B − run A (A = {literal(a.name)}, the first run picked): :blue[blue] "
+        "where B's "
+        "layer lowered the loss more (or raised it less) than A's, :orange[orange] where "
+        "it did less. Blue and orange, not green and red: a layer can help in both runs "
+        "and still help less in B."
+    )
     if len(data) > 1 + MAX_DIFFERENCES:
         st.caption(f"Differences are drawn for the first {MAX_DIFFERENCES} runs after A.")
     return any(d.status == "running" for d in data)
@@ -152,8 +209,10 @@ def main() -> None:
         st.error(f"The runs folder cannot be read ({e.strerror or e}); check LCA_RUNS_DIR.")
         return
     if len(names) < 2:
-        st.info("Comparing needs at least two runs in the runs folder; train another one on "
-                "the Train page.")
+        st.info(
+            "Comparing needs at least two runs in the runs folder; train another one on "
+            "the Train page."
+        )
         return
     preset = [n for n in st.session_state.get(COMPARE_KEY) or [] if n in names]
     current = st.session_state.get(RUN_KEY)  # the sidebar's run, compared with the newest other
@@ -162,12 +221,20 @@ def main() -> None:
     linked = [n for v in st.query_params.get_all(PICK_KEY) for n in v.split(",") if n]
     missing = [n for n in linked if n not in names]
     if missing:  # a shared link names runs this folder lacks: the picker drops them quietly
-        st.warning(f"{literal(', '.join(repr(n) for n in missing[:5]))} "
-                   f"{'is' if len(missing) == 1 else 'are'} not in the runs folder (deleted, "
-                   "renamed or never copied here), so the comparison leaves "
-                   f"{'it' if len(missing) == 1 else 'them'} out.")
-    chosen = st.multiselect("Runs to compare", names, default=default, key=PICK_KEY,
-                            bind="query-params", placeholder="Pick two or more runs")
+        st.warning(
+            f"{literal(', '.join(repr(n) for n in missing[:5]))} "
+            f"{'is' if len(missing) == 1 else 'are'} not in the runs folder (deleted, "
+            "renamed or never copied here), so the comparison leaves "
+            f"{'it' if len(missing) == 1 else 'them'} out."
+        )
+    chosen = st.multiselect(
+        "Runs to compare",
+        names,
+        default=default,
+        key=PICK_KEY,
+        bind="query-params",
+        placeholder="Pick two or more runs",
+    )
     if len(chosen) < 2:
         st.info("Pick at least two runs to compare.")
         return

@@ -43,8 +43,9 @@ def main() -> None:
         "is due to each weight?* Here is the whole idea on a network with only **two weights**."
     )
     c1, c2 = st.columns(2)
-    scenario = c1.selectbox("What happens on the step", list(SCENARIOS), key=SCENARIO_KEY,
-                            on_change=_scenario_lr)
+    scenario = c1.selectbox(
+        "What happens on the step", list(SCENARIOS), key=SCENARIO_KEY, on_change=_scenario_lr
+    )
     st.session_state.setdefault(LR_KEY, SCENARIOS[scenario][1])
     lr = c2.select_slider("Learning rate (how big the step is)", LR_OPTIONS, key=LR_KEY)
     ex = example(scenario, float(lr))
@@ -71,8 +72,11 @@ def main() -> None:
         f"**{ex.simpson_shares[0]:+.4f}** and **{ex.simpson_shares[1]:+.4f}**. Split into "
         "small pieces until nothing is left over (method *rk4-adaptive*), the shares are "
         f"**{ex.shares[0]:+.4f}** and **{ex.shares[1]:+.4f}**"
-        + (" — the same: three points were enough." if _close(ex.simpson_shares, ex.shares)
-           else " — a big step bends too much for three points, so splitting matters.")
+        + (
+            " — the same: three points were enough."
+            if _close(ex.simpson_shares, ex.shares)
+            else " — a big step bends too much for three points, so splitting matters."
+        )
     )
     plot(explain_path_figure(ex), key="explain_path")
 
@@ -101,13 +105,18 @@ def main() -> None:
     )
 
     st.subheader("Glossary")
-    st.caption("The words the other pages use; hover the ⓘ next to a chart or number there "
-               "for the same explanation.")
+    st.caption(
+        "The words the other pages use; hover the ⓘ next to a chart or number there "
+        "for the same explanation."
+    )
     st.dataframe(
         [{"term": term, "meaning": text} for term, text in GLOSSARY.items()],
-        hide_index=True, width="stretch",
-        column_config={"term": st.column_config.TextColumn(width="small"),
-                       "meaning": st.column_config.TextColumn(width="large")},
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "term": st.column_config.TextColumn(width="small"),
+            "meaning": st.column_config.TextColumn(width="large"),
+        },
     )
 
 

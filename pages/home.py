@@ -51,11 +51,17 @@ def start_demo() -> None:
 
 def demo_button(label: str, *, primary: bool) -> None:
     if st.button(
-        label, type="primary" if primary else "secondary", key="home_demo",
-        icon=":material/play_arrow:", disabled=not may("train"),
-        help=locked_help("train", "Trains a small network (two hidden layers, 64 and 32 "
-                         "neurons) on 8x8 handwritten digits for 800 steps, recording every "
-                         "weight's LCA; it takes about 20 seconds."),
+        label,
+        type="primary" if primary else "secondary",
+        key="home_demo",
+        icon=":material/play_arrow:",
+        disabled=not may("train"),
+        help=locked_help(
+            "train",
+            "Trains a small network (two hidden layers, 64 and 32 "
+            "neurons) on 8x8 handwritten digits for 800 steps, recording every "
+            "weight's LCA; it takes about 20 seconds.",
+        ),
     ):
         start_demo()
 
@@ -109,8 +115,9 @@ def recent_runs(items: list[runs.RunFile]) -> None:
         with c1:
             when = dt.datetime.fromtimestamp(run.modified).strftime("%d %b %H:%M")
             if info["problem"]:
-                st.markdown(f"**{literal(run.name)}** · {when}  \n"
-                            f":orange[{literal(info['problem'])}]")
+                st.markdown(
+                    f"**{literal(run.name)}** · {when}  \n:orange[{literal(info['problem'])}]"
+                )
             else:
                 st.markdown(
                     f"**{literal(run.name)}** · "
@@ -119,8 +126,13 @@ def recent_runs(items: list[runs.RunFile]) -> None:
                 )
         with c2:
             if not info["problem"]:
-                open_run_button(run.name, label="Open", page=page, key=f"home_open_{i}",
-                                icon=":material/open_in_new:")
+                open_run_button(
+                    run.name,
+                    label="Open",
+                    page=page,
+                    key=f"home_open_{i}",
+                    icon=":material/open_in_new:",
+                )
     if len(items) > RECENT:
         st.page_link("pages/runs.py", label=f"All {len(items)} runs", icon=":material/list:")
 
@@ -146,8 +158,9 @@ def main() -> None:
         with c1:
             demo_button("Run the demo", primary=False)
         with c2:
-            st.page_link("pages/train.py", label="Set up your own run",
-                         icon=":material/play_circle:")
+            st.page_link(
+                "pages/train.py", label="Set up your own run", icon=":material/play_circle:"
+            )
     live_demo = demo if demo and jobs.is_live(demo) else None
     others = [r for r in items if r.name != live_demo]  # the live demo is drawn live above
     if others:

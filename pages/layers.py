@@ -47,8 +47,11 @@ def _synchrony(path: str, stamp: tuple[int, int], top: float, window: int) -> di
         res = synchrony(series, top_fraction=top, window=window)
     except SynchronyError as e:
         return {"error": str(e)}
-    return {"result": res, "names": [names[i] for i in res.layers],
-            "left_out": [n for i, n in enumerate(names) if i not in set(res.layers.tolist())]}
+    return {
+        "result": res,
+        "names": [names[i] for i in res.layers],
+        "left_out": [n for i, n in enumerate(names) if i not in set(res.layers.tolist())],
+    }
 
 
 def _cell(point: dict) -> tuple[int, int, int] | None:
@@ -106,8 +109,14 @@ def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
     """One layer over a range of steps: per-step values and, if recorded, its units × steps."""
     st.subheader("Look closer: one layer over a range of steps")
     c1, c2 = st.columns([1, 2])
-    layer = c1.selectbox("Layer", v.names, index=None, key=DRILL_LAYER, bind="query-params",
-                         placeholder="Click a heatmap cell or pick a layer")
+    layer = c1.selectbox(
+        "Layer",
+        v.names,
+        index=None,
+        key=DRILL_LAYER,
+        bind="query-params",
+        placeholder="Click a heatmap cell or pick a layer",
+    )
     # While a run grows, the slider spans the steps it will have, so its range (part of the
     # widget's identity) stays put and a clicked selection survives the 2-second refreshes.
     steps = int(np.floor(pos[-1])) if len(pos) else 0  # optimizer steps recorded
@@ -122,30 +131,42 @@ def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
                 st.session_state[DRILL_STEPS] = fixed
                 set_here = True
         # A value set through session state (a click) must not be paired with a default.
-        first, last = c2.slider("Steps", 1, span, None if set_here else (1, span),
-                                key=DRILL_STEPS, bind="query-params")
+        first, last = c2.slider(
+            "Steps", 1, span, None if set_here else (1, span), key=DRILL_STEPS, bind="query-params"
+        )
         first, last = min(first, steps), min(last, steps)
     else:
         first, last = 1, max(steps, 1)
     if layer is None:
-        st.caption("Click a cell of the heatmap above (or pick a layer here) to see that layer "
-                   "step by step.")
+        st.caption(
+            "Click a cell of the heatmap above (or pick a layer here) to see that layer "
+            "step by step."
+        )
         return
     s, e = _rows(pos, first, last)
     if e <= s:
         st.info("No step of this run falls in that range yet.")
         return
     values = v.layer_lca[s:e, v.names.index(layer)]
-    plot(F.param_trace(values, label=f"{layer} ({v.sizes[layer]:,} parameters)",
-                       positions=pos[s:e],
-                       title=f"LCA of {layer} on each step {first}–{last} "
-                             "(green = helped, red = hurt)"), key="layers_drill_trace")
-    st.caption("Top: the layer's LCA on each step (or block of steps for long ranges); "
-               "bottom: its running total over the range.")
+    plot(
+        F.param_trace(
+            values,
+            label=f"{layer} ({v.sizes[layer]:,} parameters)",
+            positions=pos[s:e],
+            title=f"LCA of {layer} on each step {first}–{last} (green = helped, red = hurt)",
+        ),
+        key="layers_drill_trace",
+    )
+    st.caption(
+        "Top: the layer's LCA on each step (or block of steps for long ranges); "
+        "bottom: its running total over the range."
+    )
     group = next((g for g in v.units if layer in g[2]), None)
     if v.record == "layers":
-        st.info("Per-unit detail needs a run recorded with record 'units' or 'full'; this run "
-                "was recorded 'layers'.")
+        st.info(
+            "Per-unit detail needs a run recorded with record 'units' or 'full'; this run "
+            "was recorded 'layers'."
+        )
         return
     if group is None:
         return
@@ -155,59 +176,100 @@ def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
         what = f"each element of {layer}"
     else:
         z = read_view(views.unit_rows, path, gname, s, e, large=True)
-        what = (f"each unit of {gname} (its {' and '.join(p.split('.')[-1] for p in params)} "
-                "together)" if len(params) > 1 else f"each unit of {gname}")
-    plot(F.unit_heatmap(z, positions=pos[s:e], title=f"LCA of {what}, steps {first}–{last}"),
-         key="layers_drill_units")
-    download_csv(lambda: export.step_matrix_csv(
-        pos[s:e], z, [f"{gname} unit {i}" for i in range(z.shape[1])]),
-        f"{layer}-units-steps-{first}-{last}", key="layers_csv_units")
-    st.caption(f"{size:,} units (neurons or channels) × steps; green cells: the unit's incoming "
-               "weights lowered the loss on that step, red: raised it.")
+        what = (
+            f"each unit of {gname} (its {' and '.join(p.split('.')[-1] for p in params)} together)"
+            if len(params) > 1
+            else f"each unit of {gname}"
+        )
+    plot(
+        F.unit_heatmap(z, positions=pos[s:e], title=f"LCA of {what}, steps {first}–{last}"),
+        key="layers_drill_units",
+    )
+    download_csv(
+        lambda: export.step_matrix_csv(
+            pos[s:e], z, [f"{gname} unit {i}" for i in range(z.shape[1])]
+        ),
+        f"{layer}-units-steps-{first}-{last}",
+        key="layers_csv_units",
+    )
+    st.caption(
+        f"{size:,} units (neurons or channels) × steps; green cells: the unit's incoming "
+        "weights lowered the loss on that step, red: raised it."
+    )
 
 
 def sync_section(path: Path) -> None:
     st.subheader("Do the layers learn at the same moments?")
     c1, c2 = st.columns(2)
-    top = c1.slider("Peak steps: each layer's top % of steps by |LCA|", 1, 20, 5,
-                    key="sync_top", bind="query-params")
-    detrend = c2.toggle("Compare each step with the layer's recent level (25-step window)",
-                        value=True, key="sync_detrend", bind="query-params",
-                        help="All layers learn most at the start; without this, that shared "
-                             "trend alone makes peaks coincide.")
+    top = c1.slider(
+        "Peak steps: each layer's top % of steps by |LCA|",
+        1,
+        20,
+        5,
+        key="sync_top",
+        bind="query-params",
+    )
+    detrend = c2.toggle(
+        "Compare each step with the layer's recent level (25-step window)",
+        value=True,
+        key="sync_detrend",
+        bind="query-params",
+        help="All layers learn most at the start; without this, that shared "
+        "trend alone makes peaks coincide.",
+    )
     out = _synchrony(str(path), file_stamp(path), top / 100.0, 25 if detrend else 0)
     if "error" in out:
         st.info(literal(out["error"]))
         return
     res, names = out["result"], out["names"]
     c1, c2, c3 = st.columns(3)
-    c1.metric("Shared peak steps (this run)", f"{100 * res.observed:.1f}%",
-              help="C: on average, the % of one layer's peak steps that are also peak steps "
-                   "of another layer.")
-    c2.metric("By chance", f"{100 * res.null_mean:.1f}% ± {100 * res.null_sd:.1f}%",
-              help=f"C when each layer's peaks are shifted in time at random ({res.shifts} "
-                   "shifts).")
+    c1.metric(
+        "Shared peak steps (this run)",
+        f"{100 * res.observed:.1f}%",
+        help="C: on average, the % of one layer's peak steps that are also peak steps "
+        "of another layer.",
+    )
+    c2.metric(
+        "By chance",
+        f"{100 * res.null_mean:.1f}% ± {100 * res.null_sd:.1f}%",
+        help=f"C when each layer's peaks are shifted in time at random ({res.shifts} shifts).",
+    )
     z = "∞" if math.isinf(res.z) else f"{res.z:.1f}"
-    c3.metric("z-score", z, delta=p_phrase(res.p), delta_color="off",
-              help="How many standard deviations the shared peaks lie above what chance gives "
-                   "(0 = just chance; above 3 = very unlikely by chance). p: the share of "
-                   "random shifts at least as synchronized.")
-    verdict = ("peak together far more often than chance: learning is synchronized across "
-               "layers" if res.p < 0.01 and res.z > 0 else
-               "do not peak together more often than chance would give")
+    c3.metric(
+        "z-score",
+        z,
+        delta=p_phrase(res.p),
+        delta_color="off",
+        help="How many standard deviations the shared peaks lie above what chance gives "
+        "(0 = just chance; above 3 = very unlikely by chance). p: the share of "
+        "random shifts at least as synchronized.",
+    )
+    verdict = (
+        "peak together far more often than chance: learning is synchronized across layers"
+        if res.p < 0.01 and res.z > 0
+        else "do not peak together more often than chance would give"
+    )
     st.markdown(f"The layers **{verdict}**.")
     plot(F.peak_raster(res.peaks, names), key="layers_peaks")
-    st.caption("Each tick is a step on which that layer had one of its biggest LCA steps. "
-               "Vertical stacks of ticks are moments when many layers learned at once.")
+    st.caption(
+        "Each tick is a step on which that layer had one of its biggest LCA steps. "
+        "Vertical stacks of ticks are moments when many layers learned at once."
+    )
     plot(F.synchrony_figure(res), key="layers_sync")
-    st.caption("Grey: how often peaks would coincide if the layers were unrelated (each "
-               "layer's peak pattern shifted in time at random); blue line: this run.")
+    st.caption(
+        "Grey: how often peaks would coincide if the layers were unrelated (each "
+        "layer's peak pattern shifted in time at random); blue line: this run."
+    )
     with st.expander("How is this measured?"):
         st.markdown(
             f"- Per layer, the **peak steps** are its {res.peaks_per_layer} steps "
             f"({top}% of {res.num_steps} optimizer steps) with the largest |LCA|"
-            + (", each divided by the layer's average |LCA| over the surrounding 25 steps"
-               if detrend else "") + ".\n"
+            + (
+                ", each divided by the layer's average |LCA| over the surrounding 25 steps"
+                if detrend
+                else ""
+            )
+            + ".\n"
             "- **C** = for every pair of layers, the fraction of peak steps they share, "
             "averaged over all pairs (100% = all layers peak on the same steps).\n"
             f"- **Chance**: each layer's peak steps are shifted in time by its own random "
@@ -216,43 +278,74 @@ def sync_section(path: Path) -> None:
             "of shifts with C at least as high.\n"
             "- Interventions (e.g. prune events) are left out. The LCA paper reports "
             "synchronized learning but not its measure; this one is ours."
-            + (f"\n- Left out (never moved enough): {literal(', '.join(out['left_out']))}."
-               if out["left_out"] else ""))
+            + (
+                f"\n- Left out (never moved enough): {literal(', '.join(out['left_out']))}."
+                if out["left_out"]
+                else ""
+            )
+        )
 
 
 def render(path: Path) -> bool:
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
-    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
-               f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}")
+    st.caption(
+        f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+        f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}"
+    )
     if v.num_steps == 0:
-        st.info("This run has not recorded a step yet; the charts appear after the first "
-                "step.")
+        st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
-    per_param = st.toggle("Per parameter (divide each layer by its number of parameters)",
-                          key="layers_per_param", bind="query-params")
+    per_param = st.toggle(
+        "Per parameter (divide each layer by its number of parameters)",
+        key="layers_per_param",
+        bind="query-params",
+    )
     plot(F.layer_totals(v.names, v.totals, v.counts, per_param=per_param), key="layers_totals")
-    download_csv(lambda: export.series_csv({
-        "layer": v.names, "total LCA": v.totals, "parameters": v.counts}),
-        "layer-totals", key="layers_csv_totals")
-    st.caption(":green[Green bars]: layers whose weights lowered the loss over the whole run "
-               "(LCA < 0); :red[red]: layers that raised it. "
-               + ("Per parameter shows which layers work hardest for their size."
-                  if per_param else "The bars add up to the total change of the loss."))
+    download_csv(
+        lambda: export.series_csv(
+            {"layer": v.names, "total LCA": v.totals, "parameters": v.counts}
+        ),
+        "layer-totals",
+        key="layers_csv_totals",
+    )
+    st.caption(
+        ":green[Green bars]: layers whose weights lowered the loss over the whole run "
+        "(LCA < 0); :red[red]: layers that raised it. "
+        + (
+            "Per parameter shows which layers work hardest for their size."
+            if per_param
+            else "The bars add up to the total change of the loss."
+        )
+    )
     pos = v.positions
-    plot(F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind), key=HEATMAP_KEY,
-         on_select=partial(_on_cell_click, list(v.names), int(np.floor(pos[-1]))),
-         selection_mode="points")
-    download_csv(lambda: export.step_matrix_csv(pos, v.layer_lca, v.names),
-                 "layer-lca-per-step", key="layers_csv_steps")
-    st.caption("Each cell is one layer's LCA summed over a block of steps (exact sums). "
-               "Click a cell to look at that layer and those steps in detail below.")
+    plot(
+        F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind),
+        key=HEATMAP_KEY,
+        on_select=partial(_on_cell_click, list(v.names), int(np.floor(pos[-1]))),
+        selection_mode="points",
+    )
+    download_csv(
+        lambda: export.step_matrix_csv(pos, v.layer_lca, v.names),
+        "layer-lca-per-step",
+        key="layers_csv_steps",
+    )
+    st.caption(
+        "Each cell is one layer's LCA summed over a block of steps (exact sums). "
+        "Click a cell to look at that layer and those steps in detail below."
+    )
     drill_down(path, v, pos)
-    plot(F.cumulative_layers(v.cumulative, v.names, per_param_counts=v.counts,
-                             per_param=per_param, kind=v.kind), key="layers_cumulative")
-    st.caption("Each line is a layer's running total of LCA: going down = the layer is "
-               "lowering the loss; the end point is its bar in the first chart.")
+    plot(
+        F.cumulative_layers(
+            v.cumulative, v.names, per_param_counts=v.counts, per_param=per_param, kind=v.kind
+        ),
+        key="layers_cumulative",
+    )
+    st.caption(
+        "Each line is a layer's running total of LCA: going down = the layer is "
+        "lowering the loss; the end point is its bar in the first chart."
+    )
     sync_section(path)
     collapse_section(path)
     return v.running
@@ -265,16 +358,28 @@ def collapse_section(path: Path) -> None:
     if c is None:
         return
     if not c.measures:
-        st.info("This run has no neural-collapse measures: they are recorded at each evaluation "
-                "for runs trained with this version whose model ends in a linear classifier. "
-                "Train the run again to see them.")
+        st.info(
+            "This run has no neural-collapse measures: they are recorded at each evaluation "
+            "for runs trained with this version whose model ends in a linear classifier. "
+            "Train the run again to see them."
+        )
         return
-    plot(F.collapse_figure(c.steps, c.measures, c.positions, c.lca_cumulative,
-                           classifier=c.classifier or "last layer"), key="layers_collapse")
-    st.caption("Top: the last layer's running LCA (green: it has lowered the loss overall). "
-               "Bottom: how far its input features are from neural collapse, measured on the "
-               "measurement set at each evaluation; every measure is 0 at full collapse "
-               "(log axis, so 0 is drawn at 1e-6).")
+    plot(
+        F.collapse_figure(
+            c.steps,
+            c.measures,
+            c.positions,
+            c.lca_cumulative,
+            classifier=c.classifier or "last layer",
+        ),
+        key="layers_collapse",
+    )
+    st.caption(
+        "Top: the last layer's running LCA (green: it has lowered the loss overall). "
+        "Bottom: how far its input features are from neural collapse, measured on the "
+        "measurement set at each evaluation; every measure is 0 at full collapse "
+        "(log axis, so 0 is drawn at 1e-6)."
+    )
     with st.expander("What do the four measures say?"):
         st.markdown(
             "- **NC1**: the spread of features within each class, relative to the spread of "
@@ -287,7 +392,8 @@ def collapse_section(path: Path) -> None:
             "- **NC4**: the share of examples where the classifier's answer differs from the "
             "nearest class mean.\n\n"
             "Papyan, Han & Donoho (2020), *Prevalence of neural collapse during the terminal "
-            "phase of deep learning training*.")
+            "phase of deep learning training*."
+        )
 
 
 def main() -> None:

@@ -100,30 +100,36 @@ def _draw_snapshot(snap: dict[str, Any], key: str) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Steps done", f"{done} / {total or '?'}")
     c2.metric(
-        "Loss now", f"{loss[-1]:.3f}",
+        "Loss now",
+        f"{loss[-1]:.3f}",
         delta=f"{loss[-1] - loss[0]:+.3f} since start" if len(loss) > 1 else None,
         delta_color="inverse",
     )
     c3.metric("Test accuracy", "—" if snap["test_acc"] is None else f"{snap['test_acc']:.1%}")
     helped = snap["helped"]
     c4.metric(
-        "Weights that helped (last step)", "—" if not len(helped) else f"{helped[-1]:.0%}",
+        "Weights that helped (last step)",
+        "—" if not len(helped) else f"{helped[-1]:.0%}",
         help="Share of all weights whose LCA was negative on the latest step.",
     )
     left, right = st.columns([3, 2])
     with left:
-        plot(live_loss_figure(loss, total_steps=total, train_loss=snap["train_loss"],
-                              kind=snap["kind"]),
-             key=f"{key}-loss")
+        plot(
+            live_loss_figure(
+                loss, total_steps=total, train_loss=snap["train_loss"], kind=snap["kind"]
+            ),
+            key=f"{key}-loss",
+        )
         st.caption("The loss on the fixed measurement set after each step; falling = learning.")
     with right:
         cum = snap["cumulative"]
         totals = cum[-1] if len(cum) else np.zeros(0)
         plot(live_layer_bars(totals, snap["names"]), key=f"{key}-bars")
         st.caption(":green[Green bar]: the layer lowered the loss so far; :red[red]: it raised it.")
-    plot(live_layer_lines(snap["cumulative"], snap["names"], total_steps=total,
-                          kind=snap["kind"]),
-         key=f"{key}-lines")
+    plot(
+        live_layer_lines(snap["cumulative"], snap["names"], total_steps=total, kind=snap["kind"]),
+        key=f"{key}-lines",
+    )
     st.caption(
         "Each line adds up one layer's LCA step by step: the further it sinks into the green "
         "band, the more of the learning that layer did."
@@ -171,25 +177,38 @@ def _panel_body(name: str, key: str) -> bool:
         else:
             _ended_sentence(job, snap)
     with stop_col:
-        if job.alive and st.button(
-            "Stop", key=f"{key}-stop", icon=":material/stop_circle:", disabled=not may("stop"),
-            help=locked_help("stop", "Stop as Ctrl-C would: the run ends 'interrupted' and "
-                             "keeps every step."),
-        ) and refuse_unless("stop"):
+        if (
+            job.alive
+            and st.button(
+                "Stop",
+                key=f"{key}-stop",
+                icon=":material/stop_circle:",
+                disabled=not may("stop"),
+                help=locked_help(
+                    "stop", "Stop as Ctrl-C would: the run ends 'interrupted' and keeps every step."
+                ),
+            )
+            and refuse_unless("stop")
+        ):
             jobs.stop(job)
             st.toast(f"Stopping {name}…")
     if snap is None:
         if job.alive:
-            st.info("Starting: loading the data, building the model and measuring the first "
-                    "loss…")
+            st.info("Starting: loading the data, building the model and measuring the first loss…")
         return job.alive
     if snap["segments"] == 0 and job.alive:
         st.info("The first step is being measured…")
     _draw_snapshot(snap, key)
     if not job.alive and path.exists():
         page = first_existing_page()
-        open_run_button(name, label="Open this run", page=page, key=f"{key}-open",
-                        type="primary", icon=":material/open_in_new:")
+        open_run_button(
+            name,
+            label="Open this run",
+            page=page,
+            key=f"{key}-open",
+            type="primary",
+            icon=":material/open_in_new:",
+        )
     return job.alive
 
 
@@ -229,5 +248,3 @@ def live_panel(name: str, key: str = "live") -> None:
         except Exception as e:  # noqa: BLE001
             log.exception("live panel failed")
             st.error(literal(f"{name} could not be shown ({type(e).__name__}: {e})."))
-
-

@@ -29,31 +29,48 @@ def metrics(s: dict) -> None:
     """Final loss, test accuracy, conservation error, mean % helped."""
     c1, c2, c3, c4 = st.columns(4)
     change = s["loss_final"] - s["loss0"]
-    c1.metric("Final loss", _fmt(s["loss_final"], ".4f"), delta=f"{change:+.4f} since step 0",
-              delta_color="inverse",
-              help="Loss on the fixed measurement set after the last recorded step.")
-    c2.metric("Test accuracy", _fmt(None if s["test_acc"] is None else 100 * s["test_acc"],
-                                    ".1f") + ("%" if s["test_acc"] is not None else ""),
-              help="Accuracy on the held-out test split at the last evaluation.")
+    c1.metric(
+        "Final loss",
+        _fmt(s["loss_final"], ".4f"),
+        delta=f"{change:+.4f} since step 0",
+        delta_color="inverse",
+        help="Loss on the fixed measurement set after the last recorded step.",
+    )
+    c2.metric(
+        "Test accuracy",
+        _fmt(None if s["test_acc"] is None else 100 * s["test_acc"], ".1f")
+        + ("%" if s["test_acc"] is not None else ""),
+        help="Accuracy on the held-out test split at the last evaluation.",
+    )
     rel = s["relative_error"]
-    c3.metric("Conservation error", _fmt(s["conservation_error"], ".1e"),
-              delta=None if rel is None else f"{100 * rel:.3g}% of the loss change",
-              delta_color="off", delta_arrow="off",
-              help="Sum over steps of ΔL − ΣLCA: how much of the loss change LCA did not "
-                   "allocate (0 = every bit of it was allocated).")
-    if rel is not None and abs(rel) > LARGE_ERROR and s.get("method") not in ("rk4-adaptive",
-                                                                           "rk4-paper"):
-        st.info(f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
-                f"integrator ({literal(s.get('method') or '?')}) was not accurate on some "
-                "steps, usually "
-                "the first, large ones. Record with method rk4-adaptive, which splits such "
-                "steps until the error is small, or with a smaller learning rate.",
-                icon=":material/info:")
+    c3.metric(
+        "Conservation error",
+        _fmt(s["conservation_error"], ".1e"),
+        delta=None if rel is None else f"{100 * rel:.3g}% of the loss change",
+        delta_color="off",
+        delta_arrow="off",
+        help="Sum over steps of ΔL − ΣLCA: how much of the loss change LCA did not "
+        "allocate (0 = every bit of it was allocated).",
+    )
+    if (
+        rel is not None
+        and abs(rel) > LARGE_ERROR
+        and s.get("method") not in ("rk4-adaptive", "rk4-paper")
+    ):
+        st.info(
+            f"LCA left {100 * abs(rel):.2g}% of the loss change unallocated: the "
+            f"integrator ({literal(s.get('method') or '?')}) was not accurate on some "
+            "steps, usually "
+            "the first, large ones. Record with method rk4-adaptive, which splits such "
+            "steps until the error is small, or with a smaller learning rate.",
+            icon=":material/info:",
+        )
     mh = s["mean_helped"]
-    c4.metric("Parameters helping per step", _fmt(None if mh is None else 100 * mh, ".1f") +
-              ("%" if mh is not None else ""),
-              help="Mean share of parameters with LCA < 0 on a step (the LCA paper: barely "
-                   "over 50%).")
+    c4.metric(
+        "Parameters helping per step",
+        _fmt(None if mh is None else 100 * mh, ".1f") + ("%" if mh is not None else ""),
+        help="Mean share of parameters with LCA < 0 on a step (the LCA paper: barely over 50%).",
+    )
 
 
 def interventions_table(v: views.LossView) -> None:
@@ -61,11 +78,19 @@ def interventions_table(v: views.LossView) -> None:
     if not len(rows):
         return
     loss = v.loss
-    table = [{"step": int(i + 1), "what": v.labels[i] or "intervention",
-              "loss change": float(loss[i + 1] - loss[i]), "sum of LCA": float(v.lca[i])}
-             for i in rows[:200]]
-    with st.expander(f"{len(rows)} intervention segment(s): a technique moved weights outside "
-                     "the optimizer (e.g. a prune event)"):
+    table = [
+        {
+            "step": int(i + 1),
+            "what": v.labels[i] or "intervention",
+            "loss change": float(loss[i + 1] - loss[i]),
+            "sum of LCA": float(v.lca[i]),
+        }
+        for i in rows[:200]
+    ]
+    with st.expander(
+        f"{len(rows)} intervention segment(s): a technique moved weights outside "
+        "the optimizer (e.g. a prune event)"
+    ):
         st.dataframe(table, hide_index=True)
         download_csv(lambda: export.rows_csv(table), "interventions", key="loss_csv_events")
 
@@ -76,44 +101,61 @@ def render(path: Path) -> bool:
     if v is None:
         return False
     kind = v.kind
-    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "
-               f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
-               f"record {literal(v.record)}")
+    st.caption(
+        f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "
+        f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
+        f"record {literal(v.record)}"
+    )
     if v.num_steps == 0:
-        st.info("This run has not recorded a step yet; the charts appear after the first "
-                "step.")
+        st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
     metrics(v.summary)
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
     plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
     t = min(len(v.lca), len(v.loss) - 1)
-    download_csv(lambda: export.series_csv({
-        "step": F.step_axis(kind, t),
-        "loss before": v.loss[:t], "loss after": v.loss[1: t + 1], "sum of LCA": v.lca[:t],
-        "loss change - sum of LCA": v.error[:t]}), "loss-and-lca-per-step",
-        key="loss_csv_steps")
+    download_csv(
+        lambda: export.series_csv(
+            {
+                "step": F.step_axis(kind, t),
+                "loss before": v.loss[:t],
+                "loss after": v.loss[1 : t + 1],
+                "sum of LCA": v.lca[:t],
+                "loss change - sum of LCA": v.error[:t],
+            }
+        ),
+        "loss-and-lca-per-step",
+        key="loss_csv_steps",
+    )
     st.caption(
         "Thick grey: the loss measured after each step. Dashed blue: the starting loss "
         "plus the running sum of every parameter's LCA. When LCA splits each step's loss "
         "change exactly, the two curves coincide; a visible gap would be integration error."
-        + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else ""))
+        + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else "")
+    )
     plot(F.step_error(v.error, v.splits, kind=kind, tolerance=v.tolerance), key="loss_error")
     note = ""
     if v.tolerance is not None:
-        note = (" Blue: how many Simpson panels the adaptive method needed on each step; "
-                if (v.splits > 1).any() else
-                " The adaptive method never needed more than one Simpson panel; ")
+        note = (
+            " Blue: how many Simpson panels the adaptive method needed on each step; "
+            if (v.splits > 1).any()
+            else " The adaptive method never needed more than one Simpson panel; "
+        )
         note += "dotted lines: its tolerance."
-    st.caption("How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
-               "in loss units; 0 = exact)." + note)
+    st.caption(
+        "How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
+        "in loss units; 0 = exact)." + note
+    )
     plot(F.training_curves(v.train_loss, v.evals, kind=kind), key="loss_training")
-    st.caption("Grey: the loss of each training minibatch (noisy). Orange and blue: "
-               "accuracy on the training and test splits at each evaluation.")
+    st.caption(
+        "Grey: the loss of each training minibatch (noisy). Orange and blue: "
+        "accuracy on the training and test splits at each evaluation."
+    )
     plot(F.helped_fractions(v.helped, v.hurt, kind=kind), key="loss_helped")
     st.caption(
         ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
         "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
-        "found barely more than half of the parameters help on any step.")
+        "found barely more than half of the parameters help on any step."
+    )
     interventions_table(v)
     return v.running
 

@@ -33,24 +33,43 @@ TOP_K = 10
 def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     st.subheader("Neurons over time")
     if v.record == "layers":
-        st.info("Per-neuron views need a run recorded with record 'units' or 'full'; this run "
-                "was recorded 'layers' (one sum per layer).")
+        st.info(
+            "Per-neuron views need a run recorded with record 'units' or 'full'; this run "
+            "was recorded 'layers' (one sum per layer)."
+        )
         return
     groups = [g[0] for g in v.units]
     sizes = {g[0]: g[1] for g in v.units}
-    group = st.selectbox("Layer", groups, index=0, key="neuron_layer", bind="query-params",
-                         format_func=lambda g: f"{g} ({sizes[g]:,} units)")
+    group = st.selectbox(
+        "Layer",
+        groups,
+        index=0,
+        key="neuron_layer",
+        bind="query-params",
+        format_func=lambda g: f"{g} ({sizes[g]:,} units)",
+    )
     if group is None:
         return
     units = read_view(views.unit_rows, path, group, 0, v.num_steps, large=True)
-    plot(F.unit_heatmap(units, positions=pos[:len(units)],
-                        title=f"LCA of each unit of {group} on each step "
-                        "(green = helped, red = hurt)"), key="neurons_units")
-    download_csv(lambda: export.step_matrix_csv(
-        pos[:len(units)], units, [f"{group} unit {i}" for i in range(units.shape[1])]),
-        f"{group}-unit-lca-per-step", key="neurons_csv_units")
-    st.caption("One row per neuron (or channel): the LCA of its incoming weights and bias on "
-               "each step. Long runs are summed over blocks of steps (exact sums).")
+    plot(
+        F.unit_heatmap(
+            units,
+            positions=pos[: len(units)],
+            title=f"LCA of each unit of {group} on each step (green = helped, red = hurt)",
+        ),
+        key="neurons_units",
+    )
+    download_csv(
+        lambda: export.step_matrix_csv(
+            pos[: len(units)], units, [f"{group} unit {i}" for i in range(units.shape[1])]
+        ),
+        f"{group}-unit-lca-per-step",
+        key="neurons_csv_units",
+    )
+    st.caption(
+        "One row per neuron (or channel): the LCA of its incoming weights and bias on "
+        "each step. Long runs are summed over blocks of steps (exact sums)."
+    )
 
 
 def images_section(v: views.NeuronsView, totals: dict) -> None:
@@ -59,39 +78,55 @@ def images_section(v: views.NeuronsView, totals: dict) -> None:
     name, shape = v.first_weight
     image_shape = v.image_shape
     if len(shape) == 2 and image_shape is None:
-        st.caption(f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
-                   f"Fashion-MNIST, CIFAR-10); this run uses {literal(v.dataset or 'other data')}.")
+        st.caption(
+            f"First-layer weights are drawn as pictures for image data (digits, MNIST, "
+            f"Fashion-MNIST, CIFAR-10); this run uses {literal(v.dataset or 'other data')}."
+        )
         return
     st.subheader("What the first layer learned to look at")
     n = shape[0]
-    show_all = n > IMAGE_UNITS and st.toggle(f"Show all {n:,} units", key="neurons_all_units",
-                                             bind="query-params")
-    plot(F.first_layer_images(totals[name], image_shape,
-                              max_units=n if show_all else IMAGE_UNITS),
-         key="neurons_images")
-    what = ("one small image per neuron: each pixel is the total LCA of the weight from that "
-            "input pixel" if len(shape) == 2 else
-            "one small image per kernel (channels summed): each pixel is the total LCA of "
-            "that kernel weight")
-    st.caption(f"{literal(name)}: {what}. :green[Green]: that weight lowered the loss over "
-               "training; "
-               ":red[red]: raised it.")
+    show_all = n > IMAGE_UNITS and st.toggle(
+        f"Show all {n:,} units", key="neurons_all_units", bind="query-params"
+    )
+    plot(
+        F.first_layer_images(totals[name], image_shape, max_units=n if show_all else IMAGE_UNITS),
+        key="neurons_images",
+    )
+    what = (
+        "one small image per neuron: each pixel is the total LCA of the weight from that "
+        "input pixel"
+        if len(shape) == 2
+        else "one small image per kernel (channels summed): each pixel is the total LCA of "
+        "that kernel weight"
+    )
+    st.caption(
+        f"{literal(name)}: {what}. :green[Green]: that weight lowered the loss over "
+        "training; "
+        ":red[red]: raised it."
+    )
 
 
 def values_section(path: Path, v: views.NeuronsView) -> None:
     st.subheader("All LCA values")
     if v.record != "full":
-        st.info(f"The distribution of every weight's LCA on every step needs a run recorded "
-                f"with record 'full'; this run was recorded '{literal(v.record)}'.")
+        st.info(
+            f"The distribution of every weight's LCA on every step needs a run recorded "
+            f"with record 'full'; this run was recorded '{literal(v.record)}'."
+        )
         return
-    log = st.toggle("Log scale (shows the rare large values)", key="neurons_hist_log",
-                    bind="query-params")
+    log = st.toggle(
+        "Log scale (shows the rare large values)", key="neurons_hist_log", bind="query-params"
+    )
     values, used = read_view(views.value_sample, path, large=True)
-    plot(F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps),
-         key="neurons_histogram")
-    st.caption("How big one weight's share of one step's loss change usually is. The LCA paper "
-               "found a heavy-tailed peak at 0 with slightly more mass on the :green[helped] "
-               "(negative) side than the :red[hurt] side.")
+    plot(
+        F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps),
+        key="neurons_histogram",
+    )
+    st.caption(
+        "How big one weight's share of one step's loss change usually is. The LCA paper "
+        "found a heavy-tailed peak at 0 with slightly more mass on the :green[helped] "
+        "(negative) side than the :red[hurt] side."
+    )
 
 
 def helped_section(totals: dict, helped: dict, rows: int) -> None:
@@ -102,15 +137,18 @@ def helped_section(totals: dict, helped: dict, rows: int) -> None:
     hs = np.concatenate([np.ravel(helped[n]) for n in helped])
     tot = np.concatenate([np.ravel(totals[n]) for n in totals])
     plot(F.helped_fraction_histogram(hs, rows, totals=tot), key="neurons_helped_fraction")
-    st.caption("For each weight, the share of steps on which it lowered the loss: **green** "
-               "bars helped on most steps; grey ones on fewer than half (on the other steps they "
-               "hurt or did not move). The LCA paper found this peaked near 50%: a typical "
-               "weight helps on about half of the steps and hurts on the other half. Weights "
-               "that stopped moving (pruned, frozen, skipped, low-bit) pile up at low values.")
+    st.caption(
+        "For each weight, the share of steps on which it lowered the loss: **green** "
+        "bars helped on most steps; grey ones on fewer than half (on the other steps they "
+        "hurt or did not move). The LCA paper found this peaked near 50%: a typical "
+        "weight helps on about half of the steps and hurts on the other half. Weights "
+        "that stopped moving (pruned, frozen, skipped, low-bit) pile up at low values."
+    )
 
 
-def top_section(path: Path, v: views.NeuronsView, totals: dict, helped: dict, rows: int,
-                pos: np.ndarray) -> None:
+def top_section(
+    path: Path, v: views.NeuronsView, totals: dict, helped: dict, rows: int, pos: np.ndarray
+) -> None:
     st.subheader("The weights that helped and hurt the most")
     table = F.top_parameters(totals, helped, rows, k=TOP_K)
     if not table:
@@ -119,45 +157,54 @@ def top_section(path: Path, v: views.NeuronsView, totals: dict, helped: dict, ro
     config = {"total LCA": st.column_config.NumberColumn(format="%.3e")}
     order = ["parameter", "total LCA", "% steps helped"]
     left, right = st.columns(2)
-    for col, side, head in ((left, "helped", ":green[**Top helpers**] (most negative total)"),
-                            (right, "hurt", ":red[**Top hurters**] (most positive total)")):
+    for col, side, head in (
+        (left, "helped", ":green[**Top helpers**] (most negative total)"),
+        (right, "hurt", ":red[**Top hurters**] (most positive total)"),
+    ):
         rows_ = [row for row in table if row["side"] == side]
         col.markdown(head)
         if rows_:
             col.dataframe(rows_, hide_index=True, column_order=order, column_config=config)
         else:
             col.caption("None: no weight has a total of this sign.")
-    st.caption(f"Total LCA over the {rows:,} steps the per-weight totals cover; "
-               "negative = helped.")
+    st.caption(f"Total LCA over the {rows:,} steps the per-weight totals cover; negative = helped.")
     labels = [row["parameter"] for row in table]
-    choice = st.selectbox("Trace one of them over the steps", labels, index=0,
-                          key="neurons_trace", bind="query-params")
+    choice = st.selectbox(
+        "Trace one of them over the steps",
+        labels,
+        index=0,
+        key="neurons_trace",
+        bind="query-params",
+    )
     if choice is None:
         return
     row = table[labels.index(choice)]
     if v.record != "full":
-        st.info(f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
-                f"was recorded '{literal(v.record)}' (only its total, above, is kept).")
+        st.info(
+            f"A weight's LCA step by step needs a run recorded with record 'full'; this run "
+            f"was recorded '{literal(v.record)}' (only its total, above, is kept)."
+        )
         return
     trace = read_view(views.param_rows, path, row["tensor"], 0, len(pos), row["index"])
-    plot(F.param_trace(trace, label=choice,
-                       positions=pos[:len(trace)]),
-         key="neurons_trace_chart")
-    st.caption("Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
-               "bottom: its running total. Weight and gradient values are not stored in run "
-               "files yet, so only the LCA trace can be shown.")
+    plot(F.param_trace(trace, label=choice, positions=pos[: len(trace)]), key="neurons_trace_chart")
+    st.caption(
+        "Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
+        "bottom: its running total. Weight and gradient values are not stored in run "
+        "files yet, so only the LCA trace can be shown."
+    )
 
 
 def render(path: Path) -> bool:
     v: views.NeuronsView | None = view_or_explain(views.neurons_view, path)
     if v is None:
         return False
-    st.caption(f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
-               f"{v.num_params:,} parameters in {len(v.units)} layers · record "
-               f"{literal(v.record)}")
+    st.caption(
+        f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
+        f"{v.num_params:,} parameters in {len(v.units)} layers · record "
+        f"{literal(v.record)}"
+    )
     if v.num_steps == 0:
-        st.info("This run has not recorded a step yet; the charts appear after the first "
-                "step.")
+        st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
     pos = v.positions  # where each row sits on the step axis
     units_section(path, v, pos)
@@ -175,4 +222,3 @@ def main() -> None:
 
 
 main()
-

@@ -51,11 +51,21 @@ DEFAULTS: dict[str, str] = {
 }
 HIDEABLE = tuple(DEFAULTS)
 LABELS = {
-    "dataset": "Data set", "noise": "Noise", "train": "Training points (%)",
-    "hidden": "Hidden layers", "activation": "Activation", "lr": "Learning rate",
-    "batch": "Batch size", "seed": "Seed", "speed": "Speed", "view": "LCA shown",
-    "features": "Input features", "reg": "Regularization", "rate": "Regularization rate",
-    "test": "Show test data", "discrete": "Discretize output",
+    "dataset": "Data set",
+    "noise": "Noise",
+    "train": "Training points (%)",
+    "hidden": "Hidden layers",
+    "activation": "Activation",
+    "lr": "Learning rate",
+    "batch": "Batch size",
+    "seed": "Seed",
+    "speed": "Speed",
+    "view": "LCA shown",
+    "features": "Input features",
+    "reg": "Regularization",
+    "rate": "Regularization rate",
+    "test": "Show test data",
+    "discrete": "Discretize output",
 }
 
 
@@ -150,8 +160,9 @@ def url_settings() -> tuple[dict[str, str], list[str]]:
             values[key] = parse(key, text)
         except PlaygroundError as e:
             values[key] = default
-            problems.append(f"{str(e).rstrip('.')}; the network uses {default} until the link "
-                            "is fixed.")
+            problems.append(
+                f"{str(e).rstrip('.')}; the network uses {default} until the link is fixed."
+            )
         except ValueError:
             values[key] = default
             problems.append(
@@ -238,8 +249,11 @@ def main() -> None:
         hide=sorted(hidden),
         defaults=DEFAULTS,
         options={
-            "lr": list(LR_OPTIONS), "rate": list(RATE_OPTIONS), "speed": list(SPEED_OPTIONS),
-            "view": list(VIEW_OPTIONS), "reg": list(REG_OPTIONS),
+            "lr": list(LR_OPTIONS),
+            "rate": list(RATE_OPTIONS),
+            "speed": list(SPEED_OPTIONS),
+            "view": list(VIEW_OPTIONS),
+            "reg": list(REG_OPTIONS),
             "activation": list(ALL_ACTIVATIONS),
         },
         key=COMPONENT_KEY,
@@ -249,14 +263,19 @@ def main() -> None:
     if len(hidden) < len(HIDEABLE):
         with st.expander("Share this exact setup (teacher link)"):
             hide = st.multiselect(
-                "Hide these controls for the students", list(HIDEABLE), key="pg_hide_choice",
+                "Hide these controls for the students",
+                list(HIDEABLE),
+                key="pg_hide_choice",
                 format_func=lambda k: LABELS.get(k, k),
             )
-            lock = st.checkbox("Hide all settings (students only get Play, Step, Reset)",
-                               key="pg_lock_choice")
+            lock = st.checkbox(
+                "Hide all settings (students only get Play, Step, Reset)", key="pg_lock_choice"
+            )
             st.code(share_link(settings, hide, lock), language=None)
-            st.caption("Copy the link (button at the right of the box). Hidden controls keep "
-                       "the values in the link.")
+            st.caption(
+                "Copy the link (button at the right of the box). Hidden controls keep "
+                "the values in the link."
+            )
 
 
 main()

@@ -60,7 +60,10 @@ def toggle() -> bool:
     ``LAYOUT`` always)."""
     st.html(LAYOUT)
     on = st.sidebar.toggle(
-        "Presenter mode", key=PRESENTER_KEY, value=is_on(), bind="query-params",
+        "Presenter mode",
+        key=PRESENTER_KEY,
+        value=is_on(),
+        bind="query-params",
         help="For a projector: bigger type, charts first (captions hidden), sidebar collapsed "
         "when the page is opened. It stays on as you move between pages and is kept in the "
         "address.",

@@ -54,8 +54,11 @@ def summarize(path: str, mtime: float, size: int) -> tuple[dict[str, Any] | None
 def stale(name: str, summary: dict[str, Any]) -> bool:
     """A run that says "running" but that nothing writes any more (its writer was killed).
     Asked of the run's lock each time (not cached: a writer can die at any moment)."""
-    return (summary.get("status") == "running" and runs.busy_reason(name) is None
-            and not jobs.is_live(name))
+    return (
+        summary.get("status") == "running"
+        and runs.busy_reason(name) is None
+        and not jobs.is_live(name)
+    )
 
 
 def table(items: list[runs.RunFile]) -> tuple[pd.DataFrame, dict[str, dict], list[tuple]]:
@@ -73,20 +76,22 @@ def table(items: list[runs.RunFile]) -> tuple[pd.DataFrame, dict[str, dict], lis
         if stale(run.name, s):
             status = "running (writer gone)"
         helped = s.get("mean_helped")
-        rows.append({
-            "name": run.name,
-            "dataset": s.get("dataset"),
-            "model": s.get("model"),
-            "techniques": ", ".join(s.get("techniques") or []) or "—",
-            "steps": s.get("steps"),
-            "status": status,
-            "final loss": s.get("loss_final"),
-            "test accuracy": None if s.get("test_acc") is None else 100 * s["test_acc"],
-            "% helped (mean)": None if helped is None else 100 * helped,
-            "conservation error": s.get("conservation_error"),
-            "size (MB)": run.size / 1e6,
-            "date": dt.datetime.fromtimestamp(run.modified),
-        })
+        rows.append(
+            {
+                "name": run.name,
+                "dataset": s.get("dataset"),
+                "model": s.get("model"),
+                "techniques": ", ".join(s.get("techniques") or []) or "—",
+                "steps": s.get("steps"),
+                "status": status,
+                "final loss": s.get("loss_final"),
+                "test accuracy": None if s.get("test_acc") is None else 100 * s["test_acc"],
+                "% helped (mean)": None if helped is None else 100 * helped,
+                "conservation error": s.get("conservation_error"),
+                "size (MB)": run.size / 1e6,
+                "date": dt.datetime.fromtimestamp(run.modified),
+            }
+        )
     return pd.DataFrame(rows), good, bad
 
 
@@ -113,7 +118,10 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
     st.subheader("One run")
     current = st.session_state.get(RUN_KEY)
     pick = st.selectbox(
-        "Run", names, index=names.index(current) if current in names else 0, key="runs_pick",
+        "Run",
+        names,
+        index=names.index(current) if current in names else 0,
+        key="runs_pick",
     )
     if pick is None:
         return
@@ -122,27 +130,53 @@ def one_run_actions(names: list[str], good: dict[str, dict]) -> None:
     recovered = None
     with st.container(horizontal=True, wrap=True):
         page = first_existing_page()
-        open_run_button(pick, label="Open", page=page, key="runs_open", type="primary",
-                        icon=":material/open_in_new:", disabled=summary is None,
-                        help="Select this run and show its loss.")
+        open_run_button(
+            pick,
+            label="Open",
+            page=page,
+            key="runs_open",
+            type="primary",
+            icon=":material/open_in_new:",
+            disabled=summary is None,
+            help="Select this run and show its loss.",
+        )
         st.download_button(
-            "Download", data=lambda: open(path, "rb"), file_name=Path(pick).name,
-            mime="application/x-hdf5", key="runs_download", on_click="ignore",
+            "Download",
+            data=lambda: open(path, "rb"),
+            file_name=Path(pick).name,
+            mime="application/x-hdf5",
+            key="runs_download",
+            on_click="ignore",
             icon=":material/download:",
         )
         busy = runs.busy_reason(pick)  # written right now (by the app or a terminal)
         if busy is None and jobs.is_live(pick):
             busy = f"{pick} is still training; stop it on the Train page first."
-        if st.button("Delete…", key="runs_delete", icon=":material/delete:",
-                     disabled=busy is not None or not may("delete"),
-                     help=locked_help("delete", busy or "Delete the run file.")):
+        if st.button(
+            "Delete…",
+            key="runs_delete",
+            icon=":material/delete:",
+            disabled=busy is not None or not may("delete"),
+            help=locked_help("delete", busy or "Delete the run file."),
+        ):
             st.session_state["runs_confirm_delete"] = pick
-        if summary is not None and summary.get("status") == "running" and st.button(
-            "Recover", key="runs_recover", icon=":material/healing:",
-            disabled=busy is not None or not may("recover"),
-            help=locked_help("recover", busy or "The program writing this run was killed: keep "
-                             "its whole steps and mark it interrupted (python -m lca recover)."),
-        ) and refuse_unless("recover"):
+        if (
+            summary is not None
+            and summary.get("status") == "running"
+            and st.button(
+                "Recover",
+                key="runs_recover",
+                icon=":material/healing:",
+                disabled=busy is not None or not may("recover"),
+                help=locked_help(
+                    "recover",
+                    busy
+                    or "The program writing this run was killed: keep "
+                    "its whole steps and mark it interrupted (python -m lca recover).",
+                ),
+            )
+            and refuse_unless("recover")
+        ):
             recovered = recover(path)
     if recovered is not None:
         ok, sentence = recovered
@@ -162,8 +196,9 @@ def delete(name: str) -> None:
     if not refuse_unless("delete"):
         return
     if jobs.is_live(name):
-        st.error(f"{literal(name)} is still training; stop it on the Train page before "
-                 "deleting it.")
+        st.error(
+            f"{literal(name)} is still training; stop it on the Train page before deleting it."
+        )
         return
     try:
         runs.delete(name)  # refused while a process writes it, whoever started that process
@@ -184,13 +219,18 @@ def recover(path: Path) -> tuple[bool, str]:
     returns (success, one sentence)."""
     try:
         done = subprocess.run(  # noqa: S603
-            [sys.executable, "-m", "lca", "recover", str(path)], cwd=str(ROOT),
-            capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "lca", "recover", str(path)],
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     except subprocess.TimeoutExpired:
-        return False, (f"Recovering {path.name} took more than 5 minutes; try python -m lca "
-                       f"recover {path.name} in a terminal.")
+        return False, (
+            f"Recovering {path.name} took more than 5 minutes; try python -m lca "
+            f"recover {path.name} in a terminal."
+        )
     lines = [ln for ln in (done.stdout + "\n" + done.stderr).splitlines() if ln.strip()]
     msg = lines[-1].removeprefix("error: ") if lines else f"{path.name} was recovered."
     if done.returncode == 0:
@@ -201,15 +241,23 @@ def recover(path: Path) -> tuple[bool, str]:
 def compare_actions(names: list[str]) -> None:
     st.subheader("Compare runs")
     chosen = st.multiselect(
-        "Runs to compare", names, default=[n for n in st.session_state.get(COMPARE_KEY, [])
-                                           if n in names],
-        key="runs_compare_pick", placeholder="Pick two or more runs",
+        "Runs to compare",
+        names,
+        default=[n for n in st.session_state.get(COMPARE_KEY, []) if n in names],
+        key="runs_compare_pick",
+        placeholder="Pick two or more runs",
     )
     page = "pages/compare.py"
     available = (ROOT / page).exists()
-    if st.button("Compare", key="runs_compare", disabled=len(chosen) < 2,
-                 icon=":material/compare_arrows:", on_click=_set_compare, args=(chosen,),
-                 help="Pick at least two runs." if len(chosen) < 2 else None):
+    if st.button(
+        "Compare",
+        key="runs_compare",
+        disabled=len(chosen) < 2,
+        icon=":material/compare_arrows:",
+        on_click=_set_compare,
+        args=(chosen,),
+        help="Pick at least two runs." if len(chosen) < 2 else None,
+    ):
         if available:
             switch_page(page)
         st.info("The Compare page is not installed yet.")
@@ -221,7 +269,9 @@ def upload() -> None:
         st.caption(locked_help("upload"))
         return
     f = st.file_uploader(
-        "Upload an LCA run (.h5) made on another computer", type=["h5"], key="runs_upload",
+        "Upload an LCA run (.h5) made on another computer",
+        type=["h5"],
+        key="runs_upload",
         help="It is checked before it is kept: files that are not LCA runs are refused.",
     )
     if f is None:
@@ -251,8 +301,10 @@ def upload() -> None:
             st.error(literal(done[file_id][1]))
             return
         except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
-            done[file_id] = ("refused", f"{f.name!r} cannot be read as an LCA run "
-                             f"({type(e).__name__}); it was not added.")
+            done[file_id] = (
+                "refused",
+                f"{f.name!r} cannot be read as an LCA run ({type(e).__name__}); it was not added.",
+            )
             st.error(literal(done[file_id][1]))
             return
         name = runs.safe_name(f.name)
@@ -272,11 +324,15 @@ def main() -> None:
     upload()
     with listing:
         items = runs.list_runs()
-        st.caption(f"Every run file in the runs folder ({literal(runs.runs_dir())}); "
-                   f"{human_bytes(runs.free_bytes())} free.")
+        st.caption(
+            f"Every run file in the runs folder ({literal(runs.runs_dir())}); "
+            f"{human_bytes(runs.free_bytes())} free."
+        )
         if not items:
-            st.info("The runs folder is empty: start the demo on Home, set up a run on Train, "
-                    "or upload a run file below.")
+            st.info(
+                "The runs folder is empty: start the demo on Home, set up a run on Train, "
+                "or upload a run file below."
+            )
             return
         df, good, bad = table(items)
         if len(df):

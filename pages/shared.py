@@ -47,8 +47,11 @@ def literal(text: object) -> str:
     one_line = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
     joined = _SHORTCODE_OR_LINK.sub(
-        lambda m: "\\:" + _WORD_JOINER if m[1] else "@" + _WORD_JOINER if m[2]
-        else _WORD_JOINER + ".", escaped)
+        lambda m: (
+            "\\:" + _WORD_JOINER if m[1] else "@" + _WORD_JOINER if m[2] else _WORD_JOINER + "."
+        ),
+        escaped,
+    )
     return _BLOCK_START.sub(lambda m: m[1] + "\\" + m[2], joined)
 
 
@@ -180,24 +183,40 @@ def plot(fig, *, key: str | None = None, **kwargs):
     if presenter.is_on():
         fig.update_layout(font={"size": presenter.FONT_SIZE})
     name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
-    config = {"displaylogo": False, "toImageButtonOptions": {
-        "format": "png", "filename": name.replace(" ", "_"), "scale": 2}}
+    config = {
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": "png", "filename": name.replace(" ", "_"), "scale": 2},
+    }
     fig = literal_figure(fig)  # strings from the file (layer names...) shown literally
-    return st.plotly_chart(fig, theme=None, width="stretch", key=key,
-                           config={**config, **kwargs.pop("config", {})}, **kwargs)
+    return st.plotly_chart(
+        fig,
+        theme=None,
+        width="stretch",
+        key=key,
+        config={**config, **kwargs.pop("config", {})},
+        **kwargs,
+    )
 
 
-def download_csv(make: Callable[[], str], name: str, *, key: str,
-                 label: str = "Download CSV") -> None:
+def download_csv(
+    make: Callable[[], str], name: str, *, key: str, label: str = "Download CSV"
+) -> None:
     """A button that saves the data a chart or table shows as ``<run>-<name>.csv``.
 
     ``make`` builds the CSV text (``lca.export``) only when the button is clicked, on its own
     thread, so drawing the page costs nothing for it; the click does not rerun the page.
     """
     run = Path(selected_run_name() or "lca-lab").stem
-    st.download_button(label, make, file_name=f"{run}-{name}.csv".replace(" ", "_"),
-                       mime="text/csv", key=key, on_click="ignore",
-                       icon=":material/download:", type="tertiary")
+    st.download_button(
+        label,
+        make,
+        file_name=f"{run}-{name}.csv".replace(" ", "_"),
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+        icon=":material/download:",
+        type="tertiary",
+    )
 
 
 def show_run(render: Callable[[Path], object]) -> None:

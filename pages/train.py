@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The form.
 
 
-def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
-                 disabled: bool = False) -> Any:
+def _spec_widget(
+    label: str, spec: Spec, key: str, default: Any = None, disabled: bool = False
+) -> Any:
     """One widget for one setting, chosen from its Spec (a RunConfig field or a technique
     option); lists are typed as 'a+b'. The value is checked by the Spec, not by the widget."""
     hints = spec.widget
@@ -49,29 +50,42 @@ def _spec_widget(label: str, spec: Spec, key: str, default: Any = None,
     allowed = spec.allowed()
     if allowed:
         opts = list(allowed)
-        return st.selectbox(label, opts, index=opts.index(default) if default in opts else 0,
-                            **common)
+        return st.selectbox(
+            label, opts, index=opts.index(default) if default in opts else 0, **common
+        )
     if spec.kind is bool:
         return st.checkbox(label, value=bool(default), **common)
     if spec.keywords:  # a number or a word such as "auto": typed, then checked by the Spec
         text = st.text_input(label, value=str(default), **common).strip()
         return int(text) if spec.kind is int and text.isdigit() else text
     if spec.kind is int:
-        return int(st.number_input(
-            label, value=int(default), step=int(hints.get("step", 1)),
-            min_value=None if low is None else int(low),
-            max_value=None if high is None else int(high), **common,
-        ))
+        return int(
+            st.number_input(
+                label,
+                value=int(default),
+                step=int(hints.get("step", 1)),
+                min_value=None if low is None else int(low),
+                max_value=None if high is None else int(high),
+                **common,
+            )
+        )
     if spec.kind is float:
         return st.number_input(
-            label, value=float(default), format=hints.get("format", "%.6g"),
+            label,
+            value=float(default),
+            format=hints.get("format", "%.6g"),
             min_value=None if low is None else float(low),
-            max_value=None if high is None else float(high), **common,
+            max_value=None if high is None else float(high),
+            **common,
         )
     if spec.kind in (list, tuple):
-        text = st.text_input(label, value="+".join(map(str, default or [])), key=key,
-                             help=(spec.help or "") + " (several values: join them with +)",
-                             disabled=disabled)
+        text = st.text_input(
+            label,
+            value="+".join(map(str, default or [])),
+            key=key,
+            help=(spec.help or "") + " (several values: join them with +)",
+            disabled=disabled,
+        )
         return [v for v in text.replace("|", "+").split("+") if v.strip()]
     return st.text_input(label, value="" if default is None else str(default), **common)
 
@@ -111,7 +125,9 @@ def _model_option_widget(model: str, opt: str, default: Any) -> Any:
     key = f"train_model_{model}_{opt}"
     if isinstance(default, tuple | list):
         text = st.text_input(
-            f"{opt} (comma-separated)", value=", ".join(map(str, default)), key=key,
+            f"{opt} (comma-separated)",
+            value=", ".join(map(str, default)),
+            key=key,
             help=f"Option {opt!r} of model {model!r}, e.g. 64, 32.",
         )
         parts = [p.strip() for p in text.strip().strip("[]()").split(",") if p.strip()]
@@ -120,10 +136,10 @@ def _model_option_widget(model: str, opt: str, default: Any) -> Any:
         from lca import models
 
         acts = list(getattr(models, "_ACTIVATIONS", {}) or [default])
-        return st.selectbox(opt, acts, index=acts.index(default) if default in acts else 0,
-                            key=key)
-    return _spec_widget(opt, Spec(default, f"Option {opt!r} of model {model!r}.", type(default)),
-                        key)
+        return st.selectbox(opt, acts, index=acts.index(default) if default in acts else 0, key=key)
+    return _spec_widget(
+        opt, Spec(default, f"Option {opt!r} of model {model!r}.", type(default)), key
+    )
 
 
 def _technique_widgets(chosen: list[str]) -> list[dict[str, Any]]:
@@ -160,16 +176,21 @@ def config_form() -> tuple[dict[str, Any], str]:
             st.caption("Fashion-MNIST is installed: choose `fashion-mnist` for real 28×28 images.")
         defaults = data.default_options(values["dataset"])
         ds_opts = {
-            opt: _spec_widget(opt, Spec(default, f"Option {opt!r} of dataset "
-                                        f"{values['dataset']}.", type(default)),
-                              f"train_ds_{values['dataset']}_{opt}")
+            opt: _spec_widget(
+                opt,
+                Spec(default, f"Option {opt!r} of dataset {values['dataset']}.", type(default)),
+                f"train_ds_{values['dataset']}_{opt}",
+            )
             for opt, default in defaults.items()
         }
         values["dataset_options"] = {k: v for k, v in ds_opts.items() if v != defaults.get(k)}
         if values["dataset"] in FOLDER_DATASETS:
-            values["data_dir"] = _field_widget(
-                "data_dir", values, default=os.environ.get("LCA_DATA_DIR", "")
-            ).strip() or None
+            values["data_dir"] = (
+                _field_widget(
+                    "data_dir", values, default=os.environ.get("LCA_DATA_DIR", "")
+                ).strip()
+                or None
+            )
             found = data.locate(values["dataset"], values["data_dir"])
             if found is not None:
                 st.caption(f"Files found in {found}.")
@@ -182,9 +203,11 @@ def config_form() -> tuple[dict[str, Any], str]:
         fitting = fitting or models.names()
         default = RunConfig().model
         values["model"] = st.selectbox(
-            RunConfig.specs()["model"].label, fitting,
+            RunConfig.specs()["model"].label,
+            fitting,
             index=fitting.index(default) if default in fitting else 0,
-            key="train_model", help="Only models that accept this dataset's input are listed.",
+            key="train_model",
+            help="Only models that accept this dataset's input are listed.",
         )
         st.caption(models.describe(values["model"]))
         values["model_options"] = {
@@ -198,7 +221,9 @@ def config_form() -> tuple[dict[str, Any], str]:
     st.subheader("Efficiency techniques")
     tech_names = techniques.names()
     chosen = st.multiselect(
-        "Techniques (optional)", tech_names, key="train_techniques",
+        "Techniques (optional)",
+        tech_names,
+        key="train_techniques",
         help="Each acts during training; LCA shows what it changed.",
         format_func=lambda n: n,
     )
@@ -206,7 +231,9 @@ def config_form() -> tuple[dict[str, Any], str]:
 
     st.subheader("Run name")
     name = st.text_input(
-        "File name in the runs folder", value="", key="train_name",
+        "File name in the runs folder",
+        value="",
+        key="train_name",
         placeholder="automatic: dataset-model-date.h5",
     ).strip()
     return values, name
@@ -237,9 +264,14 @@ def start_section(values: dict[str, Any], name: str) -> None:
     )
     cols = st.columns([1, 4])
     with cols[0]:
-        clicked = st.button("Start training", type="primary", key="train_start",
-                            icon=":material/play_arrow:", disabled=not may("train"),
-                            help=locked_help("train"))
+        clicked = st.button(
+            "Start training",
+            type="primary",
+            key="train_start",
+            icon=":material/play_arrow:",
+            disabled=not may("train"),
+            help=locked_help("train"),
+        )
     if clicked and refuse_unless("train"):
         run_name = _clean_name(name, config.dataset, config.model)
         try:
@@ -264,8 +296,12 @@ def other_jobs(watching: str | None) -> None:
         if c2.button("Watch", key=f"train_watch_{j.pid}"):
             st.session_state[LIVE_KEY] = j.name
             st.rerun()
-        if c3.button("Stop", key=f"train_stopother_{j.pid}", disabled=not may("stop"),
-                     help=locked_help("stop")) and refuse_unless("stop"):
+        if c3.button(
+            "Stop",
+            key=f"train_stopother_{j.pid}",
+            disabled=not may("stop"),
+            help=locked_help("stop"),
+        ) and refuse_unless("stop"):
             jobs.stop(j)
             st.rerun()
 

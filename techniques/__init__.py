@@ -52,8 +52,21 @@ __all__ = [
 ]
 
 # Modules that define techniques; each registers its classes with @register on import.
-_MODULES = ("skip", "prune", "freeze", "precision", "quantize", "regularize",
-            "fp8", "fixedpoint", "loss_scaling", "bnn", "conntra", "feedback", "symmetry")
+_MODULES = (
+    "skip",
+    "prune",
+    "freeze",
+    "precision",
+    "quantize",
+    "regularize",
+    "fp8",
+    "fixedpoint",
+    "loss_scaling",
+    "bnn",
+    "conntra",
+    "feedback",
+    "symmetry",
+)
 _REGISTRY: dict[str, type[Technique]] = {}
 _loaded = False
 
@@ -116,7 +129,7 @@ def validate(spec: dict[str, Any]) -> None:
 # A technique adopts a role with one line, e.g. ``roles = ("weight-format",)``.
 ROLES: dict[str, str] = {
     "weight-format": "decide the number format of the weights the forward pass uses "
-                     "(weight quantizers)",
+    "(weight quantizers)",
     "backward": "run the backward pass themselves (loss scaling, feedback alignment)",
     "arithmetic": "set the arithmetic precision of the forward pass",
     "feedback": "replace the backpropagated error of the hidden layers",
@@ -126,8 +139,10 @@ ROLES: dict[str, str] = {
 
 # Hooks whose answer is taken from the first technique that says True: two overriding them
 # would silently lose the second's behaviour, so such a pair is refused.
-_EXCLUSIVE_HOOKS = {"backward": "run the backward pass themselves",
-                    "optimizer_step": "step the optimizer themselves"}
+_EXCLUSIVE_HOOKS = {
+    "backward": "run the backward pass themselves",
+    "optimizer_step": "step the optimizer themselves",
+}
 
 
 def _overrides(cls: type[Technique], hook: str) -> bool:
@@ -137,19 +152,24 @@ def _overrides(cls: type[Technique], hook: str) -> bool:
 def conflict(a: type[Technique], b: type[Technique]) -> str | None:
     """Why techniques ``a`` and ``b`` cannot run together (one sentence), or None."""
     if a.name == b.name:
-        return (f"Technique {a.name!r} is listed twice; both would write /techniques/{a.name}/, "
-                "so list it once.")
+        return (
+            f"Technique {a.name!r} is listed twice; both would write /techniques/{a.name}/, "
+            "so list it once."
+        )
     why = a.conflicts.get(b.name) or b.conflicts.get(a.name)
     if why:
         return f"Techniques {a.name!r} and {b.name!r} cannot be combined: {why}; keep one."
     for hook, what in _EXCLUSIVE_HOOKS.items():  # a safety net for techniques without roles:
         if _overrides(a, hook) and _overrides(b, hook):  # only the first one's hook would run
-            return (f"Techniques {a.name!r} and {b.name!r} cannot be combined: both {what}; "
-                    "keep one.")
+            return (
+                f"Techniques {a.name!r} and {b.name!r} cannot be combined: both {what}; keep one."
+            )
     shared = [r for r in a.roles if r in b.roles]
     if shared:
-        return (f"Techniques {a.name!r} and {b.name!r} cannot be combined: both "
-                f"{ROLES.get(shared[0], shared[0])}; keep one.")
+        return (
+            f"Techniques {a.name!r} and {b.name!r} cannot be combined: both "
+            f"{ROLES.get(shared[0], shared[0])}; keep one."
+        )
     return None
 
 
@@ -160,7 +180,7 @@ def validate_all(specs: list[dict[str, Any]]) -> None:
         validate(spec)
         classes.append(get(spec["name"]))
     for i, a in enumerate(classes):
-        for b in classes[i + 1:]:
+        for b in classes[i + 1 :]:
             why = conflict(a, b)
             if why:
                 raise TechniqueError(why)

@@ -56,13 +56,25 @@ class BNN(Technique):
         "is recorded."
     )
     options: dict[str, Option] = {
-        "alpha": Option("one", "weight magnitude: one (the paper's ±1) or mean (mean|w| per "
-                        "tensor)", str, choices=("one", "mean")),
-        "batchnorm": Option(True, "batch-normalize every layer's output (no affine, batch "
-                            "statistics), the reference architecture's BatchNorm", bool),
-        "residual": Option(True, "record the binary network's loss and the discretization "
-                           "residual each step (two extra forward passes of the measurement "
-                           "set)", bool),
+        "alpha": Option(
+            "one",
+            "weight magnitude: one (the paper's ±1) or mean (mean|w| per tensor)",
+            str,
+            choices=("one", "mean"),
+        ),
+        "batchnorm": Option(
+            True,
+            "batch-normalize every layer's output (no affine, batch "
+            "statistics), the reference architecture's BatchNorm",
+            bool,
+        ),
+        "residual": Option(
+            True,
+            "record the binary network's loss and the discretization "
+            "residual each step (two extra forward passes of the measurement "
+            "set)",
+            bool,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -80,8 +92,9 @@ class BNN(Technique):
         self._total = 0
 
     def declare(self, ctx: Context) -> Declarations:
-        return Declarations(series={"loss_binary": ("f8", ()), "residual": ("f8", ()),
-                                    "flipped": ("f8", ())})
+        return Declarations(
+            series={"loss_binary": ("f8", ()), "residual": ("f8", ()), "flipped": ("f8", ())}
+        )
 
     def setup(self, ctx: Context) -> None:
         model = ctx.model
@@ -167,20 +180,20 @@ class BNN(Technique):
 
     def summary(self) -> dict[str, Any]:
         r = self._residuals
-        w_bits = (self._numel + 32 * (self._total - self._numel)) / self._total if self._total \
-            else 32.0
+        w_bits = (
+            (self._numel + 32 * (self._total - self._numel)) / self._total if self._total else 32.0
+        )
         return {
             "lca_measured_on": "straight-through surrogate: binary weights, Hardtanh "
-                               "activations without sign",
+            "activations without sign",
             "bits": 1,
             "activation_bits": 1,
             "weight_bits_deployed": w_bits,
             "compression_vs_float32": 32.0 / w_bits,
             "note": "training keeps float32 latent weights (the paper's scheme); the 32x "
-                    "saving is for the deployed binary weights; simulated, no speed claimed",
+            "saving is for the deployed binary weights; simulated, no speed claimed",
             "activations_replaced_by_hardtanh": self.swapped,
-            "mean_fraction_flipped": sum(self._flips) / len(self._flips) if self._flips
-            else 0.0,
+            "mean_fraction_flipped": sum(self._flips) / len(self._flips) if self._flips else 0.0,
             "mean_abs_residual": sum(abs(v) for v in r) / len(r) if r else math.nan,
             "total_residual": sum(r) if r else math.nan,
         }

@@ -41,12 +41,23 @@ class CoNNTrA(Technique):
         "a time along the gradient, each block of moves kept only if the batch loss drops."
     )
     options: dict[str, Option] = {
-        "moves": Option(64, "coordinates tried per step (largest |gradient| first)", int,
-                        minimum=1),
-        "blocks": Option(4, "groups the moves are tried in (one loss evaluation each)", int,
-                         minimum=1, maximum=1024),
-        "threshold": Option(0.7, "initial ternarization: |w| <= threshold·mean|w| becomes 0",
-                            float, minimum=0.0, maximum=10.0),
+        "moves": Option(
+            64, "coordinates tried per step (largest |gradient| first)", int, minimum=1
+        ),
+        "blocks": Option(
+            4,
+            "groups the moves are tried in (one loss evaluation each)",
+            int,
+            minimum=1,
+            maximum=1024,
+        ),
+        "threshold": Option(
+            0.7,
+            "initial ternarization: |w| <= threshold·mean|w| becomes 0",
+            float,
+            minimum=0.0,
+            maximum=10.0,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -64,8 +75,9 @@ class CoNNTrA(Technique):
 
     def setup(self, ctx: Context) -> None:
         params = ctx.params()
-        self.targets = [n for n in (full_name(m, "weight") for m, _ in layers(ctx.model))
-                        if n in params]
+        self.targets = [
+            n for n in (full_name(m, "weight") for m, _ in layers(ctx.model)) if n in params
+        ]
         with torch.no_grad():
             for n in self.targets:
                 w = params[n]
@@ -144,8 +156,11 @@ class CoNNTrA(Technique):
         """Bytes of the ternary model (2 bits per weight, float32 α and other parameters)."""
         ternary = math.ceil(2 * self._n_weights / 8) + 4 * len(self.targets) + 4 * self._n_other
         full = 4 * (self._n_weights + self._n_other)
-        return {"bytes_ternary": ternary, "bytes_float32": full,
-                "compression_vs_float32": full / ternary if ternary else 1.0}
+        return {
+            "bytes_ternary": ternary,
+            "bytes_float32": full,
+            "compression_vs_float32": full / ternary if ternary else 1.0,
+        }
 
     def summary(self) -> dict[str, Any]:
         total = sum(self._accepted) + sum(self._rejected)

@@ -29,8 +29,11 @@ from .base import Context, Declarations, Option, Technique, TechniqueError
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Linear and Conv layers, in model order (the order a chain-like forward uses them)."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
+    ]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,11 +49,17 @@ class _FeedbackAlignment(Technique):
     """Shared by ``dfa`` and ``bdfa``; subclasses say how B_l is drawn."""
 
     roles = ("feedback", "backward")
-    conflicts = {"compress": "the DFA-trained layers take only the projected output error, so "
-                             "a loss term's gradient would never reach them"}
+    conflicts = {
+        "compress": "the DFA-trained layers take only the projected output error, so "
+        "a loss term's gradient would never reach them"
+    }
     options: dict[str, Option] = {
-        "bp_layers": Option([], "layers that keep backpropagation (the output layer always "
-                            "does), joined by +, e.g. fc1", list),
+        "bp_layers": Option(
+            [],
+            "layers that keep backpropagation (the output layer always "
+            "does), joined by +, e.g. fc1",
+            list,
+        ),
         "seed": Option(0, "seed of the fixed random feedback matrices", int, minimum=0),
     }
 
@@ -108,6 +117,7 @@ class _FeedbackAlignment(Technique):
         def hook(module: nn.Module, args: tuple) -> None:
             if self._armed and torch.is_grad_enabled():
                 self._inputs[name] = args[0]
+
         return hook
 
     def _keep_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -143,8 +153,9 @@ class _FeedbackAlignment(Technique):
             params = [p for p in self._modules[n].parameters(recurse=False) if p.requires_grad]
             if not params:
                 continue
-            grads = torch.autograd.grad(h, params, grad_outputs=signal.to(h.dtype),
-                                        retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                h, params, grad_outputs=signal.to(h.dtype), retain_graph=True, allow_unused=True
+            )
             for p, g in zip(params, grads, strict=True):
                 dfa[id(p)] = torch.zeros_like(p) if g is None else g
         loss.backward()
@@ -161,12 +172,16 @@ class _FeedbackAlignment(Technique):
         return True
 
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
-        row[self.path("alignment")] = self._align[-1] if self._align else (
-            [math.nan] * len(self._layers))
+        row[self.path("alignment")] = (
+            self._align[-1] if self._align else ([math.nan] * len(self._layers))
+        )
         cum = ctx.cumulative_lca
         if cum:
-            self._helped = {n: float((cum[f"{n}.weight"] < 0).double().mean())
-                            for n in [*self._layers, *self._bp] if f"{n}.weight" in cum}
+            self._helped = {
+                n: float((cum[f"{n}.weight"] < 0).double().mean())
+                for n in [*self._layers, *self._bp]
+                if f"{n}.weight" in cum
+            }
 
     def summary(self) -> dict[str, Any]:
         a = torch.tensor(self._align, dtype=torch.float64) if self._align else None
@@ -189,8 +204,10 @@ class DirectFeedbackAlignment(_FeedbackAlignment):
     """Hidden layers learn from a fixed Gaussian projection of the output error."""
 
     name = "dfa"
-    description = ("Direct feedback alignment: hidden layers learn from a fixed random "
-                   "projection of the output error instead of backpropagation.")
+    description = (
+        "Direct feedback alignment: hidden layers learn from a fixed random "
+        "projection of the output error instead of backpropagation."
+    )
 
     def draw(self, shape: tuple[int, int], g: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=g)
@@ -201,8 +218,7 @@ class BinaryDirectFeedbackAlignment(_FeedbackAlignment):
     """DFA with feedback weights ±1."""
 
     name = "bdfa"
-    description = ("Binary direct feedback alignment: DFA with fixed random feedback "
-                   "weights of ±1.")
+    description = "Binary direct feedback alignment: DFA with fixed random feedback weights of ±1."
 
     def draw(self, shape: tuple[int, int], g: torch.Generator) -> torch.Tensor:
         return torch.randint(0, 2, shape, generator=g).float() * 2 - 1

@@ -75,8 +75,9 @@ CLASSES = ("weights", "activations", "act_grads", "weight_grads", "accumulator")
 MOMENTUM_CORRECTION = 0.9  # the code's √(1 − 0.9) in the gradient ranges
 
 
-def noise_gains(model: nn.Module, x: torch.Tensor, layer_names: list[str],
-                dr_w: list[float], dr_a: list[float]) -> tuple[list[float], list[float]]:
+def noise_gains(
+    model: nn.Module, x: torch.Tensor, layer_names: list[str], dr_w: list[float], dr_a: list[float]
+) -> tuple[list[float], list[float]]:
     """EFQN noise gains (E_W, E_A) per layer on examples ``x``, for range-normalized tensors.
 
     Per example, the Jacobians of the logits with respect to each layer's input a and output y
@@ -93,10 +94,12 @@ def noise_gains(model: nn.Module, x: torch.Tensor, layer_names: list[str],
     acts: dict[str, torch.Tensor] = {}
     handles = []
     for n in layer_names:
+
         def grab(mod, args, out, n=n):  # noqa: ANN001, ANN202
             shapes_in[n] = tuple(args[0].shape[1:])
             shapes_out[n] = tuple(out.shape[1:])
             acts[n] = args[0].detach()
+
         handles.append(mods[n].register_forward_hook(grab))
     was = model.training
     model.eval()
@@ -111,16 +114,22 @@ def noise_gains(model: nn.Module, x: torch.Tensor, layer_names: list[str],
     state_out: dict[str, torch.Tensor] = {}
     handles = []
     for n in layer_names:
+
         def add_in(mod, args, n=n):  # noqa: ANN001, ANN202
             return (args[0] + state_in[n], *args[1:])
 
         def add_out(mod, args, out, n=n):  # noqa: ANN001, ANN202
             return out + state_out[n]
+
         handles.append(mods[n].register_forward_pre_hook(add_in))
         handles.append(mods[n].register_forward_hook(add_out))
 
-    def logits(ws: dict[str, torch.Tensor], d_in: dict[str, torch.Tensor],
-               d_out: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+    def logits(
+        ws: dict[str, torch.Tensor],
+        d_in: dict[str, torch.Tensor],
+        d_out: dict[str, torch.Tensor],
+        xi: torch.Tensor,
+    ) -> torch.Tensor:
         state_in.update({n: d.unsqueeze(0) for n, d in d_in.items()})
         state_out.update({n: d.unsqueeze(0) for n, d in d_out.items()})
         return functional_call(model, {**params, **ws, **buffers}, (xi.unsqueeze(0),))[0]
@@ -129,8 +138,9 @@ def noise_gains(model: nn.Module, x: torch.Tensor, layer_names: list[str],
     z_in = {n: torch.zeros(shapes_in[n], dtype=x.dtype) for n in layer_names}
     z_out = {n: torch.zeros(shapes_out[n], dtype=x.dtype) for n in layer_names}
     try:
-        jw, ja, jy = vmap(jacrev(logits, argnums=(0, 1, 2)),
-                          in_dims=(None, None, None, 0))(ws, z_in, z_out, x)
+        jw, ja, jy = vmap(jacrev(logits, argnums=(0, 1, 2)), in_dims=(None, None, None, 0))(
+            ws, z_in, z_out, x
+        )
     finally:
         model.train(was)
         for h in handles:
@@ -184,23 +194,48 @@ class SakrFixedPoint(Technique):
         "precision assignment or fixed bits; simulated."
     )
     options: dict[str, Option] = {
-        "assign": Option("analytic", "analytic (the method's precisions) or uniform (every "
-                         "class gets 'bits')", str, choices=("analytic", "uniform")),
-        "bits": Option(8, "uniform bits, or the least sensitive feedforward tensor's bits",
-                       int, minimum=2, maximum=24),
-        "probe_steps": Option(10, "float steps on a copy of the model to measure gradient "
-                              "statistics", int, minimum=1, maximum=1000),
-        "probe_examples": Option(64, "examples for the noise gains and the probe batch", int,
-                                 minimum=2, maximum=4096),
-        "lr_min": Option(0.0, "smallest learning rate the accumulator must resolve (0: the "
-                         "configured rate)", float, minimum=0.0),
-        "rounding": Option("stochastic", "rounding of the weight accumulator", str,
-                           choices=ROUNDINGS),
-        "seed": Option(0, "seed of the probe's batches and the stochastic rounding", int,
-                       minimum=0),
-        "rounding_segment": Option(False, "round the accumulator as its own LCA segment before "
-                                   "the next step, so its loss cost ('hurt due to rounding') "
-                                   "is allocated separately", bool),
+        "assign": Option(
+            "analytic",
+            "analytic (the method's precisions) or uniform (every class gets 'bits')",
+            str,
+            choices=("analytic", "uniform"),
+        ),
+        "bits": Option(
+            8,
+            "uniform bits, or the least sensitive feedforward tensor's bits",
+            int,
+            minimum=2,
+            maximum=24,
+        ),
+        "probe_steps": Option(
+            10,
+            "float steps on a copy of the model to measure gradient statistics",
+            int,
+            minimum=1,
+            maximum=1000,
+        ),
+        "probe_examples": Option(
+            64, "examples for the noise gains and the probe batch", int, minimum=2, maximum=4096
+        ),
+        "lr_min": Option(
+            0.0,
+            "smallest learning rate the accumulator must resolve (0: the configured rate)",
+            float,
+            minimum=0.0,
+        ),
+        "rounding": Option(
+            "stochastic", "rounding of the weight accumulator", str, choices=ROUNDINGS
+        ),
+        "seed": Option(
+            0, "seed of the probe's batches and the stochastic rounding", int, minimum=0
+        ),
+        "rounding_segment": Option(
+            False,
+            "round the accumulator as its own LCA segment before "
+            "the next step, so its loss cost ('hurt due to rounding') "
+            "is allocated separately",
+            bool,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -241,8 +276,13 @@ class SakrFixedPoint(Technique):
         b = self.opts["bits"]
         dr_gw = [pow2_ceil(2 * hi / math.sqrt(1 - MOMENTUM_CORRECTION)) for _, hi in sig_w]
         dr_ga = [pow2_ceil(8 * hi / math.sqrt(1 - MOMENTUM_CORRECTION)) for _, hi in sig_a]
-        self.ranges = {"weights": dr_w, "activations": dr_a, "act_grads": dr_ga,
-                       "weight_grads": dr_gw, "accumulator": dr_w}
+        self.ranges = {
+            "weights": dr_w,
+            "activations": dr_a,
+            "act_grads": dr_ga,
+            "weight_grads": dr_gw,
+            "accumulator": dr_w,
+        }
         if self.opts["assign"] == "uniform":
             self.bits = {c: [b] * len(names) for c in CLASSES}
         else:
@@ -254,21 +294,28 @@ class SakrFixedPoint(Technique):
             lsb_ga = [pow2_floor(lw / math.sqrt(la)) for lw, la in zip(lsb_gw, lam, strict=True)]
             bits_gw = [round(math.log2(d / s)) + 1 for d, s in zip(dr_gw, lsb_gw, strict=True)]
             bits_ga = [round(math.log2(d / s)) + 1 for d, s in zip(dr_ga, lsb_ga, strict=True)]
-            lsb_acc = [pow2_floor(lr_min * d * 2.0 ** (1 - bg))
-                       for d, bg in zip(dr_gw, bits_gw, strict=True)]
+            lsb_acc = [
+                pow2_floor(lr_min * d * 2.0 ** (1 - bg))
+                for d, bg in zip(dr_gw, bits_gw, strict=True)
+            ]
             bits_acc = [round(math.log2(d / s)) + 1 for d, s in zip(dr_w, lsb_acc, strict=True)]
-            self.bits = {"weights": offset[: len(names)], "activations": offset[len(names):],
-                         "act_grads": bits_ga, "weight_grads": bits_gw,
-                         "accumulator": bits_acc}
+            self.bits = {
+                "weights": offset[: len(names)],
+                "activations": offset[len(names) :],
+                "act_grads": bits_ga,
+                "weight_grads": bits_gw,
+                "accumulator": bits_acc,
+            }
         with torch.no_grad():  # the stored weights start on the accumulator grid
             for i, (_, m) in enumerate(self._layers):
-                m.weight.copy_(fixed_quantize(m.weight, self.bits["accumulator"][i],
-                                              dr_w[i]))
+                m.weight.copy_(fixed_quantize(m.weight, self.bits["accumulator"][i], dr_w[i]))
         for i, (_, m) in enumerate(self._layers):
-            self._hooks.input(m, lambda a, i=i: self._act(i, a),
-                              surrogate=lambda a, i=i: self._clip_act(i, a))
-            self._hooks.output(m, lambda mod, a, y, i=i: quant(
-                y, None, lambda g: self._q("act_grads", i, g)))
+            self._hooks.input(
+                m, lambda a, i=i: self._act(i, a), surrogate=lambda a, i=i: self._clip_act(i, a)
+            )
+            self._hooks.output(
+                m, lambda mod, a, y, i=i: quant(y, None, lambda g: self._q("act_grads", i, g))
+            )
 
     def _clip_act(self, i: int, a: torch.Tensor) -> torch.Tensor:
         """The activation clipped to its range: the quantizer without the rounding (the STE's
@@ -281,8 +328,9 @@ class SakrFixedPoint(Technique):
         return quant(self._clip_act(i, a), lambda t: self._q("activations", i, t), None)
 
     def _q(self, cls: str, i: int, t: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
-        return fixed_quantize(t, self.bits[cls][i], self.ranges[cls][i], rounding,
-                              generator=self._gen)
+        return fixed_quantize(
+            t, self.bits[cls][i], self.ranges[cls][i], rounding, generator=self._gen
+        )
 
     def _probe(self, ctx: Context):  # noqa: ANN202
         """Float training of a copy: per-layer (σ_min, σ_max) of G_W and G_A, max|A|, λ_max."""
@@ -293,10 +341,12 @@ class SakrFixedPoint(Technique):
         outs: list[torch.Tensor] = [torch.empty(0)] * len(mods)
         handles = []
         for i, m in enumerate(mods):
+
             def keep(mod, args, out, i=i):  # noqa: ANN001, ANN202
                 acts[i] = args[0].detach()
                 out.retain_grad()
                 outs[i] = out
+
             handles.append(m.register_forward_hook(keep))
         sw: list[list[float]] = [[] for _ in mods]
         sa: list[list[float]] = [[] for _ in mods]
@@ -344,10 +394,14 @@ class SakrFixedPoint(Technique):
         if not self._written:  # the run file is open now: write the assignment once
             self._written = True
             for c in CLASSES:
-                ctx.set_array(self, f"bits_{c}", self.per_param(c, [float(b) for b in
-                                                                    self.bits[c]]))
-                ctx.set_array(self, f"lsb_{c}", self.per_param(
-                    c, [self.lsb(c, i) for i in range(len(self._layers))]))
+                ctx.set_array(
+                    self, f"bits_{c}", self.per_param(c, [float(b) for b in self.bits[c]])
+                )
+                ctx.set_array(
+                    self,
+                    f"lsb_{c}",
+                    self.per_param(c, [self.lsb(c, i) for i in range(len(self._layers))]),
+                )
 
     # -- training ------------------------------------------------------------------------------
     def _wnames(self) -> dict[str, int]:
@@ -417,10 +471,21 @@ class SakrFixedPoint(Technique):
     def summary(self) -> dict[str, Any]:
         names = [n for n, _ in self._layers]
         n_w = sum(m.weight.numel() for _, m in self._layers)
-        w_bits = sum(self.bits["weights"][i] * m.weight.numel()
-                     for i, (_, m) in enumerate(self._layers)) / n_w if n_w else 32.0
-        acc_bits = sum(self.bits["accumulator"][i] * m.weight.numel()
-                       for i, (_, m) in enumerate(self._layers)) / n_w if n_w else 32.0
+        w_bits = (
+            sum(self.bits["weights"][i] * m.weight.numel() for i, (_, m) in enumerate(self._layers))
+            / n_w
+            if n_w
+            else 32.0
+        )
+        acc_bits = (
+            sum(
+                self.bits["accumulator"][i] * m.weight.numel()
+                for i, (_, m) in enumerate(self._layers)
+            )
+            / n_w
+            if n_w
+            else 32.0
+        )
         a_bits = self.bits["activations"]
         out: dict[str, Any] = {
             "simulated": True,

@@ -62,21 +62,34 @@ class FP8(Technique):
         "stochastic rounding, no float32 master copy."
     )
     options: dict[str, Option] = {
-        "forward": Option("1-5-2", "format of weights, activations, errors and weight gradients "
-                          "(sign-exponent-mantissa)", str),
-        "update": Option("1-6-9", "format of the weight update, momentum and stored weights",
-                         str),
-        "update_rounding": Option("stochastic", "rounding of the 1-6-9 update arithmetic",
-                                  str, choices=ROUNDINGS),
-        "chunk": Option(0, "chunk-based accumulation of forward GEMMs with this chunk length "
-                        "(0: off; the paper's idea, e.g. 64; simulated, slow)", int,
-                        minimum=0, maximum=4096),
+        "forward": Option(
+            "1-5-2",
+            "format of weights, activations, errors and weight gradients (sign-exponent-mantissa)",
+            str,
+        ),
+        "update": Option("1-6-9", "format of the weight update, momentum and stored weights", str),
+        "update_rounding": Option(
+            "stochastic", "rounding of the 1-6-9 update arithmetic", str, choices=ROUNDINGS
+        ),
+        "chunk": Option(
+            0,
+            "chunk-based accumulation of forward GEMMs with this chunk length "
+            "(0: off; the paper's idea, e.g. 64; simulated, slow)",
+            int,
+            minimum=0,
+            maximum=4096,
+        ),
         "keep_first_last": Option(False, "keep the first and last layer in float32", bool),
-        "loss_scale": Option(1.0, "static loss scale, a power of two (gradients are unscaled "
-                             "exactly before the update)", float, minimum=2.0**-24,
-                             maximum=2.0**24),
-        "subnormals": Option(True, "gradual underflow (off: flush below the smallest normal)",
-                             bool),
+        "loss_scale": Option(
+            1.0,
+            "static loss scale, a power of two (gradients are unscaled exactly before the update)",
+            float,
+            minimum=2.0**-24,
+            maximum=2.0**24,
+        ),
+        "subnormals": Option(
+            True, "gradual underflow (off: flush below the smallest normal)", bool
+        ),
         "seed": Option(0, "seed of the stochastic-rounding noise", int, minimum=0),
     }
 
@@ -102,13 +115,24 @@ class FP8(Technique):
 
     @staticmethod
     def _zero_counts() -> dict[str, int]:
-        return {"moved": 0, "lost": 0, "g_nonzero": 0, "g_flushed": 0, "a_nonzero": 0,
-                "a_flushed": 0}
+        return {
+            "moved": 0,
+            "lost": 0,
+            "g_nonzero": 0,
+            "g_flushed": 0,
+            "a_nonzero": 0,
+            "a_flushed": 0,
+        }
 
     # -- declarations --------------------------------------------------------------------------
     def declare(self, ctx: Context) -> Declarations:
-        return Declarations(series={"updates_lost": ("f8", ()), "grad_underflow": ("f8", ()),
-                                    "act_grad_underflow": ("f8", ())})
+        return Declarations(
+            series={
+                "updates_lost": ("f8", ()),
+                "grad_underflow": ("f8", ()),
+                "act_grad_underflow": ("f8", ()),
+            }
+        )
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, ctx: Context) -> None:
@@ -122,16 +146,23 @@ class FP8(Technique):
             found = found[1:-1]
         self._layer_names = [n for n, _ in found]
         params = ctx.params()
-        self.targets = [full_name(n, leaf) for n, m in found for leaf in ("weight", "bias")
-                        if getattr(m, leaf, None) is not None]
+        self.targets = [
+            full_name(n, leaf)
+            for n, m in found
+            for leaf in ("weight", "bias")
+            if getattr(m, leaf, None) is not None
+        ]
         self.targets = [n for n in self.targets if n in params]
         self._numel = sum(params[n].numel() for n in self.targets)
         self._total = sum(p.numel() for p in params.values())
         self._gen = torch.Generator().manual_seed(self.opts["seed"])
         with torch.no_grad():  # the stored weights are 1-6-9 from the start: no float32 master
             for n in self.targets:
-                params[n].copy_(float_quantize(params[n], self.upd, "nearest",
-                                               subnormals=self.opts["subnormals"]))
+                params[n].copy_(
+                    float_quantize(
+                        params[n], self.upd, "nearest", subnormals=self.opts["subnormals"]
+                    )
+                )
         for _, m in found:
             self._hooks.input(m, self._quantize_input)
             self._hooks.output(m, self._output)
@@ -158,8 +189,9 @@ class FP8(Technique):
             y = y + (y_chunked - y).detach()  # the chunked value, the float32 GEMM's gradient
         return quant(y, None, self._quantize_error)  # the error dL/dy is rounded to 1-5-2
 
-    def chunked_linear(self, x: torch.Tensor, w: torch.Tensor,
-                       b: torch.Tensor | None) -> torch.Tensor:
+    def chunked_linear(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
         """x·wᵀ (+ b) with chunk sums rounded to 1-6-9 and accumulated in 1-6-9 (nearest)."""
         cl = self.opts["chunk"]
         acc = torch.zeros(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
@@ -209,8 +241,9 @@ class FP8(Technique):
         noise = None
         if rounding == "stochastic":
             noise = torch.rand(x.shape, generator=self._gen, dtype=torch.float64)
-        return float_quantize(x, self.upd, rounding, noise=noise,
-                              subnormals=self.opts["subnormals"])
+        return float_quantize(
+            x, self.upd, rounding, noise=noise, subnormals=self.opts["subnormals"]
+        )
 
     @torch.no_grad()
     def optimizer_step(self, ctx: Context) -> bool:

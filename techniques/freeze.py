@@ -53,8 +53,9 @@ class Freeze(Technique):
         "(the LCA paper froze the last layer, 'out')."
     )
     options: dict[str, Option] = {
-        "layers": Option(["out"], "layers (or parameter names) to freeze, joined by +, "
-                         "e.g. out+fc2", list),
+        "layers": Option(
+            ["out"], "layers (or parameter names) to freeze, joined by +, e.g. out+fc2", list
+        ),
         "start": Option(0, "step from which the layers are frozen", int, minimum=0),
     }
 

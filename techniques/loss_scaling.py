@@ -52,13 +52,16 @@ def to_fp16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).to(x.dtype)
 
 
-def layer_scale(g: torch.Tensor, w: torch.Tensor, prev_scale: float, *, accum_bound: float,
-                scale_bound: float) -> float:
+def layer_scale(
+    g: torch.Tensor, w: torch.Tensor, prev_scale: float, *, accum_bound: float, scale_bound: float
+) -> float:
     """The code's ``approx_range`` scale for error g (carrying ``prev_scale``) at weight w."""
     n = w.shape[0] * (math.prod(w.shape[2:]) if w.dim() > 2 else 1)  # terms in Wᵀg
     gd, wd = g.detach().double(), w.detach().double()
-    o_sigma = math.sqrt(float(gd.var(unbiased=False) + gd.mean() ** 2)
-                        * float(wd.var(unbiased=False) + wd.mean() ** 2)) * math.sqrt(0.5 * n)
+    o_sigma = math.sqrt(
+        float(gd.var(unbiased=False) + gd.mean() ** 2)
+        * float(wd.var(unbiased=False) + wd.mean() ** 2)
+    ) * math.sqrt(0.5 * n)
     erfinv = float(torch.erfinv(torch.tensor(N_UF, dtype=torch.float64)))
     s = FP16_TINY / (erfinv * math.sqrt(2) * o_sigma) if o_sigma > 0 else scale_bound
     s = max(s, 1.0)
@@ -74,22 +77,44 @@ class AdaptiveLossScaling(Technique):
     """Zhao et al.: a power-of-two loss scale per layer from gradient and weight statistics."""
 
     name = "adaptive-loss-scaling"
-    conflicts = {"fixed-point": "the per-layer scaled backward (torch.func) cannot run "
-                                "fixed-point's rounding autograd functions"}
+    conflicts = {
+        "fixed-point": "the per-layer scaled backward (torch.func) cannot run "
+        "fixed-point's rounding autograd functions"
+    }
     description = (
         "Adaptive layer-wise loss scaling (Zhao et al.): each layer's float16 error gets its "
         "own power-of-two scale from gradient and weight statistics, weight gradients unscaled "
         "exactly; float16 simulated by casting."
     )
     options: dict[str, Option] = {
-        "loss_scale": Option(1.0, "scale of the loss before backward (a power of two)", float,
-                             minimum=2.0**-24, maximum=2.0**24),
-        "scale_bound": Option(16.0, "largest scale one layer adds (the code's "
-                              "scale_upper_bound)", float, minimum=1.0, maximum=2.0**24),
-        "accum_bound": Option(1024.0, "largest accumulated scale (the code's "
-                              "accum_upper_bound)", float, minimum=1.0, maximum=2.0**30),
-        "global_scale": Option(0.0, "the single scale compared against: 0 = GradScaler's "
-                               "dynamic scale, else this fixed value", float, minimum=0.0),
+        "loss_scale": Option(
+            1.0,
+            "scale of the loss before backward (a power of two)",
+            float,
+            minimum=2.0**-24,
+            maximum=2.0**24,
+        ),
+        "scale_bound": Option(
+            16.0,
+            "largest scale one layer adds (the code's scale_upper_bound)",
+            float,
+            minimum=1.0,
+            maximum=2.0**24,
+        ),
+        "accum_bound": Option(
+            1024.0,
+            "largest accumulated scale (the code's accum_upper_bound)",
+            float,
+            minimum=1.0,
+            maximum=2.0**30,
+        ),
+        "global_scale": Option(
+            0.0,
+            "the single scale compared against: 0 = GradScaler's "
+            "dynamic scale, else this fixed value",
+            float,
+            minimum=0.0,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -114,17 +139,27 @@ class AdaptiveLossScaling(Technique):
 
     def declare(self, ctx: Context) -> Declarations:
         n = len(ctx.params())
-        return Declarations(series={
-            "scale": ("f8", (n,)), "underflow": ("f8", ()), "underflow_global": ("f8", ()),
-            "global_scale": ("f8", ()), "loss_scale": ("f8", ()), "skipped": ("i1", ()),
-        })
+        return Declarations(
+            series={
+                "scale": ("f8", (n,)),
+                "underflow": ("f8", ()),
+                "underflow_global": ("f8", ()),
+                "global_scale": ("f8", ()),
+                "loss_scale": ("f8", ()),
+                "skipped": ("i1", ()),
+            }
+        )
 
     def setup(self, ctx: Context) -> None:
         self._layers = layers(ctx.model)
         self._order = list(ctx.params())
         for name, m in self._layers:
-            self._hooks.output(m, lambda mod, x, y, name=name: quant(
-                y, None, lambda g, mod=mod, name=name: self._boundary(name, mod, g)))
+            self._hooks.output(
+                m,
+                lambda mod, x, y, name=name: quant(
+                    y, None, lambda g, mod=mod, name=name: self._boundary(name, mod, g)
+                ),
+            )
 
     # -- backward ------------------------------------------------------------------------------
     def _count(self, true: torch.Tensor, flowing: torch.Tensor) -> None:
@@ -144,8 +179,13 @@ class AdaptiveLossScaling(Technique):
             self._overflow = True
             self.scales[name] = prev
             return g16
-        s = layer_scale(g16, mod.weight, prev, accum_bound=self.opts["accum_bound"],
-                        scale_bound=self.opts["scale_bound"])
+        s = layer_scale(
+            g16,
+            mod.weight,
+            prev,
+            accum_bound=self.opts["accum_bound"],
+            scale_bound=self.opts["scale_bound"],
+        )
         self._flowing = prev * s
         self.scales[name] = self._flowing
         out = to_fp16(g16 * s)
@@ -188,8 +228,11 @@ class AdaptiveLossScaling(Technique):
         c = self._counts
         under = c["flushed"] / c["nonzero"] if c["nonzero"] else 0.0
         under_g = c["flushed_global"] / c["nonzero"] if c["nonzero"] else 0.0
-        where = {full_name(n, leaf): self.scales.get(n, math.nan)
-                 for n, _ in self._layers for leaf in ("weight", "bias")}
+        where = {
+            full_name(n, leaf): self.scales.get(n, math.nan)
+            for n, _ in self._layers
+            for leaf in ("weight", "bias")
+        }
         row[self.path("scale")] = [where.get(n, math.nan) for n in self._order]
         row[self.path("underflow")] = under
         row[self.path("underflow_global")] = under_g

@@ -187,8 +187,11 @@ def quant(
 
 def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Linear and Conv layers in model order (the GEMMs the low-bit techniques act on)."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
+    ]
 
 
 def full_name(mod_name: str, leaf: str) -> str:
@@ -201,8 +204,12 @@ class Hooks:
     def __init__(self) -> None:
         self.handles: list = []
 
-    def input(self, module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
-              surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def input(
+        self,
+        module: nn.Module,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Replace the layer's input x by fn(x); while LCA measures, by surrogate(x) (the
         continuous function the straight-through gradient implies) or leave it alone."""
 
@@ -215,8 +222,9 @@ class Hooks:
 
         self.handles.append(module.register_forward_pre_hook(pre))
 
-    def output(self, module: nn.Module,
-               fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def output(
+        self, module: nn.Module, fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> None:
         """Replace the layer's output y by fn(module, x, y) (outside measurements)."""
 
         def post(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:

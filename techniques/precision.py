@@ -35,12 +35,18 @@ class MixedPrecision(Technique):
         "scaling (CUDA); LCA is still measured in float32."
     )
     options: dict[str, Option] = {
-        "dtype": Option("auto", "auto (bf16 on CPU, fp16 on CUDA), bf16 or fp16", str,
-                        choices=("auto", "bf16", "fp16")),
-        "init_scale": Option(2.0**16, "initial loss scale of the GradScaler (fp16 only)", float,
-                             minimum=1.0),
-        "growth_interval": Option(2000, "steps without overflow before the scale doubles "
-                                  "(fp16 only)", int, minimum=1),
+        "dtype": Option(
+            "auto",
+            "auto (bf16 on CPU, fp16 on CUDA), bf16 or fp16",
+            str,
+            choices=("auto", "bf16", "fp16"),
+        ),
+        "init_scale": Option(
+            2.0**16, "initial loss scale of the GradScaler (fp16 only)", float, minimum=1.0
+        ),
+        "growth_interval": Option(
+            2000, "steps without overflow before the scale doubles (fp16 only)", int, minimum=1
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -65,12 +71,12 @@ class MixedPrecision(Technique):
         self._dtype_name, self._dtype = choice, DTYPES[choice]
         if not torch.amp.is_autocast_available(self._device_type):
             raise TechniqueError(
-                f"Technique 'amp' cannot autocast on device {self._device_type!r}; "
-                "use cpu or cuda."
+                f"Technique 'amp' cannot autocast on device {self._device_type!r}; use cpu or cuda."
             )
         if choice == "fp16":
             self.scaler = torch.amp.GradScaler(
-                self._device_type, init_scale=self.opts["init_scale"],
+                self._device_type,
+                init_scale=self.opts["init_scale"],
                 growth_interval=self.opts["growth_interval"],
             )
             self._scale = float(self.scaler.get_scale())

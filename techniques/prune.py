@@ -87,7 +87,9 @@ _COMMON: dict[str, Option] = {
     ),
     "start": Option(40, "optimizer step of the (first) prune event (t_0)", int, None, 0),
     "schedule": Option(
-        "oneshot", "oneshot: prune once at start; gradual: Zhu & Gupta's cubic schedule", str,
+        "oneshot",
+        "oneshot: prune once at start; gradual: Zhu & Gupta's cubic schedule",
+        str,
         ("oneshot", "gradual"),
     ),
     "initial_sparsity": Option(
@@ -96,8 +98,10 @@ _COMMON: dict[str, Option] = {
     "span": Option(40, "gradual: steps from the first to the last event", int, None, 1),
     "every": Option(10, "gradual: steps between events (masks recomputed)", int, None, 1),
     "layers": Option(
-        (), "prune only weights of these modules (name prefixes, '+'-separated); empty: all "
-        "Linear and Conv layers", list,
+        (),
+        "prune only weights of these modules (name prefixes, '+'-separated); empty: all "
+        "Linear and Conv layers",
+        list,
     ),
     "skip_last": Option(False, "leave the last Linear/Conv layer (the classifier) dense", bool),
     "recalibrate_bn": Option(
@@ -105,8 +109,10 @@ _COMMON: dict[str, Option] = {
     ),
 }
 _SCOPE = Option(
-    "layer", "layer: each layer reaches the sparsity; global: the total over pruned layers does",
-    str, ("layer", "global"),
+    "layer",
+    "layer: each layer reaches the sparsity; global: the total over pruned layers does",
+    str,
+    ("layer", "global"),
 )
 _BN_SAMPLES = 1024  # examples used to re-estimate BatchNorm statistics
 
@@ -252,8 +258,7 @@ class _Pruner(Technique):
             series={"sparsity": ("f8", ())},
             events={"events": EVENT_COLUMNS, "event_totals": TOTAL_COLUMNS},
             arrays={
-                array_name(lay.name): ("i4", tuple(lay.module.weight.shape), -1.0)
-                for lay in layers
+                array_name(lay.name): ("i4", tuple(lay.module.weight.shape), -1.0) for lay in layers
             },
         )
 
@@ -326,9 +331,7 @@ class _Pruner(Technique):
         surv_mean = self._pooled[2] / self._pooled[3] if self._pooled[3] else math.nan
         out: dict[str, Any] = {
             "sparsity": self.global_sparsity(),
-            "sparsity_per_layer": {
-                lay.name: pruned[lay.name] / lay.numel for lay in self.layers
-            },
+            "sparsity_per_layer": {lay.name: pruned[lay.name] / lay.numel for lay in self.layers},
             "pruned": sum(pruned.values()),
             "prunable": sum(lay.numel for lay in self.layers),
             "events": len(self._log),
@@ -392,9 +395,13 @@ class _Pruner(Technique):
         if "*" in counts:
             alive = {n: self.masks[n] for n in scores}
             flat = torch.cat(
-                [scores[lay.name].flatten().double().masked_fill(~alive[lay.name].flatten(),
-                                                                 math.inf)
-                 for lay in self.layers]
+                [
+                    scores[lay.name]
+                    .flatten()
+                    .double()
+                    .masked_fill(~alive[lay.name].flatten(), math.inf)
+                    for lay in self.layers
+                ]
             )
             k = counts["*"] - sum(int((~m).sum()) for m in self.masks.values())
             chosen = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
@@ -428,8 +435,16 @@ class _Pruner(Technique):
             c = cumulative.get(lay.name)
             n_rem, n_surv = int(rem.sum()), int(surv.sum())
             if c is None:
-                out[lay.name] = (math.nan, math.nan, math.nan, math.nan, n_rem, n_surv,
-                                 math.nan, math.nan)
+                out[lay.name] = (
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    n_rem,
+                    n_surv,
+                    math.nan,
+                    math.nan,
+                )
                 continue
             c = c.detach().to(rem.device, torch.float64)
             s_rem, s_surv = float(c[rem].sum()), float(c[surv].sum())
@@ -438,7 +453,10 @@ class _Pruner(Technique):
                 s_surv / n_surv if n_surv else math.nan,
                 float((c[rem] < 0).double().mean()) if n_rem else math.nan,
                 float((c[surv] < 0).double().mean()) if n_surv else math.nan,
-                n_rem, n_surv, s_rem, s_surv,
+                n_rem,
+                n_surv,
+                s_rem,
+                s_surv,
             )
         return out
 
@@ -454,8 +472,11 @@ class _Pruner(Technique):
         self._pending = None
         rec = measured
         ok = (
-            rec is not None and p.segment is not None and rec.index == p.segment
-            and rec.kind == 1 and rec.label == self.name
+            rec is not None
+            and p.segment is not None
+            and rec.index == p.segment
+            and rec.kind == 1
+            and rec.label == self.name
         )
         nan = math.nan
         seg = (nan, nan, nan, nan)  # loss before, loss after, ΣA, error
@@ -507,10 +528,22 @@ class _Pruner(Technique):
         for lay in self.layers:
             st = p.stats[lay.name]
             pruned = int((~self.masks[lay.name]).sum())  # no event can happen in between
-            ctx.event(self, "events", [
-                float(p.step), float(lay.index), float(st[4]), float(pruned),
-                pruned / lay.numel, st[0], st[1], st[2], st[3], *layer_cost[lay.name],
-            ])
+            ctx.event(
+                self,
+                "events",
+                [
+                    float(p.step),
+                    float(lay.index),
+                    float(st[4]),
+                    float(pruned),
+                    pruned / lay.numel,
+                    st[0],
+                    st[1],
+                    st[2],
+                    st[3],
+                    *layer_cost[lay.name],
+                ],
+            )
         ctx.event(self, "event_totals", [totals[c] for c in TOTAL_COLUMNS])
 
 
@@ -645,14 +678,18 @@ class PruneLOBS(_Pruner):
     options: ClassVar[dict[str, Option]] = {
         **_COMMON,
         "variant": Option(
-            "rank-once", "rank-once: the published procedure (one H⁻¹); obs-update: update H⁻¹ "
-            "after each removal and rescore (Optimal Brain Compression)", str,
+            "rank-once",
+            "rank-once: the published procedure (one H⁻¹); obs-update: update H⁻¹ "
+            "after each removal and rescore (Optimal Brain Compression)",
+            str,
             ("rank-once", "obs-update"),
         ),
-        "samples": Option(256, "training examples used to estimate each layer's Hessian", int,
-                          None, 1),
-        "damp": Option(1e-4, "H⁻¹ damping, relative to the mean of diag H", float, None, 1e-12,
-                       1.0),
+        "samples": Option(
+            256, "training examples used to estimate each layer's Hessian", int, None, 1
+        ),
+        "damp": Option(
+            1e-4, "H⁻¹ damping, relative to the mean of diag H", float, None, 1e-12, 1.0
+        ),
     }
     scoped = False
 

@@ -34,7 +34,8 @@ from .base import Context, Declarations, Option, Technique
 
 def _conv_or_linear(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
-        (name, m) for name, m in model.named_modules()
+        (name, m)
+        for name, m in model.named_modules()
         if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
     ]
 
@@ -164,10 +165,19 @@ class FixedPoint(_Quantizer):
     )
     options: dict[str, Option] = {
         "bits": Option(8, "bits per weight, sign included", int, minimum=2, maximum=16),
-        "rounding": Option("nearest", "nearest or stochastic (floor(x) + Bernoulli(frac(x)))",
-                           str, choices=("nearest", "stochastic")),
-        "scale": Option("pow2", "grid step: pow2 (a power of two covering max|w|, true fixed "
-                        "point) or max (max|w| / (2^(B-1) - 1))", str, choices=("pow2", "max")),
+        "rounding": Option(
+            "nearest",
+            "nearest or stochastic (floor(x) + Bernoulli(frac(x)))",
+            str,
+            choices=("nearest", "stochastic"),
+        ),
+        "scale": Option(
+            "pow2",
+            "grid step: pow2 (a power of two covering max|w|, true fixed "
+            "point) or max (max|w| / (2^(B-1) - 1))",
+            str,
+            choices=("pow2", "max"),
+        ),
         "biases": Option(False, "quantize Linear/Conv biases too", bool),
         "seed": Option(0, "seed of the stochastic-rounding noise", int, minimum=0),
     }
@@ -247,8 +257,12 @@ class Binary(_Quantizer):
         "through a straight-through estimator on latent weights clipped to [-1, 1]."
     )
     options: dict[str, Option] = {
-        "alpha": Option("mean", "magnitude: mean (alpha = mean|w| per tensor, XNOR-Net style) "
-                        "or one (plain sign)", str, choices=("mean", "one")),
+        "alpha": Option(
+            "mean",
+            "magnitude: mean (alpha = mean|w| per tensor, XNOR-Net style) or one (plain sign)",
+            str,
+            choices=("mean", "one"),
+        ),
         "keep_first": Option(True, "leave the first layer's weights real-valued", bool),
     }
     bits = 1.0
@@ -283,6 +297,7 @@ class Binary(_Quantizer):
 @register
 class Ternary(_Quantizer):
     """Ternary weights α·sign(w)·[|w| > 0.7·mean|w|] with a straight-through estimator."""
+
     roles = ("weight-format",)
 
     name = "ternary"
@@ -291,8 +306,9 @@ class Ternary(_Quantizer):
         "0.7·mean|w|) in the forward pass, trained through a straight-through estimator."
     )
     options: dict[str, Option] = {
-        "threshold": Option(0.7, "weights with |w| <= threshold·mean|w| become 0", float,
-                            minimum=0.0, maximum=10.0),
+        "threshold": Option(
+            0.7, "weights with |w| <= threshold·mean|w| become 0", float, minimum=0.0, maximum=10.0
+        ),
         "keep_first": Option(True, "leave the first layer's weights real-valued", bool),
     }
     bits = 2.0  # three levels need two bits of storage (log2 3 ≈ 1.58 of information)

@@ -45,8 +45,9 @@ class Compressibility(Technique):
         "training loss, pushing each layer towards few large weights."
     )
     options: dict[str, Option] = {
-        "strength": Option(1e-3, "multiplier of the regularizer in the training loss", float,
-                           minimum=0.0),
+        "strength": Option(
+            1e-3, "multiplier of the regularizer in the training loss", float, minimum=0.0
+        ),
     }
 
     def __init__(self, **values: Any) -> None:

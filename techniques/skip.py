@@ -55,18 +55,27 @@ class WeightUpdateSkipping(Technique):
     options: dict[str, Option] = {
         "window": Option(10, "steps between accuracy checks", int, minimum=1),
         "threshold": Option(
-            0.005, "accuracy change below which a window counts as a plateau (0.005 = 0.5 points)",
-            float, minimum=0.0,
+            0.005,
+            "accuracy change below which a window counts as a plateau (0.005 = 0.5 points)",
+            float,
+            minimum=0.0,
         ),
         "patience": Option(2, "consecutive plateau windows before skipping starts", int, minimum=1),
         "warmup": Option(50, "steps before the first plateau may count", int, minimum=0),
-        "skip_windows": Option(2, "windows to skip weight updates for once triggered", int,
-                               minimum=1),
-        "accuracy": Option("train", "split whose accuracy is watched: train or test", str,
-                           choices=("train", "test")),
+        "skip_windows": Option(
+            2, "windows to skip weight updates for once triggered", int, minimum=1
+        ),
+        "accuracy": Option(
+            "train",
+            "split whose accuracy is watched: train or test",
+            str,
+            choices=("train", "test"),
+        ),
         "no_grad": Option(
-            True, "also turn requires_grad off on skipped weights so backward skips their "
-            "gradient matmuls (this is what saves time)", bool,
+            True,
+            "also turn requires_grad off on skipped weights so backward skips their "
+            "gradient matmuls (this is what saves time)",
+            bool,
         ),
     }
 
@@ -150,7 +159,8 @@ class WeightUpdateSkipping(Technique):
             # Share of all parameter-element updates that were skipped (weights only skip).
             "fraction_updates_skipped": (
                 self._skipped * self._target_numel / (self._steps * self._total_numel)
-                if self._steps and self._total_numel else 0.0
+                if self._steps and self._total_numel
+                else 0.0
             ),
             "windows": len(windows),
             "accuracy_checks": self._checks,
@@ -170,8 +180,11 @@ class WeightUpdateSkipping(Technique):
             train_acc, test_acc = ctx.evaluate()
             acc = train_acc if self.opts["accuracy"] == "train" else test_acc
         else:  # a loop without an evaluator: plain accuracy of the model itself
-            x, y = (ctx.train_x, ctx.train_y) if self.opts["accuracy"] == "train" else (
-                ctx.test_x, ctx.test_y)
+            x, y = (
+                (ctx.train_x, ctx.train_y)
+                if self.opts["accuracy"] == "train"
+                else (ctx.test_x, ctx.test_y)
+            )
             was = ctx.model.training
             ctx.model.eval()
             with torch.no_grad():
@@ -206,9 +219,7 @@ class WeightUpdateSkipping(Technique):
         self._skip_until = step + self.opts["skip_windows"] * self.opts["window"]
         if self.opts["no_grad"]:
             params = ctx.params()
-            others_train = any(
-                p.requires_grad for n, p in params.items() if n not in self._targets
-            )
+            others_train = any(p.requires_grad for n, p in params.items() if n not in self._targets)
             if others_train:  # otherwise the loss would have no gradient at all
                 for n in self._targets:
                     if params[n].requires_grad:
@@ -248,12 +259,22 @@ class WeightUpdateSkippingLR(WeightUpdateSkipping):
     reconstructed = True
     options: dict[str, Option] = {
         **WeightUpdateSkipping.options,
-        "factor": Option(0.5, "learning-rate multiplier applied on each plateau", float,
-                         minimum=0.01, maximum=1.0),
-        "min_factor": Option(0.01, "lowest learning-rate multiplier", float, minimum=0.0,
-                             maximum=1.0),
-        "lr_patience": Option(2, "checks without an accuracy gain above threshold before the "
-                              "learning rate drops", int, minimum=1),
+        "factor": Option(
+            0.5,
+            "learning-rate multiplier applied on each plateau",
+            float,
+            minimum=0.01,
+            maximum=1.0,
+        ),
+        "min_factor": Option(
+            0.01, "lowest learning-rate multiplier", float, minimum=0.0, maximum=1.0
+        ),
+        "lr_patience": Option(
+            2,
+            "checks without an accuracy gain above threshold before the learning rate drops",
+            int,
+            minimum=1,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:

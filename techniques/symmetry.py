@@ -84,12 +84,17 @@ class Symmetry(Technique):
     """Square (or spatially square) layers learn a symmetric weight from part of their entries."""
 
     name = "symmetry"
-    description = ("Weight symmetry: square layers use a symmetric weight built from their "
-                   "upper triangle (tri), (U+Uᵀ)/2 (wwt), or symmetric k×k kernels (spa).")
+    description = (
+        "Weight symmetry: square layers use a symmetric weight built from their "
+        "upper triangle (tri), (U+Uᵀ)/2 (wwt), or symmetric k×k kernels (spa)."
+    )
     options: dict[str, Option] = {
         "variant": Option("tri", "how the symmetric weight is built", str, choices=VARIANTS),
-        "layers": Option([], "layers to make symmetric, joined by + (empty: every layer the "
-                         "variant applies to)", list),
+        "layers": Option(
+            [],
+            "layers to make symmetric, joined by + (empty: every layer the variant applies to)",
+            list,
+        ),
     }
 
     def __init__(self, **values: Any) -> None:
@@ -109,8 +114,11 @@ class Symmetry(Technique):
         wanted = self.opts["layers"] or fits
         for n in wanted:
             if n not in fits:
-                what = ("square-kernel convolutions" if variant == "spa"
-                        else "square Linear/Conv2d layers (as many outputs as inputs)")
+                what = (
+                    "square-kernel convolutions"
+                    if variant == "spa"
+                    else "square Linear/Conv2d layers (as many outputs as inputs)"
+                )
                 raise TechniqueError(
                     f"Technique 'symmetry' ({variant}) cannot use layer {n!r}: it applies to "
                     f"{what}, and this model's are: {', '.join(fits) or 'none'}."

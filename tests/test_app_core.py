@@ -317,11 +317,19 @@ def test_cap_refuses_a_third_job_and_stop_keeps_steps(runs_folder, monkeypatch):
 
 
 def test_config_round_trips_through_the_job_file(tmp_path):
-    config = RunConfig.from_dict({
-        "dataset": "moons", "model": "mlp", "model_options": {"hidden": [4, 3]},
-        "dataset_options": {"noise": 0.2}, "techniques": [{"name": "freeze", "layers": ["out"]}],
-        "lr": 0.125, "steps": 7, "measure_size": None, "out": "elsewhere.h5",
-    })
+    config = RunConfig.from_dict(
+        {
+            "dataset": "moons",
+            "model": "mlp",
+            "model_options": {"hidden": [4, 3]},
+            "dataset_options": {"noise": 0.2},
+            "techniques": [{"name": "freeze", "layers": ["out"]}],
+            "lr": 0.125,
+            "steps": 7,
+            "measure_size": None,
+            "out": "elsewhere.h5",
+        }
+    )
     job_file = tmp_path / "job.json"
     job_file.write_text(jobs.config_json(config))
     back = RunConfig.from_file(job_file)  # what the job's `--config job.json` reads
@@ -374,8 +382,9 @@ def test_live_figures_keep_values_and_colours():
 
     # A prune after step 2 is drawn at 2.5; the steps keep the optimizer's numbers.
     kind = np.array([0, 0, 1, 0])
-    fig = live_loss_figure(np.array([2.0, 1.5, 1.2, 1.3, 1.0]), kind=kind,
-                           train_loss=np.array([2.0, 1.6, np.nan, 1.1]))
+    fig = live_loss_figure(
+        np.array([2.0, 1.5, 1.2, 1.3, 1.0]), kind=kind, train_loss=np.array([2.0, 1.6, np.nan, 1.1])
+    )
     assert list(fig.data[1].x) == [0, 1, 2, 2.5, 3] and list(fig.data[0].x) == [1, 2, 2.5, 3]
     lines = live_layer_lines(np.ones((4, 2)), ["a", "b"], kind=kind)
     assert list(lines.data[0].x) == [1, 2, 2.5, 3]

@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 DEMO_STALL_S = 120  # s without a new step before the demo counts as stuck (~20 s in all on
 # two idle cores): the wait follows progress, so a slow, busy machine only takes longer
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # url path -> (file, whether the page draws at least one chart for a finished run); the default
 # page (Home) lives at "/" and nowhere else.
 PAGES = {
@@ -62,10 +67,27 @@ def start_server(processes, runs_dir: Path) -> tuple[subprocess.Popen, str, Path
     log_path = runs_dir.parent / f"streamlit-{port}.log"
     with open(log_path, "w") as log:
         proc = processes.start(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -169,9 +191,15 @@ def test_demo_live_then_every_page(server, browser):
     # An offline classroom tool talks to its own server and nothing else.
     elsewhere: list[str] = []
     own_host = urllib.parse.urlsplit(url).netloc
-    page.on("request", lambda r: elsewhere.append(r.url)
+    page.on(
+        "request",
+        lambda r: (
+            elsewhere.append(r.url)
             if urllib.parse.urlsplit(r.url).scheme in ("http", "https", "ws", "wss")
-            and urllib.parse.urlsplit(r.url).netloc != own_host else None)
+            and urllib.parse.urlsplit(r.url).netloc != own_host
+            else None
+        ),
+    )
     page.goto(url)
     page.get_by_role("button", name=re.compile("Start the demo")).wait_for(timeout=60_000)
     settle(page)
@@ -218,7 +246,8 @@ def test_demo_live_then_every_page(server, browser):
     # The selection survives the navigation menu, and "Open" on the Runs page opens the run.
     page.locator('[data-testid="stSidebarNav"] a[href$="/runs"]').click()
     open_button = page.locator('[data-testid="stMain"] button[kind="primary"]').filter(
-        has_text=re.compile(r"Open$"))
+        has_text=re.compile(r"Open$")
+    )
     open_button.first.wait_for(timeout=30_000)
     settle(page)
     assert f"run={demo}" in page.url and "/runs" in page.url, page.url

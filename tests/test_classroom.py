@@ -121,8 +121,9 @@ def test_serve_launcher_prints_both_links_and_passes_the_mode(monkeypatch, tmp_p
 
     parser = _Parser(prog="python -m lca")
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--classroom", "--port", "8642", "--runs-dir",
-                              str(tmp_path)])
+    args = parser.parse_args(
+        ["serve", "--classroom", "--port", "8642", "--runs-dir", str(tmp_path)]
+    )
     cmd, env, lines = plan(args, {})
     token = env[classroom.ENV_TOKEN]
     assert env[classroom.ENV_MODE] == "1" and len(token) >= classroom.MIN_TOKEN_CHARS

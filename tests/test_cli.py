@@ -31,8 +31,15 @@ pytestmark = pytest.mark.slow  # every test here runs ``python -m lca`` in a sub
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
-    "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[16]",
-    "--measure-size", "300", "--quiet",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden=[16]",
+    "--measure-size",
+    "300",
+    "--quiet",
 )
 RK4_STEP_ERROR = 1e-3  # |ΔL − ΣA| of one rk4 step on this model is ~1e-4 at most
 SIGNAL_WAIT_S = 300  # s: bounds only a hung subprocess; waits follow its progress
@@ -64,7 +71,11 @@ def cli(
     """Run ``python -m lca ARGS`` from the repository root; capture text output."""
     return subprocess.run(
         [sys.executable, "-m", "lca", *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -74,7 +85,11 @@ def start(processes, env: dict[str, str], *args: str) -> subprocess.Popen:
     ``processes`` fixture ends it at teardown whatever happens."""
     return processes.start(
         [sys.executable, "-m", "lca", *map(str, args)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
@@ -323,14 +338,25 @@ def test_nan_loss_fails_keeping_the_steps_before(cli_env, tmp_path):
     # per step until the loss overflows float32: after about 5 finite steps on this seed.
     out = tmp_path / "nan.h5"
     result = cli(
-        cli_env, "train", *TINY, "--model-option", "activation=sigmoid", "--optimizer", "sgd",
-        "--lr", "5e35", "--steps", "40", "--out", out,
+        cli_env,
+        "train",
+        *TINY,
+        "--model-option",
+        "activation=sigmoid",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "5e35",
+        "--steps",
+        "40",
+        "--out",
+        out,
     )
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("failed: "), last
-    message = last[len("failed: "):].split(" Loss ")[0]
+    message = last[len("failed: ") :].split(" Loss ")[0]
     assert message.endswith(".") and message.count(". ") == 0, message  # one sentence
     assert "learning rate" in message  # ... naming the fix
     with h5py.File(out, "r") as f:
@@ -391,9 +417,9 @@ def test_missing_dataset_files(cli_env, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "never.h5"
-    line = one_error_line(cli(
-        cli_env, "train", "--dataset", "mnist", "--data-dir", empty, "--quiet", "--out", out
-    ))
+    line = one_error_line(
+        cli(cli_env, "train", "--dataset", "mnist", "--data-dir", empty, "--quiet", "--out", out)
+    )
     assert "MNIST" in line and "--data-dir" in line
     assert not out.exists()
 

@@ -90,8 +90,16 @@ def test_recorded_at_every_evaluation_of_a_short_run(tmp_path):
     from lca.store import Reader
     from lca.train import run
 
-    config = RunConfig(dataset="gauss", model="mlp", steps=6, eval_every=3, batch_size=16,
-                       subset=64, lr=0.1, seed=0)
+    config = RunConfig(
+        dataset="gauss",
+        model="mlp",
+        steps=6,
+        eval_every=3,
+        batch_size=16,
+        subset=64,
+        lr=0.1,
+        seed=0,
+    )
     out = tmp_path / "nc.h5"
     result = run(config, out=out)
     assert result.status == "complete"
@@ -113,8 +121,20 @@ def test_view_and_figure_of_a_recorded_run(tmp_path):
     from lca.train import run
 
     out = tmp_path / "nc.h5"
-    run(RunConfig(dataset="gauss", model="mlp", steps=4, eval_every=2, batch_size=16, subset=64,
-                  measure_size=64, lr=0.1, seed=0), out=out)
+    run(
+        RunConfig(
+            dataset="gauss",
+            model="mlp",
+            steps=4,
+            eval_every=2,
+            batch_size=16,
+            subset=64,
+            measure_size=64,
+            lr=0.1,
+            seed=0,
+        ),
+        out=out,
+    )
     with Reader(out) as r:
         v = views.collapse_view(r)
         layer = np.asarray(r.layer_lca(0, r.num_steps))
@@ -124,8 +144,9 @@ def test_view_and_figure_of_a_recorded_run(tmp_path):
     assert v.tensors == [f"{v.classifier}.weight", f"{v.classifier}.bias"]
     cols = [names.index(n) for n in v.tensors]
     np.testing.assert_allclose(v.lca_cumulative, np.cumsum(layer[:, cols].sum(1)))
-    fig = F.collapse_figure(v.steps, v.measures, v.positions, v.lca_cumulative,
-                            classifier=v.classifier)
+    fig = F.collapse_figure(
+        v.steps, v.measures, v.positions, v.lca_cumulative, classifier=v.classifier
+    )
     assert len(fig.data) == 1 + 6
     empty = F.collapse_figure(np.zeros(0), {}, np.zeros(0), np.zeros(0))
     assert "No evaluation" in empty.layout.annotations[0].text
@@ -145,8 +166,11 @@ def test_layers_page_shows_collapse_beside_the_last_layer(make_run, runs_folder)
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    fig = [s for s in specs if "Neural collapse" in ((s["layout"].get("title") or {})
-                                                      .get("text") or "")]
+    fig = [
+        s
+        for s in specs
+        if "Neural collapse" in ((s["layout"].get("title") or {}).get("text") or "")
+    ]
     assert len(fig) == 1
     names = [t.get("name") for t in fig[0]["data"]]
     assert names[0].endswith("LCA") and "NC1 within-class spread" in names

@@ -33,8 +33,15 @@ from lca.store.lock import holder, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
-    "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[16]",
-    "--measure-size", "300", "--quiet",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "hidden=[16]",
+    "--measure-size",
+    "300",
+    "--quiet",
 )
 HANG_GUARD_S = 120  # bound on every wait: only there so a broken build fails instead of hanging
 
@@ -46,8 +53,12 @@ HANG_GUARD_S = 120  # bound on every wait: only there so a broken build fails in
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
     e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LCA_RUNS_DIR=str(tmp_path / "runs"),
-             PYTHONPATH=str(ROOT))
+    e.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        LCA_RUNS_DIR=str(tmp_path / "runs"),
+        PYTHONPATH=str(ROOT),
+    )
     return e
 
 
@@ -63,15 +74,28 @@ def procs():
 
 
 def cli(env: dict[str, str], *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lca", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    return subprocess.run(
+        [sys.executable, "-m", "lca", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
 
 
 def start(procs: list, env: dict[str, str], *args, **popen) -> subprocess.Popen:
     """``python -m lca ARGS`` in the background, SIGINT at its default as in a terminal."""
     popen.setdefault("preexec_fn", lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    p = subprocess.Popen([sys.executable, "-m", "lca", *map(str, args)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lca", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
     procs.append(p)
     return p
 
@@ -116,9 +140,14 @@ def whole_steps(path: Path) -> tuple[str, int]:
         lengths = set()
 
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,) and (
+            if (
+                isinstance(obj, h5py.Dataset)
+                and obj.maxshape[:1] == (None,)
+                and (
                     name.split("/")[0] in ("steps", "layers", "params", "units", "series")
-                    and name != "steps/loss"):
+                    and name != "steps/loss"
+                )
+            ):
                 lengths.add(obj.shape[0])
 
         f.visititems(visit)
@@ -211,8 +240,19 @@ def test_nonsense_inputs_are_refused_or_adjusted_with_one_line(env, tmp_path):
     assert r.returncode == 2 and ".h5" in one_error_line(r.stderr)
 
     out = tmp_path / "big.h5"
-    r = cli(env, "train", *TINY, "--steps", "3", "--batch-size", "100000",
-            "--measure-size", "1000000000", "--out", out)
+    r = cli(
+        env,
+        "train",
+        *TINY,
+        "--steps",
+        "3",
+        "--batch-size",
+        "100000",
+        "--measure-size",
+        "1000000000",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     notices = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(notices) == 2 and all(ln.startswith("notice: ") for ln in notices), r.stderr
@@ -224,8 +264,9 @@ def test_nonsense_inputs_are_refused_or_adjusted_with_one_line(env, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_trains_with_one_out_the_second_is_refused_the_first_keeps_its_run(env, tmp_path,
-                                                                                procs):
+def test_two_trains_with_one_out_the_second_is_refused_the_first_keeps_its_run(
+    env, tmp_path, procs
+):
     out = tmp_path / "shared.h5"
     first = start(procs, env, "train", *TINY, "--steps", "100000", "--out", out)
     wait_for_steps(first, out, at_least=1)
@@ -266,10 +307,16 @@ def test_sigterm_is_handled_like_ctrl_c(env, tmp_path, procs):
 def test_recover_names_the_program_that_holds_the_file_open(env, tmp_path, procs, make_run):
     path = tmp_path / "held.h5"
     shutil.copy(make_run(), path)
-    code = "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); " \
-           "sys.stdin.read()"
-    other = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    code = (
+        "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); "
+        "sys.stdin.read()"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     procs.append(other)
     assert other.stdout.readline().strip() == "open"
     r = cli(env, "recover", path)
@@ -284,7 +331,8 @@ def test_recover_names_the_program_that_holds_the_file_open(env, tmp_path, procs
 
 @pytest.mark.slow
 def test_a_run_written_from_a_terminal_cannot_be_deleted_or_recovered_in_the_app(
-        env, runs_folder, procs):
+    env, runs_folder, procs
+):
     from streamlit.testing.v1 import AppTest
 
     env["LCA_RUNS_DIR"] = str(runs_folder)
@@ -324,8 +372,11 @@ def small_disk(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mnt
@@ -352,8 +403,7 @@ def fill(folder: Path) -> None:
 @pytest.mark.slow
 def test_a_full_disk_fails_the_run_keeping_every_whole_step(env, small_disk, procs):
     out = small_disk / "x.h5"
-    proc = start(procs, env, "train", *TINY, "--steps", "2000", "--record", "full",
-                 "--out", out)
+    proc = start(procs, env, "train", *TINY, "--steps", "2000", "--record", "full", "--out", out)
     seen = wait_for_steps(proc, out, at_least=40)
     fill(small_disk)
     stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
@@ -367,9 +417,9 @@ def test_a_full_disk_fails_the_run_keeping_every_whole_step(env, small_disk, pro
     with lca.open_run(out) as r:
         assert r.num_steps == t and r.status == "failed"
         name = r.names[0]
-        np.testing.assert_allclose(r.param_totals(name),
-                                   r.param_lca(name).astype(np.float64).sum(0), rtol=1e-9,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            r.param_totals(name), r.param_lca(name).astype(np.float64).sum(0), rtol=1e-9, atol=1e-12
+        )
     assert not lock_path(out).exists() and not list(small_disk.glob(".*.tmp"))
 
 
@@ -400,9 +450,17 @@ def stop_jobs():
 
 @pytest.mark.slow
 def test_stop_reaches_a_trainer_that_ignores_sigint(runs_folder, stop_jobs):
-    config = RunConfig.from_dict({"dataset": "digits", "model": "mlp",
-                                  "model_options": {"hidden": [16]}, "steps": 100000,
-                                  "measure_size": 300, "record": "layers", "device": "cpu"})
+    config = RunConfig.from_dict(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "model_options": {"hidden": [16]},
+            "steps": 100000,
+            "measure_size": 300,
+            "record": "layers",
+            "device": "cpu",
+        }
+    )
     job = _started_with_sigint_ignored(config)
     stop_jobs.append(job)
     path = Path(job.path)
@@ -449,14 +507,27 @@ WRITER_IGNORING_SIGNALS = textwrap.dedent("""
 @pytest.mark.slow
 def test_stop_kills_what_ignores_sigint_and_sigterm_and_recovers_its_file(tmp_path, procs):
     path = tmp_path / "stubborn.h5"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER_IGNORING_SIGNALS, str(path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_IGNORING_SIGNALS, str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     procs.append(proc)
     assert proc.stdout.readline().strip() == "ready"
     jobs._POPENS[proc.pid] = proc  # noqa: SLF001 - a job of this process, as jobs.start makes
-    job = jobs.Job(name=path.name, path=str(path), pid=proc.pid, started=time.time(), log="",
-                   out="", config_file="", steps=4, folder=str(tmp_path))
+    job = jobs.Job(
+        name=path.name,
+        path=str(path),
+        pid=proc.pid,
+        started=time.time(),
+        log="",
+        out="",
+        config_file="",
+        steps=4,
+        folder=str(tmp_path),
+    )
     assert holder(path) is not None
     job = jobs.stop(job, wait_s=HANG_GUARD_S, grace_s=0.2)
     assert not job.alive and job.returncode == -signal.SIGKILL

@@ -375,9 +375,7 @@ def test_adaptive_rules_stop_at_the_first_panel_count_within_tolerance(method, p
         assert seg.evaluations == 2 * stop_at  # 2n + 1 nodes, the start reused
         assert torch.allclose(seg.per_param["theta"], simpson_value(stop_at), rtol=0, atol=1e-12)
     m.evaluations = 0
-    seg = integrate_segment(
-        m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=1e-15
-    )
+    seg = integrate_segment(m, start, end, method, loss_start=loss0, grad_start=g0, tolerance=1e-15)
     assert seg.splits == panels_path[-1] and seg.evaluations == 2 * panels_path[-1]
 
 
@@ -386,8 +384,9 @@ def test_paper_rule_is_a_method_everywhere():
     assert integrate.refinements("rk4-paper") == (2, 4, 8, 16)
     assert integrate.new_evaluations_per_step("rk4-paper") == 2
     model, start, end, data, _, simpson_value = quintic_case()
-    a = lca.allocate(model, mean_loss, data, start, end, method="rk4-paper", dtype=F64,
-                     tolerance=1e-15)
+    a = lca.allocate(
+        model, mean_loss, data, start, end, method="rk4-paper", dtype=F64, tolerance=1e-15
+    )
     assert a.splits == 16
     assert torch.allclose(a.per_param["theta"], simpson_value(16), rtol=0, atol=1e-12)
 
@@ -425,8 +424,11 @@ def test_conv_bias_before_batchnorm_is_left_out_of_helped_fractions(dtype):
         others = [a for n, a in r.per_param.items() if n != "0.bias"]
         assert r.helped == sum(int((a < 0).sum()) for a in others) / count
         assert r.hurt == sum(int((a > 0).sum()) for a in others) / count
-        assert math.isclose(r.still, bias.numel() / count + sum(
-            int((a == 0).sum()) for a in others) / count, abs_tol=1e-12)
+        assert math.isclose(
+            r.still,
+            bias.numel() / count + sum(int((a == 0).sum()) for a in others) / count,
+            abs_tol=1e-12,
+        )
 
 
 # --- the per-parameter error estimate: 1- vs 2-panel Simpson on sampled steps --------------------
@@ -451,8 +453,9 @@ def test_error_estimate_on_sampled_steps_matches_the_exact_panel_errors():
         # Both sampled steps go start → end (step 2 comes back and goes out again).
         one, two = simpson_value(1), simpson_value(2)
         assert torch.allclose(r.per_param["theta"], one, rtol=0, atol=1e-12)
-        assert math.isclose(r.series[ERROR_REL], float((one - two).norm() / two.norm()),
-                            rel_tol=1e-9)
+        assert math.isclose(
+            r.series[ERROR_REL], float((one - two).norm() / two.norm()), rel_tol=1e-9
+        )
         same = float((torch.sign(one) == torch.sign(two)).double().mean())
         assert r.series[ERROR_SIGNS] == same
     assert evaluations[1:] == [2, 4]  # the estimate costs the 2 quarter points

@@ -78,8 +78,11 @@ def test_every_report_and_summary_written(out: Path) -> None:
         assert md.startswith("# ") and "## Runs" in md
         files = run_files(md, out / "runs")
         assert files and all(p.exists() for p in files.values())
-        for link in [line.split("](")[1].rstrip(")") for line in md.splitlines()
-                     if line.startswith("Figure: [")]:
+        for link in [
+            line.split("](")[1].rstrip(")")
+            for line in md.splitlines()
+            if line.startswith("Figure: [")
+        ]:
             assert (out / link).exists()
     assert (out / "figures" / "plotly.min.js").exists()  # figures open offline
     results = (out / "RESULTS.md").read_text()
@@ -168,21 +171,25 @@ def test_freeze_side_by_side_from_runs(out: Path) -> None:
         if not label.endswith("-freeze-out"):
             continue
         base = files[label.removesuffix("-freeze-out")]
-        section = next(s for s in md.split("\n## ") if s.startswith(label.removesuffix(
-            "-freeze-out") + ":"))
+        section = next(
+            s for s in md.split("\n## ") if s.startswith(label.removesuffix("-freeze-out") + ":")
+        )
         layer_rows = {r["layer"]: r for r in table_rows(section, "LCA frozen")}
         assert float(layer_rows["out"]["LCA frozen"]) == 0.0  # frozen: never moved
         outcome = {r["run"]: r for r in table_rows(section, "loss after")}
         with Reader(path) as r:
-            assert close(outcome["last layer frozen"]["loss after"], float(r.steps("loss")[-1]),
-                         rel=5e-4)
-            assert np.all(r.layer_lca()[:, [i for i, n in enumerate(r.names)
-                                            if n.startswith("out.")]] == 0)
+            assert close(
+                outcome["last layer frozen"]["loss after"], float(r.steps("loss")[-1]), rel=5e-4
+            )
+            assert np.all(
+                r.layer_lca()[:, [i for i, n in enumerate(r.names) if n.startswith("out.")]] == 0
+            )
         with Reader(base) as r:
             assert close(outcome["baseline"]["loss after"], float(r.steps("loss")[-1]), rel=5e-4)
             fc = [i for i, n in enumerate(r.names) if n.startswith("out.")]
-            assert close(layer_rows["out"]["LCA baseline"], float(r.layer_lca()[:, fc].sum()),
-                         rel=1e-3)
+            assert close(
+                layer_rows["out"]["LCA baseline"], float(r.layer_lca()[:, fc].sum()), rel=1e-3
+            )
 
 
 @pytest.mark.slow  # the module's runs of every experiment: tens of seconds
@@ -194,8 +201,13 @@ def test_synchrony_matches_the_app_metric(out: Path) -> None:
     for row in rows:
         with Reader(files[row["run"]]) as r:
             series = r.layer_lca()[r.steps("kind") == 0]
-        res = synchrony(series, top_fraction=0.05, window=25 if row["mode"] == "detrended" else 0,
-                        shifts=1000, seed=0)
+        res = synchrony(
+            series,
+            top_fraction=0.05,
+            window=25 if row["mode"] == "detrended" else 0,
+            shifts=1000,
+            seed=0,
+        )
         assert close(row["C %"], 100 * res.observed, abs_=0.051)
         assert close(row["null mean %"], 100 * res.null_mean, abs_=0.051)
         assert int(row["tensors"]) == len(res.layers)
@@ -214,8 +226,11 @@ def test_techniques_tables_from_runs(out: Path) -> None:
         assert close(row["cost (ΣA)"], float(tot["cost"][0]), rel=1e-3, abs_=1e-12)
         assert close(row["final loss"], final, rel=5e-4)
         ratio = float(tot["helper_removal_ratio"][0])
-        assert row["helper-removal ratio"] == "n/a" if not math.isfinite(ratio) else close(
-            row["helper-removal ratio"], ratio, rel=1e-2)
+        assert (
+            row["helper-removal ratio"] == "n/a"
+            if not math.isfinite(ratio)
+            else close(row["helper-removal ratio"], ratio, rel=1e-2)
+        )
     wus_rows = {r["run"]: r for r in table_rows(md, "skipped steps")}
     for key in ("wus", "wus-lr"):
         with Reader(files[wus_rows[key]["run file label"]]) as r:
@@ -235,17 +250,25 @@ def test_methods_table_from_runs(out: Path) -> None:
         with Reader(files[f"digits-{method}"]) as r:
             totals = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names])
             assert close(row["helped %"], 100 * float((totals < 0).mean()), abs_=0.051)
-            assert close(row["test acc %"], 100 * float(r.events("eval")["test_acc"][-1]),
-                         abs_=0.051)
+            assert close(
+                row["test acc %"], 100 * float(r.events("eval")["test_acc"][-1]), abs_=0.051
+            )
             if method in ("dfa", "bdfa"):
                 a = np.asarray(r.series(f"techniques/{method}/alignment"), dtype=np.float64)
-                assert close(row["alignment last"], float(np.nanmean(a[-max(1, len(a) // 5):])),
-                             rel=1e-2, abs_=1e-3)
+                assert close(
+                    row["alignment last"],
+                    float(np.nanmean(a[-max(1, len(a) // 5) :])),
+                    rel=1e-2,
+                    abs_=1e-3,
+                )
             else:
                 assert row["alignment last"] == "n/a"
             saved = r.technique_summaries().get("symmetry", {}).get("params_saved", 0)
-            assert close(row["helped % of learned"],
-                         100 * float((totals < 0).sum() / (totals.size - saved)), abs_=0.051)
+            assert close(
+                row["helped % of learned"],
+                100 * float((totals < 0).sum() / (totals.size - saved)),
+                abs_=0.051,
+            )
             assert row["params saved"].startswith(f"{saved:,} of {totals.size:,}")
     assert rows["symmetry"]["params saved"].startswith("4,032")  # fc1, fc2: 2 × 64·63/2
 
@@ -279,8 +302,10 @@ def _fake_data(folder: Path) -> None:
     cifar = folder / "cifar-10-batches-py"
     cifar.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, 8)]}
+        batch = {
+            b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, 8)],
+        }
         (cifar / name).write_bytes(pickle.dumps(batch))
 
 
@@ -289,8 +314,9 @@ def test_data_dir_adds_mnist_and_cifar_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     _fake_data(data_dir)
-    path = run_one("layers", tmp_path / "out", tiny=True, data_dir=str(data_dir),
-                   log=lambda _m: None)
+    path = run_one(
+        "layers", tmp_path / "out", tiny=True, data_dir=str(data_dir), log=lambda _m: None
+    )
     files = run_files(path.read_text(), tmp_path / "out" / "runs")
     assert {"mnist-fc-mnist", "mnist-lenet", "cifar10-resnet20"} <= set(files)
 
@@ -322,21 +348,39 @@ def test_paper_scale_configs_follow_the_protocol() -> None:
     assert paper_setups(ExperimentContext(Path("out"), Path("runs"))) == []  # quick scale
     ctx.paper_steps, ctx.paper_measure = 20, 5000
     reduced = paper_setups(ctx)
-    assert all(s.label.endswith("-reduced") and s.config.steps == 20
-               and s.config.measure_size == 5000 and "reduced" in s.note for s in reduced)
+    assert all(
+        s.label.endswith("-reduced")
+        and s.config.steps == 20
+        and s.config.measure_size == 5000
+        and "reduced" in s.note
+        for s in reduced
+    )
 
 
 def test_paper_scale_without_the_dataset_is_one_sentence(tmp_path: Path) -> None:
     from lca.experiments import ExperimentError
 
     with pytest.raises(ExperimentError) as excinfo:
-        run_one("helped", tmp_path / "out", tiny=True, data_dir=str(tmp_path),
-                scale="paper", dataset="fashion-mnist", log=lambda _m: None)
+        run_one(
+            "helped",
+            tmp_path / "out",
+            tiny=True,
+            data_dir=str(tmp_path),
+            scale="paper",
+            dataset="fashion-mnist",
+            log=lambda _m: None,
+        )
     message = str(excinfo.value)
     assert "\n" not in message and "Fashion-MNIST" in message and str(tmp_path) in message
     with pytest.raises(ExperimentError, match="28×28"):
-        run_one("helped", tmp_path / "out", tiny=True, scale="paper", dataset="digits",
-                log=lambda _m: None)
+        run_one(
+            "helped",
+            tmp_path / "out",
+            tiny=True,
+            scale="paper",
+            dataset="digits",
+            log=lambda _m: None,
+        )
 
 
 @pytest.mark.slow
@@ -344,8 +388,15 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     _fake_data(data_dir)
-    path = run_one("helped", tmp_path / "out", tiny=True, data_dir=str(data_dir),
-                   scale="paper", dataset="fashion-mnist", log=lambda _m: None)
+    path = run_one(
+        "helped",
+        tmp_path / "out",
+        tiny=True,
+        data_dir=str(data_dir),
+        scale="paper",
+        dataset="fashion-mnist",
+        log=lambda _m: None,
+    )
     files = run_files(path.read_text(), tmp_path / "out" / "runs")
     # --tiny shrinks every run, so the paper-scale ones say they are reduced.
     paper = {"paper-fashion-mnist-fc-mnist-reduced", "paper-fashion-mnist-lenet-reduced"}

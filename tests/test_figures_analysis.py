@@ -74,9 +74,17 @@ def test_per_unit_sums_other_axes():
 
 @pytest.mark.parametrize(
     ("dataset", "n", "shape"),
-    [("digits", 64, (1, 8, 8)), ("mnist", 784, (1, 28, 28)), ("fashion_mnist", 100, (1, 10, 10)),
-     ("cifar10", 3072, (3, 32, 32)), ("CIFAR-10", 3072, (3, 32, 32)), ("iris", 4, None),
-     ("digits", 30, None), ("moons", 4, None), (None, 64, None)],
+    [
+        ("digits", 64, (1, 8, 8)),
+        ("mnist", 784, (1, 28, 28)),
+        ("fashion_mnist", 100, (1, 10, 10)),
+        ("cifar10", 3072, (3, 32, 32)),
+        ("CIFAR-10", 3072, (3, 32, 32)),
+        ("iris", 4, None),
+        ("digits", 30, None),
+        ("moons", 4, None),
+        (None, 64, None),
+    ],
 )
 def test_infer_image_shape(dataset, n, shape):
     assert F.infer_image_shape(dataset, n) == shape
@@ -119,8 +127,11 @@ def test_step_error_with_and_without_splits():
 
 
 def test_training_curves():
-    ev = {"train_step": np.array([0, 10, 20]), "train_acc": np.array([0.1, 0.5, 0.9]),
-          "test_acc": np.array([0.1, 0.4, 0.8])}
+    ev = {
+        "train_step": np.array([0, 10, 20]),
+        "train_acc": np.array([0.1, 0.5, 0.9]),
+        "test_acc": np.array([0.1, 0.4, 0.8]),
+    }
     fig = F.training_curves(RNG.random(20), ev)
     names = [t.name for t in fig.data]
     assert names == ["minibatch loss", "train accuracy", "test accuracy"]
@@ -176,7 +187,7 @@ def test_layer_step_heatmap_keeps_totals_and_cells_point_to_steps():
     custom = np.asarray(cells.customdata)
     assert len(custom) == z.size
     for layer, first, last, value in custom[:: max(1, len(custom) // 25)]:
-        assert _close(value, a[int(first) - 1: int(last), int(layer)].sum())
+        assert _close(value, a[int(first) - 1 : int(last), int(layer)].sum())
     assert fig.layout.clickmode == "event+select"
 
 
@@ -212,8 +223,9 @@ def test_a_layer_has_one_colour_on_every_page():
 
     tensors = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight"]
     steps = RNG.normal(size=(30, 5))
-    per_tensor = {t.name: t.line.color for t in F.cumulative_layers(np.cumsum(steps, 0),
-                                                                   tensors).data}
+    per_tensor = {
+        t.name: t.line.color for t in F.cumulative_layers(np.cumsum(steps, 0), tensors).data
+    }
     modules = {t.name: t.line.color for t in technique_layer_lines_figure(steps, tensors).data}
     assert modules == {m: per_tensor[f"{m}.weight"] for m in ("conv1", "conv2", "out")}
 
@@ -327,12 +339,15 @@ def test_param_trace_colours_and_block_sums():
 
 
 def test_compare_figures():
-    fig = F.compare_loss([("a", np.arange(3), np.array([2.0, 1.0, 0.5])),
-                          ("b", np.arange(4), np.array([2.0, 1.5, 1.0, 0.2]))])
+    fig = F.compare_loss(
+        [
+            ("a", np.arange(3), np.array([2.0, 1.0, 0.5])),
+            ("b", np.arange(4), np.array([2.0, 1.5, 1.0, 0.2])),
+        ]
+    )
     assert [t.name for t in fig.data] == ["a", "b"]
     totals = {"a": np.array([-1.0, 0.5]), "b": np.array([-2.0, 0.25])}
-    fig = F.compare_layers(["x", "y"], totals, counts={"a": [1, 1], "b": [2, 1]},
-                           per_param=True)
+    fig = F.compare_layers(["x", "y"], totals, counts={"a": [1, 1], "b": [2, 1]}, per_param=True)
     assert fig.layout.barmode == "group"
     np.testing.assert_allclose(fig.data[1].y, [-1.0, 0.25])
     assert not {t.marker.color for t in fig.data} & {HELPED, HURT}
@@ -357,14 +372,17 @@ def test_figures_carry_plotly_white_as_the_named_template_would(default, monkeyp
     a = np.random.default_rng(1).normal(size=(30, 4))  # not RNG: later tests rely on its order
 
     def build() -> list[go.Figure]:
-        return [F.layer_totals(["a", "b"], np.array([-1.0, 2.0])),  # bars
-                F.unit_heatmap(a),  # a heatmap
-                F.step_error(a[:, 0], np.arange(30) % 3 + 1),  # two y axes
-                F.empty_figure("Nothing yet.")]
+        return [
+            F.layer_totals(["a", "b"], np.array([-1.0, 2.0])),  # bars
+            F.unit_heatmap(a),  # a heatmap
+            F.step_error(a[:, 0], np.arange(30) % 3 + 1),  # two y axes
+            F.empty_figure("Nothing yet."),
+        ]
 
     figs = build()
-    monkeypatch.setattr(common, "white_template",
-                        lambda fig: fig.update_layout(template="plotly_white"))
+    monkeypatch.setattr(
+        common, "white_template", lambda fig: fig.update_layout(template="plotly_white")
+    )
     for fig, named in zip(figs, build(), strict=True):
         assert json.loads(fig.to_json()) == json.loads(named.to_json())
         assert fig.layout.template.layout.plot_bgcolor == "white"

@@ -25,12 +25,19 @@ E5M2 = FloatFormat(5, 2)
 E6M9 = FloatFormat(6, 9)
 
 
-def ctx_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
-            momentum: float = 0.0) -> Context:
+def ctx_for(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, momentum: float = 0.0
+) -> Context:
     return Context(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
-        loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=100,
-        train_x=x, train_y=y, test_x=x, test_y=y,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=100,
+        train_x=x,
+        train_y=y,
+        test_x=x,
+        test_y=y,
     )
 
 
@@ -61,8 +68,7 @@ def drive(tech, ctx: Context, steps: int, batch: int | None = None) -> list[floa
 def measured_loss(tech, ctx: Context) -> float:
     with torch.no_grad(), techniques.measuring():
         params = tech.effective(dict(ctx.model.named_parameters()))
-        return float(ctx.loss_fn(functional_call(ctx.model, params, (ctx.train_x,)),
-                                 ctx.train_y))
+        return float(ctx.loss_fn(functional_call(ctx.model, params, (ctx.train_x,)), ctx.train_y))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,22 +99,22 @@ def test_float_quantizer_saturates_and_underflows():
     assert float_quantize(big, E5M2).tolist() == [57344.0, 57344.0, 57344.0, -57344.0]
     tiny = torch.tensor([2.0**-17, 2.0**-17 * 1.01, 2.0**-16, 2.0**-15 * 1.5, 2.0**-18])
     # Half the smallest subnormal ties to 0 (even); just above it rounds up; subnormals exist.
-    assert float_quantize(tiny, E5M2).tolist() == [0.0, 2.0**-16, 2.0**-16, 2.0**-14 * 0.75,
-                                                   0.0]
+    assert float_quantize(tiny, E5M2).tolist() == [0.0, 2.0**-16, 2.0**-16, 2.0**-14 * 0.75, 0.0]
     # Without subnormals everything below the smallest normal 2^-14 flushes to zero.
     assert float_quantize(tiny, E5M2, subnormals=False).tolist() == [0.0] * 5
     assert float_quantize(torch.tensor([math.nan]), E5M2).isnan().all()
     # 1-6-9: 10 significant bits, exponent range 2^-30 .. 2^31.
     assert E6M9.max == (2 - 2.0**-9) * 2.0**31 and E6M9.min_subnormal == 2.0**-39
     assert float_quantize(torch.tensor([1 + 2.0**-10, 1 + 3 * 2.0**-10]), E6M9).tolist() == [
-        1.0, 1 + 2.0**-8]
+        1.0,
+        1 + 2.0**-8,
+    ]
 
 
 def test_stochastic_rounding_is_unbiased():
     g = torch.Generator().manual_seed(0)
     n = 200_000
-    for value, fmt in [(1.0625, E5M2), (0.3 * 2.0**-16, E5M2), (1 + 2.0**-12, E6M9),
-                       (-3.3, E5M2)]:
+    for value, fmt in [(1.0625, E5M2), (0.3 * 2.0**-16, E5M2), (1 + 2.0**-12, E6M9), (-3.3, E5M2)]:
         x = torch.full((n,), value, dtype=torch.float64)
         q = float_quantize(x, fmt, "stochastic", generator=g)
         lo, hi = q.min().item(), q.max().item()
@@ -125,8 +131,11 @@ def test_fixed_quantize_grid_and_clip():
 
 
 def test_bad_formats_are_one_sentence():
-    for spec in ({"name": "fp8", "forward": "e5m2"}, {"name": "fp8", "update": "1-9-2"},
-                 {"name": "fp8", "loss_scale": 3}):
+    for spec in (
+        {"name": "fp8", "forward": "e5m2"},
+        {"name": "fp8", "update": "1-9-2"},
+        {"name": "fp8", "loss_scale": 3},
+    ):
         with pytest.raises(TechniqueError) as e:
             techniques.create(spec)
         assert str(e.value).endswith(".") and "\n" not in str(e.value)
@@ -190,8 +199,11 @@ def test_fp8_stochastic_updates_track_fp32_where_nearest_stalls(rounding):
     resolves the small weight moves; the update path is the paper's."""
     steps, lr = 80, 0.006  # |lr·g| < 2^-8, half the spacing
     model, x, y = logistic_problem()
-    fp32 = drive(techniques.create({"name": "fp8", "forward": "1-8-23", "update": "1-8-23"}),
-                 ctx_for(model, x, y, lr), steps)
+    fp32 = drive(
+        techniques.create({"name": "fp8", "forward": "1-8-23", "update": "1-8-23"}),
+        ctx_for(model, x, y, lr),
+        steps,
+    )
     model, x, y = logistic_problem()
     w0 = model.out.weight.detach().clone()
     tech = techniques.create({"name": "fp8", "forward": "1-5-10", "update_rounding": rounding})
@@ -213,15 +225,14 @@ def test_fp8_chunked_accumulation_rounds_each_chunk():
     out = tech.chunked_linear(x, w, None)
     acc = torch.zeros(3, 5)
     for k in (0, 4, 8):  # chunk sums rounded to 1-6-9, accumulated in 1-6-9
-        acc = float_quantize(acc + float_quantize(x[:, k:k + 4] @ w[:, k:k + 4].T, E6M9), E6M9)
+        acc = float_quantize(acc + float_quantize(x[:, k : k + 4] @ w[:, k : k + 4].T, E6M9), E6M9)
     assert torch.equal(out, acc)
     assert torch.equal(float_quantize(out, E6M9), out)
     assert (out - x @ w.T).abs().max() < 0.02 * (x @ w.T).abs().max()
 
 
 def test_fp8_keep_first_last_leaves_them_float32():
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
-                          nn.Linear(6, 3))
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     tech = techniques.create({"name": "fp8", "keep_first_last": True})
     tech.setup(ctx_for(model, x, y, 0.1))
@@ -238,12 +249,20 @@ def test_fp8_needs_sgd():
 
 @pytest.mark.slow
 def test_fp8_in_the_loop_learns_records_and_conserves(train):  # noqa: F811
-    result, w, _ = train(config([{"name": "fp8", "loss_scale": 256}], steps=20,
-                                optimizer="momentum", lr=0.05, measure_size=200))
+    result, w, _ = train(
+        config(
+            [{"name": "fp8", "loss_scale": 256}],
+            steps=20,
+            optimizer="momentum",
+            lr=0.05,
+            measure_size=200,
+        )
+    )
     assert result.loss_final < result.loss0
     total = math.fsum(r.total for r in w.records)
-    assert abs(total - (w.records[-1].loss_end - w.loss0)) < 0.05 * (result.loss0
-                                                                     - result.loss_final)
+    assert abs(total - (w.records[-1].loss_end - w.loss0)) < 0.05 * (
+        result.loss0 - result.loss_final
+    )
     lost = w.series("techniques/fp8/updates_lost")
     assert len(lost) == 20 and ((lost >= 0) & (lost <= 1)).all()
     s = result.summaries["fp8"]
@@ -270,8 +289,9 @@ def test_fixed_point_precisions_follow_the_formulas_on_a_two_layer_net():
     model, x, y = two_layer()
     w1, b1 = model.fc1.weight.detach().clone(), model.fc1.bias.detach().clone()
     w2, b2 = model.out.weight.detach().clone(), model.out.bias.detach().clone()
-    tech = techniques.create({"name": "fixed-point", "bits": 6, "probe_examples": 32,
-                              "probe_steps": 5})
+    tech = techniques.create(
+        {"name": "fixed-point", "bits": 6, "probe_examples": 32, "probe_steps": 5}
+    )
     ctx = ctx_for(model, x, y, lr=0.05)
     tech.setup(ctx)
     # The noise gains by hand: z = W2·h + b2, h = relu(W1·x + b1).
@@ -319,12 +339,14 @@ def test_fixed_point_precisions_follow_the_formulas_on_a_two_layer_net():
     # λ_max is the largest eigenvalue of AᵀA (Linear) / of the im2col patch matrix (Conv).
     a = torch.randn(20, 4)
     assert lambda_max(model.fc1, a) == pytest.approx(
-        float(np.linalg.eigvalsh((a.T @ a).double().numpy()).max()), rel=1e-6)
+        float(np.linalg.eigvalsh((a.T @ a).double().numpy()).max()), rel=1e-6
+    )
     conv = nn.Conv2d(2, 3, 3)
     img = torch.randn(2, 2, 5, 5)
     patches = torch.nn.functional.unfold(img, 3).transpose(1, 2).reshape(-1, 18).double()
     assert lambda_max(conv, img) == pytest.approx(
-        float(np.linalg.eigvalsh((patches.T @ patches).numpy()).max()), rel=1e-6)
+        float(np.linalg.eigvalsh((patches.T @ patches).numpy()).max()), rel=1e-6
+    )
 
 
 def test_fixed_point_tensors_lie_on_their_grids():
@@ -414,8 +436,7 @@ def test_als_unscales_weight_gradients_exactly():
 
 
 def test_als_in_the_loop_records_scales_per_layer(train):  # noqa: F811
-    result, w, _ = train(config([{"name": "adaptive-loss-scaling"}], steps=6,
-                                measure_size=100))
+    result, w, _ = train(config([{"name": "adaptive-loss-scaling"}], steps=6, measure_size=100))
     scale = w.series("techniques/adaptive-loss-scaling/scale")
     assert scale.shape == (6, 6)  # mlp (32, 32): three layers, weight and bias each
     assert np.isfinite(scale).all() and (scale >= 1).all()
@@ -437,7 +458,8 @@ def test_bnn_binarizes_weights_and_hidden_activations_but_measures_the_surrogate
     seen: dict[str, list[torch.Tensor]] = {"fc1": [], "fc2": []}
     for name in seen:
         getattr(model, name).register_forward_pre_hook(
-            lambda m, a, name=name: seen[name].append(a[0].detach()))
+            lambda m, a, name=name: seen[name].append(a[0].detach())
+        )
     params = tech.forward_params(dict(model.named_parameters()))
     functional_call(model, params, (x,))
     with techniques.measuring():
@@ -451,14 +473,17 @@ def test_bnn_binarizes_weights_and_hidden_activations_but_measures_the_surrogate
         assert set(params[n].detach().unique().tolist()) <= {-1.0, 1.0}
     # Latent weights are clipped to [-1, 1] after a (large) step.
     drive(tech, ctx, steps=2)
-    assert max(float(dict(model.named_parameters())[n].detach().abs().max())
-               for n in tech.targets) <= 1
+    assert (
+        max(float(dict(model.named_parameters())[n].detach().abs().max()) for n in tech.targets)
+        <= 1
+    )
 
 
 @pytest.mark.slow
 def test_bnn_records_the_discretization_residual(train):  # noqa: F811
-    result, w, _ = train(config([{"name": "bnn"}], steps=12, optimizer="adam", lr=0.01,
-                                measure_size=200))
+    result, w, _ = train(
+        config([{"name": "bnn"}], steps=12, optimizer="adam", lr=0.01, measure_size=200)
+    )
     binary = w.series("techniques/bnn/loss_binary")
     residual = w.series("techniques/bnn/residual")
     steps = [r for r in w.records if r.kind == 0]
@@ -534,8 +559,11 @@ def test_registered_with_documented_options_and_cli_specs(name):
 
 
 def test_cli_specs_parse_to_options():
-    t = techniques.create(techniques.parse_spec(
-        "fp8:update_rounding=nearest,chunk=64,keep_first_last=true,forward=1-4-3"))
+    t = techniques.create(
+        techniques.parse_spec(
+            "fp8:update_rounding=nearest,chunk=64,keep_first_last=true,forward=1-4-3"
+        )
+    )
     assert t.opts["update_rounding"] == "nearest" and t.opts["chunk"] == 64
     assert t.opts["keep_first_last"] is True and t.fwd == FloatFormat(4, 3)
     f = techniques.create(techniques.parse_spec("fixed-point:assign=uniform,bits=8"))
@@ -583,12 +611,19 @@ def test_rounding_segment_allocates_the_rounding_and_the_report_reads_it(tmp_pat
     from lca.experiments import run_one
     from lca.store import Reader
 
-    md = run_one("precision", tmp_path, tiny=True, runs_dir=tmp_path / "runs",
-                 log=lambda _m: None).read_text()
-    files = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
-             for line in md.splitlines() if line.startswith("| digits-mlp32")}
-    rows = [line.split(" | ") for line in md.splitlines()
-            if line.startswith("| uniform 8 bits, stochastic |")]  # the Runs table comes first
+    md = run_one(
+        "precision", tmp_path, tiny=True, runs_dir=tmp_path / "runs", log=lambda _m: None
+    ).read_text()
+    files = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
+        for line in md.splitlines()
+        if line.startswith("| digits-mlp32")
+    }
+    rows = [
+        line.split(" | ")
+        for line in md.splitlines()
+        if line.startswith("| uniform 8 bits, stochastic |")
+    ]  # the Runs table comes first
     path = tmp_path / "runs" / files["digits-mlp32-fx-uniform-8-bits-stochastic"]
     with Reader(path) as r:
         kind = r.steps("kind")

@@ -28,8 +28,7 @@ from techniques import Context
 from techniques.feedback import cosine
 from techniques.symmetry import dead_mask, symmetrize
 
-BASE = dict(dataset="digits", model="mlp", measure_size=200, eval_every=20, batch_size=64,
-            lr=0.05)
+BASE = dict(dataset="digits", model="mlp", measure_size=200, eval_every=20, batch_size=64, lr=0.05)
 
 
 def config(techs: list[dict], steps: int = 40, **kw) -> RunConfig:
@@ -40,9 +39,17 @@ def mlp_ctx(seed: int = 0) -> tuple[Context, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     model = MLP(6, (5, 4), 3)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                  loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=3,
-                  train_x=x, train_y=y, test_x=x, test_y=y)
+    ctx = Context(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=3,
+        train_x=x,
+        train_y=y,
+        test_x=x,
+        test_y=y,
+    )
     return ctx, x, y
 
 
@@ -52,9 +59,13 @@ def dfa_grads(name: str, **opts) -> tuple[dict, dict, object, Context, torch.Ten
     t = techniques.create({"name": name, **opts})
     t.setup(ctx)
     model = ctx.model
-    true = dict(zip([n for n, _ in model.named_parameters()],
-                    torch.autograd.grad(ctx.loss_fn(model(x), y), list(model.parameters())),
-                    strict=True))
+    true = dict(
+        zip(
+            [n for n, _ in model.named_parameters()],
+            torch.autograd.grad(ctx.loss_fn(model(x), y), list(model.parameters())),
+            strict=True,
+        )
+    )
     t.before_forward(ctx)
     assert t.backward(ctx, ctx.loss_fn(model(x), y)) is True
     return {n: p.grad.clone() for n, p in model.named_parameters()}, true, t, ctx, x
@@ -98,14 +109,18 @@ def test_bp_layers_keep_the_true_gradient():
     assert not torch.allclose(got["fc2.weight"], true["fc2.weight"])
 
 
-@pytest.mark.parametrize(("opts", "model"), [
-    ({"bp_layers": ["fc9"]}, "mlp"),
-    ({"bp_layers": ["fc1", "fc2"]}, "mlp"),
-    ({}, "resnet20"),
-])
+@pytest.mark.parametrize(
+    ("opts", "model"),
+    [
+        ({"bp_layers": ["fc9"]}, "mlp"),
+        ({"bp_layers": ["fc1", "fc2"]}, "mlp"),
+        ({}, "resnet20"),
+    ],
+)
 def test_dfa_bad_setups_give_one_sentence(opts, model):
     with pytest.raises(TrainingError) as e:
         from lca.train import build
+
         build(config([{"name": "dfa", **opts}], steps=1, model=model))
     assert one_sentence(str(e.value)), str(e.value)
 
@@ -133,13 +148,16 @@ def test_dfa_learns_aligns_and_conserves(trained, name):
 # Symmetry.
 
 
-@pytest.mark.parametrize(("variant", "shape", "saved"), [
-    ("tri", (7, 7), 7 * 6 // 2),
-    ("wwt", (7, 7), 0),
-    ("tri", (4, 4, 3, 3), 9 * 4 * 3 // 2),
-    ("spa", (5, 2, 3, 3), 5 * 2 * 3),
-    ("wwt", (4, 4, 3, 3), 0),
-])
+@pytest.mark.parametrize(
+    ("variant", "shape", "saved"),
+    [
+        ("tri", (7, 7), 7 * 6 // 2),
+        ("wwt", (7, 7), 0),
+        ("tri", (4, 4, 3, 3), 9 * 4 * 3 // 2),
+        ("spa", (5, 2, 3, 3), 5 * 2 * 3),
+        ("wwt", (4, 4, 3, 3), 0),
+    ],
+)
 def test_symmetric_weight_and_dead_entries(variant, shape, saved):
     torch.manual_seed(0)
     u = torch.randn(shape, requires_grad=True)
@@ -175,20 +193,28 @@ def test_symmetry_counts_the_params_it_promises():
 def test_symmetry_without_square_layers_gives_one_sentence():
     with pytest.raises(TrainingError) as e:
         from lca.train import build
+
         build(config([{"name": "symmetry"}], steps=1, model_options={"hidden": [16, 8]}))
     assert one_sentence(str(e.value)) and "square" in str(e.value), str(e.value)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [
-    {"name": "symmetry", "variant": "tri"},
-    {"name": "symmetry", "variant": "spa"},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "symmetry", "variant": "tri"},
+        {"name": "symmetry", "variant": "spa"},
+    ],
+)
 def test_mirrored_weights_never_move_and_carry_zero_lca(trained, spec):
-    kw = {"model": "cnn-small", "model_options": {"channels": [8, 8]}} if spec["variant"] == "spa" \
+    kw = (
+        {"model": "cnn-small", "model_options": {"channels": [8, 8]}}
+        if spec["variant"] == "spa"
         else {}
-    result, w, probe = trained(config([spec, {"name": "probe"}], steps=20, weight_decay=1e-3,
-                                    optimizer="momentum", **kw))
+    )
+    result, w, probe = trained(
+        config([spec, {"name": "probe"}], steps=20, weight_decay=1e-3, optimizer="momentum", **kw)
+    )
     cum = result.tracker.cumulative
     total_dead = 0
     for name, dead in _dead(result).items():
@@ -203,17 +229,29 @@ def test_mirrored_weights_never_move_and_carry_zero_lca(trained, spec):
 
 def _dead(result) -> dict[str, torch.Tensor]:
     model = result.tracker.model
-    return {f"{n}.weight": dead_mask(tuple(m.weight.shape), m.symmetry)
-            for n, m in model.named_modules() if hasattr(m, "symmetry")}
+    return {
+        f"{n}.weight": dead_mask(tuple(m.weight.shape), m.symmetry)
+        for n, m in model.named_modules()
+        if hasattr(m, "symmetry")
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Compose or refuse.
 
-FAST = {"prune-magnitude": {"start": 1}, "prune-lca": {"start": 1},
-        "prune-lobs": {"start": 1, "samples": 32}}
-REFUSED = [("wus", "wus-lr"), ("quantize", "binary"), ("binary", "ternary"), ("dfa", "bdfa"),
-           ("amp", "dfa"), ("freeze", "freeze")]
+FAST = {
+    "prune-magnitude": {"start": 1},
+    "prune-lca": {"start": 1},
+    "prune-lobs": {"start": 1, "samples": 32},
+}
+REFUSED = [
+    ("wus", "wus-lr"),
+    ("quantize", "binary"),
+    ("binary", "ternary"),
+    ("dfa", "bdfa"),
+    ("amp", "dfa"),
+    ("freeze", "freeze"),
+]
 
 
 @pytest.mark.parametrize(("a", "b"), REFUSED)
@@ -233,8 +271,9 @@ def _spec(name: str) -> dict:
 def test_every_pair_composes_or_is_refused(trained, a, b):
     techs = [_spec(a), _spec(b)]
     try:
-        cfg = config(techs, steps=3, measure_size=64, record="layers",
-                     model_options={"hidden": [8, 8]})
+        cfg = config(
+            techs, steps=3, measure_size=64, record="layers", model_options={"hidden": [8, 8]}
+        )
     except ConfigError as e:
         assert one_sentence(str(e)) and repr(a) in str(e) and repr(b) in str(e), str(e)
         return
@@ -244,10 +283,16 @@ def test_every_pair_composes_or_is_refused(trained, a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pair", [
-    ("prune-magnitude", "fp8"), ("symmetry", "prune-magnitude"), ("dfa", "freeze"),
-    ("prune-magnitude", "quantize"), ("freeze", "amp"),
-])
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("prune-magnitude", "fp8"),
+        ("symmetry", "prune-magnitude"),
+        ("dfa", "freeze"),
+        ("prune-magnitude", "quantize"),
+        ("freeze", "amp"),
+    ],
+)
 def test_pairs_a_user_would_try_train_and_conserve(trained, pair):
     missing = [n for n in pair if n not in techniques.names()]
     if missing:
@@ -295,8 +340,9 @@ def test_roles_are_documented():
 def test_alignment_and_helped_figures():
     from lca.figures import HELPED, alignment_figure, helped_by_method_figure
 
-    fig = alignment_figure(np.array([[0.0, 0.1], [0.2, np.nan], [0.5, 0.4]]), ["fc1", "fc2"],
-                           kind=np.array([0, 1, 0]))
+    fig = alignment_figure(
+        np.array([[0.0, 0.1], [0.2, np.nan], [0.5, 0.4]]), ["fc1", "fc2"], kind=np.array([0, 1, 0])
+    )
     assert [t.name for t in fig.data] == ["fc1", "fc2"]
     assert list(fig.data[0].y) == [0.0, 0.5]  # the intervention row is left out
     fig = helped_by_method_figure({"fc1": 0.4, "out": 0.9}, {"fc1": "dfa", "out": "backprop"})
@@ -309,8 +355,9 @@ def test_page_shows_alignment_helped_and_params_saved(runs_folder, make_run):
     from test_pages_techniques import _page
 
     techs = [{"name": "dfa"}, {"name": "symmetry"}]
-    make_run(name="methods.h5", folder=runs_folder, techniques=techs,
-             model_options={"hidden": [16, 16]})
+    make_run(
+        name="methods.h5", folder=runs_folder, techniques=techs, model_options={"hidden": [16, 16]}
+    )
     at = _page(runs_folder, "methods.h5")
     assert not at.exception and not at.error
     heads = [h.value for h in at.subheader]

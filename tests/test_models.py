@@ -245,8 +245,7 @@ def _sgd_cases() -> list:
     marked slow."""
     cases = [*_cases(), ("mlp-tanh", (2,)), ("mlp-gelu", (64,))]
     return [
-        pytest.param(n, s, marks=pytest.mark.slow) if n == "resnet20" else (n, s)
-        for n, s in cases
+        pytest.param(n, s, marks=pytest.mark.slow) if n == "resnet20" else (n, s) for n, s in cases
     ]
 
 

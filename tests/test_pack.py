@@ -13,8 +13,18 @@ from lca.train import run
 
 
 def _config(**kw) -> RunConfig:
-    base = dict(dataset="gauss", model="mlp", steps=5, eval_every=2, batch_size=16, subset=64,
-                measure_size=64, lr=0.2, seed=3, optimizer="momentum")
+    base = dict(
+        dataset="gauss",
+        model="mlp",
+        steps=5,
+        eval_every=2,
+        batch_size=16,
+        subset=64,
+        measure_size=64,
+        lr=0.2,
+        seed=3,
+        optimizer="momentum",
+    )
     return RunConfig(**{**base, **kw})
 
 
@@ -34,8 +44,11 @@ def test_each_packed_model_equals_the_model_trained_alone(tmp_path):
     assert [r.status for r in results] == ["complete"] * 3
     for i, packed in enumerate(results):
         alone = run(_config(seed=3 + i), out=tmp_path / f"alone-{i}.h5")
-        for (name, p), (_, q) in zip(packed.tracker.model.named_parameters(),
-                                     alone.tracker.model.named_parameters(), strict=True):
+        for (name, p), (_, q) in zip(
+            packed.tracker.model.named_parameters(),
+            alone.tracker.model.named_parameters(),
+            strict=True,
+        ):
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
         with Reader(tmp_path / f"p-{i}.h5") as rp, Reader(tmp_path / f"alone-{i}.h5") as ra:
             assert rp.status == "complete" and rp.num_steps == 5
@@ -69,13 +82,17 @@ def test_stacked_pack_equals_each_model_trained_alone_to_float_tolerance(tmp_pat
     assert calls["n"] == 5  # the stacked path really ran, once per step
     for i, packed in enumerate(results):
         alone = run(_config(seed=3 + i), out=tmp_path / f"alone-{i}.h5")
-        for (name, p), (_, q) in zip(packed.tracker.model.named_parameters(),
-                                     alone.tracker.model.named_parameters(), strict=True):
+        for (name, p), (_, q) in zip(
+            packed.tracker.model.named_parameters(),
+            alone.tracker.model.named_parameters(),
+            strict=True,
+        ):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
         with Reader(tmp_path / f"v-{i}.h5") as rp, Reader(tmp_path / f"alone-{i}.h5") as ra:
             for name in ra.names:
-                np.testing.assert_allclose(rp.param_lca(name), ra.param_lca(name), rtol=0,
-                                           atol=1e-5)
+                np.testing.assert_allclose(
+                    rp.param_lca(name), ra.param_lca(name), rtol=0, atol=1e-5
+                )
 
 
 @pytest.mark.slow
@@ -104,9 +121,30 @@ def test_cli_pack_writes_one_file_per_model(tmp_path, capsys):
     from lca.cli import main
 
     out = tmp_path / "sweep.h5"
-    code = main(["train", "--dataset", "gauss", "--model", "mlp", "--steps", "3",
-                 "--subset", "64", "--measure-size", "64", "--batch-size", "16", "--seed", "7",
-                 "--pack", "2", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "gauss",
+            "--model",
+            "mlp",
+            "--steps",
+            "3",
+            "--subset",
+            "64",
+            "--measure-size",
+            "64",
+            "--batch-size",
+            "16",
+            "--seed",
+            "7",
+            "--pack",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "[0] seed 7 complete" in text and "[1] seed 8 complete" in text
@@ -115,6 +153,21 @@ def test_cli_pack_writes_one_file_per_model(tmp_path, capsys):
             assert r.status == "complete" and r.config["seed"] == 7 + i
     assert not out.exists()
     # an existing packed file is refused before anything is trained, in one sentence
-    assert main(["train", "--dataset", "gauss", "--steps", "3", "--pack", "2",
-                 "--out", str(out), "--quiet"]) != 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "gauss",
+                "--steps",
+                "3",
+                "--pack",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        != 0
+    )
     assert "exists" in capsys.readouterr().err

@@ -104,8 +104,12 @@ def test_loss_page(full_run):
     assert measured["name"].startswith("measured") and rebuilt["name"].startswith("L₀")
     assert {HELPED, HURT} <= colours(specs[3])
     labels = [m.label for m in at.metric]
-    assert labels == ["Final loss", "Test accuracy", "Conservation error",
-                      "Parameters helping per step"]
+    assert labels == [
+        "Final loss",
+        "Test accuracy",
+        "Conservation error",
+        "Parameters helping per step",
+    ]
     assert not any("unallocated" in t for t in sentences(at))  # rk4 on a small run: exact
     at.toggle(key="loss_log").set_value(True).run()
     assert charts(ok(at))[0]["layout"]["yaxis"]["type"] == "log"
@@ -119,8 +123,11 @@ def test_loss_page_says_how_to_shrink_a_large_conservation_error(make_run, runs_
 
 
 def test_loss_page_marks_prune_interventions(make_run, runs_folder):
-    make_run("pruned.h5", runs_folder,
-             techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}])
+    make_run(
+        "pruned.h5",
+        runs_folder,
+        techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}],
+    )
     at = ok(page("loss", "pruned.h5").run())
     names = [t.get("name") for t in charts(at)[0]["data"]]
     assert any("intervention" in (n or "") for n in names)
@@ -168,8 +175,13 @@ def test_empty_run_is_one_sentence(runs_folder):
 
     model = torch.nn.Linear(4, 2)
     layout = lca.Layout(
-        names=("weight", "bias"), shapes=((2, 4), (2,)), units=tuple(lca.unit_layout(model)),
-        method="rk4", dtype="float32", measure_size=10)
+        names=("weight", "bias"),
+        shapes=((2, 4), (2,)),
+        units=tuple(lca.unit_layout(model)),
+        method="rk4",
+        dtype="float32",
+        measure_size=10,
+    )
     w = lca.Writer(runs_folder / "empty.h5", record="full")
     w.begin(layout, 1.0)
     w.close("complete")
@@ -220,14 +232,18 @@ def test_layers_drill_down_by_widgets(full_run):
 def test_step_numbers_stay_the_optimizers_after_a_prune(make_run, runs_folder):
     """30 steps and a prune after step 10: the drill-down runs to step 30, not row 31, and
     steps 11-15 are the optimizer's steps 11-15 (the prune sits at 10.5)."""
-    make_run("pruned.h5", runs_folder,
-             techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}])
+    make_run(
+        "pruned.h5",
+        runs_folder,
+        techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}],
+    )
     at = ok(page("layers", "pruned.h5").run())
     assert at.slider(key="drill_steps").max == 30
     at.selectbox(key="drill_layer").select("fc1.weight").run()
     at.slider(key="drill_steps").set_range(10, 12).run()
-    trace = next(c for c in charts(ok(at)) if "fc1.weight on each step 10–12" in
-                 c["layout"]["title"]["text"])
+    trace = next(
+        c for c in charts(ok(at)) if "fc1.weight on each step 10–12" in c["layout"]["title"]["text"]
+    )
     x = trace["data"][0]["x"]  # plotly sends numeric arrays base64-encoded
     x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]) if isinstance(x, dict) else x
     assert list(x) == [10.0, 10.5, 11.0, 12.0]  # step 10, the prune, steps 11 and 12
@@ -236,14 +252,23 @@ def test_step_numbers_stay_the_optimizers_after_a_prune(make_run, runs_folder):
 def test_layers_heatmap_click_selects_layer_and_steps(full_run):
     """A click on a cell (sent as the chart's selection state) fills the drill-down."""
     at = ok(page("layers", full_run).run())
-    chart = next(c for c in at.get("plotly_chart")
-                 if "each layer on each step" in json.loads(c.proto.spec)["layout"]["title"][
-                     "text"])
+    chart = next(
+        c
+        for c in at.get("plotly_chart")
+        if "each layer on each step" in json.loads(c.proto.spec)["layout"]["title"]["text"]
+    )
     states = at._tree.get_widget_states()  # AppTest has no API to click a chart
     click = WidgetState(id=chart.proto.id)
-    click.string_value = json.dumps({"selection": {
-        "points": [{"customdata": {"0": 2, "1": 11, "2": 11, "3": 0.0}}], "point_indices": [0],
-        "box": [], "lasso": []}})  # a typed-array row arrives as a dict, as browsers send it
+    click.string_value = json.dumps(
+        {
+            "selection": {
+                "points": [{"customdata": {"0": 2, "1": 11, "2": 11, "3": 0.0}}],
+                "point_indices": [0],
+                "box": [],
+                "lasso": [],
+            }
+        }
+    )  # a typed-array row arrives as a dict, as browsers send it
     states.widgets.append(click)
     at._run(states)
     ok(at)

@@ -19,15 +19,19 @@ from lca.figures import (
 from lca.store import Reader
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques_used.py")
-LOWBIT = [{"name": "fixed-point", "probe_steps": 3}, {"name": "adaptive-loss-scaling"},
-          {"name": "bnn"}]
+LOWBIT = [
+    {"name": "fixed-point", "probe_steps": 3},
+    {"name": "adaptive-loss-scaling"},
+    {"name": "bnn"},
+]
 NAMES = ["fc1.weight", "fc1.bias", "out.weight", "out.bias"]
 
 
 def test_precision_bits_figure_groups_classes_per_layer():
     nan = np.nan
-    fig = precision_bits_figure(NAMES, {"weights": np.array([8, nan, 10, nan]),
-                                        "accumulator": np.array([20, nan, 22, nan])})
+    fig = precision_bits_figure(
+        NAMES, {"weights": np.array([8, nan, 10, nan]), "accumulator": np.array([20, nan, 22, nan])}
+    )
     assert [t.name for t in fig.data] == ["weights (forward)", "weight accumulator"]
     assert list(fig.data[0].x) == ["fc1", "out"] and list(fig.data[1].y) == [20, 22]
     empty = precision_bits_figure(NAMES, {"weights": np.full(4, nan)})
@@ -55,8 +59,15 @@ def test_underflow_figure_compares_with_the_global_scale():
 
 @pytest.mark.slow
 def test_page_shows_precision_scales_and_savings(runs_folder, make_run):
-    path = make_run(name="lowbit.h5", folder=runs_folder, techniques=LOWBIT, steps=8,
-                    measure_size=100, optimizer="adam", lr=0.01)
+    path = make_run(
+        name="lowbit.h5",
+        folder=runs_folder,
+        techniques=LOWBIT,
+        steps=8,
+        measure_size=100,
+        optimizer="adam",
+        lr=0.01,
+    )
     with Reader(path) as r:
         bits = np.asarray(r.array("techniques/fixed-point/bits_accumulator"))
         assert np.isfinite(bits).sum() == 2  # hidden (16,): fc1 and out

@@ -44,11 +44,14 @@ from lca.views import prune as vp
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "techniques_used.py")
 
-SKIP = {"name": "wus", "window": 5, "warmup": 5, "threshold": 0.5, "patience": 1,
-        "skip_windows": 1}
+SKIP = {"name": "wus", "window": 5, "warmup": 5, "threshold": 0.5, "patience": 1, "skip_windows": 1}
 PRUNE = {"name": "prune-magnitude", "sparsity": 0.5, "start": 10}
-MISC = [{"name": "amp"}, {"name": "quantize", "bits": 4},
-        {"name": "freeze", "layers": ["out"], "start": 15}, {"name": "compress"}]
+MISC = [
+    {"name": "amp"},
+    {"name": "quantize", "bits": 4},
+    {"name": "freeze", "layers": ["out"], "start": 15},
+    {"name": "compress"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +83,18 @@ def test_loss_figure_marks_bands_events_and_scaler_skips():
     loss = np.linspace(2.0, 1.0, 21)
     skipped = np.zeros(20, dtype=bool)
     skipped[7] = True
-    fig = technique_loss_figure(loss, skip_bands=[(3, 6), (12, 15)], prune_marks=[(9, "prune")],
-                                scaler_skipped=skipped)
+    fig = technique_loss_figure(
+        loss, skip_bands=[(3, 6), (12, 15)], prune_marks=[(9, "prune")], scaler_skipped=skipped
+    )
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     assert [(r.x0, r.x1) for r in rects] == [(3, 6), (12, 15)]
     names = {t.name for t in fig.data}
-    assert {"loss", "prune event", "step skipped by loss scaler",
-            "weights not updating (skipped)"} <= names
+    assert {
+        "loss",
+        "prune event",
+        "step skipped by loss scaler",
+        "weights not updating (skipped)",
+    } <= names
     assert technique_loss_figure(np.array([1.0])).layout.annotations  # one sentence, no chart
 
 
@@ -96,8 +104,7 @@ def test_techniques_figures_use_the_step_axis_of_every_page():
     loss = np.linspace(2.0, 1.0, 21)
     kind = np.zeros(20, dtype=np.int8)
     kind[9] = 1
-    fig = technique_loss_figure(loss, skip_bands=[(12, 15)], prune_marks=[(9, "prune")],
-                                kind=kind)
+    fig = technique_loss_figure(loss, skip_bands=[(12, 15)], prune_marks=[(9, "prune")], kind=kind)
     line = next(t for t in fig.data if t.name == "loss")
     assert list(line.x[:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9.5, 10]
     assert list(next(t for t in fig.data if t.name == "prune event").x) == [9.5]
@@ -107,11 +114,13 @@ def test_techniques_figures_use_the_step_axis_of_every_page():
     assert [(r.x0, r.x1) for r in rects] == [(11, 14)]  # segments 12..14 = steps 12..14
     assert fig.layout.xaxis.title.text.startswith("training step")
     a = np.ones((20, 2))
-    lines = technique_layer_lines_figure(a, ["fc.weight", "fc.bias"], prune_marks=[(9, "p")],
-                                         kind=kind)
+    lines = technique_layer_lines_figure(
+        a, ["fc.weight", "fc.bias"], prune_marks=[(9, "p")], kind=kind
+    )
     assert list(lines.data[0].x[8:11]) == [9, 9.5, 10]
-    heat = technique_heatmap_figure(a, ["fc.weight", "fc.bias"], kind=kind,
-                                    prune_marks=[(9, [0], "p")])
+    heat = technique_heatmap_figure(
+        a, ["fc.weight", "fc.bias"], kind=kind, prune_marks=[(9, [0], "p")]
+    )
     assert heat.layout.xaxis.title.text == "training step"
     assert "prune after step 9" in heat.data[0].customdata[0][9]
     assert "after step 9 " in next(t for t in heat.data if t.name == "prune event").hovertext[0]
@@ -119,8 +128,9 @@ def test_techniques_figures_use_the_step_axis_of_every_page():
 
 def test_layer_lines_are_cumulative_per_module():
     a = np.array([[-1.0, -0.5, 0.2, 0.0], [-1.0, 0.0, 0.1, 0.1]])
-    fig = technique_layer_lines_figure(a, ["fc1.weight", "fc1.bias", "out.weight", "out.bias"],
-                                       skip_bands=[(1, 2)])
+    fig = technique_layer_lines_figure(
+        a, ["fc1.weight", "fc1.bias", "out.weight", "out.bias"], skip_bands=[(1, 2)]
+    )
     lines = {t.name: list(t.y) for t in fig.data if t.name in ("fc1", "out")}
     assert lines["fc1"] == pytest.approx([-1.5, -2.5])
     assert lines["out"] == pytest.approx([0.2, 0.4])
@@ -136,8 +146,13 @@ def test_heatmap_keeps_totals_and_marks_techniques():
     frozen_mask = np.zeros(3000, dtype=bool)
     frozen_mask[2000:] = True
     fig = technique_heatmap_figure(
-        a, names, skip_bands=[(100, 400)], skip_rows=[0, 2], frozen=[([2, 3], frozen_mask)],
-        prune_marks=[(1500, [0, 2], "prune-magnitude")], max_cols=500,
+        a,
+        names,
+        skip_bands=[(100, 400)],
+        skip_rows=[0, 2],
+        frozen=[([2, 3], frozen_mask)],
+        prune_marks=[(1500, [0, 2], "prune-magnitude")],
+        max_cols=500,
     )
     heat = fig.data[0]
     z = np.asarray(heat.z, dtype=np.float64)
@@ -160,25 +175,48 @@ def test_heatmap_keeps_totals_and_marks_techniques():
 
 
 def test_prune_split_figure_colours_by_sign_and_patterns_by_part():
-    split = PruneSplit(["fc1", "out"], np.array([0.02, -0.01]), np.array([-0.005, 0.0]),
-                       np.array([0.0, 0.001]), "events")
+    split = PruneSplit(
+        ["fc1", "out"],
+        np.array([0.02, -0.01]),
+        np.array([-0.005, 0.0]),
+        np.array([0.0, 0.001]),
+        "events",
+    )
     fig = prune_split_figure(split)
-    assert [t.name for t in fig.data] == [pf._PART_LABELS[p] for p in
-                                          ("removed", "compensated", "rest")]
+    assert [t.name for t in fig.data] == [
+        pf._PART_LABELS[p] for p in ("removed", "compensated", "rest")
+    ]
     assert list(fig.data[0].marker.color) == [HURT, HELPED]
     assert list(fig.data[1].marker.color) == [HELPED, STILL]
     assert fig.data[1].marker.pattern.shape == "/"
     assert fig.layout.barmode == "relative"  # one column per layer, its parts stacked
-    only_layers = prune_split_figure(PruneSplit(["fc1"], np.zeros(1), np.zeros(1),
-                                                np.array([0.3]), "layers"))
+    only_layers = prune_split_figure(
+        PruneSplit(["fc1"], np.zeros(1), np.zeros(1), np.array([0.3]), "layers")
+    )
     assert len(only_layers.data) == 1 and "no per-weight split" in only_layers.data[0].name
 
 
 def test_prune_events_figure():
-    events = [PruneEvent("prune-lobs", 10, 10, cost=0.01, cost_removed=0.012,
-                         cost_compensated=-0.002, cost_rest=0.0),
-              PruneEvent("prune-lobs", 16, 15, cost=-0.001, cost_removed=-0.002,
-                         cost_compensated=0.001, cost_rest=0.0)]
+    events = [
+        PruneEvent(
+            "prune-lobs",
+            10,
+            10,
+            cost=0.01,
+            cost_removed=0.012,
+            cost_compensated=-0.002,
+            cost_rest=0.0,
+        ),
+        PruneEvent(
+            "prune-lobs",
+            16,
+            15,
+            cost=-0.001,
+            cost_removed=-0.002,
+            cost_compensated=0.001,
+            cost_rest=0.0,
+        ),
+    ]
     fig = prune_events_figure(events)
     assert len(fig.data) == 3
     assert list(fig.data[0].marker.color) == [HURT, HELPED]
@@ -188,8 +226,7 @@ def test_prune_events_figure():
 
 
 def test_helper_figures():
-    share = helper_share_figure(["pruned", "kept"], [0.25, 0.75], hurt=[0.5, 0.25],
-                                counts=[10, 30])
+    share = helper_share_figure(["pruned", "kept"], [0.25, 0.75], hurt=[0.5, 0.25], counts=[10, 30])
     green, red, grey = share.data
     assert (green.marker.color, red.marker.color, grey.marker.color) == (HELPED, HURT, STILL)
     assert list(green.x) == [25.0, 75.0] and list(red.x) == [50.0, 25.0]
@@ -202,10 +239,14 @@ def test_helper_figures():
     removed = np.array([-0.3, 0.2, 0.0, -0.1])
     survivors = np.array([-1.0, -0.5, 0.4])
     fig = helper_removal_figure(removed, survivors)
-    dots = [t for t in fig.data if isinstance(t, go.Scatter) and t.x is not None
-            and len(t.x) and t.x[0] is not None]
+    dots = [
+        t
+        for t in fig.data
+        if isinstance(t, go.Scatter) and t.x is not None and len(t.x) and t.x[0] is not None
+    ]
     assert sorted(HELPED if v < 0 else HURT if v > 0 else STILL for v in removed) == sorted(
-        dots[0].marker.color)
+        dots[0].marker.color
+    )
     assert sum(isinstance(t, go.Box) for t in fig.data) == 2
     assert helper_removal_figure(np.zeros(0), np.zeros(0)).layout.annotations
 
@@ -217,8 +258,9 @@ def test_amp_bits_and_series_figures():
     bits = bits_figure(["w", "b"], np.array([4.0, np.nan]))
     assert list(bits.data[0].y) == [4.0, 32.0]
     assert bits.data[0].marker.color[1] == "#bdbdbd"
-    s = series_figure(np.array([0.0, 0.5, 0.5, 0.7]), title="t", y_title="y",
-                      kind=np.array([0, 1, 0, 0]))
+    s = series_figure(
+        np.array([0.0, 0.5, 0.5, 0.7]), title="t", y_title="y", kind=np.array([0, 1, 0, 0])
+    )
     assert list(s.data[0].x) == [1, 2, 3]  # steps; the intervention row is left out
     assert series_figure(np.array([]), title="t", y_title="y").layout.annotations
 
@@ -230,9 +272,18 @@ def test_readers_moved_to_views_keep_their_old_names():
     """Notebooks that read through ``lca.figures`` (``F.gather(r)``) keep working."""
     from lca import figures as F
 
-    for name in ("gather", "prune_events", "prune_split", "pruned_history", "PruneEvent",
-                 "technique_summaries", "reported_rows", "no_technique_sentence",
-                 "infer_image_shape", "IMAGE_DATASETS"):
+    for name in (
+        "gather",
+        "prune_events",
+        "prune_split",
+        "pruned_history",
+        "PruneEvent",
+        "technique_summaries",
+        "reported_rows",
+        "no_technique_sentence",
+        "infer_image_shape",
+        "IMAGE_DATASETS",
+    ):
         assert getattr(F, name) is getattr(views, name), name
     with pytest.raises(AttributeError):
         F.no_such_figure  # noqa: B018
@@ -274,7 +325,8 @@ def test_pruned_history_matches_the_techniques_own_record(tech_run, layers_run):
         removed, survivors = pruned_history(r, "prune-magnitude")
         (event,) = prune_events(r, "prune-magnitude")
         assert len(removed) == event.removed and len(removed) + len(survivors) == sum(
-            int(np.prod(r.shapes[n])) for n in r.names if n.endswith("weight"))
+            int(np.prod(r.shapes[n])) for n in r.names if n.endswith("weight")
+        )
         assert removed.mean() == pytest.approx(event.cum_lca_removed_mean, rel=1e-4)
         assert survivors.mean() == pytest.approx(event.cum_lca_survivors_mean, rel=1e-4)
     with Reader(layers_run) as r:
@@ -304,16 +356,31 @@ def test_summaries_say_what_each_technique_saved(tech_run, misc_run):
 
 
 def test_reported_rows_word_each_techniques_own_summary(tech_run):
-    rows = views.reported_rows({"wus": {"fraction_steps_skipped": 0.1, "seconds_step_normal": 0.002,
-                                     "steps": 200, "grad_scaler": True},
-                             "quantize": {"sparsity_per_layer": {"fc1.weight": 0.5},
-                                          "compression": 6.9598, "event_steps": [60, 90]}})
+    rows = views.reported_rows(
+        {
+            "wus": {
+                "fraction_steps_skipped": 0.1,
+                "seconds_step_normal": 0.002,
+                "steps": 200,
+                "grad_scaler": True,
+            },
+            "quantize": {
+                "sparsity_per_layer": {"fc1.weight": 0.5},
+                "compression": 6.9598,
+                "event_steps": [60, 90],
+            },
+        }
+    )
     by = {(r["technique"], r["figure"]): r["value"] for r in rows}
-    assert by == {("wus", "fraction steps skipped"): "10.0%",
-                  ("wus", "seconds step normal"): "2.0 ms", ("wus", "steps"): "200",
-                  ("wus", "grad scaler"): "yes",
-                  ("quantize", "sparsity per layer"): "fc1.weight 50.0%",
-                  ("quantize", "compression"): "6.96", ("quantize", "event steps"): "60, 90"}
+    assert by == {
+        ("wus", "fraction steps skipped"): "10.0%",
+        ("wus", "seconds step normal"): "2.0 ms",
+        ("wus", "steps"): "200",
+        ("wus", "grad scaler"): "yes",
+        ("quantize", "sparsity per layer"): "fc1.weight 50.0%",
+        ("quantize", "compression"): "6.96",
+        ("quantize", "event steps"): "60, 90",
+    }
     with Reader(tech_run) as r:  # a real run stores what each technique reported at its end
         names = {row["technique"] for row in views.reported_rows(r.technique_summaries())}
     assert names == {"wus", "prune-magnitude"}
@@ -357,18 +424,22 @@ def test_page_with_amp_quantize_freeze(runs_folder, make_run, misc_run):
     at = _page(runs_folder, "misc.h5")
     assert not at.exception and not at.error
     heads = [h.value for h in at.subheader]
-    for expected in ("Mixed precision (amp)", "Low-bit weights (quantize)",
-                     "Frozen layers (freeze)", "Compressibility regularizer (compress)"):
+    for expected in (
+        "Mixed precision (amp)",
+        "Low-bit weights (quantize)",
+        "Frozen layers (freeze)",
+        "Compressibility regularizer (compress)",
+    ):
         assert expected in heads
     assert any("bfloat16" in i.value for i in at.info)
-    titles = [(_spec(c)["layout"].get("title") or {}).get("text", "")
-              for c in at.get("plotly_chart")]
+    titles = [
+        (_spec(c)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")
+    ]
     assert any("Bits per weight" in t for t in titles)
 
 
 def test_page_on_layers_record_says_so(runs_folder, make_run, layers_run):
-    make_run(name="tech-layers.h5", folder=runs_folder, techniques=[SKIP, PRUNE],
-             record="layers")
+    make_run(name="tech-layers.h5", folder=runs_folder, techniques=[SKIP, PRUNE], record="layers")
     at = _page(runs_folder, "tech-layers.h5")
     assert not at.exception and not at.error
     assert any("--record full" in i.value for i in at.info)

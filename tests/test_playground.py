@@ -86,8 +86,9 @@ def test_conservation_sum_of_steps_is_loss_change(trained):
     assert sum(h.lca) == pytest.approx(change, abs=2e-3)
     # Per step, what was not allocated is exactly the recorded error.
     for i in range(1, len(h.step)):
-        assert h.lca[i] + h.error[i] == pytest.approx(h.train_loss[i] - h.train_loss[i - 1],
-                                                      abs=1e-9)
+        assert h.lca[i] + h.error[i] == pytest.approx(
+            h.train_loss[i] - h.train_loss[i - 1], abs=1e-9
+        )
     cum = sum(float(v.sum()) for v in trained.param_lca().values())
     assert cum == pytest.approx(sum(h.lca), rel=1e-6, abs=1e-9)
 
@@ -138,8 +139,14 @@ def test_settings_validation_is_one_sentence():
     for bad in ("4,x", "0", "9", "1,1,1,1,1,1,1"):
         with pytest.raises(PlaygroundError):
             parse_hidden(bad)
-    for kwargs in ({"dataset": "digits"}, {"activation": "swish"}, {"noise": -1},
-                   {"lr": 0.0}, {"batch_size": 0}, {"train_fraction": 1.0}):
+    for kwargs in (
+        {"dataset": "digits"},
+        {"activation": "swish"},
+        {"noise": -1},
+        {"lr": 0.0},
+        {"batch_size": 0},
+        {"train_fraction": 1.0},
+    ):
         with pytest.raises(PlaygroundError) as e:
             Settings(**kwargs)
         assert "\n" not in str(e.value)
@@ -174,8 +181,10 @@ def _edge_traces(fig: go.Figure) -> list:
 
 
 def test_network_edges_and_neurons_coloured_by_sign():
-    edges = [np.array([[-1.0, 2.0], [0.0, -0.5], [3.0, -4.0]]), np.array([[1.0, -1.0, 0.5],
-                                                                         [-2.0, 0.0, 0.1]])]
+    edges = [
+        np.array([[-1.0, 2.0], [0.0, -0.5], [3.0, -4.0]]),
+        np.array([[1.0, -1.0, 0.5], [-2.0, 0.0, 0.1]]),
+    ]
     neurons = [np.array([-1.0, 0.5, 0.0]), np.array([2.0, -3.0])]
     fig = network_figure([2, 3, 2], edges, neurons)
     traces = _edge_traces(fig)
@@ -194,8 +203,9 @@ def test_network_edges_and_neurons_coloured_by_sign():
     assert list(nodes[0].marker.color) == [HELPED, HURT, STILL]
     assert list(nodes[1].marker.color) == [HURT, HELPED]
     assert nodes[1].marker.size[1] > nodes[1].marker.size[0]  # |−3| > |2|
-    hover = [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("kind") ==
-             "edge-hover"][0]
+    hover = [
+        t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("kind") == "edge-hover"
+    ][0]
     assert len(hover.hovertext) == flat.size and "helped" in hover.hovertext[0]
     names = {t.name for t in fig.data if t.name}
     assert {"helped (lowered the loss)", "hurt (raised the loss)"} <= names
@@ -209,8 +219,9 @@ def test_network_figure_rejects_mismatched_layers():
 def test_decision_boundary_grid_and_points(trained):
     xs, ys, prob = trained.boundary(30)
     pts = trained.points()
-    fig = decision_boundary_figure(xs, ys, prob, pts["x_train"], pts["y_train"],
-                                   pts["x_test"], pts["y_test"])
+    fig = decision_boundary_figure(
+        xs, ys, prob, pts["x_train"], pts["y_train"], pts["x_test"], pts["y_test"]
+    )
     heat = fig.data[0]
     assert isinstance(heat, go.Heatmap) and np.asarray(heat.z).shape == (30, 30)
     assert heat.zmin == 0 and heat.zmax == 1
@@ -218,8 +229,9 @@ def test_decision_boundary_grid_and_points(trained):
     assert sum(len(t.x) for t in scatters) == len(pts["y_train"]) + len(pts["y_test"])
     colors = {t.marker.color for t in scatters}
     assert HELPED not in colors and HURT not in colors  # classes are blue/orange, not LCA colours
-    no_test = decision_boundary_figure(xs, ys, prob, pts["x_train"], pts["y_train"],
-                                       pts["x_test"], pts["y_test"], show_test=False)
+    no_test = decision_boundary_figure(
+        xs, ys, prob, pts["x_train"], pts["y_train"], pts["x_test"], pts["y_test"], show_test=False
+    )
     assert len(no_test.data) == 3
 
 
@@ -268,14 +280,29 @@ def _report(at: AppTest, **settings: str) -> AppTest:
 
 
 def test_page_hands_url_settings_to_the_component():
-    at = _app({"dataset": "spiral", "hidden": "8, 8", "lr": "0.10", "activation": "relu",
-               "seed": "7", "speed": "max", "features": "x2,x1sq,x1", "reg": "L2",
-               "test": "true"})
+    at = _app(
+        {
+            "dataset": "spiral",
+            "hidden": "8, 8",
+            "lr": "0.10",
+            "activation": "relu",
+            "seed": "7",
+            "speed": "max",
+            "features": "x2,x1sq,x1",
+            "reg": "L2",
+            "test": "true",
+        }
+    )
     assert not at.exception and not at.warning
     args = _args(at)
     s = args["settings"]
     assert (s["dataset"], s["hidden"], s["lr"], s["activation"], s["seed"]) == (
-        "spiral", "8,8", "0.1", "relu", "7")
+        "spiral",
+        "8,8",
+        "0.1",
+        "relu",
+        "7",
+    )
     assert (s["speed"], s["features"], s["reg"], s["test"]) == ("max", "x1,x2,x1sq", "L2", "1")
     assert s["noise"] == "0.05" and s["view"] == "whole session"  # absent: the defaults
     assert args["hide"] == []
@@ -288,8 +315,16 @@ def test_page_hands_url_settings_to_the_component():
 def test_settings_the_component_reports_go_to_the_url():
     at = _app({"run": "mine.h5", "seed": "3", "batch": "lots"})
     assert len(at.warning) == 1
-    _report(at, dataset="moons", lr="0.1", noise="7", seed="0", view="recent steps",
-            features="x1,x2,sin1", evil="<script>")
+    _report(
+        at,
+        dataset="moons",
+        lr="0.1",
+        noise="7",
+        seed="0",
+        view="recent steps",
+        features="x1,x2,sin1",
+        evil="<script>",
+    )
     qp = dict(at.query_params)
     assert qp["dataset"] == "moons" and qp["lr"] == "0.1" and qp["view"] == "recent steps"
     assert qp["features"] == "x1,x2,sin1"

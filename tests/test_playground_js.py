@@ -85,15 +85,16 @@ def _points(n: int, task: str, seed: int) -> list[list[float]]:
 def _torch_model(features, hidden, activation, task, params_flat):
     """lca.models.MLP in float64 holding the engine's flat parameter vector (torch order)."""
     linear = activation == "linear"  # the Playground's extra: no activation at all
-    model = MLP(len(features), hidden, 1 if task == "regression" else 2,
-                "relu" if linear else activation).double()
+    model = MLP(
+        len(features), hidden, 1 if task == "regression" else 2, "relu" if linear else activation
+    ).double()
     if linear:
         model.act = nn.Identity()
     at = 0
     with torch.no_grad():
         for p in model.parameters():
             k = p.numel()
-            p.copy_(torch.tensor(params_flat[at: at + k], dtype=torch.float64).view_as(p))
+            p.copy_(torch.tensor(params_flat[at : at + k], dtype=torch.float64).view_as(p))
             at += k
     assert at == len(params_flat)
     return model
@@ -144,11 +145,20 @@ def test_one_step_lca_matches_lca_allocate(engine_page, task, activation, hidden
     torch.manual_seed(7)
     init = MLP(sizes[0], hidden, sizes[-1], "tanh").double()  # any fixed starting weights
     params0 = torch.cat([p.detach().reshape(-1) for p in init.parameters()]).tolist()
-    cfg = {"task": task, "hidden": hidden, "activation": activation, "features": features,
-           "lr": 0.1, "batch": len(batch), "reg": "L2" if l2 else "none", "regRate": l2,
-           "seed": 0}
-    out = _play(engine_page, cfg, {"train": train, "test": [], "params": params0,
-                                   "batches": [batch]}, 1)
+    cfg = {
+        "task": task,
+        "hidden": hidden,
+        "activation": activation,
+        "features": features,
+        "lr": 0.1,
+        "batch": len(batch),
+        "reg": "L2" if l2 else "none",
+        "regRate": l2,
+        "seed": 0,
+    }
+    out = _play(
+        engine_page, cfg, {"train": train, "test": [], "params": params0, "batches": [batch]}, 1
+    )
     assert out["start"] == pytest.approx(params0, abs=0)
 
     x, y = _inputs(train, features, task)
@@ -320,10 +330,27 @@ def server(tmp_path):
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -428,15 +455,16 @@ def test_recent_view_is_the_last_steps_and_neurons_sum_their_weights(engine_page
     per_step = np.asarray(result["perStep"])
     window = result["window"]
     assert window == 20 and result["recentSteps"] == 20
-    np.testing.assert_allclose(result["recent"], per_step[-window:].sum(axis=0), rtol=1e-12,
-                               atol=1e-15)
+    np.testing.assert_allclose(
+        result["recent"], per_step[-window:].sum(axis=0), rtol=1e-12, atol=1e-15
+    )
     np.testing.assert_allclose(result["cum"], per_step.sum(axis=0), rtol=1e-9, atol=1e-15)
     # Layout [3 inputs, 3, 2, 2 outputs]: fc1.weight (3x3), fc1.bias, fc2.weight (2x3), …
     cum = np.asarray(result["cum"])
     at, sizes = 0, [3, 3, 2, 2]
     for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        w = cum[at: at + n_in * n_out].reshape(n_out, n_in)
-        b = cum[at + n_in * n_out: at + n_in * n_out + n_out]
+        w = cum[at : at + n_in * n_out].reshape(n_out, n_in)
+        b = cum[at + n_in * n_out : at + n_in * n_out + n_out]
         np.testing.assert_allclose(result["neurons"][layer], w.sum(axis=1) + b, rtol=1e-12)
         at += n_in * n_out + n_out
     assert at == len(cum)
@@ -448,8 +476,10 @@ def test_a_diverging_network_stops_with_one_sentence(browser):
     page = browser.new_page(viewport={"width": 700, "height": 760})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((COMPONENT / "index.html").as_uri()
-              + "?dataset=plane&activation=relu&lr=3&hidden=8,8,8&speed=max")
+    page.goto(
+        (COMPONENT / "index.html").as_uri()
+        + "?dataset=plane&activation=relu&lr=3&hidden=8,8,8&speed=max"
+    )
     page.wait_for_function("window.PG && window.PG.ready === true")
     page.keyboard.press(" ")  # space plays, as on a presenter's clicker
     page.wait_for_function("PG.session.steps > 0 && !PG.state.playing")

@@ -105,8 +105,16 @@ class HookLog(Technique):
         return {}
 
 
-STEP_HOOKS = ["wants_intervention", "before_forward", "autocast", "loss_term", "backward",
-              "before_step", "optimizer_step", "after_step"]
+STEP_HOOKS = [
+    "wants_intervention",
+    "before_forward",
+    "autocast",
+    "loss_term",
+    "backward",
+    "before_step",
+    "optimizer_step",
+    "after_step",
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +124,15 @@ def hook_log():
     HookLog.last = None
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(techniques._REGISTRY, HookLog.name, HookLog)
-        cfg = RunConfig(dataset="digits", model="mlp", steps=4, measure_size=200, eval_every=10,
-                        batch_size=32, techniques=[{"name": HookLog.name}])
+        cfg = RunConfig(
+            dataset="digits",
+            model="mlp",
+            steps=4,
+            measure_size=200,
+            eval_every=10,
+            batch_size=32,
+            techniques=[{"name": HookLog.name}],
+        )
         result = run(cfg, out=None)
     assert result.status == "complete", result.message
     return result, HookLog.last
@@ -151,10 +166,18 @@ def test_context_views_are_the_tracker_results(hook_log) -> None:
     tracker = result.tracker
     assert isinstance(tracker, LCAResults) and isinstance(tracker.last, MeasuredSegment)
     model = tracker.model
-    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                  loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=1,
-                  train_x=torch.zeros(1), train_y=torch.zeros(1), test_x=torch.zeros(1),
-                  test_y=torch.zeros(1), tracker=tracker)
+    ctx = Context(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=1,
+        train_x=torch.zeros(1),
+        train_y=torch.zeros(1),
+        test_x=torch.zeros(1),
+        test_y=torch.zeros(1),
+        tracker=tracker,
+    )
     assert ctx.last_segment is tracker.last and ctx.segments_measured == len(tracker.history)
     # ΣA per parameter over all segments, summed, is the sum of the segment totals.
     cumulative = math.fsum(float(c.double().sum()) for c in ctx.cumulative_lca.values())
@@ -164,10 +187,17 @@ def test_context_views_are_the_tracker_results(hook_log) -> None:
 
 def test_context_views_without_a_tracker() -> None:
     model = nn.Linear(2, 2)
-    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                  loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=1,
-                  train_x=torch.zeros(1), train_y=torch.zeros(1), test_x=torch.zeros(1),
-                  test_y=torch.zeros(1))
+    ctx = Context(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=1,
+        train_x=torch.zeros(1),
+        train_y=torch.zeros(1),
+        test_x=torch.zeros(1),
+        test_y=torch.zeros(1),
+    )
     assert dict(ctx.cumulative_lca) == {} and ctx.last_segment is None
     assert ctx.segments_measured == 0
 
@@ -207,9 +237,15 @@ def _tiny_context() -> Context:
     model.add_module("out", nn.Linear(4, 3))
     x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
     return Context(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=80,
-        train_x=x, train_y=y, test_x=x, test_y=y,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=80,
+        train_x=x,
+        train_y=y,
+        test_x=x,
+        test_y=y,
     )
 
 

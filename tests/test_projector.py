@@ -16,8 +16,18 @@ from tests.test_browser import ARGS, CHROMIUM, SHOTS, problems, settle, start_se
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SIZES = [(1024, 768), (1440, 900)]
-SLUGS = ["", "explain", "runs", "train", "loss", "layers", "neurons", "techniques", "compare",
-         "playground"]
+SLUGS = [
+    "",
+    "explain",
+    "runs",
+    "train",
+    "loss",
+    "layers",
+    "neurons",
+    "techniques",
+    "compare",
+    "playground",
+]
 
 # Elements whose text is cut when it does not fit: the text box scrolls wider than it shows.
 # Plotly draws titles and legends in SVG, so those are compared with the chart's own box.
@@ -125,8 +135,10 @@ def test_presenter_mode_is_kept_and_makes_type_bigger(projector):
         assert float(bigger.rstrip("px")) > float(size.rstrip("px"))
         assert sidebar_collapsed(page)  # the class sees the charts, not the menu
         # Kept when the class moves on to another page through the menu.
-        page.locator('[data-testid="stExpandSidebarButton"], '
-                     '[data-testid="stSidebarCollapsedControl"] button').first.click()
+        page.locator(
+            '[data-testid="stExpandSidebarButton"], '
+            '[data-testid="stSidebarCollapsedControl"] button'
+        ).first.click()
         page.locator('[data-testid="stSidebarNav"] a[href$="/layers"]').click()
         settle(page)
         assert "presenter=true" in page.url, page.url

@@ -91,8 +91,15 @@ def loop(
     """The hook order of lca/train.py, without the parts a technique cannot see."""
     loss_fn = nn.CrossEntropyLoss()
     ctx = Context(
-        model=model, optimizer=opt, loss_fn=loss_fn, device=torch.device("cpu"),
-        total_steps=steps, train_x=x, train_y=y, test_x=x[:50], test_y=y[:50],
+        model=model,
+        optimizer=opt,
+        loss_fn=loss_fn,
+        device=torch.device("cpu"),
+        total_steps=steps,
+        train_x=x,
+        train_y=y,
+        test_x=x[:50],
+        test_y=y[:50],
     )
     tech.setup(ctx)
     decl = tech.declare(ctx)
@@ -157,8 +164,12 @@ def test_registered_with_one_line_descriptions() -> None:
         {"name": "prune-magnitude", "scope": "model"},
         {"name": "prune-magnitude", "every": 0},
         {"name": "prune-magnitude", "frobnicate": 1},
-        {"name": "prune-magnitude", "schedule": "gradual", "initial_sparsity": 0.6,
-         "sparsity": 0.5},
+        {
+            "name": "prune-magnitude",
+            "schedule": "gradual",
+            "initial_sparsity": 0.6,
+            "sparsity": 0.5,
+        },
         {"name": "prune-lobs", "variant": "fast"},
         {"name": "prune-lobs", "samples": 0},
         {"name": "prune-lobs", "scope": "global"},
@@ -181,16 +192,29 @@ def test_bad_layers_and_unsupported_layers_fail_at_setup(digits) -> None:
     x, y = digits
     model = make_model()
     with pytest.raises(TechniqueError) as err:
-        loop(techniques.create({"name": "prune-magnitude", "layers": ["fc9"]}), model,
-             make_optimizer("sgd", model), x, y, 1)
+        loop(
+            techniques.create({"name": "prune-magnitude", "layers": ["fc9"]}),
+            model,
+            make_optimizer("sgd", model),
+            x,
+            y,
+            1,
+        )
     _one_sentence(str(err.value))
     assert "fc1" in str(err.value)
 
-    conv1d = nn.Sequential(nn.Unflatten(1, (1, 64)), nn.Conv1d(1, 2, 3), nn.Flatten(),
-                           nn.Linear(124, 10))
+    conv1d = nn.Sequential(
+        nn.Unflatten(1, (1, 64)), nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(124, 10)
+    )
     with pytest.raises(TechniqueError) as err:
-        loop(techniques.create({"name": "prune-lobs"}), conv1d, make_optimizer("sgd", conv1d),
-             x.flatten(1), y, 1)
+        loop(
+            techniques.create({"name": "prune-lobs"}),
+            conv1d,
+            make_optimizer("sgd", conv1d),
+            x.flatten(1),
+            y,
+            1,
+        )
     _one_sentence(str(err.value))
 
 
@@ -233,8 +257,11 @@ def test_pruned_weights_stay_exactly_zero(digits, opt_kind: str) -> None:
         assert not torch.equal(w[mask], seen[0][name][mask])
         state = ctx.optimizer.state[w]
         keys = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == w.shape]
-        expected = {"momentum": {"momentum_buffer"}, "adam": {"exp_avg", "exp_avg_sq"},
-                    "adamw": {"exp_avg", "exp_avg_sq"}}[opt_kind]
+        expected = {
+            "momentum": {"momentum_buffer"},
+            "adam": {"exp_avg", "exp_avg_sq"},
+            "adamw": {"exp_avg", "exp_avg_sq"},
+        }[opt_kind]
         assert expected <= set(keys)
         for k in keys:
             assert torch.all(state[k][~mask] == 0.0), k
@@ -265,10 +292,18 @@ def test_gradual_schedule_counts(digits, scope: str) -> None:
     x, y = digits
     model = make_model()
     s_i, s_f, t0, span, every = 0.1, 0.8, 4, 23, 5
-    tech = techniques.create({
-        "name": "prune-magnitude", "schedule": "gradual", "initial_sparsity": s_i,
-        "sparsity": s_f, "start": t0, "span": span, "every": every, "scope": scope,
-    })
+    tech = techniques.create(
+        {
+            "name": "prune-magnitude",
+            "schedule": "gradual",
+            "initial_sparsity": s_i,
+            "sparsity": s_f,
+            "start": t0,
+            "span": span,
+            "every": every,
+            "scope": scope,
+        }
+    )
     counts: dict[int, dict[str, int]] = {}
 
     def count(ctx, when):
@@ -276,8 +311,7 @@ def test_gradual_schedule_counts(digits, scope: str) -> None:
             counts[ctx.step] = {n: int((w == 0).sum()) for n, w in weights(model).items()}
 
     writer = FakeWriter()
-    loop(tech, model, make_optimizer("momentum", model), x, y, 40, writer=writer,
-         on_event=count)
+    loop(tech, model, make_optimizer("momentum", model), x, y, 40, writer=writer, on_event=count)
     # events at t0, t0+every, …, and at t0+span when span is not a multiple of every
     assert sorted(counts) == [4, 9, 14, 19, 24, 27]
     sizes = {n: w.numel() for n, w in weights(model).items()}
@@ -305,11 +339,19 @@ def test_gradual_schedule_counts(digits, scope: str) -> None:
 def test_no_event_when_nothing_to_prune(digits) -> None:
     x, y = digits
     model = make_model()
-    tech = techniques.create({"name": "prune-magnitude", "schedule": "gradual", "start": 2,
-                              "span": 10, "every": 5})
+    tech = techniques.create(
+        {"name": "prune-magnitude", "schedule": "gradual", "start": 2, "span": 10, "every": 5}
+    )
     events: list[int] = []
-    loop(tech, model, make_optimizer("sgd", model), x, y, 14,
-         on_event=lambda ctx, w: events.append(ctx.step) if w == "after" else None)
+    loop(
+        tech,
+        model,
+        make_optimizer("sgd", model),
+        x,
+        y,
+        14,
+        on_event=lambda ctx, w: events.append(ctx.step) if w == "after" else None,
+    )
     assert events == [7, 12]  # s_i = 0: the event at t0 would remove nothing
     assert tech.global_sparsity() == prune.pruned_count(3392, 0.5) / 3392
 
@@ -349,9 +391,17 @@ def _prune_once(spec: dict, x: torch.Tensor, seed: int = 0) -> tuple[nn.Module, 
     after = copy.deepcopy(before)
     tech = techniques.create({"start": 0, "sparsity": 0.5, **spec})
     y = torch.zeros(len(x), dtype=torch.long)
-    ctx = Context(model=after, optimizer=torch.optim.SGD(after.parameters(), lr=0.1),
-                  loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=1,
-                  train_x=x, train_y=y, test_x=x, test_y=y)
+    ctx = Context(
+        model=after,
+        optimizer=torch.optim.SGD(after.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=1,
+        train_x=x,
+        train_y=y,
+        test_x=x,
+        test_y=y,
+    )
     tech.setup(ctx)
     assert tech.wants_intervention(ctx)
     tech.intervene(ctx, {})
@@ -420,8 +470,10 @@ def test_single_removal_matches_obs_formula() -> None:
     cand[:, -1] = False
     s = lobs.scores(w, hinv.diagonal()).masked_fill(~cand, math.inf)
     q = int(s.argmin())
-    for new, _ in (lobs.prune_rank_once(w, hinv, cand, 1),
-                   lobs.prune_obs_update(w, h, torch.ones_like(cand), cand, 1)):
+    for new, _ in (
+        lobs.prune_rank_once(w, hinv, cand, 1),
+        lobs.prune_obs_update(w, h, torch.ones_like(cand), cand, 1),
+    ):
         exp = w[0] - w[0, q] / hinv[q, q] * hinv[:, q]
         exp[q] = 0.0
         torch.testing.assert_close(new[0], exp)
@@ -445,8 +497,9 @@ def test_lobs_prunes_conv_layers(digits) -> None:
     model = models.build("cnn-small", (1, 8, 8), 10)
     for variant in ("rank-once", "obs-update"):
         m = copy.deepcopy(model)
-        tech = techniques.create({"name": "prune-lobs", "variant": variant, "start": 0,
-                                  "samples": 128})
+        tech = techniques.create(
+            {"name": "prune-lobs", "variant": variant, "start": 0, "samples": 128}
+        )
         loop(tech, m, make_optimizer("sgd", m), x, y, 2)
         for name, w in weights(m).items():
             assert int((w == 0).sum()) == prune.pruned_count(w.numel(), 0.5), name
@@ -484,7 +537,10 @@ def _capture_event_records(monkeypatch, cls) -> list:
 def test_prune_event_is_its_own_lca_segment(monkeypatch) -> None:
     seen = _capture_event_records(monkeypatch, prune.PruneMagnitude)
     config = RunConfig(
-        steps=25, measure_size=300, method="rk4-adaptive", optimizer="momentum",
+        steps=25,
+        measure_size=300,
+        method="rk4-adaptive",
+        optimizer="momentum",
         techniques=[{"name": "prune-magnitude", "sparsity": 0.5, "start": 10}],
     )
     r = run(config, out=None)
@@ -522,7 +578,9 @@ def test_prune_event_is_its_own_lca_segment(monkeypatch) -> None:
 def test_lobs_event_moves_only_its_layer(monkeypatch) -> None:
     seen = _capture_event_records(monkeypatch, prune.PruneLOBS)
     config = RunConfig(
-        steps=12, measure_size=300, techniques=[
+        steps=12,
+        measure_size=300,
+        techniques=[
             {"name": "prune-lobs", "start": 8, "layers": ["fc2"], "variant": "obs-update"},
         ],
     )
@@ -550,11 +608,18 @@ def test_records_match_the_weights(digits) -> None:
     model = make_model()
     writer = FakeWriter()
     tracker = Tracker(model, nn.CrossEntropyLoss(), (x[:300], y[:300]), writer=writer)
-    tech = techniques.create({"name": "prune-magnitude", "schedule": "gradual", "start": 3,
-                              "span": 8, "every": 4, "initial_sparsity": 0.2,
-                              "sparsity": 0.6})
-    loop(tech, model, make_optimizer("momentum", model), x, y, 14, tracker=tracker,
-         writer=writer)
+    tech = techniques.create(
+        {
+            "name": "prune-magnitude",
+            "schedule": "gradual",
+            "start": 3,
+            "span": 8,
+            "every": 4,
+            "initial_sparsity": 0.2,
+            "sparsity": 0.6,
+        }
+    )
+    loop(tech, model, make_optimizer("momentum", model), x, y, 14, tracker=tracker, writer=writer)
     tracker.close()
     steps = [3, 7, 11]
     layout = writer.layout
@@ -620,8 +685,17 @@ def test_prune_lca_removes_the_highest_cumulative_lca(digits, scope: str) -> Non
         if when == "before":
             snap.update({n: c.clone() for n, c in ctx.tracker.cumulative.items()})
 
-    loop(tech, model, make_optimizer("momentum", model), x, y, 10, tracker=tracker,
-         writer=writer, on_event=grab)
+    loop(
+        tech,
+        model,
+        make_optimizer("momentum", model),
+        x,
+        y,
+        10,
+        tracker=tracker,
+        writer=writer,
+        on_event=grab,
+    )
     names = list(weights(model))
     removed = {n: torch.from_numpy(tech.pruned_at[n] == 8) for n in names}
     if scope == "layer":
@@ -654,12 +728,17 @@ def test_prune_lca_removes_the_highest_cumulative_lca(digits, scope: str) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "model"),
-    [("prune-magnitude", "mlp"), ("prune-lca", "mlp"), ("prune-lobs", "mlp"),
-     ("prune-lobs", "cnn-small")],
+    [
+        ("prune-magnitude", "mlp"),
+        ("prune-lca", "mlp"),
+        ("prune-lobs", "mlp"),
+        ("prune-lobs", "cnn-small"),
+    ],
 )
 def test_defaults_work(name: str, model: str) -> None:
-    r = run(RunConfig(steps=42, model=model, measure_size=64, techniques=[{"name": name}]),
-            out=None)
+    r = run(
+        RunConfig(steps=42, model=model, measure_size=64, techniques=[{"name": name}]), out=None
+    )
     assert r.status == "complete"
     s = r.summaries[name]
     assert s["events"] == 1 and s["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -679,9 +758,17 @@ def test_batchnorm_statistics(digits, name: str) -> None:
         m = copy.deepcopy(model)
         spec = {"name": name, "start": 0, "recalibrate_bn": recal}
         tech = techniques.create({**spec, "samples": 64} if name == "prune-lobs" else spec)
-        ctx = Context(model=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
-                      loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
-                      total_steps=1, train_x=x, train_y=y, test_x=x, test_y=y)
+        ctx = Context(
+            model=m,
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+            loss_fn=nn.CrossEntropyLoss(),
+            device=torch.device("cpu"),
+            total_steps=1,
+            train_x=x,
+            train_y=y,
+            test_x=x,
+            test_y=y,
+        )
         tech.setup(ctx)
         assert tech.wants_intervention(ctx)
         tech.intervene(ctx, {})

@@ -84,8 +84,9 @@ def _lca(processes, *args: str, ranks: int = 1) -> subprocess.CompletedProcess:
     if ranks > 1:  # --standalone: a free local port, so parallel test runs never collide
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
     cmd = [*launcher, "-m", "lca", *args]
-    proc = processes.start(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    proc = processes.start(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     stdout, stderr = proc.communicate(timeout=HANG_S)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
@@ -304,8 +305,9 @@ def test_posthoc_equals_online(online, tmp_path):
 @pytest.mark.slow
 def test_posthoc_on_two_ranks_by_step_range(online, tmp_path, processes):
     out = tmp_path / "post2.h5"
-    proc = _lca(processes, "allocate", str(online), "--out", str(out), "--compare", "--quiet",
-                ranks=2)
+    proc = _lca(
+        processes, "allocate", str(online), "--out", str(out), "--compare", "--quiet", ranks=2
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 processes" in proc.stdout and "max relative difference" in proc.stdout
     _assert_same_lca(online, out)

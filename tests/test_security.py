@@ -57,8 +57,9 @@ def names_in_other_file(target: Path, size: int | None = None):
         n = f["layers/names"].shape[0]
         del f["layers/names"]
         extent = h5py.h5f.UNLIMITED if size is None else size
-        f.create_dataset("layers/names", shape=(n,), dtype="S8", external=[(str(target), 0,
-                                                                             extent)])
+        f.create_dataset(
+            "layers/names", shape=(n,), dtype="S8", external=[(str(target), 0, extent)]
+        )
 
     return change
 
@@ -83,6 +84,7 @@ def refused(path: Path) -> str:
 
 # -- read only from itself -----------------------------------------------------------------------
 
+
 def test_external_storage_outside_the_folder_is_refused(normal, tmp_path):
     secret = secret_file(tmp_path / "outside")
     path = crafted(normal, tmp_path / "runs", "ext.h5", names_in_other_file(secret, 32))
@@ -92,15 +94,17 @@ def test_external_storage_outside_the_folder_is_refused(normal, tmp_path):
 
 def test_external_storage_in_proc_self_environ_is_refused(normal, tmp_path, monkeypatch):
     monkeypatch.setenv("LCA_SECRET_TOKEN", "do-not-show-this")
-    path = crafted(normal, tmp_path / "runs", "environ.h5",
-                   names_in_other_file(Path("/proc/self/environ")))
+    path = crafted(
+        normal, tmp_path / "runs", "environ.h5", names_in_other_file(Path("/proc/self/environ"))
+    )
     assert "external storage" in refused(path)
 
 
 def test_relative_external_storage_is_refused(normal, tmp_path):
     secret_file(tmp_path / "outside")
-    path = crafted(normal, tmp_path / "runs", "rel.h5",
-                   names_in_other_file(Path("../outside/private.txt"), 32))
+    path = crafted(
+        normal, tmp_path / "runs", "rel.h5", names_in_other_file(Path("../outside/private.txt"), 32)
+    )
     assert "external storage" in refused(path)
 
 
@@ -210,6 +214,7 @@ def test_recover_and_cli_inspect_refuse_crafted_files(normal, tmp_path, capsys):
 
 # -- bounded cost -----------------------------------------------------------------------------
 
+
 def test_deep_nesting_is_refused(normal, tmp_path):
     def change(f: h5py.File) -> None:
         g = f
@@ -260,9 +265,11 @@ def test_a_folder_listing_is_checked_in_one_process(normal, tmp_path, monkeypatc
             g = g.create_group("g")
 
     folder = tmp_path / "runs"
-    paths = [crafted(normal, folder, "a.h5", lambda f: None),
-             crafted(normal, folder, "b.h5", lambda f: None),
-             crafted(normal, folder, "deep.h5", deep)]
+    paths = [
+        crafted(normal, folder, "a.h5", lambda f: None),
+        crafted(normal, folder, "b.h5", lambda f: None),
+        crafted(normal, folder, "deep.h5", deep),
+    ]
     batches = []
     real = filecheck._run_child
     monkeypatch.setattr(filecheck, "_run_child", lambda ps: batches.append(ps) or real(ps))
@@ -323,8 +330,12 @@ def test_checking_a_hostile_file_never_blocks_other_readers(normal, tmp_path, mo
 
 # -- text is text ------------------------------------------------------------------------------
 
-MARKUP_NAMES = ["[click](http://example.com/x)", "<b>bold</b><a href='http://e.com'>a</a>",
-                ":red[red] **strong**", "![img](http://example.com/i.png)"]
+MARKUP_NAMES = [
+    "[click](http://example.com/x)",
+    "<b>bold</b><a href='http://e.com'>a</a>",
+    ":red[red] **strong**",
+    "![img](http://example.com/i.png)",
+]
 
 
 def markup_run(normal: Path, folder: Path, name: str = "markup.h5") -> Path:
@@ -346,7 +357,8 @@ def test_markdown_helper_shows_text_literally():
         bare = re.sub(r"\\.", "", out)  # what is left once every escaped character is removed
         assert not re.search(r"[\[\]<>*!#]|:\w|www\.|^\d+\.", bare), (text, out)
     assert literal("'fc1.weight' is cut short; try: python -m lca recover x.h5") == (
-        "'fc1.weight' is cut short; try: python -m lca recover x.h5")  # plain text unchanged
+        "'fc1.weight' is cut short; try: python -m lca recover x.h5"
+    )  # plain text unchanged
     assert literal("a\nb") == "a b"
 
 
@@ -354,8 +366,14 @@ def test_figures_show_names_literally():
     import plotly.graph_objects as go
 
     assert plain("<a href='x'>a</a> & b") == "&lt;a href='x'&gt;a&lt;/a&gt; &amp; b"
-    fig = go.Figure(go.Bar(x=MARKUP_NAMES, y=[1, 2, 3, 4], name="<b>n</b>",
-                           hovertemplate="%{x}<br>%{y}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=MARKUP_NAMES,
+            y=[1, 2, 3, 4],
+            name="<b>n</b>",
+            hovertemplate="%{x}<br>%{y}<extra></extra>",
+        )
+    )
     fig.update_layout(title="LCA of <a href='http://e.com'>x</a>")
     out = literal_figure(fig).to_plotly_json()
     bar = out["data"][0]
@@ -372,8 +390,9 @@ def test_layers_page_shows_markup_names_literally(normal, runs_folder):
     at.run()
     assert not at.exception
     texts = [e.value for e in at.caption] + [e.value for e in at.markdown]
-    texts += [getattr(e, "value", "") for e in at.error] + [getattr(e, "value", "") for e in
-                                                            at.warning]
+    texts += [getattr(e, "value", "") for e in at.error] + [
+        getattr(e, "value", "") for e in at.warning
+    ]
     joined = "\n".join(str(t) for t in texts)
     for raw in [*MARKUP_NAMES, "![x](http://e/)"]:
         assert raw not in joined
@@ -391,7 +410,8 @@ def test_runs_page_refuses_a_crafted_upload_and_keeps_nothing(normal, runs_folde
     at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60)
     at.run()
     at.file_uploader(key="runs_upload").set_value(
-        ("[x](http://e.com).h5", bad.read_bytes(), "application/x-hdf5"))
+        ("[x](http://e.com).h5", bad.read_bytes(), "application/x-hdf5")
+    )
     at.run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -404,6 +424,7 @@ def test_runs_page_refuses_a_crafted_upload_and_keeps_nothing(normal, runs_folde
 
 
 # -- the runs folder ---------------------------------------------------------------------------
+
 
 def test_symlinks_leading_outside_the_runs_folder_are_ignored(normal, runs_folder, tmp_path):
     outside = tmp_path / "elsewhere"

@@ -31,8 +31,13 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def start_server(runs_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -42,10 +47,27 @@ def start_server(runs_dir: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {**os.environ, "LCA_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):  # each try waits up to 2 s for an answer
@@ -70,8 +92,13 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
         proc.wait(20)
 
-NAMES = ["[click](http://example.com/x)", "<b>bold</b><a href='http://example.com'>a</a>",
-         ":red[red] :smile: **strong**", "see www.example.com or me@example.com"]
+
+NAMES = [
+    "[click](http://example.com/x)",
+    "<b>bold</b><a href='http://example.com'>a</a>",
+    ":red[red] :smile: **strong**",
+    "see www.example.com or me@example.com",
+]
 STATUS = "![x](http://e/)"
 
 
@@ -94,15 +121,19 @@ def test_layer_names_and_status_are_shown_literally(markup_server):
         try:
             page = browser.new_page()
             page.goto(f"{markup_server}/layers?run=markup.h5", timeout=120_000)
-            page.wait_for_selector(".js-plotly-plot .xtick, .js-plotly-plot .ytick",
-                                   timeout=120_000)
+            page.wait_for_selector(
+                ".js-plotly-plot .xtick, .js-plotly-plot .ytick", timeout=120_000
+            )
             main = page.locator('[data-testid="stMain"]')
             assert page.locator("a[href*='example.com'], a[href*='http://e/']").count() == 0
             assert page.locator("img[src*='example.com'], img[src*='http://e/']").count() == 0
             text = main.inner_text().replace("\u2060", "")  # the word joiners are invisible
             assert STATUS in text  # the status, literally, in the page's caption
-            ticks = "".join(page.locator(".js-plotly-plot .xtick text, .js-plotly-plot "
-                                         ".ytick text").all_text_contents())
+            ticks = "".join(
+                page.locator(
+                    ".js-plotly-plot .xtick text, .js-plotly-plot .ytick text"
+                ).all_text_contents()
+            )
             for name in NAMES:
                 assert name in ticks
             assert page.locator(".js-plotly-plot a").count() == 0

@@ -31,10 +31,16 @@ from lca.spec import Spec, SpecError, setting
         (Spec(kind=str, choices=("a", "b")), "c", "x = 'c' is not allowed; choose one of: a, b."),
         (Spec(kind=int, choices=(0, 1)), True, "x = True is not allowed; choose one of: 0, 1."),
         (Spec(kind=dict), [1], "x must be a table of key = value, not [1]."),
-        (Spec(kind=int, minimum=1, keywords=("auto",)), "x", "x must be auto or a positive "
-         "integer, not 'x'."),
-        (Spec(kind=tuple, item=int, minimum=1, length=2, from_text=True), "8",
-         "x must be exactly two positive integers, not '8'."),
+        (
+            Spec(kind=int, minimum=1, keywords=("auto",)),
+            "x",
+            "x must be auto or a positive integer, not 'x'.",
+        ),
+        (
+            Spec(kind=tuple, item=int, minimum=1, length=2, from_text=True),
+            "8",
+            "x must be exactly two positive integers, not '8'.",
+        ),
     ],
 )
 def test_a_bad_value_is_one_sentence(spec: Spec, value: object, message: str) -> None:
@@ -74,8 +80,11 @@ def test_the_same_spec_checks_config_techniques_data_and_models() -> None:
     )
     with pytest.raises(data.DataError, match=r"^Option 'n' must be at least 2, not 1\.$"):
         data.load("gauss", n=1)
-    with pytest.raises(models.ModelError, match="^Option 'width' of model 'resnet20' must be a "
-                       r"positive integer, not 0\.$"):
+    with pytest.raises(
+        models.ModelError,
+        match="^Option 'width' of model 'resnet20' must be a "
+        r"positive integer, not 0\.$",
+    ):
         models.build("resnet20", (3, 8, 8), 10, width=0)
 
 
@@ -114,8 +123,11 @@ def test_every_config_field_is_a_flag_that_sets_it() -> None:
     for name, spec in scalar.items():
         expected[name] = _other_value(spec)
         argv += ["--" + name.replace("_", "-"), str(expected[name])]
-    config = cli.build_config(_train_args(*argv, "--save-weights", "--model-option", "hidden=[3]",
-                                          "--technique", "freeze:start=2"))
+    config = cli.build_config(
+        _train_args(
+            *argv, "--save-weights", "--model-option", "hidden=[3]", "--technique", "freeze:start=2"
+        )
+    )
     for name, value in expected.items():
         assert getattr(config, name) == value, name
     assert config.save_weights is True and config.model_options == {"hidden": [3]}

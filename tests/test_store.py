@@ -66,11 +66,18 @@ def _tracked_run(path: Path, record: str, **writer_kw):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     loss_fn = nn.functional.cross_entropy
-    writer = lca.Writer(path, record=record, config={"dataset": "random", "model": "mlp",
-                                                     "techniques": ["prune:0.3"]},
-                        chunk_rows=4, **writer_kw)
+    writer = lca.Writer(
+        path,
+        record=record,
+        config={"dataset": "random", "model": "mlp", "techniques": ["prune:0.3"]},
+        chunk_rows=4,
+        **writer_kw,
+    )
     tracker = lca.Tracker(
-        model, loss_fn, (x, y), writer=writer,
+        model,
+        loss_fn,
+        (x, y),
+        writer=writer,
         series={"lr": ("f4", ()), "probe": ("f8", (2,))},
         events={"eval": EVAL, "techniques/prune/events": PRUNE_EVENTS},
         arrays={MASK: ("u1", (10, 6), 1)},
@@ -85,7 +92,7 @@ def _tracked_run(path: Path, record: str, **writer_kw):
             mask[:, :2] = 0
             writer.set_array(MASK, mask)
             writer.add_event("techniques/prune/events", [step, 20, tracker.last.total])
-        xb, yb = x[step * 16:(step + 1) * 16], y[step * 16:(step + 1) * 16]
+        xb, yb = x[step * 16 : (step + 1) * 16], y[step * 16 : (step + 1) * 16]
         opt.zero_grad()
         loss_fn(model(xb), yb).backward()
         with tracker.step() as row:
@@ -131,11 +138,16 @@ def test_round_trip_every_field(runs, mode):
         loss = r.steps("loss")
         assert loss.tolist() == [tracker.loss0] + [rec.loss_end for rec in records]
         fields = {
-            "lca": lambda rec: rec.total, "helped": lambda rec: rec.helped,
-            "hurt": lambda rec: rec.hurt, "error": lambda rec: rec.error,
-            "splits": lambda rec: rec.splits, "evaluations": lambda rec: rec.evaluations,
-            "kind": lambda rec: rec.kind, "train_step": lambda rec: rec.train_step,
-            "seconds_lca": lambda rec: rec.seconds_lca, "wall": lambda rec: rec.wall,
+            "lca": lambda rec: rec.total,
+            "helped": lambda rec: rec.helped,
+            "hurt": lambda rec: rec.hurt,
+            "error": lambda rec: rec.error,
+            "splits": lambda rec: rec.splits,
+            "evaluations": lambda rec: rec.evaluations,
+            "kind": lambda rec: rec.kind,
+            "train_step": lambda rec: rec.train_step,
+            "seconds_lca": lambda rec: rec.seconds_lca,
+            "wall": lambda rec: rec.wall,
             "label": lambda rec: rec.label,
         }
         for field, get in fields.items():
@@ -163,16 +175,16 @@ def test_round_trip_every_field(runs, mode):
             expected_total = np.zeros(per.shape[1:])
             for row in per:
                 expected_total += row.astype(np.float64)
-            np.testing.assert_allclose(r.param_totals(name), expected_total, rtol=1e-12,
-                                       atol=1e-18)
+            np.testing.assert_allclose(r.param_totals(name), expected_total, rtol=1e-12, atol=1e-18)
             np.testing.assert_array_equal(r.param_helped_steps(name), (per < 0).sum(0))
             if mode == "full":
                 got = r.param_lca(name)
                 assert got.dtype == np.float32
                 np.testing.assert_array_equal(got, per.astype(np.float32))
                 # the totals are the sum of the stored per-step values
-                np.testing.assert_allclose(r.param_totals(name),
-                                           got.astype(np.float64).sum(0), rtol=1e-12, atol=1e-18)
+                np.testing.assert_allclose(
+                    r.param_totals(name), got.astype(np.float64).sum(0), rtol=1e-12, atol=1e-18
+                )
             else:
                 with pytest.raises(RunFileError, match="--record full"):
                     r.param_lca(name)
@@ -190,10 +202,12 @@ def test_gpu_summing_path_writes_the_same_file(runs, mode, tmp_path, monkeypatch
         assert device.num_steps == host.num_steps and device.totals_rows == host.totals_rows
         np.testing.assert_array_equal(device.layer_lca(), host.layer_lca())
         for name in host.names:
-            np.testing.assert_allclose(device.param_totals(name), host.param_totals(name),
-                                       rtol=1e-12, atol=1e-18)
-            np.testing.assert_array_equal(device.param_helped_steps(name),
-                                          host.param_helped_steps(name))
+            np.testing.assert_allclose(
+                device.param_totals(name), host.param_totals(name), rtol=1e-12, atol=1e-18
+            )
+            np.testing.assert_array_equal(
+                device.param_helped_steps(name), host.param_helped_steps(name)
+            )
             if mode == "full":
                 np.testing.assert_array_equal(device.param_lca(name), host.param_lca(name))
 
@@ -243,23 +257,27 @@ def test_summary_is_computed_from_the_file(runs):
     assert s["duration_s"] == records[-1].wall
     assert s["num_params"] == tracker.layout.num_params
     assert s["train_acc"] == pytest.approx(0.59) and s["test_acc"] == pytest.approx(0.49)
-    totals = {n: sum(float(rec.per_tensor[i]) for rec in records)
-              for i, n in enumerate(tracker.layout.names)}
+    totals = {
+        n: sum(float(rec.per_tensor[i]) for rec in records)
+        for i, n in enumerate(tracker.layout.names)
+    }
     for name, value in s["top_helping"]:
         assert value < 0 and value == pytest.approx(totals[name])
     for name, value in s["top_hurting"]:
         assert value > 0 and value == pytest.approx(totals[name])
     floor = 1e-6 * max(abs(v) for v in totals.values())  # below it: rounding, not a layer
     assert len(s["top_helping"]) + len(s["top_hurting"]) == sum(
-        abs(v) > floor for v in totals.values())
+        abs(v) > floor for v in totals.values()
+    )
     json.dumps(s)  # plain types only: the CLI prints it as JSON
 
 
 def test_top_layers_leave_out_rounding_noise(runs, monkeypatch):
     """A conv bias before BatchNorm has gradient 0; its ±1e-13 is not a layer that hurt."""
     with open_run(runs["layers"][0]) as r:
-        monkeypatch.setattr(type(r), "layer_totals",
-                            lambda self: np.array([-1.0, 2e-13, 0.5, -1e-14]))
+        monkeypatch.setattr(
+            type(r), "layer_totals", lambda self: np.array([-1.0, 2e-13, 0.5, -1e-14])
+        )
         s = r.summary()
         names = r.names
     assert [n for n, _ in s["top_helping"]] == [names[0]]
@@ -275,8 +293,9 @@ def test_ranges_and_indices(runs):
         np.testing.assert_array_equal(r.steps("lca", -3), r.steps("lca")[-3:])
         assert r.steps("lca", 5, 2).shape == (0,)
         assert r.layer_lca(100, 200).shape == (0, len(r.names))
-        np.testing.assert_allclose(r.layer_lca(3, 7, cumulative=True),
-                                   np.cumsum(r.layer_lca(), axis=0)[3:7])
+        np.testing.assert_allclose(
+            r.layer_lca(3, 7, cumulative=True), np.cumsum(r.layer_lca(), axis=0)[3:7]
+        )
         w = r.param_lca("0.weight")
         np.testing.assert_array_equal(r.param_lca("0.weight", index=13), w[:, 2, 1])  # (10, 6)
         np.testing.assert_array_equal(r.param_lca("0.weight", 2, 6, index=(1, 3)), w[2:6, 1, 3])
@@ -288,8 +307,12 @@ def test_ranges_and_indices(runs):
 
 def test_run_without_steps(tmp_path):
     x, y = _data()
-    tracker = lca.Tracker(_model(), nn.functional.cross_entropy, (x, y),
-                          writer=lca.Writer(tmp_path / "empty.h5", record="full"))
+    tracker = lca.Tracker(
+        _model(),
+        nn.functional.cross_entropy,
+        (x, y),
+        writer=lca.Writer(tmp_path / "empty.h5", record="full"),
+    )
     tracker.close()
     with open_run(tmp_path / "empty.h5") as r:
         assert r.num_steps == 0 and r.status == "complete"
@@ -366,7 +389,9 @@ def _start_writer(processes, tmp_path: Path, name: str, steps: int, pause_every:
     with open(tmp_path / f"{name}.stderr", "wb") as err:
         proc = processes.start(
             [sys.executable, str(script), str(path), str(steps), str(pause_every)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
         )
     return proc, path
 
@@ -393,10 +418,12 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen):
 def _per_step_lengths(path: Path) -> dict[str, int]:
     out = {}
     with h5py.File(path, "r", swmr=True) as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,) and obj.ndim >= 1:
                 if not (name.startswith("eval") or name.startswith("techniques")):
                     out[name] = obj.shape[0]
+
         f.visititems(visit)
     return out
 
@@ -470,11 +497,15 @@ def test_killed_writer_leaves_a_readable_consistent_file(killed_run, tmp_path):
     with open_run(path) as r:
         assert r.status == "interrupted" and r.num_steps == t and r.totals_rows == t
         for name in r.names:
-            np.testing.assert_allclose(r.param_totals(name),
-                                       r.param_lca(name).astype(np.float64).sum(0),
-                                       rtol=1e-9, atol=1e-15)
-            np.testing.assert_array_equal(r.param_helped_steps(name),
-                                          (r.param_lca(name) < 0).sum(0))
+            np.testing.assert_allclose(
+                r.param_totals(name),
+                r.param_lca(name).astype(np.float64).sum(0),
+                rtol=1e-9,
+                atol=1e-15,
+            )
+            np.testing.assert_array_equal(
+                r.param_helped_steps(name), (r.param_lca(name) < 0).sum(0)
+            )
         s = r.summary()
         assert s["status"] == "interrupted" and s["segments"] == t
     again = recover(path)
@@ -515,8 +546,11 @@ def test_half_written_rows_are_invisible_and_trimmed(runs, tmp_path):
     assert lengths.pop("steps/loss") == t + 1 and set(lengths.values()) == {t}
     with open_run(path) as r:
         assert r.num_steps == t and r.status == "interrupted"
-        np.testing.assert_allclose(r.param_totals("0.weight"),
-                                   r.param_lca("0.weight").astype(np.float64).sum(0), rtol=1e-12)
+        np.testing.assert_allclose(
+            r.param_totals("0.weight"),
+            r.param_lca("0.weight").astype(np.float64).sum(0),
+            rtol=1e-12,
+        )
 
 
 def _mark_open_for_write(path: Path) -> None:
@@ -614,8 +648,9 @@ def test_run_too_large_is_refused_before_writing(tmp_path):
     with pytest.raises(RunTooLargeError) as e:
         with tracker.step():
             pass
-    text = _one_sentence(e.value, "big.h5", "50.0 kB", "--record units or layers",
-                         "fewer steps", "smaller model")
+    text = _one_sentence(
+        e.value, "big.h5", "50.0 kB", "--record units or layers", "fewer steps", "smaller model"
+    )
     assert human_bytes(estimate_bytes(tracker.layout, 10_000, "full")) in text
     assert not path.exists() and not list(tmp_path.iterdir())
 
@@ -655,8 +690,7 @@ def test_writer_misuse(tmp_path, runs):
         with pytest.raises(ValueError), t.step():
             pass
     w = lca.Writer(tmp_path / "c.h5", record="layers")
-    t = lca.Tracker(_model(), nn.functional.cross_entropy, (x, y), writer=w,
-                    events={"eval": EVAL})
+    t = lca.Tracker(_model(), nn.functional.cross_entropy, (x, y), writer=w, events={"eval": EVAL})
     with t.step():
         pass
     with pytest.raises(KeyError):
@@ -693,10 +727,12 @@ def test_block_sum_preserves_totals_and_shapes():
     assert len(rows) == 100 and len(cols) == 10
     assert out.sum() == pytest.approx(a.astype(np.float64).sum(), abs=1e-12)
     # each cell is the sum of its block, and every row block sums like the original rows
-    np.testing.assert_allclose(out[3, 4], a[rows[3]:rows[4], cols[4]:cols[5]].astype(np.float64)
-                               .sum(), rtol=1e-12)
-    np.testing.assert_allclose(out.sum(1), np.add.reduceat(a.astype(np.float64).sum(1), rows),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        out[3, 4], a[rows[3] : rows[4], cols[4] : cols[5]].astype(np.float64).sum(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        out.sum(1), np.add.reduceat(a.astype(np.float64).sum(1), rows), rtol=1e-9
+    )
     same, r2, c2 = block_sum(a, 5000)  # nothing to merge
     np.testing.assert_array_equal(same, a.astype(np.float64))
     assert len(r2) == 1003 and len(c2) == 37

@@ -52,8 +52,9 @@ class FakeWriter:
             assert key in declared, f"series {key!r} was written but not declared"
             assert np.shape(value) == tuple(declared[key][1]), key
         if record.kind == 0:  # an optimizer step: every declared technique series is filled
-            missing = [k for k in declared
-                       if k.startswith("techniques/") and k not in record.series]
+            missing = [
+                k for k in declared if k.startswith("techniques/") and k not in record.series
+            ]
             assert not missing, f"step row lacks {missing}"
         self.records.append(record)
 
@@ -98,10 +99,12 @@ class Probe(Technique):
 
     def after_step(self, ctx: Context, row: dict[str, object]) -> None:
         self.params.append({n: p.detach().clone() for n, p in ctx.model.named_parameters()})
-        self.state.append({
-            n: {k: v.clone() for k, v in ctx.optimizer.state[p].items() if torch.is_tensor(v)}
-            for n, p in ctx.model.named_parameters()
-        })
+        self.state.append(
+            {
+                n: {k: v.clone() for k, v in ctx.optimizer.state[p].items() if torch.is_tensor(v)}
+                for n, p in ctx.model.named_parameters()
+            }
+        )
 
 
 @pytest.fixture
@@ -145,23 +148,35 @@ def tiny_ctx(seed: int = 0) -> Context:
     model.add_module("out", nn.Linear(4, 3))
     x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
     return Context(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"), total_steps=10,
-        train_x=x, train_y=y, test_x=x, test_y=y,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        total_steps=10,
+        train_x=x,
+        train_y=y,
+        test_x=x,
+        test_y=y,
     )
 
 
 def one_sentence(message: str) -> bool:
-    return "\n" not in message and message.endswith(".") and not re.search(
-        r"[.!?]\s+[A-Z]", message
+    return (
+        "\n" not in message and message.endswith(".") and not re.search(r"[.!?]\s+[A-Z]", message)
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Weight update skipping.
 
-WUS_FORCED = {"name": "wus", "window": 5, "warmup": 0, "threshold": 10.0, "patience": 1,
-              "skip_windows": 2}
+WUS_FORCED = {
+    "name": "wus",
+    "window": 5,
+    "warmup": 0,
+    "threshold": 10.0,
+    "patience": 1,
+    "skip_windows": 2,
+}
 # With these options every check is a "plateau": baseline at step 0, skip windows [5, 15),
 # [20, 30) and [35, 40) (the run ends inside the third).
 SKIPPED = set(range(5, 15)) | set(range(20, 30)) | set(range(35, 40))
@@ -170,10 +185,14 @@ SKIPPED = set(range(5, 15)) | set(range(20, 30)) | set(range(35, 40))
 @pytest.mark.slow
 @pytest.mark.parametrize(("optimizer", "no_grad"), [("momentum", True), ("adam", False)])
 def test_wus_skips_weights_bit_for_bit(train, optimizer, no_grad):
-    result, w, probe = train(config(
-        [{**WUS_FORCED, "no_grad": no_grad}, {"name": "probe"}], optimizer=optimizer,
-        weight_decay=1e-3, lr=0.01 if optimizer == "adam" else 0.05,
-    ))
+    result, w, probe = train(
+        config(
+            [{**WUS_FORCED, "no_grad": no_grad}, {"name": "probe"}],
+            optimizer=optimizer,
+            weight_decay=1e-3,
+            lr=0.01 if optimizer == "adam" else 0.05,
+        )
+    )
     skipping = w.series("techniques/wus/skipping")
     assert {t for t, s in enumerate(skipping) if s} == SKIPPED
     weights = Technique.weight_names(probe.model)
@@ -195,8 +214,7 @@ def test_wus_skips_weights_bit_for_bit(train, optimizer, no_grad):
     # Adam's exp_avg decays towards 0 but is non-zero, so its update m̂/(√v̂+ε) stays non-zero.
     # Either way the weights move (torch.equal fails, LCA ≠ 0) and the state changes.
     normal = [t for t in range(40) if t not in SKIPPED]
-    assert all(any(torch.count_nonzero(w.records[t].per_param[n]) for n in weights)
-               for t in normal)
+    assert all(any(torch.count_nonzero(w.records[t].per_param[n]) for n in weights) for t in normal)
     assert w.events["techniques/wus/windows"] == [[5, 15], [20, 30], [35, 40]]
     assert [e[0] for e in w.events["techniques/wus/accuracy"]] == [0, 5, 15, 20, 30, 35]
     assert all(p.requires_grad for p in probe.model.parameters())  # restored after the run
@@ -215,8 +233,11 @@ def test_wus_waits_for_warmup_and_patience(train):
 
 @pytest.mark.slow
 def test_wus_lr_lowers_the_learning_rate_on_a_plateau(train):
-    result, w, _ = train(config([{**WUS_FORCED, "name": "wus-lr", "lr_patience": 1,
-                                  "factor": 0.5, "min_factor": 0.25}]))
+    result, w, _ = train(
+        config(
+            [{**WUS_FORCED, "name": "wus-lr", "lr_patience": 1, "factor": 0.5, "min_factor": 0.25}]
+        )
+    )
     lr = w.series("steps/lr")
     assert lr[0] == pytest.approx(0.05)
     assert np.all(np.diff(lr) <= 0) and lr[-1] == pytest.approx(0.05 * 0.25)
@@ -232,10 +253,13 @@ def test_wus_lr_lowers_the_learning_rate_on_a_plateau(train):
 
 
 def test_freeze_keeps_the_layer_bit_for_bit_from_start(train):
-    result, w, probe = train(config(
-        [{"name": "freeze", "layers": "out", "start": 10}, {"name": "probe"}], steps=25,
-        weight_decay=1e-3,
-    ))
+    result, w, probe = train(
+        config(
+            [{"name": "freeze", "layers": "out", "start": 10}, {"name": "probe"}],
+            steps=25,
+            weight_decay=1e-3,
+        )
+    )
     frozen = w.series("techniques/freeze/frozen")
     assert list(frozen) == [0] * 10 + [330] * 15  # out: 32·10 weights + 10 biases
     for t in range(10, 25):
@@ -279,17 +303,21 @@ def test_amp_bf16_on_cpu_records_and_conserves(train):
     assert delta < -0.5 and worst <= TOL * 1.01 and abs(gap) <= 0.01 * abs(delta)
     # The training forward really ran in bf16: the minibatch losses differ from float32's.
     _, w32, _ = train(config([], steps=30, method="rk4-adaptive"))
-    assert not np.allclose(w.series("steps/train_loss"), w32.series("steps/train_loss"),
-                           rtol=0, atol=1e-6)
+    assert not np.allclose(
+        w.series("steps/train_loss"), w32.series("steps/train_loss"), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.slow
 def test_amp_fp16_grad_scaler_skips_overflowing_steps(train):
     # A huge initial scale makes the fp16 gradients overflow: the scaler skips those steps and
     # halves the scale until they fit (fp16 autocast and GradScaler("cpu") work on CPU too).
-    result, w, probe = train(config(
-        [{"name": "amp", "dtype": "fp16", "init_scale": 2.0**30}, {"name": "probe"}], steps=30,
-    ))
+    result, w, probe = train(
+        config(
+            [{"name": "amp", "dtype": "fp16", "init_scale": 2.0**30}, {"name": "probe"}],
+            steps=30,
+        )
+    )
     skipped = w.series("techniques/amp/skipped")
     scale = w.series("techniques/amp/scale")
     assert skipped[0] == 1 and 0 < skipped.sum() < 20 and skipped[-1] == 0
@@ -304,8 +332,7 @@ def test_amp_fp16_grad_scaler_skips_overflowing_steps(train):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_amp_on_cuda_uses_fp16_and_a_grad_scaler(train):
-    result, w, _ = train(config([{"name": "amp"}], steps=30, device="cuda",
-                                method="rk4-adaptive"))
+    result, w, _ = train(config([{"name": "amp"}], steps=30, device="cuda", method="rk4-adaptive"))
     s = result.summaries["amp"]
     assert s["dtype"] == "fp16" and s["grad_scaler"] is True and s["device"] == "cuda"
     gap, delta, _ = conservation_gap(w)
@@ -321,8 +348,7 @@ def test_amp_on_cuda_uses_fp16_and_a_grad_scaler(train):
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_fixed_point_weights_lie_on_their_grid(bits, scale, rounding):
     ctx = tiny_ctx()
-    q = techniques.create({"name": "quantize", "bits": bits, "scale": scale,
-                           "rounding": rounding})
+    q = techniques.create({"name": "quantize", "bits": bits, "scale": scale, "rounding": rounding})
     q.setup(ctx)
     params = ctx.params()
     eff = q.effective(params)
@@ -352,8 +378,14 @@ def test_quantize_biases_option_adds_the_biases():
     ctx = tiny_ctx()
     q = techniques.create({"name": "quantize", "bits": 4, "biases": True})
     q.setup(ctx)
-    assert q.targets == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight",
-                         "out.bias"]
+    assert q.targets == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "out.weight",
+        "out.bias",
+    ]
     eff = q.effective(ctx.params())
     for n in q.targets:
         levels = eff[n] / q.step_size(ctx.params()[n].detach())
@@ -409,12 +441,15 @@ def test_binary_and_ternary_take_two_and_three_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [
-    {"name": "quantize"},
-    {"name": "quantize", "rounding": "stochastic"},  # 4-bit stochastic needs up to 16 panels
-    {"name": "binary"},
-    {"name": "ternary"},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "quantize"},
+        {"name": "quantize", "rounding": "stochastic"},  # 4-bit stochastic needs up to 16 panels
+        {"name": "binary"},
+        {"name": "ternary"},
+    ],
+)
 def test_quantized_training_learns_and_conserves(train, spec):
     result, w, _ = train(config([spec], steps=50, method="rk4-adaptive"))
     assert result.loss_final < 0.5 * result.loss0
@@ -459,8 +494,11 @@ def test_compress_lowers_the_regularizer_relative_to_baseline(train):
     base, _, _ = train(config([], steps=50))
 
     def value(model: nn.Module) -> float:
-        return sum(float(m.weight.detach().abs().sum() / m.weight.detach().norm())
-                   for m in model.modules() if isinstance(m, nn.Linear))
+        return sum(
+            float(m.weight.detach().abs().sum() / m.weight.detach().norm())
+            for m in model.modules()
+            if isinstance(m, nn.Linear)
+        )
 
     s = result.summaries["compress"]
     assert s["value_final"] == pytest.approx(value(result.tracker.model), rel=1e-5)

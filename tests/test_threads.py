@@ -55,8 +55,14 @@ def test_config_threads_apply_while_training_and_are_restored() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("threads", 0), ("threads", "many"), ("threads", True),
-                         ("error_every", -1), ("error_every", 1.5)]
+    ("field", "value"),
+    [
+        ("threads", 0),
+        ("threads", "many"),
+        ("threads", True),
+        ("error_every", -1),
+        ("error_every", 1.5),
+    ],
 )
 def test_bad_values_are_one_sentence(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field) as excinfo:

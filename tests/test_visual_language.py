@@ -11,8 +11,9 @@ from lca.figures.common import HELPED, HURT, robust_limit
 def test_difference_chart_never_uses_helped_or_hurt_colours():
     """B − A < 0 (B lowered the loss more) is blue, > 0 orange: a layer that helped in both runs
     must not be painted red just because it helped less in B."""
-    fig = F.compare_layer_difference(["x", "y", "z"], np.array([-2.0, -1.0, 0.5]),
-                                     np.array([-1.0, -3.0, 0.5]), "A", "B")
+    fig = F.compare_layer_difference(
+        ["x", "y", "z"], np.array([-2.0, -1.0, 0.5]), np.array([-1.0, -3.0, 0.5]), "A", "B"
+    )
     colors = list(fig.data[0].marker.color)
     assert colors[0] == F.B_LESS and colors[1] == F.B_MORE
     assert not {HELPED, HURT} & set(colors)
@@ -44,17 +45,19 @@ def test_layer_heatmap_is_not_washed_out_by_an_outlier_segment():
     assert plain.data[0].zmax == 2.0 and plain.data[0].colorbar.title.text == "LCA"
 
 
-
 def test_long_titles_wrap_to_fit_a_projector():
     """Plotly never wraps a title; a long one ran past a 1024-px screen's chart edge."""
     from lca.figures.common import TITLE_CHARS, wrap_title
 
-    text, lines = wrap_title("Shared peak steps: 10.0% vs 5.3% ± 4.1% by chance (z = 1.1, "
-                             "p = 0.219)")
+    text, lines = wrap_title(
+        "Shared peak steps: 10.0% vs 5.3% ± 4.1% by chance (z = 1.1, p = 0.219)"
+    )
     assert lines == 2 and all(len(line) <= TITLE_CHARS for line in text.split("<br>"))
     assert "z = 1.1" in text  # never broken inside "z = …"
     assert wrap_title("Short") == ("Short", 1)
     fig = F.loss_conservation(np.array([2.0, 1.0]), np.array([-1.0]))
     assert fig.layout.title.text.count("<br>") == 1
-    assert fig.layout.margin.t > F.loss_conservation(np.array([2.0, 1.0]), np.array([-1.0]),
-                                                     title="Loss").layout.margin.t
+    assert (
+        fig.layout.margin.t
+        > F.loss_conservation(np.array([2.0, 1.0]), np.array([-1.0]), title="Loss").layout.margin.t
+    )

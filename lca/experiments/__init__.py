@@ -37,20 +37,20 @@ __all__ = [
 #: name -> one-line description, in the order ``all`` runs them.
 EXPERIMENTS: dict[str, str] = {
     "integrators": "error and cost of each LCA integrator (euler … rk4-adaptive, gauss) on an "
-                   "MLP and a small CNN (our table; the paper published none)",
+    "MLP and a small CNN (our table; the paper published none)",
     "helped": "% of parameters that help per step, how often each parameter helps, and the "
-              "histogram of all LCA values (fc-mnist, LeNet)",
+    "histogram of all LCA values (fc-mnist, LeNet)",
     "layers": "per-layer LCA totals vs layer size (fc-mnist, LeNet) and ResNet-20's first and "
-              "last layers",
+    "last layers",
     "freeze": "freezing the last layer: per-layer LCA and final loss with and without",
     "synchrony": "do layers' LCA peaks fall on the same steps? (peak coincidence vs a "
-                 "circular-shift null)",
+    "circular-shift null)",
     "techniques": "weight update skipping vs baseline (time, accuracy) and magnitude vs L-OBS "
-                  "vs LCA-guided pruning at equal sparsity",
+    "vs LCA-guided pruning at equal sparsity",
     "methods": "backprop vs DFA vs BDFA vs weight symmetry: accuracy, % helped, alignment with "
-               "the true gradient, parameters saved",
+    "the true gradient, parameters saved",
     "precision": "per-tensor fixed point: the loss cost of rounding (LCA of the rounding leg) "
-                 "per layer, stochastic vs nearest, analytic precisions vs uniform 8 bits",
+    "per layer, stochastic vs nearest, analytic precisions vs uniform 8 bits",
 }
 SCALES = ("quick", "paper")  # paper: also the LCA paper's MNIST protocol on 28×28 images
 DEFAULT_OUT = Path("docs/results")
@@ -69,11 +69,18 @@ def _check(name: str) -> None:
         )
 
 
-def _context(out_dir: str | Path, tiny: bool, data_dir: str | None,
-             runs_dir: str | Path | None, retrain: bool,
-             log: Callable[[str], None], scale: str = "quick", dataset: str | None = None,
-             paper_steps: int | None = None, paper_measure: int | None = None
-             ) -> ExperimentContext:
+def _context(
+    out_dir: str | Path,
+    tiny: bool,
+    data_dir: str | None,
+    runs_dir: str | Path | None,
+    retrain: bool,
+    log: Callable[[str], None],
+    scale: str = "quick",
+    dataset: str | None = None,
+    paper_steps: int | None = None,
+    paper_measure: int | None = None,
+) -> ExperimentContext:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExperimentError(f"The output {out} exists and is not a folder; choose a folder.")
@@ -82,9 +89,18 @@ def _context(out_dir: str | Path, tiny: bool, data_dir: str | None,
         raise ExperimentError(f"Unknown scale {scale!r}; choose one of: {', '.join(SCALES)}.")
     if scale == "paper":
         dataset = _paper_dataset(dataset, data_dir)
-    return ExperimentContext(out, runs, tiny=tiny, data_dir=data_dir, retrain=retrain, log=log,
-                             scale=scale, dataset=dataset, paper_steps=paper_steps,
-                             paper_measure=paper_measure)
+    return ExperimentContext(
+        out,
+        runs,
+        tiny=tiny,
+        data_dir=data_dir,
+        retrain=retrain,
+        log=log,
+        scale=scale,
+        dataset=dataset,
+        paper_steps=paper_steps,
+        paper_measure=paper_measure,
+    )
 
 
 def _paper_dataset(dataset: str | None, data_dir: str | None) -> str:
@@ -116,9 +132,18 @@ def _build(name: str, ctx: ExperimentContext) -> Path:
     return path
 
 
-def run_one(name: str, out_dir: str | Path, *, tiny: bool = False, data_dir: str | None = None,
-            runs_dir: str | Path | None = None, retrain: bool = False, threads: int | None = 1,
-            log: Callable[[str], None] = print, **scale: Any) -> Path:
+def run_one(
+    name: str,
+    out_dir: str | Path,
+    *,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    runs_dir: str | Path | None = None,
+    retrain: bool = False,
+    threads: int | None = 1,
+    log: Callable[[str], None] = print,
+    **scale: Any,
+) -> Path:
     """Run experiment ``name``; return the report's path (``out_dir/<name>.md``).
 
     Runs go to ``runs_dir`` (default ``out_dir/runs``) and are reused when a complete run with the
@@ -131,10 +156,18 @@ def run_one(name: str, out_dir: str | Path, *, tiny: bool = False, data_dir: str
         return _build(name, ctx)
 
 
-def run_all(out_dir: str | Path, *, tiny: bool = False, data_dir: str | None = None,
-            runs_dir: str | Path | None = None, retrain: bool = False, threads: int | None = 1,
-            results: str | Path | None = None,
-            log: Callable[[str], None] = print, **scale: Any) -> list[Path]:
+def run_all(
+    out_dir: str | Path,
+    *,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    runs_dir: str | Path | None = None,
+    retrain: bool = False,
+    threads: int | None = 1,
+    results: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    **scale: Any,
+) -> list[Path]:
     """Run every experiment (sharing runs between them), then write the results summary
     (``results``, default :func:`default_results_path`); return the report paths."""
     from .results import write_results
@@ -176,28 +209,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}, all")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--tiny", action="store_true",
-                   help="shrink every run to seconds (smoke test; numbers not meaningful)")
-    p.add_argument("--data-dir", help="folder with MNIST / CIFAR-10 files: adds runs on them "
-                   "(never downloaded)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="shrink every run to seconds (smoke test; numbers not meaningful)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with MNIST / CIFAR-10 files: adds runs on them (never downloaded)",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the reports and figures")
-    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS),
-                   help="folder for the run files (reused when the config matches)")
+    p.add_argument(
+        "--runs-dir",
+        default=str(DEFAULT_RUNS),
+        help="folder for the run files (reused when the config matches)",
+    )
     p.add_argument("--retrain", action="store_true", help="train every run again")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (0: leave torch's default)")
-    p.add_argument("--results", help="results summary to write with 'all' (default: "
-                   "docs/RESULTS.md for --out docs/results, else OUT/RESULTS.md)")
-    p.add_argument("--scale", choices=SCALES, default="quick",
-                   help="paper: also run fc-mnist and LeNet at the LCA paper's MNIST protocol "
-                   "(55,000 training images, all of them the measurement set, rk4-paper at "
-                   "1e-3) on --dataset; hours per run on a small CPU")
-    p.add_argument("--dataset", help="28×28 dataset of --scale paper: fashion-mnist (default; "
-                   "apt-get install dataset-fashion-mnist) or mnist")
-    p.add_argument("--paper-steps", type=int,
-                   help="reduce the paper-scale runs to this many steps (labelled 'reduced')")
-    p.add_argument("--paper-measure", type=int,
-                   help="reduce the paper-scale measurement set to this many examples")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)"
+    )
+    p.add_argument(
+        "--results",
+        help="results summary to write with 'all' (default: "
+        "docs/RESULTS.md for --out docs/results, else OUT/RESULTS.md)",
+    )
+    p.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="quick",
+        help="paper: also run fc-mnist and LeNet at the LCA paper's MNIST protocol "
+        "(55,000 training images, all of them the measurement set, rk4-paper at "
+        "1e-3) on --dataset; hours per run on a small CPU",
+    )
+    p.add_argument(
+        "--dataset",
+        help="28×28 dataset of --scale paper: fashion-mnist (default; "
+        "apt-get install dataset-fashion-mnist) or mnist",
+    )
+    p.add_argument(
+        "--paper-steps",
+        type=int,
+        help="reduce the paper-scale runs to this many steps (labelled 'reduced')",
+    )
+    p.add_argument(
+        "--paper-measure",
+        type=int,
+        help="reduce the paper-scale measurement set to this many examples",
+    )
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -216,9 +274,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     common = {
-        "tiny": args.tiny, "data_dir": args.data_dir, "runs_dir": args.runs_dir,
-        "retrain": args.retrain, "threads": args.threads or None, "log": log,
-        "scale": args.scale, "dataset": args.dataset, "paper_steps": args.paper_steps,
+        "tiny": args.tiny,
+        "data_dir": args.data_dir,
+        "runs_dir": args.runs_dir,
+        "retrain": args.retrain,
+        "threads": args.threads or None,
+        "log": log,
+        "scale": args.scale,
+        "dataset": args.dataset,
+        "paper_steps": args.paper_steps,
         "paper_measure": args.paper_measure,
     }
     if args.name == "all":

@@ -67,38 +67,84 @@ def build(ctx: ExperimentContext) -> Path:
         rows = []
         for m, (bv, c) in b_mod.items():
             fv = f_mod[m][0]
-            rows.append([m, f"{c:,}", sci(bv), pct(bv / b_sum), sci(fv), pct(fv / f_sum),
-                         sci(fv - bv)])
-        rows.append(["all", f"{sum(c for _, c in b_mod.values()):,}", sci(b_sum), "100.0",
-                     sci(f_sum), "100.0", sci(f_sum - b_sum)])
+            rows.append(
+                [m, f"{c:,}", sci(bv), pct(bv / b_sum), sci(fv), pct(fv / f_sum), sci(fv - bv)]
+            )
+        rows.append(
+            [
+                "all",
+                f"{sum(c for _, c in b_mod.values()):,}",
+                sci(b_sum),
+                "100.0",
+                sci(f_sum),
+                "100.0",
+                sci(f_sum - b_sum),
+            ]
+        )
         rep.heading(f"{base_setup.label}: {base_setup.note}")
-        rep.table(["layer", "params", "LCA baseline", "share of ΔL baseline %", "LCA frozen",
-                   "share of ΔL frozen %", "frozen − baseline"], rows)
-        rep.table(["run", "loss before", "loss after", "train acc %", "test acc %",
-                   "test loss"],
-                  [[lab, fmt(o["loss0"]), fmt(o["loss_final"]), pct(o["train_acc"]),
-                    pct(o["test_acc"]), fmt(o["test_loss"])]
-                   for lab, o in (("baseline", b_out), ("last layer frozen", f_out))])
+        rep.table(
+            [
+                "layer",
+                "params",
+                "LCA baseline",
+                "share of ΔL baseline %",
+                "LCA frozen",
+                "share of ΔL frozen %",
+                "frozen − baseline",
+            ],
+            rows,
+        )
+        rep.table(
+            ["run", "loss before", "loss after", "train acc %", "test acc %", "test loss"],
+            [
+                [
+                    lab,
+                    fmt(o["loss0"]),
+                    fmt(o["loss_final"]),
+                    pct(o["train_acc"]),
+                    pct(o["test_acc"]),
+                    fmt(o["test_loss"]),
+                ]
+                for lab, o in (("baseline", b_out), ("last layer frozen", f_out))
+            ],
+        )
         mods = list(b_mod)
-        fig = go.Figure([
-            go.Bar(x=mods, y=[b_mod[m][0] for m in mods], name="baseline",
-                   marker_color="#2c7fb8"),
-            go.Bar(x=mods, y=[f_mod[m][0] for m in mods], name="last layer frozen",
-                   marker_color="#fdae61"),
-        ])
-        base_layout(fig, f"Total LCA per layer, {base_setup.label}: baseline vs last layer "
-                    "frozen (below 0 = helped)", height=440)
+        fig = go.Figure(
+            [
+                go.Bar(
+                    x=mods, y=[b_mod[m][0] for m in mods], name="baseline", marker_color="#2c7fb8"
+                ),
+                go.Bar(
+                    x=mods,
+                    y=[f_mod[m][0] for m in mods],
+                    name="last layer frozen",
+                    marker_color="#fdae61",
+                ),
+            ]
+        )
+        base_layout(
+            fig,
+            f"Total LCA per layer, {base_setup.label}: baseline vs last layer "
+            "frozen (below 0 = helped)",
+            height=440,
+        )
         fig.update_layout(barmode="group")
         fig.update_xaxes(title="layer", tickangle=-30 if len(mods) > 6 else 0)
         fig.update_yaxes(title="total LCA (loss units)", exponentformat="e")
-        rep.figure(fig, f"{base_setup.label}-compare",
-                   f"per-layer LCA, baseline vs frozen, {base_setup.label}")
+        rep.figure(
+            fig,
+            f"{base_setup.label}-compare",
+            f"per-layer LCA, baseline vs frozen, {base_setup.label}",
+        )
         moved = {m: f_mod[m][0] - b_mod[m][0] for m in mods if m != "out"}
         most = min(moved, key=lambda m: moved[m]) if moved else None
         findings[base_setup.label] = {
-            "baseline": b_out, "frozen": f_out,
-            "layers": {m: {"baseline": b_mod[m][0], "frozen": f_mod[m][0], "params": b_mod[m][1]}
-                       for m in mods},
+            "baseline": b_out,
+            "frozen": f_out,
+            "layers": {
+                m: {"baseline": b_mod[m][0], "frozen": f_mod[m][0], "params": b_mod[m][1]}
+                for m in mods
+            },
             "out_share_baseline": b_mod["out"][0] / b_sum if b_sum else None,
             "gained_most": most,
         }
@@ -110,8 +156,11 @@ def build(ctx: ExperimentContext) -> Path:
             f"In the baseline `out` allocated {sci(b_mod['out'][0])} of {sci(b_sum)} "
             f"({pct(b_mod['out'][0] / b_sum)}%). With `out` frozen the layers below it "
             f"allocate {sci(f_sum)} against {sci(below_base)} in the baseline: "
-            + (f"they took over {pct(extra / b_mod['out'][0])}% of what `out` had done"
-               if extra < 0 and b_mod["out"][0] < 0 else "they did not take over its share")
+            + (
+                f"they took over {pct(extra / b_mod['out'][0])}% of what `out` had done"
+                if extra < 0 and b_mod["out"][0] < 0
+                else "they did not take over its share"
+            )
             + f". The layer whose LCA grew most in helping: {most} "
             f"({sci(moved[most]) if most else 'n/a'}). Final loss {fmt(b_out['loss_final'])} → "
             f"{fmt(f_out['loss_final'])}, test accuracy {pct(b_out['test_acc'])}% → "
@@ -121,8 +170,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/freeze.md``; return its path."""
     from . import run_one
 

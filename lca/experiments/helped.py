@@ -47,7 +47,7 @@ def step_stats(r: Reader) -> dict[str, float]:
         "steps_majority_helped": float((helped > hurt).mean()),
         # The second half alone: early steps, where most parameters move downhill together,
         # weigh much more in our short runs than in the paper's long ones.
-        "helped_of_moved_late": float(np.nanmean(of_moved[len(of_moved) // 2:])),
+        "helped_of_moved_late": float(np.nanmean(of_moved[len(of_moved) // 2 :])),
     }
 
 
@@ -72,8 +72,7 @@ def param_stats(r: Reader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     return out, hs, tot
 
 
-def value_stats(r: Reader, sample: int = HIST_VALUES) -> tuple[dict[str, float], np.ndarray,
-                                                               int]:
+def value_stats(r: Reader, sample: int = HIST_VALUES) -> tuple[dict[str, float], np.ndarray, int]:
     """The distribution of every LCA value A_{t,i} (record=full runs): shares < 0, = 0, > 0,
     excess kurtosis of the non-zero values (heavy tails: ≫ 0), and their sums. Also returns a
     seeded sample of whole steps (for the histogram figure) and how many steps it holds."""
@@ -99,22 +98,22 @@ def value_stats(r: Reader, sample: int = HIST_VALUES) -> tuple[dict[str, float],
         nz = a[a != 0]
         n_nz += nz.size
         s1 += float(nz.sum())
-        s2 += float((nz ** 2).sum())
-        s3 += float((nz ** 3).sum())
-        s4 += float((nz ** 4).sum())
+        s2 += float((nz**2).sum())
+        s3 += float((nz**3).sum())
+        s4 += float((nz**4).sum())
         sum_neg += float(nz[nz < 0].sum())
         sum_pos += float(nz[nz > 0].sum())
     total = neg + pos + zero
     mean = s1 / n_nz if n_nz else math.nan
-    var = s2 / n_nz - mean ** 2 if n_nz else math.nan
-    m4 = (s4 - 4 * mean * s3 + 6 * mean ** 2 * s2) / n_nz - 3 * mean ** 4 if n_nz else math.nan
+    var = s2 / n_nz - mean**2 if n_nz else math.nan
+    m4 = (s4 - 4 * mean * s3 + 6 * mean**2 * s2) / n_nz - 3 * mean**4 if n_nz else math.nan
     out = {
         "values": total,
         "share_neg": neg / total,
         "share_pos": pos / total,
         "share_zero": zero / total,
         "neg_of_nonzero": neg / (neg + pos) if neg + pos else math.nan,
-        "excess_kurtosis": m4 / var ** 2 - 3 if var and var > 0 else math.nan,
+        "excess_kurtosis": m4 / var**2 - 3 if var and var > 0 else math.nan,
         "sum_neg": sum_neg,
         "sum_pos": sum_pos,
     }
@@ -134,24 +133,25 @@ def _compare(f: dict[str, Any]) -> str:
     st, ps, vs = f["step"], f["param"], f["values"]
     late, whole = st["helped_of_moved_late"], st["helped_of_moved_mean"]
     gain = abs(whole - 0.5) - abs(late - 0.5)
-    closer = ("closer to" if gain > 0.02 else "further from" if gain < -0.02 else
-              "about as far from")
+    closer = "closer to" if gain > 0.02 else "further from" if gain < -0.02 else "about as far from"
     text = (
         f"- Against the paper ({f['label']}): per step {pct(st['helped_mean'])}% of all "
-        f"parameters helped, {_side(st['helped_mean'])} the paper's \"barely over 50%\"; of the "
+        f'parameters helped, {_side(st["helped_mean"])} the paper\'s "barely over 50%"; of the '
         f"parameters that moved, {pct(st['helped_of_moved_mean'])}% helped on average and "
         f"{pct(st['helped_of_moved_late'])}% over the second half of the steps "
         f"({closer} one half once the early steps are left out). A moving parameter helped on "
         f"a median {pct(ps['frac_median'])}% of the steps, {_side(ps['frac_median'])} the "
-        "paper's \"about half\"."
+        'paper\'s "about half".'
     )
     if vs:
         text += (
             f" Of the non-zero LCA values {pct(vs['neg_of_nonzero'], 2)}% are < 0 (paper: "
-            f"\"slightly more mass < 0\"), with excess kurtosis {fmt(vs['excess_kurtosis'], 3)}"
-            + (" (heavy tails around a sharp peak at 0, as in the paper)."
-               if vs["excess_kurtosis"] and vs["excess_kurtosis"] > 3 else
-               " (not the paper's heavy tails).")
+            f'"slightly more mass < 0"), with excess kurtosis {fmt(vs["excess_kurtosis"], 3)}'
+            + (
+                " (heavy tails around a sharp peak at 0, as in the paper)."
+                if vs["excess_kurtosis"] and vs["excess_kurtosis"] > 3
+                else " (not the paper's heavy tails)."
+            )
         )
     return text
 
@@ -168,9 +168,12 @@ def build(ctx: ExperimentContext) -> Path:
         "and LeNet are trained on the bundled 8×8 digits, where they adapt to the input "
         "(fc-mnist becomes 64-100-50-10 with 12,060 parameters instead of 84,060; LeNet's dense "
         "layer sees 40×2×2 features, 88,970 parameters instead of 808,970)"
-        + (", and on 28×28 images (an MNIST subset with --data-dir; the paper's protocol with "
-           "--scale paper)." if len(setups) > 2 else
-           "; no MNIST folder was given (--data-dir), so there are no MNIST rows.")
+        + (
+            ", and on 28×28 images (an MNIST subset with --data-dir; the paper's protocol with "
+            "--scale paper)."
+            if len(setups) > 2
+            else "; no MNIST folder was given (--data-dir), so there are no MNIST rows."
+        )
     )
     step_rows, param_rows, value_rows = [], [], []
     findings: dict[str, Any] = {}
@@ -186,47 +189,110 @@ def build(ctx: ExperimentContext) -> Path:
                 vs, values, used = value_stats(r)
             helped, hurt, kind = r.steps("helped"), r.steps("hurt"), r.steps("kind")
         findings[s.label] = {"label": s.label, "step": st, "param": ps, "values": vs}
-        step_rows.append([
-            s.label, st["steps"], pct(st["helped_mean"]), pct(st["helped_min"]),
-            pct(st["helped_max"]), pct(st["hurt_mean"]), pct(st["still_mean"]),
-            pct(st["helped_of_moved_mean"]), pct(st["helped_of_moved_late"]),
-            pct(st["steps_majority_helped"]),
-        ])
-        param_rows.append([
-            s.label, f"{ps['params']:,}", f"{ps['never_moved']:,}", pct(ps["frac_mean"]),
-            pct(ps["frac_median"]), pct(ps["frac_p10"]), pct(ps["frac_p90"]),
-            pct(ps["frac_40_60"]), pct(ps["hurt_overall"]),
-        ])
+        step_rows.append(
+            [
+                s.label,
+                st["steps"],
+                pct(st["helped_mean"]),
+                pct(st["helped_min"]),
+                pct(st["helped_max"]),
+                pct(st["hurt_mean"]),
+                pct(st["still_mean"]),
+                pct(st["helped_of_moved_mean"]),
+                pct(st["helped_of_moved_late"]),
+                pct(st["steps_majority_helped"]),
+            ]
+        )
+        param_rows.append(
+            [
+                s.label,
+                f"{ps['params']:,}",
+                f"{ps['never_moved']:,}",
+                pct(ps["frac_mean"]),
+                pct(ps["frac_median"]),
+                pct(ps["frac_p10"]),
+                pct(ps["frac_p90"]),
+                pct(ps["frac_40_60"]),
+                pct(ps["hurt_overall"]),
+            ]
+        )
         if vs is not None:
-            value_rows.append([
-                s.label, f"{vs['values']:,}", pct(vs["share_neg"]), pct(vs["share_zero"]),
-                pct(vs["share_pos"]), pct(vs["neg_of_nonzero"], 2), fmt(vs["excess_kurtosis"], 4),
-                sci(vs["sum_neg"]), sci(vs["sum_pos"]),
-            ])
-            rep.figure(F.lca_histogram(values, log=True, steps_used=used, steps_total=t,
-                                       title=f"All LCA values, {s.label} (log count)"),
-                       f"{s.label}-histogram", f"histogram of all LCA values, {s.label}")
-        rep.figure(F.helped_fractions(helped, hurt, kind=kind,
-                                      title=f"Share of parameters that helped per step, "
-                                            f"{s.label}"),
-                   f"{s.label}-per-step", f"% helped / still / hurt on each step, {s.label}")
-        rep.figure(F.helped_fraction_histogram(hs, t, totals=tot,
-                                               title=f"How often each parameter helped, "
-                                                     f"{s.label}"),
-                   f"{s.label}-per-param", f"fraction of steps each parameter helped, {s.label}")
+            value_rows.append(
+                [
+                    s.label,
+                    f"{vs['values']:,}",
+                    pct(vs["share_neg"]),
+                    pct(vs["share_zero"]),
+                    pct(vs["share_pos"]),
+                    pct(vs["neg_of_nonzero"], 2),
+                    fmt(vs["excess_kurtosis"], 4),
+                    sci(vs["sum_neg"]),
+                    sci(vs["sum_pos"]),
+                ]
+            )
+            rep.figure(
+                F.lca_histogram(
+                    values,
+                    log=True,
+                    steps_used=used,
+                    steps_total=t,
+                    title=f"All LCA values, {s.label} (log count)",
+                ),
+                f"{s.label}-histogram",
+                f"histogram of all LCA values, {s.label}",
+            )
+        rep.figure(
+            F.helped_fractions(
+                helped,
+                hurt,
+                kind=kind,
+                title=f"Share of parameters that helped per step, {s.label}",
+            ),
+            f"{s.label}-per-step",
+            f"% helped / still / hurt on each step, {s.label}",
+        )
+        rep.figure(
+            F.helped_fraction_histogram(
+                hs, t, totals=tot, title=f"How often each parameter helped, {s.label}"
+            ),
+            f"{s.label}-per-param",
+            f"fraction of steps each parameter helped, {s.label}",
+        )
     rep.heading("Per step: share of parameters that helped")
-    rep.table(["run", "steps", "helped % (mean)", "min %", "max %", "hurt % (mean)",
-               "did not move % (mean)", "helped % of moving (mean)",
-               "helped % of moving (2nd half of steps)",
-               "steps where helpers outnumber hurters %"], step_rows)
+    rep.table(
+        [
+            "run",
+            "steps",
+            "helped % (mean)",
+            "min %",
+            "max %",
+            "hurt % (mean)",
+            "did not move % (mean)",
+            "helped % of moving (mean)",
+            "helped % of moving (2nd half of steps)",
+            "steps where helpers outnumber hurters %",
+        ],
+        step_rows,
+    )
     rep.text(
         "From /steps/helped and /steps/hurt (fraction of *all* parameters with A < 0 and "
         "A > 0 on each optimizer step). *helped % of moving* = helped / (helped + hurt)."
     )
     rep.heading("Per parameter: fraction of steps on which it helped")
-    rep.table(["run", "params", "never moved", "mean %", "median %", "10th pct %",
-               "90th pct %", "params helping on 40-60% of steps, %",
-               "params whose total LCA > 0 (hurt overall), %"], param_rows)
+    rep.table(
+        [
+            "run",
+            "params",
+            "never moved",
+            "mean %",
+            "median %",
+            "10th pct %",
+            "90th pct %",
+            "params helping on 40-60% of steps, %",
+            "params whose total LCA > 0 (hurt overall), %",
+        ],
+        param_rows,
+    )
     rep.text(
         "From /params/<tensor>/helped_steps ÷ T, over the parameters that moved at all (total "
         "LCA ≠ 0); *never moved* counts those left out (e.g. first-layer weights of pixels that "
@@ -234,8 +300,20 @@ def build(ctx: ExperimentContext) -> Path:
     )
     if value_rows:
         rep.heading("All LCA values (every parameter on every step)")
-        rep.table(["run", "values", "< 0 %", "= 0 %", "> 0 %", "< 0 among non-zero %",
-                   "excess kurtosis (non-zero)", "sum of < 0", "sum of > 0"], value_rows)
+        rep.table(
+            [
+                "run",
+                "values",
+                "< 0 %",
+                "= 0 %",
+                "> 0 %",
+                "< 0 among non-zero %",
+                "excess kurtosis (non-zero)",
+                "sum of < 0",
+                "sum of > 0",
+            ],
+            value_rows,
+        )
         rep.text(
             "From /params/<tensor>/lca (record = full). Excess kurtosis 0 is a normal "
             "distribution; large values mean a sharp peak at 0 with heavy tails."
@@ -246,8 +324,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/helped.md``; return its path."""
     from . import run_one
 

@@ -67,8 +67,11 @@ def errors(r: Reader) -> dict[str, float]:
 def build(ctx: ExperimentContext) -> Path:
     rep = Report(ctx, NAME, TITLE)
     variants: list[tuple[str, str, float]] = [(m, "float32", DEFAULT_TOLERANCE) for m in METHODS]
-    variants += [("rk4-adaptive", "float32", TIGHT), ("rk4-paper", "float32", TIGHT),
-                 ("rk4", "float64", DEFAULT_TOLERANCE)]
+    variants += [
+        ("rk4-adaptive", "float32", TIGHT),
+        ("rk4-paper", "float32", TIGHT),
+        ("rk4", "float64", DEFAULT_TOLERANCE),
+    ]
     rep.text(
         "Each model is trained once per row with the same seed and config; only the LCA "
         "integrator (and, in the last row, the measurement precision) changes, so every row "
@@ -83,9 +86,22 @@ def build(ctx: ExperimentContext) -> Path:
         "paper's released code spent ~400–480× a training step on LCA; one CPU thread on a shared "
         "machine here: indicative only). Relative numbers are in percent."
     )
-    headers = ["model", "method", "dtype", "tolerance", "mean rel. %", "median rel. %",
-               "worst rel. %", "mean abs.",
-               "whole run %", "evals/step", "splits", "LCA ms/step", "LCA ÷ train time", "run"]
+    headers = [
+        "model",
+        "method",
+        "dtype",
+        "tolerance",
+        "mean rel. %",
+        "median rel. %",
+        "worst rel. %",
+        "mean abs.",
+        "whole run %",
+        "evals/step",
+        "splits",
+        "LCA ms/step",
+        "LCA ÷ train time",
+        "run",
+    ]
     findings: dict[str, dict[str, Any]] = {}
     for model in MODELS:
         rows = []
@@ -97,21 +113,33 @@ def build(ctx: ExperimentContext) -> Path:
             with info.open() as r:
                 e = errors(r)
                 kind = r.steps("kind")
-                name = f"{method} ({dtype}" + (f", tol {tol:g})" if tol != DEFAULT_TOLERANCE
-                                                 else ")")
+                name = f"{method} ({dtype}" + (
+                    f", tol {tol:g})" if tol != DEFAULT_TOLERANCE else ")"
+                )
                 curves[name] = np.abs(r.steps("error")[kind == 0])
                 losses[name] = r.steps("loss")
             key = method if dtype == "float32" else f"{method}-{dtype}"
             if tol != DEFAULT_TOLERANCE:
                 key += f"-tol{tol:g}"
             findings.setdefault(model, {})[key] = e
-            rows.append([
-                model, method, dtype, fmt(tol, 1) if is_adaptive(method) else "—",
-                pct(e["mean_rel"], 3), pct(e["median_rel"], 3), pct(e["worst_rel"], 3),
-                sci(e["mean_abs"], 2).lstrip("+"), pct(e["whole_run"], 4),
-                fmt(e["evaluations"], 4), fmt(e["splits"], 4), fmt(e["ms_lca"], 3),
-                fmt(e["ms_lca"] / e["ms_train"], 3), info.label,
-            ])
+            rows.append(
+                [
+                    model,
+                    method,
+                    dtype,
+                    fmt(tol, 1) if is_adaptive(method) else "—",
+                    pct(e["mean_rel"], 3),
+                    pct(e["median_rel"], 3),
+                    pct(e["worst_rel"], 3),
+                    sci(e["mean_abs"], 2).lstrip("+"),
+                    pct(e["whole_run"], 4),
+                    fmt(e["evaluations"], 4),
+                    fmt(e["splits"], 4),
+                    fmt(e["ms_lca"], 3),
+                    fmt(e["ms_lca"] / e["ms_train"], 3),
+                    info.label,
+                ]
+            )
         rep.heading(f"{model} on digits")
         rep.table(headers, rows)
         f32 = [v for k, v in losses.items() if "float32" in k]
@@ -122,11 +150,19 @@ def build(ctx: ExperimentContext) -> Path:
             "changes training)."
         )
         findings[model]["_loss_spread_f32"] = spread
-        rep.figure(_figure(curves, model), f"{model}-error",
-                   f"|ΔL − ΣA| per step for every integrator, {model} (log scale)")
+        rep.figure(
+            _figure(curves, model),
+            f"{model}-error",
+            f"|ΔL − ΣA| per step for every integrator, {model} (log scale)",
+        )
     rep.finding("models", findings)
-    best = {m: min((k for k in findings[m] if not k.startswith("_")),
-                   key=lambda k: findings[m][k]["mean_abs"]) for m in MODELS}
+    best = {
+        m: min(
+            (k for k in findings[m] if not k.startswith("_")),
+            key=lambda k: findings[m][k]["mean_abs"],
+        )
+        for m in MODELS
+    }
     rep.finding("most_exact", best)
     rep.heading("What this shows")
     rep.text("\n".join(_summary(m, findings[m], best[m]) for m in MODELS))
@@ -147,19 +183,25 @@ def _summary(model: str, f: dict[str, Any], best: str) -> str:
     rk4, f64 = f["rk4"], f["rk4-float64"]
     tight = f.get(f"rk4-adaptive-tol{TIGHT:g}")
     paper_tight = f.get(f"rk4-paper-tol{TIGHT:g}")
-    roundoff = (abs(f64["mean_abs"] - rk4["mean_abs"]) <= 0.05 * rk4["mean_abs"])
+    roundoff = abs(f64["mean_abs"] - rk4["mean_abs"]) <= 0.05 * rk4["mean_abs"]
     text = (
         f"- {model}: median per-step relative error euler {pct(f['euler']['median_rel'], 3)}%, "
         f"trapezoid {pct(f['trapezoid']['median_rel'], 3)}%, Simpson (rk4) "
         f"{pct(rk4['median_rel'], 3)}%; whole run: euler {pct(f['euler']['whole_run'], 3)}%, "
         f"rk4 {pct(rk4['whole_run'], 3)}%. Measuring in float64 changes rk4's mean |ΔL − ΣA| "
         f"from {sci(rk4['mean_abs'], 2).lstrip('+')} to {sci(f64['mean_abs'], 2).lstrip('+')}"
-        + (", so float32 round-off is not what limits it." if roundoff else
-           ", so part of it is float32 round-off.")
+        + (
+            ", so float32 round-off is not what limits it."
+            if roundoff
+            else ", so part of it is float32 round-off."
+        )
         + " rk4-adaptive at tolerance 1e-3 used on average "
         f"{fmt(f['rk4-adaptive']['splits'], 3)} Simpson panels per step"
-        + (" (no step exceeded the tolerance, so it equals rk4)"
-           if f["rk4-adaptive"]["splits"] == 1 else "")
+        + (
+            " (no step exceeded the tolerance, so it equals rk4)"
+            if f["rk4-adaptive"]["splits"] == 1
+            else ""
+        )
     )
     if tight:
         text += (
@@ -190,16 +232,28 @@ def _figure(curves: dict[str, np.ndarray], model: str) -> Any:
     fig = go.Figure()
     for i, (name, y) in enumerate(curves.items()):
         y = np.where(y > 0, y, np.nan)  # exact zeros cannot be drawn on a log axis
-        fig.add_trace(go.Scatter(x=np.arange(1, len(y) + 1), y=y, mode="lines", name=name,
-                                 line={"color": _COLORS[i % len(_COLORS)], "width": 1.5}))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(1, len(y) + 1),
+                y=y,
+                mode="lines",
+                name=name,
+                line={"color": _COLORS[i % len(_COLORS)], "width": 1.5},
+            )
+        )
     base_layout(fig, f"Integration error per step, {model} on digits", height=460)
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="|ΔL − ΣA| (loss units)", type="log", exponentformat="e")
     return fig
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train the runs (or reuse them from ``runs_dir``, default ``out_dir/runs``) and write
     ``out_dir/integrators.md``; return its path."""
     from . import run_one

@@ -39,14 +39,17 @@ def layer_table(r: Reader) -> list[dict[str, Any]]:
     groups = module_groups(r.names, r.shapes)
     grand = float(totals.sum())
     n_all = sum(c for _, _, c in groups)
-    return [{
-        "module": m,
-        "params": c,
-        "total": float(totals[idx].sum()),
-        "share": float(totals[idx].sum()) / grand if grand else math.nan,
-        "per_param": float(totals[idx].sum()) / c if c else math.nan,
-        "param_share": c / n_all if n_all else math.nan,
-    } for m, idx, c in groups]
+    return [
+        {
+            "module": m,
+            "params": c,
+            "total": float(totals[idx].sum()),
+            "share": float(totals[idx].sum()) / grand if grand else math.nan,
+            "per_param": float(totals[idx].sum()) / c if c else math.nan,
+            "param_share": c / n_all if n_all else math.nan,
+        }
+        for m, idx, c in groups
+    ]
 
 
 def size_correlation(rows: list[dict[str, Any]]) -> float:
@@ -86,12 +89,15 @@ def oscillation(r: Reader, name: str = "out.weight") -> dict[str, Any] | None:
     shape = r.shapes[name]
     return {
         "tensor": name,
-        "weights": [{
-            "index": [int(i) for i in np.unravel_index(int(k), shape)],
-            "net": float(a[:, k].sum()),
-            "abs_sum": float(turnover[k]),
-            "flip_rate": float(rate[k]),
-        } for k in top],
+        "weights": [
+            {
+                "index": [int(i) for i in np.unravel_index(int(k), shape)],
+                "net": float(a[:, k].sum()),
+                "abs_sum": float(turnover[k]),
+                "flip_rate": float(rate[k]),
+            }
+            for k in top
+        ],
         "tensor_flip_rate": float(np.nanmean(rate)),
         "network_flip_rate": float(np.nanmean(allr)),
     }
@@ -101,9 +107,14 @@ def build(ctx: ExperimentContext) -> Path:
     from .. import figures as F
 
     rep = Report(ctx, NAME, TITLE)
-    setups = [fc_mnist_digits(ctx), lenet_digits(ctx), resnet20_digits(ctx), *mnist_setups(ctx),
-              *paper_setups(ctx),
-              *cifar_setups(ctx)]
+    setups = [
+        fc_mnist_digits(ctx),
+        lenet_digits(ctx),
+        resnet20_digits(ctx),
+        *mnist_setups(ctx),
+        *paper_setups(ctx),
+        *cifar_setups(ctx),
+    ]
     rep.text(
         "Paper: on MNIST every layer of the FC net and of LeNet helps, roughly in proportion to "
         "its size; on CIFAR-10 ResNet-20's first and last layers hurt overall, and two "
@@ -111,10 +122,13 @@ def build(ctx: ExperimentContext) -> Path:
         "steps of /layers/lca, grouped per module (weight + bias; BatchNorm γ/β are their own "
         "module). *share* = the module's part of the network's total (which is L_T − L_0 up to "
         "the integration error); negative total = the layer helped."
-        + ("" if any(s.config.dataset == "cifar10" for s in setups) else
-           " No CIFAR-10 folder was given (--data-dir), so ResNet-20 runs on 8×8 digits at "
-           "width 4 and for a few hundred steps instead of width 16 for 4,500 steps on "
-           "CIFAR-10: a much easier problem, so the comparison with the paper is loose.")
+        + (
+            ""
+            if any(s.config.dataset == "cifar10" for s in setups)
+            else " No CIFAR-10 folder was given (--data-dir), so ResNet-20 runs on 8×8 digits at "
+            "width 4 and for a few hundred steps instead of width 16 for 4,500 steps on "
+            "CIFAR-10: a much easier problem, so the comparison with the paper is loose."
+        )
     )
     findings: dict[str, Any] = {}
     for s in setups:
@@ -129,17 +143,39 @@ def build(ctx: ExperimentContext) -> Path:
         helped = [x["module"] for x in rows if x["total"] < 0]
         hurt = [x["module"] for x in rows if x["total"] > 0]
         findings[s.label] = {
-            "layers": rows, "size_correlation": corr, "helped": helped, "hurt": hurt,
-            "loss0": float(loss[0]), "loss_final": float(loss[-1]), "oscillation": osc,
-            "first": rows[0], "last": rows[-1],
+            "layers": rows,
+            "size_correlation": corr,
+            "helped": helped,
+            "hurt": hurt,
+            "loss0": float(loss[0]),
+            "loss_final": float(loss[-1]),
+            "oscillation": osc,
+            "first": rows[0],
+            "last": rows[-1],
         }
         rep.heading(f"{s.label}: {s.note}")
         rep.table(
-            ["layer", "params", "share of params %", "total LCA", "share of total LCA %",
-             "LCA per param", "verdict"],
-            [[x["module"], f"{x['params']:,}", pct(x["param_share"]), sci(x["total"]),
-              pct(x["share"]), sci(x["per_param"]), "helped" if x["total"] < 0 else
-              "hurt" if x["total"] > 0 else "did not move"] for x in rows],
+            [
+                "layer",
+                "params",
+                "share of params %",
+                "total LCA",
+                "share of total LCA %",
+                "LCA per param",
+                "verdict",
+            ],
+            [
+                [
+                    x["module"],
+                    f"{x['params']:,}",
+                    pct(x["param_share"]),
+                    sci(x["total"]),
+                    pct(x["share"]),
+                    sci(x["per_param"]),
+                    "helped" if x["total"] < 0 else "hurt" if x["total"] > 0 else "did not move",
+                ]
+                for x in rows
+            ],
         )
         rep.text(
             f"Loss {fmt(float(loss[0]))} → {fmt(float(loss[-1]))}. {len(helped)} of {len(rows)} "
@@ -150,22 +186,32 @@ def build(ctx: ExperimentContext) -> Path:
             w = osc["weights"]
             rep.text(
                 "Most active weights of the last layer (largest Σ|A|): "
-                + "; ".join(f"out.weight{tuple(x['index'])}: net {sci(x['net'])}, Σ|A| "
-                            f"{sci(x['abs_sum']).lstrip('+')}, sign changes on "
-                            f"{pct(x['flip_rate'])}% of consecutive steps" for x in w)
+                + "; ".join(
+                    f"out.weight{tuple(x['index'])}: net {sci(x['net'])}, Σ|A| "
+                    f"{sci(x['abs_sum']).lstrip('+')}, sign changes on "
+                    f"{pct(x['flip_rate'])}% of consecutive steps"
+                    for x in w
+                )
                 + f". Mean sign-change rate: out.weight {pct(osc['tensor_flip_rate'])}%, "
                 f"whole network {pct(osc['network_flip_rate'])}%."
             )
         mods = [x["module"] for x in rows]
-        rep.figure(F.layer_totals(mods, np.array([x["total"] for x in rows]),
-                                  [x["params"] for x in rows],
-                                  title=f"Total LCA per layer, {s.label}"),
-                   f"{s.label}-totals", f"total LCA per layer, {s.label}")
+        rep.figure(
+            F.layer_totals(
+                mods,
+                np.array([x["total"] for x in rows]),
+                [x["params"] for x in rows],
+                title=f"Total LCA per layer, {s.label}",
+            ),
+            f"{s.label}-totals",
+            f"total LCA per layer, {s.label}",
+        )
         if s.config.model == "resnet20":
-            rep.figure(F.cumulative_layers(cum, names,
-                                           title=f"Cumulative LCA per tensor, {s.label}"),
-                       f"{s.label}-cumulative", f"cumulative LCA per tensor over training, "
-                       f"{s.label}")
+            rep.figure(
+                F.cumulative_layers(cum, names, title=f"Cumulative LCA per tensor, {s.label}"),
+                f"{s.label}-cumulative",
+                f"cumulative LCA per tensor over training, {s.label}",
+            )
     rep.finding("runs", findings)
     rep.heading("What this shows")
     lines = []
@@ -182,8 +228,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/layers.md``; return its path."""
     from . import run_one
 

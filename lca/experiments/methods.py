@@ -38,16 +38,33 @@ METHODS: dict[str, list[dict[str, Any]]] = {
 def configs(ctx: ExperimentContext) -> list[tuple[str, dict[str, Any]]]:
     """(dataset label, base config values) for the datasets this machine has."""
     base = {
-        "model": "mlp", "model_options": {"hidden": [64, 64]},
-        "steps": ctx.size(300, 8), "optimizer": "sgd", "lr": 0.05, "batch_size": 64,
-        "seed": 0, "method": "rk4", "record": "units", "device": "cpu",
-        "eval_every": ctx.size(25, 4), "measure_size": ctx.size(500, 64),
+        "model": "mlp",
+        "model_options": {"hidden": [64, 64]},
+        "steps": ctx.size(300, 8),
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "batch_size": 64,
+        "seed": 0,
+        "method": "rk4",
+        "record": "units",
+        "device": "cpu",
+        "eval_every": ctx.size(25, 4),
+        "measure_size": ctx.size(500, 64),
     }
     out = [("digits", {**base, "dataset": "digits"})]
     data_dir = ctx.data_dir or (None if ctx.tiny else SYSTEM_DATA)  # tests: bundled data only
     if dataset_available("fashion-mnist", data_dir):
-        out.append(("fashion-mnist", {**base, "dataset": "fashion-mnist", "data_dir": data_dir,
-                                      "subset": ctx.size(2000, 200)}))
+        out.append(
+            (
+                "fashion-mnist",
+                {
+                    **base,
+                    "dataset": "fashion-mnist",
+                    "data_dir": data_dir,
+                    "subset": ctx.size(2000, 200),
+                },
+            )
+        )
     return out
 
 
@@ -97,14 +114,32 @@ def build(ctx: ExperimentContext) -> Path:
             with info.open() as r:
                 m = measure(r)
             found[method] = m
-            rows.append([method, pct(m["test_acc"]), fmt(m["loss_final"]), pct(m["helped"]),
-                         pct(m["helped_free"]),
-                         fmt(m.get("alignment_first"), 3), fmt(m.get("alignment_last"), 3),
-                         f"{m['params_saved']:,} of {m['params']:,}"])
+            rows.append(
+                [
+                    method,
+                    pct(m["test_acc"]),
+                    fmt(m["loss_final"]),
+                    pct(m["helped"]),
+                    pct(m["helped_free"]),
+                    fmt(m.get("alignment_first"), 3),
+                    fmt(m.get("alignment_last"), 3),
+                    f"{m['params_saved']:,} of {m['params']:,}",
+                ]
+            )
         rep.heading(f"{label}: MLP 64-64, {values['steps']} steps")
-        rep.table(["method", "test acc %", "final loss", "helped %", "helped % of learned",
-                   "alignment first",
-                   "alignment last", "params saved"], rows)
+        rep.table(
+            [
+                "method",
+                "test acc %",
+                "final loss",
+                "helped %",
+                "helped % of learned",
+                "alignment first",
+                "alignment last",
+                "params saved",
+            ],
+            rows,
+        )
         findings[label] = found
     rep.text(
         "Size: 300 SGD steps per run, a 500-example measurement set and (Fashion-MNIST) a "
@@ -115,8 +150,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/methods.md``; return its path."""
     from . import run_one
 

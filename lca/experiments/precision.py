@@ -36,10 +36,16 @@ def rounding_cost(r: Reader) -> dict[str, Any]:
     lca = np.asarray(r.layer_lca(), dtype=np.float64)  # (T, L)
     rounding = lca[kind == 1].sum(0)
     update = lca[kind == 0].sum(0)
-    acc = r.array("techniques/fixed-point/bits_accumulator") if r.has(
-        "techniques/fixed-point/bits_accumulator") else None
-    wbits = r.array("techniques/fixed-point/bits_weights") if r.has(
-        "techniques/fixed-point/bits_weights") else None
+    acc = (
+        r.array("techniques/fixed-point/bits_accumulator")
+        if r.has("techniques/fixed-point/bits_accumulator")
+        else None
+    )
+    wbits = (
+        r.array("techniques/fixed-point/bits_weights")
+        if r.has("techniques/fixed-point/bits_weights")
+        else None
+    )
     out: dict[str, Any] = {}
     for m, idx, count in module_groups(r.names, r.shapes):
         w = [i for i in idx if r.names[i].endswith("weight")]
@@ -56,8 +62,11 @@ def rounding_cost(r: Reader) -> dict[str, Any]:
 def outcome(r: Reader) -> dict[str, float]:
     loss = r.steps("loss")
     ev = r.events("eval")
-    lost = r.series("techniques/fixed-point/updates_lost") if r.has(
-        "/series/techniques/fixed-point/updates_lost") else np.array([])
+    lost = (
+        r.series("techniques/fixed-point/updates_lost")
+        if r.has("/series/techniques/fixed-point/updates_lost")
+        else np.array([])
+    )
     lost = np.asarray(lost, dtype=np.float64)
     return {
         "loss0": float(loss[0]),
@@ -80,42 +89,87 @@ def build(ctx: ExperimentContext) -> Path:
         "weights an update moved that the rounding put back. Bits: accumulator / forward "
         "weights per layer."
     )
-    base_cfg = _digits(ctx, "mlp", steps=300, tiny_steps=8, record="layers",
-                       model_options={"hidden": [32, 32]})
+    base_cfg = _digits(
+        ctx, "mlp", steps=300, tiny_steps=8, record="layers", model_options={"hidden": [32, 32]}
+    )
     base = rep.use(ctx.train("digits-mlp32-float", base_cfg))
     with base.open() as r:
         b_out = outcome(r)
-    rows_out = [["float32", "32 / 32", fmt(b_out["loss_final"]), pct(b_out["test_acc"]),
-                 "–", "–", "–"]]
+    rows_out = [
+        ["float32", "32 / 32", fmt(b_out["loss_final"]), pct(b_out["test_acc"]), "–", "–", "–"]
+    ]
     findings: dict[str, Any] = {"float": b_out, "runs": {}}
     layer_rows = []
     for label, opts in VARIANTS:
         spec = {"name": "fixed-point", "rounding_segment": True, **opts}
-        cfg = _digits(ctx, "mlp", steps=300, tiny_steps=8, record="layers",
-                      model_options={"hidden": [32, 32]}, techniques=[spec])
-        info = rep.use(ctx.train("digits-mlp32-fx-" + label.replace(" ", "-").replace(",", ""),
-                                 cfg))
+        cfg = _digits(
+            ctx,
+            "mlp",
+            steps=300,
+            tiny_steps=8,
+            record="layers",
+            model_options={"hidden": [32, 32]},
+            techniques=[spec],
+        )
+        info = rep.use(
+            ctx.train("digits-mlp32-fx-" + label.replace(" ", "-").replace(",", ""), cfg)
+        )
         with info.open() as r:
             out, cost = outcome(r), rounding_cost(r)
         total_round = sum(v["rounding"] for v in cost.values())
         total_update = sum(v["update"] for v in cost.values())
-        bits = ", ".join(f"{m} {v['bits_acc']:g}/{v['bits_w']:g}" for m, v in cost.items()
-                         if v["bits_acc"] is not None)
-        rows_out.append([label, bits, fmt(out["loss_final"]), pct(out["test_acc"]),
-                         sci(total_update), sci(total_round), pct(out["updates_lost"])])
+        bits = ", ".join(
+            f"{m} {v['bits_acc']:g}/{v['bits_w']:g}"
+            for m, v in cost.items()
+            if v["bits_acc"] is not None
+        )
+        rows_out.append(
+            [
+                label,
+                bits,
+                fmt(out["loss_final"]),
+                pct(out["test_acc"]),
+                sci(total_update),
+                sci(total_round),
+                pct(out["updates_lost"]),
+            ]
+        )
         for m, v in cost.items():
-            layer_rows.append([label, m, f"{v['params']:,}",
-                               "–" if v["bits_acc"] is None else f"{v['bits_acc']:g}",
-                               "–" if v["bits_w"] is None else f"{v['bits_w']:g}",
-                               sci(v["update"]), sci(v["rounding"])])
-        findings["runs"][label] = {**out, "rounding_lca": total_round,
-                                   "update_lca": total_update, "layers": cost}
+            layer_rows.append(
+                [
+                    label,
+                    m,
+                    f"{v['params']:,}",
+                    "–" if v["bits_acc"] is None else f"{v['bits_acc']:g}",
+                    "–" if v["bits_w"] is None else f"{v['bits_w']:g}",
+                    sci(v["update"]),
+                    sci(v["rounding"]),
+                ]
+            )
+        findings["runs"][label] = {
+            **out,
+            "rounding_lca": total_round,
+            "update_lca": total_update,
+            "layers": cost,
+        }
     rep.heading("Runs")
-    rep.table(["run", "bits acc/weights per layer", "final loss", "test acc %", "update LCA",
-               "rounding LCA", "updates lost %"], rows_out)
+    rep.table(
+        [
+            "run",
+            "bits acc/weights per layer",
+            "final loss",
+            "test acc %",
+            "update LCA",
+            "rounding LCA",
+            "updates lost %",
+        ],
+        rows_out,
+    )
     rep.heading("Per layer")
-    rep.table(["run", "layer", "params", "acc bits", "weight bits", "update LCA",
-               "rounding LCA"], layer_rows)
+    rep.table(
+        ["run", "layer", "params", "acc bits", "weight bits", "update LCA", "rounding LCA"],
+        layer_rows,
+    )
     runs = findings["runs"]
     if runs:
         sr = runs["uniform 8 bits, stochastic"]
@@ -139,8 +193,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/precision.md``; return its path."""
     from . import run_one
 

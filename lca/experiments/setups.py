@@ -28,8 +28,15 @@ class Setup:
     note: str = ""
 
 
-def _digits(ctx: ExperimentContext, model: str, *, steps: int, tiny_steps: int,
-            record: str = "full", **overrides: Any) -> RunConfig:
+def _digits(
+    ctx: ExperimentContext,
+    model: str,
+    *,
+    steps: int,
+    tiny_steps: int,
+    record: str = "full",
+    **overrides: Any,
+) -> RunConfig:
     values: dict[str, Any] = {
         "dataset": "digits",
         "model": model,
@@ -65,20 +72,35 @@ def resnet20_digits(ctx: ExperimentContext, **overrides: Any) -> Setup:
     """ResNet-20 at width 4 (paper: 16) with the paper's optimizer (SGD 0.1, momentum 0.9,
     batch 250), few steps: the full-width net for 4,500 steps does not fit the time budget."""
     cfg = _digits(
-        ctx, "resnet20", steps=250, tiny_steps=10,
-        model_options={"width": ctx.size(4, 2)}, lr=0.1, batch_size=ctx.size(250, 64),
+        ctx,
+        "resnet20",
+        steps=250,
+        tiny_steps=10,
+        model_options={"width": ctx.size(4, 2)},
+        lr=0.1,
+        batch_size=ctx.size(250, 64),
         **overrides,
     )
-    return Setup("digits-resnet20", cfg, "ResNet-20 width 4 on 8×8 digits (paper: width 16 "
-                 "on CIFAR-10)")
+    return Setup(
+        "digits-resnet20", cfg, "ResNet-20 width 4 on 8×8 digits (paper: width 16 on CIFAR-10)"
+    )
 
 
-def integrator_setup(ctx: ExperimentContext, model: str, method: str,
-                     dtype: str = "float32", tolerance: float = 1e-3) -> Setup:
+def integrator_setup(
+    ctx: ExperimentContext, model: str, method: str, dtype: str = "float32", tolerance: float = 1e-3
+) -> Setup:
     """The MLP / small CNN of the integrator table; only the LCA method (dtype, adaptive
     tolerance) varies, so every method allocates the very same training trajectory."""
-    cfg = _digits(ctx, model, steps=150, tiny_steps=8, record="layers", method=method,
-                  measure_dtype=dtype, tolerance=tolerance)
+    cfg = _digits(
+        ctx,
+        model,
+        steps=150,
+        tiny_steps=8,
+        record="layers",
+        method=method,
+        measure_dtype=dtype,
+        tolerance=tolerance,
+    )
     suffix = "" if dtype == "float32" else "-f64"
     if tolerance != 1e-3:
         suffix += f"-tol{tolerance:.0e}"
@@ -91,17 +113,25 @@ def mnist_setups(ctx: ExperimentContext) -> list[Setup]:
         return []
     out = []
     for model, record, steps in (("fc-mnist", "full", 1000), ("lenet", "units", 500)):
-        cfg = RunConfig.from_dict({
-            "dataset": "mnist",
-            "data_dir": ctx.data_dir,
-            "subset": ctx.size(10000, 200),
-            "model": model,
-            "steps": ctx.size(steps, 6),
-            "measure_size": ctx.size(2000, 64),
-            "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "batch_size": 64,
-            "seed": 0, "method": "rk4", "record": record, "device": "auto",
-            "eval_every": ctx.size(50, 3),
-        })
+        cfg = RunConfig.from_dict(
+            {
+                "dataset": "mnist",
+                "data_dir": ctx.data_dir,
+                "subset": ctx.size(10000, 200),
+                "model": model,
+                "steps": ctx.size(steps, 6),
+                "measure_size": ctx.size(2000, 64),
+                "optimizer": "momentum",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "batch_size": 64,
+                "seed": 0,
+                "method": "rk4",
+                "record": record,
+                "device": "auto",
+                "eval_every": ctx.size(50, 3),
+            }
+        )
         out.append(Setup(f"mnist-{model}", cfg, f"{model} on an MNIST subset"))
     return out
 
@@ -110,18 +140,26 @@ def cifar_setups(ctx: ExperimentContext) -> list[Setup]:
     """ResNet-20 (width 16, the paper's net) on a CIFAR-10 subset, when the data folder has it."""
     if not dataset_available("cifar10", ctx.data_dir):
         return []
-    cfg = RunConfig.from_dict({
-        "dataset": "cifar10",
-        "data_dir": ctx.data_dir,
-        "subset": ctx.size(5000, 100),
-        "model": "resnet20",
-        "model_options": {"width": ctx.size(16, 2)},
-        "steps": ctx.size(400, 4),
-        "measure_size": ctx.size(1000, 32),
-        "optimizer": "momentum", "lr": 0.1, "momentum": 0.9, "batch_size": ctx.size(250, 32),
-        "seed": 0, "method": "rk4", "record": "units", "device": "auto",
-        "eval_every": ctx.size(50, 2),
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "dataset": "cifar10",
+            "data_dir": ctx.data_dir,
+            "subset": ctx.size(5000, 100),
+            "model": "resnet20",
+            "model_options": {"width": ctx.size(16, 2)},
+            "steps": ctx.size(400, 4),
+            "measure_size": ctx.size(1000, 32),
+            "optimizer": "momentum",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "batch_size": ctx.size(250, 32),
+            "seed": 0,
+            "method": "rk4",
+            "record": "units",
+            "device": "auto",
+            "eval_every": ctx.size(50, 2),
+        }
+    )
     return [Setup("cifar10-resnet20", cfg, "ResNet-20 on a CIFAR-10 subset")]
 
 
@@ -149,23 +187,33 @@ def paper_setups(ctx: ExperimentContext, **overrides: Any) -> list[Setup]:
         steps = ctx.size(ctx.paper_steps or PAPER_STEPS[model], 6)
         measure = ctx.size(ctx.paper_measure, 64)
         reduced = steps < PAPER_STEPS[model] or measure is not None
-        cfg = RunConfig.from_dict({
-            "dataset": ctx.dataset,
-            "data_dir": ctx.data_dir,
-            "subset": ctx.size(PAPER_TRAIN, 200),
-            "model": model,
-            "steps": steps,
-            "measure_size": measure,  # None: the whole training split
-            "measure_batch": ctx.size(PAPER_CHUNK, 32),
-            "optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "batch_size": 64,
-            "seed": 0, "method": "rk4-paper", "tolerance": 1e-3,
-            "record": PAPER_RECORD[model], "device": "auto",
-            "eval_every": ctx.size(50, 3),
-            **overrides,
-        })
+        cfg = RunConfig.from_dict(
+            {
+                "dataset": ctx.dataset,
+                "data_dir": ctx.data_dir,
+                "subset": ctx.size(PAPER_TRAIN, 200),
+                "model": model,
+                "steps": steps,
+                "measure_size": measure,  # None: the whole training split
+                "measure_batch": ctx.size(PAPER_CHUNK, 32),
+                "optimizer": "momentum",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "batch_size": 64,
+                "seed": 0,
+                "method": "rk4-paper",
+                "tolerance": 1e-3,
+                "record": PAPER_RECORD[model],
+                "device": "auto",
+                "eval_every": ctx.size(50, 3),
+                **overrides,
+            }
+        )
         label = f"paper-{ctx.dataset}-{model}" + ("-reduced" if reduced else "")
-        note = (f"{model} on {ctx.dataset} at the paper's protocol"
-                + (f", reduced to {steps} steps and a measurement set of "
-                   f"{measure or PAPER_TRAIN:,}" if reduced else ""))
+        note = f"{model} on {ctx.dataset} at the paper's protocol" + (
+            f", reduced to {steps} steps and a measurement set of {measure or PAPER_TRAIN:,}"
+            if reduced
+            else ""
+        )
         out.append(Setup(label, cfg, note))
     return out

@@ -32,8 +32,9 @@ WINDOWS = (25, 0)  # detrended (the app's default) and raw
 SHIFTS = 1000
 
 
-def peak_test(r: Reader, window: int, top: float = TOP, shifts: int = SHIFTS
-             ) -> tuple[SynchronyResult, list[str]]:
+def peak_test(
+    r: Reader, window: int, top: float = TOP, shifts: int = SHIFTS
+) -> tuple[SynchronyResult, list[str]]:
     """The synchrony test on a run's per-tensor LCA (/layers/lca), optimizer steps only, exactly
     as the app's Layers page computes it; returns the result and the names of the tensors used."""
     kind = r.steps("kind")
@@ -46,9 +47,14 @@ def build(ctx: ExperimentContext) -> Path:
     from .. import figures as F
 
     rep = Report(ctx, NAME, TITLE)
-    setups = [fc_mnist_digits(ctx), lenet_digits(ctx), resnet20_digits(ctx), *mnist_setups(ctx),
-              *paper_setups(ctx),
-              *cifar_setups(ctx)]
+    setups = [
+        fc_mnist_digits(ctx),
+        lenet_digits(ctx),
+        resnet20_digits(ctx),
+        *mnist_setups(ctx),
+        *paper_setups(ctx),
+        *cifar_setups(ctx),
+    ]
     rep.text(
         "Metric (ours, `lca/synchrony.py`, the same code as the app's synchronization view): "
         f"each parameter tensor's peak steps are its top {TOP:.0%} of optimizer steps by |LCA| "
@@ -74,26 +80,59 @@ def build(ctx: ExperimentContext) -> Path:
                     rows.append([s.label, mode, *["n/a"] * 8])
                     notes.append(f"{s.label} ({mode}): {e}")
                     continue
-                rows.append([
-                    s.label, mode, len(used), res.num_steps, res.peaks_per_layer,
-                    pct(res.observed), pct(res.null_mean), pct(res.null_sd), fmt(res.z, 3),
-                    fmt(res.p, 3),
-                ])
+                rows.append(
+                    [
+                        s.label,
+                        mode,
+                        len(used),
+                        res.num_steps,
+                        res.peaks_per_layer,
+                        pct(res.observed),
+                        pct(res.null_mean),
+                        pct(res.null_sd),
+                        fmt(res.z, 3),
+                        fmt(res.p, 3),
+                    ]
+                )
                 findings.setdefault(s.label, {})[mode] = {
-                    "observed": res.observed, "null_mean": res.null_mean,
-                    "null_sd": res.null_sd, "z": res.z, "p": res.p, "tensors": len(used),
-                    "steps": res.num_steps, "expected": res.expected,
+                    "observed": res.observed,
+                    "null_mean": res.null_mean,
+                    "null_sd": res.null_sd,
+                    "z": res.z,
+                    "p": res.p,
+                    "tensors": len(used),
+                    "steps": res.num_steps,
+                    "expected": res.expected,
                 }
                 if window:
-                    rep.figure(F.peak_raster(res.peaks, used,
-                                             title=f"Peak steps per tensor, {s.label} "
-                                                   "(detrended)"),
-                               f"{s.label}-peaks", f"peak steps of each tensor, {s.label}")
-                    rep.figure(F.synchrony_figure(res), f"{s.label}-null",
-                               f"observed C vs the circular-shift null, {s.label}")
+                    rep.figure(
+                        F.peak_raster(
+                            res.peaks, used, title=f"Peak steps per tensor, {s.label} (detrended)"
+                        ),
+                        f"{s.label}-peaks",
+                        f"peak steps of each tensor, {s.label}",
+                    )
+                    rep.figure(
+                        F.synchrony_figure(res),
+                        f"{s.label}-null",
+                        f"observed C vs the circular-shift null, {s.label}",
+                    )
     rep.heading("Peak coincidence per run")
-    rep.table(["run", "mode", "tensors", "steps", "peaks per tensor", "C %", "null mean %",
-               "null sd %", "z", "p"], rows)
+    rep.table(
+        [
+            "run",
+            "mode",
+            "tensors",
+            "steps",
+            "peaks per tensor",
+            "C %",
+            "null mean %",
+            "null sd %",
+            "z",
+            "p",
+        ],
+        rows,
+    )
     if notes:
         rep.text("Not tested: " + "; ".join(notes))
     rep.finding("runs", findings)
@@ -104,11 +143,15 @@ def build(ctx: ExperimentContext) -> Path:
         for mode in ("detrended", "raw"):
             if mode in f:
                 x = f[mode]
-                parts.append(f"{mode} C = {pct(x['observed'])}% vs {pct(x['null_mean'])}% by "
-                             f"chance (z {fmt(x['z'], 3)}, p {fmt(x['p'], 3)})")
-        verdict = ("synchronized beyond chance" if "detrended" in f and
-                   f["detrended"]["p"] < 0.01 and f["detrended"]["z"] > 0 else
-                   "not shown to be synchronized beyond chance")
+                parts.append(
+                    f"{mode} C = {pct(x['observed'])}% vs {pct(x['null_mean'])}% by "
+                    f"chance (z {fmt(x['z'], 3)}, p {fmt(x['p'], 3)})"
+                )
+        verdict = (
+            "synchronized beyond chance"
+            if "detrended" in f and f["detrended"]["p"] < 0.01 and f["detrended"]["z"] > 0
+            else "not shown to be synchronized beyond chance"
+        )
         lines.append(f"- {label}: {'; '.join(parts)}: {verdict}.")
     rep.text("\n".join(lines))
     rep.text(
@@ -119,8 +162,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/synchrony.md``; return its path."""
     from . import run_one
 

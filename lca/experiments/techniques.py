@@ -57,8 +57,9 @@ def wus_stats(r: Reader, name: str | None) -> dict[str, Any]:
         out["ms_normal"] = 1000 * float(sec[~skip].mean()) if (~skip).any() else math.nan
         out["ms_skipped"] = 1000 * float(sec[skip].mean()) if skip.any() else math.nan
         normal = sec[~skip].mean() if (~skip).any() else math.nan
-        out["saving_within_run"] = (1 - sec.sum() / (normal * len(sec))
-                                    if skip.any() and normal > 0 else 0.0)
+        out["saving_within_run"] = (
+            1 - sec.sum() / (normal * len(sec)) if skip.any() and normal > 0 else 0.0
+        )
     return out
 
 
@@ -80,7 +81,8 @@ def prune_stats(r: Reader, name: str, start: int) -> dict[str, Any]:
 
 def _wus(ctx: ExperimentContext, rep: Report) -> dict[str, Any]:
     opts: dict[str, Any] = ctx.size(
-        {}, {"warmup": 2, "window": 2, "patience": 1, "threshold": 1.0, "skip_windows": 1})
+        {}, {"warmup": 2, "window": 2, "patience": 1, "threshold": 1.0, "skip_windows": 1}
+    )
     runs = {
         "baseline": lenet_digits(ctx, record="layers"),
         # A run with any technique computes its forward pass through torch.func.functional_call;
@@ -92,29 +94,40 @@ def _wus(ctx: ExperimentContext, rep: Report) -> dict[str, Any]:
     }
     stats: dict[str, Any] = {}
     for key, s in runs.items():
-        info = rep.use(ctx.train(f"{s.label}-{key}" if key != "baseline" else
-                                 f"{s.label}-layers", s.config))
+        info = rep.use(
+            ctx.train(f"{s.label}-{key}" if key != "baseline" else f"{s.label}-layers", s.config)
+        )
         with info.open() as r:
             stats[key] = wus_stats(r, key if key.startswith("wus") else None)
             stats[key]["run"] = info.label
     base = stats["baseline-same-path"]
     rows = []
     for key, x in stats.items():
-        saved = (1 - x["train_seconds"] / base["train_seconds"] if key.startswith("wus")
-                 else None)
-        rows.append([
-            key, x["steps"], x.get("skipped", 0), fmt(x["train_seconds"], 4),
-            fmt(x["ms_step"], 4), fmt(x.get("ms_normal"), 4), fmt(x.get("ms_skipped"), 4),
-            pct(saved) if saved is not None else "—",
-            pct(x.get("saving_within_run")) if key.startswith("wus") else "—",
-            pct(x["train_acc"]), pct(x["test_acc"]), fmt(x["loss_final"]), x["run"],
-        ])
+        saved = 1 - x["train_seconds"] / base["train_seconds"] if key.startswith("wus") else None
+        rows.append(
+            [
+                key,
+                x["steps"],
+                x.get("skipped", 0),
+                fmt(x["train_seconds"], 4),
+                fmt(x["ms_step"], 4),
+                fmt(x.get("ms_normal"), 4),
+                fmt(x.get("ms_skipped"), 4),
+                pct(saved) if saved is not None else "—",
+                pct(x.get("saving_within_run")) if key.startswith("wus") else "—",
+                pct(x["train_acc"]),
+                pct(x["test_acc"]),
+                fmt(x["loss_final"]),
+                x["run"],
+            ]
+        )
         if saved is not None:
             x["saving_vs_baseline"] = saved
     rep.heading("Weight update skipping vs baseline (LeNet on digits)")
     rep.text(
-        "WUS options: the technique's defaults" + (
-            "" if not opts else f" shrunk for --tiny ({opts})") + ": every `window` steps the "
+        "WUS options: the technique's defaults"
+        + ("" if not opts else f" shrunk for --tiny ({opts})")
+        + ": every `window` steps the "
         "training accuracy is checked; after `warmup` steps, `patience` checks that changed "
         "less than `threshold` start `skip_windows` windows in which Linear/Conv weights do "
         "not update (biases do). *train s* = Σ /series/steps/seconds_train (forward, backward "
@@ -125,9 +138,24 @@ def _wus(ctx: ExperimentContext, rep: Report) -> dict[str, Any]:
         "noisy); *saved within run* compares the run's own skipped and normal steps "
         "(1 − total ÷ (normal step time × steps))."
     )
-    rep.table(["run", "steps", "skipped steps", "train s", "ms/step", "ms/normal step",
-               "ms/skipped step", "saved vs baseline %", "saved within run %", "train acc %",
-               "test acc %", "final loss", "run file label"], rows)
+    rep.table(
+        [
+            "run",
+            "steps",
+            "skipped steps",
+            "train s",
+            "ms/step",
+            "ms/normal step",
+            "ms/skipped step",
+            "saved vs baseline %",
+            "saved within run %",
+            "train acc %",
+            "test acc %",
+            "final loss",
+            "run file label",
+        ],
+        rows,
+    )
     return stats
 
 
@@ -150,20 +178,29 @@ def _prune(ctx: ExperimentContext, rep: Report) -> dict[str, Any]:
         for name in PRUNERS:
             spec = {"name": name, "sparsity": s, "start": start, "schedule": "oneshot"}
             setup = fc_mnist_digits(ctx, techniques=[spec])
-            info = rep.use(ctx.train(f"{setup.label}-{name}-{int(round(100 * s))}",
-                                     setup.config))
+            info = rep.use(ctx.train(f"{setup.label}-{name}-{int(round(100 * s))}", setup.config))
             with info.open() as r:
                 x = prune_stats(r, name, start)
             x["run"] = info.label
             stats["runs"][f"{name}@{s}"] = {"method": name, "sparsity": s, **x}
-            rows.append([
-                name, pct(s, 0), f"{int(x.get('removed', 0)):,}", fmt(x.get("loss_before")),
-                fmt(x.get("loss_after")), sci(x.get("cost")), sci(x.get("cost_removed")),
-                sci(x.get("cost_compensated")), sci(x.get("error"), 2),
-                fmt(x.get("helper_removal_ratio"), 3),
-                pct(x["test_acc_before"]), pct(x["test_acc_final"]), fmt(x["loss_final"]),
-                info.label,
-            ])
+            rows.append(
+                [
+                    name,
+                    pct(s, 0),
+                    f"{int(x.get('removed', 0)):,}",
+                    fmt(x.get("loss_before")),
+                    fmt(x.get("loss_after")),
+                    sci(x.get("cost")),
+                    sci(x.get("cost_removed")),
+                    sci(x.get("cost_compensated")),
+                    sci(x.get("error"), 2),
+                    fmt(x.get("helper_removal_ratio"), 3),
+                    pct(x["test_acc_before"]),
+                    pct(x["test_acc_final"]),
+                    fmt(x["loss_final"]),
+                    info.label,
+                ]
+            )
     rep.heading("Pruning at equal sparsity (fc-mnist on digits)")
     rep.text(
         f"One-shot pruning of every Linear layer to the same sparsity at step {start} of "
@@ -179,10 +216,25 @@ def _prune(ctx: ExperimentContext, rep: Report) -> dict[str, Any]:
         "(> 1: the removed weights had helped more per weight than those kept; < 0: they had "
         "hurt on balance). Accuracies from /eval."
     )
-    rep.table(["method", "sparsity %", "removed", "loss before", "loss after", "cost (ΣA)",
-               "on removed", "on compensating", "unallocated (ΔL − ΣA)", "helper-removal ratio",
-               "test acc before %",
-               "test acc final %", "final loss", "run"], rows)
+    rep.table(
+        [
+            "method",
+            "sparsity %",
+            "removed",
+            "loss before",
+            "loss after",
+            "cost (ΣA)",
+            "on removed",
+            "on compensating",
+            "unallocated (ΔL − ΣA)",
+            "helper-removal ratio",
+            "test acc before %",
+            "test acc final %",
+            "final loss",
+            "run",
+        ],
+        rows,
+    )
     return stats
 
 
@@ -199,11 +251,17 @@ def _figure(prune: dict[str, Any]) -> Any:
     colors = {"prune-magnitude": "#2c7fb8", "prune-lobs": "#fdae61", "prune-lca": "#7b3294"}
     for name in PRUNERS:
         xs = [v for v in prune["runs"].values() if v["method"] == name]
-        fig.add_trace(go.Bar(x=[f"{100 * v['sparsity']:.0f}%" for v in xs],
-                             y=[v.get("cost", math.nan) for v in xs], name=name,
-                             marker_color=colors[name]))
-    base_layout(fig, "Loss cost of the prune event (ΣA of its segment; > 0 = loss went up)",
-                height=420)
+        fig.add_trace(
+            go.Bar(
+                x=[f"{100 * v['sparsity']:.0f}%" for v in xs],
+                y=[v.get("cost", math.nan) for v in xs],
+                name=name,
+                marker_color=colors[name],
+            )
+        )
+    base_layout(
+        fig, "Loss cost of the prune event (ΣA of its segment; > 0 = loss went up)", height=420
+    )
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="sparsity")
     fig.update_yaxes(title="loss cost (loss units)")
@@ -214,8 +272,7 @@ def build(ctx: ExperimentContext) -> Path:
     rep = Report(ctx, NAME, TITLE)
     wus = _wus(ctx, rep)
     prune = _prune(ctx, rep)
-    rep.figure(_figure(prune), "prune-cost", "loss cost of each prune event by method and "
-               "sparsity")
+    rep.figure(_figure(prune), "prune-cost", "loss cost of each prune event by method and sparsity")
     rep.finding("wus", wus)
     rep.finding("prune", prune)
     rep.heading("What this shows")
@@ -255,8 +312,13 @@ def build(ctx: ExperimentContext) -> Path:
     return rep.write()
 
 
-def run(out_dir: str | Path, tiny: bool = False, data_dir: str | None = None, *,
-        runs_dir: str | Path | None = None) -> Path:
+def run(
+    out_dir: str | Path,
+    tiny: bool = False,
+    data_dir: str | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+) -> Path:
     """Train (or reuse) the runs and write ``out_dir/techniques.md``; return its path."""
     from . import run_one
 

@@ -37,9 +37,19 @@ from .techniques import *  # noqa: F401,F403
 # drawing a figure never loads the file-reading code). Name -> the module that holds it now.
 _MOVED = {
     **dict.fromkeys(
-        ["PruneEvent", "PruneSplit", "RunTechniques", "gather", "no_technique_sentence",
-         "prune_events", "prune_split", "pruned_history", "reported_rows", "technique_names",
-         "technique_summaries"],
+        [
+            "PruneEvent",
+            "PruneSplit",
+            "RunTechniques",
+            "gather",
+            "no_technique_sentence",
+            "prune_events",
+            "prune_split",
+            "pruned_history",
+            "reported_rows",
+            "technique_names",
+            "technique_summaries",
+        ],
         "lca.views",
     ),
     "IMAGE_DATASETS": "lca.views",

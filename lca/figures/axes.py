@@ -64,9 +64,9 @@ def thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return idx
 
 
-def block_centres(starts: np.ndarray, n: int, offset: int = 1,
-                  positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                np.ndarray]:
+def block_centres(
+    starts: np.ndarray, n: int, offset: int = 1, positions: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first, last, centre) step numbers of blocks that start at ``starts`` in a length-n axis.
 
     ``offset`` turns 0-based rows into step numbers (1: row 0 is step 1); ``positions`` (one per
@@ -83,16 +83,23 @@ def block_centres(starts: np.ndarray, n: int, offset: int = 1,
     return first, last, (first + last) / 2.0
 
 
-def mark_interventions(fig: go.Figure, xs: np.ndarray, *, row: int | None = None,
-                        col: int | None = None, max_lines: int = 40) -> None:
+def mark_interventions(
+    fig: go.Figure,
+    xs: np.ndarray,
+    *,
+    row: int | None = None,
+    col: int | None = None,
+    max_lines: int = 40,
+) -> None:
     """Purple dotted lines where a technique intervened (e.g. a prune event)."""
     xs = np.asarray(xs)
     if not len(xs) or len(xs) > max_lines:
         return
     kw: dict[str, Any] = {} if row is None else {"row": row, "col": col}
     for x in xs:
-        fig.add_vline(x=float(x), line={"color": INTERVENTION, "dash": "dot", "width": 1.5},
-                      opacity=0.7, **kw)
+        fig.add_vline(
+            x=float(x), line={"color": INTERVENTION, "dash": "dot", "width": 1.5}, opacity=0.7, **kw
+        )
 
 
 def titled_layout(fig: go.Figure, title: str | None, *, height: int = 380) -> go.Figure:
@@ -101,9 +108,18 @@ def titled_layout(fig: go.Figure, title: str | None, *, height: int = 380) -> go
     if title:
         named = [t for t in fig.data if t.showlegend is not False]
         legend = fig.layout.showlegend is not False and (
-            len(named) > 1 or (len(named) == 1 and fig.layout.showlegend is True))
+            len(named) > 1 or (len(named) == 1 and fig.layout.showlegend is True)
+        )
         top = (95 if legend else 60) + TITLE_LINE_PX * (wrap_title(title)[1] - 1)
-        fig.update_layout(title={"y": 1 - 12 / (height + top - 50), "yanchor": "top", "x": 0.01,
-                                 "xanchor": "left", "font": {"size": 18}},
-                          margin={"t": top}, height=height + top - 50)
+        fig.update_layout(
+            title={
+                "y": 1 - 12 / (height + top - 50),
+                "yanchor": "top",
+                "x": 0.01,
+                "xanchor": "left",
+                "font": {"size": 18},
+            },
+            margin={"t": top},
+            height=height + top - 50,
+        )
     return fig

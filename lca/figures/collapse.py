@@ -40,30 +40,49 @@ def collapse_figure(
     steps = np.asarray(steps, dtype=np.float64)
     if len(steps) == 0 and len(lca_cumulative) == 0:
         return empty_figure("No evaluation has recorded neural-collapse measures yet.")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        row_heights=[0.4, 0.6])
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.4, 0.6]
+    )
     c = np.asarray(lca_cumulative, dtype=np.float64)
     if len(c):
         idx = thin(len(c), 2000)
         color = HELPED if c[-1] < 0 else HURT
-        fig.add_trace(go.Scatter(
-            x=np.asarray(positions)[idx], y=c[idx], mode="lines", name=f"{classifier} LCA",
-            line={"color": color, "width": 2},
-            hovertemplate="after step %{x}: %{y:.4e}<extra>cumulative LCA</extra>"), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=np.asarray(positions)[idx],
+                y=c[idx],
+                mode="lines",
+                name=f"{classifier} LCA",
+                line={"color": color, "width": 2},
+                hovertemplate="after step %{x}: %{y:.4e}<extra>cumulative LCA</extra>",
+            ),
+            row=1,
+            col=1,
+        )
         fig.add_hline(y=0, line={"color": "black", "width": 1}, row=1, col=1)
     for j, (col, label) in enumerate(COLLAPSE_LABELS.items()):
         if col not in measures:
             continue
         v = np.asarray(measures[col], dtype=np.float64)
-        fig.add_trace(go.Scatter(
-            x=steps, y=np.maximum(v, FLOOR), customdata=v, mode="lines+markers", name=label,
-            line={"color": series_color(j), "width": 2},
-            hovertemplate=f"{label}<br>step %{{x}}: %{{customdata:.3e}}<extra></extra>"),
-            row=2, col=1)
-    base_layout(fig, f"Neural collapse of {classifier}'s input features, beside its LCA",
-                height=height)
-    fig.update_layout(legend={"orientation": "v", "y": 1, "x": 1.02, "yanchor": "top"},
-                      margin={"r": 230})
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=np.maximum(v, FLOOR),
+                customdata=v,
+                mode="lines+markers",
+                name=label,
+                line={"color": series_color(j), "width": 2},
+                hovertemplate=f"{label}<br>step %{{x}}: %{{customdata:.3e}}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    base_layout(
+        fig, f"Neural collapse of {classifier}'s input features, beside its LCA", height=height
+    )
+    fig.update_layout(
+        legend={"orientation": "v", "y": 1, "x": 1.02, "yanchor": "top"}, margin={"r": 230}
+    )
     fig.update_yaxes(title="cumulative LCA", exponentformat="e", row=1, col=1)
     fig.update_yaxes(title="distance from collapse", type="log", exponentformat="e", row=2, col=1)
     fig.update_xaxes(title="training step", row=2, col=1)

@@ -47,8 +47,22 @@ DIVERGING = [
 # Lines and bars that name layers or runs: no green and no red, which mean helped and hurt.
 # A layer's colour comes from its place in the model, so it is the same on every page.
 SERIES_COLORS = [
-    "#1f77b4", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#393b79", "#aec7e8", "#c5b0d5", "#c49c94", "#e6550d", "#5254a3", "#bd9e39", "#7b4173",
+    "#1f77b4",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#393b79",
+    "#aec7e8",
+    "#c5b0d5",
+    "#c49c94",
+    "#e6550d",
+    "#5254a3",
+    "#bd9e39",
+    "#7b4173",
 ]
 
 
@@ -90,9 +104,17 @@ def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 380) 
     # plot area; the top margin leaves room for both so they never overlap.
     fig.update_layout(
         title=(
-            {"text": title, "y": 1.0, "yref": "container", "yanchor": "top",
-             "pad": {"t": 14}, "x": 0.01, "xanchor": "left"}
-            if title else None
+            {
+                "text": title,
+                "y": 1.0,
+                "yref": "container",
+                "yanchor": "top",
+                "pad": {"t": 14},
+                "x": 0.01,
+                "xanchor": "left",
+            }
+            if title
+            else None
         ),
         height=height,
         margin={"l": 60, "r": 20, "t": (96 + extra) if title else 40, "b": 50},

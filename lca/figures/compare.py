@@ -43,18 +43,23 @@ def compare_loss(
     height: int = 420,
 ) -> go.Figure:
     """Loss curves of several runs overlaid: ``curves`` = [(label, x, loss), ...]."""
-    curves = [(lab, np.asarray(x, float), np.asarray(y, float)) for lab, x, y in curves
-              if len(y)]
+    curves = [(lab, np.asarray(x, float), np.asarray(y, float)) for lab, x, y in curves if len(y)]
     if not curves:
         return empty_figure("None of these runs has recorded a loss yet.")
     fig = go.Figure()
     for j, (lab, x, y) in enumerate(curves):
         n = min(len(x), len(y))
         idx = thin(n)
-        fig.add_trace(curve(x=x[:n][idx], y=y[:n][idx], mode="lines", name=lab,
-                                   line={"color": series_color(j), "width": 2.5},
-                                   hovertemplate=f"{lab}<br>%{{x:.4g}}: loss %{{y:.5f}}"
-                                                 "<extra></extra>"))
+        fig.add_trace(
+            curve(
+                x=x[:n][idx],
+                y=y[:n][idx],
+                mode="lines",
+                name=lab,
+                line={"color": series_color(j), "width": 2.5},
+                hovertemplate=f"{lab}<br>%{{x:.4g}}: loss %{{y:.5f}}<extra></extra>",
+            )
+        )
     titled_layout(fig, title, height=height)
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="loss", type="log" if log_y else "linear")
@@ -85,13 +90,20 @@ def compare_layers(
     fig = go.Figure()
     for j, (lab, tot) in enumerate(totals.items()):
         y = _per_param(tot, counts[lab]) if per else np.asarray(tot, dtype=np.float64)
-        fig.add_trace(go.Bar(x=list(names), y=y, name=lab,
-                             marker_color=series_color(j),
-                             hovertemplate=f"{lab}<br>%{{x}}: %{{y:.4e}}<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=list(names),
+                y=y,
+                name=lab,
+                marker_color=series_color(j),
+                hovertemplate=f"{lab}<br>%{{x}}: %{{y:.4e}}<extra></extra>",
+            )
+        )
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = " per parameter" if per else ""
-    titled_layout(fig, title or f"Total LCA{what} of each layer, run by run (below 0 = helped)",
-                height=height)
+    titled_layout(
+        fig, title or f"Total LCA{what} of each layer, run by run (below 0 = helped)", height=height
+    )
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="layer (parameter tensor)", tickangle=-30 if len(names) > 6 else 0)
     fig.update_yaxes(title=f"total LCA{what} (below 0 = helped)", exponentformat="e")
@@ -129,13 +141,22 @@ def compare_layer_difference(
         d = _per_param(b, counts_b) - _per_param(a, counts_a)
     else:
         d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    fig = go.Figure(go.Bar(x=list(names), y=d, marker_color=difference_colors(d),
-                           hovertemplate="%{x}<br>B − A = %{y:.4e}<extra></extra>",
-                           showlegend=False))
+    fig = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=d,
+            marker_color=difference_colors(d),
+            hovertemplate="%{x}<br>B − A = %{y:.4e}<extra></extra>",
+            showlegend=False,
+        )
+    )
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = " per parameter" if per else ""
-    titled_layout(fig, f"Difference{what}: {label_b} − {label_a} (blue = B lowered the loss "
-                "more, orange = less)", height=height)
+    titled_layout(
+        fig,
+        f"Difference{what}: {label_b} − {label_a} (blue = B lowered the loss more, orange = less)",
+        height=height,
+    )
     fig.update_xaxes(title="layer (parameter tensor)", tickangle=-30 if len(names) > 6 else 0)
     fig.update_yaxes(title=f"difference of total LCA{what}", exponentformat="e")
     return fig

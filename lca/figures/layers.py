@@ -64,16 +64,25 @@ def layer_totals(
         ytitle = "total LCA (loss units)"
         default = "Total LCA of each layer over training (green = helped, red = hurt)"
     custom = np.stack([tot, counts if counts is not None else np.full(len(tot), np.nan)], axis=1)
-    fig = go.Figure(go.Bar(
-        x=list(names), y=y, marker_color=sign_colors(y), customdata=custom,
-        hovertemplate="%{x}<br>total %{customdata[0]:.4e}<br>%{customdata[1]:,} parameters"
-                      "<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=y,
+            marker_color=sign_colors(y),
+            customdata=custom,
+            hovertemplate="%{x}<br>total %{customdata[0]:.4e}<br>%{customdata[1]:,} parameters"
+            "<extra></extra>",
+        )
+    )
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     titled_layout(fig, title or default, height=height)
     fig.update_layout(showlegend=False)
     # Many tensors (ResNet-20 has 65): upright labels would pile on each other.
-    fig.update_xaxes(title="layer (parameter tensor)", automargin=True,
-                     tickangle=-90 if len(tot) > 16 else -30 if len(tot) > 6 else 0)
+    fig.update_xaxes(
+        title="layer (parameter tensor)",
+        automargin=True,
+        tickangle=-90 if len(tot) > 16 else -30 if len(tot) > 6 else 0,
+    )
     fig.update_yaxes(title=ytitle, exponentformat="e")
     return fig
 
@@ -106,26 +115,50 @@ def layer_step_heatmap(
     labels = list(names)
     m, largest = robust_limit(z)
     hover = "%{y}<br>steps %{customdata[1]}–%{customdata[2]}<br>LCA %{customdata[3]:.3e}"
-    fig = go.Figure(go.Heatmap(
-        z=z, x=centre, y=labels, colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-        colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
-        hoverinfo="skip" if clickable else None,
-        customdata=None if clickable else np.dstack([
-            np.tile(np.arange(nl)[:, None], (1, len(first))), np.tile(first, (nl, 1)),
-            np.tile(last, (nl, 1)), z]),
-        hovertemplate=None if clickable else hover + "<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=centre,
+            y=labels,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-m,
+            zmax=m,
+            colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
+            hoverinfo="skip" if clickable else None,
+            customdata=None
+            if clickable
+            else np.dstack(
+                [
+                    np.tile(np.arange(nl)[:, None], (1, len(first))),
+                    np.tile(first, (nl, 1)),
+                    np.tile(last, (nl, 1)),
+                    z,
+                ]
+            ),
+            hovertemplate=None if clickable else hover + "<extra></extra>",
+        )
+    )
     if clickable:
         li, bi = np.meshgrid(np.arange(nl), np.arange(len(first)), indexing="ij")
         custom = np.stack([li.ravel(), first[bi.ravel()], last[bi.ravel()], z.ravel()], axis=1)
-        fig.add_trace(go.Scatter(
-            x=centre[bi.ravel()], y=[labels[i] for i in li.ravel()], mode="markers",
-            # Fully transparent: overlapping markers would add up to a grey veil over the cells;
-            # plotly picks the clicked point by distance, not by what is drawn.
-            marker={"size": 14, "color": "rgba(0,0,0,0)", "symbol": "square"},
-            selected={"marker": {"color": "rgba(0,0,0,0.55)", "size": 14}},
-            # A plain list: a typed array would reach the click event as {"0": .., "1": ..}.
-            unselected={"marker": {"opacity": 1}}, customdata=custom.tolist(), showlegend=False,
-            name="cells", hovertemplate=hover + "<extra>click to look closer</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=centre[bi.ravel()],
+                y=[labels[i] for i in li.ravel()],
+                mode="markers",
+                # Fully transparent: overlapping markers would add up to a grey veil over the cells;
+                # plotly picks the clicked point by distance, not by what is drawn.
+                marker={"size": 14, "color": "rgba(0,0,0,0)", "symbol": "square"},
+                selected={"marker": {"color": "rgba(0,0,0,0.55)", "size": 14}},
+                # A plain list: a typed array would reach the click event as {"0": .., "1": ..}.
+                unselected={"marker": {"opacity": 1}},
+                customdata=custom.tolist(),
+                showlegend=False,
+                name="cells",
+                hovertemplate=hover + "<extra>click to look closer</extra>",
+            )
+        )
         fig.update_layout(clickmode="event+select", dragmode=False)
     titled_layout(fig, title, height=height or max(300, 120 + 26 * nl))
     fig.update_xaxes(title="training step", showgrid=False)
@@ -155,19 +188,31 @@ def cumulative_layers(
     x = step_axis(kind, t)[idx]
     fig = go.Figure()
     for j, name in enumerate(names):
-        fig.add_trace(curve(
-            x=x, y=c[idx, j], mode="lines", name=str(name),
-            line={"color": series_color(j), "width": 2},
-            hovertemplate=f"{name}<br>after step %{{x}}: %{{y:.4e}}<extra></extra>"))
+        fig.add_trace(
+            curve(
+                x=x,
+                y=c[idx, j],
+                mode="lines",
+                name=str(name),
+                line={"color": series_color(j), "width": 2},
+                hovertemplate=f"{name}<br>after step %{{x}}: %{{y:.4e}}<extra></extra>",
+            )
+        )
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     what = "per parameter" if per_param and per_param_counts is not None else ""
-    titled_layout(fig, title or f"Cumulative LCA of each layer {what} over training".replace(
-        "  ", " "), height=height)
-    fig.update_layout(legend={"orientation": "v", "y": 1, "x": 1.02, "yanchor": "top"},
-                      margin={"r": 180})
+    titled_layout(
+        fig,
+        title or f"Cumulative LCA of each layer {what} over training".replace("  ", " "),
+        height=height,
+    )
+    fig.update_layout(
+        legend={"orientation": "v", "y": 1, "x": 1.02, "yanchor": "top"}, margin={"r": 180}
+    )
     fig.update_xaxes(title="training step")
-    fig.update_yaxes(title="cumulative LCA" + (" per parameter" if what else "") +
-                     " (below 0 = helped)", exponentformat="e")
+    fig.update_yaxes(
+        title="cumulative LCA" + (" per parameter" if what else "") + " (below 0 = helped)",
+        exponentformat="e",
+    )
     return fig
 
 
@@ -184,11 +229,21 @@ def peak_raster(
         return empty_figure("No peaks to show.")
     rows, cols = np.nonzero(p)
     labels = list(names)
-    fig = go.Figure(curve(
-        x=cols + 1, y=[labels[i] for i in rows], mode="markers",
-        marker={"symbol": "line-ns-open", "size": 12, "color": "#253494",
-                "line": {"width": 2, "color": "#253494"}},
-        hovertemplate="%{y}<br>peak at step %{x}<extra></extra>", showlegend=False))
+    fig = go.Figure(
+        curve(
+            x=cols + 1,
+            y=[labels[i] for i in rows],
+            mode="markers",
+            marker={
+                "symbol": "line-ns-open",
+                "size": 12,
+                "color": "#253494",
+                "line": {"width": 2, "color": "#253494"},
+            },
+            hovertemplate="%{y}<br>peak at step %{x}<extra></extra>",
+            showlegend=False,
+        )
+    )
     titled_layout(fig, title, height=height or max(260, 110 + 24 * p.shape[0]))
     fig.update_xaxes(title="training step (optimizer steps only)", range=[0, p.shape[1] + 1])
     fig.update_yaxes(autorange="reversed", type="category")
@@ -202,24 +257,42 @@ def synchrony_figure(result: Any, *, height: int = 340) -> go.Figure:
     """
     null = np.asarray(result.null, dtype=np.float64) * 100
     obs = float(result.observed) * 100
-    fig = go.Figure(go.Histogram(x=null, nbinsx=40, marker_color="#bdbdbd",
-                                 name="chance (layers shifted at random)",
-                                 hovertemplate="C = %{x}%<br>%{y} shifts<extra></extra>"))
+    fig = go.Figure(
+        go.Histogram(
+            x=null,
+            nbinsx=40,
+            marker_color="#bdbdbd",
+            name="chance (layers shifted at random)",
+            hovertemplate="C = %{x}%<br>%{y} shifts<extra></extra>",
+        )
+    )
     fig.add_vline(x=obs, line={"color": "#253494", "width": 3})
     lo = min(float(null.min()), obs)
     hi = max(float(null.max()), obs)
     right = obs > lo + 0.6 * (hi - lo)  # label on the side of the line with room
-    fig.add_annotation(x=obs, y=1, yref="paper", text=f"this run: {obs:.1f}%", showarrow=False,
-                       xanchor="right" if right else "left", yanchor="top",
-                       font={"color": "#253494", "size": 14}, bgcolor="rgba(255,255,255,0.8)")
+    fig.add_annotation(
+        x=obs,
+        y=1,
+        yref="paper",
+        text=f"this run: {obs:.1f}%",
+        showarrow=False,
+        xanchor="right" if right else "left",
+        yanchor="top",
+        font={"color": "#253494", "size": 14},
+        bgcolor="rgba(255,255,255,0.8)",
+    )
     z = result.z
     ztext = "∞" if math.isinf(z) else f"{z:.1f}"
-    title = (f"Shared peak steps: {obs:.1f}% vs {result.null_mean * 100:.1f}% ± "
-             f"{result.null_sd * 100:.1f}% by chance (z = {ztext}, p = {result.p:.3g})")
+    title = (
+        f"Shared peak steps: {obs:.1f}% vs {result.null_mean * 100:.1f}% ± "
+        f"{result.null_sd * 100:.1f}% by chance (z = {ztext}, p = {result.p:.3g})"
+    )
     fig.update_layout(showlegend=True, bargap=0.05)  # before _layout, which makes room for it
     titled_layout(fig, title, height=height)
     pad = 0.05 * (hi - lo or 1.0)
-    fig.update_xaxes(title="C: average % of a layer's peak steps shared with another layer",
-                     range=[lo - pad, hi + pad])
+    fig.update_xaxes(
+        title="C: average % of a layer's peak steps shared with another layer",
+        range=[lo - pad, hi + pad],
+    )
     fig.update_yaxes(title="number of random shifts")
     return fig

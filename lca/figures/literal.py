@@ -19,10 +19,24 @@ import plotly.graph_objects as go
 __all__ = ["literal_figure", "plain"]
 
 # Keys whose string values Plotly displays (or matches against displayed categories).
-_TEXT_KEYS = frozenset({
-    "text", "hovertext", "name", "ticktext", "tickvals", "hovertemplate", "texttemplate",
-    "x", "y", "labels", "customdata", "categoryarray", "title", "legendgrouptitle",
-})
+_TEXT_KEYS = frozenset(
+    {
+        "text",
+        "hovertext",
+        "name",
+        "ticktext",
+        "tickvals",
+        "hovertemplate",
+        "texttemplate",
+        "x",
+        "y",
+        "labels",
+        "customdata",
+        "categoryarray",
+        "title",
+        "legendgrouptitle",
+    }
+)
 _KEPT = {"&lt;br&gt;": "<br>", "&lt;extra&gt;": "<extra>", "&lt;/extra&gt;": "</extra>"}
 
 

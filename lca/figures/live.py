@@ -72,8 +72,11 @@ def live_loss_figure(
         i = sample_points(len(tl))
         fig.add_trace(
             go.Scatter(
-                x=step_axis(kind, len(tl))[i], y=tl[i],
-                mode="lines", name="minibatch loss", connectgaps=True,
+                x=step_axis(kind, len(tl))[i],
+                y=tl[i],
+                mode="lines",
+                name="minibatch loss",
+                connectgaps=True,
                 line={"color": "#b0b0b0", "width": 1},
                 hovertemplate="step %{x}<br>minibatch loss %{y:.4f}<extra></extra>",
             )
@@ -81,9 +84,11 @@ def live_loss_figure(
     i = sample_points(len(loss))
     fig.add_trace(
         go.Scatter(
-            x=np.concatenate([[0.0], pos])[i], y=loss[i],
+            x=np.concatenate([[0.0], pos])[i],
+            y=loss[i],
             mode="lines+markers" if len(loss) < 60 else "lines",
-            name="measurement-set loss", line={"color": "#1f77b4", "width": 3},
+            name="measurement-set loss",
+            line={"color": "#1f77b4", "width": 3},
             hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>",
         )
     )
@@ -108,8 +113,9 @@ def live_layer_lines(
     """
     c = np.asarray(cumulative, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
-        return empty_figure("No step recorded yet: the layers' LCA appears after step 1.",
-                            height=height)
+        return empty_figure(
+            "No step recorded yet: the layers' LCA appears after step 1.", height=height
+        )
     t, n_layers = c.shape
     order = np.argsort(-np.abs(c[-1]), kind="stable")[:MAX_LINES]
     order = np.sort(order)  # keep model order in the legend
@@ -119,7 +125,10 @@ def live_layer_lines(
     for j in order:
         fig.add_trace(
             go.Scatter(
-                x=pos[i], y=c[i, j], mode="lines", name=str(names[j]),
+                x=pos[i],
+                y=c[i, j],
+                mode="lines",
+                name=str(names[j]),
                 line={"color": series_color(int(j)), "width": 2.5},
                 hovertemplate=f"{names[j]}<br>step %{{x}}<br>total LCA %{{y:.4f}}<extra></extra>",
             )
@@ -135,12 +144,30 @@ def live_layer_lines(
     _legend_below(fig)
     _x_range(fig, total_steps, float(pos[-1]))
     fig.update_yaxes(title="LCA summed over steps (loss units)", range=[lo, hi])
-    fig.add_annotation(text="helped", x=0.005, y=0.02, xref="paper", yref="paper",
-                       xanchor="left", yanchor="bottom", showarrow=False,
-                       font={"color": HELPED, "size": 14}, bgcolor="rgba(255,255,255,0.75)")
-    fig.add_annotation(text="hurt", x=0.005, y=0.98, xref="paper", yref="paper",
-                       xanchor="left", yanchor="top", showarrow=False,
-                       font={"color": HURT, "size": 14}, bgcolor="rgba(255,255,255,0.75)")
+    fig.add_annotation(
+        text="helped",
+        x=0.005,
+        y=0.02,
+        xref="paper",
+        yref="paper",
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": HELPED, "size": 14},
+        bgcolor="rgba(255,255,255,0.75)",
+    )
+    fig.add_annotation(
+        text="hurt",
+        x=0.005,
+        y=0.98,
+        xref="paper",
+        yref="paper",
+        xanchor="left",
+        yanchor="top",
+        showarrow=False,
+        font={"color": HURT, "size": 14},
+        bgcolor="rgba(255,255,255,0.75)",
+    )
     return fig
 
 
@@ -160,14 +187,19 @@ def live_layer_bars(
     h = height or int(min(900, max(280, 90 + 26 * len(v))))
     fig = go.Figure(
         go.Bar(
-            x=v, y=labels, orientation="h", marker={"color": sign_colors(v)},
-            text=[f"{x:+.3f}" for x in v], textposition="auto",
+            x=v,
+            y=labels,
+            orientation="h",
+            marker={"color": sign_colors(v)},
+            text=[f"{x:+.3f}" for x in v],
+            textposition="auto",
             hovertemplate="%{y}<br>total LCA %{x:.4f}<extra></extra>",
         )
     )
     base_layout(fig, title, height=h)
-    fig.update_xaxes(title="total LCA (< 0 = helped)", zeroline=True,
-                     zerolinecolor="#444", zerolinewidth=1)
+    fig.update_xaxes(
+        title="total LCA (< 0 = helped)", zeroline=True, zerolinecolor="#444", zerolinewidth=1
+    )
     fig.update_yaxes(autorange="reversed", title="")
     fig.update_layout(showlegend=False)
     return fig

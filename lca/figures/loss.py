@@ -67,22 +67,39 @@ def loss_conservation(
     x = np.concatenate([[0.0], pos])
     idx = thin(t + 1)
     fig = go.Figure()
-    fig.add_trace(curve(x=x[idx], y=loss[: t + 1][idx], name="measured loss L_t",
-                               mode="lines", line={"color": "rgba(37,37,37,0.35)", "width": 7},
-                               hovertemplate="after %{x} steps<br>L = %{y:.5f}<extra></extra>"))
-    fig.add_trace(curve(x=x[idx], y=rebuilt[idx], name="L₀ + cumulative sum of LCA",
-                               mode="lines",
-                               line={"color": PREDICTED, "width": 2.5, "dash": "dash"},
-                               hovertemplate="after %{x} steps<br>L₀ + ΣLCA = %{y:.5f}"
-                                             "<extra></extra>"))
+    fig.add_trace(
+        curve(
+            x=x[idx],
+            y=loss[: t + 1][idx],
+            name="measured loss L_t",
+            mode="lines",
+            line={"color": "rgba(37,37,37,0.35)", "width": 7},
+            hovertemplate="after %{x} steps<br>L = %{y:.5f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        curve(
+            x=x[idx],
+            y=rebuilt[idx],
+            name="L₀ + cumulative sum of LCA",
+            mode="lines",
+            line={"color": PREDICTED, "width": 2.5, "dash": "dash"},
+            hovertemplate="after %{x} steps<br>L₀ + ΣLCA = %{y:.5f}<extra></extra>",
+        )
+    )
     if kind is not None and t:
         rows = np.flatnonzero(np.asarray(kind)[:t] == 1)
         if len(rows):
-            fig.add_trace(go.Scatter(x=pos[rows], y=loss[rows + 1], mode="markers",
-                                     name="intervention (e.g. prune)",
-                                     marker={"color": INTERVENTION, "symbol": "x", "size": 11},
-                                     hovertemplate="intervention after step %{x:.0f}<br>"
-                                                   "L = %{y:.5f}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=pos[rows],
+                    y=loss[rows + 1],
+                    mode="markers",
+                    name="intervention (e.g. prune)",
+                    marker={"color": INTERVENTION, "symbol": "x", "size": 11},
+                    hovertemplate="intervention after step %{x:.0f}<br>L = %{y:.5f}<extra></extra>",
+                )
+            )
             mark_interventions(fig, pos[rows])
     titled_layout(fig, title, height=height)
     fig.update_xaxes(title="training step")
@@ -109,18 +126,33 @@ def step_error(
     sp = None if splits is None else np.asarray(splits)[:t]
     show_splits = sp is not None and len(sp) == t and bool(np.any(sp > 1))
     fig = make_subplots(specs=[[{"secondary_y": show_splits}]])
-    fig.add_trace(curve(x=x[idx], y=err[idx], mode="lines+markers" if t <= 300 else "lines",
-                               name="ΔL − ΣLCA", line={"color": MEASURED, "width": 1.5},
-                               marker={"size": 4},
-                               hovertemplate="step %{x}<br>error %{y:.3e}<extra></extra>"),
-                  secondary_y=False)
+    fig.add_trace(
+        curve(
+            x=x[idx],
+            y=err[idx],
+            mode="lines+markers" if t <= 300 else "lines",
+            name="ΔL − ΣLCA",
+            line={"color": MEASURED, "width": 1.5},
+            marker={"size": 4},
+            hovertemplate="step %{x}<br>error %{y:.3e}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
     if show_splits:
-        fig.add_trace(curve(x=x[idx], y=sp[idx], mode="lines", name="Simpson panels used",
-                                   line={"color": PREDICTED, "width": 1.5, "shape": "hv"},
-                                   hovertemplate="step %{x}<br>%{y} panels<extra></extra>"),
-                      secondary_y=True)
-        fig.update_yaxes(title="panels (adaptive)", secondary_y=True, rangemode="tozero",
-                         showgrid=False)
+        fig.add_trace(
+            curve(
+                x=x[idx],
+                y=sp[idx],
+                mode="lines",
+                name="Simpson panels used",
+                line={"color": PREDICTED, "width": 1.5, "shape": "hv"},
+                hovertemplate="step %{x}<br>%{y} panels<extra></extra>",
+            ),
+            secondary_y=True,
+        )
+        fig.update_yaxes(
+            title="panels (adaptive)", secondary_y=True, rangemode="tozero", showgrid=False
+        )
     if tolerance:
         for y in (-tolerance, tolerance):
             fig.add_hline(y=y, line={"color": STILL, "dash": "dot"}, secondary_y=False)
@@ -132,9 +164,18 @@ def step_error(
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="error (loss units)", secondary_y=False, exponentformat="e")
     total = math.fsum(err.tolist())
-    fig.add_annotation(text=f"sum of errors {total:.2e} · largest |error| {np.abs(err).max():.2e}",
-                       x=1, y=1, xref="paper", yref="paper", xanchor="right", yanchor="top",
-                       showarrow=False, font={"size": 13}, bgcolor="rgba(255,255,255,0.8)")
+    fig.add_annotation(
+        text=f"sum of errors {total:.2e} · largest |error| {np.abs(err).max():.2e}",
+        x=1,
+        y=1,
+        xref="paper",
+        yref="paper",
+        xanchor="right",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 13},
+        bgcolor="rgba(255,255,255,0.8)",
+    )
     return fig
 
 
@@ -162,25 +203,47 @@ def training_curves(
     if has_loss:
         t = len(tl)
         idx = thin(t)
-        fig.add_trace(curve(x=step_axis(kind, t)[idx], y=tl[idx], mode="lines",
-                                   connectgaps=True,  # an intervention row has no minibatch
-                                   name="minibatch loss", line={"color": "#969696", "width": 1},
-                                   hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"),
-                      secondary_y=False)
+        fig.add_trace(
+            curve(
+                x=step_axis(kind, t)[idx],
+                y=tl[idx],
+                mode="lines",
+                connectgaps=True,  # an intervention row has no minibatch
+                name="minibatch loss",
+                line={"color": "#969696", "width": 1},
+                hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>",
+            ),
+            secondary_y=False,
+        )
     if acc_cols:
         x = np.asarray(eval_x if eval_x is not None else ev.get("train_step", []), dtype=float)
-        styles = {"train_acc": ("train accuracy", "#ff7f0e", "dash"),
-                  "test_acc": ("test accuracy", "#1f77b4", "solid")}
+        styles = {
+            "train_acc": ("train accuracy", "#ff7f0e", "dash"),
+            "test_acc": ("test accuracy", "#1f77b4", "solid"),
+        }
         for c in acc_cols:
             label, color, dash = styles[c]
             y = np.asarray(ev[c], dtype=np.float64) * 100
-            fig.add_trace(go.Scatter(x=x[: len(y)], y=y, mode="lines+markers", name=label,
-                                     line={"color": color, "width": 2.5, "dash": dash},
-                                     hovertemplate=f"step %{{x}}<br>{label} %{{y:.1f}}%"
-                                                   "<extra></extra>"),
-                          secondary_y=True)
-        fig.update_yaxes(title="accuracy (%)", range=[0, 102], secondary_y=True, showgrid=False,
-                         tickmode="linear", tick0=0, dtick=20)
+            fig.add_trace(
+                go.Scatter(
+                    x=x[: len(y)],
+                    y=y,
+                    mode="lines+markers",
+                    name=label,
+                    line={"color": color, "width": 2.5, "dash": dash},
+                    hovertemplate=f"step %{{x}}<br>{label} %{{y:.1f}}%<extra></extra>",
+                ),
+                secondary_y=True,
+            )
+        fig.update_yaxes(
+            title="accuracy (%)",
+            range=[0, 102],
+            secondary_y=True,
+            showgrid=False,
+            tickmode="linear",
+            tick0=0,
+            dtick=20,
+        )
     titled_layout(fig, title, height=height)
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="minibatch loss", secondary_y=False)
@@ -215,16 +278,31 @@ def helped_fractions(
         h, s, u = (sums / counts[:, None]).T
         x = block_centres(starts, t, positions=pos)[2]
     fig = go.Figure()
-    for y, name, color in ((h, "helped (LCA < 0)", HELPED), (s, "did not move (LCA = 0)", STILL),
-                           (u, "hurt (LCA > 0)", HURT)):
-        fig.add_trace(go.Scatter(x=x, y=y * 100, name=name, mode="lines", stackgroup="one",
-                                 line={"color": color, "width": 0.5}, fillcolor=color,
-                                 hovertemplate=f"step %{{x}}<br>{name}: %{{y:.1f}}%"
-                                               "<extra></extra>"))
-    fig.add_hline(y=50, line={"color": "black", "dash": "dash", "width": 1.5},
-                  annotation_text="50%", annotation_position="top left",
-                  annotation_font={"size": 13, "color": "black"},
-                  annotation_bgcolor="rgba(255,255,255,0.85)")
+    for y, name, color in (
+        (h, "helped (LCA < 0)", HELPED),
+        (s, "did not move (LCA = 0)", STILL),
+        (u, "hurt (LCA > 0)", HURT),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y * 100,
+                name=name,
+                mode="lines",
+                stackgroup="one",
+                line={"color": color, "width": 0.5},
+                fillcolor=color,
+                hovertemplate=f"step %{{x}}<br>{name}: %{{y:.1f}}%<extra></extra>",
+            )
+        )
+    fig.add_hline(
+        y=50,
+        line={"color": "black", "dash": "dash", "width": 1.5},
+        annotation_text="50%",
+        annotation_position="top left",
+        annotation_font={"size": 13, "color": "black"},
+        annotation_bgcolor="rgba(255,255,255,0.85)",
+    )
     if kind is not None:
         rows = np.flatnonzero(np.asarray(kind)[:t] == 1)
         mark_interventions(fig, pos[rows])

@@ -16,8 +16,13 @@ from .common import HELPED, HURT, base_layout, empty_figure, series_color
 __all__ = ["alignment_figure", "helped_by_method_figure"]
 
 
-def alignment_figure(alignment: np.ndarray, layers: Sequence[str], *,
-                     kind: np.ndarray | None = None, height: int = 340) -> go.Figure:
+def alignment_figure(
+    alignment: np.ndarray,
+    layers: Sequence[str],
+    *,
+    kind: np.ndarray | None = None,
+    height: int = 340,
+) -> go.Figure:
     """cos(DFA update, true gradient) per layer against the segment (one line per layer).
 
     ``alignment`` is (segments, layers); intervention rows are left out when ``kind`` is given.
@@ -33,8 +38,11 @@ def alignment_figure(alignment: np.ndarray, layers: Sequence[str], *,
     fig = go.Figure()
     for j in range(a.shape[1]):
         name = layers[j] if j < len(layers) else f"layer {j}"
-        fig.add_trace(go.Scatter(x=x, y=a[:, j], mode="lines", name=name,
-                                 line={"color": series_color(j), "width": 2}))
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=a[:, j], mode="lines", name=name, line={"color": series_color(j), "width": 2}
+            )
+        )
     fig.add_hline(y=0, line={"color": "#888", "dash": "dot"})
     base_layout(fig, "Alignment of each layer's update with the true gradient", height=height)
     fig.update_xaxes(title="segment")
@@ -42,8 +50,9 @@ def alignment_figure(alignment: np.ndarray, layers: Sequence[str], *,
     return fig
 
 
-def helped_by_method_figure(helped: Mapping[str, float], trained_by: Mapping[str, str], *,
-                            height: int = 320) -> go.Figure:
+def helped_by_method_figure(
+    helped: Mapping[str, float], trained_by: Mapping[str, str], *, height: int = 320
+) -> go.Figure:
     """Share of each layer's weights that helped (total LCA < 0), bars labelled by how the layer
     was trained (feedback alignment or backprop); green part helped, red part hurt."""
     layers = [n for n in helped if np.isfinite(helped[n])]
@@ -51,12 +60,15 @@ def helped_by_method_figure(helped: Mapping[str, float], trained_by: Mapping[str
         return empty_figure("Helped per layer: nothing recorded yet.", height=height)
     labels = [f"{n} ({trained_by.get(n, '?')})" for n in layers]
     h = np.array([100 * helped[n] for n in layers])
-    fig = go.Figure([
-        go.Bar(x=labels, y=h, name="helped", marker_color=HELPED),
-        go.Bar(x=labels, y=100 - h, name="the rest (hurt, or exactly 0)", marker_color=HURT),
-    ])
-    base_layout(fig, "Weights that helped, per layer: feedback alignment vs backprop",
-                height=height)
+    fig = go.Figure(
+        [
+            go.Bar(x=labels, y=h, name="helped", marker_color=HELPED),
+            go.Bar(x=labels, y=100 - h, name="the rest (hurt, or exactly 0)", marker_color=HURT),
+        ]
+    )
+    base_layout(
+        fig, "Weights that helped, per layer: feedback alignment vs backprop", height=height
+    )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title="weights (%)", range=[0, 100])
     return fig

@@ -87,18 +87,28 @@ def unit_heatmap(
     if len(cs) < u:
         per_cell.append(f"{u / len(cs):.1f} units")
     near = "around " if per_cell else ""
-    fig = go.Figure(go.Heatmap(
-        z=z, x=centre, y=ucentre, colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-        colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
-        hovertemplate=f"{near}unit %{{y:.0f}}<br>{near}step %{{x:.0f}}<br>LCA %{{z:.3e}}"
-                      "<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=centre,
+            y=ucentre,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-m,
+            zmax=m,
+            colorbar={"title": {"text": robust_colorbar_title("LCA", largest)}},
+            hovertemplate=f"{near}unit %{{y:.0f}}<br>{near}step %{{x:.0f}}<br>LCA %{{z:.3e}}"
+            "<extra></extra>",
+        )
+    )
     if per_cell:
         title = f"{title} · each cell sums about {' × '.join(per_cell)}"
     titled_layout(fig, title, height=height)
     # Units and steps are whole numbers: on short axes plotly would tick at 0.5, 1.5, …
     fig.update_xaxes(title="training step", showgrid=False, dtick=1 if t <= 20 else None)
-    fig.update_yaxes(title=y_title, autorange="reversed", showgrid=False,
-                     dtick=1 if u <= 20 else None)
+    fig.update_yaxes(
+        title=y_title, autorange="reversed", showgrid=False, dtick=1 if u <= 20 else None
+    )
     return fig
 
 
@@ -141,21 +151,35 @@ def first_layer_images(
     for k in range(n):
         r, q = divmod(k, cols)
         y0, x0 = r * (h + gap), q * (wd + gap)
-        mosaic[y0: y0 + h, x0: x0 + wd] = imgs[k]
-        unit[y0: y0 + h, x0: x0 + wd] = k
+        mosaic[y0 : y0 + h, x0 : x0 + wd] = imgs[k]
+        unit[y0 : y0 + h, x0 : x0 + wd] = k
     finite = np.abs(imgs[np.isfinite(imgs)])
     lim = float(np.percentile(finite, 99.5)) if finite.size else 1.0
     lim = lim or float(finite.max() if finite.size else 1.0) or 1.0
     py, px = np.indices(mosaic.shape)
     custom = np.dstack([unit, py % (h + gap), px % (wd + gap)])
-    fig = go.Figure(go.Heatmap(
-        z=mosaic, colorscale=DIVERGING, zmid=0, zmin=-lim, zmax=lim, customdata=custom,
-        colorbar={"title": {"text": "total LCA"}}, hoverongaps=False,
-        hovertemplate="unit %{customdata[0]}<br>row %{customdata[1]}, col %{customdata[2]}"
-                      "<br>total LCA %{z:.3e}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=mosaic,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-lim,
+            zmax=lim,
+            customdata=custom,
+            colorbar={"title": {"text": "total LCA"}},
+            hoverongaps=False,
+            hovertemplate="unit %{customdata[0]}<br>row %{customdata[1]}, col %{customdata[2]}"
+            "<br>total LCA %{z:.3e}<extra></extra>",
+        )
+    )
     shown = f" (first {n} of {n_all})" if n < n_all else ""
-    titled_layout(fig, title or f"First layer: each unit's {what} as an image of the input{shown} "
-                "(green = helped, red = hurt)", height=height or min(900, 140 + rows * 70))
+    titled_layout(
+        fig,
+        title
+        or f"First layer: each unit's {what} as an image of the input{shown} "
+        "(green = helped, red = hurt)",
+        height=height or min(900, 140 + rows * 70),
+    )
     fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
     return fig
@@ -203,12 +227,26 @@ def lca_histogram(
     total = v.size
     fig = go.Figure()
     neg = centres < 0
-    fig.add_trace(go.Bar(x=centres[neg], y=counts[neg], width=width, marker_color=HELPED,
-                         name=f"helped (< 0): {helped / total:.1%}",
-                         hovertemplate="LCA ≈ %{x:.2e}<br>%{y:,} values<extra></extra>"))
-    fig.add_trace(go.Bar(x=centres[~neg], y=counts[~neg], width=width, marker_color=HURT,
-                         name=f"hurt (> 0): {(nz.size - helped) / total:.1%}",
-                         hovertemplate="LCA ≈ %{x:.2e}<br>%{y:,} values<extra></extra>"))
+    fig.add_trace(
+        go.Bar(
+            x=centres[neg],
+            y=counts[neg],
+            width=width,
+            marker_color=HELPED,
+            name=f"helped (< 0): {helped / total:.1%}",
+            hovertemplate="LCA ≈ %{x:.2e}<br>%{y:,} values<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=centres[~neg],
+            y=counts[~neg],
+            width=width,
+            marker_color=HURT,
+            name=f"hurt (> 0): {(nz.size - helped) / total:.1%}",
+            hovertemplate="LCA ≈ %{x:.2e}<br>%{y:,} values<extra></extra>",
+        )
+    )
     note = f"{total:,} values"
     if zeros:
         note += f"; {zeros / total:.1%} exactly 0 (did not move, not drawn)"
@@ -216,13 +254,23 @@ def lca_histogram(
         note += f" from a seeded sample of {steps_used:,} of {steps_total:,} steps"
     if beyond:
         note += f"; {beyond:,} beyond ±{lim:.1e} counted in the end bars"
-    fig.add_annotation(text=note, x=1, y=-0.2, xref="paper", yref="paper", xanchor="right",
-                       yanchor="top", showarrow=False, font={"size": 12})
+    fig.add_annotation(
+        text=note,
+        x=1,
+        y=-0.2,
+        xref="paper",
+        yref="paper",
+        xanchor="right",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 12},
+    )
     titled_layout(fig, title, height=height)
     fig.update_layout(bargap=0, barmode="overlay", margin={"b": 85})
     fig.update_xaxes(title="LCA of one parameter on one step (loss units)", exponentformat="e")
-    fig.update_yaxes(title="number of values" + (" (log scale)" if log else ""),
-                     type="log" if log else "linear")
+    fig.update_yaxes(
+        title="number of values" + (" (log scale)" if log else ""), type="log" if log else "linear"
+    )
     return fig
 
 
@@ -259,17 +307,35 @@ def helped_fraction_histogram(
     # Right of 50%: helped on most steps. Left of it the file cannot say whether the weight hurt
     # or stood still on the other steps, so those bars are grey, not red.
     colors = [HELPED if c > 50 else NOT_HELPED for c in centres]
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0], marker_color=colors,
-                           hovertemplate="helped on %{x:.0f}% of steps<br>%{y:,} parameters"
-                                         "<extra></extra>", showlegend=False))
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=edges[1] - edges[0],
+            marker_color=colors,
+            hovertemplate="helped on %{x:.0f}% of steps<br>%{y:,} parameters<extra></extra>",
+            showlegend=False,
+        )
+    )
     fig.add_vline(x=50, line={"color": "black", "dash": "dash", "width": 1.5})
     med = float(np.median(frac))
-    note = (f"dashed: half of the steps · median {med:.1f}% of {num_steps:,} steps · "
-            f"{hs.size:,} parameters")
+    note = (
+        f"dashed: half of the steps · median {med:.1f}% of {num_steps:,} steps · "
+        f"{hs.size:,} parameters"
+    )
     if still:
         note += f" ({still:,} that never moved left out)"
-    fig.add_annotation(text=note, x=1, y=1.01, xref="paper", yref="paper", xanchor="right",
-                       yanchor="bottom", showarrow=False, font={"size": 12})
+    fig.add_annotation(
+        text=note,
+        x=1,
+        y=1.01,
+        xref="paper",
+        yref="paper",
+        xanchor="right",
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 12},
+    )
     titled_layout(fig, title, height=height)
     fig.update_layout(bargap=0)
     fig.update_xaxes(title="% of steps on which the parameter helped", range=[0, 100])
@@ -314,8 +380,11 @@ def top_parameters(
             i = int(g - offsets[j])
             shape = tuple(np.shape(totals[name]))
             row: dict[str, Any] = {
-                "side": side, "parameter": f"{name}{_index_text(i, shape)}", "tensor": name,
-                "index": i, "total LCA": v,
+                "side": side,
+                "parameter": f"{name}{_index_text(i, shape)}",
+                "tensor": name,
+                "index": i,
+                "total LCA": v,
             }
             if helped_steps is not None and num_steps:
                 hs = np.asarray(helped_steps[name]).ravel()[i]
@@ -353,32 +422,49 @@ def param_trace(
     first, last, centre = block_centres(starts, t, positions=positions)
     per = "step" if len(starts) == t else "block of steps"
     if cumulative:
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42],
-                            vertical_spacing=0.06)
+        fig = make_subplots(
+            rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.06
+        )
     else:
         fig = make_subplots(rows=1, cols=1)
-    fig.add_trace(go.Bar(x=centre, y=sums, marker_color=sign_colors(sums),
-                         width=(last - first + 1) * 0.9 if len(starts) > 1 else None,
-                         name=f"LCA per {per}", customdata=np.stack([first, last], axis=1),
-                         hovertemplate="steps %{customdata[0]}–%{customdata[1]}<br>"
-                                       "LCA %{y:.3e}<extra></extra>", showlegend=False),
-                  row=1, col=1)
+    fig.add_trace(
+        go.Bar(
+            x=centre,
+            y=sums,
+            marker_color=sign_colors(sums),
+            width=(last - first + 1) * 0.9 if len(starts) > 1 else None,
+            name=f"LCA per {per}",
+            customdata=np.stack([first, last], axis=1),
+            hovertemplate="steps %{customdata[0]}–%{customdata[1]}<br>LCA %{y:.3e}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_hline(y=0, line={"color": "black", "width": 1}, row=1, col=1)
     fig.update_yaxes(title=f"LCA per {per}", exponentformat="e", row=1, col=1)
     if cumulative:
         cum = np.cumsum(v)
         idx = thin(t)
-        xs = (np.arange(1, t + 1) if positions is None
-              else np.asarray(positions, dtype=np.float64))
-        fig.add_trace(curve(x=xs[idx],
-                                   y=cum[idx], mode="lines", name="running total",
-                                   line={"color": MEASURED, "width": 2.5}, showlegend=False,
-                                   hovertemplate="after step %{x}<br>running total %{y:.3e}"
-                                                 "<extra></extra>"), row=2, col=1)
+        xs = np.arange(1, t + 1) if positions is None else np.asarray(positions, dtype=np.float64)
+        fig.add_trace(
+            curve(
+                x=xs[idx],
+                y=cum[idx],
+                mode="lines",
+                name="running total",
+                line={"color": MEASURED, "width": 2.5},
+                showlegend=False,
+                hovertemplate="after step %{x}<br>running total %{y:.3e}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
         fig.add_hline(y=0, line={"color": "#bdbdbd", "width": 1}, row=2, col=1)
         fig.update_yaxes(title="running total", exponentformat="e", row=2, col=1)
-    titled_layout(fig, title or f"LCA of {label} on each step (green = helped, red = hurt)",
-            height=height)
+    titled_layout(
+        fig, title or f"LCA of {label} on each step (green = helped, red = hurt)", height=height
+    )
     fig.update_layout(bargap=0, showlegend=False)
     fig.update_xaxes(title="training step", row=2 if cumulative else 1, col=1)
     return fig

@@ -39,8 +39,6 @@ MAX_EDGE_WIDTH = 9.0
 MIN_NODE, MAX_NODE = 14.0, 46.0
 
 
-
-
 def _sign_word(v: float) -> str:
     return "helped" if v < 0 else "hurt" if v > 0 else "did not move"
 
@@ -63,8 +61,13 @@ def decision_boundary_figure(
     prob = np.asarray(prob, dtype=np.float64)
     fig = go.Figure(
         go.Heatmap(
-            x=np.asarray(xs), y=np.asarray(ys), z=prob, zmin=0.0, zmax=1.0,
-            colorscale=CLASS_SCALE, showscale=False,
+            x=np.asarray(xs),
+            y=np.asarray(ys),
+            z=prob,
+            zmin=0.0,
+            zmax=1.0,
+            colorscale=CLASS_SCALE,
+            showscale=False,
             hovertemplate="x₁ %{x:.2f}<br>x₂ %{y:.2f}<br>P(orange) %{z:.2f}<extra></extra>",
             name="prediction",
         )
@@ -78,10 +81,16 @@ def decision_boundary_figure(
             sel = y == cls
             fig.add_trace(
                 go.Scatter(
-                    x=x[sel, 0], y=x[sel, 1], mode="markers",
+                    x=x[sel, 0],
+                    y=x[sel, 1],
+                    mode="markers",
                     name=f"{label}: {'blue' if cls == 0 else 'orange'}",
-                    marker={"color": color, "size": 7,
-                            "symbol": symbol, "line": {"color": edge, "width": lw}},
+                    marker={
+                        "color": color,
+                        "size": 7,
+                        "symbol": symbol,
+                        "line": {"color": edge, "width": lw},
+                    },
                     hovertemplate=f"{label} ({'blue' if cls == 0 else 'orange'})<br>"
                     "x₁ %{x:.2f}, x₂ %{y:.2f}<extra></extra>",
                 )
@@ -89,12 +98,21 @@ def decision_boundary_figure(
     base_layout(fig, title, height=height)
     e = float(max(np.abs(xs).max(), np.abs(ys).max())) if len(xs) else 1.0
     fig.update_xaxes(title="x₁", range=[-e, e], constrain="domain", showgrid=False, zeroline=False)
-    fig.update_yaxes(title="x₂", range=[-e, e], scaleanchor="x", scaleratio=1, showgrid=False,
-                     zeroline=False)
-    fig.update_layout(legend={"orientation": "h", "y": -0.16, "yanchor": "top", "x": 0,
-                              "font": {"size": 13}, "entrywidth": 0.5,
-                              "entrywidthmode": "fraction"},
-                      margin={"l": 50, "r": 10, "t": 60, "b": 100})
+    fig.update_yaxes(
+        title="x₂", range=[-e, e], scaleanchor="x", scaleratio=1, showgrid=False, zeroline=False
+    )
+    fig.update_layout(
+        legend={
+            "orientation": "h",
+            "y": -0.16,
+            "yanchor": "top",
+            "x": 0,
+            "font": {"size": 13},
+            "entrywidth": 0.5,
+            "entrywidthmode": "fraction",
+        },
+        margin={"l": 50, "r": 10, "t": 60, "b": 100},
+    )
     return fig
 
 
@@ -139,8 +157,11 @@ def network_figure(
     count = len(sizes)
     if count < 2 or len(edge_lca) != count - 1 or len(neuron_lca) != count - 1:
         return empty_figure("The network has no layers to draw.")
-    names = list(layer_names) if layer_names is not None else [
-        f"fc{i}" for i in range(1, count - 1)] + ["out"]
+    names = (
+        list(layer_names)
+        if layer_names is not None
+        else [f"fc{i}" for i in range(1, count - 1)] + ["out"]
+    )
     ys = _positions(sizes)
     xs = np.arange(count, dtype=float)
     edges = [np.asarray(e, dtype=np.float64) for e in edge_lca]
@@ -178,31 +199,52 @@ def network_figure(
                 )
                 hover_color.append(color)
     order = {HELPED: 0, HURT: 1, STILL: 2}
-    for (color, width), (bx, by) in sorted(buckets.items(), key=lambda kv: (kv[0][1],
-                                                                            order[kv[0][0]])):
+    for (color, width), (bx, by) in sorted(
+        buckets.items(), key=lambda kv: (kv[0][1], order[kv[0][0]])
+    ):
         fig.add_trace(
             go.Scatter(
-                x=bx, y=by, mode="lines", hoverinfo="skip", showlegend=False,
-                line={"color": color, "width": width}, opacity=0.85,
-                legendgroup=color, meta={"kind": "edge", "color": color},
+                x=bx,
+                y=by,
+                mode="lines",
+                hoverinfo="skip",
+                showlegend=False,
+                line={"color": color, "width": width},
+                opacity=0.85,
+                legendgroup=color,
+                meta={"kind": "edge", "color": color},
             )
         )
     fig.add_trace(
         go.Scatter(
-            x=hover_x, y=hover_y, mode="markers", showlegend=False,
+            x=hover_x,
+            y=hover_y,
+            mode="markers",
+            showlegend=False,
             marker={"size": 9, "color": hover_color, "opacity": 0.0},
-            hovertext=hover_text, hoverinfo="text", meta={"kind": "edge-hover"},
+            hovertext=hover_text,
+            hoverinfo="text",
+            meta={"kind": "edge-hover"},
         )
     )
     # Neurons.
     fig.add_trace(
         go.Scatter(
-            x=np.zeros(sizes[0]), y=ys[0], mode="markers+text",
-            marker={"size": min(30.0, big), "color": "#d9d9d9",
-                    "line": {"color": "#555555", "width": 1.5}},
-            text=list(input_names[: sizes[0]]), textposition="middle left",
-            textfont={"size": 16}, hovertext=[f"input {n}" for n in input_names[: sizes[0]]],
-            hoverinfo="text", showlegend=False, meta={"kind": "input"},
+            x=np.zeros(sizes[0]),
+            y=ys[0],
+            mode="markers+text",
+            marker={
+                "size": min(30.0, big),
+                "color": "#d9d9d9",
+                "line": {"color": "#555555", "width": 1.5},
+            },
+            text=list(input_names[: sizes[0]]),
+            textposition="middle left",
+            textfont={"size": 16},
+            hovertext=[f"input {n}" for n in input_names[: sizes[0]]],
+            hoverinfo="text",
+            showlegend=False,
+            meta={"kind": "input"},
         )
     )
     for l, v in enumerate(nodes):
@@ -217,26 +259,42 @@ def network_figure(
         ]
         fig.add_trace(
             go.Scatter(
-                x=np.full(len(v), xs[l + 1]), y=ys[l + 1], mode="markers+text" if last else
-                "markers",
+                x=np.full(len(v), xs[l + 1]),
+                y=ys[l + 1],
+                mode="markers+text" if last else "markers",
                 marker={"size": size, "color": colors, "line": {"color": "#333333", "width": 1.5}},
                 text=list(output_names[: len(v)]) if last else None,
-                textposition="middle right", textfont={"size": 16},
-                hovertext=labels, hoverinfo="text", showlegend=False,
+                textposition="middle right",
+                textfont={"size": 16},
+                hovertext=labels,
+                hoverinfo="text",
+                showlegend=False,
                 meta={"kind": "neuron", "layer": names[l]},
             )
         )
     # Legend entries (dummy traces) and layer titles.
     for color, label in ((HELPED, "helped (lowered the loss)"), (HURT, "hurt (raised the loss)")):
         fig.add_trace(
-            go.Scatter(x=[None], y=[None], mode="lines+markers", name=label,
-                       line={"color": color, "width": 5}, marker={"color": color, "size": 14},
-                       meta={"kind": "legend"})
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines+markers",
+                name=label,
+                line={"color": color, "width": 5},
+                marker={"color": color, "size": 14},
+                meta={"kind": "legend"},
+            )
         )
     top = max(float(y.max()) for y in ys if len(y)) + 0.9
     for i in range(count):
-        fig.add_annotation(x=xs[i], y=top, text=_layer_title(i, count, names), showarrow=False,
-                           font={"size": 14}, yanchor="bottom")
+        fig.add_annotation(
+            x=xs[i],
+            y=top,
+            text=_layer_title(i, count, names),
+            showarrow=False,
+            font={"size": 14},
+            yanchor="bottom",
+        )
     base_layout(fig, title, height=height)
     bottom = min(float(y.min()) for y in ys if len(y))
     fig.update_xaxes(visible=False, range=[-0.7, count - 0.1])
@@ -263,8 +321,9 @@ def neuron_outputs_figure(
             "This network has no hidden layer:<br>it can only draw a straight boundary.<br>"
             "Add one (e.g. 4,4) to see what neurons compute."
         )
-    names = list(layer_names) if layer_names is not None else [
-        f"fc{i + 1}" for i in range(len(outs))]
+    names = (
+        list(layer_names) if layer_names is not None else [f"fc{i + 1}" for i in range(len(outs))]
+    )
     rows = max(o.shape[0] for o in outs)
     cols = len(outs)
     titles = []
@@ -275,20 +334,32 @@ def neuron_outputs_figure(
                 titles.append(f"{names[c]} #{r + 1}{lca}")
             else:
                 titles.append("")
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.04,
-                        vertical_spacing=min(0.08, 0.5 / rows))
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.04,
+        vertical_spacing=min(0.08, 0.5 / rows),
+    )
     for c, o in enumerate(outs):
         for r in range(o.shape[0]):
             z = o[r]
             m = float(np.abs(z).max()) or 1.0
             fig.add_trace(
                 go.Heatmap(
-                    x=xs, y=ys, z=z, zmin=-m, zmax=m, zmid=0, colorscale=CLASS_SCALE,
+                    x=xs,
+                    y=ys,
+                    z=z,
+                    zmin=-m,
+                    zmax=m,
+                    zmid=0,
+                    colorscale=CLASS_SCALE,
                     showscale=False,
                     hovertemplate=f"{names[c]} neuron {r + 1}<br>x₁ %{{x:.2f}}, x₂ %{{y:.2f}}"
                     "<br>output %{z:.2f}<extra></extra>",
                 ),
-                row=r + 1, col=c + 1,
+                row=r + 1,
+                col=c + 1,
             )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -302,8 +373,10 @@ def neuron_outputs_figure(
                     flat.append(float(neuron_lca[c][r]))
         for ann in fig.layout.annotations:
             if ann.text and k < len(flat):
-                ann.font = {"size": 13, "color": HELPED if flat[k] < 0 else HURT if flat[k] > 0
-                            else STILL}
+                ann.font = {
+                    "size": 13,
+                    "color": HELPED if flat[k] < 0 else HURT if flat[k] > 0 else STILL,
+                }
                 k += 1
     base_layout(fig, title, height=height or max(260, 150 * rows + 60))
     for ax in fig.layout:
@@ -324,14 +397,29 @@ def playground_loss_figure(
     """Training and test loss against the step; long sessions draw with WebGL."""
     steps = np.asarray(steps)
     if len(steps) < 2:
-        return empty_figure("Press Play or Step:<br>the loss curve starts<br>after the first step.",
-                            height=height)
+        return empty_figure(
+            "Press Play or Step:<br>the loss curve starts<br>after the first step.", height=height
+        )
     line = go.Scattergl if len(steps) > 2000 else go.Scatter
-    fig = go.Figure(line(x=steps, y=np.asarray(train_loss), mode="lines", name="training loss",
-                         line={"color": TRAIN_COLOR, "width": 2.5}))
+    fig = go.Figure(
+        line(
+            x=steps,
+            y=np.asarray(train_loss),
+            mode="lines",
+            name="training loss",
+            line={"color": TRAIN_COLOR, "width": 2.5},
+        )
+    )
     if test_loss is not None:
-        fig.add_trace(line(x=steps, y=np.asarray(test_loss), mode="lines", name="test loss",
-                           line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"}))
+        fig.add_trace(
+            line(
+                x=steps,
+                y=np.asarray(test_loss),
+                mode="lines",
+                name="test loss",
+                line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"},
+            )
+        )
     base_layout(fig, title, height=height)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss (cross-entropy)", rangemode="tozero")
@@ -348,15 +436,30 @@ def accuracy_curves_figure(
 ) -> go.Figure:
     steps = np.asarray(steps)
     if len(steps) < 2:
-        return empty_figure("Press Play or Step:<br>the accuracy curve starts<br>after the first "
-                            "step.", height=height)
+        return empty_figure(
+            "Press Play or Step:<br>the accuracy curve starts<br>after the first step.",
+            height=height,
+        )
     line = go.Scattergl if len(steps) > 2000 else go.Scatter
-    fig = go.Figure(line(x=steps, y=100 * np.asarray(train_acc), mode="lines",
-                         name="training accuracy", line={"color": TRAIN_COLOR, "width": 2.5}))
+    fig = go.Figure(
+        line(
+            x=steps,
+            y=100 * np.asarray(train_acc),
+            mode="lines",
+            name="training accuracy",
+            line={"color": TRAIN_COLOR, "width": 2.5},
+        )
+    )
     if test_acc is not None:
-        fig.add_trace(line(x=steps, y=100 * np.asarray(test_acc), mode="lines",
-                           name="test accuracy",
-                           line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"}))
+        fig.add_trace(
+            line(
+                x=steps,
+                y=100 * np.asarray(test_acc),
+                mode="lines",
+                name="test accuracy",
+                line={"color": TEST_COLOR, "width": 2.5, "dash": "dash"},
+            )
+        )
     base_layout(fig, title, height=height)
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="accuracy (%)", range=[0, 101])
@@ -376,7 +479,8 @@ def layer_lca_bars_figure(
         return empty_figure("Nothing learned yet:<br>press Play or Step.", height=height)
     fig = go.Figure(
         go.Bar(
-            x=list(layer_names), y=v,
+            x=list(layer_names),
+            y=v,
             marker={"color": [HELPED if a < 0 else HURT if a > 0 else STILL for a in v]},
             hovertemplate="%{x}<br>LCA %{y:+.3e}<extra></extra>",
         )

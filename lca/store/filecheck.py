@@ -199,8 +199,13 @@ def _run_child(paths: list[Path]) -> dict[str, dict[str, Any]]:
     timed_out = False
     try:
         done = subprocess.run(  # noqa: S603 - fixed command, the paths are arguments
-            cmd, capture_output=True, text=True, timeout=CHECK_WALL_SECONDS, env=env,
-            stdin=subprocess.DEVNULL, check=False,
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=CHECK_WALL_SECONDS,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         out, err, code = done.stdout, done.stderr, done.returncode
     except subprocess.TimeoutExpired as e:  # killed: keep what it printed
@@ -250,8 +255,11 @@ def prefetch(paths: Iterable[str | os.PathLike[str]]) -> None:
     found = _run_child([p for p, _ in todo])
     for p, key in todo:
         v = found.get(str(p))
-        if v is not None and v.get("refuse") not in ("timeout", "crashed", "memory", "changed") \
-                and _same_file(key, v):
+        if (
+            v is not None
+            and v.get("refuse") not in ("timeout", "crashed", "memory", "changed")
+            and _same_file(key, v)
+        ):
             _remember(key, v)  # a file blamed for a dead batch is checked again on its own
 
 

@@ -108,8 +108,13 @@ class Walker:
         if layout == h5d.VIRTUAL:
             raise Refuse("virtual", path=where)
         compressed = False
-        allowed = {h5z.FILTER_DEFLATE, h5z.FILTER_SHUFFLE, h5z.FILTER_FLETCHER32,
-                   h5z.FILTER_SZIP, h5z.FILTER_LZF}
+        allowed = {
+            h5z.FILTER_DEFLATE,
+            h5z.FILTER_SHUFFLE,
+            h5z.FILTER_FLETCHER32,
+            h5z.FILTER_SZIP,
+            h5z.FILTER_LZF,
+        }
         for i in range(dcpl.get_nfilters()):
             fid = dcpl.get_filter(i)[0]
             if fid not in allowed:
@@ -132,14 +137,20 @@ class Walker:
             slack += 2 * chunks[0] * row_bytes
         factor = self.lim["compression_factor"] if compressed else 1
         if declared > stored * factor + slack:
-            raise Refuse("declared", path=where, declared=declared, stored=stored,
-                         rows=shape[0] if shape else 1)
+            raise Refuse(
+                "declared",
+                path=where,
+                declared=declared,
+                stored=stored,
+                rows=shape[0] if shape else 1,
+            )
         self.declared += declared
         if self.declared > self.lim["declared_factor"] * self.size + self.lim["declared_slack"]:
             raise Refuse("declared-total", declared=self.declared)
         grows = layout == h5d.CHUNKED and len(shape) >= 1
         per_step = parts[0] in ("steps", "series") or (
-            parts[0] in ("layers", "units", "params") and parts[-1] == "lca")
+            parts[0] in ("layers", "units", "params") and parts[-1] == "lca"
+        )
         if parts == ["steps", "loss"] and len(shape) == 1:
             self.loss_rows = shape[0]
         elif grows and per_step:
@@ -241,7 +252,7 @@ def _dry_read(fid) -> str:
     if "steps/loss" in f and isinstance(f["steps/loss"], h5py.Dataset):
         loss = f["steps/loss"]
         if loss.ndim == 1 and loss.shape[0]:
-            loss[max(0, loss.shape[0] - 65536):]
+            loss[max(0, loss.shape[0] - 65536) :]
     return status.rstrip("\x00")
 
 
@@ -261,8 +272,13 @@ def check(path: str, limits: dict) -> dict:
     walker.walk()
     walker.check_rows()
     status = _dry_read(fid)
-    return {"ok": True, "objects": walker.objects, "attrs": walker.attrs, "status": status,
-            "inode": [opened.st_dev, opened.st_ino]}
+    return {
+        "ok": True,
+        "objects": walker.objects,
+        "attrs": walker.attrs,
+        "status": status,
+        "inode": [opened.st_dev, opened.st_ino],
+    }
 
 
 def _peak_rss_kb() -> int:

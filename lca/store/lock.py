@@ -266,7 +266,7 @@ def open_elsewhere_sentence(path: str | os.PathLike[str], doing: str) -> str:
     """One sentence for a file another program holds open, naming that program if it can."""
     p = Path(path)
     who = openers(p)
-    where = (", ".join(h.describe() for h in who) if who else "another program")
+    where = ", ".join(h.describe() for h in who) if who else "another program"
     return (
         f"Cannot {doing} {p.name}: it is open in {where}, which keeps others out; close it "
         "there and try again."

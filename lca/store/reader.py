@@ -126,7 +126,7 @@ def _check_header(f: h5py.File, name: str) -> int:
     fmt = _decode(f.attrs.get("format"))
     if fmt != FORMAT:
         raise RunFileError(
-            f"{name!r} is an HDF5 file but not an LCA run (it has no format=\"{FORMAT}\" "
+            f'{name!r} is an HDF5 file but not an LCA run (it has no format="{FORMAT}" '
             "attribute); choose a file written by LCA Lab."
         )
     try:
@@ -154,8 +154,9 @@ def _technique_names(spec: Any) -> list[str]:
     if isinstance(spec, str):
         spec = [spec]
     if isinstance(spec, dict):
-        spec = [{"name": k} if not isinstance(v, dict) else {"name": k, **v}
-                for k, v in spec.items()]
+        spec = [
+            {"name": k} if not isinstance(v, dict) else {"name": k, **v} for k, v in spec.items()
+        ]
     for item in spec:
         if isinstance(item, str):
             m = re.match(r"\s*([A-Za-z0-9_+\-.]+)", item)
@@ -296,8 +297,9 @@ class Reader:
         self.shapes: dict[str, tuple[int, ...]] = {
             n: tuple(int(x) for x in table[i, : int(ndim[i])]) for i, n in enumerate(self.names)
         }
-        self.num_params: int = int(self.attrs.get(
-            "num_params", sum(math.prod(s) for s in self.shapes.values())))
+        self.num_params: int = int(
+            self.attrs.get("num_params", sum(math.prod(s) for s in self.shapes.values()))
+        )
         unames = _decode_strings(f["units/names"][()])
         ukeys = _decode_strings(f["units/keys"][()])
         self._ukeys = dict(zip(unames, ukeys, strict=True))
@@ -328,13 +330,18 @@ class Reader:
         self._loss = ds["steps/loss"]
         self._steps = {k: ds[f"steps/{k}"] for k in STEP_FIELDS if f"steps/{k}" in ds}
         self._layers = ds["layers/lca"]
-        self._units = {n: ds[f"units/{k}/lca"] for n, k in self._ukeys.items()
-                       if f"units/{k}/lca" in ds}
-        self._params = {n: ds[f"params/{k}/lca"] for n, k in self._pkeys.items()
-                        if f"params/{k}/lca" in ds}
+        self._units = {
+            n: ds[f"units/{k}/lca"] for n, k in self._ukeys.items() if f"units/{k}/lca" in ds
+        }
+        self._params = {
+            n: ds[f"params/{k}/lca"] for n, k in self._pkeys.items() if f"params/{k}/lca" in ds
+        }
         self._series = {p: ds[f"series/{p}"] for p in self.series_layout if f"series/{p}" in ds}
         self._per_step: list[h5py.Dataset] = [
-            *self._steps.values(), self._layers, *self._units.values(), *self._params.values(),
+            *self._steps.values(),
+            self._layers,
+            *self._units.values(),
+            *self._params.values(),
             *self._series.values(),
         ]
         self._totals_rows = ds.get("totals_rows")
@@ -369,7 +376,7 @@ class Reader:
             # Loss values are always finite in a run (the tracker stops on NaN/inf), so a
             # trailing non-finite value is a fill value not yet overwritten: not a whole row.
             lo = max(0, t - 2 * int(self.attrs.get("chunk_rows", 32)))
-            tail = self._loss[lo: t + 1]
+            tail = self._loss[lo : t + 1]
             finite = np.flatnonzero(np.isfinite(tail))
             t = int(lo + finite[-1]) if len(finite) else lo
         self.num_steps: int = t
@@ -395,8 +402,10 @@ class Reader:
     def __repr__(self) -> str:
         if self._f is None:
             return f"Reader({str(self.path)!r}, closed)"
-        return (f"Reader({str(self.path)!r}, {self.num_steps} steps, record={self.record!r}, "
-                f"status={self.status!r})")
+        return (
+            f"Reader({str(self.path)!r}, {self.num_steps} steps, record={self.record!r}, "
+            f"status={self.status!r})"
+        )
 
     # -- per-step data --------------------------------------------------------------------
     @property
@@ -429,8 +438,11 @@ class Reader:
         s, e = self._range(start, stop)
         out = self._rows(self._steps[field], s, e)
         if field == "label":
-            return np.array(_decode_strings(out), dtype=object) if len(out) else np.array(
-                [], dtype=object)
+            return (
+                np.array(_decode_strings(out), dtype=object)
+                if len(out)
+                else np.array([], dtype=object)
+            )
         return out
 
     def layer_lca(
@@ -456,9 +468,7 @@ class Reader:
                 "per-unit LCA; record the run with --record units or full."
             )
         if group not in self._units:
-            raise KeyError(
-                f"No unit group {group!r}; the groups are {', '.join(self._units)}."
-            )
+            raise KeyError(f"No unit group {group!r}; the groups are {', '.join(self._units)}.")
         s, e = self._range(start, stop)
         return self._rows(self._units[group], s, e)
 
@@ -489,8 +499,13 @@ class Reader:
         if index is None:
             return self._rows(ds, s, e)
         shape = self.shapes[name]
-        idx = (np.unravel_index(int(index), shape) if np.ndim(index) == 0 and shape
-               else tuple(index) if np.ndim(index) else ())
+        idx = (
+            np.unravel_index(int(index), shape)
+            if np.ndim(index) == 0 and shape
+            else tuple(index)
+            if np.ndim(index)
+            else ()
+        )
         if e <= s:
             return np.zeros(0, dtype=ds.dtype)
         return ds[(slice(s, e), *(int(i) for i in idx))]
@@ -510,7 +525,7 @@ class Reader:
         self._require()
         clean = path.strip("/")
         if clean.startswith("series/"):
-            clean = clean[len("series/"):]
+            clean = clean[len("series/") :]
         if clean not in self._series:
             known = ", ".join(self._series) or "none"
             raise KeyError(f"No series {path!r}; the series are {known}.")
@@ -572,11 +587,10 @@ class Reader:
         # before BatchNorm, whose true gradient is 0), not a layer that helped or hurt.
         floor = 1e-6 * float(np.abs(totals).max()) if len(totals) else 0.0
         helping = [(self.names[i], float(totals[i])) for i in order if totals[i] < -floor][:top]
-        hurting = [(self.names[i], float(totals[i])) for i in order[::-1]
-                   if totals[i] > floor][:top]
-        techniques = _technique_names(
-            self.config.get("techniques", self.config.get("technique"))
-        )
+        hurting = [(self.names[i], float(totals[i])) for i in order[::-1] if totals[i] > floor][
+            :top
+        ]
+        techniques = _technique_names(self.config.get("techniques", self.config.get("technique")))
         if "techniques" in self._f and isinstance(self._f["techniques"], h5py.Group):
             techniques += [n for n in self._f["techniques"] if n not in techniques]
         out: dict[str, Any] = {
@@ -595,8 +609,13 @@ class Reader:
             "conservation_error": cons,
             "relative_error": (abs(cons) / abs(change)) if change != 0 else None,
             "max_step_error": float(np.abs(err).max()) if t else 0.0,
-            "mean_helped": (float(helped[steps_mask].mean()) if steps_mask.any()
-                            else float(helped.mean()) if t else None),
+            "mean_helped": (
+                float(helped[steps_mask].mean())
+                if steps_mask.any()
+                else float(helped.mean())
+                if t
+                else None
+            ),
             "duration_s": float(self.steps("wall")[-1]) if t else 0.0,
             "seconds_lca": float(self.steps("seconds_lca").sum()),
             "record": self.record,
@@ -626,5 +645,3 @@ class Reader:
 def open_run(path: str | os.PathLike[str]) -> Reader:
     """Open a run file for reading (live or finished); same as ``Reader(path)``."""
     return Reader(path)
-
-

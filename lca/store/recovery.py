@@ -34,30 +34,49 @@ def _lookup3(data: bytes, initval: int = 0) -> int:
     a = b = c = (0xDEADBEEF + n + initval) & m
     k = 0
     while n > 12:
-        a = (a + int.from_bytes(data[k: k + 4], "little")) & m
-        b = (b + int.from_bytes(data[k + 4: k + 8], "little")) & m
-        c = (c + int.from_bytes(data[k + 8: k + 12], "little")) & m
-        a = (a - c) & m; a ^= _rot(c, 4); c = (c + b) & m  # noqa: E702
-        b = (b - a) & m; b ^= _rot(a, 6); a = (a + c) & m  # noqa: E702
-        c = (c - b) & m; c ^= _rot(b, 8); b = (b + a) & m  # noqa: E702
-        a = (a - c) & m; a ^= _rot(c, 16); c = (c + b) & m  # noqa: E702
-        b = (b - a) & m; b ^= _rot(a, 19); a = (a + c) & m  # noqa: E702
-        c = (c - b) & m; c ^= _rot(b, 4); b = (b + a) & m  # noqa: E702
+        a = (a + int.from_bytes(data[k : k + 4], "little")) & m
+        b = (b + int.from_bytes(data[k + 4 : k + 8], "little")) & m
+        c = (c + int.from_bytes(data[k + 8 : k + 12], "little")) & m
+        a = (a - c) & m
+        a ^= _rot(c, 4)
+        c = (c + b) & m  # noqa: E702
+        b = (b - a) & m
+        b ^= _rot(a, 6)
+        a = (a + c) & m  # noqa: E702
+        c = (c - b) & m
+        c ^= _rot(b, 8)
+        b = (b + a) & m  # noqa: E702
+        a = (a - c) & m
+        a ^= _rot(c, 16)
+        c = (c + b) & m  # noqa: E702
+        b = (b - a) & m
+        b ^= _rot(a, 19)
+        a = (a + c) & m  # noqa: E702
+        c = (c - b) & m
+        c ^= _rot(b, 4)
+        b = (b + a) & m  # noqa: E702
         n -= 12
         k += 12
     if n == 0:
         return c
-    tail = data[k: k + n] + bytes(12 - n)
+    tail = data[k : k + n] + bytes(12 - n)
     a = (a + int.from_bytes(tail[0:4], "little")) & m
     b = (b + int.from_bytes(tail[4:8], "little")) & m
     c = (c + int.from_bytes(tail[8:12], "little")) & m
-    c ^= b; c = (c - _rot(b, 14)) & m  # noqa: E702
-    a ^= c; a = (a - _rot(c, 11)) & m  # noqa: E702
-    b ^= a; b = (b - _rot(a, 25)) & m  # noqa: E702
-    c ^= b; c = (c - _rot(b, 16)) & m  # noqa: E702
-    a ^= c; a = (a - _rot(c, 4)) & m  # noqa: E702
-    b ^= a; b = (b - _rot(a, 14)) & m  # noqa: E702
-    c ^= b; c = (c - _rot(b, 24)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 14)) & m  # noqa: E702
+    a ^= c
+    a = (a - _rot(c, 11)) & m  # noqa: E702
+    b ^= a
+    b = (b - _rot(a, 25)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 16)) & m  # noqa: E702
+    a ^= c
+    a = (a - _rot(c, 4)) & m  # noqa: E702
+    b ^= a
+    b = (b - _rot(a, 14)) & m  # noqa: E702
+    c ^= b
+    c = (c - _rot(b, 24)) & m  # noqa: E702
     return c
 
 
@@ -76,8 +95,13 @@ def _clear_open_flags(path: Path) -> bool:
     size = path.stat().st_size
     with open(path, "r+b") as fh:
         raw = bytearray(fh.read(48))
-        if len(raw) < 48 or raw[:8] != _SIGNATURE or raw[8] not in (2, 3) or raw[9] != 8 \
-                or raw[10] != 8:
+        if (
+            len(raw) < 48
+            or raw[:8] != _SIGNATURE
+            or raw[8] not in (2, 3)
+            or raw[9] != 8
+            or raw[10] != 8
+        ):
             return False
         if struct.unpack_from("<I", raw, 44)[0] != _lookup3(bytes(raw[:44])):
             return False
@@ -141,7 +165,7 @@ def _repair(f: h5py.File, name: str) -> str:
                 cnt = np.zeros(ds.shape[1:], dtype=np.int64)
                 step = max(1, ds.chunks[0] if ds.chunks else 256)
                 for s in range(0, t, step):
-                    block = ds[s: min(t, s + step)]
+                    block = ds[s : min(t, s + step)]
                     tot += block.sum(axis=0, dtype=np.float64)
                     cnt += (block < 0).sum(axis=0)
                 g["total"][()] = tot
@@ -159,8 +183,7 @@ def _repair(f: h5py.File, name: str) -> str:
     parts = [f"kept {t} whole steps"]
     if dropped:
         parts.append(f"dropped {dropped} partial row{'s' if dropped != 1 else ''}")
-    parts.append(f"status {status} -> {new_status}" if new_status != status
-                 else f"status {status}")
+    parts.append(f"status {status} -> {new_status}" if new_status != status else f"status {status}")
     return f"{name}: " + ", ".join(parts) + note + "."
 
 

@@ -229,8 +229,9 @@ def _plan(layout: Layout, record: str, chunk_rows: int) -> tuple[int, list[_PerS
     def add(path: str, shape: tuple[int, ...], dtype: str, extra: int = 0) -> None:
         dt = np.dtype(dtype)
         plan.append(
-            _PerStep(path, tuple(shape), dt, _fill_for(dt), _chunk_shape(shape, dt.itemsize, rows),
-                     extra)
+            _PerStep(
+                path, tuple(shape), dt, _fill_for(dt), _chunk_shape(shape, dt.itemsize, rows), extra
+            )
         )
 
     if record == "full":
@@ -270,8 +271,18 @@ def estimate_bytes(
 
 
 def size_refusal(
-    subject: str, estimate: int, *, steps: int, record: str, params: int, cap: int | None,
-    cap_name: str, free: int, where: str, verb: str, record_option: str,
+    subject: str,
+    estimate: int,
+    *,
+    steps: int,
+    record: str,
+    params: int,
+    cap: int | None,
+    cap_name: str,
+    free: int,
+    where: str,
+    verb: str,
+    record_option: str,
 ) -> str | None:
     """The one sentence refusing a run of ``estimate`` bytes (``estimate_bytes``) that is over
     ``cap`` or the ``free`` bytes of its disk, or None when it fits.
@@ -287,9 +298,12 @@ def size_refusal(
         limit = f"the {human_bytes(free)} free {where}"
     else:
         return None
-    fix = (f"{verb} {record_option}, fewer steps, or a smaller model" if record != "layers"
-           else f"{verb} fewer steps or a smaller model")
-    return (f"{subject} would write about {human_bytes(estimate)} ({steps} steps, "
-            f"record={record}, {params:,} parameters), more than {limit}; {fix}.")
-
-
+    fix = (
+        f"{verb} {record_option}, fewer steps, or a smaller model"
+        if record != "layers"
+        else f"{verb} fewer steps or a smaller model"
+    )
+    return (
+        f"{subject} would write about {human_bytes(estimate)} ({steps} steps, "
+        f"record={record}, {params:,} parameters), more than {limit}; {fix}."
+    )

@@ -221,8 +221,10 @@ class Writer:
                         f"{clean.split('/')[0]!r}; put it under e.g. 'techniques/'."
                     )
                 for other in seen:
-                    if clean == other or clean.startswith(other + "/") or other.startswith(
-                        clean + "/"
+                    if (
+                        clean == other
+                        or clean.startswith(other + "/")
+                        or other.startswith(clean + "/")
                     ):
                         raise ValueError(f"The {kind} path {p!r} clashes with {other!r}.")
                 seen[clean] = kind
@@ -231,17 +233,26 @@ class Writer:
                 raise ValueError(f"The event table {p!r} has no columns.")
 
     def _check_size(self, layout: Layout) -> None:
-        est = estimate_bytes(layout, int(self.expected_steps), self.record,
-                             chunk_rows=self.chunk_rows)
+        est = estimate_bytes(
+            layout, int(self.expected_steps), self.record, chunk_rows=self.chunk_rows
+        )
         self.estimated_bytes = est
         folder = self.path.parent.resolve()
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         refusal = size_refusal(
-            self.path.name, est, steps=self.expected_steps, record=self.record,
-            params=layout.num_params, cap=self.max_bytes, cap_name="allowed (max_bytes)",
-            free=shutil.disk_usage(folder).free, where=f"on the disk holding {folder}",
-            verb="use", record_option="--record units or layers")
+            self.path.name,
+            est,
+            steps=self.expected_steps,
+            record=self.record,
+            params=layout.num_params,
+            cap=self.max_bytes,
+            cap_name="allowed (max_bytes)",
+            free=shutil.disk_usage(folder).free,
+            where=f"on the disk holding {folder}",
+            verb="use",
+            record_option="--record units or layers",
+        )
         if refusal:
             raise RunTooLargeError(refusal)
 
@@ -266,14 +277,31 @@ class Writer:
         a["expected_steps"] = np.int64(-1 if self.expected_steps is None else self.expected_steps)
         a["writer_pid"] = np.int64(os.getpid())
         _str_attr(f, "writer_host", socket.gethostname())
-        _str_attr(f, "series", json.dumps(
-            {_clean_path(p, "series"): [np.dtype(d).str, list(s)]
-             for p, (d, s) in layout.series.items()}))
-        _str_attr(f, "events", json.dumps(
-            {_clean_path(p, "event table"): list(c) for p, c in layout.events.items()}))
-        _str_attr(f, "arrays", json.dumps(
-            {_clean_path(p, "array"): [np.dtype(d).str, list(s), _json_fill(v)]
-             for p, (d, s, v) in layout.arrays.items()}))
+        _str_attr(
+            f,
+            "series",
+            json.dumps(
+                {
+                    _clean_path(p, "series"): [np.dtype(d).str, list(s)]
+                    for p, (d, s) in layout.series.items()
+                }
+            ),
+        )
+        _str_attr(
+            f,
+            "events",
+            json.dumps({_clean_path(p, "event table"): list(c) for p, c in layout.events.items()}),
+        )
+        _str_attr(
+            f,
+            "arrays",
+            json.dumps(
+                {
+                    _clean_path(p, "array"): [np.dtype(d).str, list(s), _json_fill(v)]
+                    for p, (d, s, v) in layout.arrays.items()
+                }
+            ),
+        )
 
         f.create_dataset("status", data=np.bytes_(b"running"), dtype=STATUS_DTYPE)
         f.create_dataset("totals_rows", data=np.int64(0))
@@ -288,8 +316,9 @@ class Writer:
         f.create_dataset("layers/names", data=_fixed_strings(names))
         f.create_dataset("layers/shapes", data=shape_table)
         f.create_dataset("layers/ndim", data=np.array([len(s) for s in shapes], dtype=np.int32))
-        f.create_dataset("layers/sizes", data=np.array([math.prod(s) for s in shapes],
-                                                        dtype=np.int64))
+        f.create_dataset(
+            "layers/sizes", data=np.array([math.prod(s) for s in shapes], dtype=np.int64)
+        )
 
         # Unit groups: metadata in every mode, per-step LCA only in full/units.
         groups = list(layout.units)
@@ -316,17 +345,34 @@ class Writer:
         # Per-step datasets: unlimited along time, chunked, created before SWMR.
         for p in self._plan:
             if p.path == "steps/loss":
-                f.create_dataset(p.path, data=np.array([loss0]), maxshape=(None,),
-                                 chunks=p.chunks, fillvalue=np.nan)
+                f.create_dataset(
+                    p.path,
+                    data=np.array([loss0]),
+                    maxshape=(None,),
+                    chunks=p.chunks,
+                    fillvalue=np.nan,
+                )
             else:
-                f.create_dataset(p.path, shape=(0, *p.row_shape), maxshape=(None, *p.row_shape),
-                                 dtype=p.dtype, chunks=p.chunks, fillvalue=p.fill)
+                f.create_dataset(
+                    p.path,
+                    shape=(0, *p.row_shape),
+                    maxshape=(None, *p.row_shape),
+                    dtype=p.dtype,
+                    chunks=p.chunks,
+                    fillvalue=p.fill,
+                )
 
         for path, cols in layout.events.items():
             clean = _clean_path(path, "event table")
             ct = _chunk_shape((len(cols),), 8, self.chunk_rows)[0]
-            ds = f.create_dataset(clean, shape=(0, len(cols)), maxshape=(None, len(cols)),
-                                  dtype="f8", chunks=(ct, len(cols)), fillvalue=np.nan)
+            ds = f.create_dataset(
+                clean,
+                shape=(0, len(cols)),
+                maxshape=(None, len(cols)),
+                dtype="f8",
+                chunks=(ct, len(cols)),
+                fillvalue=np.nan,
+            )
             ds.attrs.create("columns", data=_fixed_strings(cols))
         for path, (dtype, shape, fill) in layout.arrays.items():
             clean = _clean_path(path, "array")
@@ -346,8 +392,9 @@ class Writer:
         self._chunk_sizes: list[tuple[int, int]] = []
         for ds, buf, _extra in self._targets:
             chunks = ds.chunks or (1, *buf.shape[1:])
-            per_block = math.prod(-(-s // c) for s, c in zip(buf.shape[1:], chunks[1:],
-                                                               strict=True))
+            per_block = math.prod(
+                -(-s // c) for s, c in zip(buf.shape[1:], chunks[1:], strict=True)
+            )
             self._chunk_sizes.append((chunks[0], per_block * math.prod(chunks) * buf.itemsize))
         self._names = list(layout.names)
         self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes, strict=True)}
@@ -356,21 +403,23 @@ class Writer:
         # Torch views of the float32 buffers, so one copy_ moves and casts from any device.
         self._pviews = (
             {n: torch.from_numpy(self._bufs[f"params/{self._keys[n]}/lca"]) for n in self._names}
-            if self.record == "full" else {}
+            if self.record == "full"
+            else {}
         )
         ukeys = _unit_keys([g.name for g in layout.units])
         self._ubufs = (
-            {g.name: self._bufs[f"units/{k}/lca"] for k, g in zip(ukeys, layout.units,
-                                                                  strict=True)}
-            if self.record in ("full", "units") else {}
+            {g.name: self._bufs[f"units/{k}/lca"] for k, g in zip(ukeys, layout.units, strict=True)}
+            if self.record in ("full", "units")
+            else {}
         )
         self._series_paths = {p: _clean_path(p, "series") for p in layout.series}
         self._tot: dict[str, Any] = {}
         self._cnt: dict[str, Any] = {}
         self._tot_ds = {n: f[f"params/{self._keys[n]}/total"] for n in self._names}
         self._cnt_ds = {n: f[f"params/{self._keys[n]}/helped_steps"] for n in self._names}
-        self._event_cols = {_clean_path(p, "event table"): tuple(c)
-                            for p, c in layout.events.items()}
+        self._event_cols = {
+            _clean_path(p, "event table"): tuple(c) for p, c in layout.events.items()
+        }
         self._array_paths = {_clean_path(p, "array") for p in layout.arrays}
         self._events: dict[str, list[list[float]]] = {}
         self._event_rows = {p: 0 for p in self._event_cols}  # rows each table has whole
@@ -437,8 +486,11 @@ class Writer:
         self._n += 1
         # The very first step goes out at once: a live view (the demo) draws its first chart
         # as soon as one step exists, instead of waiting for flush_seconds to pass.
-        if (self._n >= self.chunk_rows - self._rows % self.chunk_rows or self._rows == 0
-                or time.monotonic() - self._last_flush >= self.flush_seconds):
+        if (
+            self._n >= self.chunk_rows - self._rows % self.chunk_rows
+            or self._rows == 0
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self._flush()
 
     def _add_param(self, name: str, a: Any, i: int, torch: Any) -> None:
@@ -459,9 +511,11 @@ class Writer:
                 tot, cnt = self._tot.get(name), self._cnt.get(name)
                 if not torch.is_tensor(tot) or tot.device != a.device:
                     tot = self._tot[name] = torch.as_tensor(
-                        np.zeros(shape) if tot is None else _host(tot)).to(a.device)
+                        np.zeros(shape) if tot is None else _host(tot)
+                    ).to(a.device)
                     cnt = self._cnt[name] = torch.as_tensor(
-                        np.zeros(shape, np.int32) if cnt is None else _host(cnt)).to(a.device)
+                        np.zeros(shape, np.int32) if cnt is None else _host(cnt)
+                    ).to(a.device)
                 tot.add_(a)
                 cnt.add_(a < 0)
                 if self._pviews:
@@ -474,8 +528,9 @@ class Writer:
         tot = self._tot.get(name)
         if tot is None or not isinstance(tot, np.ndarray):
             tot = self._tot[name] = np.zeros(shape) if tot is None else _host(tot)
-            self._cnt[name] = (np.zeros(shape, np.int32) if name not in self._cnt
-                               else _host(self._cnt[name]))
+            self._cnt[name] = (
+                np.zeros(shape, np.int32) if name not in self._cnt else _host(self._cnt[name])
+            )
         np.add(tot, an, out=tot)
         np.add(self._cnt[name], an < 0, out=self._cnt[name])
 
@@ -620,7 +675,7 @@ class Writer:
             # dataset) only covers rows that are written everywhere.
             for ds, buf, extra in self._targets:
                 ds.resize(t1 + extra, axis=0)
-                ds[t0 + extra: t1 + extra] = buf[:n]
+                ds[t0 + extra : t1 + extra] = buf[:n]
             if self._pviews:
                 self._sum_buffered_totals(n)
             for name in self._names:
@@ -794,8 +849,13 @@ def _trim_to_eoa(path: Path) -> None:
     with contextlib.suppress(OSError):
         with open(path, "r+b") as fh:
             raw = fh.read(48)
-            if len(raw) < 48 or raw[:8] != b"\x89HDF\r\n\x1a\n" or raw[8] not in (2, 3) \
-                    or raw[9] != 8 or raw[11] != 0:
+            if (
+                len(raw) < 48
+                or raw[:8] != b"\x89HDF\r\n\x1a\n"
+                or raw[8] not in (2, 3)
+                or raw[9] != 8
+                or raw[11] != 0
+            ):
                 return
             base, _ext, eoa = struct.unpack_from("<QQQ", raw, 12)
             size = os.fstat(fh.fileno()).st_size
@@ -820,5 +880,3 @@ def _host(x: Any) -> np.ndarray:
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}.")
-
-

@@ -98,11 +98,16 @@ class RunView:
 
 def _run(r: Reader, t: int) -> dict[str, Any]:
     return {
-        "name": r.path.name, "status": r.status, "record": r.record, "method": r.method,
-        "num_params": int(r.num_params), "names": list(r.names),
+        "name": r.path.name,
+        "status": r.status,
+        "record": r.record,
+        "method": r.method,
+        "num_params": int(r.num_params),
+        "names": list(r.names),
         "shapes": {n: tuple(s) for n, s in r.shapes.items()},
         "units": [(g, int(size), list(params)) for g, size, params in r.units],
-        "config": dict(r.config), "kind": np.asarray(r.steps("kind", 0, t)),
+        "config": dict(r.config),
+        "kind": np.asarray(r.steps("kind", 0, t)),
     }
 
 
@@ -136,15 +141,23 @@ class LossView(RunView):
 
 def loss_view(r: Reader) -> LossView:
     t = r.num_steps
-    steps = {f: np.asarray(r.steps(f, 0, t)) for f in
-             ("lca", "error", "splits", "helped", "hurt", "label")}
+    steps = {
+        f: np.asarray(r.steps(f, 0, t))
+        for f in ("lca", "error", "splits", "helped", "hurt", "label")
+    }
     train_loss = None
     if "steps/train_loss" in r.series_layout:
         train_loss = np.asarray(r.series("steps/train_loss", 0, t))
     return LossView(
-        **_run(r, t), loss=np.asarray(r.steps("loss", 0, t + 1)), lca=steps["lca"],
-        error=steps["error"], splits=steps["splits"], helped=steps["helped"],
-        hurt=steps["hurt"], labels=steps["label"], train_loss=train_loss,
+        **_run(r, t),
+        loss=np.asarray(r.steps("loss", 0, t + 1)),
+        lca=steps["lca"],
+        error=steps["error"],
+        splits=steps["splits"],
+        helped=steps["helped"],
+        hurt=steps["hurt"],
+        labels=steps["label"],
+        train_loss=train_loss,
         evals=r.events("eval") if "eval" in r.event_layout else {},
         summary=r.summary() if t else {},
     )
@@ -193,8 +206,9 @@ class NeuronsView(RunView):
         return data.image_shape(self.dataset, self.first_weight[1][1])
 
 
-def _first_weight(units: list[tuple[str, int, list[str]]],
-                  shapes: dict[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]] | None:
+def _first_weight(
+    units: list[tuple[str, int, list[str]]], shapes: dict[str, tuple[int, ...]]
+) -> tuple[str, tuple[int, ...]] | None:
     """The first layer's weight tensor (2-D Linear or 4-D Conv), in model order."""
     for _group, _size, params in units:
         for name in params:
@@ -209,8 +223,11 @@ def neurons_view(r: Reader) -> NeuronsView:
     dataset = base["config"].get("dataset")
     if isinstance(dataset, dict):
         dataset = dataset.get("name")
-    return NeuronsView(**base, dataset=None if dataset is None else str(dataset),
-                       first_weight=_first_weight(base["units"], base["shapes"]))
+    return NeuronsView(
+        **base,
+        dataset=None if dataset is None else str(dataset),
+        first_weight=_first_weight(base["units"], base["shapes"]),
+    )
 
 
 @dataclass
@@ -223,19 +240,27 @@ class WeightStats:
 
 
 def weight_stats(r: Reader) -> WeightStats:
-    return WeightStats({n: r.param_totals(n) for n in r.names},
-                       {n: r.param_helped_steps(n) for n in r.names},
-                       min(r.totals_rows, r.num_steps))
+    return WeightStats(
+        {n: r.param_totals(n) for n in r.names},
+        {n: r.param_helped_steps(n) for n in r.names},
+        min(r.totals_rows, r.num_steps),
+    )
 
 
-def unit_rows(r: Reader, group: str, start: int | None = None,
-              stop: int | None = None) -> np.ndarray:
+def unit_rows(
+    r: Reader, group: str, start: int | None = None, stop: int | None = None
+) -> np.ndarray:
     """(steps, U) LCA of each unit of one unit group (record units or full)."""
     return np.asarray(r.unit_lca(group, start, stop))
 
 
-def param_rows(r: Reader, name: str, start: int | None = None, stop: int | None = None,
-               index: int | None = None) -> np.ndarray:
+def param_rows(
+    r: Reader,
+    name: str,
+    start: int | None = None,
+    stop: int | None = None,
+    index: int | None = None,
+) -> np.ndarray:
     """Per-weight LCA of one tensor over steps (record full): (steps, *shape), or (steps,) for
     the weight at flat ``index``."""
     return np.asarray(r.param_lca(name, start, stop, index=index))
@@ -253,9 +278,9 @@ def value_sample(r: Reader, budget: int = VALUE_BUDGET) -> tuple[np.ndarray, int
     else:
         window = max(1, min(int(r.attrs.get("chunk_rows", 32)), rows))
         starts = np.arange(0, t - window + 1, window)
-        pick = np.random.default_rng(0).choice(len(starts), size=min(len(starts),
-                                                                    max(1, rows // window)),
-                                               replace=False)
+        pick = np.random.default_rng(0).choice(
+            len(starts), size=min(len(starts), max(1, rows // window)), replace=False
+        )
         ranges = [(int(s), int(s) + window) for s in np.sort(starts[pick])]
     parts = [r.param_lca(n, s, e).ravel() for s, e in ranges for n in r.names]
     used = sum(e - s for s, e in ranges)
@@ -280,9 +305,12 @@ class CompareView:
 def compare_view(r: Reader) -> CompareView:
     t = r.num_steps
     return CompareView(
-        name=r.path.name, status=r.status, summary=r.summary(),
+        name=r.path.name,
+        status=r.status,
+        summary=r.summary(),
         loss=np.asarray(r.steps("loss", 0, t + 1)),
-        train_step=np.asarray(r.steps("train_step", 0, t)), wall=np.asarray(r.steps("wall", 0, t)),
+        train_step=np.asarray(r.steps("train_step", 0, t)),
+        wall=np.asarray(r.steps("wall", 0, t)),
         names=list(r.names),
         totals=(np.asarray(r.layer_lca(0, t)).sum(axis=0) if t else np.zeros(len(r.names))),
         sizes={n: int(math.prod(r.shapes[n])) for n in r.names},

@@ -16,6 +16,7 @@ def precision_view(r: Reader) -> dict[str, dict[str, np.ndarray]]:
     for path in r.array_layout:
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "techniques" and parts[2].startswith("bits_"):
-            out.setdefault(parts[1], {})[parts[2][len("bits_"):]] = np.asarray(
-                r.array(path), dtype=np.float64)
+            out.setdefault(parts[1], {})[parts[2][len("bits_") :]] = np.asarray(
+                r.array(path), dtype=np.float64
+            )
     return out

@@ -71,9 +71,17 @@ def prune_events(r: Reader, name: str, data: RunTechniques | None = None) -> lis
             e = by_seg.get(int(seg))
             if e is None:
                 continue
-            for col in ("removed", "sparsity_after", "cost", "cost_removed", "cost_compensated",
-                        "cost_rest", "helper_removal_ratio", "cum_lca_removed_mean",
-                        "cum_lca_survivors_mean"):
+            for col in (
+                "removed",
+                "sparsity_after",
+                "cost",
+                "cost_removed",
+                "cost_compensated",
+                "cost_rest",
+                "helper_removal_ratio",
+                "cum_lca_removed_mean",
+                "cum_lca_survivors_mean",
+            ):
                 if col in totals:
                     setattr(e, col, float(totals[col][i]))
     return events
@@ -125,22 +133,27 @@ def prune_split(r: Reader, event: PruneEvent) -> PruneSplit:
         for tensor, pa in pruned_at.items():
             if tensor not in names:
                 continue
-            a = np.asarray(r.param_lca(tensor, event.segment, event.segment + 1),
-                           dtype=np.float64).reshape(pa.shape)
+            a = np.asarray(
+                r.param_lca(tensor, event.segment, event.segment + 1), dtype=np.float64
+            ).reshape(pa.shape)
             m = idx[names.index(tensor)]
             rem = pa == event.step
             removed[m] += float(a[rem].sum())
             # The pruned layer's other parameters: surviving weights and the layer's bias.
             others = float(a[~rem].sum())
-            others += sum(float(row[j]) for j, n in enumerate(names)
-                          if idx[j] == m and n != tensor and n not in pruned_at)
+            others += sum(
+                float(row[j])
+                for j, n in enumerate(names)
+                if idx[j] == m and n != tensor and n not in pruned_at
+            )
             comp[m] += others
         return PruneSplit(mods, removed, comp, per_module - removed - comp, "weights")
     return PruneSplit(mods, np.zeros(len(mods)), np.zeros(len(mods)), per_module, "layers")
 
 
-def pruned_history(r: Reader, name: str, data: RunTechniques | None = None
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+def pruned_history(
+    r: Reader, name: str, data: RunTechniques | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Cumulative LCA of every pruned weight up to its prune event, and of every survivor up to
     the last event (needs record full and the ``pruned_at`` arrays; else None)."""
     if r.record != "full":
@@ -168,12 +181,12 @@ def pruned_history(r: Reader, name: str, data: RunTechniques | None = None
                 survivors.append(cum[pa < 0].ravel().copy())
     if not removed_vals:
         return None
-    return np.concatenate(removed_vals), (np.concatenate(survivors) if survivors
-                                          else np.zeros(0))
+    return np.concatenate(removed_vals), (np.concatenate(survivors) if survivors else np.zeros(0))
 
 
-def helper_shares(layer_events: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-                  names: list[str]) -> tuple[float, float, int, int] | None:
+def helper_shares(
+    layer_events: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], names: list[str]
+) -> tuple[float, float, int, int] | None:
     """From a pruning technique's per-layer event rows (any record mode): the share of removed
     weights that had helped, of the kept ones, and how many were removed and kept; None when
     the table lacks them. Survivors are counted at the last event (the weights kept in the end).
@@ -183,13 +196,18 @@ def helper_shares(layer_events: dict[str, np.ndarray], shapes: dict[str, tuple[i
     rem = np.asarray(layer_events["removed"], dtype=np.float64)
     pruned = np.asarray(layer_events["pruned"], dtype=np.float64)
     layer = np.asarray(layer_events["layer"], dtype=int)
-    numel = np.array([math.prod(shapes[names[i]]) if 0 <= i < len(names) else 0 for i in layer],
-                     dtype=np.float64)
+    numel = np.array(
+        [math.prod(shapes[names[i]]) if 0 <= i < len(names) else 0 for i in layer], dtype=np.float64
+    )
     surv = numel - pruned
     hr = np.nan_to_num(np.asarray(layer_events["helped_removed"], dtype=np.float64))
     hs = np.nan_to_num(np.asarray(layer_events["helped_survivors"], dtype=np.float64))
     if rem.sum() <= 0 or surv.sum() <= 0:
         return None
     last = layer_events["step"] == np.max(layer_events["step"])
-    return (float((hr * rem).sum() / rem.sum()), float((hs * surv)[last].sum() / surv[last].sum()),
-            int(rem.sum()), int(surv[last].sum()))
+    return (
+        float((hr * rem).sum() / rem.sum()),
+        float((hs * surv)[last].sum() / surv[last].sum()),
+        int(rem.sum()),
+        int(surv[last].sum()),
+    )

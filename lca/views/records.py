@@ -86,7 +86,7 @@ def _pruned_at(r: Reader, name: str) -> dict[str, np.ndarray]:
     prefix = f"techniques/{name}/pruned_at/"
     for path in r.array_layout:
         if path.startswith(prefix):
-            tensor = path[len(prefix):].replace(":", ".")
+            tensor = path[len(prefix) :].replace(":", ".")
             try:
                 out[tensor] = np.asarray(r.array(path))
             except KeyError:
@@ -143,7 +143,8 @@ class RunTechniques:
         """(segment, pruned tensor rows, technique) for the heatmap's crosses."""
         rows_all = list(range(len(self.tensor_names)))
         return sorted(
-            (s, self.prune_rows.get(n) or rows_all, n) for n, segs in self.prune.items()
+            (s, self.prune_rows.get(n) or rows_all, n)
+            for n, segs in self.prune.items()
             for s in segs
         )
 

@@ -53,11 +53,15 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
             skip = data.skipping[name]
             k = int(skip.sum())
             weights = sum(sizes[data.tensor_names[i]] for i in data.skip_rows)
-            did.append(f"skipped weight updates on {k} of {n_steps} steps "
-                       f"({_fmt_pct(k / n_steps if n_steps else math.nan)}) in "
-                       f"{len(intervals(skip))} windows")
-            saved.append(f"{_fmt_pct(k * weights / (n_steps * total_params) if n_steps else 0)} "
-                         "of all parameter updates")
+            did.append(
+                f"skipped weight updates on {k} of {n_steps} steps "
+                f"({_fmt_pct(k / n_steps if n_steps else math.nan)}) in "
+                f"{len(intervals(skip))} windows"
+            )
+            saved.append(
+                f"{_fmt_pct(k * weights / (n_steps * total_params) if n_steps else 0)} "
+                "of all parameter updates"
+            )
             if seconds is not None:
                 normal = seconds[steps & ~skip]
                 skipped = seconds[steps & skip]
@@ -66,8 +70,10 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
                     mn, ms = float(normal.mean()), float(skipped.mean())
                     total = float(normal.sum() + skipped.sum())
                     frac = 1 - total / (mn * (len(normal) + len(skipped))) if mn > 0 else math.nan
-                    saved.append(f"step time {_fmt_s(mn)} normal vs {_fmt_s(ms)} skipping: "
-                                 f"{_fmt_pct(frac)} of training time")
+                    saved.append(
+                        f"step time {_fmt_s(mn)} normal vs {_fmt_s(ms)} skipping: "
+                        f"{_fmt_pct(frac)} of training time"
+                    )
                 else:
                     notes.append("no step-time comparison (no skipped or no normal steps)")
             else:
@@ -85,13 +91,18 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
             if pruned_at:
                 pruned = sum(int((a >= 0).sum()) for a in pruned_at.values())
                 prunable = sum(a.size for a in pruned_at.values())
-                saved.append(f"{_fmt_pct(pruned / prunable)} of the prunable weights "
-                             f"({pruned:,} of {prunable:,}) are zero")
+                saved.append(
+                    f"{_fmt_pct(pruned / prunable)} of the prunable weights "
+                    f"({pruned:,} of {prunable:,}) are zero"
+                )
             elif sparsity is not None and len(sparsity):
                 saved.append(f"sparsity {_fmt_pct(float(sparsity[:t][-1]))}")
             at = ", ".join(str(e.step) for e in events)
-            did.append(f"{len(events)} prune event" + ("s" if len(events) != 1 else "")
-                       + (f" at step{'s' if len(events) > 1 else ''} {at}" if events else ""))
+            did.append(
+                f"{len(events)} prune event"
+                + ("s" if len(events) != 1 else "")
+                + (f" at step{'s' if len(events) > 1 else ''} {at}" if events else "")
+            )
             costs = [e.cost for e in events if math.isfinite(e.cost)]
             if costs:
                 did.append(f"loss cost {math.fsum(costs):+.3g} (Σ of the events' LCA)")
@@ -103,11 +114,15 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
             opt = _spec(r, name).get("dtype", "auto")
             finite = scale[steps & np.isfinite(scale)] if scale.ndim == 1 else np.zeros(0)
             if finite.size and np.all(finite == 1.0):
-                did.append(f"training forward in reduced precision ({opt}); no loss scaling "
-                           "needed (bf16)")
+                did.append(
+                    f"training forward in reduced precision ({opt}); no loss scaling needed (bf16)"
+                )
             else:
-                did.append(f"training forward in float16 with loss scaling; final scale "
-                           f"{finite[-1]:g}" if finite.size else "reduced-precision forward")
+                did.append(
+                    f"training forward in float16 with loss scaling; final scale {finite[-1]:g}"
+                    if finite.size
+                    else "reduced-precision forward"
+                )
             did.append(f"{k} step" + ("s" if k != 1 else "") + " skipped by the loss scaler")
             notes.append("time and memory savings are not recorded")
         bits_path = f"techniques/{name}/bits"
@@ -119,8 +134,10 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
             used = sorted({f"{b:g}" for b in bits[q]})
             did.append(f"{int(q.sum())} tensors at {', '.join(used) or '?'} bits per weight")
             if stored > 0:
-                saved.append(f"weights {32 * numel.sum() / stored:.1f}× smaller than float32 "
-                             f"({_fmt_pct(float(numel[q].sum() / numel.sum()))} quantized)")
+                saved.append(
+                    f"weights {32 * numel.sum() / stored:.1f}× smaller than float32 "
+                    f"({_fmt_pct(float(numel[q].sum() / numel.sum()))} quantized)"
+                )
         if name in data.frozen:
             rows_, mask = data.frozen[name]
             frozen = _series(r, name, "frozen")
@@ -136,16 +153,22 @@ def technique_summaries(r: Reader, data: RunTechniques | None = None) -> list[di
                 did.append(f"regularizer Σ‖w‖₁/‖w‖₂ {v[0]:.3g} → {v[-1]:.3g}")
                 notes.append("sparsity gained is not recorded per step")
         if not did and not saved:
-            fields = sorted({p.split('/')[2] for p in [*r.series_layout, *r.event_layout,
-                                                        *r.array_layout]
-                             if p.startswith(f"techniques/{name}/")})
+            fields = sorted(
+                {
+                    p.split("/")[2]
+                    for p in [*r.series_layout, *r.event_layout, *r.array_layout]
+                    if p.startswith(f"techniques/{name}/")
+                }
+            )
             did.append("recorded: " + (", ".join(fields) if fields else "nothing in the file"))
-        rows.append({
-            "technique": name,
-            "what it did": "; ".join(did) or "—",
-            "what it saved": "; ".join(saved) or "—",
-            "not in the file": "; ".join(notes) or "—",
-        })
+        rows.append(
+            {
+                "technique": name,
+                "what it did": "; ".join(did) or "—",
+                "what it saved": "; ".join(saved) or "—",
+                "not in the file": "; ".join(notes) or "—",
+            }
+        )
     return rows
 
 
@@ -175,6 +198,11 @@ def reported_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
         if not isinstance(summary, dict):
             continue
         for key, value in summary.items():
-            rows.append({"technique": name, "figure": str(key).replace("_", " "),
-                         "value": _reported_value(str(key), value)})
+            rows.append(
+                {
+                    "technique": name,
+                    "figure": str(key).replace("_", " "),
+                    "value": _reported_value(str(key), value),
+                }
+            )
     return rows

@@ -44,19 +44,31 @@ def technique_view(r: Reader) -> TechniqueView:
     series = {}
     for name in data.names:
         prefix = f"techniques/{name}/"
-        series[name] = {p[len(prefix):]: np.asarray(r.series(p)) for p in r.series_layout
-                        if p.startswith(prefix)}
+        series[name] = {
+            p[len(prefix) :]: np.asarray(r.series(p))
+            for p in r.series_layout
+            if p.startswith(prefix)
+        }
     return TechniqueView(
         data=data,
         summaries=technique_summaries(r, data),
         reported=r.technique_summaries(),
         events=events,
-        splits={(e.technique, e.segment): prune_split(r, e) for evs in events.values()
-                for e in evs},
+        splits={
+            (e.technique, e.segment): prune_split(r, e) for evs in events.values() for e in evs
+        },
         series=series,
-        layer_events={n: r.events(f"techniques/{n}/events") for n in data.prune
-                      if f"techniques/{n}/events" in r.event_layout},
-        bits={n: np.asarray(r.array(f"techniques/{n}/bits"), dtype=np.float64)
-              for n in data.names if f"techniques/{n}/bits" in r.array_layout},
-        record=r.record, status=r.status, shapes=dict(r.shapes),
+        layer_events={
+            n: r.events(f"techniques/{n}/events")
+            for n in data.prune
+            if f"techniques/{n}/events" in r.event_layout
+        },
+        bits={
+            n: np.asarray(r.array(f"techniques/{n}/bits"), dtype=np.float64)
+            for n in data.names
+            if f"techniques/{n}/bits" in r.array_layout
+        },
+        record=r.record,
+        status=r.status,
+        shapes=dict(r.shapes),
     )
