@@ -196,7 +196,7 @@ def test_live_run_draws_the_same(full_run, runs_folder):
     shutil.copy(runs_folder / full_run, live)
     with h5py.File(live, "r+") as f:
         f["status"][()] = np.bytes_(b"running")
-    for name, count in (("loss", 4), ("layers", 5), ("neurons", 5)):
+    for name, count in (("loss", 4), ("layers", 6), ("neurons", 5)):  # layers: + collapse
         at = ok(page(name, "live.h5").run())
         assert len(at.get("plotly_chart")) == count, name
 
