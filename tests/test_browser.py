@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from lca.serve import app_command, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,12 +53,6 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(processes, runs_dir: Path) -> tuple[subprocess.Popen, str, Path]:
     """``streamlit run app.py`` on a free port with LCA_RUNS_DIR=runs_dir; waits until healthy.
     The ``processes`` fixture ends the server and its process group at teardown."""
@@ -67,23 +61,7 @@ def start_server(processes, runs_dir: Path) -> tuple[subprocess.Popen, str, Path
     log_path = runs_dir.parent / f"streamlit-{port}.log"
     with open(log_path, "w") as log:
         proc = processes.start(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-            ],
+            app_command(port),
             cwd=ROOT,
             env=env,
             stdout=log,

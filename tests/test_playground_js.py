@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch import nn
 
 from lca import allocate
 from lca.models import MLP
+from lca.serve import app_command, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -314,39 +313,17 @@ def test_component_page_requests_nothing_from_other_hosts(browser):
 # -- in the app ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """``streamlit run app.py`` on a free port with an empty runs folder; ended in teardown."""
-    port = _free_port()
+    port = free_port()
     runs = tmp_path / "runs"
     runs.mkdir()
     env = {**os.environ, "LCA_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-            ],
+            app_command(port),
             cwd=ROOT,
             env=env,
             stdout=log,

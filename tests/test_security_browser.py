@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from lca.serve import app_command, free_port
 from lca.store.schema import _fixed_strings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -42,28 +41,10 @@ ARGS = [
 
 def start_server(runs_dir: Path) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free port; returns once it answers its health check."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "LCA_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
+        app_command(port),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
