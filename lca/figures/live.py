@@ -56,7 +56,7 @@ def live_loss_figure(
     total_steps: int | None = None,
     train_loss: np.ndarray | None = None,
     kind: np.ndarray | None = None,
-    title: str = "Loss on the measurement set (lower is better)",
+    title: str = "Measurement-set loss (lower is better)",
     height: int = 380,
 ) -> go.Figure:
     """The measurement-set loss L_0..L_T against the step; the x axis spans the whole run so the
