@@ -167,8 +167,9 @@ class ExperimentContext:
     # (setups.paper_setups); paper_steps / paper_measure shrink them for a reduced run.
     scale: str = "quick"
     dataset: str | None = None
-    paper_steps: int | None = None
-    paper_measure: int | None = None
+    # An int (both models) or {model: int} (e.g. LeNet shorter than fc-mnist on a small CPU).
+    paper_steps: int | dict[str, int] | None = None
+    paper_measure: int | dict[str, int] | None = None
 
     def size(self, default: Any, tiny: Any) -> Any:
         """``default`` at full size, ``tiny`` with --tiny."""
