@@ -112,9 +112,17 @@ class FlatSpace:
     """All parameters as one flat vector, so per-step bookkeeping is a handful of tensor ops.
 
     The step's arithmetic (Δ, the points on the segment, the weighted sum of gradients, the
-    signs, the running totals) runs once over one vector instead of once per tensor, and the
-    sums per tensor and per unit are one ``index_add_`` each. Per-tensor dicts are views.
+    signs, the running totals) runs once over one vector instead of once per tensor. Per-tensor
+    dicts are views. The sums per tensor and per unit run over each tensor's slice in blocks of
+    at most ``BLOCK`` elements: no per-parameter index vectors (they cost 16 B per parameter,
+    half the tracker's state) and no full-size float64 temporaries (8 B per parameter each,
+    kept by the allocator as resident memory), measured by ``benchmarks/memory.py``.
     """
+
+    BLOCK = 1 << 16  # elements per float64 temporary (512 KiB)
+    # Up to this many parameters the sums are one index_add_ each over cached index vectors
+    # (≤ 1 MiB): a few ops per step, where a small model's step is short.
+    SMALL = 1 << 16
 
     def __init__(self, names, shapes, units: list[UnitGroup], device: torch.device) -> None:
         self.names = list(names)
@@ -123,33 +131,48 @@ class FlatSpace:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
         self.numel = self.offsets[-1]
         self.device = device
-        self.tensor_index = torch.repeat_interleave(
-            torch.arange(len(self.names), device=device),
-            torch.tensor(self.sizes, device=device),
-        )
         where = {n: i for i, n in enumerate(self.names)}
-        self.unit_index = torch.zeros(self.numel, dtype=torch.long, device=device)
         self.units = list(units)
         self.unit_sizes = [g.size for g in self.units]
+        # (tensor index, unit axis, first unit) of every parameter in a unit group, in order.
+        self._unit_parts: list[tuple[int, int, int]] = []
         base = 0
         for g in self.units:
             for name, d in zip(g.params, g.dims, strict=True):
-                i = where[name]
-                shape = self.shapes[i]
-                if shape:
-                    view = [-1 if k == d else 1 for k in range(len(shape))]
-                    idx = torch.arange(shape[d], device=device).reshape(view).expand(shape)
-                    idx = idx.reshape(-1)
-                else:
-                    idx = torch.zeros(1, dtype=torch.long, device=device)
-                self.unit_index[self.offsets[i] : self.offsets[i + 1]] = idx + base
+                self._unit_parts.append((where[name], d, base))
             base += g.size
         self.num_units = base
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.numel <= self.SMALL:
+            self._index = (self.tensor_index, self._unit_index())
+
+    def _unit_index(self) -> torch.Tensor:
+        index = torch.zeros(self.numel, dtype=torch.long, device=self.device)
+        for i, d, base in self._unit_parts:
+            shape = self.shapes[i]
+            if shape:
+                view = [-1 if k == d else 1 for k in range(len(shape))]
+                idx = torch.arange(shape[d], device=self.device).reshape(view).expand(shape)
+                idx = idx.reshape(-1)
+            else:
+                idx = torch.zeros(1, dtype=torch.long, device=self.device)
+            index[self.offsets[i] : self.offsets[i + 1]] = idx + base
+        return index
 
     @classmethod
     def of(cls, model: nn.Module, device: torch.device) -> FlatSpace:
         params = dict(model.named_parameters())
         return cls(params, [p.shape for p in params.values()], unit_layout(model), device)
+
+    @property
+    def tensor_index(self) -> torch.Tensor:
+        """(numel,) long: the tensor each flat entry belongs to (kept for small models only)."""
+        if getattr(self, "_index", None) is not None:
+            return self._index[0]  # type: ignore[index]
+        return torch.repeat_interleave(
+            torch.arange(len(self.names), device=self.device),
+            torch.tensor(self.sizes, device=self.device),
+        )
 
     def flatten(self, params: Params, dtype: torch.dtype | None = None) -> torch.Tensor:
         flat = torch.cat([params[n].detach().reshape(-1) for n in self.names])
@@ -164,24 +187,59 @@ class FlatSpace:
             )
         }
 
+    def _blocks(self, flat: torch.Tensor, i: int) -> Iterator[torch.Tensor]:
+        o, k = self.offsets[i], self.sizes[i]
+        for a in range(o, o + k, self.BLOCK):
+            yield flat[a : min(a + self.BLOCK, o + k)]
+
     def per_tensor(self, flat: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(self.names), dtype=torch.float64, device=flat.device)
-        return out.index_add_(0, self.tensor_index, flat.double())
+        if self._index is not None:
+            return out.index_add_(0, self._index[0], flat.double())
+        for i in range(len(self.names)):
+            for b in self._blocks(flat, i):
+                out[i] += b.double().sum()
+        return out
 
     def per_unit(self, flat: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.num_units, dtype=torch.float64, device=flat.device)
-        return out.index_add_(0, self.unit_index, flat.double())
+        if self._index is not None:
+            return out.index_add_(0, self._index[1], flat.double())
+        for i, d, base in self._unit_parts:
+            shape = self.shapes[i]
+            t = flat[self.offsets[i] : self.offsets[i + 1]].view(shape)
+            if not shape:
+                out[base] += t.double()
+                continue
+            other = [k for k in range(len(shape)) if k != d]
+            per_unit = max(1, self.sizes[i] // max(1, shape[d]))
+            step = max(1, self.BLOCK // per_unit)
+            for a in range(0, shape[d], step):
+                n = min(step, shape[d] - a)
+                part = t.narrow(d, a, n).double()
+                out[base + a : base + a + n] += part.sum(dim=other) if other else part
+        return out
 
     def sign_summary(self, flat: torch.Tensor) -> torch.Tensor:
         """(3·L,) float64: per tensor, the count of A < 0, the count of A > 0, and max |A|."""
         n = len(self.names)
-        neg = torch.zeros(n, dtype=torch.float64, device=flat.device)
-        pos = torch.zeros(n, dtype=torch.float64, device=flat.device)
-        top = torch.zeros(n, dtype=flat.dtype, device=flat.device)
-        neg.index_add_(0, self.tensor_index, (flat < 0).double())
-        pos.index_add_(0, self.tensor_index, (flat > 0).double())
-        top.scatter_reduce_(0, self.tensor_index, flat.abs(), "amax")
-        return torch.cat([neg, pos, top.double()])
+        if self._index is not None:
+            index = self._index[0]
+            neg = torch.zeros(n, dtype=torch.float64, device=flat.device)
+            pos = torch.zeros(n, dtype=torch.float64, device=flat.device)
+            top = torch.zeros(n, dtype=flat.dtype, device=flat.device)
+            neg.index_add_(0, index, (flat < 0).double())
+            pos.index_add_(0, index, (flat > 0).double())
+            top.scatter_reduce_(0, index, flat.abs(), "amax")
+            return torch.cat([neg, pos, top.double()])
+        out = torch.zeros(3 * n, dtype=torch.float64, device=flat.device)
+        for i in range(n):
+            for b in self._blocks(flat, i):
+                out[i] += torch.count_nonzero(b < 0)
+                out[n + i] += torch.count_nonzero(b > 0)
+                top = torch.linalg.vector_norm(b, float("inf")).double()
+                out[2 * n + i] = torch.maximum(out[2 * n + i], top)
+        return out
 
     def split_units(self, values: np.ndarray) -> dict[str, np.ndarray]:
         out, at = {}, 0

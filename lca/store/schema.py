@@ -48,7 +48,11 @@ LIBVER = ("v110", "v110")
 PARAM_CHUNK_BYTES = 1 << 20  # ≤ 1 MiB per HDF5 chunk: whole-chunk writes, cheap partial reads
 NARROW_CHUNK_BYTES = 64 << 10  # narrow tables get taller chunks so long runs stay few chunks
 MAX_TIME_MULTIPLE = 32  # ... but at most 32 write-batches tall
-BUFFER_BYTES = 256 << 20  # cap on the in-memory per-parameter buffer (full mode)
+# Cap on the writer's in-memory per-parameter buffer (full mode, rows × P × 4 bytes). At 256 MiB
+# a 1.08 M-parameter MLP kept 32 rows = 128 B per parameter, four times the tracker's own state
+# (benchmarks/memory.py); at 16 MiB it keeps 3 rows (12 B per parameter). Models up to ~130 k
+# parameters keep the full 32 rows.
+BUFFER_BYTES = 16 << 20
 FIXED_OVERHEAD = 64 << 10  # superblock, root header, names, attributes (estimate)
 DATASET_OVERHEAD = 2048  # object header + chunk index of one dataset (estimate)
 CHUNK_OVERHEAD = 32  # index entry per chunk (estimate)
