@@ -27,6 +27,7 @@ import techniques
 
 from . import models
 from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
+from .cost import CostProbe
 from .distributed import env_rank
 from .experiments import add_parser, cmd_experiment
 from .integrate import METHODS
@@ -286,6 +287,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_out(out, overwrite=args.overwrite)
     quiet = args.quiet or not main
     bar = None  # made at the first step, so a run refused at setup shows only its sentence
+    # A long run says what it will cost (steps × seconds per tracked step) after a few steps.
+    probe = CostProbe(lambda line: tqdm.write(line, file=sys.stderr))
 
     def progress(step: int, total: int, loss: float) -> None:
         nonlocal bar
@@ -295,6 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="step", dynamic_ncols=True)
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4f}")
+        probe.update(step, total)
 
     if not main:
         warnings.simplefilter("ignore", RunNotice)  # rank 0 says it once
