@@ -269,9 +269,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def _notices(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """warnings.showwarning for the CLI: a RunNotice is one 'notice:' line, others as usual."""
+    from .store.schema import LargeRunNotice
     from .train import RunNotice
 
-    if issubclass(category, RunNotice):
+    if issubclass(category, RunNotice | LargeRunNotice):
         print(f"notice: {message}", file=sys.stderr)
         return
     _SHOW_WARNING(message, category, filename, lineno, file, line)
