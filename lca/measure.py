@@ -168,6 +168,12 @@ class Measurer:
             self.rank, self.world = distributed.group_rank_world(self.group)
             self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
         lo, hi = self.chunk_range
+        # Convolutions on CPU run in oneDNN's channels-last layout when the input is stored
+        # that way (1.6× the NCHW plain gradient on LeNet, benchmarks/gradient.py); the values
+        # are the same convolution, summed in another order (float32 rounding differences).
+        self.channels_last = self.device.type == "cpu" and any(
+            isinstance(m, nn.Conv2d) for m in model.modules()
+        )
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
@@ -210,7 +216,12 @@ class Measurer:
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
-        return x.to(self.dtype) if x.is_floating_point() else x
+        if not x.is_floating_point():
+            return x
+        x = x.to(self.dtype)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _buffers(self) -> Params:
         # Scratch copies: BatchNorm in train mode writes running stats into these, not the model.
