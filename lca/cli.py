@@ -328,6 +328,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
         f"{result.loss_final:.4f}{acc}. Run file: {out}"
     )
+    if result.tracker is not None:  # steps over the paper's 1e-3, and the cost of fixing them
+        from .conservation import advice
+
+        errors = [h["error"] for h in result.tracker.history if h["kind"] == 0]
+        note = advice(errors, config.method)
+        if note:
+            print(f"conservation: {note}")
     if result.status == "failed":
         return EXIT_FAILED
     if result.status == "interrupted":

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from lca import export, views
+from lca import conservation, export, views
 from lca import figures as F
 from pages.shared import download_csv, literal, plot, show_run, steps_phrase, view_or_explain
 
@@ -110,6 +110,10 @@ def render(path: Path) -> bool:
         st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
     metrics(v.summary)
+    steps_only = v.error[: len(v.kind)][v.kind[: len(v.error)] == 0]
+    over = conservation.advice(steps_only, v.method, option="method")
+    if over:
+        st.warning(over[0].upper() + over[1:], icon=":material/warning:")
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
     plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
     t = min(len(v.lca), len(v.loss) - 1)

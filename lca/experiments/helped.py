@@ -156,6 +156,24 @@ def _compare(f: dict[str, Any]) -> str:
     return text
 
 
+def _setup_facts(s: Any, info: Any) -> dict[str, Any]:
+    """What a reader of the per-scale table needs to know about a run (and its scale)."""
+    with info.open() as r:
+        loss = r.steps("loss")
+        size = r.measure_size
+    return {
+        "note": s.note,
+        "dataset": s.config.dataset,
+        "model": s.config.model,
+        "steps": s.config.steps,
+        "measure_size": size,
+        "method": s.config.method,
+        "record": s.config.record,
+        "loss0": float(loss[0]),
+        "loss_final": float(loss[-1]),
+    }
+
+
 def build(ctx: ExperimentContext) -> Path:
     from .. import figures as F
 
@@ -189,6 +207,7 @@ def build(ctx: ExperimentContext) -> Path:
                 vs, values, used = value_stats(r)
             helped, hurt, kind = r.steps("helped"), r.steps("hurt"), r.steps("kind")
         findings[s.label] = {"label": s.label, "step": st, "param": ps, "values": vs}
+        findings[s.label]["setup"] = _setup_facts(s, info)  # RESULTS.md's column per scale
         step_rows.append(
             [
                 s.label,
