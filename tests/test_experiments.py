@@ -404,6 +404,14 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     with Reader(files["paper-fashion-mnist-fc-mnist-reduced"]) as r:
         assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
         assert r.status == "complete"
+    from lca.experiments.results import write_results
+
+    # RESULTS.md gets a column per scale for fc-mnist and LeNet, labelled with the reduction.
+    text = write_results(tmp_path / "out", tmp_path / "RESULTS.md").read_text()
+    section = text[text.index("## MNIST-FC and LeNet at each scale") :]
+    assert "ours, Fashion-MNIST, paper protocol | ours, digits (quick)" in section
+    assert "paper-fashion-mnist-lenet-reduced" in section and "steps, measurement set" in section
+    assert "parameters helping per step (mean), LeNet" in section
 
 
 def test_results_include_benchmark_sections(tmp_path: Path) -> None:
