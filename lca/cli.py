@@ -324,17 +324,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
     if not main:
         return 0 if result.status == "complete" else 1
-    print(
-        f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
-        f"{result.loss_final:.4f}{acc}. Run file: {out}"
-    )
+    # stdout keeps its one summary line (scripts read it); the conservation note goes to stderr.
     if result.tracker is not None:  # steps over the paper's 1e-3, and the cost of fixing them
         from .conservation import advice
 
         errors = [h["error"] for h in result.tracker.history if h["kind"] == 0]
         note = advice(errors, config.method)
         if note:
-            print(f"conservation: {note}")
+            print(f"conservation: {note}", file=sys.stderr)
+    print(
+        f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
+        f"{result.loss_final:.4f}{acc}. Run file: {out}"
+    )
     if result.status == "failed":
         return EXIT_FAILED
     if result.status == "interrupted":
