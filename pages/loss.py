@@ -73,6 +73,42 @@ def metrics(s: dict) -> None:
     )
 
 
+def accuracy_section(path: Path) -> None:
+    """The per-parameter error estimate (runs recorded with error_every), beside conservation."""
+    e: views.ParamErrorView | None = view_or_explain(views.param_error_view, path)
+    if e is None or not e.recorded:
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric(
+        "Per-weight error (median)",
+        f"{100 * e.median_rel:.2g}%",
+        help="‖A₁ − A₂‖ / ‖A₂‖ between Simpson with 1 and with 2 panels, on the sampled steps.",
+    )
+    c2.metric(
+        "Per-weight error (worst)",
+        f"{100 * e.worst_rel:.2g}%",
+        delta=f"step {e.worst_step}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    c3.metric(
+        "Signs that agree (worst step)",
+        f"{100 * e.worst_signs:.4g}%",
+        delta=f"median {100 * e.median_signs:.4g}%",
+        delta_color="off",
+        delta_arrow="off",
+        help="Share of moving weights whose LCA has the same sign with 1 and 2 panels.",
+    )
+    st.caption(
+        "The conservation error checks only the sum over all weights; a single weight's LCA "
+        f"can be off while the sum is right. On {len(e.rel):,} sampled steps LCA was computed "
+        "twice, with one and with two Simpson panels: how far the two differ estimates how far "
+        "each weight's value is from the exact one, and a sign that flips between them means "
+        "that weight's helped or hurt is not to be trusted. Record with method rk4-paper and "
+        "--adapt-on parameters to refine steps until it is small."
+    )
+
+
 def interventions_table(v: views.LossView) -> None:
     rows = np.flatnonzero(v.kind == 1)
     if not len(rows):
@@ -145,6 +181,7 @@ def render(path: Path) -> bool:
         "How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
         "in loss units; 0 = exact)." + note
     )
+    accuracy_section(path)
     plot(F.training_curves(v.train_loss, v.evals, kind=kind), key="loss_training")
     st.caption(
         "Grey: the loss of each training minibatch (noisy). Orange and blue: "

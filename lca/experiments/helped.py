@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..store import Reader
+from ..views.heldout import rounding_mask
 from .common import ExperimentContext, Report, fmt, pct, sci
 from .setups import fc_mnist_digits, lenet_digits, mnist_setups, paper_setups
 
@@ -53,15 +54,26 @@ def step_stats(r: Reader) -> dict[str, float]:
 
 def param_stats(r: Reader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Per-parameter fraction of steps helped (/params/<name>/helped_steps over T), for the
-    parameters that moved at all (total LCA ≠ 0); returns (stats, helped_steps, totals)."""
+    parameters that moved at all (total LCA ≠ 0) and whose gradient is not structurally zero
+    (``lca.views.rounding_tensors``: their A is rounding noise with a random sign, so they would
+    count as helped on half the steps); returns (stats, helped_steps, totals), the rounding-level
+    parameters' totals set to 0 so figures leave them out too."""
     t = r.num_steps
+    noise = rounding_mask(r)
     hs = np.concatenate([np.asarray(r.param_helped_steps(n)).ravel() for n in r.names])
-    tot = np.concatenate([np.asarray(r.param_totals(n)).ravel() for n in r.names])
+    tot = np.concatenate(
+        [
+            np.zeros(math.prod(r.shapes[n])) if z else np.asarray(r.param_totals(n)).ravel()
+            for n, z in zip(r.names, noise, strict=True)
+        ]
+    )
+    structural = int(sum(math.prod(r.shapes[n]) for n, z in zip(r.names, noise, strict=True) if z))
     moved = tot != 0
     frac = hs[moved] / t
     out = {
         "params": int(hs.size),
-        "never_moved": int((~moved).sum()),
+        "never_moved": int((~moved).sum()) - structural,
+        "structural_zero": structural,
         "frac_mean": float(frac.mean()) if frac.size else math.nan,
         "frac_median": float(np.median(frac)) if frac.size else math.nan,
         "frac_p10": float(np.quantile(frac, 0.1)) if frac.size else math.nan,
@@ -208,6 +220,7 @@ def build(ctx: ExperimentContext) -> Path:
                 s.label,
                 f"{ps['params']:,}",
                 f"{ps['never_moved']:,}",
+                f"{ps['structural_zero']:,}",
                 pct(ps["frac_mean"]),
                 pct(ps["frac_median"]),
                 pct(ps["frac_p10"]),
@@ -284,6 +297,7 @@ def build(ctx: ExperimentContext) -> Path:
             "run",
             "params",
             "never moved",
+            "structurally zero (left out)",
             "mean %",
             "median %",
             "10th pct %",
@@ -296,7 +310,10 @@ def build(ctx: ExperimentContext) -> Path:
     rep.text(
         "From /params/<tensor>/helped_steps ÷ T, over the parameters that moved at all (total "
         "LCA ≠ 0); *never moved* counts those left out (e.g. first-layer weights of pixels that "
-        "are blank in every training image)."
+        "are blank in every training image); *structurally zero* counts the weights of "
+        "tensors whose LCA is rounding noise on every step (e.g. a convolution's bias right "
+        "before BatchNorm: |Σ A| ≤ √eps × the step's largest layer sum on every step), also "
+        "left out, since their random signs would count as helped half the time."
     )
     if value_rows:
         rep.heading("All LCA values (every parameter on every step)")
