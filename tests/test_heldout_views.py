@@ -67,6 +67,9 @@ def test_held_out_lca_in_the_file_is_the_exact_integral(tmp_path):
         assert np.allclose(r.val_param_totals("weight").ravel(), total[:4], atol=1e-13)
         assert np.allclose(r.val_param_totals("bias"), total[4:], atol=1e-13)
         g = views.generalization_view(r)
+        s = r.summary()
+    assert s["val_loss0"] == losses[0] and s["val_loss_final"] == losses[-1]
+    assert abs(s["val_conservation_error"]) < 1e-12 and s["panel_error_median"] is None
     assert g.recorded and g.names == ["weight", "bias"]
     assert np.allclose(g.val_totals, [total[:4].sum(), total[4:].sum()], atol=1e-13)
     assert abs(g.val_conservation_error) < 1e-12
@@ -98,6 +101,8 @@ def test_param_error_view_summarises_the_sampled_steps(tmp_path):
         rel = r.series("lca/panel_error_rel")
         signs = r.series("lca/panel_sign_agreement")
         e = views.param_error_view(r)
+        s = r.summary()
+    assert s["panel_error_worst"] == e.worst_rel and s["val_loss0"] is None
     assert list(e.steps) == [0, 2, 4] and np.isnan(rel[[1, 3]]).all()
     # A quadratic loss: Simpson with 1 and 2 panels are both exact, so they agree.
     assert e.worst_rel < 1e-12 and e.worst_signs == 1.0

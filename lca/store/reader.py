@@ -609,6 +609,33 @@ class Reader:
             return {}
         return value if isinstance(value, dict) else {}
 
+    def _accuracy_summary(self) -> dict[str, Any]:
+        """The held-out set's loss and conservation, and the per-parameter error estimate
+        (median and worst ‖A₁ − A₂‖/‖A₂‖, worst sign agreement); None where not recorded."""
+        out: dict[str, Any] = dict.fromkeys(
+            (
+                "val_loss0",
+                "val_loss_final",
+                "val_conservation_error",
+                "panel_error_median",
+                "panel_error_worst",
+                "panel_sign_agreement_worst",
+            )
+        )
+        if self.has_val:
+            loss = self.val_steps("loss")
+            out["val_loss0"], out["val_loss_final"] = float(loss[0]), float(loss[-1])
+            out["val_conservation_error"] = math.fsum(self.val_steps("error").tolist())
+        rel_path, sign_path = "lca/panel_error_rel", "lca/panel_sign_agreement"
+        if rel_path in self._series and sign_path in self._series:
+            rel, signs = self.series(rel_path), self.series(sign_path)
+            keep = np.isfinite(rel) & np.isfinite(signs)
+            if keep.any():
+                out["panel_error_median"] = float(np.median(rel[keep]))
+                out["panel_error_worst"] = float(rel[keep].max())
+                out["panel_sign_agreement_worst"] = float(signs[keep].min())
+        return out
+
     def summary(self, top: int = 5) -> dict[str, Any]:
         """The run at a glance, all computed from the file (for `inspect`, the app, notebooks)."""
         self._require()
@@ -670,6 +697,7 @@ class Reader:
             "top_helping": helping,
             "top_hurting": hurting,
             "technique_summaries": self.technique_summaries(),
+            **self._accuracy_summary(),
         }
         if self.has("eval"):
             try:
