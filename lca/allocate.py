@@ -601,11 +601,6 @@ class Tracker:
             raise ValueError(
                 f"adapt_on must be one of {', '.join(integrate.ADAPT_ON)}, not {adapt_on!r}."
             )
-        if adapt_on == "parameters" and not integrate.is_adaptive(method):
-            raise ValueError(
-                f"adapt_on='parameters' refines steps, which {method!r} never does; use "
-                "method rk4-adaptive or rk4-paper."
-            )
         self.adapt_on = adapt_on
         self.param_tolerance = float(param_tolerance)
         self.model = model

@@ -19,7 +19,7 @@ import data
 import techniques
 
 from . import models
-from .integrate import ADAPT_ON, METHOD_HELP, METHODS, is_adaptive
+from .integrate import ADAPT_ON, METHOD_HELP, METHODS
 from .spec import Spec, setting
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -323,11 +323,6 @@ class RunConfig:
             if name != "techniques":
                 spec.parse(getattr(self, name), name, ConfigError)
         self._check_techniques()
-        if self.adapt_on == "parameters" and not is_adaptive(self.method):
-            raise ConfigError(
-                f"adapt_on 'parameters' refines steps, which method {self.method!r} never does; "
-                "choose method rk4-adaptive or rk4-paper."
-            )
         return self
 
     def _check_techniques(self) -> None:

@@ -109,9 +109,9 @@ def test_param_error_view_summarises_the_sampled_steps(tmp_path):
     assert e.median_rel == float(np.median(rel[[0, 2, 4]])) and signs[0] == 1.0
 
 
-def test_adapt_on_parameters_is_a_config_that_needs_an_adaptive_method():
-    with pytest.raises(ConfigError, match="rk4-adaptive or rk4-paper"):
-        RunConfig(adapt_on="parameters", method="rk4")
+def test_adapt_on_and_measure_val_are_settings():
+    with pytest.raises(ConfigError, match="adapt_on"):
+        RunConfig(adapt_on="signs", method="rk4-paper")
     assert RunConfig(adapt_on="parameters", method="rk4-paper").param_tolerance == 1e-2
     assert RunConfig().measure_val is False
 

@@ -191,9 +191,16 @@ def test_adapt_on_parameters_refines_until_the_panel_difference_is_within_tolera
     assert torch.allclose(seg.lca, panel_value(2), rtol=0, atol=1e-10)
 
 
-def test_adapt_on_parameters_needs_an_adaptive_method():
-    model, _, _, train, _, _ = quintic()
-    with pytest.raises(ValueError, match="rk4-adaptive or rk4-paper"):
-        lca.Tracker(model, mean_out, train, method="rk4", adapt_on="parameters")
+def test_adapt_on_is_checked_and_means_nothing_to_a_fixed_rule():
+    """Like the tolerance, the criterion only steers the adaptive methods; rk4 stays plain."""
+    model, start, end, train, _, panel_value = quintic()
+    tracker = lca.Tracker(
+        model, mean_out, train, method="rk4", adapt_on="parameters", param_tolerance=1e-12,
+        dtype=F64,
+    )
+    with tracker.step(), torch.no_grad():
+        model.theta.copy_(end)
+    assert tracker.last.splits == 1
+    assert torch.allclose(tracker.last.per_param["theta"], panel_value(1), atol=1e-10)
     with pytest.raises(ValueError, match="adapt_on must be one of"):
         lca.Tracker(model, mean_out, train, method="rk4-paper", adapt_on="signs")
