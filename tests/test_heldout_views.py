@@ -180,9 +180,7 @@ def test_layers_and_loss_pages_show_held_out_lca_and_the_error_estimate(make_run
     from lca.figures.common import HELPED, HURT
     from tests.test_pages_analysis import charts, ok, page, titles
 
-    make_run(
-        "val.h5", runs_folder, measure_val=True, error_every=3, method="rk4-paper", steps=12
-    )
+    make_run("val.h5", runs_folder, **VAL_RUN)
     at = ok(page("layers", "val.h5").run())
     t = [x.replace("<br>", " ") for x in titles(at)]
     both = [i for i, x in enumerate(t) if "training (solid) vs held-out" in x]
@@ -198,3 +196,29 @@ def test_layers_and_loss_pages_show_held_out_lca_and_the_error_estimate(make_run
     make_run("plain.h5", runs_folder, steps=12)
     at = ok(page("layers", "plain.h5").run())
     assert any("--measure-val" in i.value for i in at.info)
+
+
+VAL_RUN = {"measure_val": True, "error_every": 3, "method": "rk4-paper", "steps": 12}
+
+
+def test_trained_run_with_measure_val_and_the_helped_experiments_held_out_table(make_run):
+    from lca.experiments.helped import heldout_stats
+
+    path = make_run("val.h5", **VAL_RUN)
+    with Reader(path) as r:
+        assert r.config["measure_val"] is True and r.has_val
+        kind = r.steps("kind")
+        loss = r.val_steps("loss")
+        err = r.val_steps("error")
+        # The paper's rule on both sets: every step within the tolerance or at 16 panels.
+        splits = r.steps("splits")
+        assert ((np.abs(err) <= 1e-3) | (splits == 16)).all()
+        assert ((np.abs(r.steps("error")) <= 1e-3) | (splits == 16)).all()
+        assert np.allclose(np.diff(loss), r.val_steps("lca") + err, atol=1e-12)
+        a = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names])
+        b = np.concatenate([np.ravel(r.val_param_totals(n)) for n in r.names])
+        ho = heldout_stats(r)
+        assert ho is not None
+        moved = ((a != 0) & (b != 0))
+        assert math.isclose(ho["train_only"], float(((a < 0) & (b > 0)).sum() / moved.sum()))
+        assert math.isclose(ho["val_helped_mean"], float(r.val_steps("helped")[kind == 0].mean()))

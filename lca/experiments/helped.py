@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..store import Reader
-from ..views.heldout import rounding_mask
+from ..views.heldout import generalization_view, rounding_mask
 from .common import ExperimentContext, Report, fmt, pct, sci
 from .setups import fc_mnist_digits, lenet_digits, mnist_setups, paper_setups
 
@@ -49,6 +49,24 @@ def step_stats(r: Reader) -> dict[str, float]:
         # The second half alone: early steps, where most parameters move downhill together,
         # weigh much more in our short runs than in the paper's long ones.
         "helped_of_moved_late": float(np.nanmean(of_moved[len(of_moved) // 2 :])),
+    }
+
+
+def heldout_stats(r: Reader) -> dict[str, float] | None:
+    """For a run with LCA of the held-out loss (``measure_val``): the mean share of parameters
+    that helped it per optimizer step, and of the weights that moved, the share that helped
+    the training loss over the run but hurt the held-out one; None without it."""
+    if not r.has_val:
+        return None
+    kind = r.steps("kind")
+    g = generalization_view(r)
+    counted = int((g.helped_both + g.train_only + g.val_only + g.hurt_both).sum())
+    return {
+        "val_helped_mean": float(np.mean(r.val_steps("helped")[kind == 0])),
+        "helped_both": int(g.helped_both.sum()) / counted if counted else math.nan,
+        "train_only": int(g.train_only.sum()) / counted if counted else math.nan,
+        "val_only": int(g.val_only.sum()) / counted if counted else math.nan,
+        "val_conservation_error": g.val_conservation_error,
     }
 
 
@@ -187,7 +205,7 @@ def build(ctx: ExperimentContext) -> Path:
             else "; no MNIST folder was given (--data-dir), so there are no MNIST rows."
         )
     )
-    step_rows, param_rows, value_rows = [], [], []
+    step_rows, param_rows, value_rows, heldout_rows = [], [], [], []
     findings: dict[str, Any] = {}
     for s in setups:
         info = rep.use(ctx.train(s.label, s.config))
@@ -200,7 +218,26 @@ def build(ctx: ExperimentContext) -> Path:
             if r.record == "full":
                 vs, values, used = value_stats(r)
             helped, hurt, kind = r.steps("helped"), r.steps("hurt"), r.steps("kind")
-        findings[s.label] = {"label": s.label, "step": st, "param": ps, "values": vs}
+            ho = heldout_stats(r)
+        if ho is not None:
+            heldout_rows.append(
+                [
+                    s.label,
+                    pct(st["helped_mean"]),
+                    pct(ho["val_helped_mean"]),
+                    pct(ho["helped_both"]),
+                    pct(ho["train_only"]),
+                    pct(ho["val_only"]),
+                    sci(ho["val_conservation_error"]),
+                ]
+            )
+        findings[s.label] = {
+            "label": s.label,
+            "step": st,
+            "param": ps,
+            "values": vs,
+            **({"heldout": ho} if ho is not None else {}),
+        }
         step_rows.append(
             [
                 s.label,
@@ -334,6 +371,25 @@ def build(ctx: ExperimentContext) -> Path:
         rep.text(
             "From /params/<tensor>/lca (record = full). Excess kurtosis 0 is a normal "
             "distribution; large values mean a sharp peak at 0 with heavy tails."
+        )
+    if heldout_rows:
+        rep.heading("The held-out loss (runs with LCA of the validation split)")
+        rep.table(
+            [
+                "run",
+                "helped training % (mean per step)",
+                "helped held-out % (mean per step)",
+                "moving weights that helped both %",
+                "helped training, hurt held-out %",
+                "hurt training, helped held-out %",
+                "held-out Σ(ΔL − ΣA)",
+            ],
+            heldout_rows,
+        )
+        rep.text(
+            "From /series/lca_val (the same path measured on the held-out split, "
+            "`--measure-val`); per weight from the run totals /params/<tensor>/total and "
+            "/lca_val/total, structurally-zero tensors left out."
         )
     rep.finding("runs", findings)
     rep.heading("What this shows")
