@@ -16,7 +16,16 @@ import streamlit as st
 
 from lca import export, views
 from lca import figures as F
-from pages.shared import download_csv, literal, plot, show_run, steps_phrase, view_or_explain
+from lca.store import RunFileError
+from pages.shared import (
+    download_csv,
+    literal,
+    plot,
+    read_view,
+    show_run,
+    steps_phrase,
+    view_or_explain,
+)
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 
@@ -70,6 +79,22 @@ def metrics(s: dict) -> None:
         "Parameters helping per step",
         _fmt(None if mh is None else 100 * mh, ".1f") + ("%" if mh is not None else ""),
         help="Mean share of parameters with LCA < 0 on a step (the LCA paper: barely over 50%).",
+    )
+
+
+def structural_zero_note(path: Path) -> str:
+    """A sentence on the weights left out of helped fractions, or "" when there are none."""
+    try:
+        names, count = read_view(views.structural_zeros, path)
+    except (RunFileError, OSError):
+        return ""
+    if not names:
+        return ""
+    shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    return (
+        f" {count:,} weights ({literal(shown)}) count as neither: their gradient is "
+        "structurally zero (e.g. a convolution's bias right before BatchNorm), so their LCA "
+        "is rounding noise with a random sign."
     )
 
 
@@ -192,6 +217,7 @@ def render(path: Path) -> bool:
         ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
         "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
         "found barely more than half of the parameters help on any step."
+        + structural_zero_note(path)
     )
     interventions_table(v)
     return v.running

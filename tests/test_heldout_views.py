@@ -3,6 +3,7 @@ file, the views, the experiments and the pages see them."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import h5py
@@ -222,3 +223,22 @@ def test_trained_run_with_measure_val_and_the_helped_experiments_held_out_table(
         moved = ((a != 0) & (b != 0))
         assert math.isclose(ho["train_only"], float(((a < 0) & (b > 0)).sum() / moved.sum()))
         assert math.isclose(ho["val_helped_mean"], float(r.val_steps("helped")[kind == 0].mean()))
+
+
+@pytest.mark.slow
+def test_pages_say_how_many_weights_were_left_out(runs_folder):
+    from tests.test_pages_analysis import ok, page
+
+    _bn_run(runs_folder / "bn.h5")
+    with Reader(runs_folder / "bn.h5") as r:
+        assert views.structural_zeros(r) == (["0.bias"], 4)
+    at = ok(page("loss", "bn.h5").run())
+    assert any(r"4 weights (0\.bias) count as neither" in c.value for c in at.caption)
+    at = ok(page("neurons", "bn.h5").run())
+    notes = [
+        a["text"]
+        for spec in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
+        for a in spec["layout"].get("annotations", [])
+        if "text" in a
+    ]
+    assert any("4 with a structurally zero gradient left out" in n for n in notes)

@@ -27,6 +27,7 @@ __all__ = [
     "rounding_floor",
     "rounding_mask",
     "rounding_tensors",
+    "structural_zeros",
 ]
 
 # Series the tracker writes with error_every (lca.allocate.ERROR_REL / ERROR_SIGNS; named here so
@@ -70,6 +71,14 @@ def rounding_mask(r: Reader) -> np.ndarray:
     """``rounding_tensors`` of a run file."""
     t = r.num_steps
     return rounding_tensors(r.layer_lca(0, t), r.steps("kind", 0, t), r.dtype)
+
+
+def structural_zeros(r: Reader) -> tuple[list[str], int]:
+    """(tensor names, weights) whose gradient is structurally zero (``rounding_tensors``): what
+    the helped fractions leave out, for the pages to say."""
+    mask = rounding_mask(r)
+    names = [n for n, z in zip(r.names, mask, strict=True) if z]
+    return names, int(sum(math.prod(r.shapes[n]) for n in names))
 
 
 @dataclass
