@@ -242,3 +242,17 @@ def test_pages_say_how_many_weights_were_left_out(runs_folder):
         if "text" in a
     ]
     assert any("4 with a structurally zero gradient left out" in n for n in notes)
+
+
+@pytest.mark.slow
+def test_train_form_offers_held_out_lca_and_the_per_weight_criterion(runs_folder):
+    from tests.test_app_core import app
+
+    at = app()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert at.checkbox(key="train_measure_val").value is False
+    assert at.selectbox(key="train_adapt_on").disabled  # rk4: nothing to refine
+    at.selectbox(key="train_method").set_value("rk4-paper").run()
+    assert not at.selectbox(key="train_adapt_on").disabled
+    assert not at.number_input(key="train_param_tolerance").disabled
