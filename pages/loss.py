@@ -125,12 +125,10 @@ def accuracy_section(path: Path) -> None:
         help="Share of moving weights whose LCA has the same sign with 1 and 2 panels.",
     )
     st.caption(
-        "The conservation error checks only the sum over all weights; a single weight's LCA "
-        f"can be off while the sum is right. On {len(e.rel):,} sampled steps LCA was computed "
-        "twice, with one and with two Simpson panels: how far the two differ estimates how far "
-        "each weight's value is from the exact one, and a sign that flips between them means "
-        "that weight's helped or hurt is not to be trusted. Record with method rk4-paper and "
-        "--adapt-on parameters to refine steps until it is small."
+        f"How far each weight's LCA (not only their sum) may be off: on {len(e.rel):,} sampled "
+        "steps, LCA with one and with two Simpson panels differ by this much, and a weight "
+        "whose sign flips between them cannot be called helped or hurt. To refine steps until "
+        "it is small: method rk4-paper with 'Refine on' parameters (--adapt-on parameters)."
     )
 
 
