@@ -98,7 +98,7 @@ def structural_zero_note(path: Path) -> str:
     )
 
 
-def accuracy_section(path: Path) -> None:
+def accuracy_section(path: Path, method: str | None = None) -> None:
     """The per-parameter error estimate (runs recorded with error_every), beside conservation."""
     e: views.ParamErrorView | None = view_or_explain(views.param_error_view, path)
     if e is None or not e.recorded:
@@ -129,6 +129,12 @@ def accuracy_section(path: Path) -> None:
         "steps, LCA with one and with two Simpson panels differ by this much, and a weight "
         "whose sign flips between them cannot be called helped or hurt. To refine steps until "
         "it is small: method rk4-paper with 'Refine on' parameters (--adapt-on parameters)."
+        + (
+            " These figures are for one panel; steps this adaptive method split further are "
+            "closer than that."
+            if method in ("rk4-adaptive", "rk4-paper")
+            else ""
+        )
     )
 
 
@@ -204,7 +210,7 @@ def render(path: Path) -> bool:
         "How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
         "in loss units; 0 = exact)." + note
     )
-    accuracy_section(path)
+    accuracy_section(path, v.method)
     plot(F.training_curves(v.train_loss, v.evals, kind=kind), key="loss_training")
     st.caption(
         "Grey: the loss of each training minibatch (noisy). Orange and blue: "

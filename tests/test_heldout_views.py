@@ -194,6 +194,7 @@ def test_layers_and_loss_pages_show_held_out_lca_and_the_error_estimate(make_run
     labels = [m.label for m in at.metric]
     assert "Per-weight error (median)" in labels and "Signs that agree (worst step)" in labels
     assert any("sampled steps" in c.value for c in at.caption)
+    assert any("steps this adaptive method split further" in c.value for c in at.caption)
     make_run("plain.h5", runs_folder, steps=12)
     at = ok(page("layers", "plain.h5").run())
     assert any("--measure-val" in i.value for i in at.info)
