@@ -543,12 +543,16 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
             pa = runs[paper]["step"]
             db = runs[digits]["step"] if digits else {}
             notes.append(
-                f"- **{title}.** On digits {b['never_moved']} of the parameters never move "
-                f"(first-layer weights of pixels that are blank in every 8×8 image, dead units) "
-                f"against {a['never_moved']} on Fashion-MNIST, which is why the share of *all* "
-                "parameters that help differs more between the scales than the share of the "
-                f"moving ones ({pct(pa['helped_of_moved_mean'])}% vs "
-                f"{pct(db.get('helped_of_moved_mean'))}%). The training loss fell from "
+                f"- **{title}.** On a mean step {pct(pa['still_mean'])}% of the parameters have "
+                f"A exactly 0 on Fashion-MNIST and {pct(db.get('still_mean'))}% on digits "
+                "(A = ∇L·Δθ is exactly 0 where the measurement-set gradient is, e.g. a ReLU "
+                "unit off for every measured image); over the whole run "
+                f"{a['never_moved']} never move on Fashion-MNIST and "
+                f"{b['never_moved']} on digits (pixels blank in every 8×8 image). So the share "
+                "of *all* parameters that help mixes in parameters with nothing to allocate; "
+                "the share of the moving ones compares the scales: "
+                f"{pct(pa['helped_of_moved_mean'])}% on Fashion-MNIST against "
+                f"{pct(db.get('helped_of_moved_mean'))}% on digits. The training loss fell from "
                 f"{fmt(ps['loss0'])} to {fmt(ps['loss_final'])} in {ps['steps']:,} steps on "
                 f"Fashion-MNIST and from {fmt(ds['loss0'])} to {fmt(ds['loss_final'])} in "
                 f"{ds['steps']:,} on digits. Over the second half of the steps the helping "
