@@ -27,3 +27,14 @@ def test_a_short_run_says_nothing() -> None:
 
 def test_durations_read_as_projections() -> None:
     assert (duration(42), duration(20 * 60), duration(3 * 3600)) == ("42 s", "20 min", "3.0 h")
+
+
+def test_fast_steps_are_timed_for_at_least_the_probe_seconds() -> None:
+    said: list[str] = []
+    now = [0.0]
+    probe = CostProbe(said.append, clock=lambda: now[0])
+    for step in range(1, 200):
+        probe.update(step, 100_000)
+        now[0] += 0.05
+    assert probe.seconds_per_step is not None and abs(probe.seconds_per_step - 0.05) < 1e-9
+    assert len(said) == 1 and "timed over steps 2–41" in said[0]  # 40 steps = 2 s
