@@ -273,8 +273,15 @@ def _layers(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
             notes.append(
                 f"- **Layer sizes ({label}).** Not in proportion to size: {big['module']} holds "
                 f"{pct(big['param_share'])}% of the parameters but did {pct(big['share'])}% of "
-                "the loss decrease. On 8×8 inputs the paper's architecture is distorted (its "
-                "dense layer sees a 2×2 map), so this is a weak test of the MNIST claim."
+                "the loss decrease. "
+                + (
+                    "Here the architecture is the paper's own on 28×28 images, so the claim "
+                    "\"in proportion to its size\" does not hold for the largest layer in this "
+                    "run; the correlation over layers is in the table."
+                    if label.startswith("paper-")
+                    else "On 8×8 inputs the paper's architecture is distorted (its dense layer "
+                    "sees a 2×2 map), so this is a weak test of the MNIST claim."
+                )
             )
     for label, x in f["runs"].items():
         n, h = len(x["layers"]), len(x["helped"])
