@@ -278,6 +278,28 @@ class RunConfig:
         minimum=0,
         optional=True,
     )
+    stanza: int = setting(
+        0,
+        int,
+        "Stanza (layer separation): train the conv layers on K ranks (data parallel over data "
+        "shards) and the fully connected layers on rank K; K+1 processes, under torchrun or "
+        "spawned locally (0 = off)",
+        minimum=0,
+    )
+    staleness: int = setting(
+        0,
+        int,
+        "Stanza only: the activation gradients returned to the conv ranks use FC weights this "
+        "many steps old (0 = exactly data parallel)",
+        minimum=0,
+    )
+    data_parallel: int = setting(
+        0,
+        int,
+        "plain data parallel on K ranks (all-reduce of every gradient), the baseline Stanza is "
+        "compared with; under torchrun or spawned locally (0 = off)",
+        minimum=0,
+    )
 
     def __post_init__(self) -> None:
         self.validate()

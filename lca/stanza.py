@@ -1,0 +1,758 @@
+"""Stanza (layer separation, Wu, Xu, Li & Xiong) and the plain data-parallel baseline, with LCA.
+
+Stanza, ``--stanza K``, K+1 processes:
+
+* ranks 0 … K−1 ("conv ranks") hold the convolutional layers only. Each takes its own shard of
+  the step's global minibatch, runs the conv layers, **sends its features and labels to rank K**,
+  receives the loss gradient with respect to those features, backpropagates it through the
+  conv layers, and the conv ranks **all-reduce their conv gradients** among themselves (data
+  parallel over the shards) before their optimizer step;
+* rank K ("FC rank") holds the fully connected layers only. It concatenates the K feature
+  batches, computes the loss on the whole global minibatch, updates the FC weights and **sends
+  each conv rank the gradient of the loss with respect to its features**. With staleness τ > 0
+  those activation gradients are computed with the FC weights of step t − τ (the paper's
+  staleness; its exact protocol is not public, see SEED-TECHNIQUES §5.4 and §8); the FC weights'
+  own gradient always uses the current weights. τ = 0 is data parallel's result exactly (up to
+  float rounding: the same global-minibatch gradient, summed in another order).
+
+Data parallel, ``--data-parallel K``, K processes: every rank holds the whole model, takes the
+same shard as the conv rank of the same number, and one all-reduce of every gradient (summed,
+then divided by K) precedes the optimizer step. ``--batch-size`` is per rank in both modes (what
+DDP users expect), so a step's global minibatch is K × batch-size examples, the same ones in both.
+
+Bytes are *measured*: every tensor handed to ``send``/``recv``/``all_reduce`` through
+:class:`Traffic` adds its ``numel × element_size`` to this rank's sent and received counters
+(an all-reduce counts its buffer once as sent and once as received: what the rank hands to the
+collective and gets back; gloo's ring moves about 2(K−1)/K of that over the wire per rank).
+Training traffic ("train") is kept apart from what recording LCA costs ("record": the conv
+weights sent to the writer, the loss for the progress bar), so the comparison is the
+algorithms'.
+
+LCA: one run file per mode, written by one rank (the FC rank in Stanza, rank 0 in data parallel)
+that holds the whole model: in Stanza conv rank 0 sends it the conv weights after every step.
+It measures LCA alone on the fixed measurement set (the other ranks wait), so every run file has
+per-layer LCA of the full model, the loss curve and the bytes exchanged (``/parallel/…``, see
+docs/FORMAT.md), and a Stanza run and its data-parallel baseline sit side by side on the Compare
+page.
+
+Launch: under ``torchrun --nproc-per-node K+1 -m lca train --stanza K …`` every process runs its
+own rank (:func:`run_rank`); without torchrun, ``python -m lca train --stanza K …`` spawns the
+K+1 processes itself on this machine (:class:`Launch`, torch.multiprocessing, gloo on a free
+local port) and ends them all when it ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.func import functional_call
+
+from . import distributed
+from .config import RunConfig
+from .models import LeNet, SmallCNN
+
+__all__ = [
+    "INFO_BYTES",
+    "Launch",
+    "Part",
+    "StanzaError",
+    "Traffic",
+    "check",
+    "mode_of",
+    "run_rank",
+    "split_model",
+    "world_for",
+]
+
+INFO_BYTES = 4096  # fixed length of the /parallel/info JSON string
+BYTES_SENT = "parallel/bytes_sent"
+BYTES_RECEIVED = "parallel/bytes_received"
+INFO = "parallel/info"
+
+
+class StanzaError(ValueError):
+    """A Stanza or data-parallel run that cannot start: one sentence naming the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The model split: conv part (features) and FC part (classifier), sharing the model's modules.
+
+
+class Part(nn.Module):
+    """Some of a model's submodules under their own names (so parameter names are the full
+    model's, e.g. ``conv1.weight``) with the forward pass of that part of the model."""
+
+    def __init__(
+        self, model: nn.Module, names: tuple[str, ...], forward: Callable[[Any, Any], Any]
+    ) -> None:
+        super().__init__()
+        for n in names:
+            self.add_module(n, getattr(model, n))
+        self._forward = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+
+def _cnn_features(m: Any, x: torch.Tensor) -> torch.Tensor:
+    x = m.pool(m.act(m.conv1(x)))
+    return m.pool(m.act(m.conv2(x))).flatten(1)
+
+
+def _small_cnn_classifier(m: Any, x: torch.Tensor) -> torch.Tensor:
+    return m.out(x)
+
+
+def _lenet_classifier(m: Any, x: torch.Tensor) -> torch.Tensor:
+    return m.out(m.act(m.fc1(x)))
+
+
+#: Model class -> (conv submodules, conv forward, FC submodules, FC forward).
+_SPLITS: dict[type, tuple[tuple[str, ...], Callable, tuple[str, ...], Callable]] = {
+    SmallCNN: (("conv1", "conv2", "act", "pool"), _cnn_features, ("out",), _small_cnn_classifier),
+    LeNet: (("conv1", "conv2", "act", "pool"), _cnn_features, ("fc1", "out", "act"), _lenet_classifier),
+}
+SPLIT_MODELS = ("cnn-small", "lenet")
+
+
+def split_model(model: nn.Module) -> tuple[Part, Part]:
+    """(conv part, FC part) of a zoo model; ``fc(conv(x))`` is ``model(x)``."""
+    spec = _SPLITS.get(type(model))
+    if spec is None:
+        raise StanzaError(
+            f"Stanza separates a model's convolutional layers from its fully connected ones, "
+            f"and {type(model).__name__} has no such split here; use --model "
+            f"{' or '.join(SPLIT_MODELS)}."
+        )
+    conv_names, conv_fwd, fc_names, fc_fwd = spec
+    return Part(model, conv_names, conv_fwd), Part(model, fc_names, fc_fwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which mode, how many processes, and what cannot be combined with it.
+
+
+def mode_of(config: RunConfig) -> str | None:
+    """"stanza", "data-parallel" or None (neither)."""
+    if config.stanza > 0:
+        return "stanza"
+    if config.data_parallel > 0:
+        return "data-parallel"
+    return None
+
+
+def world_for(config: RunConfig) -> int:
+    """Processes the run needs: K+1 for Stanza, K for data parallel."""
+    return config.stanza + 1 if config.stanza > 0 else config.data_parallel
+
+
+def check(config: RunConfig, world: int | None = None) -> None:
+    """Refuse, before any process starts, what these modes cannot do (one sentence each)."""
+    if config.stanza > 0 and config.data_parallel > 0:
+        raise StanzaError(
+            "--stanza and --data-parallel are two ways to train; choose one of them per run."
+        )
+    if config.staleness > 0 and config.stanza == 0:
+        raise StanzaError("--staleness applies to Stanza only; add --stanza K or drop it.")
+    mode = mode_of(config)
+    if mode is None:
+        return
+    flag = f"--{mode} {config.stanza or config.data_parallel}"
+    if config.pack > 1:
+        raise StanzaError(f"{flag} trains one model over several processes; drop --pack.")
+    if config.techniques:
+        raise StanzaError(
+            f"{flag} does not run techniques (they act on one process's training loop); "
+            "drop --technique."
+        )
+    if config.save_weights:
+        raise StanzaError(f"{flag} does not save weights for recomputation; drop --save-weights.")
+    if config.model not in SPLIT_MODELS:
+        raise StanzaError(
+            f"{flag} needs a model with convolutional and fully connected layers; use --model "
+            f"{' or '.join(SPLIT_MODELS)}, not {config.model}."
+        )
+    if world is not None and world != world_for(config):
+        need = world_for(config)
+        roles = (
+            f"{config.stanza} conv ranks and 1 FC rank"
+            if mode == "stanza"
+            else f"{config.data_parallel} ranks"
+        )
+        raise StanzaError(
+            f"{flag} needs {need} processes ({roles}) but {world} were started; use "
+            f"torchrun --nproc-per-node {need}."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured communication.
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass
+class Traffic:
+    """send/recv/all_reduce that count the bytes of the tensors they move, by kind."""
+
+    sent: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    received: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    per_step: list[tuple[int, int]] = field(default_factory=list)  # ("train" sent, received)
+    _mark: tuple[int, int] = (0, 0)
+
+    def send(self, t: torch.Tensor, dst: int, kind: str = "train") -> None:
+        dist.send(t.contiguous(), dst)
+        self.sent[kind] += nbytes(t)
+
+    def recv(self, t: torch.Tensor, src: int, kind: str = "train") -> None:
+        dist.recv(t, src)
+        self.received[kind] += nbytes(t)
+
+    def all_reduce(self, t: torch.Tensor, group: Any = None, kind: str = "train") -> None:
+        dist.all_reduce(t, group=group)
+        self.sent[kind] += nbytes(t)
+        self.received[kind] += nbytes(t)
+
+    def end_step(self) -> None:
+        """Close the step: its training bytes (sent, received) are appended to ``per_step``."""
+        now = (self.sent["train"], self.received["train"])
+        self.per_step.append((now[0] - self._mark[0], now[1] - self._mark[1]))
+        self._mark = now
+
+
+# ---------------------------------------------------------------------------------------------
+# One rank.
+
+
+@dataclass
+class RankResult:
+    """What one rank did; the writer's also has the run's loss and accuracy."""
+
+    rank: int
+    role: str  # conv | fc | replica
+    status: str
+    message: str
+    steps: int
+    params: dict[str, torch.Tensor]  # final values of the parameters this rank trains
+    bytes_per_step: list[tuple[int, int]]
+    record_bytes: tuple[int, int]
+    seconds_train: float
+    path: str | None = None
+    loss0: float | None = None
+    loss_final: float | None = None
+    test_acc: float | None = None
+
+
+def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
+
+
+def _set_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    for p, g in zip(params, distributed.unflatten(flat, list(params)), strict=True):
+        p.grad = g.clone()
+
+
+class _Opt:
+    """build_optimizer takes anything with ``parameters()``: the parameters one rank trains."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self._params = params
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self._params
+
+
+def run_rank(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RankResult:
+    """Run this process's rank of a Stanza or data-parallel run (the process group is joined
+    from torchrun's environment and left at the end)."""
+    from .setup import build_data_and_model, resolve_device, seed_everything
+    from .train import (
+        TrainingError,
+        accuracy,
+        build_optimizer,
+        fit_to_data,
+        minibatches,
+        schedule_factor,
+    )
+
+    mode = mode_of(config)
+    if mode is None:
+        raise StanzaError("run_rank needs --stanza K or --data-parallel K.")
+    seed_everything(config.seed)
+    try:
+        ctx = distributed.setup(resolve_device(config.device))
+    except distributed.DistributedError as e:
+        raise TrainingError(str(e)) from None
+    if ctx is None:
+        raise StanzaError(
+            f"--{mode} runs in several processes; start it with torchrun, or without "
+            "torchrun through python -m lca train, which spawns them."
+        )
+    try:
+        check(config, ctx.world)
+        k = config.stanza or config.data_parallel
+        rank, device = ctx.rank, ctx.device
+        fc_rank = k if mode == "stanza" else None
+        writer_rank = k if mode == "stanza" else 0
+        role = "replica" if mode == "data-parallel" else ("fc" if rank == k else "conv")
+        ds, model = build_data_and_model(config)
+        config = fit_to_data(config, ds.num_train)
+        b = config.batch_size
+        if k * b > ds.num_train:
+            raise StanzaError(
+                f"A step takes {k} × {b} = {k * b} examples but the training split has "
+                f"{ds.num_train}; lower --batch-size to at most {ds.num_train // k}."
+            )
+        model.to(device)
+        distributed.broadcast_module(model)  # one θ_0 everywhere, whatever the init did
+        conv, fc = split_model(model)
+        conv_params = list(conv.parameters())
+        fc_params = list(fc.parameters())
+        mine = {"conv": conv_params, "fc": fc_params, "replica": list(model.parameters())}[role]
+        optimizer = build_optimizer(config, _Opt(mine))  # type: ignore[arg-type]
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        conv_group = dist.new_group(list(range(k))) if mode == "stanza" else None
+        train_x, train_y = ds.x_train.to(device), ds.y_train.to(device)
+        batches = minibatches(ds.num_train, k * b, config.seed + 2)
+        traffic = Traffic()
+        loss_fn = nn.CrossEntropyLoss()
+        with torch.no_grad():
+            feat_dim = conv(train_x[:1]).shape[1]
+        stale: collections.deque = collections.deque(maxlen=config.staleness + 1)
+        if role == "fc":
+            stale.append({n: p.detach().clone() for n, p in fc.named_parameters()})
+
+        # The writer: full model, Tracker, run file.
+        path = out if out is not None else config.out
+        is_writer = rank == writer_rank
+        recording = path is not None
+        tracker = writer = None
+        if is_writer and recording:
+            tracker, writer = _open_tracker(config, model, ds, path, overwrite, ctx.world)
+        eval_rows: list[tuple[int, float, float]] = []
+
+        def log_eval(step: int, train_loss: float) -> None:
+            n = 5000
+            params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+            tr, _ = accuracy(model, params, train_x[:n], train_y[:n])
+            te, te_loss = accuracy(model, params, ds.x_test[:n].to(device), ds.y_test[:n].to(device))
+            eval_rows.append((step, tr, te))
+            if writer is not None:
+                writer.add_event("eval", [step, tr, te, te_loss, train_loss])
+
+        status, message, done = "complete", "", 0
+        seconds_train = 0.0
+        train_loss = float("nan")
+        try:
+            if tracker is not None:
+                try:
+                    tracker.start()
+                except (ValueError, OSError) as e:
+                    raise TrainingError(str(e)) from None
+            if tracker is not None:  # (in Stanza only a recording writer has the conv weights)
+                log_eval(0, float("nan"))
+            for step in range(config.steps):
+                lr_now = schedule_factor(config, step)
+                for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = base * lr_now
+                idx = next(batches)
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                if role == "conv":
+                    _conv_step(conv, conv_params, train_x, train_y, idx, rank, b, k, conv_group, traffic)
+                    loss_value = None
+                elif role == "fc":
+                    loss_value = _fc_step(fc, stale, loss_fn, k, b, feat_dim, device, traffic)
+                else:
+                    loss_value = _replica_step(model, loss_fn, train_x, train_y, idx, rank, b, k, traffic)
+                seconds = time.perf_counter() - t0
+                if tracker is not None:
+                    with tracker.step() as row:
+                        t1 = time.perf_counter()
+                        optimizer.step()
+                        if role == "fc":
+                            _receive_conv_weights(conv_params, traffic)
+                        seconds += time.perf_counter() - t1
+                        row.update(
+                            {
+                                "steps/train_loss": loss_value,
+                                "steps/seconds_train": seconds,
+                                "steps/lr": optimizer.param_groups[0]["lr"],
+                            }
+                        )
+                else:
+                    t1 = time.perf_counter()
+                    optimizer.step()
+                    seconds += time.perf_counter() - t1
+                if role == "fc":
+                    stale.append({n: p.detach().clone() for n, p in fc.named_parameters()})
+                if mode == "stanza" and recording and rank == 0:
+                    flat = distributed.flatten([p.detach() for p in conv_params])
+                    traffic.send(flat, fc_rank, kind="record")
+                traffic.end_step()
+                seconds_train += seconds
+                done = step + 1
+                if loss_value is not None:
+                    train_loss = loss_value
+                if is_writer:
+                    if not math.isfinite(train_loss):
+                        raise _nonfinite(train_loss, step)
+                    last = step + 1 == config.steps
+                    if tracker is not None and ((step + 1) % config.eval_every == 0 or last):
+                        log_eval(step + 1, train_loss)
+                    if progress is not None:
+                        progress(step + 1, config.steps, train_loss)
+        except KeyboardInterrupt as e:
+            what = getattr(e, "what", "Interrupted")
+            status, message = "interrupted", f"{what} after {done} steps."
+        except _NonFinite as e:
+            status, message = "failed", str(e)
+        except BaseException:
+            if tracker is not None:
+                _close_quietly(tracker, "failed")
+            raise
+        # Every rank's per-step bytes on the writer, in rank order (one small pickle each).
+        if status == "complete":
+            gathered = distributed.gather_objects(traffic.per_step, dst=writer_rank)
+        else:
+            gathered = None
+        if tracker is not None:
+            _write_parallel_records(writer, config, mode, ctx.world, writer_rank, gathered, seconds_train, done)
+            tracker.close(status)
+        result = RankResult(
+            rank=rank,
+            role=role,
+            status=status,
+            message=message or f"Finished {done} steps.",
+            steps=done,
+            params={n: p.detach().cpu().clone() for n, p in _named(model, mine).items()},
+            bytes_per_step=list(traffic.per_step),
+            record_bytes=(traffic.sent["record"], traffic.received["record"]),
+            seconds_train=seconds_train,
+            path=str(path) if (is_writer and recording) else None,
+        )
+        if tracker is not None:
+            result.loss0 = tracker.loss0
+            result.loss_final = tracker.last.loss_end if tracker.last else tracker.loss0
+        if is_writer:
+            if result.loss_final is None and math.isfinite(train_loss):
+                result.loss_final = train_loss
+            result.test_acc = eval_rows[-1][2] if eval_rows else None
+        return result
+    finally:
+        distributed.teardown(ctx)
+
+
+def _named(model: nn.Module, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:
+    ids = {id(p) for p in params}
+    return {n: p for n, p in model.named_parameters() if id(p) in ids}
+
+
+class _NonFinite(RuntimeError):
+    pass
+
+
+def _nonfinite(value: float, step: int) -> _NonFinite:
+    return _NonFinite(
+        f"The training loss became {value} at step {step + 1}, so the run stopped with every "
+        "step before it kept; lower the learning rate."
+    )
+
+
+def _conv_step(conv, conv_params, train_x, train_y, idx, rank, b, k, conv_group, traffic) -> None:
+    """Conv rank: features to the FC rank, activation gradient back, conv gradients all-reduced."""
+    shard = idx[rank * b : (rank + 1) * b]
+    x, y = train_x[shard], train_y[shard]
+    feats = conv(x)
+    traffic.send(feats.detach(), k)
+    traffic.send(y, k)
+    grad_feats = torch.empty_like(feats)
+    traffic.recv(grad_feats, k)
+    feats.backward(grad_feats)
+    flat = _flat_grads(conv_params)  # each rank's share of the global-minibatch gradient
+    traffic.all_reduce(flat, group=conv_group)
+    _set_grads(conv_params, flat)
+
+
+def _fc_step(fc, stale, loss_fn, k, b, feat_dim, device, traffic) -> float:
+    """FC rank: the loss of the whole global minibatch; FC gradients with the current weights,
+    the activation gradients returned to the conv ranks with the weights of step t − τ."""
+    feats = [torch.empty(b, feat_dim, device=device) for _ in range(k)]
+    labels = [torch.empty(b, dtype=torch.int64, device=device) for _ in range(k)]
+    for r in range(k):
+        traffic.recv(feats[r], r)
+        traffic.recv(labels[r], r)
+    f = torch.cat(feats).requires_grad_(True)
+    y = torch.cat(labels)
+    if len(stale) == 1 or stale.maxlen == 1:  # τ = 0 (or the first step): one backward
+        loss = loss_fn(fc(f), y)
+        loss.backward()
+        grad_f = f.grad
+    else:
+        old = stale[0]  # θ_FC(max(0, t − τ))
+        stale_loss = loss_fn(functional_call(fc, old, (f,)), y)
+        (grad_f,) = torch.autograd.grad(stale_loss, f)
+        loss = loss_fn(fc(f.detach()), y)
+        loss.backward()
+    for r, g in enumerate(grad_f.split(b)):
+        traffic.send(g, r)
+    return float(loss.detach())
+
+
+def _replica_step(model, loss_fn, train_x, train_y, idx, rank, b, k, traffic) -> float:
+    """Data-parallel rank: its shard's gradient, all-reduced (sum / K) over every rank."""
+    shard = idx[rank * b : (rank + 1) * b]
+    loss = loss_fn(model(train_x[shard]), train_y[shard])
+    loss.backward()
+    params = list(model.parameters())
+    flat = _flat_grads(params)
+    traffic.all_reduce(flat)
+    flat.div_(k)
+    _set_grads(params, flat)
+    value = loss.detach().reshape(1).clone()
+    traffic.all_reduce(value, kind="record")  # the global minibatch's loss, for the record
+    return float(value) / k
+
+
+def _receive_conv_weights(conv_params, traffic) -> None:
+    """The writer (FC rank) takes conv rank 0's weights after its step, for LCA."""
+    like = [p.detach() for p in conv_params]
+    flat = torch.empty(sum(p.numel() for p in like), dtype=like[0].dtype, device=like[0].device)
+    traffic.recv(flat, 0, kind="record")
+    with torch.no_grad():
+        for p, v in zip(conv_params, distributed.unflatten(flat, like), strict=True):
+            p.copy_(v)
+
+
+def _open_tracker(config, model, ds, path, overwrite, world):
+    """The writer's Tracker on the whole model, with the loop's series and the parallel arrays."""
+    from .allocate import Tracker
+    from .setup import measurement_set
+    from .store import Writer
+    from .train import EVAL_COLUMNS
+
+    writer = Writer(
+        path,
+        record=config.record,
+        config=config.to_dict(),
+        max_bytes=config.max_bytes,
+        expected_steps=config.steps,
+        overwrite=overwrite,
+    )
+    dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
+    tracker = Tracker(
+        model,
+        nn.CrossEntropyLoss(),
+        measurement_set(ds, config),
+        method=config.method,
+        writer=writer,
+        tolerance=config.tolerance,
+        chunk_size=config.measure_batch,
+        dtype=dtype,
+        device=next(model.parameters()).device,
+        series={
+            "steps/train_loss": ("f8", ()),
+            "steps/seconds_train": ("f8", ()),
+            "steps/lr": ("f8", ()),
+        },
+        events={"eval": EVAL_COLUMNS},
+        arrays={
+            BYTES_SENT: ("i8", (config.steps, world), -1),
+            BYTES_RECEIVED: ("i8", (config.steps, world), -1),
+            INFO: (f"S{INFO_BYTES}", (), b""),
+        },
+        error_every=config.error_every,
+    )
+    return tracker, writer
+
+
+def _write_parallel_records(writer, config, mode, world, writer_rank, gathered, seconds, steps) -> None:
+    """Per-step bytes of every rank and the run's parallel facts (JSON) into the run file."""
+    info: dict[str, Any] = {
+        "mode": mode,
+        "k": config.stanza or config.data_parallel,
+        "staleness": config.staleness if mode == "stanza" else 0,
+        "world": world,
+        "writer_rank": writer_rank,
+        "roles": (
+            ["conv"] * config.stanza + ["fc"] if mode == "stanza" else ["replica"] * world
+        ),
+        "batch_per_rank": config.batch_size,
+        "steps_per_second": steps / seconds if seconds > 0 else None,
+    }
+    if gathered is not None:
+        sent = np.full((config.steps, world), -1, dtype=np.int64)
+        received = np.full((config.steps, world), -1, dtype=np.int64)
+        for r, rows in enumerate(gathered):
+            for s, (a, b) in enumerate(rows[: config.steps]):
+                sent[s, r], received[s, r] = a, b
+        writer.set_array(BYTES_SENT, sent)
+        writer.set_array(BYTES_RECEIVED, received)
+        done = sent[:steps]
+        info["bytes_sent_per_step"] = float(done.sum(axis=1).mean()) if steps else 0.0
+        info["bytes_received_per_step"] = float(received[:steps].sum(axis=1).mean()) if steps else 0.0
+    writer.set_array(INFO, json.dumps(info).encode()[:INFO_BYTES])
+
+
+def _close_quietly(tracker, status: str) -> None:
+    try:
+        tracker.close(status)
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Spawning the processes locally (no torchrun): tests, benchmarks, the CLI without torchrun.
+
+
+def _child(rank: int, world: int, port: int, config_json: str, out: str | None, overwrite: bool, result_dir: str, threads: int) -> None:
+    """One spawned rank: torchrun's environment, then :func:`run_rank`; its RankResult (or the
+    error, as text) is saved to ``result_dir/rank-N.pt``."""
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(threads)
+    target = Path(result_dir) / f"rank-{rank}.pt"
+    try:
+        result = run_rank(RunConfig.from_json(config_json), out, overwrite=overwrite)
+        torch.save({"ok": result.__dict__}, target)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as one sentence
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        torch.save({"error": text, "type": type(e).__name__, "trace": traceback.format_exc()}, target)
+        raise SystemExit(1) from None
+
+
+class Launch:
+    """The run's processes on this machine, spawned with torch.multiprocessing (gloo, a free
+    local port). ``with Launch(config, out) as launch: results = launch.wait(timeout)``; leaving
+    the block ends every process still alive, whatever happened."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None = None,
+        *,
+        overwrite: bool = False,
+        threads: int = 1,
+    ) -> None:
+        from .serve import free_port
+
+        check(config)
+        if mode_of(config) is None:
+            raise StanzaError("Launch needs --stanza K or --data-parallel K.")
+        self.world = world_for(config)
+        self._dir = tempfile.TemporaryDirectory(prefix="lca-stanza-")
+        ctx = torch.multiprocessing.get_context("spawn")
+        port = free_port()
+        self.processes = [
+            ctx.Process(
+                target=_child,
+                args=(
+                    r,
+                    self.world,
+                    port,
+                    config.to_json(),
+                    None if out is None else str(out),
+                    overwrite,
+                    self._dir.name,
+                    threads,
+                ),
+                daemon=True,
+            )
+            for r in range(self.world)
+        ]
+        for p in self.processes:
+            p.start()
+
+    def wait(self, timeout: float = 600.0) -> list[RankResult]:
+        """Join every rank (``timeout`` seconds each, only a guard against a hung peer); the
+        ranks' results in rank order, or the first rank's error as one sentence."""
+        for p in self.processes:
+            p.join(timeout)
+        hung = [r for r, p in enumerate(self.processes) if p.is_alive()]
+        results: list[RankResult] = []
+        errors: list[str] = []
+        for r in range(self.world):
+            f = Path(self._dir.name) / f"rank-{r}.pt"
+            if not f.exists():
+                continue
+            saved = torch.load(f, weights_only=False)
+            if "ok" in saved:
+                results.append(RankResult(**saved["ok"]))
+            else:
+                errors.append(saved["error"])
+        if errors:
+            raise StanzaError(errors[0])
+        if hung:
+            raise StanzaError(
+                f"Rank {hung[0]} did not finish within {timeout:.0f} s; it was stopped."
+            )
+        if len(results) != self.world:
+            codes = [p.exitcode for p in self.processes]
+            raise StanzaError(f"A rank ended without a result (exit codes {codes}).")
+        return results
+
+    def close(self) -> None:
+        """End every process still alive (terminate, then kill) and remove the result files."""
+        for p in self.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in self.processes:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join(30)
+        self._dir.cleanup()
+
+    def __enter__(self) -> Launch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def writer_result(results: list[RankResult]) -> RankResult:
+    """The rank that wrote the run file (the FC rank in Stanza, rank 0 in data parallel)."""
+    fc = [r for r in results if r.role == "fc"]
+    return fc[0] if fc else results[0]
+
+
+def bytes_per_step(results: list[RankResult]) -> tuple[float, float]:
+    """Mean training bytes per step (sent, received), summed over every rank."""
+    steps = min(len(r.bytes_per_step) for r in results)
+    if steps == 0:
+        return 0.0, 0.0
+    sent = sum(sum(a for a, _ in r.bytes_per_step[:steps]) for r in results) / steps
+    received = sum(sum(b for _, b in r.bytes_per_step[:steps]) for r in results) / steps
+    return sent, received
