@@ -47,6 +47,7 @@ import collections
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 import traceback
@@ -257,6 +258,8 @@ class RankResult:
     loss0: float | None = None
     loss_final: float | None = None
     test_acc: float | None = None
+    # On the writer: mean training bytes per step (sent, received) summed over every rank.
+    step_bytes: tuple[float, float] | None = None
 
 
 def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
@@ -436,10 +439,9 @@ def run_rank(
                 _close_quietly(tracker, "failed")
             raise
         # Every rank's per-step bytes on the writer, in rank order (one small pickle each).
+        gathered = None
         if status == "complete":
             gathered = distributed.gather_objects(traffic.per_step, dst=writer_rank)
-        else:
-            gathered = None
         if tracker is not None:
             _write_parallel_records(writer, config, mode, ctx.world, writer_rank, gathered, seconds_train, done)
             tracker.close(status)
@@ -458,6 +460,8 @@ def run_rank(
         if tracker is not None:
             result.loss0 = tracker.loss0
             result.loss_final = tracker.last.loss_end if tracker.last else tracker.loss0
+        if gathered is not None:
+            result.step_bytes = _mean_step_bytes(gathered)
         if is_writer:
             if result.loss_final is None and math.isfinite(train_loss):
                 result.loss_final = train_loss
@@ -643,6 +647,7 @@ def _child(rank: int, world: int, port: int, config_json: str, out: str | None, 
         }
     )
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _terminated)  # Launch.close: end like Ctrl-C, file closed
     target = Path(result_dir) / f"rank-{rank}.pt"
     try:
         result = run_rank(RunConfig.from_json(config_json), out, overwrite=overwrite)
@@ -651,6 +656,13 @@ def _child(rank: int, world: int, port: int, config_json: str, out: str | None, 
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         torch.save({"error": text, "type": type(e).__name__, "trace": traceback.format_exc()}, target)
         raise SystemExit(1) from None
+
+
+def _terminated(signum: int, frame: object) -> None:
+    from .train import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
 
 
 class Launch:
@@ -742,6 +754,15 @@ class Launch:
         self.close()
 
 
+def _mean_step_bytes(per_rank: list[list[tuple[int, int]]]) -> tuple[float, float]:
+    steps = min(len(rows) for rows in per_rank)
+    if steps == 0:
+        return 0.0, 0.0
+    sent = sum(a for rows in per_rank for a, _ in rows[:steps])
+    received = sum(b for rows in per_rank for _, b in rows[:steps])
+    return sent / steps, received / steps
+
+
 def writer_result(results: list[RankResult]) -> RankResult:
     """The rank that wrote the run file (the FC rank in Stanza, rank 0 in data parallel)."""
     fc = [r for r in results if r.role == "fc"]
@@ -750,9 +771,9 @@ def writer_result(results: list[RankResult]) -> RankResult:
 
 def bytes_per_step(results: list[RankResult]) -> tuple[float, float]:
     """Mean training bytes per step (sent, received), summed over every rank."""
-    steps = min(len(r.bytes_per_step) for r in results)
-    if steps == 0:
-        return 0.0, 0.0
-    sent = sum(sum(a for a, _ in r.bytes_per_step[:steps]) for r in results) / steps
-    received = sum(sum(b for _, b in r.bytes_per_step[:steps]) for r in results) / steps
-    return sent, received
+    return _mean_step_bytes([r.bytes_per_step for r in results])
+
+
+def writer_rank(config: RunConfig) -> int:
+    """The rank that writes the run file: the FC rank (K) in Stanza, rank 0 in data parallel."""
+    return config.stanza if config.stanza > 0 else 0
