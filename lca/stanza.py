@@ -122,10 +122,11 @@ def _lenet_classifier(m: Any, x: torch.Tensor) -> torch.Tensor:
     return m.out(m.act(m.fc1(x)))
 
 
+_CONVS = ("conv1", "conv2", "act", "pool")
 #: Model class -> (conv submodules, conv forward, FC submodules, FC forward).
 _SPLITS: dict[type, tuple[tuple[str, ...], Callable, tuple[str, ...], Callable]] = {
-    SmallCNN: (("conv1", "conv2", "act", "pool"), _cnn_features, ("out",), _small_cnn_classifier),
-    LeNet: (("conv1", "conv2", "act", "pool"), _cnn_features, ("fc1", "out", "act"), _lenet_classifier),
+    SmallCNN: (_CONVS, _cnn_features, ("out",), _small_cnn_classifier),
+    LeNet: (_CONVS, _cnn_features, ("fc1", "out", "act"), _lenet_classifier),
 }
 SPLIT_MODELS = ("cnn-small", "lenet")
 
@@ -251,15 +252,19 @@ class RankResult:
     message: str
     steps: int
     params: dict[str, torch.Tensor]  # final values of the parameters this rank trains
-    bytes_per_step: list[tuple[int, int]]
-    record_bytes: tuple[int, int]
-    seconds_train: float
+    bytes_per_step: list[tuple[int, int]]  # this rank's training bytes (sent, received)
+    record_bytes: tuple[int, int]  # what recording cost it (sent, received)
+    seconds_train: float  # its summed step time (LCA measurement excluded)
     path: str | None = None
     loss0: float | None = None
     loss_final: float | None = None
     test_acc: float | None = None
     # On the writer: mean training bytes per step (sent, received) summed over every rank.
     step_bytes: tuple[float, float] | None = None
+
+
+class _NonFinite(RuntimeError):
+    """The global minibatch's loss stopped being finite (one sentence)."""
 
 
 def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
@@ -273,7 +278,7 @@ def _set_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
         p.grad = g.clone()
 
 
-class _Opt:
+class _Params:
     """build_optimizer takes anything with ``parameters()``: the parameters one rank trains."""
 
     def __init__(self, params: list[nn.Parameter]) -> None:
@@ -281,6 +286,154 @@ class _Opt:
 
     def parameters(self) -> list[nn.Parameter]:
         return self._params
+
+
+@dataclass
+class _Rank:
+    """One process's share of the run: its role, its parameters, its data and its traffic."""
+
+    config: RunConfig
+    mode: str
+    k: int
+    rank: int
+    world: int
+    device: torch.device
+    ds: Any
+    model: nn.Module
+    conv: Part
+    fc: Part
+    conv_group: Any
+    traffic: Traffic = field(default_factory=Traffic)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.role = "replica" if self.mode == "data-parallel" else (
+            "fc" if self.rank == self.k else "conv"
+        )
+        self.writer_rank = writer_rank(c)
+        self.conv_params = list(self.conv.parameters())
+        self.fc_params = list(self.fc.parameters())
+        self.mine = {
+            "conv": self.conv_params,
+            "fc": self.fc_params,
+            "replica": list(self.model.parameters()),
+        }[self.role]
+        from .train import build_optimizer, minibatches
+
+        self.optimizer = build_optimizer(c, _Params(self.mine))  # type: ignore[arg-type]
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.train_x = self.ds.x_train.to(self.device)
+        self.train_y = self.ds.y_train.to(self.device)
+        self.batches = minibatches(self.ds.num_train, self.k * c.batch_size, c.seed + 2)
+        self.loss_fn = nn.CrossEntropyLoss()
+        with torch.no_grad():
+            self.feat_dim = self.conv(self.train_x[:1]).shape[1]
+        # θ_FC of the last τ+1 steps: [0] is θ_FC(max(0, t − τ)), [-1] the current weights
+        self.fc_history: collections.deque = collections.deque(maxlen=c.staleness + 1)
+        if self.role == "fc":
+            self._keep_fc()
+
+    def _keep_fc(self) -> None:
+        self.fc_history.append({n: p.detach().clone() for n, p in self.fc.named_parameters()})
+
+    def shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the step's global minibatch (the same in both modes)."""
+        b = self.config.batch_size
+        mine = idx[self.rank * b : (self.rank + 1) * b]
+        return self.train_x[mine], self.train_y[mine]
+
+    def gradients(self, step: int) -> float | None:
+        """This step's gradients of the parameters this rank trains; the global minibatch's
+        loss where this rank knows it (FC rank, data-parallel ranks)."""
+        from .train import schedule_factor
+
+        factor = schedule_factor(self.config, step)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * factor
+        idx = next(self.batches)  # every rank draws it: the stream stays the same everywhere
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.role == "conv":
+            self._conv_gradients(*self.shard(idx))
+            return None
+        if self.role == "fc":
+            return self._fc_gradients()
+        return self._replica_gradients(*self.shard(idx))
+
+    def _conv_gradients(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Features and labels to the FC rank, their gradient back, conv gradients all-reduced
+        (each rank's is its share of the global minibatch's gradient, so the sum is the whole)."""
+        feats = self.conv(x)
+        self.traffic.send(feats.detach(), self.k)
+        self.traffic.send(y, self.k)
+        grad_feats = torch.empty_like(feats)
+        self.traffic.recv(grad_feats, self.k)
+        feats.backward(grad_feats)
+        flat = _flat_grads(self.conv_params)
+        self.traffic.all_reduce(flat, group=self.conv_group)
+        _set_grads(self.conv_params, flat)
+
+    def _fc_gradients(self) -> float:
+        """The loss of the whole global minibatch; FC gradients with the current weights, the
+        activation gradients returned to the conv ranks with the weights of step t − τ."""
+        b = self.config.batch_size
+        feats = [torch.empty(b, self.feat_dim, device=self.device) for _ in range(self.k)]
+        labels = [torch.empty(b, dtype=torch.int64, device=self.device) for _ in range(self.k)]
+        for r in range(self.k):
+            self.traffic.recv(feats[r], r)
+            self.traffic.recv(labels[r], r)
+        f = torch.cat(feats).requires_grad_(True)
+        y = torch.cat(labels)
+        if len(self.fc_history) == 1:  # τ = 0, or the first step: the same weights, one backward
+            loss = self.loss_fn(self.fc(f), y)
+            loss.backward()
+            grad_f = f.grad
+        else:
+            stale = self.loss_fn(functional_call(self.fc, self.fc_history[0], (f,)), y)
+            (grad_f,) = torch.autograd.grad(stale, f)
+            loss = self.loss_fn(self.fc(f.detach()), y)
+            loss.backward()
+        for r, g in enumerate(grad_f.split(b)):
+            self.traffic.send(g, r)
+        return float(loss.detach())
+
+    def _replica_gradients(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """This shard's gradient, all-reduced over every rank (sum / K)."""
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        params = list(self.model.parameters())
+        flat = _flat_grads(params)
+        self.traffic.all_reduce(flat)
+        flat.div_(self.k)
+        _set_grads(params, flat)
+        value = loss.detach().reshape(1).clone()
+        self.traffic.all_reduce(value, kind="record")  # the global minibatch's loss, to record
+        return float(value) / self.k
+
+    def update(self, recording: bool) -> None:
+        """The optimizer step; in a recorded Stanza run conv rank 0's new conv weights go to
+        the FC rank (the writer), which takes them here, inside its tracked step."""
+        self.optimizer.step()
+        if self.role == "fc":
+            self._keep_fc()
+        if not (recording and self.mode == "stanza"):
+            return
+        if self.rank == 0:
+            flat = distributed.flatten([p.detach() for p in self.conv_params])
+            self.traffic.send(flat, self.k, kind="record")
+        elif self.role == "fc":
+            like = [p.detach() for p in self.conv_params]
+            size = sum(p.numel() for p in like)
+            flat = torch.empty(size, dtype=like[0].dtype, device=self.device)
+            self.traffic.recv(flat, 0, kind="record")
+            with torch.no_grad():
+                for p, v in zip(self.conv_params, distributed.unflatten(flat, like), strict=True):
+                    p.copy_(v)
+
+    def trained(self) -> dict[str, torch.Tensor]:
+        """Final values of the parameters this rank trains, by the model's names."""
+        ids = {id(p) for p in self.mine}
+        named = self.model.named_parameters()
+        return {n: p.detach().cpu().clone() for n, p in named if id(p) in ids}
 
 
 def run_rank(
@@ -292,15 +445,8 @@ def run_rank(
 ) -> RankResult:
     """Run this process's rank of a Stanza or data-parallel run (the process group is joined
     from torchrun's environment and left at the end)."""
-    from .setup import build_data_and_model, resolve_device, seed_everything
-    from .train import (
-        TrainingError,
-        accuracy,
-        build_optimizer,
-        fit_to_data,
-        minibatches,
-        schedule_factor,
-    )
+    from .setup import resolve_device, seed_everything
+    from .train import TrainingError
 
     mode = mode_of(config)
     if mode is None:
@@ -317,242 +463,147 @@ def run_rank(
         )
     try:
         check(config, ctx.world)
-        k = config.stanza or config.data_parallel
-        rank, device = ctx.rank, ctx.device
-        fc_rank = k if mode == "stanza" else None
-        writer_rank = k if mode == "stanza" else 0
-        role = "replica" if mode == "data-parallel" else ("fc" if rank == k else "conv")
-        ds, model = build_data_and_model(config)
-        config = fit_to_data(config, ds.num_train)
-        b = config.batch_size
-        if k * b > ds.num_train:
-            raise StanzaError(
-                f"A step takes {k} × {b} = {k * b} examples but the training split has "
-                f"{ds.num_train}; lower --batch-size to at most {ds.num_train // k}."
-            )
-        model.to(device)
-        distributed.broadcast_module(model)  # one θ_0 everywhere, whatever the init did
-        conv, fc = split_model(model)
-        conv_params = list(conv.parameters())
-        fc_params = list(fc.parameters())
-        mine = {"conv": conv_params, "fc": fc_params, "replica": list(model.parameters())}[role]
-        optimizer = build_optimizer(config, _Opt(mine))  # type: ignore[arg-type]
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
-        conv_group = dist.new_group(list(range(k))) if mode == "stanza" else None
-        train_x, train_y = ds.x_train.to(device), ds.y_train.to(device)
-        batches = minibatches(ds.num_train, k * b, config.seed + 2)
-        traffic = Traffic()
-        loss_fn = nn.CrossEntropyLoss()
-        with torch.no_grad():
-            feat_dim = conv(train_x[:1]).shape[1]
-        stale: collections.deque = collections.deque(maxlen=config.staleness + 1)
-        if role == "fc":
-            stale.append({n: p.detach().clone() for n, p in fc.named_parameters()})
-
-        # The writer: full model, Tracker, run file.
+        me = _build_rank(config, mode, ctx)
         path = out if out is not None else config.out
-        is_writer = rank == writer_rank
-        recording = path is not None
-        tracker = writer = None
-        if is_writer and recording:
-            tracker, writer = _open_tracker(config, model, ds, path, overwrite, ctx.world)
-        eval_rows: list[tuple[int, float, float]] = []
-
-        def log_eval(step: int, train_loss: float) -> None:
-            n = 5000
-            params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-            tr, _ = accuracy(model, params, train_x[:n], train_y[:n])
-            te, te_loss = accuracy(model, params, ds.x_test[:n].to(device), ds.y_test[:n].to(device))
-            eval_rows.append((step, tr, te))
-            if writer is not None:
-                writer.add_event("eval", [step, tr, te, te_loss, train_loss])
-
-        status, message, done = "complete", "", 0
-        seconds_train = 0.0
-        train_loss = float("nan")
-        try:
-            if tracker is not None:
-                try:
-                    tracker.start()
-                except (ValueError, OSError) as e:
-                    raise TrainingError(str(e)) from None
-            if tracker is not None:  # (in Stanza only a recording writer has the conv weights)
-                log_eval(0, float("nan"))
-            for step in range(config.steps):
-                lr_now = schedule_factor(config, step)
-                for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                    g["lr"] = base * lr_now
-                idx = next(batches)
-                t0 = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                if role == "conv":
-                    _conv_step(conv, conv_params, train_x, train_y, idx, rank, b, k, conv_group, traffic)
-                    loss_value = None
-                elif role == "fc":
-                    loss_value = _fc_step(fc, stale, loss_fn, k, b, feat_dim, device, traffic)
-                else:
-                    loss_value = _replica_step(model, loss_fn, train_x, train_y, idx, rank, b, k, traffic)
-                seconds = time.perf_counter() - t0
-                if tracker is not None:
-                    with tracker.step() as row:
-                        t1 = time.perf_counter()
-                        optimizer.step()
-                        if role == "fc":
-                            _receive_conv_weights(conv_params, traffic)
-                        seconds += time.perf_counter() - t1
-                        row.update(
-                            {
-                                "steps/train_loss": loss_value,
-                                "steps/seconds_train": seconds,
-                                "steps/lr": optimizer.param_groups[0]["lr"],
-                            }
-                        )
-                else:
-                    t1 = time.perf_counter()
-                    optimizer.step()
-                    seconds += time.perf_counter() - t1
-                if role == "fc":
-                    stale.append({n: p.detach().clone() for n, p in fc.named_parameters()})
-                if mode == "stanza" and recording and rank == 0:
-                    flat = distributed.flatten([p.detach() for p in conv_params])
-                    traffic.send(flat, fc_rank, kind="record")
-                traffic.end_step()
-                seconds_train += seconds
-                done = step + 1
-                if loss_value is not None:
-                    train_loss = loss_value
-                if is_writer:
-                    if not math.isfinite(train_loss):
-                        raise _nonfinite(train_loss, step)
-                    last = step + 1 == config.steps
-                    if tracker is not None and ((step + 1) % config.eval_every == 0 or last):
-                        log_eval(step + 1, train_loss)
-                    if progress is not None:
-                        progress(step + 1, config.steps, train_loss)
-        except KeyboardInterrupt as e:
-            what = getattr(e, "what", "Interrupted")
-            status, message = "interrupted", f"{what} after {done} steps."
-        except _NonFinite as e:
-            status, message = "failed", str(e)
-        except BaseException:
-            if tracker is not None:
-                _close_quietly(tracker, "failed")
-            raise
-        # Every rank's per-step bytes on the writer, in rank order (one small pickle each).
-        gathered = None
-        if status == "complete":
-            gathered = distributed.gather_objects(traffic.per_step, dst=writer_rank)
-        if tracker is not None:
-            _write_parallel_records(writer, config, mode, ctx.world, writer_rank, gathered, seconds_train, done)
-            tracker.close(status)
-        result = RankResult(
-            rank=rank,
-            role=role,
-            status=status,
-            message=message or f"Finished {done} steps.",
-            steps=done,
-            params={n: p.detach().cpu().clone() for n, p in _named(model, mine).items()},
-            bytes_per_step=list(traffic.per_step),
-            record_bytes=(traffic.sent["record"], traffic.received["record"]),
-            seconds_train=seconds_train,
-            path=str(path) if (is_writer and recording) else None,
-        )
-        if tracker is not None:
-            result.loss0 = tracker.loss0
-            result.loss_final = tracker.last.loss_end if tracker.last else tracker.loss0
-        if gathered is not None:
-            result.step_bytes = _mean_step_bytes(gathered)
-        if is_writer:
-            if result.loss_final is None and math.isfinite(train_loss):
-                result.loss_final = train_loss
-            result.test_acc = eval_rows[-1][2] if eval_rows else None
-        return result
+        return _train(me, path, overwrite, progress)
     finally:
         distributed.teardown(ctx)
 
 
-def _named(model: nn.Module, params: list[nn.Parameter]) -> dict[str, nn.Parameter]:
-    ids = {id(p) for p in params}
-    return {n: p for n, p in model.named_parameters() if id(p) in ids}
+def _build_rank(config: RunConfig, mode: str, ctx: distributed.Dist) -> _Rank:
+    """Data, the whole model (the same θ_0 on every rank), its split and this rank's share."""
+    from .setup import build_data_and_model
+    from .train import fit_to_data
+
+    ds, model = build_data_and_model(config)
+    config = fit_to_data(config, ds.num_train)
+    k = config.stanza or config.data_parallel
+    if k * config.batch_size > ds.num_train:
+        raise StanzaError(
+            f"A step takes {k} × {config.batch_size} = {k * config.batch_size} examples but the "
+            f"training split has {ds.num_train}; lower --batch-size to at most "
+            f"{ds.num_train // k}."
+        )
+    model.to(ctx.device)
+    distributed.broadcast_module(model)  # one θ_0 everywhere, whatever the init did
+    conv, fc = split_model(model)
+    # every rank takes part in making a group, members or not
+    conv_group = dist.new_group(list(range(k))) if mode == "stanza" else None
+    return _Rank(config, mode, k, ctx.rank, ctx.world, ctx.device, ds, model, conv, fc, conv_group)
 
 
-class _NonFinite(RuntimeError):
-    pass
+def _train(
+    me: _Rank,
+    path: str | Path | None,
+    overwrite: bool,
+    progress: Callable[[int, int, float], None] | None,
+) -> RankResult:
+    """The steps of one rank; the writer (when recording) measures LCA around each update."""
+    from .train import TrainingError
 
-
-def _nonfinite(value: float, step: int) -> _NonFinite:
-    return _NonFinite(
-        f"The training loss became {value} at step {step + 1}, so the run stopped with every "
-        "step before it kept; lower the learning rate."
+    config = me.config
+    recording = path is not None
+    is_writer = me.rank == me.writer_rank
+    tracker = writer = None
+    if is_writer and recording:
+        tracker, writer = _open_tracker(config, me.model, me.ds, path, overwrite, me.world)
+    evals: list[tuple[int, float, float]] = []
+    status, message, done, seconds_train = "complete", "", 0, 0.0
+    train_loss = float("nan")
+    try:
+        if tracker is not None:
+            try:
+                tracker.start()
+            except (ValueError, OSError) as e:  # too large, no space: one sentence
+                raise TrainingError(str(e)) from None
+            evals.append(_log_eval(me, writer, 0, float("nan")))
+        for step in range(config.steps):
+            t0 = time.perf_counter()
+            loss = me.gradients(step)
+            seconds = time.perf_counter() - t0
+            if tracker is not None:
+                with tracker.step() as row:
+                    t1 = time.perf_counter()
+                    me.update(recording)
+                    seconds += time.perf_counter() - t1
+                    row.update(
+                        {
+                            "steps/train_loss": loss,
+                            "steps/seconds_train": seconds,
+                            "steps/lr": me.optimizer.param_groups[0]["lr"],
+                        }
+                    )
+            else:
+                t1 = time.perf_counter()
+                me.update(recording)
+                seconds += time.perf_counter() - t1
+            me.traffic.end_step()
+            seconds_train += seconds
+            done = step + 1
+            if not is_writer:
+                continue
+            train_loss = loss if loss is not None else train_loss
+            if not math.isfinite(train_loss):
+                raise _NonFinite(
+                    f"The training loss became {train_loss} at step {step + 1}, so the run "
+                    "stopped with every step before it kept; lower the learning rate."
+                )
+            if tracker is not None and (done % config.eval_every == 0 or done == config.steps):
+                evals.append(_log_eval(me, writer, done, train_loss))
+            if progress is not None:
+                progress(done, config.steps, train_loss)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        status, message = "interrupted", f"{getattr(e, 'what', 'Interrupted')} after {done} steps."
+    except _NonFinite as e:
+        status, message = "failed", str(e)
+    except BaseException:
+        if tracker is not None:
+            _close_quietly(tracker, "failed")
+        raise
+    gathered = None  # every rank's per-step bytes on the writer, in rank order
+    if status == "complete":
+        gathered = distributed.gather_objects(me.traffic.per_step, dst=me.writer_rank)
+    if tracker is not None:
+        _write_parallel_records(writer, me, gathered, seconds_train, done)
+        tracker.close(status)
+    result = RankResult(
+        rank=me.rank,
+        role=me.role,
+        status=status,
+        message=message or f"Finished {done} steps.",
+        steps=done,
+        params=me.trained(),
+        bytes_per_step=list(me.traffic.per_step),
+        record_bytes=(me.traffic.sent["record"], me.traffic.received["record"]),
+        seconds_train=seconds_train,
+        path=str(path) if tracker is not None else None,
     )
+    if gathered is not None:
+        result.step_bytes = _mean_step_bytes(gathered)
+    if tracker is not None:
+        result.loss0 = tracker.loss0
+        result.loss_final = tracker.last.loss_end if tracker.last else tracker.loss0
+    if is_writer:
+        if result.loss_final is None and math.isfinite(train_loss):
+            result.loss_final = train_loss
+        result.test_acc = evals[-1][2] if evals else None
+    return result
 
 
-def _conv_step(conv, conv_params, train_x, train_y, idx, rank, b, k, conv_group, traffic) -> None:
-    """Conv rank: features to the FC rank, activation gradient back, conv gradients all-reduced."""
-    shard = idx[rank * b : (rank + 1) * b]
-    x, y = train_x[shard], train_y[shard]
-    feats = conv(x)
-    traffic.send(feats.detach(), k)
-    traffic.send(y, k)
-    grad_feats = torch.empty_like(feats)
-    traffic.recv(grad_feats, k)
-    feats.backward(grad_feats)
-    flat = _flat_grads(conv_params)  # each rank's share of the global-minibatch gradient
-    traffic.all_reduce(flat, group=conv_group)
-    _set_grads(conv_params, flat)
+def _log_eval(me: _Rank, writer: Any, step: int, train_loss: float) -> tuple[int, float, float]:
+    """Accuracy of the whole model (the writer has every weight) into the run's /eval table."""
+    from .train import EVAL_MAX_EXAMPLES, accuracy
+
+    n, model = EVAL_MAX_EXAMPLES, me.model
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tr, _ = accuracy(model, params, me.train_x[:n], me.train_y[:n])
+    x_test, y_test = me.ds.x_test[:n].to(me.device), me.ds.y_test[:n].to(me.device)
+    te, te_loss = accuracy(model, params, x_test, y_test)
+    writer.add_event("eval", [step, tr, te, te_loss, train_loss])
+    return step, tr, te
 
 
-def _fc_step(fc, stale, loss_fn, k, b, feat_dim, device, traffic) -> float:
-    """FC rank: the loss of the whole global minibatch; FC gradients with the current weights,
-    the activation gradients returned to the conv ranks with the weights of step t − τ."""
-    feats = [torch.empty(b, feat_dim, device=device) for _ in range(k)]
-    labels = [torch.empty(b, dtype=torch.int64, device=device) for _ in range(k)]
-    for r in range(k):
-        traffic.recv(feats[r], r)
-        traffic.recv(labels[r], r)
-    f = torch.cat(feats).requires_grad_(True)
-    y = torch.cat(labels)
-    if len(stale) == 1 or stale.maxlen == 1:  # τ = 0 (or the first step): one backward
-        loss = loss_fn(fc(f), y)
-        loss.backward()
-        grad_f = f.grad
-    else:
-        old = stale[0]  # θ_FC(max(0, t − τ))
-        stale_loss = loss_fn(functional_call(fc, old, (f,)), y)
-        (grad_f,) = torch.autograd.grad(stale_loss, f)
-        loss = loss_fn(fc(f.detach()), y)
-        loss.backward()
-    for r, g in enumerate(grad_f.split(b)):
-        traffic.send(g, r)
-    return float(loss.detach())
-
-
-def _replica_step(model, loss_fn, train_x, train_y, idx, rank, b, k, traffic) -> float:
-    """Data-parallel rank: its shard's gradient, all-reduced (sum / K) over every rank."""
-    shard = idx[rank * b : (rank + 1) * b]
-    loss = loss_fn(model(train_x[shard]), train_y[shard])
-    loss.backward()
-    params = list(model.parameters())
-    flat = _flat_grads(params)
-    traffic.all_reduce(flat)
-    flat.div_(k)
-    _set_grads(params, flat)
-    value = loss.detach().reshape(1).clone()
-    traffic.all_reduce(value, kind="record")  # the global minibatch's loss, for the record
-    return float(value) / k
-
-
-def _receive_conv_weights(conv_params, traffic) -> None:
-    """The writer (FC rank) takes conv rank 0's weights after its step, for LCA."""
-    like = [p.detach() for p in conv_params]
-    flat = torch.empty(sum(p.numel() for p in like), dtype=like[0].dtype, device=like[0].device)
-    traffic.recv(flat, 0, kind="record")
-    with torch.no_grad():
-        for p, v in zip(conv_params, distributed.unflatten(flat, like), strict=True):
-            p.copy_(v)
-
-
-def _open_tracker(config, model, ds, path, overwrite, world):
+def _open_tracker(config: RunConfig, model: nn.Module, ds: Any, path, overwrite: bool, world: int):
     """The writer's Tracker on the whole model, with the loop's series and the parallel arrays."""
     from .allocate import Tracker
     from .setup import measurement_set
@@ -567,7 +618,6 @@ def _open_tracker(config, model, ds, path, overwrite, world):
         expected_steps=config.steps,
         overwrite=overwrite,
     )
-    dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
     tracker = Tracker(
         model,
         nn.CrossEntropyLoss(),
@@ -576,7 +626,7 @@ def _open_tracker(config, model, ds, path, overwrite, world):
         writer=writer,
         tolerance=config.tolerance,
         chunk_size=config.measure_batch,
-        dtype=dtype,
+        dtype=torch.float64 if config.measure_dtype == "float64" else torch.float32,
         device=next(model.parameters()).device,
         series={
             "steps/train_loss": ("f8", ()),
@@ -594,17 +644,18 @@ def _open_tracker(config, model, ds, path, overwrite, world):
     return tracker, writer
 
 
-def _write_parallel_records(writer, config, mode, world, writer_rank, gathered, seconds, steps) -> None:
+def _write_parallel_records(
+    writer: Any, me: _Rank, gathered: list | None, seconds: float, steps: int
+) -> None:
     """Per-step bytes of every rank and the run's parallel facts (JSON) into the run file."""
+    config, world = me.config, me.world
     info: dict[str, Any] = {
-        "mode": mode,
-        "k": config.stanza or config.data_parallel,
-        "staleness": config.staleness if mode == "stanza" else 0,
+        "mode": me.mode,
+        "k": me.k,
+        "staleness": config.staleness if me.mode == "stanza" else 0,
         "world": world,
-        "writer_rank": writer_rank,
-        "roles": (
-            ["conv"] * config.stanza + ["fc"] if mode == "stanza" else ["replica"] * world
-        ),
+        "writer_rank": me.writer_rank,
+        "roles": ["conv"] * me.k + ["fc"] if me.mode == "stanza" else ["replica"] * world,
         "batch_per_rank": config.batch_size,
         "steps_per_second": steps / seconds if seconds > 0 else None,
     }
@@ -616,24 +667,30 @@ def _write_parallel_records(writer, config, mode, world, writer_rank, gathered, 
                 sent[s, r], received[s, r] = a, b
         writer.set_array(BYTES_SENT, sent)
         writer.set_array(BYTES_RECEIVED, received)
-        done = sent[:steps]
-        info["bytes_sent_per_step"] = float(done.sum(axis=1).mean()) if steps else 0.0
-        info["bytes_received_per_step"] = float(received[:steps].sum(axis=1).mean()) if steps else 0.0
+        info["bytes_sent_per_step"], info["bytes_received_per_step"] = _mean_step_bytes(gathered)
     writer.set_array(INFO, json.dumps(info).encode()[:INFO_BYTES])
 
 
-def _close_quietly(tracker, status: str) -> None:
+def _close_quietly(tracker: Any, status: str) -> None:
     try:
         tracker.close(status)
     except Exception:  # noqa: BLE001 - the original error matters more
         pass
 
-
 # ---------------------------------------------------------------------------------------------
 # Spawning the processes locally (no torchrun): tests, benchmarks, the CLI without torchrun.
 
 
-def _child(rank: int, world: int, port: int, config_json: str, out: str | None, overwrite: bool, result_dir: str, threads: int) -> None:
+def _child(
+    rank: int,
+    world: int,
+    port: int,
+    config_json: str,
+    out: str | None,
+    overwrite: bool,
+    result_dir: str,
+    threads: int,
+) -> None:
     """One spawned rank: torchrun's environment, then :func:`run_rank`; its RankResult (or the
     error, as text) is saved to ``result_dir/rank-N.pt``."""
     os.environ.update(
@@ -654,7 +711,8 @@ def _child(rank: int, world: int, port: int, config_json: str, out: str | None, 
         torch.save({"ok": result.__dict__}, target)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as one sentence
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        torch.save({"error": text, "type": type(e).__name__, "trace": traceback.format_exc()}, target)
+        trace = traceback.format_exc()
+        torch.save({"error": text, "type": type(e).__name__, "trace": trace}, target)
         raise SystemExit(1) from None
 
 
