@@ -704,7 +704,12 @@ def _child(
         }
     )
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, _terminated)  # Launch.close: end like Ctrl-C, file closed
+    # Only the parent answers Ctrl-C; it ends the ranks with SIGTERM (Launch.close), which each
+    # handles like Ctrl-C once (status "interrupted", the file closed), also when the parent
+    # itself is killed (Linux: the parent-death signal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+    _term_with_parent()
     target = Path(result_dir) / f"rank-{rank}.pt"
     try:
         result = run_rank(RunConfig.from_json(config_json), out, overwrite=overwrite)
@@ -716,11 +721,26 @@ def _child(
         raise SystemExit(1) from None
 
 
-def _terminated(signum: int, frame: object) -> None:
-    from .train import Terminated
+class _Stopped(KeyboardInterrupt):
+    """A spawned rank ended by its parent (Ctrl-C, the app's Stop, or the parent's end)."""
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
+    what = "Stopped"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: never inside the clean-up
+    raise _Stopped
+
+
+def _term_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (elsewhere: nothing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Launch:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ K, BATCH, STEPS, TOL = 2, 8, 6, 1e-4
 CHANNELS = (2, 4)  # conv: 2·1·9+2 + 4·2·9+4 = 96 parameters; features 4·2·2 = 16 per example
 CONV_PARAMS, FC_PARAMS, FEATURES = 96, 16 * 10 + 10, 16
 GUARD_S = 300  # join timeout: only a guard against a hung rank
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def _config(**kw) -> RunConfig:
@@ -225,3 +227,51 @@ def test_cli_spawns_the_ranks_and_reports_the_bytes(tmp_path, capsys):
     assert f"{(feats + 64 + 4 * CONV_PARAMS) + feats:,} bytes sent per step" in said
     with Reader(out) as r:
         assert r.status == "complete" and r.config["stanza"] == 1
+
+
+@pytest.mark.slow
+def test_leaving_the_launch_ends_every_rank(tmp_path):
+    launch = Launch(_config(stanza=1, steps=10**6), tmp_path / "long.h5")
+    with launch:
+        assert all(p.pid is not None for p in launch.processes)
+    assert [p.is_alive() for p in launch.processes] == [False, False]
+    assert all(p.exitcode is not None for p in launch.processes)
+
+
+def test_the_train_page_refuses_stanza_on_a_model_without_conv_layers(runs_folder):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=GUARD_S)
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_stanza").set_value(2).run()
+    errors = [e.value for e in at.error]
+    assert any("use --model cnn-small or lenet, not mlp" in e for e in errors), errors
+    assert "Start training" not in [b.label for b in at.button]
+
+
+@pytest.mark.slow  # a training job that spawns two ranks
+def test_the_train_page_starts_a_stanza_job(runs_folder):
+    from streamlit.testing.v1 import AppTest
+
+    from lca import jobs
+
+    at = AppTest.from_file(APP, default_timeout=GUARD_S)
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="train_dataset").set_value("digits").run()
+    at.selectbox(key="train_model").set_value("cnn-small").run()
+    at.number_input(key="train_steps").set_value(3).run()
+    at.number_input(key="train_batch_size").set_value(8).run()
+    at.number_input(key="train_stanza").set_value(1).run()
+    at.text_input(key="train_name").set_value("stanza").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and [e.value for e in at.error] == []
+    job = jobs.find("stanza.h5")
+    try:
+        job = jobs.wait(job, GUARD_S)
+    finally:
+        if job.alive:  # only when the guard ran out: the job and its ranks end here
+            jobs.stop(job, wait_s=GUARD_S)
+    assert not job.alive and job.state == "complete", jobs.last_error(job)
+    with Reader(job.path) as r:
+        assert r.status == "complete" and r.num_steps == 3 and r.config["stanza"] == 1
+        assert json.loads(r.array(INFO).item().decode())["roles"] == ["conv", "fc"]
