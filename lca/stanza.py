@@ -37,8 +37,9 @@ page.
 
 Launch: under ``torchrun --nproc-per-node K+1 -m lca train --stanza K …`` every process runs its
 own rank (:func:`run_rank`); without torchrun, ``python -m lca train --stanza K …`` spawns the
-K+1 processes itself on this machine (:class:`Launch`, torch.multiprocessing, gloo on a free
-local port) and ends them all when it ends.
+K+1 processes itself on this machine (:class:`Launch`, torch.multiprocessing, a free local
+port; CPU ranks over gloo unless ``--device cuda`` asks for one GPU per rank) and ends them all
+when it ends.
 """
 
 from __future__ import annotations
@@ -761,6 +762,8 @@ class Launch:
         check(config)
         if mode_of(config) is None:
             raise StanzaError("Launch needs --stanza K or --data-parallel K.")
+        if config.device == "auto":  # spawned ranks share this machine: CPU and gloo
+            config = config.replace(device="cpu")
         self.world = world_for(config)
         self._dir = tempfile.TemporaryDirectory(prefix="lca-stanza-")
         ctx = torch.multiprocessing.get_context("spawn")
