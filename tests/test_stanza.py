@@ -275,3 +275,24 @@ def test_the_train_page_starts_a_stanza_job(runs_folder):
     with Reader(job.path) as r:
         assert r.status == "complete" and r.num_steps == 3 and r.config["stanza"] == 1
         assert json.loads(r.array(INFO).item().decode())["roles"] == ["conv", "fc"]
+
+
+@pytest.mark.slow
+def test_the_two_runs_open_side_by_side_on_the_compare_page(runs, runs_folder):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    shutil.copy(runs["dp"][1], runs_folder / "dp.h5")
+    shutil.copy(runs["stanza"][1], runs_folder / "stanza.h5")
+    page = str(Path(APP).parent / "pages" / "compare.py")
+    at = AppTest.from_file(page, default_timeout=GUARD_S)
+    at.session_state["compare_runs"] = ["dp.h5", "stanza.h5"]
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert [e.value for e in at.error] == []
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    layers = [s for s in specs if s["data"] and s["data"][0].get("x") == [
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight", "out.bias"
+    ]]
+    assert layers, "no per-layer chart of the two runs"
