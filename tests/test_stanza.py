@@ -152,6 +152,51 @@ def test_staleness_changes_the_trained_model(runs):
     assert all(math.isfinite(float(p.abs().sum())) for p in stale.values())
 
 
+def _stale_reference(config: RunConfig) -> dict[str, torch.Tensor]:
+    """Stanza with staleness τ in one process, written out plainly: the whole global minibatch
+    at once; FC weights step on the current weights' gradient, conv weights on the gradient
+    that the FC weights of step t − τ send back."""
+    import collections
+
+    from torch.func import functional_call
+
+    from lca.setup import build_data_and_model, seed_everything
+    from lca.train import build_optimizer, minibatches, schedule_factor
+
+    seed_everything(config.seed)
+    ds, model = build_data_and_model(config)
+    conv, fc = split_model(model)
+    optimizer = build_optimizer(config, model)
+    batches = minibatches(ds.num_train, K * config.batch_size, config.seed + 2)
+    def weights() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in fc.named_parameters()}
+
+    old = collections.deque([weights()], maxlen=config.staleness + 1)  # [0]: θ_FC(t − τ)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for step in range(config.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = config.lr * schedule_factor(config, step)
+        idx = next(batches)
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        optimizer.zero_grad()
+        feats = conv(x)
+        f = feats.detach().requires_grad_(True)
+        (grad_f,) = torch.autograd.grad(loss_fn(functional_call(fc, old[0], (f,)), y), f)
+        loss_fn(fc(f), y).backward()  # the FC weights' gradient, current weights
+        feats.backward(grad_f)  # the conv weights' gradient, through the stale FC weights
+        optimizer.step()
+        old.append(weights())
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.slow
+def test_stale_stanza_equals_its_one_process_reference(runs):
+    reference = _stale_reference(_config(stanza=K, staleness=2))
+    stale = _trained(runs["stale"][0])
+    for n in reference:
+        torch.testing.assert_close(stale[n], reference[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
 @pytest.mark.slow
 def test_bytes_exchanged_are_measured_and_recorded(runs):
     feats = BATCH * FEATURES * 4  # one conv rank's float32 features (and their gradient)
