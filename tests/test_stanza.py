@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lca.cli import main
-from lca.config import RunConfig
+from lca.config import ConfigError, RunConfig
 from lca.models import build
 from lca.stanza import (
     BYTES_RECEIVED,
@@ -92,8 +92,13 @@ def test_a_model_without_a_conv_fc_split_is_refused():
     ],
 )
 def test_what_cannot_run_is_refused_in_one_sentence(changes, world, words):
-    with pytest.raises(StanzaError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        check(_config(**changes), world)
+    pattern = words.replace("(", r"\(").replace(")", r"\)")
+    if world is None:  # the config itself refuses it (CLI, TOML, the Train page alike)
+        with pytest.raises(ConfigError, match=pattern):
+            _config(**changes)
+    else:  # a launch with the wrong number of processes
+        with pytest.raises(StanzaError, match=pattern):
+            check(_config(**changes), world)
 
 
 def test_the_writer_is_the_fc_rank_in_stanza_and_rank_0_in_data_parallel():
