@@ -607,7 +607,7 @@ def _log_eval(me: _Rank, writer: Any, step: int, train_loss: float) -> tuple[int
 def _open_tracker(config: RunConfig, model: nn.Module, ds: Any, path, overwrite: bool, world: int):
     """The writer's Tracker on the whole model, with the loop's series and the parallel arrays."""
     from .allocate import Tracker
-    from .setup import measurement_set
+    from .setup import measurement_set, val_measurement_set
     from .store import Writer
     from .train import EVAL_COLUMNS
 
@@ -641,6 +641,9 @@ def _open_tracker(config: RunConfig, model: nn.Module, ds: Any, path, overwrite:
             INFO: (f"S{INFO_BYTES}", (), b""),
         },
         error_every=config.error_every,
+        val_data=val_measurement_set(ds, config) if config.measure_val else None,
+        adapt_on=config.adapt_on,
+        param_tolerance=config.param_tolerance,
     )
     return tracker, writer
 
