@@ -287,14 +287,20 @@ def test_fp8_chunked_conv2d_forward_and_backward_equal_the_chunked_dot_oracle():
     gxp: dict[tuple[int, int, int, int], list[float]] = {}
     for n, i, j in rows:
         for o in range(6):
-            terms = [float(xp[n, c, i * stride + u, j * stride + v] * w[o, c, u, v]) for c, u, v in kidx]
+            terms = [
+                float(xp[n, c, i * stride + u, j * stride + v] * w[o, c, u, v])
+                for c, u, v in kidx
+            ]
             assert float(y[n, o, i, j]) == _q(chunked_dot(terms, chunk) + float(b[o]))
         for c, u, v in kidx:  # the column gradient, contraction over the output channels
             col = chunked_dot([float(gd[n, o, i, j] * w[o, c, u, v]) for o in range(6)], chunk)
             gxp.setdefault((n, c, i * stride + u, j * stride + v), []).append(col)
     for o in range(6):
         for c, u, v in kidx:
-            terms = [float(gd[n, o, i, j] * xp[n, c, i * stride + u, j * stride + v]) for n, i, j in rows]
+            terms = [
+                float(gd[n, o, i, j] * xp[n, c, i * stride + u, j * stride + v])
+                for n, i, j in rows
+            ]
             assert float(gw[o, c, u, v]) == chunked_dot(terms, chunk)
         assert float(gb[o]) == chunked_dot([float(gd[n, o, i, j]) for n, i, j in rows], chunk)
     for n in range(2):  # col2im: the overlapping patches' column gradients, summed, rounded once
