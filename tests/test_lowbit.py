@@ -7,6 +7,7 @@ tests of the numerics; tests marked with the ``train`` fixture run the real loop
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -348,6 +349,106 @@ def test_fp8_chunk_in_a_model_runs_every_gemm_chunked_and_steps_aside_when_measu
         model(x)
     assert calls["n"] == 2  # LCA measures the plain float32 layers
     assert "chunk_cost" in tech.summary()
+
+
+def _scaled_mm_runs_here() -> bool:
+    try:
+        e = torch.zeros(16, 16).to(torch.float8_e4m3fn)
+        one = torch.ones(())
+        torch._scaled_mm(e, e.T.contiguous().T, one, one, out_dtype=torch.float32)
+        return True
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.skipif(not _scaled_mm_runs_here(), reason="torch._scaled_mm does not run on CPU")
+def test_float8_gemm_plumbing_equals_float32_on_1_5_2_operands():
+    # torch._scaled_mm runs on CPU in this torch build, so the cuda-float8 path's padding to
+    # multiples of 16, layouts, e4m3fn scales and the three GEMMs are checked here: on 1-5-2
+    # operands float8 is exact and the products accumulate in float32, so they equal the
+    # float32 GEMMs up to summation order.
+    from techniques.fp8_gemm import conv_gemm, float8_matmul, linear_gemm
+
+    mm, add_bias = float8_matmul()
+    layer = nn.Linear(10, 7)
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.copy_(_e5m2(7, 10, seed=1) * 64)  # beyond e4m3fn's 448: the scale acts
+        conv.weight.copy_(_e5m2(5, 3, 3, 3, seed=2))
+    def lin(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return linear_gemm(x, m.weight, m.bias, mm, add_bias)
+
+    def cnv(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv_gemm(m, x, m.weight, m.bias, mm, add_bias)
+
+    cases = ((layer, _e5m2(5, 10, seed=3), lin), (conv, _e5m2(2, 3, 4, 4, seed=4), cnv))
+    for module, x, fn in cases:
+        x8 = x.clone().requires_grad_(True)
+        y8 = fn(module, x8)
+        g = _e5m2(*y8.shape, seed=5)
+        y8.backward(g)
+        grads8 = (x8.grad, module.weight.grad.clone(), module.bias.grad.clone())
+        module.zero_grad()
+        x32 = x.clone().requires_grad_(True)
+        y32 = module(x32)
+        y32.backward(g)
+        torch.testing.assert_close(y8, y32, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads8, (x32.grad, module.weight.grad, module.bias.grad), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        module.zero_grad()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_fp8_cuda_float8_is_refused_without_cuda_in_one_sentence():
+    from lca.config import ConfigError, RunConfig
+
+    with pytest.raises(TechniqueError) as e:
+        techniques.create({"name": "fp8", "backend": "cuda-float8"})
+    text = str(e.value)
+    assert "needs a CUDA GPU" in text and "backend = simulated" in text
+    assert text.endswith(".") and text.count(". ") == 0 and "\n" not in text
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        RunConfig(techniques=[{"name": "fp8", "backend": "cuda-float8"}], optimizer="momentum")
+
+
+def test_fp8_cuda_float8_refuses_chunk_and_other_forward_formats():
+    with pytest.raises(TechniqueError, match="chunk = 0"):
+        techniques.create({"name": "fp8", "backend": "cuda-float8", "chunk": 64})
+    with pytest.raises(TechniqueError, match="must be 1-5-2"):
+        techniques.create({"name": "fp8", "backend": "cuda-float8", "forward": "1-4-3"})
+
+
+def _cuda_float8() -> bool:
+    from techniques.fp8_gemm import float8_supported
+
+    return torch.cuda.is_available() and float8_supported("cuda")
+
+
+@pytest.mark.skipif(not _cuda_float8(), reason="needs a CUDA GPU with float8 (capability ≥ 8.9)")
+def test_fp8_cuda_float8_matches_the_simulated_path_on_the_gpu():
+    # Same weights, same 1-5-2 inputs: the float8 products are exact on 1-5-2 operands and
+    # accumulate in float32, so outputs and gradients agree with the simulated float32 GEMMs
+    # to 1e-4 relative (summation order and TF32-free cuBLAS vs cuBLASLt rounding).
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    base = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    x = torch.randn(32, 1, 8, 8, device=dev)
+    y = torch.randint(0, 10, (32,), device=dev)
+    results = []
+    for backend in ("simulated", "cuda-float8"):
+        model = copy.deepcopy(base).to(dev)
+        tech = techniques.create({"name": "fp8", "backend": backend})
+        ctx = ctx_for(model, x, y, 0.1)
+        ctx.device = dev
+        tech.setup(ctx)
+        params = tech.forward_params(dict(model.named_parameters()))
+        loss = ctx.loss_fn(functional_call(model, params, (x,)), y)
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in model.parameters()]))
+    (l_sim, g_sim), (l_f8, g_f8) = results
+    assert abs(l_sim - l_f8) <= 1e-4 * abs(l_sim)
+    for a, b in zip(g_sim, g_f8, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_fp8_keep_first_last_leaves_them_float32():
