@@ -171,3 +171,53 @@ def test_cli_pack_writes_one_file_per_model(tmp_path, capsys):
         != 0
     )
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stacked_measurement_gives_each_model_the_lca_it_gets_alone(tmp_path, monkeypatch):
+    # The LCA measurement of the 3 models at each Simpson node (end point, midpoint) comes from
+    # one vmap-ed call; each model's own Measurer measures only L_0. Each model's weights,
+    # losses and per-parameter LCA equal the model trained alone to float tolerance, and its
+    # LCA conserves the loss change as well as the model alone does.
+    import lca.pack as pack
+    from lca.measure import Measurer
+
+    own, stacked = {"n": 0}, {"n": 0}
+    evaluate, stacked_evaluate = Measurer._evaluate, pack.StackedMeasurement.evaluate
+
+    def counted(self, flat, need_grad):
+        own["n"] += 1
+        return evaluate(self, flat, need_grad)
+
+    def counted_stacked(self, active, points):
+        stacked["n"] += 1
+        return stacked_evaluate(self, active, points)
+
+    monkeypatch.setattr(Measurer, "_evaluate", counted)
+    monkeypatch.setattr(pack.StackedMeasurement, "evaluate", counted_stacked)
+    results = run_pack(_config(pack=3), out=tmp_path / "m.h5")
+    assert [r.status for r in results] == ["complete"] * 3
+    assert own["n"] == 3  # L_0 of each model; every step's nodes came from the stacked call
+    assert stacked["n"] == 5 * 2  # per step: the end point and the midpoint, all 3 at once
+    for i, packed in enumerate(results):
+        alone = run(_config(seed=3 + i), out=tmp_path / f"alone-{i}.h5")
+        for (name, p), (_, q) in zip(
+            packed.tracker.model.named_parameters(),
+            alone.tracker.model.named_parameters(),
+            strict=True,
+        ):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+        with Reader(tmp_path / f"m-{i}.h5") as rp, Reader(tmp_path / f"alone-{i}.h5") as ra:
+            assert rp.status == "complete" and rp.config["seed"] == 3 + i
+            np.testing.assert_allclose(rp.steps("loss"), ra.steps("loss"), rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(rp.steps("evaluations"), ra.steps("evaluations"))
+            for name in ra.names:
+                np.testing.assert_allclose(
+                    rp.param_lca(name), ra.param_lca(name), rtol=0, atol=1e-5
+                )
+            # conservation per model: Σ_i A_{t,i} = L_{t+1} − L_t up to Simpson's error
+            loss, lca_total = rp.steps("loss"), rp.steps("lca")
+            residual = np.abs(np.diff(loss) - lca_total)
+            alone_residual = np.abs(np.diff(ra.steps("loss")) - ra.steps("lca"))
+            assert residual.max() < 1e-2 * np.abs(np.diff(loss)).max()  # lr 0.2: big steps
+            np.testing.assert_allclose(residual, alone_residual, rtol=0, atol=1e-6)
