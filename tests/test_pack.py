@@ -221,3 +221,56 @@ def test_stacked_measurement_gives_each_model_the_lca_it_gets_alone(tmp_path, mo
             alone_residual = np.abs(np.diff(ra.steps("loss")) - ra.steps("lca"))
             assert residual.max() < 1e-2 * np.abs(np.diff(loss)).max()  # lr 0.2: big steps
             np.testing.assert_allclose(residual, alone_residual, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # starts a training subprocess
+def test_train_page_pack_starts_one_job_writing_n_runs_seen_on_runs_and_compare(runs_folder):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from lca import jobs
+
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    timeout = 300  # bounds only a hung script or job; waits follow the job's end
+    at = AppTest.from_file(app, default_timeout=timeout)
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="train_dataset").set_value("circles").run()
+    at.number_input(key="train_steps").set_value(4).run()
+    at.selectbox(key="train_record").set_value("layers").run()
+    at.number_input(key="train_pack").set_value(2).run()
+    assert not at.exception
+    assert any("pack of 2 models" in str(i.value) for i in at.info)
+    at.text_input(key="train_name").set_value("sweep").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = jobs.find("sweep-0.h5")
+    try:
+        assert job is not None and job.pack == 2
+        assert job.run_names == ["sweep-0.h5", "sweep-1.h5"]
+        assert jobs.find("sweep-1.h5") is job or jobs.find("sweep-1.h5").pid == job.pid
+        assert at.session_state["live_job"] == "sweep-0.h5"
+        # one job for the whole pack: the cap ($LCA_MAX_JOBS) counts it once
+        assert [j.pid for j in jobs.jobs()] == [job.pid]
+        job = jobs.wait(job, timeout)
+    finally:
+        if job is not None and job.alive:
+            jobs.stop(job, wait_s=timeout)
+    assert job.state == "complete", jobs.last_error(job)
+    for i in range(2):
+        with Reader(runs_folder / f"sweep-{i}.h5") as r:
+            assert r.status == "complete" and r.num_steps == 4
+            assert r.config["pack_index"] == i and r.config["seed"] == i
+    assert not (runs_folder / "sweep.h5").exists()
+    # both appear on the Runs page and can be compared
+    runs_page = AppTest.from_file(app, default_timeout=timeout)
+    runs_page.switch_page("pages/runs.py").run()
+    assert not runs_page.exception
+    shown = " ".join(str(d.value) for d in runs_page.dataframe)
+    assert "sweep-0.h5" in shown and "sweep-1.h5" in shown
+    compare = AppTest.from_file(app, default_timeout=timeout)
+    compare.session_state["compare_runs"] = ["sweep-0.h5", "sweep-1.h5"]
+    compare.switch_page("pages/compare.py").run()
+    assert not compare.exception and not compare.error, [e.value for e in compare.error]
+    table = " ".join(str(d.value) for d in compare.dataframe)
+    assert "sweep-0.h5" in table and "sweep-1.h5" in table
