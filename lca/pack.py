@@ -246,6 +246,23 @@ class StackedMeasurement:
         self.layout = first._flat_layout
         self.weights = first._weights
         self.rule = integrate.rule(loops[0].tracker.method)
+        self._data: tuple[tuple[int, ...], list] | None = None  # (active, stacked chunks)
+
+    def _stacked_chunks(self, active: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each chunk's inputs and targets of the ``active`` models, stacked (kept while the
+        same models are active: the measurement set never changes)."""
+        key = tuple(active)
+        if self._data is None or self._data[0] != key:
+            ms = [self.proxies[i].inner for i in active]
+            chunks = [
+                (
+                    torch.stack([m._chunks[c][0] for m in ms]),
+                    torch.stack([m._chunks[c][1] for m in ms]),
+                )
+                for c in range(len(self.weights))
+            ]
+            self._data = (key, chunks)
+        return self._data[1]
 
     @staticmethod
     def usable(loops: list[Loop]) -> bool:
@@ -274,15 +291,14 @@ class StackedMeasurement:
         stacked_buffers = {n: torch.stack([b[n] for b in buffers]) for n in buffers[0]}
         total = torch.zeros(len(active), dtype=torch.float64, device=flats.device)
         grad = torch.zeros_like(flats)
+        chunks = self._stacked_chunks(active)
         with no_tf32(), measurement_mode(model):
-            for c, w in enumerate(self.weights):
+            for (xs, ys), w in zip(chunks, self.weights, strict=True):
 
                 def weighted_loss(flat, bufs, x, y, w=w):  # noqa: ANN001, ANN202
                     views = {n: flat[o : o + k].view(shape) for n, o, k, shape in layout}
                     return loss_fn(functional_call(model, {**views, **bufs}, (x,)), y) * w
 
-                xs = torch.stack([m._chunks[c][0] for m in measurers])
-                ys = torch.stack([m._chunks[c][1] for m in measurers])
                 g, loss = vmap(grad_and_value(weighted_loss), randomness="error")(
                     flats, stacked_buffers, xs, ys
                 )
