@@ -656,7 +656,7 @@ def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int
         params=params,
         cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
         cap_name="a run may use here",
-        free=runs.free_bytes(folder),
+        free=runs.free_bytes(folder) // max(1, int(getattr(config, "pack", 1) or 1)),  # N files
         where="in the runs folder",
         verb="choose",
         record_option="record = units or layers",
