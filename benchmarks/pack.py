@@ -68,8 +68,8 @@ def timed(seconds: dict[str, float], label: str, fn: Callable) -> Callable:
     return wrapper
 
 
-def profile_stacked(cfg: RunConfig) -> tuple[float, dict[str, float]]:
-    """Wall seconds of one stacked pack and the seconds of each part of it."""
+def profile_stacked(cfg: RunConfig) -> tuple[float, float, dict[str, float]]:
+    """Wall and CPU seconds of one stacked pack and the wall seconds of each part of it."""
     seconds: dict[str, float] = defaultdict(float)
     patches = [
         (pack.StackedStep, "compute", "stacked training forward/backward"),
@@ -81,14 +81,14 @@ def profile_stacked(cfg: RunConfig) -> tuple[float, dict[str, float]]:
     for cls, name, label in patches:
         setattr(cls, name, timed(seconds, label, getattr(cls, name)))
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results = pack.run_pack(cfg)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         for cls, name, fn in originals:
             setattr(cls, name, fn)
     assert all(r.status == "complete" for r in results)
-    return wall, dict(seconds)
+    return wall, cpu, dict(seconds)
 
 
 def main() -> None:
@@ -109,34 +109,51 @@ def main() -> None:
         f" {'stacked/seq':>12} {'train-only/seq':>15} {'lock-step/seq':>14}   (steps/s)"
     )
     profiles = []
-    def fastest(fn: Callable[[], object]) -> float:
-        best = float("inf")
+    cpu_rows = []
+
+    def fastest(fn: Callable[[], object]) -> tuple[float, float]:
+        """(fewest wall seconds, fewest CPU seconds of this process) over the repeats."""
+        wall, cpu = float("inf"), float("inf")
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            best = min(best, time.perf_counter() - t0)
-        return best
+            wall = min(wall, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+        return wall, cpu
 
     for n in args.sizes:
         cfg = config(args.steps, n, args.device)
-        stacked, parts = min(
-            (profile_stacked(cfg) for _ in range(args.repeats)), key=lambda r: r[0]
-        )
+        runs_stacked = [profile_stacked(cfg) for _ in range(args.repeats)]
+        stacked, _, parts = min(runs_stacked, key=lambda r: r[0])
+        stacked_cpu = min(r[1] for r in runs_stacked)
         profiles.append((n, stacked, parts))
-        train_only = fastest(lambda cfg=cfg: pack.run_pack(cfg, stack_measurement=False))
-        lockstep = fastest(lambda cfg=cfg: pack.run_pack(cfg, stack=False))
+        train_only, train_only_cpu = fastest(
+            lambda cfg=cfg: pack.run_pack(cfg, stack_measurement=False)
+        )
+        lockstep, lockstep_cpu = fastest(lambda cfg=cfg: pack.run_pack(cfg, stack=False))
 
         def one_after_another(n: int = n) -> None:
             for i in range(n):
                 assert run(config(args.steps, 1, args.device, seed=i)).status == "complete"
 
-        sequential = fastest(one_after_another)
+        sequential, sequential_cpu = fastest(one_after_another)
         total = n * args.steps
+        cpu_rows.append((n, total, stacked_cpu, train_only_cpu, lockstep_cpu, sequential_cpu))
         print(
             f"{n:>3} {total / stacked:>8.1f} {total / train_only:>11.1f} "
             f"{total / lockstep:>10.1f} {total / sequential:>11.1f} "
             f"{sequential / stacked:>12.2f} {sequential / train_only:>15.2f} "
             f"{sequential / lockstep:>14.2f}"
+        )
+    print(
+        "\nthe same by CPU seconds of this process (1 thread: the work done, much less "
+        "sensitive than wall time to other load on a shared machine)"
+    )
+    for n, total, *cpu in cpu_rows:
+        a, b, c, d = cpu
+        print(
+            f"{n:>3} {total / a:>8.1f} {total / b:>11.1f} {total / c:>10.1f} {total / d:>11.1f} "
+            f"{d / a:>12.2f} {d / b:>15.2f} {d / c:>14.2f}"
         )
     print("\nwhere the stacked pack's time goes (seconds, share of its wall time):")
     for n, wall, parts in profiles:
