@@ -300,6 +300,8 @@ class RunConfig:
         "train N models of this config with seeds seed, seed+1, … in one process, in "
         "lock-step, each with its own LCA and run file OUT-0.h5 … OUT-(N-1).h5",
         minimum=1,
+        label="Models trained together (pack)",
+        widget={"section": "Optimizer"},
     )
     pack_index: int | None = setting(
         None,
