@@ -2,9 +2,9 @@
 
 For each model, one full measurement-set gradient is timed over the same data and the same
 chunks: LCA's ``Measurer.flat_grad`` (the module itself runs with leaves that view the evaluated
-point; a conv model's inputs are stored channels-last on CPU), a plain PyTorch forward +
-backward (``model(x)``, ``loss.backward()``), and, for the convolutional model, the plain pass
-with inputs and weights channels-last and LCA's gradient forced back to NCHW inputs. Each is
+point), a plain PyTorch forward + backward (``model(x)``, ``loss.backward()``), and, for the
+convolutional model, the plain pass with inputs and weights channels-last and LCA's gradient
+given channels-last inputs. Each is
 reported in achieved GFLOP/s of its matmul and convolution work (forward
 F, weight gradients F, input gradients F minus the first layer's; ReLU, pooling and the loss are
 not counted) beside ``torch.mm``'s on a 2048² float32 product, the practical limit of this
@@ -126,15 +126,15 @@ def bench(
         ("lca.measure", lambda: measurer.flat_grad(flat)),
     ]
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        # The product stores a conv model's inputs channels-last on CPU (Measurer.channels_last);
-        # beside it: the plain pass in that layout, and lca.measure forced back to NCHW.
+        # The plain pass in channels-last layout, and lca.measure given channels-last inputs
+        # (the product keeps NCHW: Measurer.channels_last).
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         cl_chunks = [(cx.contiguous(memory_format=torch.channels_last), cy) for cx, cy in chunks]
-        nchw = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
-        nchw._chunks = [(cx.contiguous(), cy) for cx, cy in nchw._chunks]
+        cl = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
+        cl._chunks = [(c.contiguous(memory_format=torch.channels_last), t) for c, t in cl._chunks]
         variants += [
             ("plain, channels-last", plain_gradient(cl_model, cl_chunks, len(x))),
-            ("lca.measure, NCHW inputs", lambda: nchw.flat_grad(flat)),
+            ("lca.measure, channels-last inputs", lambda: cl.flat_grad(flat)),
         ]
     for _, fn in variants:  # warm-up
         fn()

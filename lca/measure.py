@@ -168,12 +168,11 @@ class Measurer:
             self.rank, self.world = distributed.group_rank_world(self.group)
             self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
         lo, hi = self.chunk_range
-        # Convolutions on CPU run in oneDNN's channels-last layout when the input is stored
-        # that way (1.6× the NCHW plain gradient on LeNet, benchmarks/gradient.py); the values
-        # are the same convolution, summed in another order (float32 rounding differences).
-        self.channels_last = self.device.type == "cpu" and any(
-            isinstance(m, nn.Conv2d) for m in model.modules()
-        )
+        # Inputs stay NCHW: a plain channels-last LeNet pass is 1.3–1.6× the NCHW one, but the
+        # Measurer given channels-last inputs (with or without channels-last weight leaves) was
+        # 0.70–0.96× the NCHW plain pass against 0.88–0.98× with NCHW inputs
+        # (benchmarks/gradient.py, issue 15), so the layout does not pay here yet.
+        self.channels_last = False
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
