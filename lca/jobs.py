@@ -244,6 +244,18 @@ def _check(job: Job) -> bool:
     return True
 
 
+def _reap(job: Job) -> bool:
+    """Fill in the exit status of our child ``job`` that another process (which cannot reap
+    it) already recorded as ended; whether the record changed."""
+    popen = _POPENS.get(job.pid)
+    rc = None if popen is None else popen.poll()
+    if rc is None:
+        return False
+    _POPENS.pop(job.pid, None)
+    job.returncode = rc
+    return True
+
+
 def _refreshed(folder: Path) -> list[Job]:
     """The registry with every job's liveness checked and saved (call with the lock held); a
     stop that was not obeyed within its grace period escalates here."""
@@ -252,6 +264,8 @@ def _refreshed(folder: Path) -> list[Job]:
     for j in items:
         if j.ended is None:
             changed |= _follow_up(j)
+        elif j.returncode is None and j.pid in _POPENS:  # another process saw our child end
+            changed |= _reap(j)
     if changed:
         _save(folder, items)
     return items

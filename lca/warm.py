@@ -204,7 +204,11 @@ def warm_up() -> None:
     from lca import cli, jobs
     from lca.config import RunConfig
 
-    config = RunConfig.from_dict({**jobs.demo_config().to_dict(), "steps": WARMUP_STEPS})
+    # threads given: "auto" would look at the runs folder's jobs, and a worker warming up is
+    # no job (nor may it record the end of one, which only the job's parent can reap).
+    config = RunConfig.from_dict(
+        {**jobs.demo_config().to_dict(), "steps": WARMUP_STEPS, "threads": 1}
+    )
     with tempfile.TemporaryDirectory(prefix="lca-warm-") as tmp:
         config_file = Path(tmp) / "warm.json"
         config_file.write_text(jobs.config_json(config))
