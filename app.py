@@ -28,7 +28,7 @@ log = logging.getLogger("lca.app")
 # page, so its address is "/" (Streamlit serves a default page only there). A url path should be
 # its file's name: on a server nobody has visited yet, Streamlit resolves a shared link by file
 # name (see pages/__init__.py); only /techniques (file techniques_used.py, so that it does not
-# shadow the techniques package) differs and needs one earlier visit to the app.
+# shadow the techniques package) differs: pages/_techniques.py answers it on a fresh server.
 PAGES = [
     ("pages/home.py", "Home", "home", ":material/home:"),
     ("pages/explain.py", "What is LCA?", "explain", ":material/school:"),
