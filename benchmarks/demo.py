@@ -105,7 +105,7 @@ class FirstStep(threading.Thread):
                             return
                 except Exception:  # noqa: BLE001 - being created
                     pass
-            time.sleep(0.02)
+            time.sleep(0.1)  # (more often would take CPU from what is measured)
 
 
 def wait_for_warm_worker(runs_dir: Path) -> float:

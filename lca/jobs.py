@@ -443,6 +443,7 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
                     stderr=fe,
                 )
         _POPENS[popen.pid] = popen
+        _YOUNG[popen.pid] = (popen, time.monotonic())
         job = Job(
             name=name,
             path=str(path),
@@ -457,9 +458,9 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
         )
         items.append(job)
         _save(root, items)
-    if ticket:  # the warm worker is taken: warm the next one once this job has begun
+    if ticket:  # the warm worker is taken: warm the next one once this job is under way
         threading.Thread(
-            target=_prewarm_after_first_step, args=(job, env, root), daemon=True, name="lca-warm"
+            target=_prewarm_after, args=(job, env, root), daemon=True, name="lca-warm"
         ).start()
     return job
 
@@ -498,7 +499,37 @@ def _start_warm(
     return worker.popen, worker.ticket
 
 
+REPLACE_AFTER_S = 60.0  # no new warm worker while a job started here is younger than this
+_YOUNG: dict[int, tuple[subprocess.Popen, float]] = {}  # jobs started here: process, start time
+
+
+def _starting_job() -> bool:
+    """Whether a job this process started is still running and younger than REPLACE_AFTER_S.
+
+    Meanwhile no warm worker is started: its warm-up (several CPU-seconds) would be taken from
+    the very seconds a class waits for the new run's first steps and charts.
+    """
+    now = time.monotonic()
+    for pid, (popen, since) in list(_YOUNG.items()):
+        if popen.poll() is not None or now - since >= REPLACE_AFTER_S:  # poll() keeps the
+            _YOUNG.pop(pid, None)  # exit status for _check: no reaping race
+    return bool(_YOUNG)
+
+
+def _prewarm_after(job: Job, env: dict[str, str], root: Path) -> None:
+    """Start the next warm worker once ``job`` (which took the last one) has ended or has run
+    REPLACE_AFTER_S seconds, whichever comes first."""
+    entry = _YOUNG.get(job.pid)
+    deadline = time.monotonic() + REPLACE_AFTER_S
+    while entry is not None and entry[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _prewarm(env, root)
+
+
 def _prewarm(env: dict[str, str], root: Path) -> int | None:
+    if _starting_job():
+        worker = warm.current()
+        return worker.pid if worker is not None and worker.alive else None
     try:
         worker = warm.ensure(env, root)
     except (OSError, ValueError, subprocess.SubprocessError):
@@ -506,30 +537,12 @@ def _prewarm(env: dict[str, str], root: Path) -> int | None:
     return None if worker is None else worker.pid
 
 
-REPLACE_WAIT_S = 60.0  # the next warm worker starts after the job's first step, or this long
-
-
-def _prewarm_after_first_step(job: Job, env: dict[str, str], root: Path) -> None:
-    """Start the next warm worker once ``job`` has recorded a step (or ended): its warm-up
-    would otherwise take CPU from the very seconds a class waits for the first chart."""
-    from .store import Reader
-
-    deadline = time.monotonic() + REPLACE_WAIT_S
-    popen = _POPENS.get(job.pid)  # poll() keeps the exit status for _check: no reaping race
-    while time.monotonic() < deadline and popen is not None and popen.poll() is None:
-        with contextlib.suppress(Exception):  # the file is being created
-            with Reader(job.path) as r:
-                if r.num_steps:
-                    break
-        time.sleep(0.1)
-    _prewarm(env, root)
-
-
 def prewarm(folder: str | Path | None = None) -> int | None:
     """Keep one pre-started job process ready (lca.warm), so the next ``start`` records its
-    first step in a fraction of a second; returns its pid (None when $LCA_WARM_WORKER=0 or it
-    cannot be started). Cheap when it is already there: the app calls it on every page view.
-    Never raises: without a warm worker a job starts cold."""
+    first step in a fraction of a second; returns its pid (None when $LCA_WARM_WORKER=0, while
+    a job started here is in its first REPLACE_AFTER_S seconds, or when it cannot be started).
+    Cheap when it is already there: the app calls it on every page view. Never raises: without
+    a warm worker a job starts cold."""
     try:
         root = runs.runs_dir(folder)
     except OSError:
