@@ -57,9 +57,10 @@ _COUNT = 0  # workers this process started (part of each ticket)
 
 
 def enabled(environ: dict[str, str] | None = None) -> bool:
-    """Whether the app keeps a warm worker ($LCA_WARM_WORKER, on unless 0/false/no/off)."""
+    """Whether the app keeps a warm worker ($LCA_WARM_WORKER, on unless 0/false/no/off; POSIX
+    only: the worker waits on its pipe with select)."""
     value = (os.environ if environ is None else environ).get(ENV_SWITCH, "1")
-    return value.strip().lower() not in ("0", "false", "no", "off")
+    return os.name == "posix" and value.strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
