@@ -55,7 +55,7 @@ def trajectory(args) -> tuple[str, nn.Module, tuple, list[torch.Tensor]]:
 
 
 def allocate_all(
-    model, measure, thetas, method: str, tol: float, estimate: bool = False
+    model, measure, thetas, method: str, tol: float, estimate: bool = False, **adapt
 ) -> dict[str, object]:
     """Allocate every segment with ``method``; the end gradient opens the next segment."""
     measurer = Measurer(model, nn.CrossEntropyLoss(), measure)
@@ -74,6 +74,7 @@ def allocate_all(
             grad_start=grad,
             tolerance=tol,
             estimate=estimate,
+            **adapt,
         )
         if seg.panels_1_2 is not None:
             rows["estimate"].append(panel_error(*seg.panels_1_2))
@@ -125,26 +126,30 @@ def main() -> None:
     )
     ref = reference(model, measure, thetas)
     print(
-        "| method | tolerance | evals/step | steps refined | mean abs err | worst abs err | "
-        "steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |"
+        "| method | tolerance | refine on | evals/step | steps refined | mean abs err | "
+        "worst abs err | steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for method, tol in [
-        ("rk4", 1e-3),
-        ("rk4-adaptive", 1e-3),
-        ("rk4-paper", 1e-3),
-        ("rk4-adaptive", 1e-4),
-        ("rk4-paper", 1e-4),
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for method, tol, ptol in [
+        ("rk4", 1e-3, None),
+        ("rk4-adaptive", 1e-3, None),
+        ("rk4-paper", 1e-3, None),
+        ("rk4-adaptive", 1e-4, None),
+        ("rk4-paper", 1e-4, None),
+        ("rk4-paper", 1e-3, 1e-2),  # --adapt-on parameters --param-tolerance 1e-2
+        ("rk4-paper", 1e-3, 1e-3),
     ]:
-        r = allocate_all(model, measure, thetas, method, tol)
+        adapt = {} if ptol is None else {"adapt_on": "parameters", "param_tolerance": ptol}
+        r = allocate_all(model, measure, thetas, method, tol, **adapt)
         err = np.abs(np.array(r["err"]))
         rel, signs = [], []
         for a, b in zip(r["lca"], ref, strict=True):
             rel.append(float((a - b).norm() / b.norm().clamp_min(1e-30)))
             moved = b != 0
             signs.append(float((torch.sign(a[moved]) != torch.sign(b[moved])).double().mean()))
+        on = "sum" if ptol is None else f"parameters ≤ {ptol:.0e}"
         print(
-            f"| {method} | {tol:.0e} | {np.mean(r['evals']):.2f} | "
+            f"| {method} | {tol:.0e} | {on} | {np.mean(r['evals']):.2f} | "
             f"{int(np.sum(np.array(r['splits']) > 1))} | {err.mean():.2e} | {err.max():.2e} | "
             f"{int(np.sum(err > tol))} | {np.mean(rel):.2e} | {100 * np.mean(signs):.3f} | "
             f"{r['seconds']:.1f} |"

@@ -407,6 +407,17 @@ def format_summary(s: dict[str, Any], path: str) -> str:
         f"worst step {num(s.get('max_step_error'), '.2e')}",
         f"helped         {num(helped, '.1f')}% of parameters on an average step",
     ]
+    if s.get("val_loss0") is not None:
+        lines.append(
+            f"held-out loss  {num(s.get('val_loss0'))} -> {num(s.get('val_loss_final'))}, "
+            f"Σ(ΔL − ΣA) = {num(s.get('val_conservation_error'), '.3e')}"
+        )
+    if s.get("panel_error_median") is not None:
+        lines.append(
+            f"per weight     1- vs 2-panel Simpson differ by {num(s['panel_error_median'], '.2e')}"
+            f" (median), {num(s.get('panel_error_worst'), '.2e')} (worst step); signs agree "
+            f"≥ {100 * s['panel_sign_agreement_worst']:.2f}%"
+        )
     for title, key in (("top helping", "top_helping"), ("top hurting", "top_hurting")):
         items = s.get(key) or []
         lines.append(f"{title:<15}" + (", ".join(f"{n} ({v:+.3e})" for n, v in items) or "none"))

@@ -25,6 +25,7 @@ PAGE_AFTER_RUN = ("pages/loss.py", "pages/layers.py", "pages/runs.py")
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_SECONDS = 1.0  # the live panel re-reads the run file this often (a short run is quick)
 STARTING_SECONDS = 0.25  # ... and this often until the first step is on disk (first chart)
+STARTING_FOR_S = 120.0  # but never longer than this after the job started
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def live_panel(name: str, key: str = "live") -> None:
     """
     job = jobs.find(name)
     if job is not None and jobs.poll(job).alive:
-        if _has_steps(Path(job.path)):
+        if job.seconds > STARTING_FOR_S or _has_steps(runs.runs_dir() / name):
             _live_fragment(name, key)
         else:
             _starting_fragment(name, key)

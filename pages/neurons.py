@@ -129,14 +129,17 @@ def values_section(path: Path, v: views.NeuronsView) -> None:
     )
 
 
-def helped_section(totals: dict, helped: dict, rows: int) -> None:
+def helped_section(totals: dict, helped: dict, rows: int, left_out=None) -> None:
     st.subheader("How often does a weight help?")
     if rows == 0:
         st.info("Per-weight counts are written with each flush of the file; none yet.")
         return
     hs = np.concatenate([np.ravel(helped[n]) for n in helped])
     tot = np.concatenate([np.ravel(totals[n]) for n in totals])
-    plot(F.helped_fraction_histogram(hs, rows, totals=tot), key="neurons_helped_fraction")
+    plot(
+        F.helped_fraction_histogram(hs, rows, totals=tot, left_out=left_out),
+        key="neurons_helped_fraction",
+    )
     st.caption(
         "For each weight, the share of steps on which it lowered the loss: **green** "
         "bars helped on most steps; grey ones on fewer than half (on the other steps they "
@@ -211,7 +214,7 @@ def render(path: Path) -> bool:
     stats: views.WeightStats = read_view(views.weight_stats, path)
     images_section(v, stats.totals)
     values_section(path, v)
-    helped_section(stats.totals, stats.helped, stats.rows)
+    helped_section(stats.totals, stats.helped, stats.rows, stats.left_out())
     top_section(path, v, stats.totals, stats.helped, stats.rows, pos)
     return v.running
 

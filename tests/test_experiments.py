@@ -345,6 +345,7 @@ def test_paper_scale_configs_follow_the_protocol() -> None:
     for cfg in setups.values():
         assert (cfg.subset, cfg.measure_size, cfg.measure_batch) == (55_000, None, 1_000)
         assert (cfg.method, cfg.tolerance, cfg.dataset) == ("rk4-paper", 1e-3, "fashion-mnist")
+        assert cfg.measure_val  # the paper's rule: training and validation within 1e-3
     assert paper_setups(ExperimentContext(Path("out"), Path("runs"))) == []  # quick scale
     ctx.paper_steps, ctx.paper_measure = 20, 5000
     reduced = paper_setups(ctx)

@@ -203,6 +203,7 @@ def paper_setups(ctx: ExperimentContext, **overrides: Any) -> list[Setup]:
                 "seed": 0,
                 "method": "rk4-paper",
                 "tolerance": 1e-3,
+                "measure_val": True,  # the paper's rule: training and validation within 1e-3
                 "record": PAPER_RECORD[model],
                 "device": "auto",
                 "eval_every": ctx.size(50, 3),
