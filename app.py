@@ -181,7 +181,7 @@ def main() -> None:
         initial_sidebar_state=presenter.sidebar_state(),
     )
     pg = st.navigation(build_pages())
-    jobs.prewarm()  # one pre-started job process per server: the demo's first step in < 1 s
+    jobs.prewarm()  # one pre-started job process per server: the demo's first step in ~1 s
     presenter.toggle()
     classroom_gate()
     try:

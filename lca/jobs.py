@@ -409,7 +409,8 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
     Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
     or unusable. The subprocess is ``python -m lca train --config <file.json> --out <run>
     --quiet``; when a warm worker is ready (``prewarm``), that same command runs in it instead
-    of a new interpreter, so the first step comes seconds sooner, and the next worker is started.
+    of a new interpreter, so the first step comes seconds sooner; a new worker warms once that
+    job has ended or run a minute.
     """
     root = runs.runs_dir(folder)
     if name is None:
