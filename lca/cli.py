@@ -281,6 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = config.out or _fresh_default_out(config)
     if config.pack > 1:
         return _train_pack(config, out, args)
+    if config.stanza or config.data_parallel or config.staleness:
+        return _train_parallel(config, out, args)
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
     if main:
         check_out(out, overwrite=args.overwrite)
@@ -372,6 +374,57 @@ def _train_pack(config, out: str, args: argparse.Namespace) -> int:
     if "interrupted" in statuses:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if "failed" in statuses else 0
+
+
+def _train_parallel(config, out: str, args: argparse.Namespace) -> int:
+    """``--stanza K`` / ``--data-parallel K`` (lca/stanza.py): under torchrun this process's
+    rank; without torchrun the run's processes are spawned here. The writing rank reports."""
+    from .distributed import launched
+    from .stanza import Launch, StanzaError, check, run_rank, writer_rank
+
+    try:
+        check(config, int(os.environ["WORLD_SIZE"]) if launched() else None)
+    except StanzaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    main = not launched() or env_rank() == writer_rank(config)
+    if main:
+        check_out(out, overwrite=args.overwrite)
+    bar = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        if launched():
+            result = run_rank(config, out, overwrite=args.overwrite, progress=progress)
+        else:
+            with Launch(config, out, overwrite=args.overwrite) as launch:
+                results = launch.wait()
+            result = next(r for r in results if r.rank == writer_rank(config))
+    except (StanzaError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main:
+        return 0 if result.status == "complete" else EXIT_FAILED
+    sent = "" if result.step_bytes is None else f" {result.step_bytes[0]:,.0f} bytes sent per step."
+    acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
+    loss = " ".join(
+        "n/a" if v is None else f"{v:.4f}" for v in (result.loss0, result.loss_final)
+    ).replace(" ", " -> ")
+    print(f"{result.status}: {result.message} Loss {loss}{acc}.{sent} Run file: {out}")
+    if result.status == "failed":
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

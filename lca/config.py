@@ -310,6 +310,34 @@ class RunConfig:
         minimum=0,
         optional=True,
     )
+    stanza: int = setting(
+        0,
+        int,
+        "Stanza (layer separation): train the conv layers on K ranks (data parallel over data "
+        "shards) and the fully connected layers on rank K; K+1 processes, under torchrun or "
+        "spawned locally (0 = off)",
+        minimum=0,
+        label="Stanza: conv ranks K (0 = off)",
+        widget={"section": "Distributed training"},
+    )
+    staleness: int = setting(
+        0,
+        int,
+        "Stanza only: the activation gradients returned to the conv ranks use FC weights this "
+        "many steps old (0 = exactly data parallel)",
+        minimum=0,
+        label="Stanza: staleness τ (steps)",
+        widget={"section": "Distributed training"},
+    )
+    data_parallel: int = setting(
+        0,
+        int,
+        "plain data parallel on K ranks (all-reduce of every gradient), the baseline Stanza is "
+        "compared with; under torchrun or spawned locally (0 = off)",
+        minimum=0,
+        label="Data parallel: ranks K (0 = off)",
+        widget={"section": "Distributed training"},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -325,6 +353,13 @@ class RunConfig:
             if name != "techniques":
                 spec.parse(getattr(self, name), name, ConfigError)
         self._check_techniques()
+        if self.stanza or self.data_parallel or self.staleness:  # lca/stanza.py's own rules
+            from .stanza import check
+
+            try:
+                check(self)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         return self
 
     def _check_techniques(self) -> None:

@@ -217,6 +217,7 @@ def config_form() -> tuple[dict[str, Any], str]:
 
     _section("Optimizer", values)
     _section("LCA measurement", values)
+    _section("Distributed training", values)  # Stanza / data parallel: spawned processes
 
     st.subheader("Efficiency techniques")
     tech_names = techniques.names()
