@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from lca import classroom, runs
+from lca import classroom, jobs, runs
 from pages import presenter
 from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
 
@@ -28,7 +28,7 @@ log = logging.getLogger("lca.app")
 # page, so its address is "/" (Streamlit serves a default page only there). A url path should be
 # its file's name: on a server nobody has visited yet, Streamlit resolves a shared link by file
 # name (see pages/__init__.py); only /techniques (file techniques_used.py, so that it does not
-# shadow the techniques package) differs and needs one earlier visit to the app.
+# shadow the techniques package) differs: pages/_techniques.py answers it on a fresh server.
 PAGES = [
     ("pages/home.py", "Home", "home", ":material/home:"),
     ("pages/explain.py", "What is LCA?", "explain", ":material/school:"),
@@ -181,6 +181,7 @@ def main() -> None:
         initial_sidebar_state=presenter.sidebar_state(),
     )
     pg = st.navigation(build_pages())
+    jobs.prewarm()  # one pre-started job process per server: the demo's first step in ~1 s
     presenter.toggle()
     classroom_gate()
     try:

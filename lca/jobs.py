@@ -12,6 +12,9 @@ The jobs of a runs folder are listed in ``<runs>/.jobs.json`` (a small registry 
 file lock), so they survive Streamlit reruns, new browser sessions and a restarted server. A cap
 on concurrent jobs (``$LCA_MAX_JOBS``, default 2) keeps a class sharing one server usable.
 
+A job may run on a pre-started warm worker (``prewarm``, lca/warm.py) instead of a new
+interpreter: same command, same registry entry, same Stop; only the first step comes sooner.
+
 No Streamlit here: the app, notebooks and tests share these rules.
 """
 
@@ -37,7 +40,7 @@ import torch
 
 import data
 
-from . import models, runs
+from . import models, runs, warm
 from .allocate import Layout, unit_layout
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
@@ -68,6 +71,7 @@ __all__ = [
     "max_jobs",
     "max_run_bytes",
     "poll",
+    "prewarm",
     "start",
     "stop",
     "stop_grace",
@@ -119,6 +123,7 @@ class Job:
     stop_signal: int = 0  # the last signal Stop sent (SIGINT, then SIGTERM, then SIGKILL)
     stop_sent: float | None = None  # time.time() it was sent
     stop_grace: float = DEFAULT_STOP_GRACE_S  # seconds before the next one
+    worker: str = ""  # started on a warm worker (lca.warm): the ticket in its command line
     # ``--pack N``: N > 1 models in this one process, run files NAME-0 … NAME-(N−1); then
     # ``name`` is NAME-0 (the one a live view watches) and ``path`` the --out the job was given.
     pack: int = 1
@@ -239,7 +244,7 @@ def _check(job: Job) -> bool:
     except PermissionError:
         return True
     cmd = _cmdline(job.pid)
-    if cmd is not None and job.path not in cmd:  # the pid was reused by another program
+    if cmd is not None and (job.worker or job.path) not in cmd:  # the pid was reused
         job.ended = time.time()
         return False
     with contextlib.suppress(OSError, IndexError):
@@ -247,6 +252,18 @@ def _check(job: Job) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie someone else must reap
             job.ended = time.time()
             return False
+    return True
+
+
+def _reap(job: Job) -> bool:
+    """Fill in the exit status of our child ``job`` that another process (which cannot reap
+    it) already recorded as ended; whether the record changed."""
+    popen = _POPENS.get(job.pid)
+    rc = None if popen is None else popen.poll()
+    if rc is None:
+        return False
+    _POPENS.pop(job.pid, None)
+    job.returncode = rc
     return True
 
 
@@ -258,6 +275,8 @@ def _refreshed(folder: Path) -> list[Job]:
     for j in items:
         if j.ended is None:
             changed |= _follow_up(j)
+        elif j.returncode is None and j.pid in _POPENS:  # another process saw our child end
+            changed |= _reap(j)
     if changed:
         _save(folder, items)
     return items
@@ -389,7 +408,9 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
 
     Raises JobLimitError when ``max_jobs()`` runs already train, JobError when the name is taken
     or unusable. The subprocess is ``python -m lca train --config <file.json> --out <run>
-    --quiet``.
+    --quiet``; when a warm worker is ready (``prewarm``), that same command runs in it instead
+    of a new interpreter, so the first step comes seconds sooner; a new worker warms once that
+    job has ended or run a minute.
     """
     root = runs.runs_dir(folder)
     if name is None:
@@ -434,35 +455,21 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
         config_file = jobs_dir / f"{stem}.json"
         config_file.write_text(config_json(config))
         err, out = jobs_dir / f"{stem}.err", jobs_dir / f"{stem}.out"
-        cmd = [
-            sys.executable,
-            "-m",
-            "lca",
-            "train",
-            "--config",
-            str(config_file),
-            "--out",
-            str(path),
-            "--quiet",
-        ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        env["PYTHONUNBUFFERED"] = "1"
-        threads = str(_threads())
-        env.setdefault("OMP_NUM_THREADS", threads)
-        env.setdefault("MKL_NUM_THREADS", threads)
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd,
-                cwd=str(PROJECT_ROOT),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=fo,
-                stderr=fe,
-            )
+        argv = ["train", "--config", str(config_file), "--out", str(path), "--quiet"]
+        env = _job_env()
+        popen, ticket = _start_warm(argv, out, err, env)
+        if popen is None:
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                    [sys.executable, "-m", "lca", *argv],
+                    cwd=str(PROJECT_ROOT),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fo,
+                    stderr=fe,
+                )
         _POPENS[popen.pid] = popen
+        _YOUNG[popen.pid] = (popen, time.monotonic())
         job = Job(
             name=members[0],
             path=str(path),
@@ -473,11 +480,101 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
             config_file=str(config_file),
             steps=int(config.steps),
             folder=str(root),
+            worker=ticket,
             pack=pack,
         )
         items.append(job)
         _save(root, items)
+    if ticket:  # the warm worker is taken: warm the next one once this job is under way
+        threading.Thread(
+            target=_prewarm_after, args=(job, env, root), daemon=True, name="lca-warm"
+        ).start()
     return job
+
+
+def _job_env() -> dict[str, str]:
+    """The environment of a job's process: this one's, with the project importable, output
+    unbuffered and the CPU threads of one job (a warm worker must have been started with it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    threads = str(_threads())
+    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("MKL_NUM_THREADS", threads)
+    return env
+
+
+def _start_warm(
+    argv: list[str], out: Path, err: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen | None, str]:
+    """(process, ticket) of the warm worker now running ``python -m lca <argv>``, or (None, "")
+    when there is no live warm worker for ``env``: the caller then starts the job cold."""
+    worker = warm.take(env)
+    if worker is None:
+        return None, ""
+    try:
+        out.write_bytes(b"")
+        err.write_bytes(b"")
+    except OSError:
+        worker.end()
+        raise
+    if not worker.hand(argv, str(out), str(err)):
+        worker.end()  # it died: reap it, start cold
+        return None, ""
+    return worker.popen, worker.ticket
+
+
+REPLACE_AFTER_S = 60.0  # no new warm worker while a job started here is younger than this
+_YOUNG: dict[int, tuple[subprocess.Popen, float]] = {}  # jobs started here: process, start time
+
+
+def _starting_job() -> bool:
+    """Whether a job this process started is still running and younger than REPLACE_AFTER_S.
+
+    Meanwhile no warm worker is started: its warm-up (several CPU-seconds) would be taken from
+    the very seconds a class waits for the new run's first steps and charts.
+    """
+    now = time.monotonic()
+    for pid, (popen, since) in list(_YOUNG.items()):
+        if popen.poll() is not None or now - since >= REPLACE_AFTER_S:  # poll() keeps the
+            _YOUNG.pop(pid, None)  # exit status for _check: no reaping race
+    return bool(_YOUNG)
+
+
+def _prewarm_after(job: Job, env: dict[str, str], root: Path) -> None:
+    """Start the next warm worker once ``job`` (which took the last one) has ended or has run
+    REPLACE_AFTER_S seconds, whichever comes first."""
+    entry = _YOUNG.get(job.pid)
+    deadline = time.monotonic() + REPLACE_AFTER_S
+    while entry is not None and entry[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _prewarm(env, root)
+
+
+def _prewarm(env: dict[str, str], root: Path) -> int | None:
+    if _starting_job():
+        worker = warm.current()
+        return worker.pid if worker is not None and worker.alive else None
+    try:
+        worker = warm.ensure(env, root)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None  # no warm worker: jobs start cold, as they always could
+    return None if worker is None else worker.pid
+
+
+def prewarm(folder: str | Path | None = None) -> int | None:
+    """Keep one pre-started job process ready (lca.warm), so the next ``start`` records its
+    first step in a fraction of a second; returns its pid (None when $LCA_WARM_WORKER=0, while
+    a job started here is in its first REPLACE_AFTER_S seconds, or when it cannot be started).
+    Cheap when it is already there: the app calls it on every page view. Never raises: without
+    a warm worker a job starts cold."""
+    try:
+        root = runs.runs_dir(folder)
+    except OSError:
+        return None
+    return _prewarm(_job_env(), root)
 
 
 def stop_grace() -> float:

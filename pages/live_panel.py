@@ -24,6 +24,8 @@ SELECT_KEY = "_select_when_ready"  # app.py selects this run in the sidebar once
 PAGE_AFTER_RUN = ("pages/loss.py", "pages/layers.py", "pages/runs.py")
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_SECONDS = 1.0  # the live panel re-reads the run file this often (a short run is quick)
+STARTING_SECONDS = 0.25  # ... and this often until the first step is on disk (first chart)
+STARTING_FOR_S = 120.0  # but never longer than this after the job started
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,10 +158,15 @@ def _ended_sentence(job: jobs.Job, snap: dict[str, Any] | None) -> None:
 
 def _panel_body(name: str, key: str) -> bool:
     """Draw the job's state once; returns whether it is still running."""
+    return _panel_state(name, key)[0]
+
+
+def _panel_state(name: str, key: str) -> tuple[bool, int]:
+    """Draw the job's state once; returns (still running, steps recorded so far)."""
     job = jobs.find(name)
     if job is None:
         st.info(f"No training job for {name} is known on this server.")
-        return False
+        return False, 0
     job = jobs.poll(job)
     path = Path(job.path)
     try:
@@ -169,7 +176,7 @@ def _panel_body(name: str, key: str) -> bool:
             snap = None  # the file is being created; next tick will read it
         else:
             st.error(literal(str(e).splitlines()[0] if str(e) else f"{name} cannot be read."))
-            return False
+            return False, 0
     head, stop_col = st.columns([5, 1])
     with head:
         if job.alive:
@@ -195,7 +202,7 @@ def _panel_body(name: str, key: str) -> bool:
     if snap is None:
         if job.alive:
             st.info("Starting: loading the data, building the model and measuring the first loss…")
-        return job.alive
+        return job.alive, 0
     if snap["segments"] == 0 and job.alive:
         st.info("The first step is being measured…")
     _draw_snapshot(snap, key)
@@ -209,22 +216,43 @@ def _panel_body(name: str, key: str) -> bool:
             type="primary",
             icon=":material/open_in_new:",
         )
-    return job.alive
+    return job.alive, snap["segments"]
 
 
-@st.fragment(run_every=LIVE_SECONDS)
-def _live_fragment(name: str, key: str) -> None:
+def _live_tick(name: str, key: str, *, starting: bool) -> None:
     try:
-        running = _panel_body(name, key)
+        running, steps = _panel_state(name, key)
         ready = (runs.runs_dir() / name).exists()
     except Exception as e:  # noqa: BLE001 - a live panel must never show a traceback
         log.exception("live panel failed")
         st.error(f"The live view could not read {name} ({type(e).__name__}); it will retry.")
-        running, ready = True, False
+        running, ready, steps = True, False, 0
     if ready and st.session_state.get(SELECT_KEY) == name:
         st.rerun()  # the file exists now: app.py selects it in the sidebar
     if not running:  # the job ended: redraw the whole page once, without polling
         st.rerun()
+    if starting and steps:  # the first step is drawn: poll at the normal pace from now on
+        st.rerun()
+
+
+@st.fragment(run_every=LIVE_SECONDS)
+def _live_fragment(name: str, key: str) -> None:
+    _live_tick(name, key, starting=False)
+
+
+@st.fragment(run_every=STARTING_SECONDS)
+def _starting_fragment(name: str, key: str) -> None:
+    """The live panel of a run with no step yet: polled fast, so the first chart is drawn as
+    soon as the first step is on disk (a warm-started demo has it within a second)."""
+    _live_tick(name, key, starting=True)
+
+
+def _has_steps(path: Path) -> bool:
+    try:
+        with Reader(path) as r:
+            return r.num_steps > 0
+    except (RunFileError, OSError, KeyError, ValueError):
+        return False
 
 
 def still_there(name: str) -> bool:
@@ -241,7 +269,10 @@ def live_panel(name: str, key: str = "live") -> None:
     """
     job = jobs.find(name)
     if job is not None and jobs.poll(job).alive:
-        _live_fragment(name, key)
+        if job.seconds > STARTING_FOR_S or _has_steps(runs.runs_dir() / name):
+            _live_fragment(name, key)
+        else:
+            _starting_fragment(name, key)
     else:
         try:
             _panel_body(name, key)

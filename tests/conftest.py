@@ -16,6 +16,9 @@ import pytest
 
 from lca.config import RunConfig
 
+# No warm job process (lca.warm) behind every AppTest of app.py: tests that want one turn it on.
+os.environ["LCA_WARM_WORKER"] = "0"
+
 
 @pytest.fixture(scope="session")
 def run_cache(tmp_path_factory) -> Path:
