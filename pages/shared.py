@@ -7,16 +7,19 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 
 from lca import classroom, runs, views
-from lca.figures.literal import literal_figure
+from lca.figures.literal import literal_spec
 from lca.store import Reader, RunFileError
 from pages import presenter
 
@@ -174,20 +177,78 @@ def require_run() -> Path:
     return path
 
 
+class PreparedFigure(go.Figure):
+    """A figure already built, its strings made literal and its arrays turned into JSON data:
+    what ``st.plotly_chart`` sends, handed over without plotly copying and validating every
+    property again (that cost as much as building the figure). The data is shared between
+    sessions through the figure cache, so it is never modified: ``plot`` copies what it changes.
+    """
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+    def to_plotly_json(self) -> dict:
+        return self._spec
+
+
+def prepare(fig: go.Figure) -> PreparedFigure:
+    """``fig`` as the browser will get it: strings shown literally (``literal_spec``), numpy
+    arrays as plotly's typed-array JSON, so sending it again costs only the JSON encoding."""
+    if isinstance(fig, PreparedFigure):
+        return fig
+    return PreparedFigure(json.loads(pio.to_json(literal_spec(fig), validate=False)))
+
+
+@st.cache_resource(max_entries=96, show_spinner=False)
+def _figure_spec(
+    name: str, path: str, stamp: tuple[int, int, int], options: tuple, _make: Callable
+) -> PreparedFigure:
+    del stamp  # part of the cache key only
+    return prepare(_make())
+
+
+class RunFigures:
+    """The figures of one version of one run file, built once and shared by every session.
+
+    Make it at the start of a page's render, before anything of the run is read: the file's
+    version (mtime, size, inode) is taken then, so a figure is never filed under a version newer
+    than the data it was drawn from (a live run that grows gets new keys, and is drawn again).
+    ``figures("name", make, *options)`` returns ``make()`` prepared for ``plot``, from the cache
+    when this run version, figure name and options were drawn before by any session; everything
+    ``make`` draws from must be fixed by the path, the version and ``options``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        stat = path.stat()
+        self.path = str(path)
+        self.stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def __call__(self, name: str, make: Callable[[], go.Figure], *options: Any) -> PreparedFigure:
+        return _figure_spec(name, self.path, self.stamp, tuple(options), make)
+
+
 def plot(fig, *, key: str | None = None, **kwargs):
     """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept.
 
-    The chart's camera button (plotly's modebar, drawn in the browser, offline) saves it as a
-    PNG named after the run and the chart; in presenter mode the chart's type is bigger.
+    ``fig`` is a plotly Figure or one from ``RunFigures`` (prepared and cached). The chart's
+    camera button (plotly's modebar, drawn in the browser, offline) saves it as a PNG named
+    after the run and the chart; in presenter mode the chart's type is bigger.
     """
+    fig = prepare(fig)  # strings from the file (layer names...) shown literally
     if presenter.is_on():
-        fig.update_layout(font={"size": presenter.FONT_SIZE})
+        spec = fig.to_dict()
+        layout = dict(spec.get("layout") or {})
+        layout["font"] = {**(layout.get("font") or {}), "size": presenter.FONT_SIZE}
+        fig = PreparedFigure({**spec, "layout": layout})
     name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
     config = {
         "displaylogo": False,
         "toImageButtonOptions": {"format": "png", "filename": name.replace(" ", "_"), "scale": 2},
     }
-    fig = literal_figure(fig)  # strings from the file (layer names...) shown literally
     return st.plotly_chart(
         fig,
         theme=None,
