@@ -296,6 +296,7 @@ def render(path: Path) -> bool:
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
+    figures.live = v.running  # a run being written: live figures are shared a while
     st.caption(
         f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
         f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}"

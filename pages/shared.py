@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ import streamlit as st
 from lca import classroom, runs, views
 from lca.figures.literal import literal_spec
 from lca.store import Reader, RunFileError
+from lca.store.lock import lock_path
 from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
@@ -211,6 +214,12 @@ def _figure_spec(
     return prepare(_make())
 
 
+# The live figures drawn last: (figure, run, options) -> (when, writer, file version, figure).
+_LIVE: dict[tuple, tuple[float, tuple[int, int], tuple[int, int, int], PreparedFigure]] = {}
+_LIVE_LOCK = threading.Lock()
+_LIVE_KEEP = 256  # entries; the oldest go first
+
+
 class RunFigures:
     """The figures of one version of one run file, built once and shared by every session.
 
@@ -220,15 +229,55 @@ class RunFigures:
     ``figures("name", make, *options)`` returns ``make()`` prepared for ``plot``, from the cache
     when this run version, figure name and options were drawn before by any session; everything
     ``make`` draws from must be fixed by the path, the version and ``options``.
+
+    A run being written changes every second or so, so a class of 30 watching it would draw
+    every figure again for nearly every session. Set ``live`` (the page read that the run is
+    running) and a figure drawn from this same growing file less than ``LIVE_SECONDS`` ago is
+    reused: each live figure is drawn at most once per refresh interval whatever the class size,
+    and is at most one interval behind, as the live panels' own refresh already is. Only from
+    the same writing of the same file: the run file's inode and its lock file's inode and mtime
+    (every writer, recovery or deletion rewrites the lock file when it takes it), so a run
+    deleted and written again under the same name is never shown another run's figure. Once
+    the run has finished (``live`` false), only the file's exact version is used.
     """
 
     def __init__(self, path: Path) -> None:
         stat = path.stat()
         self.path = str(path)
         self.stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        self.live = False
+        try:
+            lock = lock_path(path).stat()
+            self.writer: tuple[int, int] | None = (lock.st_ino, lock.st_mtime_ns)
+        except OSError:
+            self.writer = None  # no writer has held it: nothing to share across versions
 
     def __call__(self, name: str, make: Callable[[], go.Figure], *options: Any) -> PreparedFigure:
-        return _figure_spec(name, self.path, self.stamp, tuple(options), make)
+        key = (name, self.path, tuple(options))
+        live = self.live and self.writer is not None
+        if live:
+            with _LIVE_LOCK:
+                last = _LIVE.get(key)
+            if (
+                last is not None
+                and last[1] == self.writer
+                and _grown_from(last[2], self.stamp)
+                and (last[2] == self.stamp or time.monotonic() - last[0] < LIVE_SECONDS)
+            ):
+                return last[3]
+        fig = _figure_spec(name, self.path, self.stamp, tuple(options), make)
+        if live:
+            with _LIVE_LOCK:
+                _LIVE.pop(key, None)
+                _LIVE[key] = (time.monotonic(), self.writer, self.stamp, fig)
+                while len(_LIVE) > _LIVE_KEEP:
+                    _LIVE.pop(next(iter(_LIVE)))
+        return fig
+
+
+def _grown_from(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
+    """Whether version ``new`` is the same file as ``old`` (inode), written on (not smaller)."""
+    return old[2] == new[2] and new[1] >= old[1] and new[0] >= old[0]
 
 
 def plot(fig, *, key: str | None = None, **kwargs):

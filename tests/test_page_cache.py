@@ -1,9 +1,11 @@
 """The pages' caches (views and figures shared by every session) never show stale or foreign data.
 
 Figures are cached per run file version (``pages.shared.RunFigures``: path, mtime, size, inode)
-and shared between sessions; views per (path, mtime, size). A live run that grows must be drawn
-again with its new steps, and two runs must never get each other's data, whichever was drawn
-first. Pages are run with AppTest in one process, so every session shares the same caches.
+and shared between sessions; views per (path, mtime, size). A live run's figures may be reused
+for one refresh interval (``LIVE_SECONDS``) while the file grows, so a growing run must show its
+new steps after that, a finished run its every step at once, and two runs must never get each
+other's data, whichever was drawn first. Pages are run with AppTest in one process, so every
+session shares the same caches.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -110,7 +113,8 @@ class LiveRun:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close("complete")
+        if not self.writer.closed:
+            self.writer.close("complete")
 
 
 @pytest.fixture
@@ -143,12 +147,23 @@ def test_a_growing_run_is_drawn_again_with_its_new_steps(live_runs, runs_folder)
     neurons_before = charts("neurons", "growing.h5")
 
     run.grow(7)  # the job writes on; the same file, in place
-    again = charts("loss", "growing.h5")  # another session, after the file grew
-    assert len(measured_loss(again)) == 13
+    # Other sessions, after the file grew: the new steps appear once the live figure's refresh
+    # interval has passed (waits on that, with a guard far beyond the 2 s interval).
+    guard = time.monotonic() + 120
+    while len(measured_loss(again := charts("loss", "growing.h5"))) != 13:
+        assert time.monotonic() < guard, "the new steps never appeared"
+        time.sleep(0.2)
     np.testing.assert_allclose(measured_loss(again), file_loss(runs_folder / "growing.h5"))
     # Every cached figure of the other pages was drawn again too.
     assert charts("layers", "growing.h5") != layers_before
     assert charts("neurons", "growing.h5") != neurons_before
+
+    run.grow(3)
+    run.close()  # finished: the very next session sees every step, no refresh interval
+    np.testing.assert_allclose(
+        measured_loss(charts("loss", "growing.h5")), file_loss(runs_folder / "growing.h5")
+    )
+    assert len(measured_loss(charts("loss", "growing.h5"))) == 16
 
 
 @pytest.mark.slow
