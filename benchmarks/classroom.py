@@ -8,8 +8,9 @@ shared: the two "alone" figures show how much other work moved it).
 
 Sessions: ``--browsers`` of them are real headless chromium pages (Playwright on Debian's
 chromium); the rest are lightweight clients that speak the app's own websocket protocol as a
-browser tab does (``/_stcore/stream``: a ``BackMsg`` asking to run a page, ``ForwardMsg``
-deltas back; while a page shows a live run, the ``auto_rerun`` the server asks for is honoured:
+browser tab does (``/_stcore/stream``: a ``BackMsg`` asking to run a page, with the hashes of
+the messages the tab already has; ``ForwardMsg`` deltas back, or references to messages it has;
+while a page shows a live run, the ``auto_rerun`` the server asks for is honoured:
 the client asks for the live fragment again at that interval, as the browser's timer does).
 Each session cycles through the pages that draw the training run and the Playground, staying
 ``--dwell`` seconds on each like a student looking at it. A view counts when its first chart
@@ -118,7 +119,11 @@ async def _until_finished(ws, slug: str, t0: float, seen: dict) -> None:
         fm = ForwardMsg()
         fm.ParseFromString(raw)
         kind = fm.WhichOneof("type")
-        if "chart" not in seen and _is_chart(fm, slug):
+        cache = seen.setdefault("cache", {})  # message hash -> is a chart, as a browser keeps
+        if fm.metadata.cacheable and fm.hash:
+            cache[fm.hash] = _is_chart(fm, slug)
+        chart = _is_chart(fm, slug) or (kind == "ref_hash" and cache.get(fm.ref_hash, False))
+        if "chart" not in seen and chart:
             seen["chart"] = time.monotonic() - t0
         elif kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
             element = fm.delta.new_element
@@ -152,6 +157,7 @@ async def ws_session(
         url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None
     )
     try:
+        cache: dict[str, bool] = {}  # the messages this tab has, which the server may reference
         i = 0
         while time.monotonic() < until and (views is None or i < views):
             slug = pages[i % len(pages)]
@@ -159,7 +165,8 @@ async def ws_session(
             msg = BackMsg()
             msg.rerun_script.query_string = f"run={RUN}"
             msg.rerun_script.page_name = slug
-            seen: dict = {}
+            msg.rerun_script.cached_message_hashes.extend(cache)
+            seen: dict = {"cache": cache}
             t0 = time.monotonic()
             await ws.send(msg.SerializeToString())
             await _until_finished(ws, slug, t0, seen)
@@ -181,6 +188,7 @@ async def ws_session(
                 again.rerun_script.page_script_hash = seen.get("page_hash", "")
                 again.rerun_script.fragment_id = fragment
                 again.rerun_script.is_auto_rerun = True
+                again.rerun_script.cached_message_hashes.extend(cache)
                 await ws.send(again.SerializeToString())
                 await _until_finished(ws, slug, time.monotonic(), seen)
                 s.reruns += 1
@@ -204,14 +212,15 @@ async def browser_session(
 ) -> None:
     """One real chromium tab: open each page, wait until its first chart is drawn."""
     page = await browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_navigation_timeout(VIEW_TIMEOUT_S * 1000)
     try:
         i = 0
         while time.monotonic() < until:
             slug = pages[i % len(pages)]
             i += 1
             t0 = time.monotonic()
-            await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
             try:
+                await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
                 if slug in COMPONENT_PAGES:
                     await (
                         page.frame_locator('[data-testid="stMain"] iframe')

@@ -16,8 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Imported here, once, by the first session (app.py imports this module first thing): Streamlit
+# imports them lazily inside its elements, and when several sessions' threads did that at the
+# same moment (a class opening the app together) Python handed some of them a partially
+# initialised pandas ("partially initialized module 'pandas' has no attribute 'Series'"),
+# measured with benchmarks/classroom.py.
+import pandas  # noqa: F401
 import plotly.graph_objects as go
 import plotly.io as pio
+import pyarrow  # noqa: F401
 import streamlit as st
 
 from lca import classroom, runs, views
