@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,7 @@ PAGES = ["loss", "layers", "neurons", "playground", "home"]
 CHARTLESS = {"home"}  # Home shows the run picker and the demo: a chart is not required there
 COMPONENT_PAGES = {"playground"}  # their "chart" is the browser-side component
 VIEW_TIMEOUT_S = 60.0
+CHROMIUM_CPU = [0.0]  # CPU seconds of the chromium processes, read before they close
 RUN = "lesson.h5"
 
 
@@ -70,6 +72,35 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (the lightweight clients)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
+def _chromium_cpu() -> float:
+    """CPU seconds of the chromium processes this benchmark started (its descendants)."""
+    total, todo, seen = 0.0, [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        for c in map(int, children):
+            if c in seen:
+                continue
+            seen.add(c)
+            todo.append(c)
+            try:
+                if "chrom" in Path(f"/proc/{c}/comm").read_text():
+                    fields = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                continue
+    return total
 
 
 def machine_busy() -> tuple[float, float]:
@@ -263,6 +294,7 @@ async def run_class(
                 tasks.append(ws_session(url, order, until, dwell, sessions[i]))
             await asyncio.sleep(0.1)  # students do not all press Enter in the same millisecond
         done = await asyncio.gather(*tasks, return_exceptions=True)
+        CHROMIUM_CPU[0] = _chromium_cpu()  # before they exit
         if b is not None:
             await b.close()
     crashed = 0
@@ -315,12 +347,16 @@ def main() -> None:
             alone = steps_per_second(path, args.alone)
             busy1, total1 = machine_busy()
             cpu0, _ = proc_cpu_rss(proc.pid)
+            job0, _ = proc_cpu_rss(job.pid)
+            me0 = _own_cpu()
             s0, t0 = steps_done(path), time.monotonic()
             sessions, crashed = asyncio.run(
                 run_class(url, args.sessions, args.browsers, args.seconds, args.dwell)
             )
             loaded = (steps_done(path) - s0) / (time.monotonic() - t0)
             cpu1, rss = proc_cpu_rss(proc.pid)
+            job1, _ = proc_cpu_rss(job.pid)
+            me1 = _own_cpu() + CHROMIUM_CPU[0]
             wall = time.monotonic() - t0
             busy2, total2 = machine_busy()
             load_during = os.getloadavg()[0]
@@ -363,10 +399,15 @@ def main() -> None:
         f"server: {cpu1 - cpu0:.1f} CPU-s in {wall:.0f} s ({(cpu1 - cpu0) / wall:.2f} cores), "
         f"peak RSS {rss / 2**20:.0f} MiB"
     )
+    cores = os.cpu_count() or 1
+    class_busy = (busy2 - busy1) / (total2 - total1) * cores
     print(
-        f"machine: {(busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1):.2f} cores busy "
-        f"while training alone, {(busy2 - busy1) / (total2 - total1) * (os.cpu_count() or 1):.2f}"
-        f" during the class (load average {load_during:.2f} at its end)"
+        f"machine: {(busy1 - busy0) / (total1 - total0) * cores:.2f} cores busy while training "
+        f"alone, {class_busy:.2f} during the class (load average {load_during:.2f} at its end); "
+        f"during the class the server took {(cpu1 - cpu0) / wall:.2f} cores, the training run "
+        f"{(job1 - job0) / wall:.2f}, this benchmark's clients and chromium "
+        f"{(me1 - me0) / wall:.2f}, everything else on the machine "
+        f"{max(0.0, class_busy - (cpu1 - cpu0 + job1 - job0 + me1 - me0) / wall):.2f}"
     )
     before_after = (alone + alone_after) / 2
     print(
