@@ -21,13 +21,13 @@ from lca.synchrony import SynchronyError, synchrony
 from pages.shared import (
     RunFigures,
     download_csv,
-    file_stamp,
     literal,
     plot,
     read_view,
     show_run,
     steps_phrase,
     view_or_explain,
+    view_version,
 )
 
 HEATMAP_KEY = "layers_heatmap"
@@ -219,7 +219,8 @@ def sync_section(path: Path, figures: RunFigures) -> None:
         "trend alone makes peaks coincide.",
     )
     window = 25 if detrend else 0
-    out = _synchrony(str(path), file_stamp(path), top / 100.0, window)
+    version = view_version(path, "synchrony", top, window)
+    out = _synchrony(str(path), version, top / 100.0, window)
     if "error" in out:
         st.info(literal(out["error"]))
         return
@@ -296,7 +297,6 @@ def render(path: Path) -> bool:
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
-    figures.live = v.running  # a run being written: live figures are shared a while
     st.caption(
         f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
         f"{len(v.names)} layers (parameter tensors) · record {literal(v.record)}"

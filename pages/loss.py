@@ -109,7 +109,6 @@ def render(path: Path) -> bool:
     v: views.LossView | None = view_or_explain(views.loss_view, path)
     if v is None:
         return False
-    figures.live = v.running  # a run being written: live figures are shared a while
     kind = v.kind
     st.caption(
         f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(kind)} "

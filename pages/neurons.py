@@ -234,7 +234,6 @@ def render(path: Path) -> bool:
     v: views.NeuronsView | None = view_or_explain(views.neurons_view, path)
     if v is None:
         return False
-    figures.live = v.running  # a run being written: live figures are shared a while
     st.caption(
         f"**{literal(path.name)}** · {literal(v.status)} · {steps_phrase(v.kind)} · "
         f"{v.num_params:,} parameters in {len(v.units)} layers · record "

@@ -30,7 +30,7 @@ import streamlit as st
 from lca import classroom, runs, views
 from lca.figures.literal import literal_spec
 from lca.store import Reader, RunFileError
-from lca.store.lock import lock_path
+from lca.store.lock import holder, lock_path
 from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
@@ -161,10 +161,72 @@ def _read_large(view: str, path: str, stamp: tuple[int, int], args: tuple) -> An
 
 def read_view(view: Callable[..., Any], path: Path, *args: Any, large: bool = False) -> Any:
     """``view(Reader(path), *args)`` for a function of ``lca.views``, cached per file version
-    (path, mtime, size); ``large`` for per-weight reads (fewer kept). Raises RunFileError or
-    OSError for a file that cannot be read."""
+    (path, mtime, size); ``large`` for per-weight reads (fewer kept). While a writer holds the
+    file, a version read by any session less than ``LIVE_SECONDS`` ago is used (see
+    ``shared_version``). Raises RunFileError or OSError for a file that cannot be read."""
     read = _read_large if large else _read_small
-    return read(view.__name__, str(path), file_stamp(path), tuple(args))
+    version = view_version(path, view.__name__, *args, large)
+    return read(view.__name__, str(path), version, tuple(args))
+
+
+def view_version(path: Path, *key: Any) -> tuple[int, int]:
+    """The file version (mtime, size) to cache a read of ``path`` under: its version now, or
+    the one another session read less than ``LIVE_SECONDS`` ago while the same writer still
+    writes the file (``shared_version``). Take it before reading: the data read is then at
+    least as new as the key."""
+    stamp = file_stamp(path)
+    return shared_version(("view", str(path), *key), stamp, writing(path))
+
+
+# The versions shared while a run is written: key -> (when first used, writer, version).
+_LIVE: dict[tuple, tuple[float, tuple[int, int, int], tuple]] = {}
+_LIVE_LOCK = threading.Lock()
+_LIVE_KEEP = 512  # entries; the oldest go first
+
+
+def writing(path: Path) -> tuple[int, int, int] | None:
+    """Who is writing ``path`` now, as (run file inode, lock file inode, lock file mtime), or
+    None when nobody is. Every writer, recovery or deletion rewrites the lock file when it takes
+    it and removes it when done, so a run written again under the same name is another writer.
+    """
+    try:
+        lock = lock_path(path).stat()
+        run = path.stat()
+    except OSError:
+        return None
+    if holder(path) is None:
+        return None
+    return run.st_ino, lock.st_ino, lock.st_mtime_ns
+
+
+def shared_version(key: tuple, stamp: tuple, writer: tuple[int, int, int] | None) -> tuple:
+    """``stamp``, or, while ``writer`` still writes the file, the version ``key`` was first
+    used at by any session less than ``LIVE_SECONDS`` ago.
+
+    A run being written changes every second or so, so a class of 30 watching it would read
+    and draw everything again for nearly every session. Sharing the version for one refresh
+    interval makes each live read and figure happen at most once per interval whatever the
+    class size, at most one interval behind, as the live panels' own refresh already is. Once
+    the writer is done (finished, killed, recovered) the exact version is used again at once.
+    """
+    if writer is None:
+        return stamp
+    now = time.monotonic()
+    with _LIVE_LOCK:
+        last = _LIVE.get(key)
+        if (
+            last is not None
+            and last[1] == writer
+            and stamp[0] >= last[2][0]  # the same file, written on (never older or smaller)
+            and stamp[1] >= last[2][1]
+            and now - last[0] < LIVE_SECONDS
+        ):
+            return last[2]
+        _LIVE.pop(key, None)
+        _LIVE[key] = (now, writer, stamp)
+        while len(_LIVE) > _LIVE_KEEP:
+            _LIVE.pop(next(iter(_LIVE)))
+    return stamp
 
 
 def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
@@ -221,70 +283,29 @@ def _figure_spec(
     return prepare(_make())
 
 
-# The live figures drawn last: (figure, run, options) -> (when, writer, file version, figure).
-_LIVE: dict[tuple, tuple[float, tuple[int, int], tuple[int, int, int], PreparedFigure]] = {}
-_LIVE_LOCK = threading.Lock()
-_LIVE_KEEP = 256  # entries; the oldest go first
-
-
 class RunFigures:
     """The figures of one version of one run file, built once and shared by every session.
 
     Make it at the start of a page's render, before anything of the run is read: the file's
-    version (mtime, size, inode) is taken then, so a figure is never filed under a version newer
-    than the data it was drawn from (a live run that grows gets new keys, and is drawn again).
-    ``figures("name", make, *options)`` returns ``make()`` prepared for ``plot``, from the cache
-    when this run version, figure name and options were drawn before by any session; everything
-    ``make`` draws from must be fixed by the path, the version and ``options``.
-
-    A run being written changes every second or so, so a class of 30 watching it would draw
-    every figure again for nearly every session. Set ``live`` (the page read that the run is
-    running) and a figure drawn from this same growing file less than ``LIVE_SECONDS`` ago is
-    reused: each live figure is drawn at most once per refresh interval whatever the class size,
-    and is at most one interval behind, as the live panels' own refresh already is. Only from
-    the same writing of the same file: the run file's inode and its lock file's inode and mtime
-    (every writer, recovery or deletion rewrites the lock file when it takes it), so a run
-    deleted and written again under the same name is never shown another run's figure. Once
-    the run has finished (``live`` false), only the file's exact version is used.
+    version (mtime, size, inode) and its writer are taken then, so a figure is never filed under
+    a version newer than the data it was drawn from (a live run that grows gets new keys, and is
+    drawn again). ``figures("name", make, *options)`` returns ``make()`` prepared for ``plot``,
+    from the cache when this run version, figure name and options were drawn before by any
+    session; everything ``make`` draws from must be fixed by the path, the version and
+    ``options``. While a writer holds the file, versions are shared for one refresh interval
+    (``shared_version``), so a class watching a live run costs one build per interval.
     """
 
     def __init__(self, path: Path) -> None:
         stat = path.stat()
         self.path = str(path)
         self.stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        self.live = False
-        try:
-            lock = lock_path(path).stat()
-            self.writer: tuple[int, int] | None = (lock.st_ino, lock.st_mtime_ns)
-        except OSError:
-            self.writer = None  # no writer has held it: nothing to share across versions
+        self.writer = writing(path)
 
     def __call__(self, name: str, make: Callable[[], go.Figure], *options: Any) -> PreparedFigure:
-        key = (name, self.path, tuple(options))
-        live = self.live and self.writer is not None
-        if live:
-            with _LIVE_LOCK:
-                last = _LIVE.get(key)
-            if (
-                last is not None
-                and last[1] == self.writer
-                and _grown_from(last[2], self.stamp)
-                and (last[2] == self.stamp or time.monotonic() - last[0] < LIVE_SECONDS)
-            ):
-                return last[3]
-        fig = _figure_spec(name, self.path, self.stamp, tuple(options), make)
-        if live:
-            with _LIVE_LOCK:
-                _LIVE.pop(key, None)
-                _LIVE[key] = (time.monotonic(), self.writer, self.stamp, fig)
-                while len(_LIVE) > _LIVE_KEEP:
-                    _LIVE.pop(next(iter(_LIVE)))
-        return fig
-
-
-def _grown_from(old: tuple[int, int, int], new: tuple[int, int, int]) -> bool:
-    """Whether version ``new`` is the same file as ``old`` (inode), written on (not smaller)."""
-    return old[2] == new[2] and new[1] >= old[1] and new[0] >= old[0]
+        key = ("figure", self.path, name, tuple(options))
+        version = shared_version(key, self.stamp, self.writer)
+        return _figure_spec(name, self.path, version, tuple(options), make)
 
 
 def plot(fig, *, key: str | None = None, **kwargs):
