@@ -365,10 +365,10 @@ def show_run(render: Callable[[Path], object]) -> None:
     timer, so a finished run is drawn exactly like one opened later.
     """
     path = require_run()
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return
-        running = r.status == "running"
+    run = view_or_explain(views.run_view, path)  # cached: no file opened per rerun
+    if run is None:
+        return
+    running = run.running
     if not running:
         _render_or_explain(render, path)
         return
