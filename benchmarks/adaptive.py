@@ -32,20 +32,23 @@ from lca.measure import Measurer  # noqa: E402
 REFERENCE_PANELS = "simpson64"
 
 
-def trajectory(args) -> tuple[str, nn.Module, tuple, list[torch.Tensor]]:
+def trajectory(
+    args, model_name: str = "fc-mnist", steps: int | None = None, measure_size: int | None = None
+) -> tuple[str, nn.Module, tuple, list[torch.Tensor]]:
     """Train with momentum SGD (the CLI's defaults) and keep flat θ_0 … θ_T."""
-    name, model_name = ("fashion-mnist", "fc-mnist")
+    name = "fashion-mnist"
     if data.locate("fashion-mnist") is None:
-        name, model_name = ("digits", "mlp")
+        name, model_name = ("digits", "mlp" if model_name == "fc-mnist" else "cnn-small")
     ds = data.load(name)
     torch.manual_seed(0)
     model = models.build(model_name, ds.input_shape, ds.num_classes)
-    measure = (ds.x_train[: args.measure], ds.y_train[: args.measure])
+    size = measure_size or args.measure
+    measure = (ds.x_train[:size], ds.y_train[:size])
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(0)
     thetas = [torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])]
-    for _ in range(args.steps):
+    for _ in range(steps or args.steps):
         idx = torch.randint(0, ds.num_train, (64,), generator=g)
         opt.zero_grad()
         loss_fn(model(ds.x_train[idx]), ds.y_train[idx]).backward()
@@ -55,13 +58,13 @@ def trajectory(args) -> tuple[str, nn.Module, tuple, list[torch.Tensor]]:
 
 
 def allocate_all(
-    model, measure, thetas, method: str, tol: float, estimate: bool = False
+    model, measure, thetas, method: str, tol: float, estimate: bool = False, **adapt
 ) -> dict[str, object]:
     """Allocate every segment with ``method``; the end gradient opens the next segment."""
     measurer = Measurer(model, nn.CrossEntropyLoss(), measure)
     space = FlatSpace.of(model, measurer.device)
     loss, grad = measurer.flat_loss_and_grad(thetas[0])
-    rows = {"lca": [], "err": [], "evals": [], "splits": [], "estimate": []}
+    rows = {"lca": [], "err": [], "evals": [], "splits": [], "estimate": [], "losses": [loss]}
     t0 = time.perf_counter()
     for start, end in zip(thetas[:-1], thetas[1:], strict=True):
         seg = _integrate_flat(
@@ -74,6 +77,7 @@ def allocate_all(
             grad_start=grad,
             tolerance=tol,
             estimate=estimate,
+            **adapt,
         )
         if seg.panels_1_2 is not None:
             rows["estimate"].append(panel_error(*seg.panels_1_2))
@@ -82,6 +86,7 @@ def allocate_all(
         rows["evals"].append(seg.evaluations)
         rows["splits"].append(seg.splits)
         loss, grad = seg.loss_end, seg.grad_end
+        rows["losses"].append(loss)
     rows["seconds"] = time.perf_counter() - t0
     return rows
 
@@ -92,6 +97,53 @@ def reference(model, measure, thetas) -> list[torch.Tensor]:
 
     integrate._FIXED[REFERENCE_PANELS] = integrate.composite_simpson(64)
     return allocate_all(model, measure, thetas, REFERENCE_PANELS, 0.0)["lca"]
+
+
+CONSERVATION = [("rk4", 1e-3), ("rk4-adaptive", 1e-3), ("rk4-paper", 1e-3), ("gauss3", 1e-3)]
+PAPER_TOLERANCE = 1e-3
+
+
+def conservation(args, print) -> None:  # noqa: A002 - the section's own print
+    """Per-step conservation error and cost of each method on fc-mnist and LeNet (issue 15
+    item 5): the table the default method is chosen from. No 64-panel reference here (it
+    costs 128 gradients a step); errors are |ΔL − ΣA| against the paper's 1e-3."""
+    print("## Conservation per step: rk4, rk4-adaptive, rk4-paper and gauss3\n")
+    print(
+        "Measured by `python benchmarks/adaptive.py --conservation`: one momentum-SGD "
+        "trajectory per model (lr "
+        f"{args.lr}, batch 64, from step 0, where steps are largest), allocated by each method; "
+        f"|ΔL − ΣA| per step against the paper's {PAPER_TOLERANCE:g}. *× rk4* is the gradient "
+        "evaluations per step over rk4's (what LCA's time scales with); *LCA s* is wall time on "
+        f"a 2-core machine shared with other work, {args.threads} thread(s).\n"
+    )
+    for model_name, steps, size in (
+        ("fc-mnist", args.steps, args.measure),
+        ("lenet", args.lenet_steps, args.lenet_measure),
+    ):
+        what, model, measure, thetas = trajectory(args, model_name, steps, size)
+        print(
+            f"**{what}** ({thetas[0].numel():,} parameters): {steps} steps, measurement set "
+            f"{len(measure[1]):,} (reduced from the paper's 55,000 to fit a shared CPU)\n"
+        )
+        print(
+            "| method | evals/step | × rk4 | mean abs err | worst abs err | steps > 1e-3 | "
+            "median rel. err % | LCA s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        base = None
+        for method, tol in CONSERVATION:
+            r = allocate_all(model, measure, thetas, method, tol)
+            err = np.abs(np.array(r["err"]))
+            dl = np.abs(np.diff([float(x) for x in r["losses"]]))
+            rel = err / np.maximum(dl, 1e-30)
+            evals = float(np.mean(r["evals"]))
+            base = base or evals
+            print(
+                f"| {method} | {evals:.2f} | {evals / base:.2f} | {err.mean():.2e} | "
+                f"{err.max():.2e} | {int(np.sum(err > PAPER_TOLERANCE))} of {len(err)} | "
+                f"{100 * np.median(rel):.3f} | {r['seconds']:.1f} |"
+            )
+        print()
 
 
 def main() -> None:
@@ -105,6 +157,14 @@ def main() -> None:
         help="also write the section as markdown here (e.g. "
         "docs/results/bench-adaptive.md, which docs/RESULTS.md includes)",
     )
+    p.add_argument(
+        "--conservation",
+        action="store_true",
+        help="instead: the per-step conservation table of rk4, rk4-adaptive, rk4-paper and "
+        "gauss3 on fc-mnist and LeNet",
+    )
+    p.add_argument("--lenet-steps", type=int, default=20)
+    p.add_argument("--lenet-measure", type=int, default=500)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lines: list[str] = []
@@ -112,6 +172,12 @@ def main() -> None:
     def print(text: str = "") -> None:  # noqa: A001 - the printed lines are the section
         lines.append(text)
         builtins.print(text, flush=True)
+
+    if args.conservation:
+        conservation(args, print)
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+        return
 
     what, model, measure, thetas = trajectory(args)
     print("## Adaptive rules: ours (rk4-adaptive) against the paper's (rk4-paper)\n")
@@ -125,26 +191,30 @@ def main() -> None:
     )
     ref = reference(model, measure, thetas)
     print(
-        "| method | tolerance | evals/step | steps refined | mean abs err | worst abs err | "
-        "steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |"
+        "| method | tolerance | refine on | evals/step | steps refined | mean abs err | "
+        "worst abs err | steps > tol | per-param rel. err (mean) | wrong signs % (mean) | LCA s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for method, tol in [
-        ("rk4", 1e-3),
-        ("rk4-adaptive", 1e-3),
-        ("rk4-paper", 1e-3),
-        ("rk4-adaptive", 1e-4),
-        ("rk4-paper", 1e-4),
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for method, tol, ptol in [
+        ("rk4", 1e-3, None),
+        ("rk4-adaptive", 1e-3, None),
+        ("rk4-paper", 1e-3, None),
+        ("rk4-adaptive", 1e-4, None),
+        ("rk4-paper", 1e-4, None),
+        ("rk4-paper", 1e-3, 1e-2),  # --adapt-on parameters --param-tolerance 1e-2
+        ("rk4-paper", 1e-3, 1e-3),
     ]:
-        r = allocate_all(model, measure, thetas, method, tol)
+        adapt = {} if ptol is None else {"adapt_on": "parameters", "param_tolerance": ptol}
+        r = allocate_all(model, measure, thetas, method, tol, **adapt)
         err = np.abs(np.array(r["err"]))
         rel, signs = [], []
         for a, b in zip(r["lca"], ref, strict=True):
             rel.append(float((a - b).norm() / b.norm().clamp_min(1e-30)))
             moved = b != 0
             signs.append(float((torch.sign(a[moved]) != torch.sign(b[moved])).double().mean()))
+        on = "sum" if ptol is None else f"parameters ≤ {ptol:.0e}"
         print(
-            f"| {method} | {tol:.0e} | {np.mean(r['evals']):.2f} | "
+            f"| {method} | {tol:.0e} | {on} | {np.mean(r['evals']):.2f} | "
             f"{int(np.sum(np.array(r['splits']) > 1))} | {err.mean():.2e} | {err.max():.2e} | "
             f"{int(np.sum(err > tol))} | {np.mean(rel):.2e} | {100 * np.mean(signs):.3f} | "
             f"{r['seconds']:.1f} |"

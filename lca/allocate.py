@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import integrate
+from .integrate import DEFAULT_PARAM_TOLERANCE
 from .measure import DEFAULT_CHUNK, LossFn, Measurer, Params
 
 
@@ -112,9 +113,17 @@ class FlatSpace:
     """All parameters as one flat vector, so per-step bookkeeping is a handful of tensor ops.
 
     The step's arithmetic (Δ, the points on the segment, the weighted sum of gradients, the
-    signs, the running totals) runs once over one vector instead of once per tensor, and the
-    sums per tensor and per unit are one ``index_add_`` each. Per-tensor dicts are views.
+    signs, the running totals) runs once over one vector instead of once per tensor. Per-tensor
+    dicts are views. The sums per tensor and per unit run over each tensor's slice in blocks of
+    at most ``BLOCK`` elements: no per-parameter index vectors (they cost 16 B per parameter,
+    half the tracker's state) and no full-size float64 temporaries (8 B per parameter each,
+    kept by the allocator as resident memory), measured by ``benchmarks/memory.py``.
     """
+
+    BLOCK = 1 << 16  # elements per float64 temporary (512 KiB)
+    # Up to this many parameters the sums are one index_add_ each over cached index vectors
+    # (≤ 1 MiB): a few ops per step, where a small model's step is short.
+    SMALL = 1 << 16
 
     def __init__(self, names, shapes, units: list[UnitGroup], device: torch.device) -> None:
         self.names = list(names)
@@ -123,33 +132,48 @@ class FlatSpace:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
         self.numel = self.offsets[-1]
         self.device = device
-        self.tensor_index = torch.repeat_interleave(
-            torch.arange(len(self.names), device=device),
-            torch.tensor(self.sizes, device=device),
-        )
         where = {n: i for i, n in enumerate(self.names)}
-        self.unit_index = torch.zeros(self.numel, dtype=torch.long, device=device)
         self.units = list(units)
         self.unit_sizes = [g.size for g in self.units]
+        # (tensor index, unit axis, first unit) of every parameter in a unit group, in order.
+        self._unit_parts: list[tuple[int, int, int]] = []
         base = 0
         for g in self.units:
             for name, d in zip(g.params, g.dims, strict=True):
-                i = where[name]
-                shape = self.shapes[i]
-                if shape:
-                    view = [-1 if k == d else 1 for k in range(len(shape))]
-                    idx = torch.arange(shape[d], device=device).reshape(view).expand(shape)
-                    idx = idx.reshape(-1)
-                else:
-                    idx = torch.zeros(1, dtype=torch.long, device=device)
-                self.unit_index[self.offsets[i] : self.offsets[i + 1]] = idx + base
+                self._unit_parts.append((where[name], d, base))
             base += g.size
         self.num_units = base
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.numel <= self.SMALL:
+            self._index = (self.tensor_index, self._unit_index())
+
+    def _unit_index(self) -> torch.Tensor:
+        index = torch.zeros(self.numel, dtype=torch.long, device=self.device)
+        for i, d, base in self._unit_parts:
+            shape = self.shapes[i]
+            if shape:
+                view = [-1 if k == d else 1 for k in range(len(shape))]
+                idx = torch.arange(shape[d], device=self.device).reshape(view).expand(shape)
+                idx = idx.reshape(-1)
+            else:
+                idx = torch.zeros(1, dtype=torch.long, device=self.device)
+            index[self.offsets[i] : self.offsets[i + 1]] = idx + base
+        return index
 
     @classmethod
     def of(cls, model: nn.Module, device: torch.device) -> FlatSpace:
         params = dict(model.named_parameters())
         return cls(params, [p.shape for p in params.values()], unit_layout(model), device)
+
+    @property
+    def tensor_index(self) -> torch.Tensor:
+        """(numel,) long: the tensor each flat entry belongs to (kept for small models only)."""
+        if getattr(self, "_index", None) is not None:
+            return self._index[0]  # type: ignore[index]
+        return torch.repeat_interleave(
+            torch.arange(len(self.names), device=self.device),
+            torch.tensor(self.sizes, device=self.device),
+        )
 
     def flatten(self, params: Params, dtype: torch.dtype | None = None) -> torch.Tensor:
         flat = torch.cat([params[n].detach().reshape(-1) for n in self.names])
@@ -164,24 +188,59 @@ class FlatSpace:
             )
         }
 
+    def _blocks(self, flat: torch.Tensor, i: int) -> Iterator[torch.Tensor]:
+        o, k = self.offsets[i], self.sizes[i]
+        for a in range(o, o + k, self.BLOCK):
+            yield flat[a : min(a + self.BLOCK, o + k)]
+
     def per_tensor(self, flat: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(self.names), dtype=torch.float64, device=flat.device)
-        return out.index_add_(0, self.tensor_index, flat.double())
+        if self._index is not None:
+            return out.index_add_(0, self._index[0], flat.double())
+        for i in range(len(self.names)):
+            for b in self._blocks(flat, i):
+                out[i] += b.double().sum()
+        return out
 
     def per_unit(self, flat: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.num_units, dtype=torch.float64, device=flat.device)
-        return out.index_add_(0, self.unit_index, flat.double())
+        if self._index is not None:
+            return out.index_add_(0, self._index[1], flat.double())
+        for i, d, base in self._unit_parts:
+            shape = self.shapes[i]
+            t = flat[self.offsets[i] : self.offsets[i + 1]].view(shape)
+            if not shape:
+                out[base] += t.double()
+                continue
+            other = [k for k in range(len(shape)) if k != d]
+            per_unit = max(1, self.sizes[i] // max(1, shape[d]))
+            step = max(1, self.BLOCK // per_unit)
+            for a in range(0, shape[d], step):
+                n = min(step, shape[d] - a)
+                part = t.narrow(d, a, n).double()
+                out[base + a : base + a + n] += part.sum(dim=other) if other else part
+        return out
 
     def sign_summary(self, flat: torch.Tensor) -> torch.Tensor:
         """(3·L,) float64: per tensor, the count of A < 0, the count of A > 0, and max |A|."""
         n = len(self.names)
-        neg = torch.zeros(n, dtype=torch.float64, device=flat.device)
-        pos = torch.zeros(n, dtype=torch.float64, device=flat.device)
-        top = torch.zeros(n, dtype=flat.dtype, device=flat.device)
-        neg.index_add_(0, self.tensor_index, (flat < 0).double())
-        pos.index_add_(0, self.tensor_index, (flat > 0).double())
-        top.scatter_reduce_(0, self.tensor_index, flat.abs(), "amax")
-        return torch.cat([neg, pos, top.double()])
+        if self._index is not None:
+            index = self._index[0]
+            neg = torch.zeros(n, dtype=torch.float64, device=flat.device)
+            pos = torch.zeros(n, dtype=torch.float64, device=flat.device)
+            top = torch.zeros(n, dtype=flat.dtype, device=flat.device)
+            neg.index_add_(0, index, (flat < 0).double())
+            pos.index_add_(0, index, (flat > 0).double())
+            top.scatter_reduce_(0, index, flat.abs(), "amax")
+            return torch.cat([neg, pos, top.double()])
+        out = torch.zeros(3 * n, dtype=torch.float64, device=flat.device)
+        for i in range(n):
+            for b in self._blocks(flat, i):
+                out[i] += torch.count_nonzero(b < 0)
+                out[n + i] += torch.count_nonzero(b > 0)
+                top = torch.linalg.vector_norm(b, float("inf")).double()
+                out[2 * n + i] = torch.maximum(out[2 * n + i], top)
+        return out
 
     def split_units(self, values: np.ndarray) -> dict[str, np.ndarray]:
         out, at = {}, 0
@@ -215,6 +274,11 @@ class _Segment:
     evaluations: int
     # (1-panel, 2-panel) Simpson A when an error estimate was asked for, else None.
     panels_1_2: tuple[torch.Tensor, torch.Tensor] | None = None
+    # The held-out (validation) measurement set along the same path, when one is measured.
+    val_lca: torch.Tensor | None = None
+    val_loss_end: float | None = None
+    val_grad_end: torch.Tensor | None = None
+    val_evaluations: int = 0
 
 
 def _integrate_flat(
@@ -228,42 +292,86 @@ def _integrate_flat(
     grad_start: torch.Tensor | None,
     tolerance: float,
     estimate: bool = False,
+    val: Measurer | None = None,
+    val_loss_start: float | None = None,
+    val_grad_start: torch.Tensor | None = None,
+    adapt_on: str = "sum",
+    param_tolerance: float = DEFAULT_PARAM_TOLERANCE,
 ) -> _Segment:
     """LCA of one flat segment; with ``estimate`` also Simpson's 1- and 2-panel results, whose
-    difference estimates the per-parameter error (2 more evaluations unless already taken)."""
+    difference estimates the per-parameter error (2 more evaluations unless already taken).
+
+    With ``val`` (a second measurement set, the held-out split) the same nodes of the same path
+    are measured on it too, and an adaptive method refines until *both* conservation errors are
+    within ``tolerance`` (the LCA paper's rule). ``adapt_on="parameters"`` also requires the
+    per-parameter estimate ‖A_coarse − A_fine‖ / ‖A_fine‖ between the last two refinement
+    levels to be within ``param_tolerance`` (on every measured set); the finer result is kept.
+    """
     rule = integrate.rule(method)
     evals0 = measurer.evaluations
+    val_evals0 = val.evaluations if val is not None else 0
     delta = end - start
     grads: dict = {}
+    vgrads: dict = {}
+
+    def point(s) -> torch.Tensor:
+        return start if s == 0 else end if s == 1 else torch.add(start, delta, alpha=float(s))
 
     def grad_at(s) -> torch.Tensor:
-        point = start if s == 0 else end if s == 1 else torch.add(start, delta, alpha=float(s))
-        return measurer.flat_grad(point)
+        return measurer.flat_grad(point(s))
+
+    def vgrad_at(s) -> torch.Tensor:
+        assert val is not None
+        return val.flat_grad(point(s))
 
     if rule.uses_start or integrate.is_adaptive(method):
         grads[Fraction(0)] = grad_start if grad_start is not None else grad_at(0)
+        if val is not None:
+            vgrads[Fraction(0)] = val_grad_start if val_grad_start is not None else vgrad_at(0)
     # The end point is always measured: its loss closes the segment, its gradient opens the next.
     need_end_grad = rule.uses_start or rule.uses_end
     loss_end, g_end = measurer.flat_loss_and_grad(end, need_grad=need_end_grad)
     if need_end_grad:
         grads[Fraction(1)] = g_end
+    val_loss_end, vg_end = None, None
+    if val is not None:
+        val_loss_end, vg_end = val.flat_loss_and_grad(end, need_grad=need_end_grad)
+        if need_end_grad:
+            vgrads[Fraction(1)] = vg_end
 
-    def run(r: integrate.Rule) -> torch.Tensor:
+    def run(r: integrate.Rule, table: dict | None = None, at=None) -> torch.Tensor:
+        table = grads if table is None else table
+        at = grad_at if at is None else at
         acc = None
         for s, w in zip(r.nodes, r.weights, strict=True):
-            if s not in grads:
-                grads[s] = grad_at(s)
-            acc = grads[s] * w if acc is None else acc.add_(grads[s], alpha=w)
+            if s not in table:
+                table[s] = at(s)
+            acc = table[s] * w if acc is None else acc.add_(table[s], alpha=w)
         return acc.mul_(delta)
 
-    lca = run(rule)
+    def run_val(r: integrate.Rule) -> torch.Tensor | None:
+        return None if val is None else run(r, vgrads, vgrad_at)
+
+    def conserved(a: torch.Tensor, lo: float, hi: float | None) -> bool:
+        return not abs((hi - lo) - float(a.double().sum())) > tolerance
+
+    lca, vlca = run(rule), run_val(rule)
     splits = 1
     if integrate.is_adaptive(method):
+        prev = vprev = None
         for panels in integrate.refinements(method):
-            err = (loss_end - loss_start) - float(lca.double().sum())
-            if not abs(err) > tolerance:
+            ok = conserved(lca, loss_start, loss_end) and (
+                vlca is None or conserved(vlca, val_loss_start, val_loss_end)
+            )
+            if ok and adapt_on == "parameters":
+                ok = prev is not None and panel_error(prev, lca)[0] <= param_tolerance
+                if ok and vlca is not None:
+                    ok = panel_error(vprev, vlca)[0] <= param_tolerance
+            if ok:
                 break
-            lca = run(integrate.composite_simpson(panels))
+            prev, vprev = lca, vlca
+            fine = integrate.composite_simpson(panels)
+            lca, vlca = run(fine), run_val(fine)
             splits = panels
     panels_1_2 = None
     if estimate:
@@ -280,6 +388,10 @@ def _integrate_flat(
         splits,
         measurer.evaluations - evals0,
         panels_1_2,
+        val_lca=vlca,
+        val_loss_end=val_loss_end,
+        val_grad_end=vg_end if need_end_grad else None,
+        val_evaluations=(val.evaluations - val_evals0) if val is not None else 0,
     )
 
 
@@ -429,6 +541,38 @@ ERROR_SERIES: dict[str, tuple[str, tuple[int, ...]]] = {
     ERROR_SIGNS: ("f8", ()),
 }
 
+# LCA of the held-out loss (Tracker(val_data=...)): the same path measured on a second, held-out
+# measurement set. Per-step series (stored at /series/lca_val/...): the held-out loss at each
+# segment's end, ΣA_val, ΔL_val − ΣA_val, the helped and hurt fractions, and the per-tensor sums.
+# Fixed arrays (stored at /lca_val/...): L_val(θ_0) and each weight's running Σ_t A_val (flat, in
+# model order), overwritten every segment.
+VAL_LOSS = "lca_val/loss"
+VAL_LCA = "lca_val/lca"
+VAL_ERROR = "lca_val/error"
+VAL_HELPED = "lca_val/helped"
+VAL_HURT = "lca_val/hurt"
+VAL_LAYERS = "lca_val/layers"
+VAL_LOSS0 = "lca_val/loss0"
+VAL_TOTAL = "lca_val/total"
+
+
+def val_series(num_tensors: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The per-step series a tracker with a held-out measurement set declares."""
+    one: tuple[int, ...] = ()
+    return {
+        VAL_LOSS: ("f8", one),
+        VAL_LCA: ("f8", one),
+        VAL_ERROR: ("f8", one),
+        VAL_HELPED: ("f8", one),
+        VAL_HURT: ("f8", one),
+        VAL_LAYERS: ("f8", (num_tensors,)),
+    }
+
+
+def val_arrays(num_params: int) -> dict[str, tuple[str, tuple[int, ...], float]]:
+    """The fixed arrays a tracker with a held-out measurement set declares."""
+    return {VAL_LOSS0: ("f8", (), math.nan), VAL_TOTAL: ("f8", (num_params,), 0.0)}
+
 
 @dataclass
 class StepRecord:
@@ -506,8 +650,17 @@ class Tracker:
         arrays: dict[str, tuple[str, tuple[int, ...], float]] | None = None,
         keep_cumulative: bool = True,
         error_every: int = 0,
+        val_data=None,
+        adapt_on: str = "sum",
+        param_tolerance: float = DEFAULT_PARAM_TOLERANCE,
     ) -> None:
         integrate.rule(method)  # validates the name
+        if adapt_on not in integrate.ADAPT_ON:
+            raise ValueError(
+                f"adapt_on must be one of {', '.join(integrate.ADAPT_ON)}, not {adapt_on!r}."
+            )
+        self.adapt_on = adapt_on
+        self.param_tolerance = float(param_tolerance)
         self.model = model
         self.method = method
         self.tolerance = tolerance
@@ -518,6 +671,18 @@ class Tracker:
         )
         self.units = unit_layout(model)
         params = dict(model.named_parameters())
+        # The held-out measurement set (validation split), measured along the same path.
+        self.val_measurer: Measurer | None = (
+            None
+            if val_data is None
+            else Measurer(
+                model, loss_fn, val_data, chunk_size=chunk_size, dtype=dtype, device=device
+            )
+        )
+        if self.val_measurer is not None:
+            num_params = sum(p.numel() for p in params.values())
+            series = {**(series or {}), **val_series(len(params))}
+            arrays = {**(arrays or {}), **val_arrays(num_params)}
         self.layout = Layout(
             names=tuple(params),
             shapes=tuple(tuple(p.shape) for p in params.values()),
@@ -545,6 +710,9 @@ class Tracker:
         self._theta: torch.Tensor | None = None  # flat θ at the end of the last segment
         self._grad: torch.Tensor | None = None  # flat ∇L there (the next segment's start)
         self._loss: float | None = None
+        self._val_loss: float | None = None  # held-out loss and gradient at the last θ
+        self._val_grad: torch.Tensor | None = None
+        self._val_cumulative: torch.Tensor | None = None  # running Σ A_val, flat
         self._t0 = time.perf_counter()
         self._closed = False
 
@@ -567,8 +735,14 @@ class Tracker:
         self.loss0 = self._loss
         if not math.isfinite(self._loss):
             raise NonFiniteLossError(f"The initial loss is {self._loss}; nothing was recorded.")
+        if self.val_measurer is not None:
+            self._val_loss, self._val_grad = self.val_measurer.flat_loss_and_grad(
+                self._theta, need_grad=need_grad
+            )
         if self.writer is not None:
             self.writer.begin(self.layout, self._loss)
+            if self.val_measurer is not None and hasattr(self.writer, "set_array"):
+                self.writer.set_array(VAL_LOSS0, np.float64(self._val_loss))
 
     def params_at_last_segment(self) -> Params:
         """θ where the last segment ended (name -> view), e.g. for saving weights."""
@@ -624,6 +798,11 @@ class Tracker:
             grad_start=self._grad,
             tolerance=self.tolerance,
             estimate=estimate,
+            val=self.val_measurer,
+            val_loss_start=self._val_loss,
+            val_grad_start=self._val_grad,
+            adapt_on=self.adapt_on,
+            param_tolerance=self.param_tolerance,
         )
         index = len(self.history)
         if not math.isfinite(seg.loss_end):
@@ -658,6 +837,8 @@ class Tracker:
                 keep = torch.from_numpy(~noise).to(lca.device)[self.space.tensor_index]
             rel, same = panel_error(*seg.panels_1_2, keep)
             row = {**row, ERROR_REL: rel, ERROR_SIGNS: same}
+        if seg.val_lca is not None:
+            row = {**row, **self._val_row(seg, count)}
         if self.keep_cumulative:
             if self._cumulative is None:
                 self._cumulative = lca.clone()
@@ -694,9 +875,40 @@ class Tracker:
             }
         )
         self._theta, self._grad, self._loss = end, seg.grad_end, seg.loss_end
+        if seg.val_lca is not None:
+            self._val_grad, self._val_loss = seg.val_grad_end, seg.val_loss_end
+            self.history[-1]["val_lca"] = float(row[VAL_LCA])
+            self.history[-1]["val_error"] = float(row[VAL_ERROR])
         self.last = record
         if self.writer is not None:
+            if self._val_cumulative is not None and hasattr(self.writer, "set_array"):
+                self.writer.set_array(VAL_TOTAL, self._val_cumulative)
             self.writer.append(record)
+
+    def _val_row(self, seg: _Segment, count: int) -> dict[str, object]:
+        """The held-out set's per-step series of one segment (and its running per-weight sum)."""
+        vlca = seg.val_lca
+        assert vlca is not None and seg.val_loss_end is not None and self._val_loss is not None
+        n_layers = len(self.layout.names)
+        summary = (
+            torch.cat([self.space.per_tensor(vlca), self.space.sign_summary(vlca)]).cpu().numpy()
+        )
+        per_tensor = summary[:n_layers]
+        neg, pos, tensor_max = summary[n_layers:].reshape(3, n_layers)
+        noise = rounding_level(tensor_max, vlca.dtype)
+        total = math.fsum(per_tensor.tolist())
+        if self._val_cumulative is None:
+            self._val_cumulative = vlca.double().clone()
+        else:
+            self._val_cumulative.add_(vlca.double())
+        return {
+            VAL_LOSS: seg.val_loss_end,
+            VAL_LCA: total,
+            VAL_ERROR: (seg.val_loss_end - self._val_loss) - total,
+            VAL_HELPED: float(neg[~noise].sum()) / count,
+            VAL_HURT: float(pos[~noise].sum()) / count,
+            VAL_LAYERS: per_tensor,
+        }
 
     def close(self, status: str = "complete") -> None:
         """Finish the run; the writer records ``status``."""

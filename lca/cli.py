@@ -27,6 +27,7 @@ import techniques
 
 from . import models
 from .config import DEVICES, RECORD_MODES, ConfigError, RunConfig
+from .cost import CostProbe
 from .distributed import env_rank
 from .experiments import add_parser, cmd_experiment
 from .integrate import METHODS
@@ -268,9 +269,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def _notices(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """warnings.showwarning for the CLI: a RunNotice is one 'notice:' line, others as usual."""
+    from .store.schema import LargeRunNotice
     from .train import RunNotice
 
-    if issubclass(category, RunNotice):
+    if issubclass(category, RunNotice | LargeRunNotice):
         print(f"notice: {message}", file=sys.stderr)
         return
     _SHOW_WARNING(message, category, filename, lineno, file, line)
@@ -281,11 +283,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = config.out or _fresh_default_out(config)
     if config.pack > 1:
         return _train_pack(config, out, args)
+    if config.stanza or config.data_parallel or config.staleness:
+        return _train_parallel(config, out, args)
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
     if main:
         check_out(out, overwrite=args.overwrite)
     quiet = args.quiet or not main
     bar = None  # made at the first step, so a run refused at setup shows only its sentence
+    # A long run says what it will cost (steps × seconds per tracked step) after a few steps.
+    probe = CostProbe(lambda line: tqdm.write(line, file=sys.stderr))
 
     def progress(step: int, total: int, loss: float) -> None:
         nonlocal bar
@@ -295,6 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="step", dynamic_ncols=True)
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.4f}")
+        probe.update(step, total)
 
     if not main:
         warnings.simplefilter("ignore", RunNotice)  # rank 0 says it once
@@ -319,6 +326,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
     if not main:
         return 0 if result.status == "complete" else 1
+    # stdout keeps its one summary line (scripts read it); the conservation note goes to stderr.
+    if result.tracker is not None:  # steps over the paper's 1e-3, and the cost of fixing them
+        from .conservation import advice
+
+        errors = [h["error"] for h in result.tracker.history if h["kind"] == 0]
+        note = advice(errors, config.method)
+        if note:
+            print(f"conservation: {note}", file=sys.stderr)
     print(
         f"{result.status}: {result.message} Loss {result.loss0:.4f} -> "
         f"{result.loss_final:.4f}{acc}. Run file: {out}"
@@ -374,6 +389,57 @@ def _train_pack(config, out: str, args: argparse.Namespace) -> int:
     return EXIT_FAILED if "failed" in statuses else 0
 
 
+def _train_parallel(config, out: str, args: argparse.Namespace) -> int:
+    """``--stanza K`` / ``--data-parallel K`` (lca/stanza.py): under torchrun this process's
+    rank; without torchrun the run's processes are spawned here. The writing rank reports."""
+    from .distributed import launched
+    from .stanza import Launch, StanzaError, check, run_rank, writer_rank
+
+    try:
+        check(config, int(os.environ["WORLD_SIZE"]) if launched() else None)
+    except StanzaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    main = not launched() or env_rank() == writer_rank(config)
+    if main:
+        check_out(out, overwrite=args.overwrite)
+    bar = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        if launched():
+            result = run_rank(config, out, overwrite=args.overwrite, progress=progress)
+        else:
+            with Launch(config, out, overwrite=args.overwrite) as launch:
+                results = launch.wait()
+            result = next(r for r in results if r.rank == writer_rank(config))
+    except (StanzaError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main:
+        return 0 if result.status == "complete" else EXIT_FAILED
+    sent = "" if result.step_bytes is None else f" {result.step_bytes[0]:,.0f} bytes sent per step."
+    acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
+    loss = " ".join(
+        "n/a" if v is None else f"{v:.4f}" for v in (result.loss0, result.loss_final)
+    ).replace(" ", " -> ")
+    print(f"{result.status}: {result.message} Loss {loss}{acc}.{sent} Run file: {out}")
+    if result.status == "failed":
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     with open_run(args.run) as r:
         s = r.summary()
@@ -407,6 +473,17 @@ def format_summary(s: dict[str, Any], path: str) -> str:
         f"worst step {num(s.get('max_step_error'), '.2e')}",
         f"helped         {num(helped, '.1f')}% of parameters on an average step",
     ]
+    if s.get("val_loss0") is not None:
+        lines.append(
+            f"held-out loss  {num(s.get('val_loss0'))} -> {num(s.get('val_loss_final'))}, "
+            f"Σ(ΔL − ΣA) = {num(s.get('val_conservation_error'), '.3e')}"
+        )
+    if s.get("panel_error_median") is not None:
+        lines.append(
+            f"per weight     1- vs 2-panel Simpson differ by {num(s['panel_error_median'], '.2e')}"
+            f" (median), {num(s.get('panel_error_worst'), '.2e')} (worst step); signs agree "
+            f"≥ {100 * s['panel_sign_agreement_worst']:.2f}%"
+        )
     for title, key in (("top helping", "top_helping"), ("top hurting", "top_hurting")):
         items = s.get(key) or []
         lines.append(f"{title:<15}" + (", ".join(f"{n} ({v:+.3e})" for n, v in items) or "none"))

@@ -19,7 +19,7 @@ import data
 import techniques
 
 from . import models
-from .integrate import METHOD_HELP, METHODS
+from .integrate import ADAPT_ON, METHOD_HELP, METHODS
 from .spec import Spec, setting
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -264,12 +264,44 @@ class RunConfig:
         label="Per-weight error estimate every (steps, 0 = off)",
         widget={"section": "LCA measurement"},
     )
+    measure_val: bool = setting(
+        False,
+        bool,
+        "also measure LCA of the held-out loss (the test split, capped like the measurement "
+        "set) along the same path: which weights helped the held-out loss; doubles LCA's cost",
+        label="LCA of the held-out loss too",
+        widget={"section": "LCA measurement"},
+    )
+    adapt_on: str = setting(
+        "sum",
+        str,
+        "rk4-adaptive / rk4-paper refine a step until: sum = |ΔL − ΣA| ≤ tolerance; "
+        "parameters = that and the per-weight difference of the last two refinements "
+        "‖A_coarse − A_fine‖/‖A_fine‖ ≤ param tolerance",
+        choices=ADAPT_ON,
+        label="Refine on",
+        widget={"section": "LCA measurement", "when": ("method", ("rk4-adaptive", "rk4-paper"))},
+    )
+    param_tolerance: float = setting(
+        1e-2,
+        float,
+        "adapt on parameters: relative per-weight difference allowed per step",
+        above=0,
+        label="Per-weight tolerance",
+        widget={
+            "section": "LCA measurement",
+            "format": "%.2e",
+            "when": ("method", ("rk4-adaptive", "rk4-paper")),
+        },
+    )
     pack: int = setting(
         1,
         int,
         "train N models of this config with seeds seed, seed+1, … in one process, in "
         "lock-step, each with its own LCA and run file OUT-0.h5 … OUT-(N-1).h5",
         minimum=1,
+        label="Models trained together (pack)",
+        widget={"section": "Optimizer"},
     )
     pack_index: int | None = setting(
         None,
@@ -277,6 +309,34 @@ class RunConfig:
         "this model's place in its pack (set by --pack; recorded in each file)",
         minimum=0,
         optional=True,
+    )
+    stanza: int = setting(
+        0,
+        int,
+        "Stanza (layer separation): train the conv layers on K ranks (data parallel over data "
+        "shards) and the fully connected layers on rank K; K+1 processes, under torchrun or "
+        "spawned locally (0 = off)",
+        minimum=0,
+        label="Stanza: conv ranks K (0 = off)",
+        widget={"section": "Distributed training"},
+    )
+    staleness: int = setting(
+        0,
+        int,
+        "Stanza only: the activation gradients returned to the conv ranks use FC weights this "
+        "many steps old (0 = exactly data parallel)",
+        minimum=0,
+        label="Stanza: staleness τ (steps)",
+        widget={"section": "Distributed training"},
+    )
+    data_parallel: int = setting(
+        0,
+        int,
+        "plain data parallel on K ranks (all-reduce of every gradient), the baseline Stanza is "
+        "compared with; under torchrun or spawned locally (0 = off)",
+        minimum=0,
+        label="Data parallel: ranks K (0 = off)",
+        widget={"section": "Distributed training"},
     )
 
     def __post_init__(self) -> None:
@@ -293,6 +353,13 @@ class RunConfig:
             if name != "techniques":
                 spec.parse(getattr(self, name), name, ConfigError)
         self._check_techniques()
+        if self.stanza or self.data_parallel or self.staleness:  # lca/stanza.py's own rules
+            from .stanza import check
+
+            try:
+                check(self)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         return self
 
     def _check_techniques(self) -> None:

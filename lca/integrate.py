@@ -72,6 +72,12 @@ PAPER_PANELS: tuple[int, ...] = (1, 2, 4, 8, 16)
 # on the measurement set.
 ADAPTIVE: dict[str, tuple[int, ...]] = {"rk4-adaptive": ADAPTIVE_PANELS, "rk4-paper": PAPER_PANELS}
 DEFAULT_TOLERANCE = 1e-3
+# What an adaptive method refines on: "sum" = |ΔL − ΣA| ≤ tolerance (the paper's criterion);
+# "parameters" = that and, per parameter, ‖A_coarse − A_fine‖ / ‖A_fine‖ ≤ the parameter
+# tolerance between the last two refinement levels (Simpson 1- vs 2-panel for rk4-paper's
+# first test), keeping the finer result.
+ADAPT_ON: tuple[str, ...] = ("sum", "parameters")
+DEFAULT_PARAM_TOLERANCE = 1e-2
 
 _FIXED: dict[str, Rule] = {
     "euler": EULER,

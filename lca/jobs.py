@@ -119,6 +119,17 @@ class Job:
     stop_signal: int = 0  # the last signal Stop sent (SIGINT, then SIGTERM, then SIGKILL)
     stop_sent: float | None = None  # time.time() it was sent
     stop_grace: float = DEFAULT_STOP_GRACE_S  # seconds before the next one
+    # ``--pack N``: N > 1 models in this one process, run files NAME-0 … NAME-(N−1); then
+    # ``name`` is NAME-0 (the one a live view watches) and ``path`` the --out the job was given.
+    pack: int = 1
+
+    @property
+    def run_names(self) -> list[str]:
+        """Every run this job writes: its own name, or each packed model's."""
+        if self.pack <= 1:
+            return [self.name]
+        stem = self.name.removesuffix(runs.SUFFIX).removesuffix("-0")
+        return [f"{stem}-{i}{runs.SUFFIX}" for i in range(self.pack)]
 
     @property
     def alive(self) -> bool:
@@ -257,7 +268,11 @@ def _follow_up(job: Job) -> bool:
     Returns whether the job record changed."""
     if not _check(job):
         if job.stop_signal == signal.SIGKILL:  # killed mid-write: the file says "running"
-            _recover_quietly(job.path)
+            if job.pack > 1:
+                for name in job.run_names:
+                    _recover_quietly(str(Path(job.path).with_name(name)))
+            else:
+                _recover_quietly(job.path)
         return True
     if not job.stop_requested or job.stop_sent is None:
         return False
@@ -298,7 +313,7 @@ def active(folder: str | Path | None = None) -> list[Job]:
 def find(name: str, folder: str | Path | None = None) -> Job | None:
     """The newest job that wrote (or writes) run ``name``, or None."""
     for j in jobs(folder):
-        if j.name == name:
+        if j.name == name or (j.pack > 1 and name in j.run_names):
             return j
     return None
 
@@ -386,11 +401,21 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
         path = runs.resolve(name, root)
     except runs.RunNameError as e:
         raise JobError(str(e)) from None
+    pack = int(getattr(config, "pack", 1) or 1)
+    base = name.removesuffix(runs.SUFFIX)
+    members = [f"{base}-{i}{runs.SUFFIX}" for i in range(pack)] if pack > 1 else [name]
     with _locked(root):
         items = _refreshed(root)
         live = [j for j in items if j.alive]
-        if any(j.name == name for j in live):
+        if any(n in j.run_names for j in live for n in members):
             raise JobError(f"{name} is already training; wait for it or stop it first.")
+        taken = [n for n in members if (root / n).exists()] if pack > 1 else []
+        if taken:
+            raise JobError(
+                f"A run named {taken[0]} already exists, and this pack of {pack} would write "
+                f"{members[0]} … {members[-1]}; choose another name or delete the old runs on "
+                "the Runs page."
+            )
         if path.exists():
             raise JobError(
                 f"A run named {name} already exists; choose another name or delete the old run "
@@ -439,7 +464,7 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
             )
         _POPENS[popen.pid] = popen
         job = Job(
-            name=name,
+            name=members[0],
             path=str(path),
             pid=popen.pid,
             started=time.time(),
@@ -448,6 +473,7 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
             config_file=str(config_file),
             steps=int(config.steps),
             folder=str(root),
+            pack=pack,
         )
         items.append(job)
         _save(root, items)
@@ -630,7 +656,7 @@ def check_size(config: RunConfig, folder: str | Path | None = None) -> tuple[int
         params=params,
         cap=min(max_run_bytes(), config.max_bytes or max_run_bytes()),
         cap_name="a run may use here",
-        free=runs.free_bytes(folder),
+        free=runs.free_bytes(folder) // max(1, int(getattr(config, "pack", 1) or 1)),  # N files
         where="in the runs folder",
         verb="choose",
         record_option="record = units or layers",

@@ -10,7 +10,14 @@ itself is never modified: parameters come in as a dict and go through
 Speed (the measurement gradient is LCA's whole cost): chunk losses are summed on the device in
 float64 and read back once per evaluation, not once per chunk, so a GPU never waits on the host
 between chunks; the sum is the same float64 sum the per-chunk ``float()`` made, so values are
-bit-for-bit unchanged. With ``shard`` the fixed chunks are split across torch.distributed ranks
+bit-for-bit unchanged. The model runs as itself (``model(x)``), not through
+``functional_call`` (~0.4 ms of bookkeeping per chunk, 1.3–1.45× the plain gradient on a small
+MLP): for one evaluation each parameter slot of the module holds a leaf that is a view of the
+evaluated point, with its ``.grad`` preset to a view of one flat gradient buffer, so backward
+accumulates straight into that buffer (no full-size zero tensor per parameter view and chunk) and
+the original Parameters, gradients and buffers are put back afterwards. A replaced ``chunk_loss``
+(``benchmarks/compile.py``) still goes through ``functional_call``. With ``shard`` the fixed
+chunks are split across torch.distributed ranks
 (each rank a contiguous slice; weights stay relative to the whole set) and one all-reduce of a
 flat buffer per dtype (loss, every gradient) gives every rank the whole-set result.
 """
@@ -161,6 +168,11 @@ class Measurer:
             self.rank, self.world = distributed.group_rank_world(self.group)
             self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
         lo, hi = self.chunk_range
+        # Inputs stay NCHW: a plain channels-last LeNet pass is 1.3–1.6× the NCHW one, but the
+        # Measurer given channels-last inputs (with or without channels-last weight leaves) was
+        # 0.70–0.96× the NCHW plain pass against 0.88–0.98× with NCHW inputs
+        # (benchmarks/gradient.py, issue 15), so the layout does not pay here yet.
+        self.channels_last = False
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
@@ -174,6 +186,9 @@ class Measurer:
         self.chunk_loss: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor] = (
             lambda tensors, x, y: self.loss_fn(functional_call(self.model, tensors, (x,)), y)
         )
+        self._functional_loss = self.chunk_loss  # replaced: evaluate through functional_call
+        self._slots = _slots_of(model, "_parameters", self.names)
+        self._buffer_slots = _slots_of(model, "_buffers", [n for n, _ in model.named_buffers()])
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
 
@@ -200,7 +215,12 @@ class Measurer:
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
-        return x.to(self.dtype) if x.is_floating_point() else x
+        if not x.is_floating_point():
+            return x
+        x = x.to(self.dtype)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _buffers(self) -> Params:
         # Scratch copies: BatchNorm in train mode writes running stats into these, not the model.
@@ -234,6 +254,25 @@ class Measurer:
     def _evaluate(
         self, flat: torch.Tensor, need_grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.chunk_loss is self._functional_loss:
+            total, grad = self._evaluate_in_place(flat, need_grad)
+        else:
+            total, grad = self._evaluate_functional(flat, need_grad)
+        if need_grad:
+            self.evaluations += 1
+        else:
+            self.loss_evaluations += 1
+        if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradient
+            reduced = distributed.all_reduce_dict(
+                {"loss": total, **({"grad": grad} if grad is not None else {})}, group=self.group
+            )
+            total, grad = reduced["loss"], reduced.get("grad")
+        return total, grad
+
+    def _evaluate_functional(
+        self, flat: torch.Tensor, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Through ``self.chunk_loss`` (functional_call), for a replaced chunk_loss."""
         leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
         views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
         buffers = self._buffers()
@@ -252,15 +291,36 @@ class Measurer:
                 total.add_(loss.detach())
         grad = None
         if need_grad:
-            self.evaluations += 1
             grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-        else:
-            self.loss_evaluations += 1
-        if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradient
-            reduced = distributed.all_reduce_dict(
-                {"loss": total, **({"grad": grad} if grad is not None else {})}, group=self.group
-            )
-            total, grad = reduced["loss"], reduced.get("grad")
+        return total, grad
+
+    def _evaluate_in_place(
+        self, flat: torch.Tensor, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The module itself runs, its parameter slots holding leaves that view ``flat`` and
+        accumulate their gradients into one flat buffer (the same additions, in the same
+        order, as through functional_call: bit-for-bit the same result)."""
+        point = flat.detach().to(self.device, self.dtype)
+        grad = torch.zeros_like(point) if need_grad else None
+        leaves = {}
+        for n, o, k, shape in self._flat_layout:
+            t = point[o : o + k].view(shape)
+            if need_grad:
+                t.requires_grad_(True)
+                t.grad = grad[o : o + k].view(shape)  # type: ignore[index]
+            leaves[n] = t
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with (
+            torch.enable_grad() if need_grad else torch.no_grad(),
+            no_tf32(),
+            measurement_mode(self.model),
+            _swapped(self._slots, leaves, self._buffer_slots, self._buffers()),
+        ):
+            for (x, y), w in zip(self._chunks, self._weights, strict=True):
+                loss = self.loss_fn(self.model(x), y) * w
+                if need_grad:
+                    loss.backward()
+                total.add_(loss.detach())
         return total, grad
 
     def flatten(self, params: Params) -> torch.Tensor:
@@ -281,6 +341,42 @@ class Measurer:
 
     def loss(self, params: Params) -> float:
         return self.loss_and_grad(params, need_grad=False)[0]
+
+
+Slots = dict[str, list[tuple[nn.Module, str]]]
+
+
+def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
+    """Every (module, attribute) that holds each named tensor of ``kind`` ("_parameters" or
+    "_buffers"): a tied tensor sits in several modules and is swapped in all of them."""
+    where = {id(t): n for n, t in (
+        model.named_parameters() if kind == "_parameters" else model.named_buffers()
+    )}
+    slots: Slots = {n: [] for n in names}
+    for module in model.modules():
+        for attr, t in getattr(module, kind).items():
+            if t is not None and id(t) in where:
+                slots[where[id(t)]].append((module, attr))
+    return slots
+
+
+@contextmanager
+def _swapped(params: Slots, leaves: Params, buffer_slots: Slots, buffers: Params) -> Iterator[None]:
+    """The module's parameters and buffers replaced by ``leaves`` / ``buffers`` for the block
+    (plain dict entries, as functional_call does), the originals put back whatever happens."""
+    saved: list[tuple[dict, str, Any]] = []
+    try:
+        swaps = ((params, leaves, "_parameters"), (buffer_slots, buffers, "_buffers"))
+        for slots, values, kind in swaps:
+            for name, places in slots.items():
+                for module, attr in places:
+                    table = getattr(module, kind)
+                    saved.append((table, attr, table[attr]))
+                    table[attr] = values[name]
+        yield
+    finally:
+        for table, attr, original in reversed(saved):
+            table[attr] = original
 
 
 def current_params(model: nn.Module, dtype: torch.dtype | None = None) -> Params:

@@ -71,3 +71,14 @@ def measurement_set(ds: data.Dataset, config: RunConfig) -> tuple[torch.Tensor, 
     g = torch.Generator().manual_seed(config.seed + 1)
     idx = torch.randperm(n, generator=g)[: config.measure_size].sort().values
     return ds.x_train[idx], ds.y_train[idx]
+
+
+def val_measurement_set(ds: data.Dataset, config: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed held-out measurement set (``measure_val``): the test split, a seeded subset of
+    at most ``measure_size`` examples when capped, so both sets cost about the same."""
+    n = len(ds.x_test)
+    if config.measure_size is None or config.measure_size >= n:
+        return ds.x_test, ds.y_test
+    g = torch.Generator().manual_seed(config.seed + 3)
+    idx = torch.randperm(n, generator=g)[: config.measure_size].sort().values
+    return ds.x_test[idx], ds.y_test[idx]

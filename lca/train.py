@@ -42,6 +42,7 @@ from .setup import (  # noqa: F401 - re-exported: callers import them from lca.t
     measurement_set,
     resolve_device,
     seed_everything,
+    val_measurement_set,
 )
 from .threads import using_config_threads
 
@@ -260,11 +261,17 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
             measure[1][:EVAL_MAX_EXAMPLES].to(device),
         )
     ctx.tracker = _build_tracker(
-        config, ctx, hooks, measure, collapse=loop.collapse_layer is not None
+        config, ctx, hooks, measure, collapse=loop.collapse_layer is not None,
+        val=val_measurement_set(ds, config) if config.measure_val else None,
     )
     ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)
     if dist_ctx is not None:
         ctx.tracker.measurer.distribute(True)  # this rank's contiguous slice of the fixed chunks
+    vm = ctx.tracker.val_measurer  # the held-out set (measure_val), measured the same way
+    if vm is not None:
+        vm.chunk_loss = while_measuring(vm.chunk_loss)
+        if dist_ctx is not None:
+            vm.distribute(True)
     return loop
 
 
@@ -308,7 +315,7 @@ def _open_writer(config: RunConfig, path: str | Path | None, hooks: Hooks, overw
 
 
 def _build_tracker(
-    config: RunConfig, ctx: Context, hooks: Hooks, measure, collapse: bool = False
+    config: RunConfig, ctx: Context, hooks: Hooks, measure, collapse: bool = False, val=None
 ) -> Tracker:
     """The tracker that measures every segment on the fixed measurement set ``measure``."""
     series, events, arrays = _declarations(ctx, hooks, collapse)
@@ -334,6 +341,9 @@ def _build_tracker(
         events=events,
         arrays=arrays,
         error_every=config.error_every,
+        val_data=val,
+        adapt_on=config.adapt_on,
+        param_tolerance=config.param_tolerance,
     )
 
 

@@ -368,7 +368,61 @@ def render(path: Path) -> bool:
     )
     sync_section(path, figures)
     collapse_section(path)
+    heldout_section(path, per_param)
     return v.running
+
+
+def heldout_section(path: Path, per_param: bool) -> None:
+    """Training LCA beside held-out LCA: which layers and weights helped generalize."""
+    st.subheader("Did it help the held-out loss too?")
+    g: views.GeneralizationView | None = view_or_explain(views.generalization_view, path)
+    if g is None:
+        return
+    if not g.recorded:
+        st.info(
+            "This run measured LCA on the training measurement set only. Train with "
+            "'LCA of the held-out loss too' (--measure-val) to see, layer by layer and weight "
+            "by weight, what helped the loss on examples the model never trained on."
+        )
+        return
+    plot(
+        F.train_vs_heldout_layers(
+            g.names, g.train_totals, g.val_totals, g.counts, per_param=per_param
+        ),
+        key="layers_heldout_totals",
+    )
+    st.caption(
+        "Solid bars: each layer's total LCA of the training measurement loss; hatched bars: "
+        "of the held-out loss (the test split), along the same steps. :green[Green] lowered "
+        "that loss, :red[red] raised it. A layer green solid but red hatched learned "
+        "something that did not carry over to new examples."
+    )
+    plot(
+        F.generalization_shares(g.names, g.helped_both, g.train_only, g.val_only, g.hurt_both),
+        key="layers_heldout_shares",
+    )
+    gap = int(g.train_only.sum())
+    counted = int((g.helped_both + g.train_only + g.val_only + g.hurt_both).sum())
+    note = (
+        f"Each weight judged by its total LCA over the run: {gap:,} of {counted:,} moving "
+        "weights lowered the training loss but raised the held-out loss (red with green "
+        "hatching)."
+    )
+    if g.left_out:
+        note += (
+            f" {g.left_out_params:,} weights in {len(g.left_out)} tensor(s) "
+            f"({literal(', '.join(g.left_out[:4]))}{', …' if len(g.left_out) > 4 else ''}) "
+            "are left out: their gradient is structurally zero (e.g. a convolution's bias "
+            "right before BatchNorm), so their LCA is rounding noise with a random sign."
+        )
+    st.caption(note)
+    err = g.val_conservation_error
+    change = float(g.val_loss[-1] - g.val_loss[0]) if len(g.val_loss) else 0.0
+    st.caption(
+        f"Held-out loss {g.val_loss[0]:.4f} → {g.val_loss[-1]:.4f}; LCA allocated all but "
+        f"{err:+.1e} of that change"
+        + (f" ({100 * abs(err) / abs(change):.3g}%)." if change else ".")
+    )
 
 
 def collapse_section(path: Path) -> None:

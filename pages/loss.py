@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from lca import export, views
+from lca import conservation, export, views
 from lca import figures as F
+from lca.store import RunFileError
 from pages.shared import (
     RunFigures,
     download_csv,
     literal,
     plot,
+    read_view,
     show_run,
     steps_phrase,
     view_or_explain,
@@ -81,6 +83,62 @@ def metrics(s: dict) -> None:
     )
 
 
+def structural_zero_note(path: Path) -> str:
+    """A sentence on the weights left out of helped fractions, or "" when there are none."""
+    try:
+        names, count = read_view(views.structural_zeros, path)
+    except (RunFileError, OSError):
+        return ""
+    if not names:
+        return ""
+    shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    return (
+        f" {count:,} weights ({literal(shown)}) count as neither: their gradient is "
+        "structurally zero (e.g. a convolution's bias right before BatchNorm), so their LCA "
+        "is rounding noise with a random sign."
+    )
+
+
+def accuracy_section(path: Path, method: str | None = None) -> None:
+    """The per-parameter error estimate (runs recorded with error_every), beside conservation."""
+    e: views.ParamErrorView | None = view_or_explain(views.param_error_view, path)
+    if e is None or not e.recorded:
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric(
+        "Per-weight error (median)",
+        f"{100 * e.median_rel:.2g}%",
+        help="‖A₁ − A₂‖ / ‖A₂‖ between Simpson with 1 and with 2 panels, on the sampled steps.",
+    )
+    c2.metric(
+        "Per-weight error (worst)",
+        f"{100 * e.worst_rel:.2g}%",
+        delta=f"step {e.worst_step}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    c3.metric(
+        "Signs that agree (worst step)",
+        f"{100 * e.worst_signs:.4g}%",
+        delta=f"median {100 * e.median_signs:.4g}%",
+        delta_color="off",
+        delta_arrow="off",
+        help="Share of moving weights whose LCA has the same sign with 1 and 2 panels.",
+    )
+    st.caption(
+        f"How far each weight's LCA (not only their sum) may be off: on {len(e.rel):,} sampled "
+        "steps, LCA with one and with two Simpson panels differ by this much, and a weight "
+        "whose sign flips between them cannot be called helped or hurt. To refine steps until "
+        "it is small: method rk4-paper with 'Refine on' parameters (--adapt-on parameters)."
+        + (
+            " These figures are for one panel; steps this adaptive method split further are "
+            "closer than that."
+            if method in ("rk4-adaptive", "rk4-paper")
+            else ""
+        )
+    )
+
+
 def interventions_table(v: views.LossView) -> None:
     rows = np.flatnonzero(v.kind == 1)
     if not len(rows):
@@ -119,6 +177,10 @@ def render(path: Path) -> bool:
         st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
     metrics(v.summary)
+    steps_only = v.error[: len(v.kind)][v.kind[: len(v.error)] == 0]
+    over = conservation.advice(steps_only, v.method, option="method")
+    if over:
+        st.warning(over[0].upper() + over[1:], icon=":material/warning:")
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
     plot(
         figures(
@@ -166,6 +228,7 @@ def render(path: Path) -> bool:
         "How far each step's allocation is from the measured loss change (ΔL − ΣLCA, "
         "in loss units; 0 = exact)." + note
     )
+    accuracy_section(path, v.method)
     plot(
         figures("training_curves", lambda: F.training_curves(v.train_loss, v.evals, kind=kind)),
         key="loss_training",
@@ -182,6 +245,7 @@ def render(path: Path) -> bool:
         ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
         "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "
         "found barely more than half of the parameters help on any step."
+        + structural_zero_note(path)
     )
     interventions_table(v)
     return v.running

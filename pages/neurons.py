@@ -147,16 +147,18 @@ def values_section(path: Path, v: views.NeuronsView, figures: RunFigures) -> Non
     )
 
 
-def helped_section(totals: dict, helped: dict, rows: int, figures: RunFigures) -> None:
+def helped_section(
+    totals: dict, helped: dict, rows: int, figures: RunFigures, left_out=None
+) -> None:
     st.subheader("How often does a weight help?")
     if rows == 0:
         st.info("Per-weight counts are written with each flush of the file; none yet.")
         return
 
-    def histogram():
+    def histogram():  # left_out comes from the file too: fixed by its version
         hs = np.concatenate([np.ravel(helped[n]) for n in helped])
         tot = np.concatenate([np.ravel(totals[n]) for n in totals])
-        return F.helped_fraction_histogram(hs, rows, totals=tot)
+        return F.helped_fraction_histogram(hs, rows, totals=tot, left_out=left_out)
 
     plot(figures("helped_fraction", histogram, rows), key="neurons_helped_fraction")
     st.caption(
@@ -247,7 +249,7 @@ def render(path: Path) -> bool:
     stats: views.WeightStats = read_view(views.weight_stats, path)
     images_section(v, stats.totals, figures)
     values_section(path, v, figures)
-    helped_section(stats.totals, stats.helped, stats.rows, figures)
+    helped_section(stats.totals, stats.helped, stats.rows, figures, stats.left_out())
     top_section(path, v, stats.totals, stats.helped, stats.rows, pos, figures)
     return v.running
 

@@ -217,6 +217,7 @@ def config_form() -> tuple[dict[str, Any], str]:
 
     _section("Optimizer", values)
     _section("LCA measurement", values)
+    _section("Distributed training", values)  # Stanza / data parallel: spawned processes
 
     st.subheader("Efficiency techniques")
     tech_names = techniques.names()
@@ -258,10 +259,19 @@ def start_section(values: dict[str, Any], name: str) -> None:
     except (jobs.JobError, ValueError, OSError) as e:
         st.error(literal(e))
         return
-    st.info(
-        f"This run will write about **{human_bytes(est)}** ({params:,} parameters, "
-        f"{config.steps} steps, record={config.record})."
-    )
+    if config.pack > 1:  # one job, N run files: NAME-0 … NAME-(N-1)
+        st.info(
+            f"This pack of {config.pack} models (seeds {config.seed} … "
+            f"{config.seed + config.pack - 1}, trained together in one job) will write about "
+            f"**{human_bytes(est)}** per model, {human_bytes(est * config.pack)} in all "
+            f"({params:,} parameters, {config.steps} steps, record={config.record}), as runs "
+            f"NAME-0 … NAME-{config.pack - 1}."
+        )
+    else:
+        st.info(
+            f"This run will write about **{human_bytes(est)}** ({params:,} parameters, "
+            f"{config.steps} steps, record={config.record})."
+        )
     cols = st.columns([1, 4])
     with cols[0]:
         clicked = st.button(

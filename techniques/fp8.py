@@ -13,10 +13,16 @@ The paper's data flow, with the formats verified through QPyTorch's IBM8 example
   the new weight w − lr·v to 1-6-9 with stochastic rounding: the stored weight is a 1-6-9 value
   after every step. With nearest rounding an update below half a 1-6-9 spacing of its weight is
   lost (``updates_lost``); stochastic rounding keeps it in expectation.
-* **Chunk-based accumulation** (option, simulated, forward GEMMs of Linear layers only): the
-  K-long dot products are cut into chunks of ``chunk``; each chunk's sum is rounded to 1-6-9
-  and the chunk sums are accumulated in 1-6-9 (nearest). Cost: K/chunk extra reductions and
-  roundings per output, so it is meant for small models. Backward GEMMs accumulate in float32.
+* **Chunk-based accumulation** (option ``chunk``, simulated, every GEMM): forward, grad_input
+  and grad_weight of every Linear, Conv1d and Conv2d layer are computed as 2-D products
+  (``techniques/fp8_gemm.py``: im2col for convolutions) whose K-long dot products are cut into
+  chunks of ``chunk``; each chunk's sum is rounded to 1-6-9 and the chunk sums are accumulated
+  in 1-6-9 (nearest). Cost: K/chunk small products and roundings per GEMM instead of one GEMM;
+  ``benchmarks/techniques.py`` prints the time ratio. Meant for small models.
+* **Real float8 matrix products** (option ``backend = "cuda-float8"``): on a CUDA device with
+  compute capability ≥ 8.9 the same three GEMMs per layer run through ``torch._scaled_mm`` on
+  float8 tensors (float32 accumulation), see ``techniques/fp8_gemm.py`` for the formats;
+  refused, in one sentence, where there is no such device.
 * **First and last layer** can stay in float32 (an option; which layers the paper kept in
   higher precision is not verified).
 * **Loss scaling** (an option, static, a power of two): 1-5-2's smallest subnormal is 2^−16, so
@@ -37,7 +43,15 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Context, Declarations, Option, Technique, TechniqueError
+from .base import Context, Declarations, Option, Technique, TechniqueError, is_measuring
+from .fp8_gemm import (
+    CHUNKABLE,
+    chunked_matmul,
+    conv_gemm,
+    float8_matmul,
+    float8_supported,
+    linear_gemm,
+)
 from .lowbit import (
     ROUNDINGS,
     FloatFormat,
@@ -48,6 +62,8 @@ from .lowbit import (
     parse_format,
     quant,
 )
+
+BACKENDS = ("simulated", "cuda-float8")
 
 
 @register
@@ -73,11 +89,20 @@ class FP8(Technique):
         ),
         "chunk": Option(
             0,
-            "chunk-based accumulation of forward GEMMs with this chunk length "
-            "(0: off; the paper's idea, e.g. 64; simulated, slow)",
+            "chunk-based accumulation of every GEMM (forward, grad_input, grad_weight of "
+            "Linear and Conv1d/2d) with this chunk length (0: off; the paper's idea, e.g. 64; "
+            "simulated, slow)",
             int,
             minimum=0,
             maximum=4096,
+        ),
+        "backend": Option(
+            "simulated",
+            "simulated: every format simulated in float32/64 (any device); cuda-float8: the "
+            "Linear/Conv GEMMs as real float8 products (torch._scaled_mm, CUDA compute "
+            "capability 8.9 or newer)",
+            str,
+            choices=BACKENDS,
         ),
         "keep_first_last": Option(False, "keep the first and last layer in float32", bool),
         "loss_scale": Option(
@@ -103,6 +128,23 @@ class FP8(Technique):
                 f"Option 'loss_scale' of technique 'fp8' is {scale!r}; use a power of two "
                 "(e.g. 1024) so unscaling is exact."
             )
+        if self.opts["backend"] == "cuda-float8":
+            if self.opts["chunk"]:
+                raise TechniqueError(
+                    "Technique 'fp8' with backend cuda-float8 accumulates in float32 on the "
+                    "device, so it cannot also simulate chunked accumulation; set chunk = 0 "
+                    "or backend = simulated."
+                )
+            if self.fwd != FloatFormat(5, 2):
+                raise TechniqueError(
+                    "Technique 'fp8' with backend cuda-float8 multiplies float8_e5m2 "
+                    f"operands, so option 'forward' must be 1-5-2, not {self.fwd.name}."
+                )
+            if not torch.cuda.is_available():
+                raise TechniqueError(
+                    "Technique 'fp8' with backend cuda-float8 needs a CUDA GPU with float8 "
+                    "matrix products and none is available here; use backend = simulated."
+                )
         self.targets: list[str] = []  # parameter names of the low-precision layers
         self._layer_names: list[str] = []
         self._hooks = Hooks()
@@ -112,6 +154,7 @@ class FP8(Technique):
         self._counts = self._zero_counts()
         self._totals = {"updates_lost": [], "grad_underflow": [], "act_grad_underflow": []}
         self._gemm_chunks = 0
+        self._patched: list[nn.Module] = []  # layers whose forward is one of the GEMMs here
 
     @staticmethod
     def _zero_counts() -> dict[str, int]:
@@ -163,11 +206,31 @@ class FP8(Technique):
                         params[n], self.upd, "nearest", subnormals=self.opts["subnormals"]
                     )
                 )
+        backend = self.opts["backend"]
+        own_gemm = bool(self.opts["chunk"]) or backend == "cuda-float8"
+        if backend == "cuda-float8" and not float8_supported(ctx.device):
+            raise TechniqueError(
+                f"Technique 'fp8' with backend cuda-float8 needs a CUDA device of compute "
+                f"capability 8.9 or newer, and this run's device is {ctx.device}; set device "
+                "= cuda on such a GPU or use backend = simulated."
+            )
+        if own_gemm:
+            odd = [n for n, m in found if not isinstance(m, CHUNKABLE)]
+            if odd:
+                what = "chunk" if self.opts["chunk"] else "backend cuda-float8"
+                raise TechniqueError(
+                    f"Technique 'fp8' with {what} computes Linear, Conv1d and Conv2d layers "
+                    f"only, and layer {odd[0]!r} is another kind; set keep_first_last or use "
+                    "chunk = 0 and backend = simulated."
+                )
         for _, m in found:
             self._hooks.input(m, self._quantize_input)
             self._hooks.output(m, self._output)
-            if self.opts["chunk"] and isinstance(m, nn.Linear):
-                self._gemm_chunks += math.ceil(m.in_features / self.opts["chunk"])
+            if own_gemm:
+                self._install_gemm(m)
+            if self.opts["chunk"]:
+                k = m.in_features if isinstance(m, nn.Linear) else m.weight[0].numel()
+                self._gemm_chunks += math.ceil(k / self.opts["chunk"])
 
     # -- forward -------------------------------------------------------------------------------
     def q_fwd(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,24 +246,50 @@ class FP8(Technique):
         return q
 
     def _output(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.opts["chunk"] and isinstance(module, nn.Linear):
-            with torch.no_grad():
-                y_chunked = self.chunked_linear(x, module.weight, module.bias)
-            y = y + (y_chunked - y).detach()  # the chunked value, the float32 GEMM's gradient
         return quant(y, None, self._quantize_error)  # the error dL/dy is rounded to 1-5-2
+
+    def _install_gemm(self, module: nn.Module) -> None:
+        """The layer's forward becomes ``self.gemm`` outside measurements (an instance
+        attribute: the class's forward, with the pre- and post-hooks around it, is kept)."""
+        plain = type(module).forward
+
+        def forward(x: torch.Tensor, module: nn.Module = module) -> torch.Tensor:
+            if is_measuring():
+                return plain(module, x)
+            return self.gemm(module, x)
+
+        module.forward = forward
+        self._patched.append(module)
+
+    def gemm(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output with this technique's accumulation: chunked in 1-6-9 (forward
+        and both backward GEMMs) or float8 on CUDA."""
+        w, b = module.weight, module.bias
+        if self.opts["backend"] == "cuda-float8":
+            mm, add_bias = float8_matmul()
+            if isinstance(module, nn.Linear):
+                return linear_gemm(x, w, b, mm, add_bias)
+            return conv_gemm(module, x, w, b, mm, add_bias)
+        mm, add_bias = chunked_matmul(self.upd, self.opts["chunk"])
+        if isinstance(module, nn.Linear):
+            return linear_gemm(x, w, b, mm, add_bias)
+        return conv_gemm(
+            module,
+            x,
+            w,
+            b,
+            mm,
+            add_bias,
+            unfold_dtype=torch.float64,
+            round_input_grad=lambda g: float_quantize(g, self.upd),
+        )
 
     def chunked_linear(
         self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
     ) -> torch.Tensor:
         """x·wᵀ (+ b) with chunk sums rounded to 1-6-9 and accumulated in 1-6-9 (nearest)."""
-        cl = self.opts["chunk"]
-        acc = torch.zeros(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
-        for k in range(0, x.shape[-1], cl):
-            part = float_quantize(x[..., k : k + cl] @ w[:, k : k + cl].T, self.upd)
-            acc = float_quantize(acc + part, self.upd)
-        if b is not None:
-            acc = float_quantize(acc + b, self.upd)
-        return acc
+        mm, add_bias = chunked_matmul(self.upd, self.opts["chunk"])
+        return linear_gemm(x, w, b, mm, add_bias)
 
     def forward_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(params)
@@ -319,8 +408,15 @@ class FP8(Technique):
         if self.opts["chunk"]:
             out["chunk"] = self.opts["chunk"]
             out["chunk_cost"] = (
-                f"{self._gemm_chunks} chunk sums per example per forward pass (one K/"
-                f"{self.opts['chunk']}-long loop per Linear layer), each rounded to "
-                f"{self.upd.name}: about {self._gemm_chunks} extra small matmuls per forward"
+                f"every GEMM (forward, grad_input, grad_weight) of the fp8 layers accumulates "
+                f"in chunks of {self.opts['chunk']} rounded to {self.upd.name}: "
+                f"{self._gemm_chunks} chunk sums per output value per forward pass; simulated "
+                "in float64, so it costs time (benchmarks/techniques.py: fp8-chunk64)"
+            )
+        out["backend"] = self.opts["backend"]
+        if self.opts["backend"] == "cuda-float8":
+            out["speed"] = (
+                "real float8 matrix products (torch._scaled_mm); the other formats are still "
+                "simulated, so the step is not faster overall"
             )
         return out

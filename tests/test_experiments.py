@@ -345,6 +345,7 @@ def test_paper_scale_configs_follow_the_protocol() -> None:
     for cfg in setups.values():
         assert (cfg.subset, cfg.measure_size, cfg.measure_batch) == (55_000, None, 1_000)
         assert (cfg.method, cfg.tolerance, cfg.dataset) == ("rk4-paper", 1e-3, "fashion-mnist")
+        assert cfg.measure_val  # the paper's rule: training and validation within 1e-3
     assert paper_setups(ExperimentContext(Path("out"), Path("runs"))) == []  # quick scale
     ctx.paper_steps, ctx.paper_measure = 20, 5000
     reduced = paper_setups(ctx)
@@ -404,6 +405,14 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     with Reader(files["paper-fashion-mnist-fc-mnist-reduced"]) as r:
         assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
         assert r.status == "complete"
+    from lca.experiments.results import write_results
+
+    # RESULTS.md gets a column per scale for fc-mnist and LeNet, labelled with the reduction.
+    text = write_results(tmp_path / "out", tmp_path / "RESULTS.md").read_text()
+    section = text[text.index("## MNIST-FC and LeNet at each scale") :]
+    assert "ours, Fashion-MNIST, paper protocol | ours, digits (quick)" in section
+    assert "paper-fashion-mnist-lenet-reduced" in section and "steps, measurement set" in section
+    assert "parameters helping per step (mean), LeNet" in section
 
 
 def test_results_include_benchmark_sections(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ tests of the numerics; tests marked with the ``train`` fixture run the real loop
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -218,17 +219,236 @@ def test_fp8_stochastic_updates_track_fp32_where_nearest_stalls(rounding):
         assert abs(drop - drop32) < 0.15 * drop32  # tracks float32 within 15%
 
 
-def test_fp8_chunked_accumulation_rounds_each_chunk():
-    tech = techniques.create({"name": "fp8", "chunk": 4})
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(3, 10, generator=g), torch.randn(5, 10, generator=g)
-    out = tech.chunked_linear(x, w, None)
-    acc = torch.zeros(3, 5)
-    for k in (0, 4, 8):  # chunk sums rounded to 1-6-9, accumulated in 1-6-9
-        acc = float_quantize(acc + float_quantize(x[:, k : k + 4] @ w[:, k : k + 4].T, E6M9), E6M9)
-    assert torch.equal(out, acc)
-    assert torch.equal(float_quantize(out, E6M9), out)
-    assert (out - x @ w.T).abs().max() < 0.02 * (x @ w.T).abs().max()
+def _q(v: float, fmt: FloatFormat = E6M9) -> float:
+    return float(float_quantize(torch.tensor(v, dtype=torch.float64), fmt))
+
+
+def chunked_dot(terms: list[float], chunk: int) -> float:
+    """The oracle: each chunk's exact sum (math.fsum) rounded to 1-6-9, then added to the
+    running sum, which is rounded to 1-6-9 after every chunk."""
+    acc = 0.0
+    for k in range(0, len(terms), chunk):
+        acc = _q(acc + _q(math.fsum(terms[k : k + chunk])))
+    return acc
+
+
+def _e5m2(*shape: int, seed: int) -> torch.Tensor:
+    """1-5-2 values (the operands every fp8 GEMM sees), so each product and chunk sum is exact."""
+    g = torch.Generator().manual_seed(seed)
+    return float_quantize(torch.randn(*shape, generator=g), E5M2)
+
+
+def _gemm_with_grads(tech, layer: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    y = tech.gemm(layer, x)
+    y.backward(g)
+    return y.detach(), x.grad, layer.weight.grad, layer.bias.grad
+
+
+def test_fp8_chunked_linear_forward_and_backward_equal_the_chunked_dot_oracle():
+    chunk = 4
+    tech = techniques.create({"name": "fp8", "chunk": chunk})
+    layer = nn.Linear(10, 7)
+    with torch.no_grad():
+        layer.weight.copy_(_e5m2(7, 10, seed=1))
+        layer.bias.copy_(_e5m2(7, seed=2))
+    x, g = _e5m2(5, 10, seed=3), _e5m2(5, 7, seed=4)
+    y, gx, gw, gb = _gemm_with_grads(tech, layer, x, g)
+    w, b = layer.weight.detach().double(), layer.bias.detach().double()
+    xd, gd = x.double(), g.double()
+    for m in range(5):
+        for o in range(7):
+            dot = chunked_dot([float(xd[m, k] * w[o, k]) for k in range(10)], chunk)
+            assert float(y[m, o]) == _q(dot + float(b[o]))
+        for k in range(10):
+            assert float(gx[m, k]) == chunked_dot([float(gd[m, o] * w[o, k]) for o in range(7)], 4)
+    for o in range(7):
+        for k in range(10):
+            assert float(gw[o, k]) == chunked_dot([float(gd[m, o] * xd[m, k]) for m in range(5)], 4)
+        assert float(gb[o]) == chunked_dot([float(gd[m, o]) for m in range(5)], chunk)
+    # the rounding really acts: chunked differs from the float32 GEMM somewhere
+    assert not torch.equal(y, (x @ layer.weight.T + layer.bias).detach())
+    assert torch.equal(float_quantize(y, E6M9), y)
+
+
+def test_fp8_chunked_conv2d_forward_and_backward_equal_the_chunked_dot_oracle():
+    chunk, stride, pad = 4, 2, 1
+    tech = techniques.create({"name": "fp8", "chunk": chunk})
+    conv = nn.Conv2d(3, 6, 3, stride=stride, padding=pad)
+    with torch.no_grad():
+        conv.weight.copy_(_e5m2(6, 3, 3, 3, seed=5))
+        conv.bias.copy_(_e5m2(6, seed=6))
+    x, g = _e5m2(2, 3, 5, 5, seed=7), _e5m2(2, 6, 3, 3, seed=8)
+    y, gx, gw, gb = _gemm_with_grads(tech, conv, x, g)
+    w, b = conv.weight.detach().double(), conv.bias.detach().double()
+    xp = torch.nn.functional.pad(x.double(), (pad,) * 4)
+    gd = g.double()
+    kidx = [(c, u, v) for c in range(3) for u in range(3) for v in range(3)]  # the weight's order
+    rows = [(n, i, j) for n in range(2) for i in range(3) for j in range(3)]
+    gxp: dict[tuple[int, int, int, int], list[float]] = {}
+    for n, i, j in rows:
+        for o in range(6):
+            terms = [
+                float(xp[n, c, i * stride + u, j * stride + v] * w[o, c, u, v])
+                for c, u, v in kidx
+            ]
+            assert float(y[n, o, i, j]) == _q(chunked_dot(terms, chunk) + float(b[o]))
+        for c, u, v in kidx:  # the column gradient, contraction over the output channels
+            col = chunked_dot([float(gd[n, o, i, j] * w[o, c, u, v]) for o in range(6)], chunk)
+            gxp.setdefault((n, c, i * stride + u, j * stride + v), []).append(col)
+    for o in range(6):
+        for c, u, v in kidx:
+            terms = [
+                float(gd[n, o, i, j] * xp[n, c, i * stride + u, j * stride + v])
+                for n, i, j in rows
+            ]
+            assert float(gw[o, c, u, v]) == chunked_dot(terms, chunk)
+        assert float(gb[o]) == chunked_dot([float(gd[n, o, i, j]) for n, i, j in rows], chunk)
+    for n in range(2):  # col2im: the overlapping patches' column gradients, summed, rounded once
+        for c in range(3):
+            for p in range(5):
+                for q in range(5):
+                    parts = gxp.get((n, c, p + pad, q + pad), [])
+                    assert float(gx[n, c, p, q]) == _q(math.fsum(parts))
+    plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride, pad).detach()
+    assert not torch.equal(y, plain) and (y - plain).abs().max() < 0.02 * plain.abs().max()
+
+
+def test_fp8_chunked_conv1d_and_grouped_conv_match_plain_convolution_at_float_precision():
+    # 1-8-23 accumulation rounds like float32, so the im2col plumbing (Conv1d, groups,
+    # dilation, 'same' and reflect padding) must give the convolution itself.
+    tech = techniques.create({"name": "fp8", "chunk": 5, "update": "1-8-23"})
+    torch.manual_seed(0)
+    cases = [
+        (nn.Conv1d(3, 4, 3, stride=2, padding=2), torch.randn(2, 3, 9)),
+        (nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.randn(2, 4, 5, 5)),
+        (nn.Conv2d(3, 5, (3, 2), padding="same", dilation=2), torch.randn(2, 3, 6, 5)),
+        (nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect"), torch.randn(2, 3, 6, 5)),
+    ]
+    for conv, x in cases:
+        y = tech.gemm(conv, x)
+        torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_chunk_in_a_model_runs_every_gemm_chunked_and_steps_aside_when_measuring():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 4, (8,))
+    tech = techniques.create({"name": "fp8", "chunk": 8})
+    tech.setup(ctx_for(model, x, y, 0.1))
+    calls = {"n": 0}
+    gemm = tech.gemm
+
+    def counted(module, inp):
+        calls["n"] += 1
+        return gemm(module, inp)
+
+    tech.gemm = counted
+    out = model(x)
+    assert calls["n"] == 2 and torch.equal(float_quantize(out, E6M9), out.detach())
+    with techniques.measuring():
+        model(x)
+    assert calls["n"] == 2  # LCA measures the plain float32 layers
+    assert "chunk_cost" in tech.summary()
+
+
+def _scaled_mm_runs_here() -> bool:
+    try:
+        e = torch.zeros(16, 16).to(torch.float8_e4m3fn)
+        one = torch.ones(())
+        torch._scaled_mm(e, e.T.contiguous().T, one, one, out_dtype=torch.float32)
+        return True
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.skipif(not _scaled_mm_runs_here(), reason="torch._scaled_mm does not run on CPU")
+def test_float8_gemm_plumbing_equals_float32_on_1_5_2_operands():
+    # torch._scaled_mm runs on CPU in this torch build, so the cuda-float8 path's padding to
+    # multiples of 16, layouts, e4m3fn scales and the three GEMMs are checked here: on 1-5-2
+    # operands float8 is exact and the products accumulate in float32, so they equal the
+    # float32 GEMMs up to summation order.
+    from techniques.fp8_gemm import conv_gemm, float8_matmul, linear_gemm
+
+    mm, add_bias = float8_matmul()
+    layer = nn.Linear(10, 7)
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.copy_(_e5m2(7, 10, seed=1) * 64)  # beyond e4m3fn's 448: the scale acts
+        conv.weight.copy_(_e5m2(5, 3, 3, 3, seed=2))
+    def lin(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return linear_gemm(x, m.weight, m.bias, mm, add_bias)
+
+    def cnv(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv_gemm(m, x, m.weight, m.bias, mm, add_bias)
+
+    cases = ((layer, _e5m2(5, 10, seed=3), lin), (conv, _e5m2(2, 3, 4, 4, seed=4), cnv))
+    for module, x, fn in cases:
+        x8 = x.clone().requires_grad_(True)
+        y8 = fn(module, x8)
+        g = _e5m2(*y8.shape, seed=5)
+        y8.backward(g)
+        grads8 = (x8.grad, module.weight.grad.clone(), module.bias.grad.clone())
+        module.zero_grad()
+        x32 = x.clone().requires_grad_(True)
+        y32 = module(x32)
+        y32.backward(g)
+        torch.testing.assert_close(y8, y32, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads8, (x32.grad, module.weight.grad, module.bias.grad), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        module.zero_grad()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_fp8_cuda_float8_is_refused_without_cuda_in_one_sentence():
+    from lca.config import ConfigError, RunConfig
+
+    with pytest.raises(TechniqueError) as e:
+        techniques.create({"name": "fp8", "backend": "cuda-float8"})
+    text = str(e.value)
+    assert "needs a CUDA GPU" in text and "backend = simulated" in text
+    assert text.endswith(".") and text.count(". ") == 0 and "\n" not in text
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        RunConfig(techniques=[{"name": "fp8", "backend": "cuda-float8"}], optimizer="momentum")
+
+
+def test_fp8_cuda_float8_refuses_chunk_and_other_forward_formats():
+    with pytest.raises(TechniqueError, match="chunk = 0"):
+        techniques.create({"name": "fp8", "backend": "cuda-float8", "chunk": 64})
+    with pytest.raises(TechniqueError, match="must be 1-5-2"):
+        techniques.create({"name": "fp8", "backend": "cuda-float8", "forward": "1-4-3"})
+
+
+def _cuda_float8() -> bool:
+    from techniques.fp8_gemm import float8_supported
+
+    return torch.cuda.is_available() and float8_supported("cuda")
+
+
+@pytest.mark.skipif(not _cuda_float8(), reason="needs a CUDA GPU with float8 (capability ≥ 8.9)")
+def test_fp8_cuda_float8_matches_the_simulated_path_on_the_gpu():
+    # Same weights, same 1-5-2 inputs: the float8 products are exact on 1-5-2 operands and
+    # accumulate in float32, so outputs and gradients agree with the simulated float32 GEMMs
+    # to 1e-4 relative (summation order and TF32-free cuBLAS vs cuBLASLt rounding).
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    base = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    x = torch.randn(32, 1, 8, 8, device=dev)
+    y = torch.randint(0, 10, (32,), device=dev)
+    results = []
+    for backend in ("simulated", "cuda-float8"):
+        model = copy.deepcopy(base).to(dev)
+        tech = techniques.create({"name": "fp8", "backend": backend})
+        ctx = ctx_for(model, x, y, 0.1)
+        ctx.device = dev
+        tech.setup(ctx)
+        params = tech.forward_params(dict(model.named_parameters()))
+        loss = ctx.loss_fn(functional_call(model, params, (x,)), y)
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in model.parameters()]))
+    (l_sim, g_sim), (l_f8, g_f8) = results
+    assert abs(l_sim - l_f8) <= 1e-4 * abs(l_sim)
+    for a, b in zip(g_sim, g_f8, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 
 
 def test_fp8_keep_first_last_leaves_them_float32():

@@ -122,6 +122,13 @@ def test_loss_page_says_how_to_shrink_a_large_conservation_error(make_run, runs_
     assert hint and "euler" in hint[0] and "rk4-adaptive" in hint[0]
 
 
+def test_loss_page_counts_steps_over_the_papers_limit_and_prices_the_fix(make_run, runs_folder):
+    make_run("euler-big.h5", runs_folder, method="euler", lr=0.5)
+    at = ok(page("loss", "euler-big.h5").run())
+    note = [t for t in sentences(at) if "steps left more than 0.001" in t]
+    assert note and "method rk4-paper" in note[0] and "× this run's LCA time" in note[0]
+
+
 def test_loss_page_marks_prune_interventions(make_run, runs_folder):
     make_run(
         "pruned.h5",

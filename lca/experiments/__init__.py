@@ -78,8 +78,8 @@ def _context(
     log: Callable[[str], None],
     scale: str = "quick",
     dataset: str | None = None,
-    paper_steps: int | None = None,
-    paper_measure: int | None = None,
+    paper_steps: int | dict[str, int] | None = None,
+    paper_measure: int | dict[str, int] | None = None,
 ) -> ExperimentContext:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -248,14 +248,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--paper-steps",
-        type=int,
-        help="reduce the paper-scale runs to this many steps (labelled 'reduced')",
+        type=per_model_count,
+        help="reduce the paper-scale runs to this many steps (labelled 'reduced'): N for both "
+        "models or per model, e.g. fc-mnist=300,lenet=60",
     )
     p.add_argument(
         "--paper-measure",
-        type=int,
-        help="reduce the paper-scale measurement set to this many examples",
+        type=per_model_count,
+        help="reduce the paper-scale measurement set to this many examples: N or per model, "
+        "e.g. fc-mnist=10000,lenet=2000",
     )
+
+
+def per_model_count(text: str) -> int | dict[str, int]:
+    """``N`` (both paper-scale models) or ``MODEL=N,MODEL=N`` (argparse type)."""
+    from .setups import PAPER_STEPS
+
+    def count(value: str) -> int:
+        n = int(value)
+        if n < 1:
+            raise ValueError(value)
+        return n
+
+    try:
+        if "=" not in text:
+            return count(text)
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        out = {k.strip().lower(): count(v) for k, v in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive count; give N or MODEL=N pairs, e.g. "
+            "fc-mnist=300,lenet=60."
+        ) from None
+    unknown = sorted(set(out) - set(PAPER_STEPS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown)} is not a paper-scale model; use {' or '.join(PAPER_STEPS)}."
+        )
+    return out
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

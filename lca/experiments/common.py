@@ -152,6 +152,29 @@ class RunInfo:
         return Reader(self.path)
 
 
+class _LongRunProgress:
+    """A run's progress in an experiment: the cost line (steps × seconds per tracked step) once
+    a few steps are timed, then, for a long run only, a progress bar with the time left."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        from ..cost import CostProbe
+
+        self.probe = CostProbe(lambda line: log("    " + line))
+        self.bar: Any = None
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        self.probe.update(step, total)
+        if self.bar is None and self.probe.announced:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+            if step >= total:
+                self.bar.close()
+
+
 @dataclass
 class ExperimentContext:
     """Where an experiment writes and how big it is."""
@@ -167,8 +190,9 @@ class ExperimentContext:
     # (setups.paper_setups); paper_steps / paper_measure shrink them for a reduced run.
     scale: str = "quick"
     dataset: str | None = None
-    paper_steps: int | None = None
-    paper_measure: int | None = None
+    # An int (both models) or {model: int} (e.g. LeNet shorter than fc-mnist on a small CPU).
+    paper_steps: int | dict[str, int] | None = None
+    paper_measure: int | dict[str, int] | None = None
 
     def size(self, default: Any, tiny: Any) -> Any:
         """``default`` at full size, ``tiny`` with --tiny."""
@@ -198,7 +222,9 @@ class ExperimentContext:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
-                result = run(config, out=path, overwrite=True)  # our own cache file
+                result = run(  # our own cache file
+                    config, out=path, overwrite=True, progress=_LongRunProgress(self.log)
+                )
             except TrainingError as e:
                 raise ExperimentError(f"Run {label!r} could not start: {e}") from None
             if result.status != "complete":

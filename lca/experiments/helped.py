@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..store import Reader
+from ..views.heldout import generalization_view, rounding_mask
 from .common import ExperimentContext, Report, fmt, pct, sci
 from .setups import fc_mnist_digits, lenet_digits, mnist_setups, paper_setups
 
@@ -51,17 +52,46 @@ def step_stats(r: Reader) -> dict[str, float]:
     }
 
 
+def heldout_stats(r: Reader) -> dict[str, float] | None:
+    """For a run with LCA of the held-out loss (``measure_val``): the mean share of parameters
+    that helped it per optimizer step, and of the weights that moved, the share that helped
+    the training loss over the run but hurt the held-out one; None without it."""
+    if not r.has_val:
+        return None
+    kind = r.steps("kind")
+    g = generalization_view(r)
+    counted = int((g.helped_both + g.train_only + g.val_only + g.hurt_both).sum())
+    return {
+        "val_helped_mean": float(np.mean(r.val_steps("helped")[kind == 0])),
+        "helped_both": int(g.helped_both.sum()) / counted if counted else math.nan,
+        "train_only": int(g.train_only.sum()) / counted if counted else math.nan,
+        "val_only": int(g.val_only.sum()) / counted if counted else math.nan,
+        "val_conservation_error": g.val_conservation_error,
+    }
+
+
 def param_stats(r: Reader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Per-parameter fraction of steps helped (/params/<name>/helped_steps over T), for the
-    parameters that moved at all (total LCA ≠ 0); returns (stats, helped_steps, totals)."""
+    parameters that moved at all (total LCA ≠ 0) and whose gradient is not structurally zero
+    (``lca.views.rounding_tensors``: their A is rounding noise with a random sign, so they would
+    count as helped on half the steps); returns (stats, helped_steps, totals), the rounding-level
+    parameters' totals set to 0 so figures leave them out too."""
     t = r.num_steps
+    noise = rounding_mask(r)
     hs = np.concatenate([np.asarray(r.param_helped_steps(n)).ravel() for n in r.names])
-    tot = np.concatenate([np.asarray(r.param_totals(n)).ravel() for n in r.names])
+    tot = np.concatenate(
+        [
+            np.zeros(math.prod(r.shapes[n])) if z else np.asarray(r.param_totals(n)).ravel()
+            for n, z in zip(r.names, noise, strict=True)
+        ]
+    )
+    structural = int(sum(math.prod(r.shapes[n]) for n, z in zip(r.names, noise, strict=True) if z))
     moved = tot != 0
     frac = hs[moved] / t
     out = {
         "params": int(hs.size),
-        "never_moved": int((~moved).sum()),
+        "never_moved": int((~moved).sum()) - structural,
+        "structural_zero": structural,
         "frac_mean": float(frac.mean()) if frac.size else math.nan,
         "frac_median": float(np.median(frac)) if frac.size else math.nan,
         "frac_p10": float(np.quantile(frac, 0.1)) if frac.size else math.nan,
@@ -156,6 +186,24 @@ def _compare(f: dict[str, Any]) -> str:
     return text
 
 
+def _setup_facts(s: Any, info: Any) -> dict[str, Any]:
+    """What a reader of the per-scale table needs to know about a run (and its scale)."""
+    with info.open() as r:
+        loss = r.steps("loss")
+        size = r.measure_size
+    return {
+        "note": s.note,
+        "dataset": s.config.dataset,
+        "model": s.config.model,
+        "steps": s.config.steps,
+        "measure_size": size,
+        "method": s.config.method,
+        "record": s.config.record,
+        "loss0": float(loss[0]),
+        "loss_final": float(loss[-1]),
+    }
+
+
 def build(ctx: ExperimentContext) -> Path:
     from .. import figures as F
 
@@ -175,7 +223,7 @@ def build(ctx: ExperimentContext) -> Path:
             else "; no MNIST folder was given (--data-dir), so there are no MNIST rows."
         )
     )
-    step_rows, param_rows, value_rows = [], [], []
+    step_rows, param_rows, value_rows, heldout_rows = [], [], [], []
     findings: dict[str, Any] = {}
     for s in setups:
         info = rep.use(ctx.train(s.label, s.config))
@@ -188,7 +236,27 @@ def build(ctx: ExperimentContext) -> Path:
             if r.record == "full":
                 vs, values, used = value_stats(r)
             helped, hurt, kind = r.steps("helped"), r.steps("hurt"), r.steps("kind")
-        findings[s.label] = {"label": s.label, "step": st, "param": ps, "values": vs}
+            ho = heldout_stats(r)
+        if ho is not None:
+            heldout_rows.append(
+                [
+                    s.label,
+                    pct(st["helped_mean"]),
+                    pct(ho["val_helped_mean"]),
+                    pct(ho["helped_both"]),
+                    pct(ho["train_only"]),
+                    pct(ho["val_only"]),
+                    sci(ho["val_conservation_error"]),
+                ]
+            )
+        findings[s.label] = {
+            "label": s.label,
+            "step": st,
+            "param": ps,
+            "values": vs,
+            **({"heldout": ho} if ho is not None else {}),
+        }
+        findings[s.label]["setup"] = _setup_facts(s, info)  # RESULTS.md's column per scale
         step_rows.append(
             [
                 s.label,
@@ -208,6 +276,7 @@ def build(ctx: ExperimentContext) -> Path:
                 s.label,
                 f"{ps['params']:,}",
                 f"{ps['never_moved']:,}",
+                f"{ps['structural_zero']:,}",
                 pct(ps["frac_mean"]),
                 pct(ps["frac_median"]),
                 pct(ps["frac_p10"]),
@@ -284,6 +353,7 @@ def build(ctx: ExperimentContext) -> Path:
             "run",
             "params",
             "never moved",
+            "structurally zero (left out)",
             "mean %",
             "median %",
             "10th pct %",
@@ -296,7 +366,10 @@ def build(ctx: ExperimentContext) -> Path:
     rep.text(
         "From /params/<tensor>/helped_steps ÷ T, over the parameters that moved at all (total "
         "LCA ≠ 0); *never moved* counts those left out (e.g. first-layer weights of pixels that "
-        "are blank in every training image)."
+        "are blank in every training image); *structurally zero* counts the weights of "
+        "tensors whose LCA is rounding noise on every step (e.g. a convolution's bias right "
+        "before BatchNorm: |Σ A| ≤ √eps × the step's largest layer sum on every step), also "
+        "left out, since their random signs would count as helped half the time."
     )
     if value_rows:
         rep.heading("All LCA values (every parameter on every step)")
@@ -317,6 +390,25 @@ def build(ctx: ExperimentContext) -> Path:
         rep.text(
             "From /params/<tensor>/lca (record = full). Excess kurtosis 0 is a normal "
             "distribution; large values mean a sharp peak at 0 with heavy tails."
+        )
+    if heldout_rows:
+        rep.heading("The held-out loss (runs with LCA of the validation split)")
+        rep.table(
+            [
+                "run",
+                "helped training % (mean per step)",
+                "helped held-out % (mean per step)",
+                "moving weights that helped both %",
+                "helped training, hurt held-out %",
+                "hurt training, helped held-out %",
+                "held-out Σ(ΔL − ΣA)",
+            ],
+            heldout_rows,
+        )
+        rep.text(
+            "From /series/lca_val (the same path measured on the held-out split, "
+            "`--measure-val`); per weight from the run totals /params/<tensor>/total and "
+            "/lca_val/total, structurally-zero tensors left out."
         )
     rep.finding("runs", findings)
     rep.heading("What this shows")

@@ -176,6 +176,11 @@ PAPER_RECORD = {"fc-mnist": "full", "lenet": "units"}  # LeNet full: 1.6 GB per 
 PAPER_DATASETS = ("fashion-mnist", "mnist")
 
 
+def _for_model(value: int | dict[str, int] | None, model: str) -> int | None:
+    """A reduction given for both models (int) or per model ({model: int})."""
+    return value.get(model) if isinstance(value, dict) else value
+
+
 def paper_setups(ctx: ExperimentContext, **overrides: Any) -> list[Setup]:
     """fc-mnist (84,060 parameters) and LeNet (808,970) on 28×28 images at the paper's protocol,
     when ``--scale paper`` was asked for; ``ctx.paper_steps`` / ``ctx.paper_measure`` shrink the
@@ -184,8 +189,8 @@ def paper_setups(ctx: ExperimentContext, **overrides: Any) -> list[Setup]:
         return []
     out = []
     for model in ("fc-mnist", "lenet"):
-        steps = ctx.size(ctx.paper_steps or PAPER_STEPS[model], 6)
-        measure = ctx.size(ctx.paper_measure, 64)
+        steps = ctx.size(_for_model(ctx.paper_steps, model) or PAPER_STEPS[model], 6)
+        measure = ctx.size(_for_model(ctx.paper_measure, model), 64)
         reduced = steps < PAPER_STEPS[model] or measure is not None
         cfg = RunConfig.from_dict(
             {
@@ -203,6 +208,7 @@ def paper_setups(ctx: ExperimentContext, **overrides: Any) -> list[Setup]:
                 "seed": 0,
                 "method": "rk4-paper",
                 "tolerance": 1e-3,
+                "measure_val": True,  # the paper's rule: training and validation within 1e-3
                 "record": PAPER_RECORD[model],
                 "device": "auto",
                 "eval_every": ctx.size(50, 3),

@@ -22,6 +22,7 @@ from .collapse import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
 from .compare import *  # noqa: F401,F403
 from .explain import *  # noqa: F401,F403
+from .generalization import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .literal import *  # noqa: F401,F403
 from .live import *  # noqa: F401,F403

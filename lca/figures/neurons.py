@@ -282,6 +282,7 @@ def helped_fraction_histogram(
     bins: int = 50,
     title: str = "How often each parameter helped (fraction of steps with LCA < 0)",
     height: int = 380,
+    left_out: np.ndarray | None = None,
 ) -> go.Figure:
     """Histogram over parameters of helped_steps / T; the paper found it peaked near 0.5.
 
@@ -292,6 +293,12 @@ def helped_fraction_histogram(
     hs = np.asarray(helped_steps, dtype=np.float64).ravel()
     if num_steps <= 0 or hs.size == 0:
         return empty_figure("No steps have been recorded yet.")
+    structural = 0
+    if left_out is not None:  # structurally zero gradients: rounding noise, a random sign
+        drop = np.asarray(left_out, dtype=bool).ravel()
+        structural = int(drop.sum())
+        hs = hs[~drop]
+        totals = None if totals is None else np.asarray(totals).ravel()[~drop]
     still = 0
     if totals is not None:
         moved = np.asarray(totals).ravel() != 0
@@ -325,6 +332,8 @@ def helped_fraction_histogram(
     )
     if still:
         note += f" ({still:,} that never moved left out)"
+    if structural:
+        note += f" ({structural:,} with a structurally zero gradient left out)"
     fig.add_annotation(
         text=note,
         x=1,

@@ -555,6 +555,47 @@ class Reader:
         """Whether ``path`` (a group or dataset) exists in the file."""
         return path.strip("/") in self._require()
 
+    # -- the held-out set (runs measured with measure_val; docs/FORMAT.md "LCA of the held-out
+    # loss") ----------------------------------------------------------------------------------
+    @property
+    def has_val(self) -> bool:
+        """Whether LCA of the held-out loss was measured (older files: False)."""
+        return "lca_val/lca" in self._series and "lca_val/loss0" in self._ds
+
+    def val_steps(
+        self, field: str, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        """A per-step field of the held-out set: ``lca``, ``error``, ``helped``, ``hurt``, or
+        ``loss`` (T+1 entries, L_val(θ_0) first, as ``steps("loss")``)."""
+        if not self.has_val:
+            raise RunFileError(
+                f"{self.path.name!r} has no LCA of the held-out loss; record the run with "
+                "--measure-val."
+            )
+        if field == "loss":
+            s, e = self._range(start, stop, self.num_steps + 1)
+            loss0 = np.atleast_1d(np.asarray(self.array("lca_val/loss0"), dtype=np.float64))
+            whole = np.concatenate([loss0, self.series("lca_val/loss", 0, self.num_steps)])
+            return whole[s:e]
+        return self.series(f"lca_val/{field}", start, stop)
+
+    def val_layer_lca(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """(steps, L) per-tensor LCA of the held-out loss."""
+        return np.asarray(self.val_steps("layers", start, stop), dtype=np.float64)
+
+    def val_param_totals(self, name: str) -> np.ndarray:
+        """Σ_t LCA of the held-out loss of every weight of one tensor (float64, its shape)."""
+        self.val_steps("lca", 0, 0)  # the one sentence for a file without it
+        self._param_name(name)
+        offset = 0
+        for n in self.names:
+            size = math.prod(self.shapes[n])
+            if n == name:
+                flat = self._ds["lca_val/total"][offset : offset + size]
+                return np.asarray(flat, dtype=np.float64).reshape(self.shapes[name])
+            offset += size
+        raise KeyError(name)
+
     # -- summary ------------------------------------------------------------------------------
     def technique_summaries(self) -> dict[str, dict[str, Any]]:
         """What each technique did and saved (its summary() when the run ended), or {}."""
@@ -567,6 +608,33 @@ class Reader:
         except (ValueError, UnicodeDecodeError):
             return {}
         return value if isinstance(value, dict) else {}
+
+    def _accuracy_summary(self) -> dict[str, Any]:
+        """The held-out set's loss and conservation, and the per-parameter error estimate
+        (median and worst ‖A₁ − A₂‖/‖A₂‖, worst sign agreement); None where not recorded."""
+        out: dict[str, Any] = dict.fromkeys(
+            (
+                "val_loss0",
+                "val_loss_final",
+                "val_conservation_error",
+                "panel_error_median",
+                "panel_error_worst",
+                "panel_sign_agreement_worst",
+            )
+        )
+        if self.has_val:
+            loss = self.val_steps("loss")
+            out["val_loss0"], out["val_loss_final"] = float(loss[0]), float(loss[-1])
+            out["val_conservation_error"] = math.fsum(self.val_steps("error").tolist())
+        rel_path, sign_path = "lca/panel_error_rel", "lca/panel_sign_agreement"
+        if rel_path in self._series and sign_path in self._series:
+            rel, signs = self.series(rel_path), self.series(sign_path)
+            keep = np.isfinite(rel) & np.isfinite(signs)
+            if keep.any():
+                out["panel_error_median"] = float(np.median(rel[keep]))
+                out["panel_error_worst"] = float(rel[keep].max())
+                out["panel_sign_agreement_worst"] = float(signs[keep].min())
+        return out
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         """The run at a glance, all computed from the file (for `inspect`, the app, notebooks)."""
@@ -629,6 +697,7 @@ class Reader:
             "top_helping": helping,
             "top_hurting": hurting,
             "technique_summaries": self.technique_summaries(),
+            **self._accuracy_summary(),
         }
         if self.has("eval"):
             try:

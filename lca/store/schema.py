@@ -48,7 +48,11 @@ LIBVER = ("v110", "v110")
 PARAM_CHUNK_BYTES = 1 << 20  # ≤ 1 MiB per HDF5 chunk: whole-chunk writes, cheap partial reads
 NARROW_CHUNK_BYTES = 64 << 10  # narrow tables get taller chunks so long runs stay few chunks
 MAX_TIME_MULTIPLE = 32  # ... but at most 32 write-batches tall
-BUFFER_BYTES = 256 << 20  # cap on the in-memory per-parameter buffer (full mode)
+# Cap on the writer's in-memory per-parameter buffer (full mode, rows × P × 4 bytes). At 256 MiB
+# a 1.08 M-parameter MLP kept 32 rows = 128 B per parameter, four times the tracker's own state
+# (benchmarks/memory.py); at 16 MiB it keeps 3 rows (12 B per parameter). Models up to ~130 k
+# parameters keep the full 32 rows.
+BUFFER_BYTES = 16 << 20
 FIXED_OVERHEAD = 64 << 10  # superblock, root header, names, attributes (estimate)
 DATASET_OVERHEAD = 2048  # object header + chunk index of one dataset (estimate)
 CHUNK_OVERHEAD = 32  # index entry per chunk (estimate)
@@ -268,6 +272,35 @@ def estimate_bytes(
         ct = _chunk_shape((len(cols),), 8, rows)[0]
         total += ct * len(cols) * 8 + DATASET_OVERHEAD
     return int(total)
+
+
+# A run file this large is said before it is written, even when it fits (a 60,000-step full
+# record of the paper's fc-mnist is ~20 GB): users rarely need every weight of every step.
+LARGE_RUN_BYTES = 1 << 30
+
+
+class LargeRunNotice(UserWarning):
+    """A run that fits but will write a large file; the one sentence gives the figure and
+    what the smaller record modes would write (the CLI prints it as a notice)."""
+
+
+def size_notice(
+    layout: Layout, steps: int, record: str, *, chunk_rows: int = 32, option: str = "--record"
+) -> str | None:
+    """The sentence saying a run of ``steps`` will write at least ``LARGE_RUN_BYTES``, with
+    the sizes of the smaller record modes; None for a smaller run."""
+    est = estimate_bytes(layout, steps, record, chunk_rows=chunk_rows)
+    if est < LARGE_RUN_BYTES:
+        return None
+    smaller = [
+        f"{option} {mode}: about {human_bytes(estimate_bytes(layout, steps, mode))}"
+        for mode in RECORD_MODES[RECORD_MODES.index(record) + 1 :]
+    ]
+    return (
+        f"This run will write about {human_bytes(est)} ({steps:,} steps, record={record}, "
+        f"{layout.num_params:,} parameters)"
+        + (f"; {', '.join(smaller)}." if smaller else ".")
+    )
 
 
 def size_refusal(

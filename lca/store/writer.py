@@ -33,6 +33,7 @@ from .schema import (
     SCHEMA_VERSION,
     STATUS_DTYPE,
     STATUSES,
+    LargeRunNotice,
     RunFileError,
     RunTooLargeError,
     _chunk_shape,
@@ -47,6 +48,7 @@ from .schema import (
     _unit_keys,
     _version,
     estimate_bytes,
+    size_notice,
     size_refusal,
 )
 
@@ -255,6 +257,11 @@ class Writer:
         )
         if refusal:
             raise RunTooLargeError(refusal)
+        notice = size_notice(
+            layout, int(self.expected_steps), self.record, chunk_rows=self.chunk_rows
+        )
+        if notice:
+            warnings.warn(LargeRunNotice(notice), stacklevel=4)
 
     def _create(self, f: h5py.File, layout: Layout, loss0: float) -> None:
         import torch  # the writer runs next to the tracker; readers never need torch

@@ -237,13 +237,25 @@ class WeightStats:
     totals: dict[str, np.ndarray]
     helped: dict[str, np.ndarray]
     rows: int  # the steps they cover
+    # Tensors whose LCA is rounding noise on every step (lca.views.rounding_tensors), which
+    # helped fractions leave out.
+    rounding: dict[str, bool] = field(default_factory=dict)
+
+    def left_out(self) -> np.ndarray:
+        """Flat bool over every weight (model order): True where its tensor is left out."""
+        return np.concatenate(
+            [np.full(np.size(t), bool(self.rounding.get(n, False))) for n, t in self.totals.items()]
+        )
 
 
 def weight_stats(r: Reader) -> WeightStats:
+    from .heldout import rounding_mask
+
     return WeightStats(
         {n: r.param_totals(n) for n in r.names},
         {n: r.param_helped_steps(n) for n in r.names},
         min(r.totals_rows, r.num_steps),
+        dict(zip(r.names, (bool(z) for z in rounding_mask(r)), strict=True)),
     )
 
 

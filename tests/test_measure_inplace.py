@@ -1,0 +1,96 @@
+"""The measurement gradient runs the module itself (not functional_call) for speed: it must give
+bit-for-bit the values of the functional path and leave the model exactly as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lca import models
+from lca.measure import Measurer
+
+
+def _pair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype=torch.float32):
+    fast = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=7, dtype=dtype)
+    functional = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=7, dtype=dtype)
+    base = functional.chunk_loss
+    functional.chunk_loss = lambda tensors, cx, cy: base(tensors, cx, cy)  # forces functional
+    return fast, functional
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.out = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class Tied(nn.Module):
+    """The same weight used by two layers (as in a tied autoencoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 5)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+CASES = {
+    "mlp": (lambda: models.build("mlp", (8,), 4), (8,)),
+    "lenet": (lambda: models.build("lenet", (1, 12, 12), 4), (1, 12, 12)),
+    "batchnorm": (BatchNormNet, (1, 6, 6)),
+    "tied": (Tied, (5,)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_gradient_equals_functional_bit_for_bit(case: str, dtype) -> None:
+    torch.manual_seed(0)
+    build, shape = CASES[case]
+    model = build()
+    x, y = torch.randn(30, *shape), torch.randint(0, 4, (30,))
+    fast, functional = _pair(model, x, y, dtype)
+    point = fast.flatten(dict(model.named_parameters())) + 0.01
+    loss_a, grad_a = fast.flat_loss_and_grad(point)
+    loss_b, grad_b = functional.flat_loss_and_grad(point)
+    assert loss_a == loss_b
+    assert torch.equal(grad_a, grad_b)
+    assert grad_a.dtype == dtype and grad_a.abs().sum() > 0
+    assert fast.flat_loss_and_grad(point, need_grad=False)[0] == loss_a
+
+
+def test_model_is_left_exactly_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = BatchNormNet()
+    x, y = torch.randn(30, 1, 6, 6), torch.randint(0, 4, (30,))
+    model(x).sum().backward()  # the training loop's gradients, which must survive
+    model.eval()
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    objects = {n: p for n, p in model.named_parameters()}
+    m = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=8)
+    m.flat_grad(m.flatten(dict(model.named_parameters())) * 1.5)
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
+    assert all(p is objects[n] for n, p in model.named_parameters())
+    assert not model.training and not model.bn.training
+
+
+def test_model_is_restored_when_the_forward_fails() -> None:
+    model = models.build("mlp", (8,), 4)
+    objects = {n: p for n, p in model.named_parameters()}
+    m = Measurer(model, nn.CrossEntropyLoss(), (torch.randn(6, 8), torch.randint(0, 4, (6,))))
+    m.loss_fn = lambda out, y: out[:, 99].sum()  # index error inside the swapped block
+    with pytest.raises(IndexError):
+        m.flat_grad(m.flatten(dict(model.named_parameters())))
+    assert all(p is objects[n] for n, p in model.named_parameters())
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())

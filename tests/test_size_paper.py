@@ -1,0 +1,82 @@
+"""Big steps stay honest (issue 15 item 9): the size estimate holds for paper-scale layouts, and a
+run that fits but writes a large file says so with the figure and the smaller record modes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lca import models
+from lca.allocate import Layout, StepRecord, sum_units, unit_layout
+from lca.store import Writer, estimate_bytes
+from lca.store.schema import LargeRunNotice, size_notice
+
+
+def _layout(model: str = "fc-mnist") -> Layout:
+    with torch.device("meta"):
+        net = models.build(model, (1, 28, 28), 10)
+    named = list(net.named_parameters())
+    return Layout(
+        names=tuple(n for n, _ in named),
+        shapes=tuple(tuple(p.shape) for _, p in named),
+        units=tuple(unit_layout(net)),
+        method="rk4-paper",
+        dtype="float32",
+        measure_size=55_000,
+    )
+
+
+def test_a_60000_step_full_record_is_said_with_its_size_and_the_smaller_modes() -> None:
+    layout = _layout()  # the paper's 784-100-50-10: 84,060 parameters
+    text = size_notice(layout, 60_000, "full")
+    assert text is not None and "\n" not in text
+    assert "GB" in text and "60,000 steps" in text and "84,060 parameters" in text
+    assert "--record units: about" in text and "--record layers: about" in text
+    full = estimate_bytes(layout, 60_000, "full")
+    assert full >= 60_000 * 84_060 * 4  # every weight of every step, float32
+    assert estimate_bytes(layout, 60_000, "units") < full / 100
+    assert size_notice(layout, 200, "full") is None
+    assert "--record" not in (size_notice(layout, 10**8, "layers") or "--record")
+
+
+@pytest.mark.parametrize(("mode", "steps"), [("full", 40), ("units", 300)])
+def test_the_estimate_holds_for_a_paper_scale_layout(
+    tmp_path: Path, mode: str, steps: int
+) -> None:
+    layout = _layout()
+    shapes = dict(zip(layout.names, layout.shapes, strict=True))
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / f"{mode}.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargeRunNotice)  # small: no notice
+        w = Writer(path, record=mode, expected_steps=steps)
+        w.begin(layout, 2.3)
+    for i in range(steps):
+        per_param = {n: torch.randn(s, generator=g) * 1e-6 for n, s in shapes.items()}
+        per_tensor = np.array([float(a.double().sum()) for a in per_param.values()])
+        w.append(
+            StepRecord(
+                index=i, kind=0, train_step=i + 1, label="", loss_start=2.3, loss_end=2.3,
+                per_param=per_param, per_tensor=per_tensor,
+                per_unit=sum_units(per_param, list(layout.units)), helped=0.5, hurt=0.5,
+                splits=1, evaluations=2, seconds_lca=0.0, wall=0.0,
+            )
+        )
+    w.close("complete")
+    est, real = estimate_bytes(layout, steps, mode), path.stat().st_size
+    assert real <= est <= 1.1 * real, (est, real)  # never under: the disk check relies on it
+
+
+def test_the_writer_says_a_large_run_before_it_starts(tmp_path: Path) -> None:
+    with pytest.warns(LargeRunNotice, match="--record units"):
+        w = Writer(tmp_path / "big.h5", record="full", expected_steps=60_000)
+        try:
+            w.begin(_layout(), 2.3)
+        except Exception:  # a disk too small for 20 GB refuses instead: also honest
+            pass
+        finally:
+            w.close("failed")
