@@ -19,14 +19,15 @@ from lca import export, views
 from lca import figures as F
 from lca.synchrony import SynchronyError, synchrony
 from pages.shared import (
+    RunFigures,
     download_csv,
-    file_stamp,
     literal,
     plot,
     read_view,
     show_run,
     steps_phrase,
     view_or_explain,
+    view_version,
 )
 
 HEATMAP_KEY = "layers_heatmap"
@@ -198,7 +199,7 @@ def drill_down(path: Path, v: views.LayersView, pos: np.ndarray) -> None:
     )
 
 
-def sync_section(path: Path) -> None:
+def sync_section(path: Path, figures: RunFigures) -> None:
     st.subheader("Do the layers learn at the same moments?")
     c1, c2 = st.columns(2)
     top = c1.slider(
@@ -217,7 +218,9 @@ def sync_section(path: Path) -> None:
         help="All layers learn most at the start; without this, that shared "
         "trend alone makes peaks coincide.",
     )
-    out = _synchrony(str(path), file_stamp(path), top / 100.0, 25 if detrend else 0)
+    window = 25 if detrend else 0
+    version = view_version(path, "synchrony", top, window)
+    out = _synchrony(str(path), version, top / 100.0, window)
     if "error" in out:
         st.info(literal(out["error"]))
         return
@@ -250,12 +253,15 @@ def sync_section(path: Path) -> None:
         else "do not peak together more often than chance would give"
     )
     st.markdown(f"The layers **{verdict}**.")
-    plot(F.peak_raster(res.peaks, names), key="layers_peaks")
+    plot(
+        figures("peak_raster", lambda: F.peak_raster(res.peaks, names), top, window),
+        key="layers_peaks",
+    )
     st.caption(
         "Each tick is a step on which that layer had one of its biggest LCA steps. "
         "Vertical stacks of ticks are moments when many layers learned at once."
     )
-    plot(F.synchrony_figure(res), key="layers_sync")
+    plot(figures("synchrony", lambda: F.synchrony_figure(res), top, window), key="layers_sync")
     st.caption(
         "Grey: how often peaks would coincide if the layers were unrelated (each "
         "layer's peak pattern shifted in time at random); blue line: this run."
@@ -287,6 +293,7 @@ def sync_section(path: Path) -> None:
 
 
 def render(path: Path) -> bool:
+    figures = RunFigures(path)  # this version of the file: figures shared by every session
     v: views.LayersView | None = view_or_explain(views.layers_view, path)
     if v is None:
         return False
@@ -302,7 +309,14 @@ def render(path: Path) -> bool:
         key="layers_per_param",
         bind="query-params",
     )
-    plot(F.layer_totals(v.names, v.totals, v.counts, per_param=per_param), key="layers_totals")
+    plot(
+        figures(
+            "layer_totals",
+            lambda: F.layer_totals(v.names, v.totals, v.counts, per_param=per_param),
+            per_param,
+        ),
+        key="layers_totals",
+    )
     download_csv(
         lambda: export.series_csv(
             {"layer": v.names, "total LCA": v.totals, "parameters": v.counts}
@@ -321,7 +335,9 @@ def render(path: Path) -> bool:
     )
     pos = v.positions
     plot(
-        F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind),
+        figures(
+            "layer_step_heatmap", lambda: F.layer_step_heatmap(v.layer_lca, v.names, kind=v.kind)
+        ),
         key=HEATMAP_KEY,
         on_select=partial(_on_cell_click, list(v.names), int(np.floor(pos[-1]))),
         selection_mode="points",
@@ -337,8 +353,12 @@ def render(path: Path) -> bool:
     )
     drill_down(path, v, pos)
     plot(
-        F.cumulative_layers(
-            v.cumulative, v.names, per_param_counts=v.counts, per_param=per_param, kind=v.kind
+        figures(
+            "cumulative_layers",
+            lambda: F.cumulative_layers(
+                v.cumulative, v.names, per_param_counts=v.counts, per_param=per_param, kind=v.kind
+            ),
+            per_param,
         ),
         key="layers_cumulative",
     )
@@ -346,7 +366,7 @@ def render(path: Path) -> bool:
         "Each line is a layer's running total of LCA: going down = the layer is "
         "lowering the loss; the end point is its bar in the first chart."
     )
-    sync_section(path)
+    sync_section(path, figures)
     collapse_section(path)
     heldout_section(path, per_param)
     return v.running

@@ -18,6 +18,7 @@ from lca import conservation, export, views
 from lca import figures as F
 from lca.store import RunFileError
 from pages.shared import (
+    RunFigures,
     download_csv,
     literal,
     plot,
@@ -162,6 +163,7 @@ def interventions_table(v: views.LossView) -> None:
 
 def render(path: Path) -> bool:
     """Draw the page from the file as it is now; return whether the run is still running."""
+    figures = RunFigures(path)  # this version of the file: figures shared by every session
     v: views.LossView | None = view_or_explain(views.loss_view, path)
     if v is None:
         return False
@@ -180,7 +182,14 @@ def render(path: Path) -> bool:
     if over:
         st.warning(over[0].upper() + over[1:], icon=":material/warning:")
     log_y = st.toggle("Log scale for the loss", key="loss_log", bind="query-params")
-    plot(F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y), key="loss_conservation")
+    plot(
+        figures(
+            "loss_conservation",
+            lambda: F.loss_conservation(v.loss, v.lca, kind=kind, log_y=log_y),
+            log_y,
+        ),
+        key="loss_conservation",
+    )
     t = min(len(v.lca), len(v.loss) - 1)
     download_csv(
         lambda: export.series_csv(
@@ -201,7 +210,12 @@ def render(path: Path) -> bool:
         "change exactly, the two curves coincide; a visible gap would be integration error."
         + (" Purple ✕: interventions such as pruning." if (kind == 1).any() else "")
     )
-    plot(F.step_error(v.error, v.splits, kind=kind, tolerance=v.tolerance), key="loss_error")
+    plot(
+        figures(
+            "step_error", lambda: F.step_error(v.error, v.splits, kind=kind, tolerance=v.tolerance)
+        ),
+        key="loss_error",
+    )
     note = ""
     if v.tolerance is not None:
         note = (
@@ -215,12 +229,18 @@ def render(path: Path) -> bool:
         "in loss units; 0 = exact)." + note
     )
     accuracy_section(path, v.method)
-    plot(F.training_curves(v.train_loss, v.evals, kind=kind), key="loss_training")
+    plot(
+        figures("training_curves", lambda: F.training_curves(v.train_loss, v.evals, kind=kind)),
+        key="loss_training",
+    )
     st.caption(
         "Grey: the loss of each training minibatch (noisy). Orange and blue: "
         "accuracy on the training and test splits at each evaluation."
     )
-    plot(F.helped_fractions(v.helped, v.hurt, kind=kind), key="loss_helped")
+    plot(
+        figures("helped_fractions", lambda: F.helped_fractions(v.helped, v.hurt, kind=kind)),
+        key="loss_helped",
+    )
     st.caption(
         ":green[Green]: share of parameters that lowered the loss on that step (LCA < 0); "
         "grey: did not move; :red[red]: raised it. The dashed line is 50%: the LCA paper "

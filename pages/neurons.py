@@ -17,6 +17,7 @@ import streamlit as st
 from lca import export, views
 from lca import figures as F
 from pages.shared import (
+    RunFigures,
     download_csv,
     literal,
     plot,
@@ -30,7 +31,9 @@ IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10
 
 
-def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
+def units_section(
+    path: Path, v: views.NeuronsView, pos: np.ndarray, figures: RunFigures
+) -> None:
     st.subheader("Neurons over time")
     if v.record == "layers":
         st.info(
@@ -50,19 +53,28 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     )
     if group is None:
         return
-    units = read_view(views.unit_rows, path, group, 0, v.num_steps, large=True)
-    plot(
-        F.unit_heatmap(
-            units,
-            positions=pos[: len(units)],
+
+    def units() -> np.ndarray:  # read only when the figure or the CSV is made
+        return read_view(views.unit_rows, path, group, 0, v.num_steps, large=True)
+
+    def heatmap():
+        z = units()
+        return F.unit_heatmap(
+            z,
+            positions=pos[: len(z)],
             title=f"LCA of each unit of {group} on each step (green = helped, red = hurt)",
-        ),
-        key="neurons_units",
-    )
+        )
+
+    plot(figures("unit_heatmap", heatmap, group, v.num_steps), key="neurons_units")
+
+    def units_csv() -> str:
+        z = units()
+        return export.step_matrix_csv(
+            pos[: len(z)], z, [f"{group} unit {i}" for i in range(z.shape[1])]
+        )
+
     download_csv(
-        lambda: export.step_matrix_csv(
-            pos[: len(units)], units, [f"{group} unit {i}" for i in range(units.shape[1])]
-        ),
+        units_csv,
         f"{group}-unit-lca-per-step",
         key="neurons_csv_units",
     )
@@ -72,7 +84,7 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray) -> None:
     )
 
 
-def images_section(v: views.NeuronsView, totals: dict) -> None:
+def images_section(v: views.NeuronsView, totals: dict, figures: RunFigures) -> None:
     if v.first_weight is None:
         return
     name, shape = v.first_weight
@@ -88,8 +100,13 @@ def images_section(v: views.NeuronsView, totals: dict) -> None:
     show_all = n > IMAGE_UNITS and st.toggle(
         f"Show all {n:,} units", key="neurons_all_units", bind="query-params"
     )
+    units = n if show_all else IMAGE_UNITS
     plot(
-        F.first_layer_images(totals[name], image_shape, max_units=n if show_all else IMAGE_UNITS),
+        figures(
+            "first_layer_images",
+            lambda: F.first_layer_images(totals[name], image_shape, max_units=units),
+            units,
+        ),
         key="neurons_images",
     )
     what = (
@@ -106,7 +123,7 @@ def images_section(v: views.NeuronsView, totals: dict) -> None:
     )
 
 
-def values_section(path: Path, v: views.NeuronsView) -> None:
+def values_section(path: Path, v: views.NeuronsView, figures: RunFigures) -> None:
     st.subheader("All LCA values")
     if v.record != "full":
         st.info(
@@ -117,11 +134,12 @@ def values_section(path: Path, v: views.NeuronsView) -> None:
     log = st.toggle(
         "Log scale (shows the rare large values)", key="neurons_hist_log", bind="query-params"
     )
-    values, used = read_view(views.value_sample, path, large=True)
-    plot(
-        F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps),
-        key="neurons_histogram",
-    )
+
+    def histogram():
+        values, used = read_view(views.value_sample, path, large=True)
+        return F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps)
+
+    plot(figures("lca_histogram", histogram, log, v.num_steps), key="neurons_histogram")
     st.caption(
         "How big one weight's share of one step's loss change usually is. The LCA paper "
         "found a heavy-tailed peak at 0 with slightly more mass on the :green[helped] "
@@ -129,17 +147,20 @@ def values_section(path: Path, v: views.NeuronsView) -> None:
     )
 
 
-def helped_section(totals: dict, helped: dict, rows: int, left_out=None) -> None:
+def helped_section(
+    totals: dict, helped: dict, rows: int, figures: RunFigures, left_out=None
+) -> None:
     st.subheader("How often does a weight help?")
     if rows == 0:
         st.info("Per-weight counts are written with each flush of the file; none yet.")
         return
-    hs = np.concatenate([np.ravel(helped[n]) for n in helped])
-    tot = np.concatenate([np.ravel(totals[n]) for n in totals])
-    plot(
-        F.helped_fraction_histogram(hs, rows, totals=tot, left_out=left_out),
-        key="neurons_helped_fraction",
-    )
+
+    def histogram():  # left_out comes from the file too: fixed by its version
+        hs = np.concatenate([np.ravel(helped[n]) for n in helped])
+        tot = np.concatenate([np.ravel(totals[n]) for n in totals])
+        return F.helped_fraction_histogram(hs, rows, totals=tot, left_out=left_out)
+
+    plot(figures("helped_fraction", histogram, rows), key="neurons_helped_fraction")
     st.caption(
         "For each weight, the share of steps on which it lowered the loss: **green** "
         "bars helped on most steps; grey ones on fewer than half (on the other steps they "
@@ -150,7 +171,13 @@ def helped_section(totals: dict, helped: dict, rows: int, left_out=None) -> None
 
 
 def top_section(
-    path: Path, v: views.NeuronsView, totals: dict, helped: dict, rows: int, pos: np.ndarray
+    path: Path,
+    v: views.NeuronsView,
+    totals: dict,
+    helped: dict,
+    rows: int,
+    pos: np.ndarray,
+    figures: RunFigures,
 ) -> None:
     st.subheader("The weights that helped and hurt the most")
     table = F.top_parameters(totals, helped, rows, k=TOP_K)
@@ -188,8 +215,15 @@ def top_section(
             f"was recorded '{literal(v.record)}' (only its total, above, is kept)."
         )
         return
-    trace = read_view(views.param_rows, path, row["tensor"], 0, len(pos), row["index"])
-    plot(F.param_trace(trace, label=choice, positions=pos[: len(trace)]), key="neurons_trace_chart")
+
+    def trace():
+        values = read_view(views.param_rows, path, row["tensor"], 0, len(pos), row["index"])
+        return F.param_trace(values, label=choice, positions=pos[: len(values)])
+
+    plot(
+        figures("param_trace", trace, row["tensor"], row["index"], choice, len(pos)),
+        key="neurons_trace_chart",
+    )
     st.caption(
         "Top: this weight's LCA on each step (:green[green] helped, :red[red] hurt); "
         "bottom: its running total. Weight and gradient values are not stored in run "
@@ -198,6 +232,7 @@ def top_section(
 
 
 def render(path: Path) -> bool:
+    figures = RunFigures(path)  # this version of the file: figures shared by every session
     v: views.NeuronsView | None = view_or_explain(views.neurons_view, path)
     if v is None:
         return False
@@ -210,12 +245,12 @@ def render(path: Path) -> bool:
         st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running
     pos = v.positions  # where each row sits on the step axis
-    units_section(path, v, pos)
+    units_section(path, v, pos, figures)
     stats: views.WeightStats = read_view(views.weight_stats, path)
-    images_section(v, stats.totals)
-    values_section(path, v)
-    helped_section(stats.totals, stats.helped, stats.rows, stats.left_out())
-    top_section(path, v, stats.totals, stats.helped, stats.rows, pos)
+    images_section(v, stats.totals, figures)
+    values_section(path, v, figures)
+    helped_section(stats.totals, stats.helped, stats.rows, figures, stats.left_out())
+    top_section(path, v, stats.totals, stats.helped, stats.rows, pos, figures)
     return v.running
 
 

@@ -7,17 +7,30 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Imported here, once, by the first session (app.py imports this module first thing): Streamlit
+# imports them lazily inside its elements, and when several sessions' threads did that at the
+# same moment (a class opening the app together) Python handed some of them a partially
+# initialised pandas ("partially initialized module 'pandas' has no attribute 'Series'"),
+# measured with benchmarks/classroom.py.
+import pandas  # noqa: F401
+import plotly.graph_objects as go
+import plotly.io as pio
+import pyarrow  # noqa: F401
 import streamlit as st
 
 from lca import classroom, runs, views
-from lca.figures.literal import literal_figure
+from lca.figures.literal import literal_spec
 from lca.store import Reader, RunFileError
+from lca.store.lock import holder, lock_path
 from pages import presenter
 
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
@@ -148,10 +161,72 @@ def _read_large(view: str, path: str, stamp: tuple[int, int], args: tuple) -> An
 
 def read_view(view: Callable[..., Any], path: Path, *args: Any, large: bool = False) -> Any:
     """``view(Reader(path), *args)`` for a function of ``lca.views``, cached per file version
-    (path, mtime, size); ``large`` for per-weight reads (fewer kept). Raises RunFileError or
-    OSError for a file that cannot be read."""
+    (path, mtime, size); ``large`` for per-weight reads (fewer kept). While a writer holds the
+    file, a version read by any session less than ``LIVE_SECONDS`` ago is used (see
+    ``shared_version``). Raises RunFileError or OSError for a file that cannot be read."""
     read = _read_large if large else _read_small
-    return read(view.__name__, str(path), file_stamp(path), tuple(args))
+    version = view_version(path, view.__name__, *args, large)
+    return read(view.__name__, str(path), version, tuple(args))
+
+
+def view_version(path: Path, *key: Any) -> tuple[int, int]:
+    """The file version (mtime, size) to cache a read of ``path`` under: its version now, or
+    the one another session read less than ``LIVE_SECONDS`` ago while the same writer still
+    writes the file (``shared_version``). Take it before reading: the data read is then at
+    least as new as the key."""
+    stamp = file_stamp(path)
+    return shared_version(("view", str(path), *key), stamp, writing(path))
+
+
+# The versions shared while a run is written: key -> (when first used, writer, version).
+_LIVE: dict[tuple, tuple[float, tuple[int, int, int], tuple]] = {}
+_LIVE_LOCK = threading.Lock()
+_LIVE_KEEP = 512  # entries; the oldest go first
+
+
+def writing(path: Path) -> tuple[int, int, int] | None:
+    """Who is writing ``path`` now, as (run file inode, lock file inode, lock file mtime), or
+    None when nobody is. Every writer, recovery or deletion rewrites the lock file when it takes
+    it and removes it when done, so a run written again under the same name is another writer.
+    """
+    try:
+        lock = lock_path(path).stat()
+        run = path.stat()
+    except OSError:
+        return None
+    if holder(path) is None:
+        return None
+    return run.st_ino, lock.st_ino, lock.st_mtime_ns
+
+
+def shared_version(key: tuple, stamp: tuple, writer: tuple[int, int, int] | None) -> tuple:
+    """``stamp``, or, while ``writer`` still writes the file, the version ``key`` was first
+    used at by any session less than ``LIVE_SECONDS`` ago.
+
+    A run being written changes every second or so, so a class of 30 watching it would read
+    and draw everything again for nearly every session. Sharing the version for one refresh
+    interval makes each live read and figure happen at most once per interval whatever the
+    class size, at most one interval behind, as the live panels' own refresh already is. Once
+    the writer is done (finished, killed, recovered) the exact version is used again at once.
+    """
+    if writer is None:
+        return stamp
+    now = time.monotonic()
+    with _LIVE_LOCK:
+        last = _LIVE.get(key)
+        if (
+            last is not None
+            and last[1] == writer
+            and stamp[0] >= last[2][0]  # the same file, written on (never older or smaller)
+            and stamp[1] >= last[2][1]
+            and now - last[0] < LIVE_SECONDS
+        ):
+            return last[2]
+        _LIVE.pop(key, None)
+        _LIVE[key] = (now, writer, stamp)
+        while len(_LIVE) > _LIVE_KEEP:
+            _LIVE.pop(next(iter(_LIVE)))
+    return stamp
 
 
 def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
@@ -174,20 +249,83 @@ def require_run() -> Path:
     return path
 
 
+class PreparedFigure(go.Figure):
+    """A figure already built, its strings made literal and its arrays turned into JSON data:
+    what ``st.plotly_chart`` sends, handed over without plotly copying and validating every
+    property again (that cost as much as building the figure). The data is shared between
+    sessions through the figure cache, so it is never modified: ``plot`` copies what it changes.
+    """
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+    def to_plotly_json(self) -> dict:
+        return self._spec
+
+
+def prepare(fig: go.Figure) -> PreparedFigure:
+    """``fig`` as the browser will get it: strings shown literally (``literal_spec``), numpy
+    arrays as plotly's typed-array JSON, so sending it again costs only the JSON encoding."""
+    if isinstance(fig, PreparedFigure):
+        return fig
+    return PreparedFigure(json.loads(pio.to_json(literal_spec(fig), validate=False)))
+
+
+@st.cache_resource(max_entries=96, show_spinner=False)
+def _figure_spec(
+    name: str, path: str, stamp: tuple[int, int, int], options: tuple, _make: Callable
+) -> PreparedFigure:
+    del stamp  # part of the cache key only
+    return prepare(_make())
+
+
+class RunFigures:
+    """The figures of one version of one run file, built once and shared by every session.
+
+    Make it at the start of a page's render, before anything of the run is read: the file's
+    version (mtime, size, inode) and its writer are taken then, so a figure is never filed under
+    a version newer than the data it was drawn from (a live run that grows gets new keys, and is
+    drawn again). ``figures("name", make, *options)`` returns ``make()`` prepared for ``plot``,
+    from the cache when this run version, figure name and options were drawn before by any
+    session; everything ``make`` draws from must be fixed by the path, the version and
+    ``options``. While a writer holds the file, versions are shared for one refresh interval
+    (``shared_version``), so a class watching a live run costs one build per interval.
+    """
+
+    def __init__(self, path: Path) -> None:
+        stat = path.stat()
+        self.path = str(path)
+        self.stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        self.writer = writing(path)
+
+    def __call__(self, name: str, make: Callable[[], go.Figure], *options: Any) -> PreparedFigure:
+        key = ("figure", self.path, name, tuple(options))
+        version = shared_version(key, self.stamp, self.writer)
+        return _figure_spec(name, self.path, version, tuple(options), make)
+
+
 def plot(fig, *, key: str | None = None, **kwargs):
     """st.plotly_chart with theme=None so the LCA colours (green helped, red hurt) are kept.
 
-    The chart's camera button (plotly's modebar, drawn in the browser, offline) saves it as a
-    PNG named after the run and the chart; in presenter mode the chart's type is bigger.
+    ``fig`` is a plotly Figure or one from ``RunFigures`` (prepared and cached). The chart's
+    camera button (plotly's modebar, drawn in the browser, offline) saves it as a PNG named
+    after the run and the chart; in presenter mode the chart's type is bigger.
     """
+    fig = prepare(fig)  # strings from the file (layer names...) shown literally
     if presenter.is_on():
-        fig.update_layout(font={"size": presenter.FONT_SIZE})
+        spec = fig.to_dict()
+        layout = dict(spec.get("layout") or {})
+        layout["font"] = {**(layout.get("font") or {}), "size": presenter.FONT_SIZE}
+        fig = PreparedFigure({**spec, "layout": layout})
     name = "-".join(p for p in (Path(selected_run_name() or "lca-lab").stem, key) if p)
     config = {
         "displaylogo": False,
         "toImageButtonOptions": {"format": "png", "filename": name.replace(" ", "_"), "scale": 2},
     }
-    fig = literal_figure(fig)  # strings from the file (layer names...) shown literally
     return st.plotly_chart(
         fig,
         theme=None,
@@ -227,10 +365,10 @@ def show_run(render: Callable[[Path], object]) -> None:
     timer, so a finished run is drawn exactly like one opened later.
     """
     path = require_run()
-    with open_run_or_explain(path) as r:
-        if r is None:
-            return
-        running = r.status == "running"
+    run = view_or_explain(views.run_view, path)  # cached: no file opened per rerun
+    if run is None:
+        return
+    running = run.running
     if not running:
         _render_or_explain(render, path)
         return

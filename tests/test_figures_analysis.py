@@ -57,7 +57,7 @@ def test_step_positions_keep_optimizer_step_numbers_across_interventions():
     assert list(fig.data[2].x) == [0.5, 2.5]  # the intervention markers
     heat = F.layer_step_heatmap(np.ones((6, 2)), ["a", "b"], kind=kind, max_cells=4)
     cells = heat.data[1].customdata  # [layer, first step, last step, value]: whole steps
-    assert [c[1:3] for c in cells[:2]] == [[0, 2], [2, 4]]
+    assert np.asarray(cells)[:2, 1:3].tolist() == [[0, 2], [2, 4]]
     lines = F.cumulative_layers(np.ones((6, 1)), ["a"], kind=kind)
     assert list(lines.data[0].x) == list(pos)
     minibatch = F.training_curves(np.ones(6), kind=kind)

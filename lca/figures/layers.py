@@ -141,19 +141,21 @@ def layer_step_heatmap(
     )
     if clickable:
         li, bi = np.meshgrid(np.arange(nl), np.arange(len(first)), indexing="ij")
+        # numpy arrays, not lists: plotly checks and copies a list element by element (20,000
+        # cells took most of the page's time, benchmarks/app.py). The browser gets a typed
+        # array; a click reports a row as {"0": .., "1": ..}, which pages/layers.py reads.
         custom = np.stack([li.ravel(), first[bi.ravel()], last[bi.ravel()], z.ravel()], axis=1)
         fig.add_trace(
             go.Scatter(
                 x=centre[bi.ravel()],
-                y=[labels[i] for i in li.ravel()],
+                y=np.asarray(labels, dtype=object)[li.ravel()],
                 mode="markers",
                 # Fully transparent: overlapping markers would add up to a grey veil over the cells;
                 # plotly picks the clicked point by distance, not by what is drawn.
                 marker={"size": 14, "color": "rgba(0,0,0,0)", "symbol": "square"},
                 selected={"marker": {"color": "rgba(0,0,0,0.55)", "size": 14}},
-                # A plain list: a typed array would reach the click event as {"0": .., "1": ..}.
                 unselected={"marker": {"opacity": 1}},
-                customdata=custom.tolist(),
+                customdata=custom,
                 showlegend=False,
                 name="cells",
                 hovertemplate=hover + "<extra>click to look closer</extra>",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["literal_figure", "plain"]
+__all__ = ["literal_figure", "literal_spec", "plain"]
 
 # Keys whose string values Plotly displays (or matches against displayed categories).
 _TEXT_KEYS = frozenset(
@@ -74,10 +74,20 @@ def _walk(node: Any) -> Any:
     return node
 
 
+def literal_spec(fig: go.Figure) -> dict:
+    """``fig`` as the plain JSON data the browser draws (``fig.to_plotly_json()``), with every
+    string shown literally (see the module docstring).
+
+    What a page sends: no second figure is built from it, because plotly would validate every
+    property again, which costs as much as building the figure (``benchmarks/app.py``).
+    Numeric arrays are passed through untouched (no copy).
+    """
+    return _walk(fig.to_plotly_json())
+
+
 def literal_figure(fig: go.Figure) -> go.Figure:
     """A copy of ``fig`` whose strings Plotly shows literally (see the module docstring).
 
     Numeric arrays are passed through untouched (no copy), so a large heatmap costs nothing.
     """
-    spec = fig.to_plotly_json()
-    return go.Figure(_walk(spec), skip_invalid=False)
+    return go.Figure(literal_spec(fig), skip_invalid=False)

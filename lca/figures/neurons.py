@@ -446,6 +446,9 @@ def param_trace(
             customdata=np.stack([first, last], axis=1),
             hovertemplate="steps %{customdata[0]}–%{customdata[1]}<br>LCA %{y:.3e}<extra></extra>",
             showlegend=False,
+            # Up to 3,000 colours that plotly would check one by one against its colour
+            # grammar; they come from sign_colors, so the check can be skipped (same JSON).
+            _validate=False,
         ),
         row=1,
         col=1,
