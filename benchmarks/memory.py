@@ -147,9 +147,21 @@ def main() -> None:
     rows = []
     for mode in MODES:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", mode, "--steps", str(args.steps),
-             "--hidden", args.hidden, "--measure", str(args.measure)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--steps",
+                str(args.steps),
+                "--hidden",
+                args.hidden,
+                "--measure",
+                str(args.measure),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     p = rows[0]["params"]
@@ -157,8 +169,10 @@ def main() -> None:
         f"MLP 784-{'-'.join(map(str, hidden))}-10, {p:,} parameters, rk4, measurement set "
         f"{args.measure} in chunks of 256, {args.steps} tracked steps, 1 thread"
     )
-    print("| record | state held (B/param) | added RSS (B/param) | added ÷ state | "
-          "peak over baseline (B/param) | RSS growth, 2nd half (B/param) |")
+    print(
+        "| record | state held (B/param) | added RSS (B/param) | added ÷ state | "
+        "peak over baseline (B/param) | RSS growth, 2nd half (B/param) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(

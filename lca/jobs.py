@@ -496,9 +496,7 @@ def _job_env() -> dict[str, str]:
     """The environment of a job's process: this one's, with the project importable, output
     unbuffered and the CPU threads of one job (a warm worker must have been started with it)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     threads = str(_threads())
     env.setdefault("OMP_NUM_THREADS", threads)

@@ -349,9 +349,10 @@ Slots = dict[str, list[tuple[nn.Module, str]]]
 def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
     """Every (module, attribute) that holds each named tensor of ``kind`` ("_parameters" or
     "_buffers"): a tied tensor sits in several modules and is swapped in all of them."""
-    where = {id(t): n for n, t in (
-        model.named_parameters() if kind == "_parameters" else model.named_buffers()
-    )}
+    where = {
+        id(t): n
+        for n, t in (model.named_parameters() if kind == "_parameters" else model.named_buffers())
+    }
     slots: Slots = {n: [] for n in names}
     for module in model.modules():
         for attr, t in getattr(module, kind).items():

@@ -150,7 +150,7 @@ def split_model(model: nn.Module) -> tuple[Part, Part]:
 
 
 def mode_of(config: RunConfig) -> str | None:
-    """"stanza", "data-parallel" or None (neither)."""
+    """ "stanza", "data-parallel" or None (neither)."""
     if config.stanza > 0:
         return "stanza"
     if config.data_parallel > 0:
@@ -308,8 +308,8 @@ class _Rank:
 
     def __post_init__(self) -> None:
         c = self.config
-        self.role = "replica" if self.mode == "data-parallel" else (
-            "fc" if self.rank == self.k else "conv"
+        self.role = (
+            "replica" if self.mode == "data-parallel" else ("fc" if self.rank == self.k else "conv")
         )
         self.writer_rank = writer_rank(c)
         self.conv_params = list(self.conv.parameters())
@@ -680,6 +680,7 @@ def _close_quietly(tracker: Any, status: str) -> None:
         tracker.close(status)
     except Exception:  # noqa: BLE001 - the original error matters more
         pass
+
 
 # ---------------------------------------------------------------------------------------------
 # Spawning the processes locally (no torchrun): tests, benchmarks, the CLI without torchrun.

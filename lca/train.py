@@ -261,7 +261,11 @@ def build(config: RunConfig, out: str | Path | None = None, *, overwrite: bool =
             measure[1][:EVAL_MAX_EXAMPLES].to(device),
         )
     ctx.tracker = _build_tracker(
-        config, ctx, hooks, measure, collapse=loop.collapse_layer is not None,
+        config,
+        ctx,
+        hooks,
+        measure,
+        collapse=loop.collapse_layer is not None,
         val=val_measurement_set(ds, config) if config.measure_val else None,
     )
     ctx.tracker.measurer.chunk_loss = while_measuring(ctx.tracker.measurer.chunk_loss)

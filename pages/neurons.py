@@ -31,9 +31,7 @@ IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10
 
 
-def units_section(
-    path: Path, v: views.NeuronsView, pos: np.ndarray, figures: RunFigures
-) -> None:
+def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray, figures: RunFigures) -> None:
     st.subheader("Neurons over time")
     if v.record == "layers":
         st.info(

@@ -69,9 +69,9 @@ def test_every_page_address_resolves_before_navigation_has_run():
         if url == "home":  # the default page: its address is "/", which is app.py itself
             continue
         assert url in by_name, f"/{url} ({file}) names no file in pages/"
-        assert "import pages" in by_name[url].read_text() or "from pages" in by_name[
-            url
-        ].read_text(), f"{by_name[url].name} does not import pages (no rerun through app.py)"
+        assert (
+            "import pages" in by_name[url].read_text() or "from pages" in by_name[url].read_text()
+        ), f"{by_name[url].name} does not import pages (no rerun through app.py)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +93,7 @@ def _start_server(processes, runs_dir):
     }
     log = runs_dir.parent / f"streamlit-{port}.log"
     with open(log, "w") as fh:
-        processes.start(
-            app_command(port), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
+        processes.start(app_command(port), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     while True:  # the server ends the wait either way: healthy, or its process ended
         try:
@@ -143,8 +141,10 @@ def test_fresh_server_techniques_link_then_a_warm_demo(tmp_path, processes):
             title = page.locator('[data-testid="stMain"] h1').first
             title.wait_for(timeout=STALL_S * 1000)
             _progress_wait(
-                lambda: title.inner_text().strip() == "Techniques"
-                or "Page not found" in page.inner_text("body"),
+                lambda: (
+                    title.inner_text().strip() == "Techniques"
+                    or "Page not found" in page.inner_text("body")
+                ),
                 "the first page",
             )
             assert "Page not found" not in page.inner_text("body")

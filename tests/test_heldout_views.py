@@ -34,8 +34,14 @@ def _linear_run(path, val: bool = True, error_every: int = 0, steps: int = 5):
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     thetas = [torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()]
     tracker = lca.Tracker(
-        model, mse, train, dtype=F64, writer=Writer(path), val_data=held if val else None,
-        error_every=error_every, chunk_size=7,
+        model,
+        mse,
+        train,
+        dtype=F64,
+        writer=Writer(path),
+        val_data=held if val else None,
+        error_every=error_every,
+        chunk_size=7,
     )
     with tracker:
         for t in range(steps):
@@ -121,7 +127,10 @@ def test_adapt_on_and_measure_val_are_settings():
 def _bn_run(path):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
         nn.Linear(4 * 6 * 6, 3),
     )
     g = torch.Generator().manual_seed(1)
@@ -221,7 +230,7 @@ def test_trained_run_with_measure_val_and_the_helped_experiments_held_out_table(
         b = np.concatenate([np.ravel(r.val_param_totals(n)) for n in r.names])
         ho = heldout_stats(r)
         assert ho is not None
-        moved = ((a != 0) & (b != 0))
+        moved = (a != 0) & (b != 0)
         assert math.isclose(ho["train_only"], float(((a < 0) & (b > 0)).sum() / moved.sum()))
         assert math.isclose(ho["val_helped_mean"], float(r.val_steps("helped")[kind == 0].mean()))
 

@@ -289,8 +289,7 @@ def test_fp8_chunked_conv2d_forward_and_backward_equal_the_chunked_dot_oracle():
     for n, i, j in rows:
         for o in range(6):
             terms = [
-                float(xp[n, c, i * stride + u, j * stride + v] * w[o, c, u, v])
-                for c, u, v in kidx
+                float(xp[n, c, i * stride + u, j * stride + v] * w[o, c, u, v]) for c, u, v in kidx
             ]
             assert float(y[n, o, i, j]) == _q(chunked_dot(terms, chunk) + float(b[o]))
         for c, u, v in kidx:  # the column gradient, contraction over the output channels
@@ -299,8 +298,7 @@ def test_fp8_chunked_conv2d_forward_and_backward_equal_the_chunked_dot_oracle():
     for o in range(6):
         for c, u, v in kidx:
             terms = [
-                float(gd[n, o, i, j] * xp[n, c, i * stride + u, j * stride + v])
-                for n, i, j in rows
+                float(gd[n, o, i, j] * xp[n, c, i * stride + u, j * stride + v]) for n, i, j in rows
             ]
             assert float(gw[o, c, u, v]) == chunked_dot(terms, chunk)
         assert float(gb[o]) == chunked_dot([float(gd[n, o, i, j]) for n, i, j in rows], chunk)
@@ -375,6 +373,7 @@ def test_float8_gemm_plumbing_equals_float32_on_1_5_2_operands():
     with torch.no_grad():
         layer.weight.copy_(_e5m2(7, 10, seed=1) * 64)  # beyond e4m3fn's 448: the scale acts
         conv.weight.copy_(_e5m2(5, 3, 3, 3, seed=2))
+
     def lin(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return linear_gemm(x, m.weight, m.bias, mm, add_bias)
 

@@ -182,9 +182,7 @@ def test_two_runs_never_share_cached_figures(live_runs, runs_folder):
 
 
 @pytest.mark.slow
-def test_a_run_replaced_under_the_same_name_is_not_served_from_the_cache(
-    live_runs, runs_folder
-):
+def test_a_run_replaced_under_the_same_name_is_not_served_from_the_cache(live_runs, runs_folder):
     old = live_runs("same.h5", seed=3)
     old.grow(4)
     before = measured_loss(charts("loss", "same.h5"))

@@ -44,9 +44,7 @@ def test_a_60000_step_full_record_is_said_with_its_size_and_the_smaller_modes() 
 
 
 @pytest.mark.parametrize(("mode", "steps"), [("full", 40), ("units", 300)])
-def test_the_estimate_holds_for_a_paper_scale_layout(
-    tmp_path: Path, mode: str, steps: int
-) -> None:
+def test_the_estimate_holds_for_a_paper_scale_layout(tmp_path: Path, mode: str, steps: int) -> None:
     layout = _layout()
     shapes = dict(zip(layout.names, layout.shapes, strict=True))
     g = torch.Generator().manual_seed(0)
@@ -60,10 +58,21 @@ def test_the_estimate_holds_for_a_paper_scale_layout(
         per_tensor = np.array([float(a.double().sum()) for a in per_param.values()])
         w.append(
             StepRecord(
-                index=i, kind=0, train_step=i + 1, label="", loss_start=2.3, loss_end=2.3,
-                per_param=per_param, per_tensor=per_tensor,
-                per_unit=sum_units(per_param, list(layout.units)), helped=0.5, hurt=0.5,
-                splits=1, evaluations=2, seconds_lca=0.0, wall=0.0,
+                index=i,
+                kind=0,
+                train_step=i + 1,
+                label="",
+                loss_start=2.3,
+                loss_end=2.3,
+                per_param=per_param,
+                per_tensor=per_tensor,
+                per_unit=sum_units(per_param, list(layout.units)),
+                helped=0.5,
+                hurt=0.5,
+                splits=1,
+                evaluations=2,
+                seconds_lca=0.0,
+                wall=0.0,
             )
         )
     w.close("complete")

@@ -119,9 +119,7 @@ def test_every_config_field_is_a_flag_that_sets_it() -> None:
     specs = RunConfig.specs()
     # Stanza's fields refuse pack, techniques and most models: set on their own below.
     parallel = ("stanza", "staleness", "data_parallel")
-    scalar = {
-        n: s for n, s in specs.items() if s.kind in (int, float, str) and n not in parallel
-    }
+    scalar = {n: s for n, s in specs.items() if s.kind in (int, float, str) and n not in parallel}
     assert {"lr", "steps", "measure_size", "method", "dataset", "data_dir", "out"} <= set(scalar)
     stanza = cli.build_config(_train_args("--model", "lenet", "--stanza", "3", "--staleness", "2"))
     assert (stanza.stanza, stanza.staleness) == (3, 2)

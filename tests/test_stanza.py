@@ -173,6 +173,7 @@ def _stale_reference(config: RunConfig) -> dict[str, torch.Tensor]:
     conv, fc = split_model(model)
     optimizer = build_optimizer(config, model)
     batches = minibatches(ds.num_train, K * config.batch_size, config.seed + 2)
+
     def weights() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in fc.named_parameters()}
 
@@ -342,7 +343,11 @@ def test_the_two_runs_open_side_by_side_on_the_compare_page(runs, runs_folder):
     assert not at.exception, [e.message for e in at.exception]
     assert [e.value for e in at.error] == []
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    layers = [s for s in specs if s["data"] and s["data"][0].get("x") == [
-        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight", "out.bias"
-    ]]
+    layers = [
+        s
+        for s in specs
+        if s["data"]
+        and s["data"][0].get("x")
+        == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight", "out.bias"]
+    ]
     assert layers, "no per-layer chart of the two runs"

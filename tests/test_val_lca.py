@@ -84,7 +84,8 @@ def test_val_lca_equals_the_exact_integral_and_conserves_the_held_out_loss():
         )
     assert torch.allclose(tracker._val_cumulative, total, atol=1e-13)
     assert math.isclose(
-        float(total.sum()), vm.flat_loss_and_grad(flat(model), need_grad=False)[0] - val_loss0,
+        float(total.sum()),
+        vm.flat_loss_and_grad(flat(model), need_grad=False)[0] - val_loss0,
         rel_tol=1e-9,
     )
 
@@ -151,8 +152,18 @@ def _segment(model, train, val, start, end, tol, **kw):
 
     space = FlatSpace.of(model, torch.device("cpu"))
     return _integrate_flat(
-        m, space, start, end, "rk4-paper", loss_start=loss0, grad_start=g0, tolerance=tol,
-        val=vm, val_loss_start=vloss0, val_grad_start=vg0, **kw,
+        m,
+        space,
+        start,
+        end,
+        "rk4-paper",
+        loss_start=loss0,
+        grad_start=g0,
+        tolerance=tol,
+        val=vm,
+        val_loss_start=vloss0,
+        val_grad_start=vg0,
+        **kw,
     )
 
 
@@ -195,7 +206,12 @@ def test_adapt_on_is_checked_and_means_nothing_to_a_fixed_rule():
     """Like the tolerance, the criterion only steers the adaptive methods; rk4 stays plain."""
     model, start, end, train, _, panel_value = quintic()
     tracker = lca.Tracker(
-        model, mean_out, train, method="rk4", adapt_on="parameters", param_tolerance=1e-12,
+        model,
+        mean_out,
+        train,
+        method="rk4",
+        adapt_on="parameters",
+        param_tolerance=1e-12,
         dtype=F64,
     )
     with tracker.step(), torch.no_grad():

@@ -95,9 +95,11 @@ def _datasets(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     with h5py.File(path, "r") as f:
         f.visititems(
-            lambda name, obj: out.__setitem__(name, obj[()])
-            if isinstance(obj, h5py.Dataset) and name not in TIMING
-            else None
+            lambda name, obj: (
+                out.__setitem__(name, obj[()])
+                if isinstance(obj, h5py.Dataset) and name not in TIMING
+                else None
+            )
         )
     return out
 

@@ -276,7 +276,7 @@ def _layers(f: dict[str, Any], rows: list, notes: list, link: str) -> None:
                 "the loss decrease. "
                 + (
                     "Here the architecture is the paper's own on 28×28 images, so the claim "
-                    "\"in proportion to its size\" does not hold for the largest layer in this "
+                    '"in proportion to its size" does not hold for the largest layer in this '
                     "run; the correlation over layers is in the table."
                     if label.startswith("paper-")
                     else "On 8×8 inputs the paper's architecture is distorted (its dense layer "
@@ -484,8 +484,9 @@ def _setup_label(setup: dict[str, Any] | None) -> str:
         return ""
     size = setup.get("measure_size")
     return (
-        f"{setup['dataset']}, {setup['steps']:,} steps, measurement set "
-        f"{size:,}" if size else f"{setup['dataset']}, {setup['steps']:,} steps"
+        f"{setup['dataset']}, {setup['steps']:,} steps, measurement set {size:,}"
+        if size
+        else f"{setup['dataset']}, {setup['steps']:,} steps"
     ) + f", {setup['method']}, record {setup['record']}"
 
 
@@ -518,8 +519,7 @@ def _cells(s: dict[str, dict[str, Any]], label: str | None) -> dict[str, str]:
     if syn and syn.get("detrended"):
         d = syn["detrended"]
         out["synchrony"] = (
-            f"detrended C {pct(d['observed'])}% vs {pct(d['expected'])}% chance, "
-            f"z {fmt(d['z'], 3)}"
+            f"detrended C {pct(d['observed'])}% vs {pct(d['expected'])}% chance, z {fmt(d['z'], 3)}"
         )
     return out
 
@@ -533,8 +533,10 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
             continue
         runs = s["helped"]["findings"]["runs"]
         ps, ds = runs[paper].get("setup"), runs.get(digits or "", {}).get("setup")
-        heads.append(f"- {title}: paper protocol run `{paper}` ({_setup_label(ps)}); "
-                     f"digits run `{digits}` ({_setup_label(ds)}).")
+        heads.append(
+            f"- {title}: paper protocol run `{paper}` ({_setup_label(ps)}); "
+            f"digits run `{digits}` ({_setup_label(ds)})."
+        )
         a, b = _cells(s, paper), _cells(s, digits)
         for key, what in (
             ("helped_per_step", "parameters helping per step (mean)"),
@@ -544,8 +546,9 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
             ("synchrony", "synchronized peaks"),
         ):
             if key in a or key in b:
-                rows.append([f"{what}, {title}", PAPER[key], a.get(key, "not run"),
-                             b.get(key, "not run")])
+                rows.append(
+                    [f"{what}, {title}", PAPER[key], a.get(key, "not run"), b.get(key, "not run")]
+                )
         if ps and ds:
             pa = runs[paper]["step"]
             db = runs[digits]["step"] if digits else {}
@@ -566,11 +569,11 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
                 f"share of the moving parameters is {pct(pa.get('helped_of_moved_late'))}% on "
                 f"Fashion-MNIST and {pct(db.get('helped_of_moved_late'))}% on digits: "
                 + (
-                    "the real 28×28 images bring it closer to the paper's \"barely over 50%\"."
+                    'the real 28×28 images bring it closer to the paper\'s "barely over 50%".'
                     if abs(pa.get("helped_of_moved_late", 1) - 0.5)
                     < abs(db.get("helped_of_moved_late", 1) - 0.5)
                     else "the real 28×28 images do not bring it closer to the paper's \"barely "
-                    "over 50%\"."
+                    'over 50%".'
                 )
             )
     if not rows:
@@ -588,8 +591,11 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
                 ["finding", "paper", "ours, Fashion-MNIST, paper protocol", "ours, digits (quick)"],
                 rows,
             ),
-            *(["What explains the differences (from the runs):\n\n" + "\n".join(notes)]
-              if notes else []),
+            *(
+                ["What explains the differences (from the runs):\n\n" + "\n".join(notes)]
+                if notes
+                else []
+            ),
         ]
     )
 
@@ -629,11 +635,7 @@ def conservation_choice(text: str) -> str | None:
             f"on {model} rk4 left {n} of {total} steps over 1e-3 (worst "
             f"{t['rk4']['worst abs err']}), rk4-paper {pn} at {t['rk4-paper']['× rk4']}× rk4's "
             "gradient evaluations"
-            + (
-                f", gauss3 {_over(g['steps > 1e-3'])[0]} at {g['× rk4']}×"
-                if g
-                else ""
-            )
+            + (f", gauss3 {_over(g['steps > 1e-3'])[0]} at {g['× rk4']}×" if g else "")
         )
         fixes.append(pn == 0 and float(t["rk4-paper"]["× rk4"]) <= 1.5)
     verdict = (
@@ -643,8 +645,11 @@ def conservation_choice(text: str) -> str | None:
         "time, while gauss3 costs 1.5× on every step and still does not guarantee the limit."
         if all(fixes)
         else "**Default: rk4**, with the check. rk4-paper met the limit on "
-        + ("every step" if all(_over(t["rk4-paper"]["steps > 1e-3"])[0] == 0
-                               for t in tables.values()) else "most steps")
+        + (
+            "every step"
+            if all(_over(t["rk4-paper"]["steps > 1e-3"])[0] == 0 for t in tables.values())
+            else "most steps"
+        )
         + f" but cost up to {max(float(t['rk4-paper']['× rk4']) for t in tables.values()):.2f}× "
         "rk4's evaluations, more than the 1.5× we accept for a default on every run; so rk4 "
         "stays the default, and a run over the limit says how many steps and what a rk4-paper "

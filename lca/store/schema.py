@@ -298,8 +298,7 @@ def size_notice(
     ]
     return (
         f"This run will write about {human_bytes(est)} ({steps:,} steps, record={record}, "
-        f"{layout.num_params:,} parameters)"
-        + (f"; {', '.join(smaller)}." if smaller else ".")
+        f"{layout.num_params:,} parameters)" + (f"; {', '.join(smaller)}." if smaller else ".")
     )
 
 
