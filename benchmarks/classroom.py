@@ -330,7 +330,7 @@ def main() -> None:
         os.environ["LCA_RUNS_DIR"] = str(runs_dir)
         from lca import jobs
 
-        proc, url = start_server(runs_dir, Path(tmp) / "server.log")
+        proc, url = start_server(runs_dir, Path(tmp) / "server.log", warm=True)
         job = None
         try:
             # The demo's network; enough steps to outlast the class (~100 steps/s at most).
