@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from lca import classroom, jobs, runs
-from pages import presenter
+from pages import SHELL_KEY, presenter
 from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
 
 ROOT = Path(__file__).resolve().parent
@@ -181,6 +181,7 @@ def main() -> None:
         initial_sidebar_state=presenter.sidebar_state(),
     )
     pg = st.navigation(build_pages())
+    st.session_state[SHELL_KEY] = True  # the pages' through_app(): this run came through here
     jobs.prewarm()  # one pre-started job process per server: the demo's first step in ~1 s
     presenter.toggle()
     classroom_gate()

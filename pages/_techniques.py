@@ -10,4 +10,6 @@ techniques_used.py. Without this file that first visit found no page called "tec
 landed on Home behind a "Page not found" dialog.
 """
 
-import pages  # noqa: F401 - its import is the whole job (the guard reruns through app.py)
+from pages import through_app
+
+through_app()  # the import switches the file-name mode off; this reruns through app.py

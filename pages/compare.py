@@ -17,7 +17,10 @@ import streamlit as st
 from lca import export, runs, views
 from lca import figures as F
 from lca.store import RunFileError
+from pages import through_app
 from pages.shared import LIVE_SECONDS, RUN_KEY, download_csv, literal, plot, read_view
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 COMPARE_KEY = "compare_runs"  # set by the Runs page
 PICK_KEY = "compare"  # the multiselect, bound to ?compare=

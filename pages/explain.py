@@ -15,7 +15,10 @@ from lca.figures.explain import (
     explain_shares_figure,
     explain_surface_figure,
 )
+from pages import through_app
 from pages.shared import plot
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 LR_OPTIONS = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
 SCENARIO_KEY, LR_KEY = "explain_scenario", "explain_lr"

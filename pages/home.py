@@ -13,6 +13,7 @@ import streamlit as st
 
 from lca import jobs, runs
 from lca.store import Reader, RunFileError, filecheck
+from pages import through_app
 from pages.live_panel import (
     LIVE_KEY,
     SELECT_KEY,
@@ -22,6 +23,8 @@ from pages.live_panel import (
     still_there,
 )
 from pages.shared import literal, locked_help, may, refuse_unless
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 DEMO_KEY = "demo_job"  # session: run name of this session's demo
 RECENT = 8

@@ -18,6 +18,7 @@ import streamlit as st
 from lca import export, views
 from lca import figures as F
 from lca.synchrony import SynchronyError, synchrony
+from pages import through_app
 from pages.shared import (
     RunFigures,
     download_csv,
@@ -29,6 +30,8 @@ from pages.shared import (
     view_or_explain,
     view_version,
 )
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 HEATMAP_KEY = "layers_heatmap"
 DRILL_LAYER = "drill_layer"

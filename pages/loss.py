@@ -17,6 +17,7 @@ import streamlit as st
 from lca import conservation, export, views
 from lca import figures as F
 from lca.store import RunFileError
+from pages import through_app
 from pages.shared import (
     RunFigures,
     download_csv,
@@ -27,6 +28,8 @@ from pages.shared import (
     steps_phrase,
     view_or_explain,
 )
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 LARGE_ERROR = 0.01  # conservation error, as a share of the loss change, worth a hint
 

@@ -16,6 +16,7 @@ import streamlit as st
 
 from lca import export, views
 from lca import figures as F
+from pages import through_app
 from pages.shared import (
     RunFigures,
     download_csv,
@@ -26,6 +27,8 @@ from pages.shared import (
     steps_phrase,
     view_or_explain,
 )
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
 TOP_K = 10

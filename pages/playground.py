@@ -17,7 +17,10 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from lca.playground import ACTIVATIONS, DATASETS, PlaygroundError, parse_hidden
+from pages import through_app
 from pages.playground_component import playground
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 COMPONENT_KEY = "pg"
 

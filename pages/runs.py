@@ -22,6 +22,7 @@ import streamlit as st
 
 from lca import jobs, runs
 from lca.store import Reader, RunFileError, filecheck, human_bytes
+from pages import through_app
 from pages.live_panel import first_existing_page, open_run_button, switch_page
 from pages.shared import (
     DELETED_KEY,
@@ -32,6 +33,8 @@ from pages.shared import (
     may,
     refuse_unless,
 )
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_KEY = "compare_runs"  # the Compare page reads the run names to compare from here

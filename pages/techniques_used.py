@@ -20,6 +20,7 @@ import techniques as techniques_registry
 from lca import export, views
 from lca import figures as F
 from lca.store import RunFileError
+from pages import through_app
 from pages.shared import (
     LIVE_SECONDS,
     download_csv,
@@ -30,6 +31,8 @@ from pages.shared import (
     read_view,
     require_run,
 )
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 EVENT_KEY = "prune_event"  # URL-bound choice of the prune event shown in detail
 

@@ -24,8 +24,11 @@ from lca import jobs, runs
 from lca.config import ConfigError, RunConfig
 from lca.spec import Spec
 from lca.store import human_bytes
+from pages import through_app
 from pages.live_panel import LIVE_KEY, SELECT_KEY, live_panel, still_there
 from pages.shared import literal, locked_help, may, refuse_unless
+
+through_app()  # a bare page run on a fresh server: rerun through app.py
 
 log = logging.getLogger("lca.app")
 FOLDER_DATASETS = ("mnist", "fashion-mnist", "cifar10")
