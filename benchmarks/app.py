@@ -8,6 +8,13 @@ serialise them) and prints the time per page, first render and again, plus the s
 figure JSON sent to the browser. The pure parts (Reader reads + figure functions) are also timed.
 
     python benchmarks/app.py [--steps 2000] [--hidden 256] [--out /tmp/lca-bench] [--keep]
+
+``--server-cpu N``: the server's CPU per page run instead. Trains the classroom demo's run (the
+network benchmarks/classroom.py trains, finished, so every page draws the same file version),
+starts a real server (``lca.serve.app_command``, no warm job worker), opens each page once to
+warm the caches, then asks for each page N times over the app's websocket protocol (one
+lightweight client, as in benchmarks/classroom.py, one view after another) and prints the
+server process's CPU seconds per page run, read from /proc before and after each page's views.
 """
 
 from __future__ import annotations
@@ -224,6 +231,59 @@ def time_functions(path: Path) -> dict[str, float]:
     return out
 
 
+SERVER_PAGES = ("home", "loss", "layers", "neurons", "playground")
+
+
+def server_cpu(views: int, steps: int, reuse: Path | None = None) -> None:
+    """Print the server's CPU seconds per page run (see the module docstring)."""
+    import asyncio
+    from dataclasses import replace
+
+    sys.path.append(str(ROOT / "benchmarks"))
+    import classroom
+    from demo import start_server, stop
+
+    from lca import jobs
+    from lca.train import run
+
+    with tempfile.TemporaryDirectory(prefix="lca-server-cpu-") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        runs_dir.mkdir()
+        os.environ["LCA_RUNS_DIR"] = str(runs_dir)
+        t0 = time.perf_counter()
+        if reuse is not None and reuse.exists():
+            shutil.copy(reuse, runs_dir / classroom.RUN)
+            print(f"demo run: {reuse} (reused)", flush=True)
+        else:
+            run(replace(jobs.demo_config(), steps=steps), out=runs_dir / classroom.RUN)
+            print(f"demo run: {steps} steps trained in {time.perf_counter() - t0:.1f} s")
+            if reuse is not None:
+                shutil.copy(runs_dir / classroom.RUN, reuse)
+        proc, url = start_server(runs_dir, Path(tmp) / "server.log", warm=False)
+        try:
+            rows = []
+            for page in SERVER_PAGES:
+                s = classroom.Session()
+                until = time.monotonic() + 3600  # ends after its views
+                asyncio.run(classroom.ws_session(url, [page], until, 0.0, s, views=1))  # warm
+                cpu0, _ = classroom.proc_cpu_rss(proc.pid)
+                w0 = time.monotonic()
+                s = classroom.Session()
+                asyncio.run(classroom.ws_session(url, [page], until, 0.0, s, views=views))
+                cpu1, _ = classroom.proc_cpu_rss(proc.pid)
+                wall = time.monotonic() - w0
+                rows.append((page, (cpu1 - cpu0) / views, wall / views, len(s.failures)))
+        finally:
+            stop(proc)
+    print(
+        f"server CPU per page run ({views} views of each page, one after another, caches warm; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"
+    )
+    print(f"{'page':<12}{'CPU-s/run':>10}{'wall s/run':>12}{'failed':>8}")
+    for page, cpu, wall, failed in rows:
+        print(f"{page:<12}{cpu:>10.3f}{wall:>12.3f}{failed:>8}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
@@ -235,7 +295,24 @@ def main() -> None:
         help="folder for the run (default: a temp folder, removed afterwards unless --keep)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the generated run files")
+    ap.add_argument(
+        "--server-cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure a real server's CPU per page run over N views of each page instead",
+    )
+    ap.add_argument("--demo-steps", type=int, default=300, help="steps of --server-cpu's run")
+    ap.add_argument(
+        "--demo-run",
+        type=Path,
+        default=None,
+        help="--server-cpu: use this run file if it exists, else train it and keep it there",
+    )
     args = ap.parse_args()
+    if args.server_cpu:
+        server_cpu(args.server_cpu, args.demo_steps, args.demo_run)
+        return
 
     folder = args.out or Path(tempfile.mkdtemp(prefix="lca-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
