@@ -13,9 +13,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from lca import classroom, jobs, runs
+from lca import classroom, jobs, runs, views
 from pages import SHELL_KEY, presenter
-from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal
+from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal, read_view
 
 ROOT = Path(__file__).resolve().parent
 FAVICON = ROOT / "assets" / "favicon.png"
@@ -72,12 +72,16 @@ def _explain_bad_request(requested: str) -> str:
 
 
 def run_status(path: Path) -> str | None:
-    """The run file's status, or None when it cannot be read as a run."""
-    from lca.store import Reader, RunFileError
+    """The run file's status, or None when it cannot be read as a run.
+
+    Read through the pages' cache of ``views.run_view`` per file version (the status is in the
+    file, so a new status is a new version): the sidebar draws on every rerun of every session,
+    and opening the HDF5 file for it was half of a page run's server time
+    (``benchmarks/app.py --server-cpu``); the page itself reads the same cached view."""
+    from lca.store import RunFileError
 
     try:
-        with Reader(path) as r:
-            return r.status
+        return read_view(views.run_view, path).status
     except (RunFileError, OSError, KeyError, ValueError):
         return None
 
