@@ -22,7 +22,7 @@ from pages.live_panel import (
     open_run_button,
     still_there,
 )
-from pages.shared import literal, locked_help, may, refuse_unless
+from pages.shared import literal, locked_help, may, refuse_unless, view_version
 
 through_app()  # a bare page run on a fresh server: rerun through app.py
 
@@ -82,11 +82,20 @@ def current_demo() -> str | None:
     return None
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def _summary(path: str, version: tuple) -> dict:
+    """``Reader.summary()`` of one version of a run file (the status is in the file), shared by
+    every session: Home lists the recent runs on every rerun, and opening each file for it was
+    most of Home's server time (``benchmarks/app.py --server-cpu``)."""
+    del version  # part of the cache key only
+    with Reader(path) as r:
+        return r.summary()
+
+
 def _row(run: runs.RunFile) -> dict:
     info = {"status": "unreadable", "what": "", "loss": "", "problem": None}
     try:
-        with Reader(run.path) as r:
-            s = r.summary()
+        s = _summary(str(run.path), view_version(run.path, "summary"))
         info["status"] = s.get("status") or "?"
         what = literal(f"{s.get('dataset')} · {s.get('model')}")
         info["what"] = f"{what} · {s.get('steps')} steps"

@@ -431,6 +431,7 @@ def heldout_section(path: Path, per_param: bool) -> None:
 def collapse_section(path: Path) -> None:
     """Neural collapse of the classifier's input features, beside the classifier's LCA."""
     st.subheader("Does the last layer collapse, and does it still learn?")
+    figures = RunFigures(path)  # before the read: built once per file version, shared
     c = view_or_explain(views.collapse_view, path)
     if c is None:
         return
@@ -442,12 +443,15 @@ def collapse_section(path: Path) -> None:
         )
         return
     plot(
-        F.collapse_figure(
-            c.steps,
-            c.measures,
-            c.positions,
-            c.lca_cumulative,
-            classifier=c.classifier or "last layer",
+        figures(
+            "collapse",
+            lambda: F.collapse_figure(
+                c.steps,
+                c.measures,
+                c.positions,
+                c.lca_cumulative,
+                classifier=c.classifier or "last layer",
+            ),
         ),
         key="layers_collapse",
     )
