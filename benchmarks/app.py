@@ -273,11 +273,13 @@ def server_cpu(views: int, steps: int, reuse: Path | None = None) -> None:
                 cpu1, _ = classroom.proc_cpu_rss(proc.pid)
                 wall = time.monotonic() - w0
                 rows.append((page, (cpu1 - cpu0) / views, wall / views, len(s.failures)))
+            _, rss = classroom.proc_cpu_rss(proc.pid)
         finally:
             stop(proc)
     print(
         f"server CPU per page run ({views} views of each page, one after another, caches warm; "
-        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs); server peak RSS "
+        f"{rss / 2**20:.0f} MiB"
     )
     print(f"{'page':<12}{'CPU-s/run':>10}{'wall s/run':>12}{'failed':>8}")
     for page, cpu, wall, failed in rows:
