@@ -86,6 +86,61 @@ def summary_table(data: list[views.CompareView]) -> None:
     download_csv(lambda: export.rows_csv(rows), "compare-runs", key="compare_csv_runs")
 
 
+def read_parallel(name: str) -> views.ParallelView | None:
+    """A Stanza or data-parallel run's bytes exchanged; None for a run trained in one process
+    (or one that cannot be read: the page has said why above)."""
+    try:
+        view = read_view(views.parallel_view, runs.resolve(name))
+    except (RunFileError, OSError, runs.RunNameError, KeyError, ValueError):
+        return None
+    return None if view is None else replace(view, name=name)
+
+
+def parallel_section(data: list[views.CompareView]) -> None:
+    """Stanza against data parallel: bytes sent per step (measured) and a table, shown only
+    when a compared run was trained in several processes. The loss curves and per-layer LCA
+    of those runs are the page's other charts."""
+    found = [v for v in (read_parallel(d.name) for d in data) if v is not None]
+    if not found:
+        return
+    st.subheader("Bytes exchanged between processes")
+    for v in found:
+        if v.problem:
+            st.warning(literal(v.problem))
+    usable = [v for v in found if not v.problem]
+    if not usable:
+        return
+    plot(
+        F.parallel_bytes([(f"{v.name} · {v.short_label}", v.sent) for v in usable]),
+        key="compare_parallel_bytes",
+    )
+    rows = views.parallel_rows(usable)
+    base = views.parallel_baseline(usable)
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "bytes sent per step": st.column_config.NumberColumn(format="%.0f"),
+            "bytes received per step": st.column_config.NumberColumn(format="%.0f"),
+            "× data parallel": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
+    download_csv(lambda: export.rows_csv(rows), "compare-bytes", key="compare_csv_parallel")
+    st.caption(
+        "Measured, not estimated: every rank adds up the bytes of each tensor it sends or "
+        "receives while training (Stanza: features, labels and their gradients, and the conv "
+        "ranks' gradient all-reduce; data parallel: the all-reduce of every gradient, counted "
+        "once sent and once received). The weights sent to the writing rank for LCA are not "
+        "counted."
+        + (
+            " '× data parallel' divides each run's bytes sent per step by those of "
+            f"{literal(base.name)}."
+            if base is not None
+            else " Compare with a --data-parallel K run to see the ratio."
+        )
+    )
+
+
 def render(chosen: list[str]) -> bool:
     """Draw the comparison; return whether any of the runs is still running."""
     read = [read_run(n) for n in chosen]
@@ -138,6 +193,7 @@ def render(chosen: list[str]) -> bool:
             else " after each optimizer step."
         )
     )
+    parallel_section(data)
 
     first = data[0].names
     common = [n for n in first if all(n in d.names for d in data[1:])]

@@ -371,12 +371,13 @@ def render(path: Path) -> bool:
     )
     sync_section(path, figures)
     collapse_section(path)
-    heldout_section(path, per_param)
+    heldout_section(path, per_param, figures)
     return v.running
 
 
-def heldout_section(path: Path, per_param: bool) -> None:
-    """Training LCA beside held-out LCA: which layers and weights helped generalize."""
+def heldout_section(path: Path, per_param: bool, figures: RunFigures) -> None:
+    """Training LCA beside held-out LCA: which layers and weights helped generalize (figures
+    from the per-run cache, shared by every session viewing this version of the file)."""
     st.subheader("Did it help the held-out loss too?")
     g: views.GeneralizationView | None = view_or_explain(views.generalization_view, path)
     if g is None:
@@ -389,8 +390,12 @@ def heldout_section(path: Path, per_param: bool) -> None:
         )
         return
     plot(
-        F.train_vs_heldout_layers(
-            g.names, g.train_totals, g.val_totals, g.counts, per_param=per_param
+        figures(
+            "heldout_totals",
+            lambda: F.train_vs_heldout_layers(
+                g.names, g.train_totals, g.val_totals, g.counts, per_param=per_param
+            ),
+            per_param,
         ),
         key="layers_heldout_totals",
     )
@@ -401,7 +406,12 @@ def heldout_section(path: Path, per_param: bool) -> None:
         "something that did not carry over to new examples."
     )
     plot(
-        F.generalization_shares(g.names, g.helped_both, g.train_only, g.val_only, g.hurt_both),
+        figures(
+            "heldout_shares",
+            lambda: F.generalization_shares(
+                g.names, g.helped_both, g.train_only, g.val_only, g.hurt_both
+            ),
+        ),
         key="layers_heldout_shares",
     )
     gap = int(g.train_only.sum())

@@ -176,6 +176,9 @@ def render(path: Path) -> bool:
         f"recorded · {v.num_params:,} parameters · method {literal(v.method)} · "
         f"record {literal(v.record)}"
     )
+    parallel = view_or_explain(views.parallel_view, path)  # Stanza / data parallel: one line
+    if parallel is not None:
+        st.caption(literal(views.parallel_sentence(parallel)))
     if v.num_steps == 0:
         st.info("This run has not recorded a step yet; the charts appear after the first step.")
         return v.running

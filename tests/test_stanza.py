@@ -351,3 +351,13 @@ def test_the_two_runs_open_side_by_side_on_the_compare_page(runs, runs_folder):
         == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "out.weight", "out.bias"]
     ]
     assert layers, "no per-layer chart of the two runs"
+    # the measured bytes of both runs, Stanza's as a multiple of data parallel's
+    assert "Bytes exchanged between processes" in [h.value for h in at.subheader]
+    table = at.dataframe[-1].value
+    assert list(table["run"]) == ["dp.h5", "stanza.h5"]
+    with Reader(runs["stanza"][1]) as a, Reader(runs["dp"][1]) as b:
+        ratio = (
+            json.loads(a.array(INFO).item().decode())["bytes_sent_per_step"]
+            / json.loads(b.array(INFO).item().decode())["bytes_sent_per_step"]
+        )
+    assert list(table["× data parallel"]) == [1.0, pytest.approx(ratio)]

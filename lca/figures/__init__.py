@@ -29,6 +29,7 @@ from .live import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .methods import *  # noqa: F401,F403
 from .neurons import *  # noqa: F401,F403
+from .parallel import *  # noqa: F401,F403
 from .playground import *  # noqa: F401,F403
 from .precision import *  # noqa: F401,F403
 from .prune import *  # noqa: F401,F403

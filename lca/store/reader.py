@@ -596,6 +596,31 @@ class Reader:
             offset += size
         raise KeyError(name)
 
+    # -- Stanza and data parallel (docs/FORMAT.md "Stanza and data parallel") ------------------
+    def parallel(self) -> dict[str, Any] | None:
+        """The run's /parallel records as written, or None for a run trained in one process.
+
+        ``{"bytes_sent": array, "bytes_received": array, "info": dict}``; the arrays are
+        returned as stored (shapes unchecked: ``lca.views.parallel_view`` checks them), ``info``
+        is ``{}`` when its JSON is empty or unreadable.
+        """
+        self._require()
+        info_ds = self._ds.get("parallel/info")
+        if info_ds is None:
+            return None
+        out: dict[str, Any] = {}
+        for leaf in ("bytes_sent", "bytes_received"):
+            found = self._ds.get(f"parallel/{leaf}")
+            out[leaf] = None if found is None else np.asarray(found[()])
+        raw = info_ds[()]
+        try:  # a scalar string as written; anything else (an array, a number) reads as {}
+            raw = raw.item() if hasattr(raw, "item") else raw
+            info = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except (ValueError, UnicodeDecodeError, TypeError):
+            info = {}
+        out["info"] = info if isinstance(info, dict) else {}
+        return out
+
     # -- summary ------------------------------------------------------------------------------
     def technique_summaries(self) -> dict[str, dict[str, Any]]:
         """What each technique did and saved (its summary() when the run ended), or {}."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 from .analysis import *  # noqa: F401,F403
 from .collapse import *  # noqa: F401,F403
 from .heldout import *  # noqa: F401,F403
+from .parallel import *  # noqa: F401,F403
 from .precision import *  # noqa: F401,F403
 from .prune import *  # noqa: F401,F403
 from .records import *  # noqa: F401,F403
