@@ -52,7 +52,7 @@ class ParallelView:
 
     @property
     def label(self) -> str:
-        """"Stanza, K=2 conv ranks + 1 FC rank, τ=0" or "Data parallel, K=2 replicas"."""
+        """ "Stanza, K=2 conv ranks + 1 FC rank, τ=0" or "Data parallel, K=2 replicas"."""
         if self.mode == "stanza":
             fc = self.fc_ranks
             return (
