@@ -278,6 +278,33 @@ def _notices(message, category, filename, lineno, file=None, line=None) -> None:
     _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
+class StepBar:
+    """The CLI's progress over a run's steps: one tqdm bar, made at the first report (so a run
+    refused at setup shows only its sentence), silent when ``quiet``; with ``cost`` it also says
+    what a long run will cost (steps × seconds per tracked step) after a few steps."""
+
+    def __init__(self, quiet: bool, *, postfix: str = "loss", cost: bool = False) -> None:
+        self.quiet = quiet
+        self.postfix = postfix
+        self.bar = None
+        self.probe = CostProbe(lambda line: tqdm.write(line, file=sys.stderr)) if cost else None
+
+    def __call__(self, step: int, total: int, loss: float | None = None) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.bar.update(step - self.bar.n)
+        if loss is not None:
+            self.bar.set_postfix({self.postfix: f"{loss:.4f}"})
+        if self.probe is not None:
+            self.probe.update(step, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args)
     out = config.out or _fresh_default_out(config)
@@ -288,28 +315,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = env_rank() == 0  # under torchrun only rank 0 shows progress and writes the file
     if main:
         check_out(out, overwrite=args.overwrite)
-    quiet = args.quiet or not main
-    bar = None  # made at the first step, so a run refused at setup shows only its sentence
-    # A long run says what it will cost (steps × seconds per tracked step) after a few steps.
-    probe = CostProbe(lambda line: tqdm.write(line, file=sys.stderr))
-
-    def progress(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        probe.update(step, total)
+    progress = StepBar(args.quiet or not main, cost=True)
 
     if not main:
         warnings.simplefilter("ignore", RunNotice)  # rank 0 says it once
     try:
         result = run(config, out=out, progress=progress, overwrite=args.overwrite)
     except DiskFullError as e:
-        if bar is not None:
-            bar.close()
+        progress.close()
         print(f"error: {e}", file=sys.stderr)
         if not e.clean:  # HDF5 holds writes it cannot make: leave before its clean-up crashes
             sys.stdout.flush()
@@ -317,12 +330,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             os._exit(EXIT_FAILED)
         return EXIT_FAILED
     except TrainingError as e:
-        if bar is not None:
-            bar.close()
+        progress.close()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if bar is not None:
-        bar.close()
+    progress.close()
     acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
     if not main:
         return 0 if result.status == "complete" else 1
@@ -358,16 +369,7 @@ def _train_pack(config, out: str, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for i in range(config.pack):
         check_out(str(pack_path(out, i)), overwrite=args.overwrite)
-    bar = None
-
-    def progress(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        bar.update(step - bar.n)
-        bar.set_postfix(mean_loss=f"{loss:.4f}")
+    progress = StepBar(args.quiet, postfix="mean_loss", cost=True)
 
     try:
         results = run_pack(config, out=out, progress=progress, overwrite=args.overwrite)
@@ -375,8 +377,7 @@ def _train_pack(config, out: str, args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     for i, result in enumerate(results):
         acc = "" if result.test_acc is None else f", test accuracy {result.test_acc:.3f}"
         print(
@@ -403,16 +404,7 @@ def _train_parallel(config, out: str, args: argparse.Namespace) -> int:
     main = not launched() or env_rank() == writer_rank(config)
     if main:
         check_out(out, overwrite=args.overwrite)
-    bar = None
-
-    def progress(step: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.4f}")
+    progress = StepBar(args.quiet, cost=True)
 
     try:
         if launched():
@@ -425,8 +417,7 @@ def _train_parallel(config, out: str, args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if not main:
         return 0 if result.status == "complete" else EXIT_FAILED
     sent = "" if result.step_bytes is None else f" {result.step_bytes[0]:,.0f} bytes sent per step."
@@ -527,15 +518,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     main = env_rank() == 0
     if main and args.out is not None:
         check_out(args.out, overwrite=args.overwrite)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if args.quiet or not main:
-            return
-        if bar is None:
-            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        bar.update(done - bar.n)
+    progress = StepBar(args.quiet or not main)
 
     try:
         result = allocate_run(
@@ -553,8 +536,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if not main:
         return 0
     where = f" Run file: {result.path}." if result.path else ""
