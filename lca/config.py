@@ -269,7 +269,7 @@ class RunConfig:
         bool,
         "also measure LCA of the held-out loss (the test split, capped like the measurement "
         "set) along the same path: which weights helped the held-out loss; doubles LCA's cost",
-        label="LCA of the held-out loss too",
+        label="Held-out LCA",
         widget={"section": "LCA measurement"},
     )
     adapt_on: str = setting(

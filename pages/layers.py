@@ -385,7 +385,7 @@ def heldout_section(path: Path, per_param: bool, figures: RunFigures) -> None:
     if not g.recorded:
         st.info(
             "This run measured LCA on the training measurement set only. Train with "
-            "'LCA of the held-out loss too' (--measure-val) to see, layer by layer and weight "
+            "'Held-out LCA' (--measure-val) to see, layer by layer and weight "
             "by weight, what helped the loss on examples the model never trained on."
         )
         return
