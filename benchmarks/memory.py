@@ -39,42 +39,6 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def held_tensor_bytes(*owners: object) -> int:
-    """Bytes of every torch tensor / numpy array reachable from ``owners`` through attributes,
-    dicts, lists and tuples (each storage counted once): what the tracker and writer keep."""
-    import numpy as np
-    import torch
-
-    seen: set[int] = set()
-    storages: dict[int, int] = {}
-
-    def walk(obj: object, depth: int) -> None:
-        if id(obj) in seen or depth > 6:
-            return
-        seen.add(id(obj))
-        if torch.is_tensor(obj):
-            s = obj.untyped_storage()
-            storages[s.data_ptr()] = s.nbytes()
-        elif isinstance(obj, np.ndarray):
-            base = obj
-            while isinstance(base.base, np.ndarray):
-                base = base.base
-            storages[base.__array_interface__["data"][0]] = base.nbytes
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v, depth + 1)
-        elif isinstance(obj, list | tuple):
-            for v in obj:
-                walk(v, depth + 1)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module | type):
-            for v in vars(obj).values():
-                walk(v, depth + 1)
-
-    for o in owners:
-        walk(o, 0)
-    return sum(storages.values())
-
-
 def child(mode: str, steps: int, hidden: list[int], measure: int) -> dict:
     import torch
     from torch import nn
@@ -121,6 +85,8 @@ def child(mode: str, steps: int, hidden: list[int], measure: int) -> dict:
             if i == steps // 2:
                 rss_mid = _status("VmRSS")
         rss1, peak = _status("VmRSS"), _status("VmHWM")
+        from lca.memory import held_tensor_bytes
+
         held = held_tensor_bytes(tracker, writer) if writer else held_tensor_bytes(tracker)
         tracker.close()
     return {

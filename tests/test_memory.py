@@ -6,48 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 import lca
 from lca.allocate import Layout, UnitGroup
+from lca.memory import held_tensor_bytes
 from lca.store import Writer
 from lca.store.schema import BUFFER_BYTES, _plan
 
 
 def _held_bytes(*owners: object) -> int:
-    """Bytes of the tensors / arrays reachable from ``owners`` (each storage once), leaving
-    out the measurement data, which belongs to the caller."""
-    seen: set[int] = set()
-    storages: dict[int, int] = {}
-
-    def walk(obj: object, depth: int) -> None:
-        if id(obj) in seen or depth > 6:
-            return
-        seen.add(id(obj))
-        if torch.is_tensor(obj):
-            s = obj.untyped_storage()
-            storages[s.data_ptr()] = s.nbytes()
-        elif isinstance(obj, np.ndarray):
-            base = obj
-            while isinstance(base.base, np.ndarray):
-                base = base.base
-            storages[base.__array_interface__["data"][0]] = base.nbytes
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v, depth + 1)
-        elif isinstance(obj, list | tuple):
-            for v in obj:
-                walk(v, depth + 1)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, nn.Module | type):
-            for k, v in vars(obj).items():
-                if k != "_chunks":  # the measurement set: the caller's data
-                    walk(v, depth + 1)
-
-    for o in owners:
-        walk(o, 0)
-    return sum(storages.values())
+    """What the tracker and writer hold, leaving out the measurement set (the caller's data)."""
+    return held_tensor_bytes(*owners, skip=("_chunks",))
 
 
 def _run(tmp_path: Path, record: str, steps: int) -> tuple[int, int, int]:
