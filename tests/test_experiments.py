@@ -405,6 +405,20 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     with Reader(files["paper-fashion-mnist-fc-mnist-reduced"]) as r:
         assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
         assert r.status == "complete"
+    # Freezing the last layer is tested at the paper's protocol too: same runs, `out` frozen.
+    freeze = run_one(
+        "freeze",
+        tmp_path / "out",
+        tiny=True,
+        data_dir=str(data_dir),
+        scale="paper",
+        dataset="fashion-mnist",
+        log=lambda _m: None,
+    )
+    frozen = run_files(freeze.read_text(), tmp_path / "out" / "runs")
+    with Reader(frozen["paper-fashion-mnist-fc-mnist-reduced-freeze-out"]) as r:
+        out_rows = [i for i, n in enumerate(r.names) if n.startswith("out.")]
+        assert out_rows and not r.layer_totals()[out_rows].any()  # a frozen layer allocates 0
     from lca.experiments.results import write_results
 
     # RESULTS.md gets a column per scale for fc-mnist and LeNet, labelled with the reduction.
@@ -413,6 +427,7 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     assert "ours, Fashion-MNIST, paper protocol | ours, digits (quick)" in section
     assert "paper-fashion-mnist-lenet-reduced" in section and "steps, measurement set" in section
     assert "parameters helping per step (mean), LeNet" in section
+    assert "freezing the last layer, MNIST-FC (fc-mnist)" in section
 
 
 def test_results_include_benchmark_sections(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..store import Reader
 from .common import ExperimentContext, Report, fmt, module_groups, pct, sci
-from .setups import fc_mnist_digits, resnet20_digits
+from .setups import fc_mnist_digits, paper_setups, resnet20_digits
 
 NAME = "freeze"
 TITLE = "Freezing the last layer"
@@ -53,9 +53,12 @@ def build(ctx: ExperimentContext) -> Path:
         "the measurement-set loss (/steps/loss); accuracies from the last /eval row."
     )
     findings: dict[str, Any] = {}
-    for make in (fc_mnist_digits, resnet20_digits):
-        base_setup = make(ctx)
-        frozen_setup = make(ctx, techniques=[FREEZE])
+    pairs = [
+        (make(ctx), make(ctx, techniques=[FREEZE])) for make in (fc_mnist_digits, resnet20_digits)
+    ]
+    # --scale paper: the paper's own nets on 28×28 images, frozen the same way
+    pairs += zip(paper_setups(ctx), paper_setups(ctx, techniques=[FREEZE]), strict=True)
+    for base_setup, frozen_setup in pairs:
         base = rep.use(ctx.train(base_setup.label, base_setup.config))
         frozen = rep.use(ctx.train(base_setup.label + "-freeze-out", frozen_setup.config))
         with base.open() as r:

@@ -521,6 +521,14 @@ def _cells(s: dict[str, dict[str, Any]], label: str | None) -> dict[str, str]:
         out["synchrony"] = (
             f"detrended C {pct(d['observed'])}% vs {pct(d['expected'])}% chance, z {fmt(d['z'], 3)}"
         )
+    fr = s.get("freeze", {}).get("findings", {}).get("runs", {}).get(label)
+    if fr:
+        out["freeze"] = (
+            f"`out` did {pct(fr['out_share_baseline'])}% of the loss decrease; frozen, the layers "
+            f"below allocate {sci(fr.get('below_out_frozen'))} (baseline "
+            f"{sci(fr.get('below_out_baseline'))}), {fr['gained_most']} gained most; test acc "
+            f"{pct(fr['baseline']['test_acc'])}% → {pct(fr['frozen']['test_acc'])}%"
+        )
     return out
 
 
@@ -544,6 +552,7 @@ def scale_section(s: dict[str, dict[str, Any]]) -> str | None:
             ("histogram", "histogram of all LCA values"),
             ("layers_mnist", "layers helping"),
             ("synchrony", "synchronized peaks"),
+            ("freeze", "freezing the last layer"),
         ):
             if key in a or key in b:
                 rows.append(
