@@ -388,3 +388,14 @@ def test_live_figures_keep_values_and_colours():
     assert list(fig.data[1].x) == [0, 1, 2, 2.5, 3] and list(fig.data[0].x) == [1, 2, 2.5, 3]
     lines = live_layer_lines(np.ones((4, 2)), ["a", "b"], kind=kind)
     assert list(lines.data[0].x) == [1, 2, 2.5, 3]
+
+
+def test_live_layer_lines_name_the_helped_band_below_and_the_hurt_band_above():
+    import numpy as np
+
+    from lca.figures import HELPED, HURT, live_layer_lines
+
+    fig = live_layer_lines(np.array([[-0.2, 0.1], [-0.5, 0.3]]), ["a", "b"])
+    labels = {a.text: (a.font.color, a.y, a.yanchor) for a in fig.layout.annotations}
+    assert labels["helped"] == (HELPED, 0.02, "bottom")  # the green band is below 0
+    assert labels["hurt"] == (HURT, 0.98, "top")

@@ -144,31 +144,26 @@ def live_layer_lines(
     _legend_below(fig)
     _x_range(fig, total_steps, float(pos[-1]))
     fig.update_yaxes(title="LCA summed over steps (loss units)", range=[lo, hi])
-    fig.add_annotation(
-        text="helped",
-        x=0.005,
-        y=0.02,
-        xref="paper",
-        yref="paper",
-        xanchor="left",
-        yanchor="bottom",
-        showarrow=False,
-        font={"color": HELPED, "size": 14},
-        bgcolor="rgba(255,255,255,0.75)",
-    )
-    fig.add_annotation(
-        text="hurt",
-        x=0.005,
-        y=0.98,
-        xref="paper",
-        yref="paper",
-        xanchor="left",
-        yanchor="top",
-        showarrow=False,
-        font={"color": HURT, "size": 14},
-        bgcolor="rgba(255,255,255,0.75)",
-    )
+    _sign_label(fig, "helped", HELPED, top=False)
+    _sign_label(fig, "hurt", HURT, top=True)
     return fig
+
+
+def _sign_label(fig: go.Figure, text: str, color: str, *, top: bool) -> None:
+    """A word in the sign's colour at the left edge of the chart's helped (bottom) or hurt
+    (top) band, so a student reads the bands without a legend."""
+    fig.add_annotation(
+        text=text,
+        x=0.005,
+        y=0.98 if top else 0.02,
+        xref="paper",
+        yref="paper",
+        xanchor="left",
+        yanchor="top" if top else "bottom",
+        showarrow=False,
+        font={"color": color, "size": 14},
+        bgcolor="rgba(255,255,255,0.75)",
+    )
 
 
 def live_layer_bars(
