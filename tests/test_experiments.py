@@ -439,3 +439,43 @@ def test_results_include_benchmark_sections(tmp_path: Path) -> None:
     text = write_results(tmp_path, tmp_path / "RESULTS.md").read_text()
     assert text.index("## Alpha") < text.index("## Zeta") < text.index("## Reports")
     assert "Not a benchmark" not in text
+
+
+def test_methods_helped_shares_leave_out_structurally_zero_tensors(tmp_path: Path) -> None:
+    """A conv bias right before BatchNorm has a rounding-noise LCA of random sign: methods'
+    helped % must leave it out (the app's one rule, ``rounding_mask``), not count it."""
+    import torch
+    from torch import nn
+
+    import lca
+    from lca.experiments.methods import measure
+    from lca.store import Writer
+    from lca.train import EVAL_COLUMNS
+    from lca.views import rounding_mask
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 1, 6, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    writer = Writer(tmp_path / "bn.h5")
+    with lca.Tracker(model, nn.CrossEntropyLoss(), (x, y), writer=writer,
+                     events={"eval": EVAL_COLUMNS}) as tracker:  # fmt: skip
+        for t in range(6):
+            idx = torch.arange(t * 16, t * 16 + 16)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            with tracker.step():
+                opt.step()
+        writer.add_event("eval", [6, 0.5, 0.4, 1.0, 1.0])
+    with Reader(tmp_path / "bn.h5") as r:
+        assert [n for n, z in zip(r.names, rounding_mask(r), strict=True) if z] == ["0.bias"]
+        m = measure(r)
+        kept = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names if n != "0.bias"])
+        params = sum(math.prod(s) for s in r.shapes.values())
+    assert m["structural_zero"] == 4 and m["params"] == params
+    assert m["helped"] == float((kept < 0).mean())
+    assert m["helped_free"] == float((kept < 0).sum() / kept.size)  # no mirrored entries

@@ -5,8 +5,9 @@ backpropagation, direct feedback alignment (``dfa``), binary DFA (``bdfa``) and 
 (``symmetry``, variant ``tri`` on the square hidden layer). LCA always uses the true gradient,
 so it scores each method's updates the same way. Every number is read from the run files:
 accuracy from the last /eval row, % helped = share of parameters whose total LCA is < 0
-(``param_totals``), alignment = the DFA runs' recorded cosine between their update and the true
-gradient (mean over the first and last fifth of the steps), parameters saved = the symmetry
+(``param_totals``; tensors with a structurally zero gradient left out, ``rounding_mask``, as
+everywhere else in the app), alignment = the DFA runs' recorded cosine between their update and
+the true gradient (mean over the first and last fifth of the steps), parameters saved = the symmetry
 run's own summary.
 
 Sizes: an MLP 64-64 on the bundled 8×8 digits, and on a 2,000-image Fashion-MNIST subset when
@@ -15,6 +16,7 @@ Sizes: an MLP 64-64 on the bundled 8×8 digits, and on a 2,000-image Fashion-MNI
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..store import Reader
+from ..views.heldout import rounding_mask
 from .common import ExperimentContext, Report, dataset_available, fmt, pct
 
 NAME = "methods"
@@ -69,15 +72,25 @@ def configs(ctx: ExperimentContext) -> list[tuple[str, dict[str, Any]]]:
 
 
 def measure(r: Reader) -> dict[str, Any]:
-    """What the table shows for one run, all from its file."""
+    """What the table shows for one run, all from its file.
+
+    Helped shares count only the weights whose LCA is not rounding noise: a tensor with a
+    structurally zero gradient (``rounding_mask``) has a random sign, so it is left out of both
+    sides of the fraction, as the tracker, the pages and the ``helped`` experiment do.
+    """
     ev = r.events("eval")
-    totals = np.concatenate([np.ravel(r.param_totals(n)) for n in r.names])
+    noise = rounding_mask(r)
+    totals = np.concatenate(
+        [np.ravel(r.param_totals(n)) for n, z in zip(r.names, noise, strict=True) if not z]
+    )
+    params = sum(math.prod(r.shapes[n]) for n in r.names)
     out: dict[str, Any] = {
         "test_acc": float(ev["test_acc"][-1]),
         "train_acc": float(ev["train_acc"][-1]),
         "loss_final": float(r.steps("loss")[-1]),
-        "helped": float((totals < 0).mean()),
-        "params": int(totals.size),
+        "helped": float((totals < 0).mean()) if totals.size else math.nan,
+        "params": int(params),
+        "structural_zero": int(params - totals.size),
     }
     summaries = r.technique_summaries()
     for name in ("dfa", "bdfa"):
@@ -88,7 +101,8 @@ def measure(r: Reader) -> dict[str, Any]:
             out["alignment_last"] = float(np.nanmean(a[-k:]))
     out["params_saved"] = int(summaries.get("symmetry", {}).get("params_saved", 0))
     # symmetry's mirrored entries never move (LCA exactly 0): helped among the learned ones
-    out["helped_free"] = float((totals < 0).sum() / (totals.size - out["params_saved"]))
+    learned = totals.size - out["params_saved"]
+    out["helped_free"] = float((totals < 0).sum() / learned) if learned > 0 else math.nan
     return out
 
 
@@ -101,7 +115,8 @@ def build(ctx: ExperimentContext) -> Path:
         "square layer (`fc1` and `fc2` on 8×8 digits, `fc2` on Fashion-MNIST) uses "
         "Ŵ = triu(U) + triu(U,1)ᵀ. LCA is measured with the "
         "true gradient in every run. *helped %* = share of all parameters whose total LCA is "
-        "< 0, *of learned* leaves out symmetry's mirrored entries (never used, LCA exactly 0); "
+        "< 0 (tensors with a structurally zero gradient, whose LCA is rounding noise, left out), "
+        "*of learned* leaves out symmetry's mirrored entries too (never used, LCA exactly 0); "
         "*alignment* = cosine between the DFA update and the true gradient of each hidden "
         "layer, averaged over layers and the first / last fifth of the steps."
     )
