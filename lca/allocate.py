@@ -574,6 +574,28 @@ def val_arrays(num_params: int) -> dict[str, tuple[str, tuple[int, ...], float]]
     return {VAL_LOSS0: ("f8", (), math.nan), VAL_TOTAL: ("f8", (num_params,), 0.0)}
 
 
+def tracker_declarations(
+    num_tensors: int,
+    num_params: int,
+    series: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+    arrays: dict[str, tuple[str, tuple[int, ...], float]] | None = None,
+    *,
+    val: bool = False,
+    error_every: int = 0,
+) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, tuple[str, tuple[int, ...], float]]]:
+    """(series, arrays) of a Tracker's layout: the caller's, plus the held-out set's (``val``)
+    and the per-parameter error estimate's (``error_every`` > 0). One place, so that a size
+    estimate made before anything trains (``lca.jobs.estimate_bytes``) counts what a run writes."""
+    series = dict(series or {})
+    arrays = dict(arrays or {})
+    if val:
+        series.update(val_series(num_tensors))
+        arrays.update(val_arrays(num_params))
+    if error_every > 0:
+        series.update(ERROR_SERIES)
+    return series, arrays
+
+
 @dataclass
 class StepRecord:
     """Everything the tracker knows about one segment (an optimizer step or an intervention)."""
@@ -679,10 +701,14 @@ class Tracker:
                 model, loss_fn, val_data, chunk_size=chunk_size, dtype=dtype, device=device
             )
         )
-        if self.val_measurer is not None:
-            num_params = sum(p.numel() for p in params.values())
-            series = {**(series or {}), **val_series(len(params))}
-            arrays = {**(arrays or {}), **val_arrays(num_params)}
+        series, arrays = tracker_declarations(
+            len(params),
+            sum(p.numel() for p in params.values()),
+            series,
+            arrays,
+            val=self.val_measurer is not None,
+            error_every=error_every,
+        )
         self.layout = Layout(
             names=tuple(params),
             shapes=tuple(tuple(p.shape) for p in params.values()),
@@ -690,9 +716,9 @@ class Tracker:
             method=method,
             dtype=str(dtype).replace("torch.", ""),
             measure_size=self.measurer.size,
-            series={**(series or {}), **(ERROR_SERIES if error_every > 0 else {})},
+            series=series,
             events=dict(events or {}),
-            arrays=dict(arrays or {}),
+            arrays=arrays,
         )
         self.space = FlatSpace(
             self.layout.names, self.layout.shapes, self.units, self.measurer.device

@@ -41,7 +41,7 @@ import torch
 import data
 
 from . import models, runs, warm
-from .allocate import Layout, unit_layout
+from .allocate import Layout, tracker_declarations, unit_layout
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
 
@@ -709,21 +709,46 @@ def compatible_models(dataset: str, options: dict[str, Any] | None = None) -> li
 def estimate_bytes(config: RunConfig) -> tuple[int, int]:
     """(estimated run-file bytes, parameter count) of ``config``, before anything trains.
 
-    Builds the model (on the meta device: no memory, no time) to learn its tensors; raises the
-    dataset's or model's one-sentence ValueError when the config cannot train.
+    Builds the model (on the meta device: no memory, no time) to learn its tensors, and declares
+    what the run's tracker will: the loop's own series and event tables, the held-out set's
+    series and per-weight totals (``measure_val``), the error estimate (``error_every``) and the
+    saved weights (``save_weights``). Raises the dataset's or model's one-sentence ValueError
+    when the config cannot train.
     """
+    from .hooks import Hooks
+    from .posthoc import weight_declarations
+    from .train import _declarations
+
     shape, classes = dataset_shape(config.dataset, config.dataset_options, config.data_dir)
     with torch.device("meta"):
         model = models.build(config.model, shape, classes, **config.model_options)
     named = list(model.named_parameters())
-    measure = config.measure_size or 0
+    shapes = [(n, tuple(p.shape)) for n, p in named]
+    # The loop's own declarations (a technique's own are small next to the per-step data).
+    series, events, arrays = _declarations(None, Hooks([]), collapse=True)  # type: ignore[arg-type]
+    if config.save_weights:
+        dtype = torch.float64 if config.measure_dtype == "float64" else torch.float32
+        w_series, w_arrays = weight_declarations(shapes, dtype)
+        series.update(w_series)
+        arrays.update(w_arrays)
+    series, arrays = tracker_declarations(
+        len(named),
+        sum(p.numel() for _, p in named),
+        series,
+        arrays,
+        val=config.measure_val,
+        error_every=config.error_every,
+    )
     layout = Layout(
-        names=tuple(n for n, _ in named),
-        shapes=tuple(tuple(p.shape) for _, p in named),
+        names=tuple(n for n, _ in shapes),
+        shapes=tuple(s for _, s in shapes),
         units=tuple(unit_layout(model)),
         method=config.method,
         dtype=config.measure_dtype,
-        measure_size=measure,
+        measure_size=config.measure_size or 0,
+        series=series,
+        events=events,
+        arrays=arrays,
     )
     steps = config.steps + (min(config.steps, 64) if config.techniques else 0)
     return store_estimate(layout, steps, config.record), layout.num_params

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lca.cost import CostProbe, duration
 
 
@@ -38,3 +40,53 @@ def test_fast_steps_are_timed_for_at_least_the_probe_seconds() -> None:
         now[0] += 0.05
     assert probe.seconds_per_step is not None and abs(probe.seconds_per_step - 0.05) < 1e-9
     assert len(said) == 1 and "timed over steps 2–41" in said[0]  # 40 steps = 2 s
+
+
+def _measured_per_step(monkeypatch, measure_val: bool) -> tuple[float, list]:
+    """The probe's "seconds" per tracked step of a real run, on a clock that counts the examples
+    every measurement set has evaluated so far (deterministic, unlike wall time)."""
+    from lca.config import RunConfig
+    from lca.measure import Measurer
+    from lca.train import run
+
+    made: list[Measurer] = []
+    init = Measurer.__init__
+
+    def recording_init(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Measurer, "__init__", recording_init)
+    said: list[str] = []
+    probe = CostProbe(
+        said.append,
+        probe_seconds=0.0,
+        announce_seconds=0.0,
+        clock=lambda: float(sum((m.evaluations + m.loss_evaluations) * m.size for m in made)),
+    )
+    config = RunConfig.from_dict(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "model_options": {"hidden": [8]},
+            "steps": 6,
+            "measure_size": 120,
+            "eval_every": 100,
+            "method": "rk4",
+            "device": "cpu",
+            "measure_val": measure_val,
+        }
+    )
+    run(config, out=None, progress=lambda step, total, loss: probe.update(step, total))
+    assert len(said) == 1 and probe.seconds_per_step is not None
+    return probe.seconds_per_step, made
+
+
+@pytest.mark.slow  # two small real runs
+def test_the_cost_probe_times_the_held_out_measurement_too(monkeypatch) -> None:
+    """With measure_val every tracked step also measures the held-out set along the path; the
+    probe times whole steps, so its seconds per step (and the cost line) include that work."""
+    plain, (train,) = _measured_per_step(monkeypatch, measure_val=False)
+    with_val, (train_v, held) = _measured_per_step(monkeypatch, measure_val=True)
+    assert plain == 2 * train.size  # Simpson with the end gradient reused: 2 evaluations
+    assert with_val == 2 * (train_v.size + held.size) > plain

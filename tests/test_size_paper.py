@@ -12,7 +12,7 @@ import torch
 
 from lca import models
 from lca.allocate import Layout, StepRecord, sum_units, unit_layout
-from lca.store import Writer, estimate_bytes
+from lca.store import Reader, Writer, estimate_bytes
 from lca.store.schema import LargeRunNotice, size_notice
 
 
@@ -89,3 +89,27 @@ def test_the_writer_says_a_large_run_before_it_starts(tmp_path: Path) -> None:
             pass
         finally:
             w.close("failed")
+
+
+@pytest.mark.slow  # four small real runs
+@pytest.mark.parametrize("record", ["full", "layers"])
+def test_the_app_estimate_counts_held_out_lca_and_holds_for_the_real_file(make_run, record):
+    """The app's estimate before a job starts (lca.jobs.estimate_bytes) counts what measure_val
+    adds (its per-step series and each weight's running held-out total): never under the real
+    file, whose disk check relies on it, and as close as the writer's own estimate."""
+    from lca import jobs
+    from lca.config import RunConfig
+
+    sizes = {}
+    for val in (False, True):
+        path = make_run(
+            f"est-{record}-{val}.h5", record=record, measure_val=val, steps=10, measure_size=100
+        )
+        with Reader(path) as r:
+            config = RunConfig.from_dict(r.config)
+        est, params = jobs.estimate_bytes(config)
+        real = path.stat().st_size
+        assert real <= est <= 1.35 * real, (val, est, real)
+        sizes[val] = (est, real)
+    (est0, real0), (est1, real1) = sizes[False], sizes[True]
+    assert est1 - est0 >= real1 - real0 >= params * 8  # the held-out totals alone: P × float64
