@@ -18,9 +18,12 @@ Recomputing. ``python -m lca allocate RUN.h5 [--method rk4] [--out NEW.h5] [--co
 rebuilds the model and the measurement set from the run's stored config, walks the saved
 trajectory θ_0 → θ_1 → … with a ``Tracker`` (so every number is made by the same code as
 online), and writes a new run file with the same steps, series, events and arrays (the saved
-weights themselves are not copied). Under ``torchrun --nproc-per-node N`` each rank takes a
-contiguous range of segments (paying one extra gradient at its range's start) and rank 0
-gathers the records and writes them in order.
+weights themselves are not copied). A run recorded with ``measure_val`` gets its LCA of the
+held-out loss recomputed the same way, on the held-out set rebuilt from the config (its series
+and per-weight totals are measured again, never copied), and ``--compare`` compares it too.
+Under ``torchrun --nproc-per-node N`` each rank takes a contiguous range of segments (paying one
+extra gradient at its range's start) and rank 0 gathers the records, and sums the ranks'
+held-out per-weight totals, and writes them in order.
 """
 
 from __future__ import annotations
@@ -36,10 +39,27 @@ import torch
 from torch import nn
 
 from . import distributed, integrate
-from .allocate import KIND_STEP, Layout, RecordSink, StepRecord, Tracker
+from .allocate import (
+    KIND_STEP,
+    VAL_LAYERS,
+    VAL_LOSS,
+    VAL_TOTAL,
+    Layout,
+    RecordSink,
+    StepRecord,
+    Tracker,
+    val_arrays,
+    val_series,
+)
 from .config import RunConfig
 from .measure import Params
-from .setup import build_data_and_model, measurement_set, resolve_device, seed_everything
+from .setup import (
+    build_data_and_model,
+    measurement_set,
+    resolve_device,
+    seed_everything,
+    val_measurement_set,
+)
 
 WEIGHTS = "weights"  # series prefix: θ at the end of each segment
 WEIGHTS0 = "weights0"  # array prefix: θ_0
@@ -135,6 +155,8 @@ class Comparison:
     level: str = "params"  # params (per weight, record full) or layers (per tensor)
     loss_max_abs: float = 0.0
     steps: int = 0
+    # LCA of the held-out loss (runs with measure_val), per tensor and step, and its loss.
+    held_out: Comparison | None = None
 
     def add(self, name: str, new: np.ndarray, old: np.ndarray) -> None:
         new, old = np.asarray(new, np.float64), np.asarray(old, np.float64)
@@ -150,6 +172,10 @@ class Comparison:
             self.scale[n] = max(self.scale.get(n, 0.0), v)
         self.loss_max_abs = max(self.loss_max_abs, other.loss_max_abs)
         self.steps += other.steps
+        if other.held_out is not None:
+            if self.held_out is None:
+                self.held_out = Comparison(level="layers")
+            self.held_out.merge(other.held_out)
 
     @property
     def relative(self) -> dict[str, float]:
@@ -163,11 +189,14 @@ class Comparison:
     def format(self) -> str:
         rel = self.relative
         worst = max(rel, key=rel.get) if rel else "n/a"
-        return (
+        line = (
             f"compared {self.steps} segments per {'weight' if self.level == 'params' else 'tensor'}"
             f": max relative difference {self.max_relative:.3e} (worst {worst}), "
             f"max loss difference {self.loss_max_abs:.3e}"
         )
+        if self.held_out is not None:
+            line += f"\nheld-out LCA: {self.held_out.format()}"
+        return line
 
 
 @dataclass
@@ -203,6 +232,7 @@ class _Relay(RecordSink):
         self.kept: list[StepRecord] = []
         self.layout: Layout | None = None
         self.loss0: float | None = None
+        self.val_total: Any = None  # this rank's running Σ A_val per weight (measure_val runs)
 
     def begin(self, layout: Layout, loss0: float) -> None:
         self.layout, self.loss0 = layout, loss0
@@ -214,9 +244,8 @@ class _Relay(RecordSink):
         record.train_step = int(self.train_steps[record.index])
         if self.compare is not None:
             compare_record(self.compare, self.reader, record)
-        if self.keep:
+        if self.keep:  # the tracker's own series (held-out LCA) go to rank 0 with the record
             record.per_param = {n: a.detach().cpu() for n, a in record.per_param.items()}
-            record.series = {}
             self.kept.append(record)
         else:
             self.write(record)
@@ -224,9 +253,20 @@ class _Relay(RecordSink):
             self.progress(record.index + 1)
 
     def write(self, record: StepRecord) -> None:
-        if self.writer is not None:
-            record.series = {p: v[record.index] for p, v in self.series.items()}
+        if self.writer is not None:  # the source's rows, and what the tracker measured again
+            record.series = {
+                **{p: v[record.index] for p, v in self.series.items()},
+                **record.series,
+            }
             self.writer.append(record)
+
+    def set_array(self, path: str, value: Any) -> None:
+        """The tracker's own arrays (held-out L_val(θ_0) and per-weight totals): written on rank
+        0; each rank keeps its totals for rank 0 to add up (``gather``)."""
+        if path == VAL_TOTAL:
+            self.val_total = value
+        if self.writer is not None:
+            self.writer.set_array(path, value)
 
     def close(self, status: str) -> None:  # the caller closes the writer after gathering
         pass
@@ -247,13 +287,27 @@ def compare_record(c: Comparison, reader: Any, record: StepRecord) -> None:
     if len(loss):
         c.loss_max_abs = max(c.loss_max_abs, abs(record.loss_end - float(loss[0])))
     c.steps += 1
+    if VAL_LAYERS in record.series and reader.has_val:
+        if c.held_out is None:
+            c.held_out = Comparison(level="layers")
+        v = c.held_out
+        old = reader.val_layer_lca(k, k + 1)[0]
+        new = np.asarray(record.series[VAL_LAYERS], dtype=np.float64)
+        for i, n in enumerate(reader.names):
+            v.add(n, new[i : i + 1], old[i : i + 1])
+        v.loss_max_abs = max(
+            v.loss_max_abs,
+            abs(float(record.series[VAL_LOSS]) - float(reader.val_steps("loss", k + 1, k + 2)[0])),
+        )
+        v.steps += 1
 
 
 def rebuild(config: dict[str, Any], device: torch.device, data_dir: str | None = None):
-    """(model, loss_fn, measurement set) of a run from its stored config, as training made them.
+    """(config, model, loss_fn, measurement set, held-out set or None) of a run from its stored
+    config, as training made them.
 
-    Uses the training loop's own setup (lca/setup.py), so the measurement set is the same seeded
-    subset.
+    Uses the training loop's own setup (lca/setup.py), so the measurement set and the held-out
+    set (``measure_val``) are the same seeded subsets.
     """
     values = dict(config)
     if data_dir is not None:
@@ -262,7 +316,8 @@ def rebuild(config: dict[str, Any], device: torch.device, data_dir: str | None =
     seed_everything(cfg.seed)
     ds, model = build_data_and_model(cfg)
     model.to(device)
-    return cfg, model, nn.CrossEntropyLoss(), measurement_set(ds, cfg)
+    val = val_measurement_set(ds, cfg) if cfg.measure_val else None
+    return cfg, model, nn.CrossEntropyLoss(), measurement_set(ds, cfg), val
 
 
 def default_out(source: str | Path, method: str) -> Path:
@@ -338,6 +393,7 @@ class _Job:
     model: nn.Module
     loss_fn: Callable
     measure: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None  # the held-out set (measure_val runs)
     dtype: torch.dtype
     device: torch.device
     total: int  # segments in the source run
@@ -364,7 +420,7 @@ def validate(
         )
     method = method or reader.method
     integrate.rule(method)  # one sentence for an unknown name
-    cfg, model, loss_fn, measure = rebuild(reader.config, device, data_dir)
+    cfg, model, loss_fn, measure, val = rebuild(reader.config, device, data_dir)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     if list(shapes) != reader.names or any(shapes[n] != reader.shapes[n] for n in shapes):
         raise PosthocError(
@@ -372,7 +428,7 @@ def validate(
             "or shapes differ); was the model zoo changed?"
         )
     dtype = torch.float64 if reader.dtype == "float64" else torch.float32
-    return _Job(name, method, cfg, model, loss_fn, measure, dtype, device, reader.num_steps)
+    return _Job(name, method, cfg, model, loss_fn, measure, val, dtype, device, reader.num_steps)
 
 
 def _output_path(job: _Job, source: str | Path, out: str | Path | None, compare: bool):
@@ -453,6 +509,7 @@ def replay(
         events=events or None,
         arrays=arrays or None,
         keep_cumulative=False,
+        val_data=job.val,
     )
     if job.main or job.hi > job.lo:  # a rank with no segments measures nothing
         tracker.start()
@@ -472,11 +529,21 @@ def replay(
 
 def _copied_layout(reader: Any, main: bool) -> tuple[dict, dict, dict]:
     """(series, events, arrays) of the source run that the new file repeats: all but the saved
-    weights; only rank 0 writes, so the other ranks declare none."""
+    weights and what the tracker measures again (the held-out set's LCA); only rank 0 writes,
+    so the other ranks declare none."""
     if not main:
         return {}, {}, {}
-    series = {p: v for p, v in reader.series_layout.items() if not p.startswith(WEIGHTS + "/")}
-    arrays = {p: v for p, v in reader.array_layout.items() if not p.startswith(WEIGHTS0 + "/")}
+    remeasured = {*val_series(0), *val_arrays(0)}
+    series = {
+        p: v
+        for p, v in reader.series_layout.items()
+        if not p.startswith(WEIGHTS + "/") and p not in remeasured
+    }
+    arrays = {
+        p: v
+        for p, v in reader.array_layout.items()
+        if not p.startswith(WEIGHTS0 + "/") and p not in remeasured
+    }
     return series, dict(reader.event_layout), arrays
 
 
@@ -499,16 +566,23 @@ def gather(
     comparison = relay.compare
     if world == 1:
         return comparison
-    gathered = distributed.gather_objects((relay.kept, comparison), dst=0)
+    val_total = (
+        None if relay.val_total is None else relay.val_total.detach().cpu().double().clone()
+    )
+    gathered = distributed.gather_objects((relay.kept, comparison, val_total), dst=0)
     if gathered is None:  # not rank 0: its records went to rank 0
         return comparison
-    for r_kept, r_cmp in gathered[1:]:
+    for r_kept, r_cmp, r_val in gathered[1:]:
         for rec in r_kept:
             relay.write(rec)
             if progress is not None:
                 progress(rec.index + 1, total)
         if comparison is not None and r_cmp is not None:
             comparison.merge(r_cmp)
+        if val_total is not None and r_val is not None:  # Σ over ranks' step ranges
+            val_total += r_val
+    if val_total is not None and relay.writer is not None:
+        relay.writer.set_array(VAL_TOTAL, val_total)
     return comparison
 
 

@@ -334,6 +334,70 @@ def test_allocate_without_saved_weights_is_one_sentence(make_run, tmp_path, caps
     assert err.startswith("error:") and "--save-weights" in err and "\n" not in err
 
 
+# Post-hoc LCA of the held-out loss (runs recorded with --measure-val).
+
+
+@pytest.fixture(scope="module")
+def online_val(tmp_path_factory) -> Path:
+    """The reference run again, also measuring LCA of the held-out loss along its path."""
+    from lca.train import run
+
+    path = tmp_path_factory.mktemp("online-val") / "online-val.h5"
+    with rank_threads():
+        config = {**TINY, "save_weights": True, "measure_val": True}
+        result = run(RunConfig.from_dict(config), out=path)
+    assert result.status == "complete"
+    return path
+
+
+def _assert_same_held_out_lca(a: Path, b: Path, tol: float = TOL) -> None:
+    """Held-out LCA of ``b`` equals ``a``'s: per tensor and step, per weight over the run (the
+    same tolerance as the training LCA), and the held-out loss along the path."""
+    with Reader(a) as ra, Reader(b) as rb:
+        assert ra.has_val and rb.has_val and rb.num_steps == ra.num_steps > 0
+        layers_a, layers_b = ra.val_layer_lca(), rb.val_layer_lca()
+        for i, n in enumerate(ra.names):
+            assert relative_difference(layers_b[:, i], layers_a[:, i]) <= tol, n
+            assert relative_difference(rb.val_param_totals(n), ra.val_param_totals(n)) <= tol, n
+        np.testing.assert_allclose(rb.val_steps("loss"), ra.val_steps("loss"), rtol=1e-9)
+        np.testing.assert_allclose(rb.val_steps("lca"), ra.val_steps("lca"), rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(rb.val_steps("helped"), ra.val_steps("helped"))
+
+
+def test_posthoc_recomputes_held_out_lca_instead_of_copying_it(online_val, tmp_path):
+    """The source's held-out LCA is wiped before ``allocate`` reads it: the new file has it all
+    the same, equal to the online numbers, so it was measured again along the saved weights."""
+    import shutil
+
+    import h5py
+
+    from lca.cli import main
+
+    wiped = tmp_path / "wiped.h5"
+    shutil.copy(online_val, wiped)
+    with h5py.File(wiped, "r+") as f:
+        for p in ("series/lca_val/layers", "series/lca_val/lca", "series/lca_val/helped",
+                  "lca_val/total"):  # fmt: skip
+            f[p][...] = 0
+    out = tmp_path / "post-val.h5"
+    assert main(["allocate", str(wiped), "--out", str(out), "--quiet"]) == 0
+    _assert_same_held_out_lca(online_val, out)
+    _assert_same_lca(online_val, out)
+
+
+@pytest.mark.slow
+def test_posthoc_held_out_lca_on_two_ranks_is_gathered(online_val, tmp_path, processes):
+    out = tmp_path / "post-val2.h5"
+    proc = _lca(
+        processes, "allocate", str(online_val), "--out", str(out), "--compare", "--quiet", ranks=2
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    held = [ln for ln in proc.stdout.splitlines() if ln.startswith("held-out LCA: compared 12 ")]
+    assert len(held) == 1 and "per tensor" in held[0], proc.stdout
+    assert float(held[0].split("max relative difference ")[1].split()[0]) <= TOL
+    _assert_same_held_out_lca(online_val, out)  # each rank's per-weight totals, added up
+
+
 # ---------------------------------------------------------------------------------------------
 # Devices.
 
