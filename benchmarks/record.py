@@ -21,6 +21,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -30,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lca  # noqa: E402
-from lca.allocate import StepRecord, sum_units  # noqa: E402
+from lca.allocate import model_layout  # noqa: E402
 from lca.store import Writer, estimate_bytes, human_bytes  # noqa: E402
+from lca.synthetic import random_record  # noqa: E402
 
 WARMUP = 3
 MODES = ("full", "units", "layers")
@@ -64,6 +65,13 @@ class TimedWriter(Writer):
         self.seconds += clock() - t
 
 
+def mlp() -> nn.Sequential:
+    """The benchmark's model: an MLP 64-512-128-10 (~100k parameters)."""
+    return nn.Sequential(
+        nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+
+
 class Setup:
     """One model + optimizer + tracker (+ writer); all set-ups start from the same weights."""
 
@@ -72,9 +80,7 @@ class Setup:
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(2000, 64, generator=g)
         self.y = torch.randint(0, 10, (2000,), generator=g)
-        self.model = nn.Sequential(
-            nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
+        self.model = mlp()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
         self.mode, self.steps = mode, steps
         self.path = folder / f"{mode}.h5"
@@ -144,45 +150,16 @@ def measure(steps: int, folder: Path, block: int = 8) -> list[dict]:
 
 def writer_alone(folder: Path, rows: int = 256) -> dict[str, float]:
     """Seconds per Writer.append fed synthetic records, with no tracker running beside it."""
-    layout = Setup(None, 1, folder).tracker.layout
-    shapes = dict(zip(layout.names, layout.shapes, strict=True))
+    layout = model_layout(mlp(), measure_size=2000)
     g = torch.Generator().manual_seed(2)
-    pool = []
-    for _ in range(8):
-        per_param = {n: torch.randn(s, generator=g) * 1e-6 for n, s in shapes.items()}
-        pool.append(
-            (
-                per_param,
-                np.array([float(a.double().sum()) for a in per_param.values()]),
-                sum_units(per_param, list(layout.units)),
-            )
-        )
+    pool = [random_record(layout, 0, g) for _ in range(8)]
     out = {}
     for mode in MODES:
         w = Writer(folder / f"alone-{mode}.h5", record=mode, overwrite=True)
         w.begin(layout, 1.0)
         t0 = clock()
         for i in range(rows):
-            per_param, per_tensor, per_unit = pool[i % len(pool)]
-            w.append(
-                StepRecord(
-                    index=i,
-                    kind=0,
-                    train_step=i + 1,
-                    label="",
-                    loss_start=1.0,
-                    loss_end=1.0,
-                    per_param=per_param,
-                    per_tensor=per_tensor,
-                    per_unit=per_unit,
-                    helped=0.5,
-                    hurt=0.5,
-                    splits=1,
-                    evaluations=2,
-                    seconds_lca=0.0,
-                    wall=0.0,
-                )
-            )
+            w.append(dataclasses.replace(pool[i % len(pool)], index=i, train_step=i + 1))
         w.close("complete")
         out[mode] = (clock() - t0) / rows
     return out

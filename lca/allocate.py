@@ -529,6 +529,32 @@ class Layout:
         return sum(math.prod(s) for s in self.shapes)
 
 
+def model_layout(
+    model: nn.Module,
+    *,
+    method: str = "rk4",
+    dtype: str = "float32",
+    measure_size: int = 0,
+    series: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+    events: dict[str, tuple[str, ...]] | None = None,
+    arrays: dict[str, tuple[str, tuple[int, ...], float]] | None = None,
+) -> Layout:
+    """The layout of a run of ``model`` (its tensors and units), e.g. of a model built on the
+    meta device, to size or write a run file before (or without) training anything."""
+    named = list(model.named_parameters())
+    return Layout(
+        names=tuple(n for n, _ in named),
+        shapes=tuple(tuple(p.shape) for _, p in named),
+        units=tuple(unit_layout(model)),
+        method=method,
+        dtype=dtype,
+        measure_size=measure_size,
+        series=dict(series or {}),
+        events=dict(events or {}),
+        arrays=dict(arrays or {}),
+    )
+
+
 KIND_STEP, KIND_INTERVENTION = 0, 1
 
 # Per-step series of the per-parameter error estimate (Tracker(error_every=k)): the relative

@@ -41,7 +41,7 @@ import torch
 import data
 
 from . import models, runs, warm
-from .allocate import Layout, tracker_declarations, unit_layout
+from .allocate import model_layout, tracker_declarations
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
 
@@ -739,10 +739,8 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
         val=config.measure_val,
         error_every=config.error_every,
     )
-    layout = Layout(
-        names=tuple(n for n, _ in shapes),
-        shapes=tuple(s for _, s in shapes),
-        units=tuple(unit_layout(model)),
+    layout = model_layout(
+        model,
         method=config.method,
         dtype=config.measure_dtype,
         measure_size=config.measure_size or 0,

@@ -6,28 +6,20 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from lca import models
-from lca.allocate import Layout, StepRecord, sum_units, unit_layout
+from lca.allocate import Layout, model_layout
 from lca.store import Reader, Writer, estimate_bytes
 from lca.store.schema import LargeRunNotice, size_notice
+from lca.synthetic import random_record
 
 
 def _layout(model: str = "fc-mnist") -> Layout:
     with torch.device("meta"):
         net = models.build(model, (1, 28, 28), 10)
-    named = list(net.named_parameters())
-    return Layout(
-        names=tuple(n for n, _ in named),
-        shapes=tuple(tuple(p.shape) for _, p in named),
-        units=tuple(unit_layout(net)),
-        method="rk4-paper",
-        dtype="float32",
-        measure_size=55_000,
-    )
+    return model_layout(net, method="rk4-paper", measure_size=55_000)
 
 
 def test_a_60000_step_full_record_is_said_with_its_size_and_the_smaller_modes() -> None:
@@ -46,7 +38,6 @@ def test_a_60000_step_full_record_is_said_with_its_size_and_the_smaller_modes() 
 @pytest.mark.parametrize(("mode", "steps"), [("full", 40), ("units", 300)])
 def test_the_estimate_holds_for_a_paper_scale_layout(tmp_path: Path, mode: str, steps: int) -> None:
     layout = _layout()
-    shapes = dict(zip(layout.names, layout.shapes, strict=True))
     g = torch.Generator().manual_seed(0)
     path = tmp_path / f"{mode}.h5"
     with warnings.catch_warnings():
@@ -54,27 +45,7 @@ def test_the_estimate_holds_for_a_paper_scale_layout(tmp_path: Path, mode: str, 
         w = Writer(path, record=mode, expected_steps=steps)
         w.begin(layout, 2.3)
     for i in range(steps):
-        per_param = {n: torch.randn(s, generator=g) * 1e-6 for n, s in shapes.items()}
-        per_tensor = np.array([float(a.double().sum()) for a in per_param.values()])
-        w.append(
-            StepRecord(
-                index=i,
-                kind=0,
-                train_step=i + 1,
-                label="",
-                loss_start=2.3,
-                loss_end=2.3,
-                per_param=per_param,
-                per_tensor=per_tensor,
-                per_unit=sum_units(per_param, list(layout.units)),
-                helped=0.5,
-                hurt=0.5,
-                splits=1,
-                evaluations=2,
-                seconds_lca=0.0,
-                wall=0.0,
-            )
-        )
+        w.append(random_record(layout, i, g))
     w.close("complete")
     est, real = estimate_bytes(layout, steps, mode), path.stat().st_size
     assert real <= est <= 1.1 * real, (est, real)  # never under: the disk check relies on it
