@@ -23,6 +23,7 @@ import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -133,10 +134,44 @@ def setup(device: torch.device) -> Dist | None:
     )
 
 
-def teardown(d: Dist | None) -> None:
-    """Leave the group if ``setup`` made it (a caller's own group is left alone)."""
-    if d is not None and d.owns_group:
-        _destroy_quietly()
+#: How long a rank that ended cleanly waits at the closing barrier for the others (rank 0 may
+#: still be closing a large run file); a rank that never comes only delays the exit this long.
+CLOSING_BARRIER_S = 300.0
+
+
+def teardown(d: Dist | None, *, clean: bool = False) -> None:
+    """Leave the group if ``setup`` made it (a caller's own group is left alone).
+
+    ``clean``: this rank ended normally, as every rank does together at the end of the same
+    run, so it first waits at a barrier (at most ``CLOSING_BARRIER_S``) until every rank is done
+    with the group's collectives. Without it a rank that finished first tore its gloo
+    connections down while another still used them, and a rank could die at exit with SIGABRT
+    ("terminate called without an active exception"). After an error or an interruption ranks
+    may stand in different collectives, so they leave without the barrier.
+    """
+    if d is None or not d.owns_group:
+        return
+    if clean:
+        closing_barrier(d.backend)
+    _destroy_quietly()
+
+
+def closing_barrier(backend: str, timeout_s: float = CLOSING_BARRIER_S) -> bool:
+    """Wait until every rank of the default group reaches this point, or ``timeout_s`` passes,
+    or a rank is gone (its closed connection ends the wait at once); True when all came."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return True
+    timeout = timedelta(seconds=timeout_s)
+    try:
+        if backend == "gloo":  # the gloo barrier that takes a timeout
+            dist.monitored_barrier(timeout=timeout)
+        else:
+            work = dist.barrier(async_op=True)
+            if work is not None:
+                work.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001 - a rank failed or is late: leave without it
+        return False
+    return True
 
 
 def _destroy_quietly() -> None:

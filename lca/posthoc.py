@@ -352,6 +352,7 @@ def allocate_run(
     rank, world = (dist_ctx.rank, dist_ctx.world) if dist_ctx else (0, 1)
     if dist_ctx is not None:
         dev = dist_ctx.device
+    done = False  # every rank recomputed its range: leave the group together
     try:
         with Reader(source) as reader:
             job = validate(reader, source, method, data_dir, dev)
@@ -370,6 +371,7 @@ def allocate_run(
         final = {"running": "interrupted"}.get(status, status)
         if writer is not None:
             writer.close(final)
+        done = True
         return PosthocResult(
             path=str(path) if path is not None else None,
             segments=job.total if job.main else job.hi - job.lo,
@@ -380,7 +382,7 @@ def allocate_run(
             status=final,
         )
     finally:
-        distributed.teardown(dist_ctx)
+        distributed.teardown(dist_ctx, clean=done)
 
 
 @dataclass

@@ -462,13 +462,16 @@ def run_rank(
             f"--{mode} runs in several processes; start it with torchrun, or without "
             "torchrun through python -m lca train, which spawns them."
         )
+    done = False
     try:
         check(config, ctx.world)
         me = _build_rank(config, mode, ctx)
         path = out if out is not None else config.out
-        return _train(me, path, overwrite, progress)
+        result = _train(me, path, overwrite, progress)
+        done = result.status == "complete"  # the ranks ended the run together
+        return result
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, clean=done)
 
 
 def _build_rank(config: RunConfig, mode: str, ctx: distributed.Dist) -> _Rank:

@@ -203,7 +203,10 @@ def run(
     except BaseException:
         _close_quietly(loop.tracker, "failed")
         raise
-    return loop.finish(status, message)
+    result = loop.finish(status, message)
+    # Under torchrun, ranks that completed the run meet at a barrier before leaving the group.
+    distributed.teardown(loop.dist_ctx, clean=status == "complete")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

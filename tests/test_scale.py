@@ -254,6 +254,34 @@ def test_sharded_measurer_equals_one_process(tmp_path):
             assert relative_difference(r["grads"][n].numpy(), grads[n].numpy()) <= TOL
 
 
+def _closing_worker(rank: int, world: int, init: str, out: str, rank1_dies: bool) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    if rank == 1 and rank1_dies:
+        os._exit(0)  # gone without leaving the group, as a crashed rank is
+    came = distributed.closing_barrier("gloo", timeout_s=HANG_S)
+    d = distributed.Dist(rank, world, 0, torch.device("cpu"), "gloo", owns_group=True)
+    distributed.teardown(d)
+    Path(out, f"rank{rank}.txt").write_text(f"{came} {torch.distributed.is_initialized()}")
+
+
+@pytest.mark.slow  # spawns two gloo ranks, twice
+def test_ranks_meet_at_the_closing_barrier_and_a_dead_rank_does_not_hold_the_others(tmp_path):
+    """A clean end waits for every rank before the group goes (no rank tears its connections
+    down under another); a rank that died makes the barrier give up, not hang."""
+    import torch.multiprocessing as mp
+
+    for dies in (False, True):
+        folder = tmp_path / f"dies-{dies}"
+        folder.mkdir()
+        init = f"file://{folder / 'rendezvous'}"
+        mp.spawn(_closing_worker, args=(2, init, str(folder), dies), nprocs=2, join=True)
+        said = {p.name: p.read_text() for p in folder.glob("rank*.txt")}
+        if dies:
+            assert said == {"rank0.txt": "False False"}  # gave up (its peer closed), then left
+        else:
+            assert said == {"rank0.txt": "True False", "rank1.txt": "True False"}
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process_and_only_rank0_writes(online, tmp_path, processes):
     out = tmp_path / "ranks2.h5"
