@@ -41,7 +41,7 @@ import torch
 import data
 
 from . import models, runs, warm
-from .allocate import model_layout, tracker_declarations
+from .allocate import Layout, model_layout, tracker_declarations
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
 
@@ -63,6 +63,8 @@ __all__ = [
     "dataset_shape",
     "demo_config",
     "estimate_bytes",
+    "large_run_notice",
+    "run_layout",
     "find",
     "forget",
     "is_live",
@@ -706,8 +708,8 @@ def compatible_models(dataset: str, options: dict[str, Any] | None = None) -> li
     return list(_compatible(tuple(shape), classes))
 
 
-def estimate_bytes(config: RunConfig) -> tuple[int, int]:
-    """(estimated run-file bytes, parameter count) of ``config``, before anything trains.
+def run_layout(config: RunConfig) -> tuple[Layout, int]:
+    """(layout, segments) of the run ``config`` will write, before anything trains.
 
     Builds the model (on the meta device: no memory, no time) to learn its tensors, and declares
     what the run's tracker will: the loop's own series and event tables, the held-out set's
@@ -748,8 +750,23 @@ def estimate_bytes(config: RunConfig) -> tuple[int, int]:
         events=events,
         arrays=arrays,
     )
-    steps = config.steps + (min(config.steps, 64) if config.techniques else 0)
+    return layout, config.steps + (min(config.steps, 64) if config.techniques else 0)
+
+
+def estimate_bytes(config: RunConfig) -> tuple[int, int]:
+    """(estimated run-file bytes, parameter count) of ``config``, before anything trains."""
+    layout, steps = run_layout(config)
     return store_estimate(layout, steps, config.record), layout.num_params
+
+
+def large_run_notice(config: RunConfig) -> str | None:
+    """The sentence the Train page shows for a run that fits but writes a large file (the
+    writer's ``size_notice``: the figure, and what record = units / layers would write), or
+    None for a run of ordinary size."""
+    from .store.schema import size_notice
+
+    layout, steps = run_layout(config)
+    return size_notice(layout, steps, config.record, option="record =")
 
 
 def max_run_bytes() -> int:

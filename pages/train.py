@@ -275,6 +275,9 @@ def start_section(values: dict[str, Any], name: str) -> None:
             f"This run will write about **{human_bytes(est)}** ({params:,} parameters, "
             f"{config.steps} steps, record={config.record})."
         )
+    large = jobs.large_run_notice(config)  # fits, but large: the smaller record modes' sizes
+    if large:
+        st.warning(literal(large))
     cols = st.columns([1, 4])
     with cols[0]:
         clicked = st.button(

@@ -399,3 +399,18 @@ def test_live_layer_lines_name_the_helped_band_below_and_the_hurt_band_above():
     labels = {a.text: (a.font.color, a.y, a.yanchor) for a in fig.layout.annotations}
     assert labels["helped"] == (HELPED, 0.02, "bottom")  # the green band is below 0
     assert labels["hurt"] == (HURT, 0.98, "top")
+
+
+def test_train_page_says_a_large_run_and_what_smaller_records_would_write(
+    runs_folder, monkeypatch
+):
+    from lca.store import schema
+
+    monkeypatch.setattr(schema, "LARGE_RUN_BYTES", 1)  # any run is "large" now
+    at = app()
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="train_record").set_value("full").run()
+    no_problem(at)
+    large = [w for w in texts(at, "warning") if "This run will write about" in w]
+    assert len(large) == 1 and "record = units: about" in large[0], texts(at, "warning")
+    assert "Start training" in [b.label for b in at.button]  # said, not refused

@@ -84,3 +84,28 @@ def test_the_app_estimate_counts_held_out_lca_and_holds_for_the_real_file(make_r
         sizes[val] = (est, real)
     (est0, real0), (est1, real1) = sizes[False], sizes[True]
     assert est1 - est0 >= real1 - real0 >= params * 8  # the held-out totals alone: P × float64
+
+
+def test_the_app_and_the_cli_say_a_large_run_with_the_smaller_modes(monkeypatch, tmp_path, capsys):
+    """The Train page's sentence (lca.jobs.large_run_notice) for the paper's 60,000-step fc-mnist
+    full record, and the CLI's 'notice:' line when the writer finds a run large."""
+    from lca import cli, jobs
+    from lca.config import RunConfig
+    from lca.store import schema
+
+    paper = RunConfig.from_dict(
+        {"dataset": "fashion-mnist", "model": "fc-mnist", "steps": 60_000, "record": "full"}
+    )
+    text = jobs.large_run_notice(paper)
+    assert text is not None and "\n" not in text and "60,000 steps" in text
+    assert "record = units: about" in text and "record = layers: about" in text
+    assert jobs.large_run_notice(RunConfig.from_dict({**paper.to_dict(), "steps": 100})) is None
+
+    monkeypatch.setattr(schema, "LARGE_RUN_BYTES", 1)  # any run is "large" now
+    out = tmp_path / "tiny.h5"
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[4]",
+            "--steps", "2", "--measure-size", "50", "--record", "full", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    notices = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("notice: ")]
+    assert len(notices) == 1 and "--record units: about" in notices[0], notices
