@@ -331,14 +331,20 @@ def test_posthoc_equals_online(online, tmp_path):
 
 
 @pytest.mark.slow
-def test_posthoc_on_two_ranks_by_step_range(online, tmp_path, processes):
+def test_posthoc_on_two_ranks_by_step_range(online_val, tmp_path, processes):
+    """Training and held-out LCA recomputed by step ranges on 2 ranks, gathered on rank 0 (the
+    held-out per-weight totals added up over the ranges), and both compared."""
     out = tmp_path / "post2.h5"
     proc = _lca(
-        processes, "allocate", str(online), "--out", str(out), "--compare", "--quiet", ranks=2
+        processes, "allocate", str(online_val), "--out", str(out), "--compare", "--quiet", ranks=2
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 processes" in proc.stdout and "max relative difference" in proc.stdout
-    _assert_same_lca(online, out)
+    _assert_same_lca(online_val, out)
+    held = [ln for ln in proc.stdout.splitlines() if ln.startswith("held-out LCA: compared 12 ")]
+    assert len(held) == 1 and "per tensor" in held[0], proc.stdout
+    assert float(held[0].split("max relative difference ")[1].split()[0]) <= TOL
+    _assert_same_held_out_lca(online_val, out)
 
 
 def test_posthoc_other_method_changes_split_not_total(online, tmp_path):
@@ -411,19 +417,6 @@ def test_posthoc_recomputes_held_out_lca_instead_of_copying_it(online_val, tmp_p
     assert main(["allocate", str(wiped), "--out", str(out), "--quiet"]) == 0
     _assert_same_held_out_lca(online_val, out)
     _assert_same_lca(online_val, out)
-
-
-@pytest.mark.slow
-def test_posthoc_held_out_lca_on_two_ranks_is_gathered(online_val, tmp_path, processes):
-    out = tmp_path / "post-val2.h5"
-    proc = _lca(
-        processes, "allocate", str(online_val), "--out", str(out), "--compare", "--quiet", ranks=2
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    held = [ln for ln in proc.stdout.splitlines() if ln.startswith("held-out LCA: compared 12 ")]
-    assert len(held) == 1 and "per tensor" in held[0], proc.stdout
-    assert float(held[0].split("max relative difference ")[1].split()[0]) <= TOL
-    _assert_same_held_out_lca(online_val, out)  # each rank's per-weight totals, added up
 
 
 # ---------------------------------------------------------------------------------------------
