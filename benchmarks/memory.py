@@ -58,14 +58,20 @@ def _pin_mmap_threshold(nbytes: int) -> None:
         raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed (glibc only)")
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
 def child(mode: str, steps: int, hidden: list[int], measure: int, variant: str = "release") -> dict:
     """One record mode in this process: the figures of one row, in bytes and seconds."""
     import torch
     from torch import nn
 
     import lca
-    from lca import allocate, memory, models
+    from lca import memory, models
     from lca.store import Writer
+
+    allocate = sys.modules["lca.allocate"]  # the module (``lca.allocate`` is also a function)
 
     if variant == "mmap":
         _pin_mmap_threshold(MMAP_THRESHOLD)
@@ -111,17 +117,21 @@ def child(mode: str, steps: int, hidden: list[int], measure: int, variant: str =
             writer=writer,
             chunk_size=256,
         )
-        if variant != "release":
+        if variant in ("keep", "mmap"):
             tracker.release_memory = False
-        rss_high, step_times = 0, []
+        rss_high, step_times, cpu = 0, [], {True: [], False: []}
         for i in range(steps):
             train_step(i)
             if i >= steps // 2:
                 rss_high = max(rss_high, _status("VmRSS"))
-            t0 = time.perf_counter()
+            if variant == "paired":  # blocks of 3 steps with and without the release
+                tracker.release_memory = (i // 3) % 2 == 0
+            t0, c0 = time.perf_counter(), time.process_time()
             with tracker.step():
                 opt.step()
             step_times.append(time.perf_counter() - t0)
+            if i % 3:  # the first step of a block still pays for the previous block's choice
+                cpu[tracker.release_memory].append(time.process_time() - c0)
             if i >= steps // 2:
                 rss_high = max(rss_high, _status("VmRSS"))
         peak = _status("VmHWM")
@@ -134,9 +144,11 @@ def child(mode: str, steps: int, hidden: list[int], measure: int, variant: str =
         "held": held,
         "added": rss_high - rss0,
         "peak": peak - rss0,
-        "step_s": sorted(step_times)[len(step_times) // 2],
-        "release_s": sorted(release_times)[len(release_times) // 2] if release_times else 0.0,
-        "released": bool(release_times) and memory.release_free_memory(),
+        "step_s": _median(step_times),
+        "release_s": _median(release_times),
+        "cpu_s": _median(cpu[True] + cpu[False]),
+        "cpu_release_s": _median(cpu[True]),
+        "cpu_keep_s": _median(cpu[False]),
     }
 
 
@@ -147,6 +159,9 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=512, help="measurement-set size")
     ap.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}"
+    )
+    ap.add_argument(
+        "--paired", action="store_true", help="also time steps with and without the release"
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="release", help=argparse.SUPPRESS)
@@ -159,29 +174,43 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    rows = []
-    for variant in variants:
-        for mode in MODES:
-            cmd = [sys.executable, __file__, "--child", mode, "--variant", variant]
-            cmd += ["--steps", str(args.steps), "--hidden", args.hidden]
-            cmd += ["--measure", str(args.measure)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    p = rows[0]["params"]
+    def run(mode: str, variant: str) -> dict:
+        cmd = [sys.executable, __file__, "--child", mode, "--variant", variant]
+        cmd += ["--steps", str(args.steps), "--hidden", args.hidden]
+        cmd += ["--measure", str(args.measure)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    rows = [run(mode, variant) for variant in variants for mode in MODES]
+    paired = [run(mode, "paired") for mode in MODES] if args.paired else []
+    p = (rows or paired)[0]["params"]
     print(
         f"MLP 784-{'-'.join(map(str, hidden))}-10, {p:,} parameters, rk4, measurement set "
         f"{args.measure} in chunks of 256, {args.steps} tracked steps, 1 thread"
     )
-    print(
-        "| variant | record | state held (B/param) | added RSS (B/param) | added ÷ state | "
-        "peak (B/param) | step ms | release ms |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    if rows:
+        print(
+            "| variant | record | state held (B/param) | added RSS (B/param) | added ÷ state | "
+            "peak (B/param) | CPU ms per tracked step | release ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['variant']} | {r['mode']} | {r['held'] / p:.1f} | {r['added'] / p:.1f} | "
-            f"{r['added'] / r['held']:.2f} | {r['peak'] / p:.1f} | {1000 * r['step_s']:.0f} | "
+            f"{r['added'] / r['held']:.2f} | {r['peak'] / p:.1f} | {1000 * r['cpu_s']:.0f} | "
             f"{1000 * r['release_s']:.1f} |"
+        )
+    if paired:
+        print(
+            "\nPaired in one process (blocks of 3 tracked steps with and without the release, "
+            "each block's first step left out), CPU ms per tracked step (median):"
+        )
+        print("| record | with release | without | ratio | release call ms |")
+        print("|---|---|---|---|---|")
+    for r in paired:
+        print(
+            f"| {r['mode']} | {1000 * r['cpu_release_s']:.0f} | {1000 * r['cpu_keep_s']:.0f} | "
+            f"{r['cpu_release_s'] / r['cpu_keep_s']:.3f} | {1000 * r['release_s']:.1f} |"
         )
 
 

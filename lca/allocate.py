@@ -838,6 +838,7 @@ class Tracker:
             now = self._snapshot()
             if not torch.equal(now, self._theta):
                 self._segment(now, KIND_INTERVENTION, "outside", {})
+            del now  # not kept through the step: a θ-sized buffer (4 B per parameter)
         row: dict[str, object] = {}
         yield row
         self.train_steps += 1
