@@ -23,6 +23,7 @@ from torch import nn
 from . import integrate
 from .integrate import DEFAULT_PARAM_TOLERANCE
 from .measure import DEFAULT_CHUNK, LossFn, Measurer, Params
+from .memory import RELEASE_MIN_BYTES, release_free_memory
 
 
 def exit_status(exc_type: type[BaseException] | None) -> str:
@@ -297,9 +298,14 @@ def _integrate_flat(
     val_grad_start: torch.Tensor | None = None,
     adapt_on: str = "sum",
     param_tolerance: float = DEFAULT_PARAM_TOLERANCE,
+    consume_start: bool = False,
 ) -> _Segment:
     """LCA of one flat segment; with ``estimate`` also Simpson's 1- and 2-panel results, whose
     difference estimates the per-parameter error (2 more evaluations unless already taken).
+
+    A fixed rule with nothing else asked for takes the lean path (``_integrate_lean``): the same
+    operations in the same order, with fewer parameter-sized buffers alive at once. There,
+    ``consume_start`` lets it overwrite ``grad_start`` (the caller hands it over).
 
     With ``val`` (a second measurement set, the held-out split) the same nodes of the same path
     are measured on it too, and an adaptive method refines until *both* conservation errors are
@@ -307,6 +313,10 @@ def _integrate_flat(
     per-parameter estimate ‖A_coarse − A_fine‖ / ‖A_fine‖ between the last two refinement
     levels to be within ``param_tolerance`` (on every measured set); the finer result is kept.
     """
+    if _takes_lean_path(method, estimate, val):
+        return _integrate_lean(
+            measurer, start, end, integrate.rule(method), grad_start, consume_start
+        )
     rule = integrate.rule(method)
     evals0 = measurer.evaluations
     val_evals0 = val.evaluations if val is not None else 0
@@ -392,6 +402,67 @@ def _integrate_flat(
         val_loss_end=val_loss_end,
         val_grad_end=vg_end if need_end_grad else None,
         val_evaluations=(val.evaluations - val_evals0) if val is not None else 0,
+    )
+
+
+def _takes_lean_path(method: str, estimate: bool, val: Measurer | None) -> bool:
+    """Whether ``_integrate_flat`` integrates this segment with ``_integrate_lean``."""
+    return not integrate.is_adaptive(method) and not estimate and val is None
+
+
+def _integrate_lean(
+    measurer: Measurer,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    rule: integrate.Rule,
+    grad_start: torch.Tensor | None,
+    consume_start: bool,
+) -> _Segment:
+    """A fixed rule's LCA, Δ · Σ_k w_k ∇L(θ_start + s_k Δ), holding as few parameter-sized
+    buffers at once as the arithmetic allows (issue 15, ``benchmarks/memory.py``).
+
+    The general path keeps Δ, every node's gradient and a fresh weighted sum until the end: for
+    Simpson, 8 buffers besides θ_start and ∇L(θ_start). Here each interior gradient is added to
+    the sum and dropped at once, one scratch buffer holds Δ and then each interior point in turn
+    (Δ is recomputed, the same subtraction, where it is needed again), and the sum is built in
+    ∇L(θ_start)'s own storage when the caller hands it over (``consume_start``) or in the first
+    gradient this call made. The operations and their order are those of the general path
+    (``acc = g₀·w₀``, then ``acc.add_(g_k, alpha=w_k)`` node by node, then ``acc.mul_(Δ)``, points
+    ``torch.add(θ_start, Δ, alpha=s)``), so every value is bit for bit the same.
+    """
+    evals0 = measurer.evaluations
+    need_end_grad = rule.uses_start or rule.uses_end
+    loss_end, g_end = measurer.flat_loss_and_grad(end, need_grad=need_end_grad)
+    acc: torch.Tensor | None = None
+    scratch: torch.Tensor | None = None  # Δ, then a point on the segment, then Δ again
+
+    def delta() -> torch.Tensor:
+        nonlocal scratch
+        scratch = end - start if scratch is None else torch.sub(end, start, out=scratch)
+        return scratch
+
+    for s, w in zip(rule.nodes, rule.weights, strict=True):
+        own = True  # whether the gradient at this node may be overwritten
+        if s == 0:
+            g = grad_start
+            own = consume_start
+            if g is None:
+                g, own = measurer.flat_grad(start), True
+        elif s == 1:
+            g, own = g_end, False  # the next segment's start gradient: kept as it is
+        else:
+            d = delta()
+            g = measurer.flat_grad(torch.add(start, d, alpha=float(s), out=d))
+        if acc is None:
+            acc = g.mul_(w) if own else g * w
+        else:
+            acc.add_(g, alpha=w)
+        del g
+    assert acc is not None
+    acc.mul_(delta())
+    del scratch
+    return _Segment(
+        acc, loss_end, g_end if need_end_grad else None, 1, measurer.evaluations - evals0
     )
 
 
@@ -749,6 +820,10 @@ class Tracker:
         self.space = FlatSpace(
             self.layout.names, self.layout.shapes, self.units, self.measurer.device
         )
+        # Give the pages a step freed back to the OS after each segment (lca.memory): only for
+        # models whose step buffers are big enough for it to matter; settable per tracker.
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        self.release_memory = self.space.numel * itemsize >= RELEASE_MIN_BYTES
         self.keep_cumulative = keep_cumulative
         # Every error_every-th optimizer step (the 1st, (k+1)-th, …) also gets Simpson's 1- vs
         # 2-panel per-parameter error estimate in ERROR_SERIES; 0: never.
@@ -815,6 +890,7 @@ class Tracker:
             now = self._snapshot()
             if not torch.equal(now, self._theta):
                 self._segment(now, KIND_INTERVENTION, "outside", {})
+            del now  # not kept through the step: a θ-sized buffer (4 B per parameter)
         row: dict[str, object] = {}
         yield row
         self.train_steps += 1
@@ -840,22 +916,32 @@ class Tracker:
             and self.error_every > 0
             and (self.train_steps - 1) % self.error_every == 0
         )
-        seg = _integrate_flat(
-            self.measurer,
-            self.space,
-            self._theta,
-            end,
-            self.method,
-            loss_start=self._loss,
-            grad_start=self._grad,
-            tolerance=self.tolerance,
-            estimate=estimate,
-            val=self.val_measurer,
-            val_loss_start=self._val_loss,
-            val_grad_start=self._val_grad,
-            adapt_on=self.adapt_on,
-            param_tolerance=self.param_tolerance,
-        )
+        # ∇L(θ_start) is handed over: the lean path builds this step's A in its storage. If the
+        # step fails after that, the next one measures ∇L(θ_start) again (the same values).
+        grad_start, self._grad = self._grad, None
+        try:
+            seg = _integrate_flat(
+                self.measurer,
+                self.space,
+                self._theta,
+                end,
+                self.method,
+                loss_start=self._loss,
+                grad_start=grad_start,
+                tolerance=self.tolerance,
+                estimate=estimate,
+                val=self.val_measurer,
+                val_loss_start=self._val_loss,
+                val_grad_start=self._val_grad,
+                adapt_on=self.adapt_on,
+                param_tolerance=self.param_tolerance,
+                consume_start=True,
+            )
+        except BaseException:
+            if not _takes_lean_path(self.method, estimate, self.val_measurer):
+                self._grad = grad_start  # untouched on the general path
+            raise
+        del grad_start
         index = len(self.history)
         if not math.isfinite(seg.loss_end):
             raise NonFiniteLossError(
@@ -936,6 +1022,8 @@ class Tracker:
             if self._val_cumulative is not None and hasattr(self.writer, "set_array"):
                 self.writer.set_array(VAL_TOTAL, self._val_cumulative)
             self.writer.append(record)
+        if self.release_memory:
+            release_free_memory()
 
     def _val_row(self, seg: _Segment, count: int) -> dict[str, object]:
         """The held-out set's per-step series of one segment (and its running per-weight sum)."""

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 # Writer.
 
 _OPEN_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
+WRITE_CHUNK_CACHE = 64 << 10  # bytes of HDF5 chunk cache per open dataset while writing
 
 
 @atexit.register
@@ -173,7 +174,10 @@ class Writer:
         ever see a file that is ready for them). Errors name the run, never the hidden file."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            f = h5py.File(tmp, "w", libver=LIBVER)
+            # A small chunk cache per dataset: the writer writes whole chunks and never reads
+            # them back, and HDF5's default (1 MiB for every open dataset) kept ~16 B per
+            # parameter resident in full mode (benchmarks/memory.py); narrow chunks still fit.
+            f = h5py.File(tmp, "w", libver=LIBVER, rdcc_nbytes=WRITE_CHUNK_CACHE)
         except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
             if _is_io_error(e):
