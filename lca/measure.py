@@ -25,7 +25,7 @@ flat buffer per dtype (loss, every gradient) gives every rank the whole-set resu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -139,9 +139,12 @@ class Measurer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         shard: Any = None,
+        channels_last: bool | None = None,
     ) -> None:
         """``shard``: None (this process measures everything), True (split the chunks over the
-        default torch.distributed group) or a ProcessGroup to split over."""
+        default torch.distributed group) or a ProcessGroup to split over. ``channels_last``: run
+        2-D convolutions with channels-last weights (None: where it is measured faster, float32
+        on the CPU; see :func:`channels_last_pays`)."""
         if dtype not in (torch.float32, torch.float64):
             raise MeasurementError(f"LCA is measured in float32 or float64, not {dtype}.")
         self.model = model
@@ -168,11 +171,14 @@ class Measurer:
             self.rank, self.world = distributed.group_rank_world(self.group)
             self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
         lo, hi = self.chunk_range
-        # Inputs stay NCHW: a plain channels-last LeNet pass is 1.3–1.6× the NCHW one, but the
-        # Measurer given channels-last inputs (with or without channels-last weight leaves) was
-        # 0.70–0.96× the NCHW plain pass against 0.88–0.98× with NCHW inputs
-        # (benchmarks/gradient.py, issue 15), so the layout does not pay here yet.
-        self.channels_last = False
+        # Convolutions run channels-last where that is PyTorch's fastest layout (a conv weight
+        # leaf in that layout makes oneDNN take its NHWC kernels for the whole network); the
+        # inputs are left as given (the conv converts them, and a copy would double the set).
+        self.channels_last = (
+            channels_last_pays(model, self.device, dtype)
+            if channels_last is None
+            else bool(channels_last)
+        )
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
@@ -189,6 +195,14 @@ class Measurer:
         self._functional_loss = self.chunk_loss  # replaced: evaluate through functional_call
         self._slots = _slots_of(model, "_parameters", self.names)
         self._buffer_slots = _slots_of(model, "_buffers", [n for n, _ in model.named_buffers()])
+        # Per-evaluation bookkeeping made once (a tiny model's whole gradient is ~1 ms, and
+        # walking the module tree for modes, buffers and slots cost a tenth of it).
+        self._sizes = [k for _, _, k, _ in self._flat_layout]
+        self._tables = [
+            [(module._parameters, attr) for module, attr in self._slots[n]] for n in self.names
+        ]
+        self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
+        self._modes = _measurement_modes(model)
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
 
@@ -217,10 +231,7 @@ class Measurer:
         x = x.to(self.device)
         if not x.is_floating_point():
             return x
-        x = x.to(self.dtype)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.to(self.dtype)
 
     def _buffers(self) -> Params:
         # Scratch copies: BatchNorm in train mode writes running stats into these, not the model.
@@ -274,7 +285,10 @@ class Measurer:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Through ``self.chunk_loss`` (functional_call), for a replaced chunk_loss."""
         leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
-        views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
+            for n in self._conv_weights:  # the layout the in-place path runs in
+                views[n] = _channels_last_copy(views[n])
         buffers = self._buffers()
         # float64 on the device: the same sum the old per-chunk float() made, without a host
         # sync per chunk (float32 -> float64 is exact, and so is the order of the additions).
@@ -299,28 +313,48 @@ class Measurer:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The module itself runs, its parameter slots holding leaves that view ``flat`` and
         accumulate their gradients into one flat buffer (the same additions, in the same
-        order, as through functional_call: bit-for-bit the same result)."""
+        order, as through functional_call: bit-for-bit the same result). A channels-last conv
+        weight is a copy of its slice instead, with its own gradient buffer, copied into the
+        flat one at the end (a copy: exact)."""
         point = flat.detach().to(self.device, self.dtype)
         grad = torch.zeros_like(point) if need_grad else None
-        leaves = {}
-        for n, o, k, shape in self._flat_layout:
-            t = point[o : o + k].view(shape)
+        pieces = point.split(self._sizes)
+        grad_pieces = grad.split(self._sizes) if grad is not None else pieces
+        swaps: list[tuple[dict, str, torch.Tensor]] = []
+        relaid: list[tuple[torch.Tensor, torch.Tensor]] = []  # (channels-last leaf, flat grad)
+        for (n, _, _, shape), piece, g, tables in zip(
+            self._flat_layout, pieces, grad_pieces, self._tables, strict=True
+        ):
+            t = piece.view(shape)
+            if need_grad:
+                g = g.view(shape)
+            if n in self._conv_weights:
+                t = _channels_last_copy(t)
+                if need_grad:
+                    relaid.append((t, g))
+                    g = torch.zeros_like(t)
             if need_grad:
                 t.requires_grad_(True)
-                t.grad = grad[o : o + k].view(shape)  # type: ignore[index]
-            leaves[n] = t
+                t.grad = g
+            swaps += [(table, attr, t) for table, attr in tables]
+        if self._buffer_slots:
+            buffers = self._buffers()
+            for n, places in self._buffer_slots.items():
+                swaps += [(module._buffers, attr, buffers[n]) for module, attr in places]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with (
             torch.enable_grad() if need_grad else torch.no_grad(),
-            no_tf32(),
-            measurement_mode(self.model),
-            _swapped(self._slots, leaves, self._buffer_slots, self._buffers()),
+            no_tf32() if self.device.type == "cuda" else nullcontext(),
+            measurement_mode(self.model) if self._modes is None else _modes_set(self._modes),
+            _swapped(swaps),
         ):
             for (x, y), w in zip(self._chunks, self._weights, strict=True):
                 loss = self.loss_fn(self.model(x), y) * w
                 if need_grad:
                     loss.backward()
                 total.add_(loss.detach())
+        for t, g in relaid:
+            g.copy_(t.grad)  # type: ignore[arg-type]
         return total, grad
 
     def flatten(self, params: Params) -> torch.Tensor:
@@ -362,22 +396,78 @@ def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
 
 
 @contextmanager
-def _swapped(params: Slots, leaves: Params, buffer_slots: Slots, buffers: Params) -> Iterator[None]:
-    """The module's parameters and buffers replaced by ``leaves`` / ``buffers`` for the block
-    (plain dict entries, as functional_call does), the originals put back whatever happens."""
+def _swapped(swaps: list[tuple[dict, str, Any]]) -> Iterator[None]:
+    """Each ``table[attr]`` (a module's ``_parameters`` or ``_buffers``) replaced by its value
+    for the block (plain dict entries, as functional_call does), the originals put back
+    whatever happens."""
     saved: list[tuple[dict, str, Any]] = []
     try:
-        swaps = ((params, leaves, "_parameters"), (buffer_slots, buffers, "_buffers"))
-        for slots, values, kind in swaps:
-            for name, places in slots.items():
-                for module, attr in places:
-                    table = getattr(module, kind)
-                    saved.append((table, attr, table[attr]))
-                    table[attr] = values[name]
+        for table, attr, value in swaps:
+            saved.append((table, attr, table[attr]))
+            table[attr] = value
         yield
     finally:
         for table, attr, original in reversed(saved):
             table[attr] = original
+
+
+Modes = list[tuple[nn.Module, bool]]
+
+
+def _measurement_modes(model: nn.Module) -> Modes | None:
+    """Each module's mode under :func:`measurement_mode` (BatchNorm training, the rest in
+    eval), or None where a module overrides ``train()`` and must be switched through it."""
+    modes = []
+    for m in model.modules():
+        if type(m).train is not nn.Module.train:
+            return None
+        modes.append((m, isinstance(m, nn.modules.batchnorm._BatchNorm)))
+    return modes
+
+
+@contextmanager
+def _modes_set(modes: Modes) -> Iterator[None]:
+    """:func:`measurement_mode` from a list made once: only the modules whose mode differs are
+    switched and put back (``Module.train`` walks the tree and sets every flag through
+    ``Module.__setattr__``, a tenth of a tiny model's gradient)."""
+    changed = [(m, want, m.training) for m, want in modes if m.training != want]
+    try:
+        for m, want, _ in changed:
+            object.__setattr__(m, "training", want)
+        yield
+    finally:
+        for m, _, was in changed:
+            object.__setattr__(m, "training", was)
+
+
+def channels_last_pays(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the model has 2-D convolutions and this is where channels-last is measured
+    faster: float32 on the CPU with oneDNN, where the whole gradient of LeNet (28×28), the
+    small CNN and ResNet-20 ran 1.15–1.9× faster than NCHW (benchmarks/gradient.py, issue 15).
+    CUDA and float64 keep NCHW until measured."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and bool(_conv_weight_names(model))
+    )
+
+
+def _conv_weight_names(model: nn.Module) -> set[str]:
+    """Names of the 4-D weights of the model's 2-D convolutions."""
+    convs = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.weight is not None
+    }
+    return {n for n, p in model.named_parameters() if id(p) in convs and p.ndim == 4}
+
+
+def _channels_last_copy(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy (differentiable). ``contiguous(memory_format=...)`` would keep the
+    NCHW strides of a one-input-channel weight (both layouts hold its values in the same
+    order), and oneDNN, reading the strides, would then run that network NCHW."""
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
 
 
 def current_params(model: nn.Module, dtype: torch.dtype | None = None) -> Params:
