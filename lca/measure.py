@@ -198,10 +198,14 @@ class Measurer:
         # Per-evaluation bookkeeping made once (a tiny model's whole gradient is ~1 ms, and
         # walking the module tree for modes, buffers and slots cost a tenth of it).
         self._sizes = [k for _, _, k, _ in self._flat_layout]
-        self._tables = [
-            [(module._parameters, attr) for module, attr in self._slots[n]] for n in self.names
+        self._shapes = [shape for _, _, _, shape in self._flat_layout]
+        self._param_swaps = [  # (a module's parameter table, slot, index in model order)
+            (module._parameters, attr, i)
+            for i, n in enumerate(self.names)
+            for module, attr in self._slots[n]
         ]
         self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
+        self._relaid = [i for i, n in enumerate(self.names) if n in self._conv_weights]
         self._modes = _measurement_modes(model)
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
@@ -253,20 +257,22 @@ class Measurer:
         every gradient into one vector, which is what the LCA bookkeeping works on.
         """
         total, grad = self._evaluate(flat, need_grad)
+        assert total is not None
         return float(total), grad  # the one host sync of the evaluation
 
     def flat_grad(self, flat: torch.Tensor) -> torch.Tensor:
         """The flat gradient alone, with no host sync: a quadrature rule's interior nodes need
-        no loss, so a GPU keeps queueing work while they are computed."""
-        grad = self._evaluate(flat, True)[1]
+        no loss, so a GPU keeps queueing work while they are computed (and the loss is not
+        even summed)."""
+        grad = self._evaluate(flat, True, need_loss=False)[1]
         assert grad is not None
         return grad
 
     def _evaluate(
-        self, flat: torch.Tensor, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, flat: torch.Tensor, need_grad: bool, *, need_loss: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.chunk_loss is self._functional_loss:
-            total, grad = self._evaluate_in_place(flat, need_grad)
+            total, grad = self._evaluate_in_place(flat, need_grad, need_loss)
         else:
             total, grad = self._evaluate_functional(flat, need_grad)
         if need_grad:
@@ -309,53 +315,52 @@ class Measurer:
         return total, grad
 
     def _evaluate_in_place(
-        self, flat: torch.Tensor, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The module itself runs, its parameter slots holding leaves that view ``flat`` and
-        accumulate their gradients into one flat buffer (the same additions, in the same
-        order, as through functional_call: bit-for-bit the same result). A channels-last conv
-        weight is a copy of its slice instead, with its own gradient buffer, copied into the
-        flat one at the end (a copy: exact)."""
-        point = flat.detach().to(self.device, self.dtype)
-        grad = torch.zeros_like(point) if need_grad else None
-        pieces = point.split(self._sizes)
-        grad_pieces = grad.split(self._sizes) if grad is not None else pieces
-        swaps: list[tuple[dict, str, torch.Tensor]] = []
-        relaid: list[tuple[torch.Tensor, torch.Tensor]] = []  # (channels-last leaf, flat grad)
-        for (n, _, _, shape), piece, g, tables in zip(
-            self._flat_layout, pieces, grad_pieces, self._tables, strict=True
-        ):
-            t = piece.view(shape)
-            if need_grad:
-                g = g.view(shape)
-            if n in self._conv_weights:
-                t = _channels_last_copy(t)
-                if need_grad:
-                    relaid.append((t, g))
-                    g = torch.zeros_like(t)
-            if need_grad:
-                t.requires_grad_(True)
-                t.grad = g
-            swaps += [(table, attr, t) for table, attr in tables]
-        if self._buffer_slots:
-            buffers = self._buffers()
-            for n, places in self._buffer_slots.items():
-                swaps += [(module._buffers, attr, buffers[n]) for module, attr in places]
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self, flat: torch.Tensor, need_grad: bool, need_loss: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The module itself runs, each parameter slot holding a view of one leaf, the
+        evaluated point (a channels-last conv weight: a copy of its view in that layout). The
+        views come from one ``split_with_sizes``, whose backward lays every chunk's parameter
+        gradients out flat in one ``cat`` (C++, not a Python loop per parameter), and the
+        leaf keeps the first chunk's gradient as computed and adds the later ones to it, as in
+        a plain training step. The values are those of the functional path bit for bit: the
+        same additions in the same order, and copies are exact. Without ``need_loss`` (and
+        unsharded) the loss is not summed and the returned total is None."""
+        need_loss = need_loss or self.sharded
+        point = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
+        total: torch.Tensor | None = None
         with (
             torch.enable_grad() if need_grad else torch.no_grad(),
             no_tf32() if self.device.type == "cuda" else nullcontext(),
-            measurement_mode(self.model) if self._modes is None else _modes_set(self._modes),
-            _swapped(swaps),
+            measurement_mode(self.model) if self._modes is None else nullcontext(),
         ):
-            for (x, y), w in zip(self._chunks, self._weights, strict=True):
-                loss = self.loss_fn(self.model(x), y) * w
-                if need_grad:
-                    loss.backward()
-                total.add_(loss.detach())
-        for t, g in relaid:
-            g.copy_(t.grad)  # type: ignore[arg-type]
-        return total, grad
+            views = point.split_with_sizes(self._sizes)
+            leaves = [v.view(shape) for v, shape in zip(views, self._shapes, strict=True)]
+            for i in self._relaid:
+                leaves[i] = _channels_last_copy(leaves[i])
+            swaps = [(table, attr, leaves[i]) for table, attr, i in self._param_swaps]
+            if self._buffer_slots:
+                buffers = self._buffers()
+                for n, places in self._buffer_slots.items():
+                    swaps += [(module._buffers, attr, buffers[n]) for module, attr in places]
+            with _swapped(swaps, self._modes):
+                for (x, y), w in zip(self._chunks, self._weights, strict=True):
+                    loss = self.loss_fn(self.model(x), y)
+                    if w != 1.0:  # one chunk: × 1.0 is exact, and skipping it saves a node
+                        loss = loss * w
+                    if need_grad:
+                        loss.backward()
+                    # float64 on the device (exact from float32), the chunks added in order
+                    if not need_loss:
+                        continue
+                    if total is None:
+                        total = loss.detach().to(torch.float64)
+                    else:
+                        total.add_(loss.detach())
+        if total is None and need_loss:  # a shard with no chunks
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+        if not need_grad:
+            return total, None
+        return total, point.grad if point.grad is not None else torch.zeros_like(point)
 
     def flatten(self, params: Params) -> torch.Tensor:
         """Parameters (name -> tensor) as one vector in model order, on the device."""
@@ -378,6 +383,7 @@ class Measurer:
 
 
 Slots = dict[str, list[tuple[nn.Module, str]]]
+Modes = list[tuple[nn.Module, bool]]
 
 
 def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
@@ -396,12 +402,17 @@ def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
 
 
 @contextmanager
-def _swapped(swaps: list[tuple[dict, str, Any]]) -> Iterator[None]:
+def _swapped(swaps: list[tuple[dict, str, Any]], modes: Modes | None = None) -> Iterator[None]:
     """Each ``table[attr]`` (a module's ``_parameters`` or ``_buffers``) replaced by its value
-    for the block (plain dict entries, as functional_call does), the originals put back
-    whatever happens."""
+    for the block (plain dict entries, as functional_call does), and each module in ``modes``
+    switched to its mode there (only those whose mode differs: ``Module.train`` walks the tree
+    and sets every flag through ``Module.__setattr__``, a tenth of a tiny model's gradient);
+    everything put back whatever happens."""
     saved: list[tuple[dict, str, Any]] = []
+    changed = [(m, want, m.training) for m, want in modes or () if m.training != want]
     try:
+        for m, want, _ in changed:
+            object.__setattr__(m, "training", want)
         for table, attr, value in swaps:
             saved.append((table, attr, table[attr]))
             table[attr] = value
@@ -409,35 +420,20 @@ def _swapped(swaps: list[tuple[dict, str, Any]]) -> Iterator[None]:
     finally:
         for table, attr, original in reversed(saved):
             table[attr] = original
-
-
-Modes = list[tuple[nn.Module, bool]]
+        for m, _, was in changed:
+            object.__setattr__(m, "training", was)
 
 
 def _measurement_modes(model: nn.Module) -> Modes | None:
     """Each module's mode under :func:`measurement_mode` (BatchNorm training, the rest in
-    eval), or None where a module overrides ``train()`` and must be switched through it."""
+    eval) for :func:`_swapped` to set, or None where a module overrides ``train()`` and must
+    be switched through it (by :func:`measurement_mode`)."""
     modes = []
     for m in model.modules():
         if type(m).train is not nn.Module.train:
             return None
         modes.append((m, isinstance(m, nn.modules.batchnorm._BatchNorm)))
     return modes
-
-
-@contextmanager
-def _modes_set(modes: Modes) -> Iterator[None]:
-    """:func:`measurement_mode` from a list made once: only the modules whose mode differs are
-    switched and put back (``Module.train`` walks the tree and sets every flag through
-    ``Module.__setattr__``, a tenth of a tiny model's gradient)."""
-    changed = [(m, want, m.training) for m, want in modes if m.training != want]
-    try:
-        for m, want, _ in changed:
-            object.__setattr__(m, "training", want)
-        yield
-    finally:
-        for m, _, was in changed:
-            object.__setattr__(m, "training", was)
 
 
 def channels_last_pays(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
