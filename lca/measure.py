@@ -259,22 +259,20 @@ class Measurer:
         every gradient into one vector, which is what the LCA bookkeeping works on.
         """
         total, grad = self._evaluate(flat, need_grad)
-        assert total is not None
         return float(total), grad  # the one host sync of the evaluation
 
     def flat_grad(self, flat: torch.Tensor) -> torch.Tensor:
         """The flat gradient alone, with no host sync: a quadrature rule's interior nodes need
-        no loss, so a GPU keeps queueing work while they are computed (and the loss is not
-        even summed)."""
-        grad = self._evaluate(flat, True, need_loss=False)[1]
+        no loss, so a GPU keeps queueing work while they are computed."""
+        grad = self._evaluate(flat, True)[1]
         assert grad is not None
         return grad
 
     def _evaluate(
-        self, flat: torch.Tensor, need_grad: bool, *, need_loss: bool = True
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self, flat: torch.Tensor, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.chunk_loss is self._functional_loss:
-            total, grad = self._evaluate_in_place(flat, need_grad, need_loss)
+            total, grad = self._evaluate_in_place(flat, need_grad)
         else:
             total, grad = self._evaluate_functional(flat, need_grad)
         if need_grad:
@@ -317,17 +315,15 @@ class Measurer:
         return total, grad
 
     def _evaluate_in_place(
-        self, flat: torch.Tensor, need_grad: bool, need_loss: bool = True
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        self, flat: torch.Tensor, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The module itself runs, each parameter slot holding a view of one leaf, the
         evaluated point (a channels-last conv weight: a copy of its view in that layout). The
         views come from one ``split_with_sizes``, whose backward lays every chunk's parameter
         gradients out flat in one ``cat`` (C++, not a Python loop per parameter), and the
         leaf keeps the first chunk's gradient as computed and adds the later ones to it, as in
         a plain training step. The values are those of the functional path bit for bit: the
-        same additions in the same order, and copies are exact. Without ``need_loss`` (and
-        unsharded) the loss is not summed and the returned total is None."""
-        need_loss = need_loss or self.sharded
+        same additions in the same order, and copies are exact."""
         point = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
         total: torch.Tensor | None = None
         with (
@@ -352,13 +348,11 @@ class Measurer:
                     if need_grad:
                         loss.backward()
                     # float64 on the device (exact from float32), the chunks added in order
-                    if not need_loss:
-                        continue
                     if total is None:
                         total = loss.detach().to(torch.float64)
                     else:
                         total.add_(loss.detach())
-        if total is None and need_loss:  # a shard with no chunks
+        if total is None:  # a shard with no chunks
             total = torch.zeros((), dtype=torch.float64, device=self.device)
         if not need_grad:
             return total, None
