@@ -324,7 +324,7 @@ class Measurer:
         leaves, which for this evaluation hold a view of ``flat`` (``.data``: no copy; a
         channels-last conv weight holds a copy of its view in that layout). The leaves, the
         slots they go into and the modules' modes are made once, so a tiny model pays a few
-        attribute sets per evaluation, not a graph of views (that cost 5–9% of the digits MLP's
+        attribute sets per evaluation, not a graph of views (that cost 4–9% of the digits MLP's
         whole gradient). Backward leaves each gradient on its leaf as in a plain training step
         (the first chunk's kept as computed, later chunks added to it) and one ``cat`` lays
         them out flat: the values of the functional path bit for bit (the same additions in
