@@ -204,8 +204,8 @@ class Measurer:
         # One leaf per parameter, kept: each evaluation points it at its slice of the point.
         self._nothing = torch.empty(0, dtype=dtype, device=self.device)
         self._leaves = [self._nothing.clone().requires_grad_(True) for _ in self.names]
-        self._leaf_swaps = [  # (a module's parameter table, slot, the leaf that goes there)
-            (module._parameters, attr, self._leaves[i])
+        self._leaf_swaps = [  # (module, its table, slot, the leaf that goes there)
+            (module, "_parameters", attr, self._leaves[i])
             for i, n in enumerate(self.names)
             for module, attr in self._slots[n]
         ]
@@ -342,7 +342,7 @@ class Measurer:
         if self._buffer_slots:
             buffers = self._buffers()
             swaps = swaps + [
-                (module._buffers, attr, buffers[n])
+                (module, "_buffers", attr, buffers[n])
                 for n, places in self._buffer_slots.items()
                 for module, attr in places
             ]
@@ -420,18 +420,23 @@ def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
 
 
 @contextmanager
-def _swapped(swaps: list[tuple[dict, str, Any]], modes: Modes | None = None) -> Iterator[None]:
-    """Each ``table[attr]`` (a module's ``_parameters`` or ``_buffers``) replaced by its value
-    for the block (plain dict entries, as functional_call does), and each module in ``modes``
-    switched to its mode there (only those whose mode differs: ``Module.train`` walks the tree
-    and sets every flag through ``Module.__setattr__``, a tenth of a tiny model's gradient);
-    everything put back whatever happens."""
+def _swapped(
+    swaps: list[tuple[nn.Module, str, str, Any]], modes: Modes | None = None
+) -> Iterator[None]:
+    """Each ``(module, table, attr, value)``: ``module.<table>[attr]`` (its ``_parameters`` or
+    ``_buffers``) replaced by ``value`` for the block (plain dict entries, as functional_call
+    does; the modules, not their tables, are kept, so walkers that skip modules do not count
+    the model's parameters as the Measurer's), and each module in ``modes`` switched to its
+    mode there (only those whose mode differs: ``Module.train`` walks the tree and sets every
+    flag through ``Module.__setattr__``, a tenth of a tiny model's gradient); everything put
+    back whatever happens."""
     saved: list[tuple[dict, str, Any]] = []
     changed = [(m, want, m.training) for m, want in modes or () if m.training != want]
     try:
         for m, want, _ in changed:
             object.__setattr__(m, "training", want)
-        for table, attr, value in swaps:
+        for module, kind, attr, value in swaps:
+            table = getattr(module, kind)
             saved.append((table, attr, table[attr]))
             table[attr] = value
         yield
