@@ -1,29 +1,36 @@
 """How close the measurement-set gradient (``lca.measure``) gets to what the machine can do.
 
 For each model, one full measurement-set gradient is timed over the same data and the same
-chunks: LCA's ``Measurer.flat_grad`` (the module itself runs with leaves that view the evaluated
-point), a plain PyTorch forward + backward (``model(x)``, ``loss.backward()``), and, for the
-convolutional model, the plain pass with inputs and weights channels-last and LCA's gradient
-given channels-last inputs. Each is
-reported in achieved GFLOP/s of its matmul and convolution work (forward
-F, weight gradients F, input gradients F minus the first layer's; ReLU, pooling and the loss are
-not counted) beside ``torch.mm``'s on a 2048² float32 product, the practical limit of this
-machine. Each variant runs once per round, in rotating order, for ``--repeats`` rounds after a
-warm-up; GFLOP/s are at the fastest run (other load only adds time) and the speed relative to
-the plain pass is the median of the per-round ratios (both halves under the same load).
+chunks: LCA's ``Measurer.flat_grad`` as the product runs it (the module itself runs with leaves
+that view the evaluated point; a convolutional model's conv weights channels-last on the CPU)
+and a plain PyTorch forward + backward (``model(x)``, ``loss.backward()``); for the
+convolutional model also the plain pass with its weights and inputs channels-last (PyTorch's
+fastest layout for convolutions on the CPU) and LCA's gradient kept NCHW
+(``channels_last=False``). Each is reported in achieved GFLOP/s of its matmul and convolution
+work (forward F, weight gradients F, input gradients F minus the first layer's; ReLU, pooling
+and the loss are not counted) beside ``torch.mm``'s on a 2048² float32 product, the practical
+limit of this machine. Each variant runs once per round, in rotating order, for ``--repeats``
+rounds after a warm-up; GFLOP/s are at the fastest run (other load only adds time) and the
+speed relative to a plain pass is the median of the per-round ratios (both halves under the
+same load): against the plain NCHW pass, and for the convolutional model against the plain
+channels-last pass as well, from wall-clock time and (on the CPU) from the process's CPU time,
+which leaves out the time it waited for a core that other work held. The load average before
+and after is printed: on a shared machine the paired ratios are only as good as the load was
+steady.
 
 Models: mlp on digits (8×8, the whole training split), fc-mnist and lenet on 28×28
 Fashion-MNIST when installed (else random 28×28 tensors of the same shape: speed does not depend
 on the pixel values).
 
-    python benchmarks/gradient.py [--threads auto] [--repeats 5] [--fc-size 60000]
-        [--lenet-size 5000] [--chunk 2048] [--device cpu]
+    python benchmarks/gradient.py [--threads auto] [--repeats 7] [--fc-size 60000]
+        [--lenet-size 5000] [--chunk 2048] [--models mlp,fc-mnist,lenet] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -121,40 +128,57 @@ def bench(
     flops = sum(gradient_flops(model, cx) for cx, _ in chunks)
     measurer = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    product = "lca.measure" + (", channels-last convs" if measurer.channels_last else "")
     variants: list[tuple[str, Callable[[], object]]] = [
         ("plain fwd+bwd", plain_gradient(model, chunks, len(x))),
-        ("lca.measure", lambda: measurer.flat_grad(flat)),
+        (product, lambda: measurer.flat_grad(flat)),
     ]
+    references = ["plain fwd+bwd"]
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        # The plain pass in channels-last layout, and lca.measure given channels-last inputs
-        # (the product keeps NCHW: Measurer.channels_last).
+        # ``to(memory_format=...)`` restrides even a one-channel tensor, whose NCHW strides
+        # ``contiguous(memory_format=...)`` would keep (and oneDNN would then run NCHW).
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        cl_chunks = [(cx.contiguous(memory_format=torch.channels_last), cy) for cx, cy in chunks]
-        cl = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk)
-        cl._chunks = [(c.contiguous(memory_format=torch.channels_last), t) for c, t in cl._chunks]
+        cl_chunks = [(cx.to(memory_format=torch.channels_last), cy) for cx, cy in chunks]
+        nchw = Measurer(
+            model, nn.CrossEntropyLoss(), (x, y), chunk_size=args.chunk, channels_last=False
+        )
         variants += [
             ("plain, channels-last", plain_gradient(cl_model, cl_chunks, len(x))),
-            ("lca.measure, channels-last inputs", lambda: cl.flat_grad(flat)),
+            ("lca.measure, NCHW", lambda: nchw.flat_grad(flat)),
         ]
+        references.append("plain, channels-last")
     for _, fn in variants:  # warm-up
         fn()
     sync(device)
     times: dict[str, list[float]] = {label: [] for label, _ in variants}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
     for r in range(args.repeats):
         for label, fn in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             sync(device)
             times[label].append(time.perf_counter() - t0)
-    plain = times["plain fwd+bwd"]
+            cpu[label].append(time.process_time() - c0)
+
+    def paired(clock: dict[str, list[float]], ref: str, label: str) -> float:
+        return statistics.median(
+            [p / max(v, 1e-9) for p, v in zip(clock[ref], clock[label], strict=True)]
+        )
+
     rows = []
     for label, _ in variants:
-        t = times[label]
-        ratio = statistics.median([p / v for p, v in zip(plain, t, strict=True)])
-        best, median = min(t), statistics.median(t)
+        cells = []
+        for ref in references:
+            cell = f"{paired(times, ref, label):.2f}"
+            if device.type == "cpu":  # CPU time: the time the process ran, not waited
+                cell += f" / {paired(cpu, ref, label):.2f}"
+            cells.append(cell)
+        vs_cl = cells[1] if len(cells) > 1 else "—"
+        best, median = min(times[label]), statistics.median(times[label])
         rows.append(
             f"| {name} | {len(x):,} | {label} | {1e3 * best:,.1f} ({1e3 * median:,.1f}) | "
-            f"{flops / best / 1e9:.1f} | {ratio:.2f} | {flops / best / 1e9 / peak:.2f} |"
+            f"{flops / best / 1e9:.1f} | {cells[0]} | {vs_cl} | "
+            f"{flops / best / 1e9 / peak:.2f} |"
         )
     return rows
 
@@ -178,53 +202,66 @@ def main() -> None:
     ap.add_argument("--fc-size", type=int, default=60000, help="fc-mnist measurement set")
     ap.add_argument("--lenet-size", type=int, default=5000, help="lenet measurement set")
     ap.add_argument("--chunk", type=int, default=2048, help="measurement chunk size")
+    ap.add_argument(
+        "--models", default="mlp,fc-mnist,lenet", help="comma-separated: mlp, fc-mnist, lenet"
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(
         threads.resolve(args.threads if args.threads == "auto" else int(args.threads))
     )
+    wanted = set(args.models.split(","))
+    if not wanted <= {"mlp", "fc-mnist", "lenet"}:
+        ap.error(f"--models takes mlp, fc-mnist and lenet, not {args.models!r}.")
     torch.manual_seed(0)
+    load = os.getloadavg()[0]
     peak = mm_peak(device, args.repeats)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, chunk {args.chunk}, "
-        f"torch.mm 2048² float32: {peak:.1f} GFLOP/s"
+        f"torch.mm 2048² float32: {peak:.1f} GFLOP/s, load average {load:.1f}"
     )
     print(
         "| model | examples | gradient | ms min (median) | GFLOP/s at min | speed × plain "
-        "(paired median) | ÷ torch.mm |"
+        "(paired median: wall / CPU) | × plain channels-last | ÷ torch.mm |"
     )
-    print("|---|---|---|---|---|---|---|")
-    digits = data.load("digits")
-    rows = bench(
-        "mlp (digits 8×8)",
-        models.build("mlp", digits.input_shape, 10),
-        digits.x_train,
-        digits.y_train,
-        args,
-        device,
-        peak,
-    )
-    x, y, source = fashion_or_synthetic(max(args.fc_size, args.lenet_size))
-    rows += bench(
-        f"fc-mnist ({source})",
-        models.build("fc-mnist", (1, 28, 28), 10),
-        x[: args.fc_size],
-        y[: args.fc_size],
-        args,
-        device,
-        peak,
-    )
-    rows += bench(
-        f"lenet ({source})",
-        models.build("lenet", (1, 28, 28), 10),
-        x[: args.lenet_size],
-        y[: args.lenet_size],
-        args,
-        device,
-        peak,
-    )
+    print("|---|---|---|---|---|---|---|---|")
+    rows: list[str] = []
+    if "mlp" in wanted:
+        digits = data.load("digits")
+        rows += bench(
+            "mlp (digits 8×8)",
+            models.build("mlp", digits.input_shape, 10),
+            digits.x_train,
+            digits.y_train,
+            args,
+            device,
+            peak,
+        )
+    if wanted & {"fc-mnist", "lenet"}:
+        x, y, source = fashion_or_synthetic(max(args.fc_size, args.lenet_size))
+    if "fc-mnist" in wanted:
+        rows += bench(
+            f"fc-mnist ({source})",
+            models.build("fc-mnist", (1, 28, 28), 10),
+            x[: args.fc_size],
+            y[: args.fc_size],
+            args,
+            device,
+            peak,
+        )
+    if "lenet" in wanted:
+        rows += bench(
+            f"lenet ({source})",
+            models.build("lenet", (1, 28, 28), 10),
+            x[: args.lenet_size],
+            y[: args.lenet_size],
+            args,
+            device,
+            peak,
+        )
     print("\n".join(rows))
+    print(f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,21 @@ LCA needs L(θ) to be a function of θ alone, so the measurement must not depend
 state: dropout is off, BatchNorm normalises each fixed chunk with its own statistics (train mode)
 while the running buffers are neither used nor updated, chunks are fixed, and chunk losses are
 weighted by their size so the result is a per-example average whatever the chunking. The model
-itself is never modified: parameters come in as a dict and go through
-``torch.func.functional_call``; buffers are scratch copies; module modes are restored.
+itself is never modified: the evaluated parameters stand in its parameter slots only for the
+evaluation; buffers are scratch copies; module modes are restored.
 
 Speed (the measurement gradient is LCA's whole cost): chunk losses are summed on the device in
 float64 and read back once per evaluation, not once per chunk, so a GPU never waits on the host
 between chunks; the sum is the same float64 sum the per-chunk ``float()`` made, so values are
 bit-for-bit unchanged. The model runs as itself (``model(x)``), not through
 ``functional_call`` (~0.4 ms of bookkeeping per chunk, 1.3–1.45× the plain gradient on a small
-MLP): for one evaluation each parameter slot of the module holds a leaf that is a view of the
-evaluated point, with its ``.grad`` preset to a view of one flat gradient buffer, so backward
-accumulates straight into that buffer (no full-size zero tensor per parameter view and chunk) and
-the original Parameters, gradients and buffers are put back afterwards. A replaced ``chunk_loss``
-(``benchmarks/compile.py``) still goes through ``functional_call``. With ``shard`` the fixed
+MLP): for one evaluation each parameter slot of the module holds a view of one leaf, the
+evaluated point, made by one ``split_with_sizes`` whose backward lays the gradients out flat
+(no Python per parameter), and the original Parameters, gradients, buffers and modes are put
+back afterwards. Convolution weights run channels-last where that is PyTorch's fastest layout
+(float32 on the CPU: 1.3–1.9× the NCHW gradient of LeNet), as a true channels-last copy of
+their view. A replaced ``chunk_loss`` (``benchmarks/compile.py``) still goes through
+``functional_call``. With ``shard`` the fixed
 chunks are split across torch.distributed ranks
 (each rank a contiguous slice; weights stay relative to the whole set) and one all-reduce of a
 flat buffer per dtype (loss, every gradient) gives every rank the whole-set result.
@@ -25,7 +27,7 @@ flat buffer per dtype (loss, every gradient) gives every rank the whole-set resu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -139,9 +141,12 @@ class Measurer:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         shard: Any = None,
+        channels_last: bool | None = None,
     ) -> None:
         """``shard``: None (this process measures everything), True (split the chunks over the
-        default torch.distributed group) or a ProcessGroup to split over."""
+        default torch.distributed group) or a ProcessGroup to split over. ``channels_last``: run
+        2-D convolutions with channels-last weights (None: where it is measured faster, float32
+        on the CPU; see :func:`channels_last_pays`)."""
         if dtype not in (torch.float32, torch.float64):
             raise MeasurementError(f"LCA is measured in float32 or float64, not {dtype}.")
         self.model = model
@@ -168,11 +173,14 @@ class Measurer:
             self.rank, self.world = distributed.group_rank_world(self.group)
             self.chunk_range = distributed.shard_range(len(chunks), self.rank, self.world)
         lo, hi = self.chunk_range
-        # Inputs stay NCHW: a plain channels-last LeNet pass is 1.3–1.6× the NCHW one, but the
-        # Measurer given channels-last inputs (with or without channels-last weight leaves) was
-        # 0.70–0.96× the NCHW plain pass against 0.88–0.98× with NCHW inputs
-        # (benchmarks/gradient.py, issue 15), so the layout does not pay here yet.
-        self.channels_last = False
+        # Convolutions run channels-last where that is PyTorch's fastest layout (a conv weight
+        # leaf in that layout makes oneDNN take its NHWC kernels for the whole network); the
+        # inputs are left as given (the conv converts them, and a copy would double the set).
+        self.channels_last = (
+            channels_last_pays(model, self.device, dtype)
+            if channels_last is None
+            else bool(channels_last)
+        )
         self._chunks = [(self._cast(x), y.to(self.device)) for x, y in chunks[lo:hi]]
         self._weights = weights[lo:hi]
         self.names = [n for n, _ in model.named_parameters()]
@@ -189,6 +197,21 @@ class Measurer:
         self._functional_loss = self.chunk_loss  # replaced: evaluate through functional_call
         self._slots = _slots_of(model, "_parameters", self.names)
         self._buffer_slots = _slots_of(model, "_buffers", [n for n, _ in model.named_buffers()])
+        # Per-evaluation bookkeeping made once (a tiny model's whole gradient is ~1 ms, and
+        # walking the module tree for modes, buffers and slots cost a tenth of it).
+        self._sizes = [k for _, _, k, _ in self._flat_layout]
+        self._shapes = [shape for _, _, _, shape in self._flat_layout]
+        # One leaf per parameter, kept: each evaluation points it at its slice of the point.
+        self._nothing = torch.empty(0, dtype=dtype, device=self.device)
+        self._leaves = [self._nothing.clone().requires_grad_(True) for _ in self.names]
+        self._leaf_swaps = [  # (module, its table, slot, the leaf that goes there)
+            (module, "_parameters", attr, self._leaves[i])
+            for i, n in enumerate(self.names)
+            for module, attr in self._slots[n]
+        ]
+        self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
+        self._relaid = [i for i, n in enumerate(self.names) if n in self._conv_weights]
+        self._modes = _measurement_modes(model)
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
 
@@ -217,10 +240,7 @@ class Measurer:
         x = x.to(self.device)
         if not x.is_floating_point():
             return x
-        x = x.to(self.dtype)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.to(self.dtype)
 
     def _buffers(self) -> Params:
         # Scratch copies: BatchNorm in train mode writes running stats into these, not the model.
@@ -274,7 +294,10 @@ class Measurer:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Through ``self.chunk_loss`` (functional_call), for a replaced chunk_loss."""
         leaf = flat.detach().to(self.device, self.dtype).requires_grad_(need_grad)
-        views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            views = {n: leaf[o : o + k].view(shape) for n, o, k, shape in self._flat_layout}
+            for n in self._conv_weights:  # the layout the in-place path runs in
+                views[n] = _channels_last_copy(views[n])
         buffers = self._buffers()
         # float64 on the device: the same sum the old per-chunk float() made, without a host
         # sync per chunk (float32 -> float64 is exact, and so is the order of the additions).
@@ -297,30 +320,64 @@ class Measurer:
     def _evaluate_in_place(
         self, flat: torch.Tensor, need_grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The module itself runs, its parameter slots holding leaves that view ``flat`` and
-        accumulate their gradients into one flat buffer (the same additions, in the same
-        order, as through functional_call: bit-for-bit the same result)."""
+        """The module itself runs, each parameter slot holding one of the Measurer's own
+        leaves, which for this evaluation hold a view of ``flat`` (``.data``: no copy; a
+        channels-last conv weight holds a copy of its view in that layout). The leaves, the
+        slots they go into and the modules' modes are made once, so a tiny model pays a few
+        attribute sets per evaluation, not a graph of views (that cost 4–9% of the digits MLP's
+        whole gradient). Backward leaves each gradient on its leaf as in a plain training step
+        (the first chunk's kept as computed, later chunks added to it) and one ``cat`` lays
+        them out flat: the values of the functional path bit for bit (the same additions in
+        the same order; copies are exact). The leaves let go of the data and the gradients
+        afterwards, so nothing is held between evaluations."""
         point = flat.detach().to(self.device, self.dtype)
-        grad = torch.zeros_like(point) if need_grad else None
-        leaves = {}
-        for n, o, k, shape in self._flat_layout:
-            t = point[o : o + k].view(shape)
-            if need_grad:
-                t.requires_grad_(True)
-                t.grad = grad[o : o + k].view(shape)  # type: ignore[index]
-            leaves[n] = t
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with (
-            torch.enable_grad() if need_grad else torch.no_grad(),
-            no_tf32(),
-            measurement_mode(self.model),
-            _swapped(self._slots, leaves, self._buffer_slots, self._buffers()),
+        leaves = self._leaves
+        for leaf, view, shape in zip(
+            leaves, point.split_with_sizes(self._sizes), self._shapes, strict=True
         ):
-            for (x, y), w in zip(self._chunks, self._weights, strict=True):
-                loss = self.loss_fn(self.model(x), y) * w
-                if need_grad:
-                    loss.backward()
-                total.add_(loss.detach())
+            leaf.data = view.view(shape)
+        for i in self._relaid:
+            leaves[i].data = _channels_last_copy(leaves[i].data)
+        swaps = self._leaf_swaps
+        if self._buffer_slots:
+            buffers = self._buffers()
+            swaps = swaps + [
+                (module, "_buffers", attr, buffers[n])
+                for n, places in self._buffer_slots.items()
+                for module, attr in places
+            ]
+        total: torch.Tensor | None = None
+        try:
+            with (
+                torch.enable_grad() if need_grad else torch.no_grad(),
+                no_tf32() if self.device.type == "cuda" else nullcontext(),
+                measurement_mode(self.model) if self._modes is None else nullcontext(),
+                _swapped(swaps, self._modes),
+            ):
+                for (x, y), w in zip(self._chunks, self._weights, strict=True):
+                    loss = self.loss_fn(self.model(x), y)
+                    if w != 1.0:  # one chunk: × 1.0 is exact, and skipping it saves a node
+                        loss = loss * w
+                    if need_grad:
+                        loss.backward()
+                    # float64 on the device (exact from float32), the chunks added in order
+                    if total is None:
+                        total = loss.detach().to(torch.float64)
+                    else:
+                        total.add_(loss.detach())
+            grad = None
+            if need_grad:
+                grads = [
+                    (t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1)
+                    for t in leaves
+                ]
+                grad = torch.cat(grads) if grads else point.new_zeros(0)
+        finally:
+            for leaf in leaves:
+                leaf.grad = None
+                leaf.data = self._nothing
+        if total is None:  # a shard with no chunks
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
         return total, grad
 
     def flatten(self, params: Params) -> torch.Tensor:
@@ -344,6 +401,7 @@ class Measurer:
 
 
 Slots = dict[str, list[tuple[nn.Module, str]]]
+Modes = list[tuple[nn.Module, bool]]
 
 
 def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
@@ -362,22 +420,73 @@ def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
 
 
 @contextmanager
-def _swapped(params: Slots, leaves: Params, buffer_slots: Slots, buffers: Params) -> Iterator[None]:
-    """The module's parameters and buffers replaced by ``leaves`` / ``buffers`` for the block
-    (plain dict entries, as functional_call does), the originals put back whatever happens."""
+def _swapped(
+    swaps: list[tuple[nn.Module, str, str, Any]], modes: Modes | None = None
+) -> Iterator[None]:
+    """Each ``(module, table, attr, value)``: ``module.<table>[attr]`` (its ``_parameters`` or
+    ``_buffers``) replaced by ``value`` for the block (plain dict entries, as functional_call
+    does; the modules, not their tables, are kept, so walkers that skip modules do not count
+    the model's parameters as the Measurer's), and each module in ``modes`` switched to its
+    mode there (only those whose mode differs: ``Module.train`` walks the tree and sets every
+    flag through ``Module.__setattr__``, a tenth of a tiny model's gradient); everything put
+    back whatever happens."""
     saved: list[tuple[dict, str, Any]] = []
+    changed = [(m, want, m.training) for m, want in modes or () if m.training != want]
     try:
-        swaps = ((params, leaves, "_parameters"), (buffer_slots, buffers, "_buffers"))
-        for slots, values, kind in swaps:
-            for name, places in slots.items():
-                for module, attr in places:
-                    table = getattr(module, kind)
-                    saved.append((table, attr, table[attr]))
-                    table[attr] = values[name]
+        for m, want, _ in changed:
+            object.__setattr__(m, "training", want)
+        for module, kind, attr, value in swaps:
+            table = getattr(module, kind)
+            saved.append((table, attr, table[attr]))
+            table[attr] = value
         yield
     finally:
         for table, attr, original in reversed(saved):
             table[attr] = original
+        for m, _, was in changed:
+            object.__setattr__(m, "training", was)
+
+
+def _measurement_modes(model: nn.Module) -> Modes | None:
+    """Each module's mode under :func:`measurement_mode` (BatchNorm training, the rest in
+    eval) for :func:`_swapped` to set, or None where a module overrides ``train()`` and must
+    be switched through it (by :func:`measurement_mode`)."""
+    modes = []
+    for m in model.modules():
+        if type(m).train is not nn.Module.train:
+            return None
+        modes.append((m, isinstance(m, nn.modules.batchnorm._BatchNorm)))
+    return modes
+
+
+def channels_last_pays(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the model has 2-D convolutions and this is where channels-last is measured
+    faster: float32 on the CPU with oneDNN, where the whole gradient of LeNet (28×28), the
+    small CNN and ResNet-20 ran 1.15–1.9× faster than NCHW (benchmarks/gradient.py, issue 15).
+    CUDA and float64 keep NCHW until measured."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and bool(_conv_weight_names(model))
+    )
+
+
+def _conv_weight_names(model: nn.Module) -> set[str]:
+    """Names of the 4-D weights of the model's 2-D convolutions."""
+    convs = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.weight is not None
+    }
+    return {n for n, p in model.named_parameters() if id(p) in convs and p.ndim == 4}
+
+
+def _channels_last_copy(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy (differentiable). ``contiguous(memory_format=...)`` would keep the
+    NCHW strides of a one-input-channel weight (both layouts hold its values in the same
+    order), and oneDNN, reading the strides, would then run that network NCHW."""
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
 
 
 def current_params(model: nn.Module, dtype: torch.dtype | None = None) -> Params:

@@ -11,9 +11,12 @@ from lca import models
 from lca.measure import Measurer
 
 
-def _pair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype=torch.float32):
-    fast = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=7, dtype=dtype)
-    functional = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=7, dtype=dtype)
+def _pair(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype=torch.float32, channels_last=None
+):
+    kw = {"chunk_size": 7, "dtype": dtype, "channels_last": channels_last}
+    fast = Measurer(model, nn.CrossEntropyLoss(), (x, y), **kw)
+    functional = Measurer(model, nn.CrossEntropyLoss(), (x, y), **kw)
     base = functional.chunk_loss
     functional.chunk_loss = lambda tensors, cx, cy: base(tensors, cx, cy)  # forces functional
     return fast, functional
@@ -53,12 +56,13 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_in_place_gradient_equals_functional_bit_for_bit(case: str, dtype) -> None:
+@pytest.mark.parametrize("channels_last", [None, False, True])
+def test_in_place_gradient_equals_functional_bit_for_bit(case: str, dtype, channels_last) -> None:
     torch.manual_seed(0)
     build, shape = CASES[case]
     model = build()
     x, y = torch.randn(30, *shape), torch.randint(0, 4, (30,))
-    fast, functional = _pair(model, x, y, dtype)
+    fast, functional = _pair(model, x, y, dtype, channels_last)
     point = fast.flatten(dict(model.named_parameters())) + 0.01
     loss_a, grad_a = fast.flat_loss_and_grad(point)
     loss_b, grad_b = functional.flat_loss_and_grad(point)
@@ -94,3 +98,62 @@ def test_model_is_restored_when_the_forward_fails() -> None:
         m.flat_grad(m.flatten(dict(model.named_parameters())))
     assert all(p is objects[n] for n, p in model.named_parameters())
     assert all(isinstance(p, nn.Parameter) for p in model.parameters())
+
+
+class Recorder(nn.Module):
+    """A module whose ``train()`` does more than set flags: it must be switched through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[bool] = []
+
+    def train(self, mode: bool = True) -> Recorder:
+        self.calls.append(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("overridden", [False, True])
+def test_dropout_is_off_and_every_mode_comes_back(overridden: bool) -> None:
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 3)]
+    model = nn.Sequential(*layers, *([Recorder()] if overridden else []))
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    m = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=7)
+    model.train()
+    point = m.flatten(dict(model.named_parameters()))
+    calls = len(model[-1].calls) if overridden else 0
+    grad = m.flat_grad(point)
+    if overridden:  # switched through its own train(), as measurement_mode does
+        assert model[-1].calls[calls:] == [False]
+    assert torch.equal(m.flat_grad(point), grad)  # no dropout mask: the same gradient twice
+    assert all(module.training for module in model.modules())
+    model.eval()  # the plain gradient with dropout off
+    model.zero_grad()
+    sum(
+        nn.functional.cross_entropy(model(x[i : i + 7]), y[i : i + 7]) * len(x[i : i + 7]) / 20
+        for i in range(0, 20, 7)
+    ).backward()
+    plain = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(grad, plain, rtol=1e-6, atol=1e-7)
+    assert not any(module.training for module in model.modules())
+    assert torch.equal(m.flat_grad(point), grad)  # from eval mode too
+    assert not any(module.training for module in model.modules())
+
+
+def test_nothing_is_held_between_evaluations() -> None:
+    """The Measurer's leaves point at the evaluated point only during an evaluation (a
+    quadrature node's point would otherwise stay alive), even when the forward fails."""
+    model = models.build("lenet", (1, 8, 8), 4, channels=(2, 3), hidden=5)
+    x, y = torch.randn(9, 1, 8, 8), torch.randint(0, 4, (9,))
+    m = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=4)
+    point = m.flatten(dict(model.named_parameters()))
+    grad = m.flat_grad(point)
+    assert grad.shape == point.shape and grad.abs().sum() > 0
+    assert all(t.numel() == 0 and t.grad is None for t in m._leaves)
+    m.loss_fn = lambda out, target: out[:, 99].sum()
+    with pytest.raises(IndexError):
+        m.flat_grad(point)
+    assert all(t.numel() == 0 and t.grad is None for t in m._leaves)
