@@ -31,6 +31,9 @@ from pages.shared import (
 through_app()  # a bare page run on a fresh server: rerun through app.py
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
+# Cells of the unit × step heatmap (block sums beyond, the cap stated in its title): about as
+# many step columns as a projector shows pixels, for a few hundred units (~0.7 MB sent).
+UNIT_CELLS = 60_000
 TOP_K = 10
 
 
@@ -63,6 +66,7 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray, figures: Ru
         return F.unit_heatmap(
             z,
             positions=pos[: len(z)],
+            max_cells=UNIT_CELLS,
             title=f"LCA of each unit of {group} on each step (green = helped, red = hurt)",
         )
 
