@@ -51,6 +51,7 @@ def titled_layout(title: str | None, *, height: int = 380, legend: bool = False)
         "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0},
     }
     if not title:
+        layout["title"] = {}  # as base_layout's title=None leaves it: no title
         return layout
     text, lines = wrap_title(title)
     top = (95 if legend else 60) + TITLE_LINE_PX * (lines - 1)
