@@ -345,8 +345,11 @@ def main() -> None:
             + ("reused from an earlier run" if reuse else f"written in {seconds:.1f} s")
         )
 
-        # Warm up imports (streamlit, plotly, h5py, torch) on the small run first.
-        time_apptest("loss", "small.h5", repeats=1)
+        # Warm up imports (streamlit, plotly and the parts of it each page's figures use, h5py,
+        # torch) on the small run first: a server imports them once, when it draws its first
+        # page, not for every run file it is asked to show.
+        for page in PAGES:
+            time_apptest(page, "small.h5", repeats=1)
         print(
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs before the pages "
             "(a page is a first render: this file version read and drawn; again: another "
