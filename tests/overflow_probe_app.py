@@ -29,6 +29,7 @@ def widgets(label: str, key: str, value: str, delta: str) -> None:
         st.tabs([label, "b"])
 
 
+st.title("Overflow probe")  # the tests wait for a page's title
 with st.container(key="long"):
     widgets(LONG, "long", "12,345,678.9 units", "+1,234,567 units")
 with st.container(key="short"):

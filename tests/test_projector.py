@@ -156,12 +156,16 @@ def drawn_in_full(page) -> None:
     ``settle`` alone watches the toolbar's running icon, which ``toolbarMode = "minimal"`` never
     shows: a page that takes long to run (the Train page imports torch and builds the models
     on a fresh server: 30 s and more on a loaded machine) was measured half drawn. This waits on
-    the script finishing, however long that takes, not on a time budget."""
+    the script finishing and every widget's code being loaded (until then a widget is a grey
+    skeleton with no text to measure), however long that takes, not on a time budget."""
     page.wait_for_function(
         """() => {
           const app = document.querySelector('[data-testid="stApp"]');
           const state = app && app.getAttribute('data-test-script-state');
-          return state && !['initial', 'running', 'rerunRequested'].includes(state);
+          // Widgets whose code is still loading are drawn as grey skeletons, without text.
+          const loading = document.querySelector('[data-testid="stSkeleton"], '
+            + '[data-testid="stSkeletonElement"], [data-testid="stAppSkeleton"]');
+          return state && !['initial', 'running', 'rerunRequested'].includes(state) && !loading;
         }""",
         timeout=300_000,  # a bound for a stuck page only: a slow one is waited for
         polling=200,
@@ -220,7 +224,7 @@ def test_overflow_check_reports_every_cut_label(tmp_path, processes, chromium):
     try:
         page.goto(url)
         page.locator(".st-key-short [data-testid='stTab']").last.wait_for(timeout=60_000)
-        page.wait_for_timeout(500)  # tabs and columns settle their widths
+        drawn_in_full(page)
         page.screenshot(path=str(SHOTS / "projector-overflow-probe.png"), full_page=True)
         found = overflows(page, ".st-key-long")
         kinds = [f.split(' "')[0] for f in found]
