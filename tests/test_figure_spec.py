@@ -116,3 +116,12 @@ def test_lca_histogram_counts_are_a_direct_count():
     drawn = np.r_[np.asarray(fig.data[0].y), np.asarray(fig.data[1].y)]
     np.testing.assert_array_equal(drawn, direct)
     assert fig.data[0].marker.color == F.HELPED and fig.data[1].marker.color == F.HURT
+
+
+def test_capped_colour_bar_title_shows_no_markup_on_a_page():
+    a = RNG.normal(size=(200, 8))
+    a[50, 3] = 1e3  # one outlier caps the colours and is named on the colour bar
+    fig = F.unit_heatmap(a)
+    shown = F.literal_spec(fig)["data"][0]["colorbar"]["title"]["text"]
+    assert "colours capped" in shown and "largest cell" in shown
+    assert "&lt;" not in shown  # no tag left for the page to draw as text
