@@ -147,9 +147,13 @@ def synthetic_run(
 _COMPONENTS = None  # Streamlit's component registry, scanned once as a server does at start
 
 
-def time_apptest(page: str, run: str, repeats: int = 2) -> tuple[list[float], int, int]:
+def time_apptest(
+    page: str, run: str, repeats: int = 2
+) -> tuple[list[float], int, int, list[float]]:
     """Seconds per AppTest render (first, then again as another session would), the number of
-    charts and their JSON size in bytes.
+    charts, their JSON size in bytes, and the CPU seconds of each render (this process, all
+    threads: what the render costs whatever the machine's load; its wall time grows with the
+    load).
 
     Each render is a new session (a new AppTest). The registry of installed Streamlit
     components is scanned once and shared, as the server scans it once at start-up; AppTest
@@ -159,7 +163,7 @@ def time_apptest(page: str, run: str, repeats: int = 2) -> tuple[list[float], in
     from streamlit.testing.v1 import AppTest
 
     global _COMPONENTS
-    times = []
+    times, cpu = [], []
     at = None
     for _ in range(repeats):
         at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=300)
@@ -168,14 +172,15 @@ def time_apptest(page: str, run: str, repeats: int = 2) -> tuple[list[float], in
         at.session_state["run"] = run
         if page == "compare":
             at.session_state["compare_runs"] = [run, "small.h5"]
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         at.run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         _COMPONENTS = getattr(at, "_bidi_component_manager", None)
         if at.exception:
             raise RuntimeError(f"{page}: {at.exception[0].message}")
     charts = at.get("plotly_chart")
-    return times, len(charts), sum(len(c.proto.spec) for c in charts)
+    return times, len(charts), sum(len(c.proto.spec) for c in charts), cpu
 
 
 def time_functions(path: Path) -> dict[str, float]:
@@ -298,6 +303,12 @@ def main() -> None:
     )
     ap.add_argument("--keep", action="store_true", help="keep the generated run files")
     ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use the runs an earlier --keep left in --out (same --steps/--hidden) instead of "
+        "writing them again (1.6 GB); kept afterwards",
+    )
+    ap.add_argument(
         "--server-cpu",
         type=int,
         default=0,
@@ -320,30 +331,42 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["LCA_RUNS_DIR"] = str(folder)
     big = folder / "big.h5"
+    reuse = args.reuse and big.exists() and (folder / "small.h5").exists()
     try:
-        seconds = synthetic_run(big, args.steps, args.hidden)
-        synthetic_run(folder / "small.h5", 50, 32)
+        if not reuse:
+            seconds = synthetic_run(big, args.steps, args.hidden)
+            synthetic_run(folder / "small.h5", 50, 32)
         with lca.open_run(big) as r:
             params, steps = r.num_params, r.num_steps
         size = big.stat().st_size
         print(
             f"synthetic run: {params:,} parameters x {steps:,} steps, record full, "
-            f"{size / 1e9:.2f} GB, written in {seconds:.1f} s"
+            f"{size / 1e9:.2f} GB, "
+            + ("reused from an earlier run" if reuse else f"written in {seconds:.1f} s")
         )
 
-        # Warm up imports (streamlit, plotly, h5py, torch) on the small run first.
-        time_apptest("loss", "small.h5", repeats=1)
+        # Warm up imports (streamlit, plotly and the parts of it each page's figures use, h5py,
+        # torch) on the small run first: a server imports them once, when it draws its first
+        # page, not for every run file it is asked to show.
+        for page in PAGES:
+            time_apptest(page, "small.h5", repeats=1)
         print(
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs before the pages "
             "(a page is a first render: this file version read and drawn; again: another "
             "session, same version)"
         )
-        print(f"{'page':<10}{'first render':>14}{'again':>10}{'charts':>8}{'figure JSON':>14}")
+        print(
+            f"{'page':<10}{'first render':>14}{'again':>10}{'CPU first':>11}{'CPU again':>11}"
+            f"{'charts':>8}{'figure JSON':>14}"
+        )
         worst = 0.0
         for page in PAGES:
-            (first, again), n, nbytes = time_apptest(page, "big.h5")
+            (first, again), n, nbytes, (cpu_first, cpu_again) = time_apptest(page, "big.h5")
             worst = max(worst, first, again)
-            print(f"{page:<10}{first:>12.2f} s{again:>8.2f} s{n:>8}{nbytes / 1e6:>11.2f} MB")
+            print(
+                f"{page:<10}{first:>12.2f} s{again:>8.2f} s{cpu_first:>9.2f} s{cpu_again:>9.2f} s"
+                f"{n:>8}{nbytes / 1e6:>11.2f} MB"
+            )
         print(
             f"slowest page: {worst:.2f} s (target: every page <= 1 s); load average "
             f"{os.getloadavg()[0]:.2f} after"
@@ -352,7 +375,7 @@ def main() -> None:
         for page, sec in time_functions(big).items():
             print(f"  {page:<10}{sec:>8.2f} s")
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(folder, ignore_errors=True)
 
 

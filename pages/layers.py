@@ -214,12 +214,13 @@ def sync_section(path: Path, figures: RunFigures) -> None:
         bind="query-params",
     )
     detrend = c2.toggle(
-        "Compare each step with the layer's recent level (25-step window)",
+        "Remove the shared trend",  # short: the whole sentence was cut in a 1024-px column
         value=True,
         key="sync_detrend",
         bind="query-params",
-        help="All layers learn most at the start; without this, that shared "
-        "trend alone makes peaks coincide.",
+        help="Compare each step with the layer's recent level (a 25-step window). All "
+        "layers learn most at the start; without this, that shared trend alone makes "
+        "peaks coincide.",
     )
     window = 25 if detrend else 0
     version = view_version(path, "synchrony", top, window)

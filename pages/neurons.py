@@ -16,6 +16,7 @@ import streamlit as st
 
 from lca import export, views
 from lca import figures as F
+from lca.store import Reader
 from pages import through_app
 from pages.shared import (
     RunFigures,
@@ -31,6 +32,9 @@ from pages.shared import (
 through_app()  # a bare page run on a fresh server: rerun through app.py
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
+# Cells of the unit × step heatmap (block sums beyond, the cap stated in its title): about as
+# many step columns as a projector shows pixels, for a few hundred units (~0.7 MB sent).
+UNIT_CELLS = 60_000
 TOP_K = 10
 
 
@@ -63,6 +67,7 @@ def units_section(path: Path, v: views.NeuronsView, pos: np.ndarray, figures: Ru
         return F.unit_heatmap(
             z,
             positions=pos[: len(z)],
+            max_cells=UNIT_CELLS,
             title=f"LCA of each unit of {group} on each step (green = helped, red = hurt)",
         )
 
@@ -137,7 +142,11 @@ def values_section(path: Path, v: views.NeuronsView, figures: RunFigures) -> Non
     )
 
     def histogram():
-        values, used = read_view(views.value_sample, path, large=True)
+        # Read here, not through read_view's data cache: the figure is cached per file version
+        # already, and the sample (4 million values, 16 MB) pickled into that cache on every
+        # new version cost more than reading it again when the other scale is asked for.
+        with Reader(path) as r:
+            values, used = views.value_sample(r)
         return F.lca_histogram(values, log=log, steps_used=used, steps_total=v.num_steps)
 
     plot(figures("lca_histogram", histogram, log, v.num_steps), key="neurons_histogram")

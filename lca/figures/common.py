@@ -195,7 +195,9 @@ def robust_colorbar_title(label: str, largest: float | None) -> str:
     """The colour bar's title; says when colours are capped and what the largest cell holds."""
     if largest is None:
         return label
-    return f"{label}<br><sub>colours capped;<br>largest cell<br>{largest:+.2e}</sub>"
+    # No <sub>: pages show figure text literally (lca.figures.literal keeps only <br>), so a
+    # tag would be drawn as text on the colour bar.
+    return f"{label}<br>colours capped;<br>largest cell<br>{largest:+.2e}"
 
 
 def lca_heatmap(
