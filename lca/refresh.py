@@ -7,8 +7,9 @@ than a 2-core server has next to the training run they watch. The pace therefore
 number of sessions watching a live run: ``interval(n)`` is the base interval up to
 ``SESSIONS_PER_BASE`` viewers and grows in proportion beyond, up to ``MOST_SECONDS``; the same
 interval is how long sessions share one version of the file (pages.shared), so the server draws
-each live figure at most once per interval and sends at most ``SESSIONS_PER_BASE / BASE_SECONDS``
-refreshes a second whatever the class size.
+each live figure at most once per interval, and the class asks for at most
+``SESSIONS_PER_BASE / BASE_SECONDS`` refreshes a second up to 50 sessions (beyond, the
+``MOST_SECONDS`` pace).
 
 ``Watchers`` counts the sessions that looked at a live run recently. No Streamlit here.
 """
