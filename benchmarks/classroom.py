@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import resource
 import statistics
 import sys
@@ -296,14 +295,7 @@ async def teacher_visit(url: str) -> float:
     return s.views[0][1]
 
 
-# What a student clicks in the sidebar for each page, and the title the page then shows.
-NAV_LABEL = {
-    "loss": "Loss",
-    "layers": "Layers",
-    "neurons": "Neurons & weights",
-    "playground": "Playground",
-    "home": "Home",
-}
+# The title each page shows (the wait for a page after a click starts there).
 TITLE = {
     "loss": "Loss: does LCA add up?",
     "layers": "Layers: where and when",
@@ -341,9 +333,8 @@ async def browser_session(
         if load:
             await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
         else:
-            link = page.get_by_test_id("stSidebarNavLink").filter(
-                has_text=re.compile(f"^{re.escape(NAV_LABEL[slug])}$")
-            )
+            href = f"{url}/{'' if slug == 'home' else slug}"
+            link = page.locator(f'[data-testid="stSidebarNavLink"][href="{href}"]')
             await link.first.click(timeout=wait_ms)
         await page.locator("h1", has_text=TITLE[slug]).first.wait_for(timeout=wait_ms)
         if slug in COMPONENT_PAGES:
