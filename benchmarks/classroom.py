@@ -16,13 +16,23 @@ Each session cycles through the pages that draw the training run and the Playgro
 ``--dwell`` seconds on each like a student looking at it. A view counts when its first chart
 arrives (a plotly chart; on the Playground, the component, which then runs in the browser).
 
-Prints, measured in this one run: sessions served (every view got its chart and the session did
-not break off), failed views, median and p95 seconds from asking for a page to its first chart
-(per page and in all), the server's CPU seconds and peak RSS (from /proc, its child processes
-included), the machine's load, and the training run's steps/s under load divided by its
-steps/s alone.
+Prints, measured in this one run: the priorities (nice) of the server, the training run and the
+clients; sessions served (every view got its chart and the session did not break off), failed
+views, median and p95 seconds from asking for a page to its first chart (per page and in all),
+the server's CPU seconds and peak RSS (from /proc, its finished child processes included), the
+CPU of the training run, the lightweight clients, the chromium pages and everything else on the
+machine, the server CPU per request, the machine's load, and the training run's steps/s under
+load divided by its steps/s alone.
+
+Before the class, one session alone opens each page (``--solo-views``) and refreshes its live
+fragment: the server CPU-s and bytes of one view and one refresh per page. The chromium tabs
+load the app once and then click the sidebar from page to page, as a student does
+(``--browser-nav goto``: a full page load per view). ``--clients-nice 19`` runs the client side
+(this process's clients and chromium, which stand for the students' own machines) at the lowest
+priority, after the server and the training run were started; the default is normal priority.
 
     python benchmarks/classroom.py [--sessions 30] [--browsers 3] [--seconds 180] [--dwell 8]
+        [--solo-views 2] [--browser-nav click|goto] [--clients-nice 0]
 """
 
 from __future__ import annotations
