@@ -15,7 +15,14 @@ import streamlit as st
 
 from lca import classroom, jobs, runs, views
 from pages import SHELL_KEY, presenter
-from pages.shared import DELETED_KEY, RUN_KEY, TEACHER_KEY, literal, read_view
+from pages.shared import (
+    DELETED_KEY,
+    RUN_KEY,
+    TEACHER_KEY,
+    literal,
+    lower_server_priority,
+    read_view,
+)
 
 ROOT = Path(__file__).resolve().parent
 FAVICON = ROOT / "assets" / "favicon.png"
@@ -186,6 +193,7 @@ def main() -> None:
     )
     pg = st.navigation(build_pages())
     st.session_state[SHELL_KEY] = True  # the pages' through_app(): this run came through here
+    lower_server_priority()  # page runs give way to training (lca.priority; once per server)
     jobs.prewarm()  # one pre-started job process per server: the demo's first step in ~1 s
     presenter.toggle()
     classroom_gate()

@@ -16,19 +16,30 @@ Each session cycles through the pages that draw the training run and the Playgro
 ``--dwell`` seconds on each like a student looking at it. A view counts when its first chart
 arrives (a plotly chart; on the Playground, the component, which then runs in the browser).
 
-Prints, measured in this one run: sessions served (every view got its chart and the session did
-not break off), failed views, median and p95 seconds from asking for a page to its first chart
-(per page and in all), the server's CPU seconds and peak RSS (from /proc, its child processes
-included), the machine's load, and the training run's steps/s under load divided by its
-steps/s alone.
+Prints, measured in this one run: the priorities (nice) of the server, the training run and the
+clients; sessions served (every view got its chart and the session did not break off), failed
+views, median and p95 seconds from asking for a page to its first chart (per page and in all),
+the server's CPU seconds and peak RSS (from /proc, its finished child processes included), the
+CPU of the training run, the lightweight clients, the chromium pages and everything else on the
+machine, the server CPU per request, the machine's load, and the training run's steps/s under
+load divided by its steps/s alone.
+
+Before the class, one session alone opens each page (``--solo-views``) and refreshes its live
+fragment: the server CPU-s and bytes of one view and one refresh per page. The chromium tabs
+load the app once and then click the sidebar from page to page, as a student does
+(``--browser-nav goto``: a full page load per view). ``--clients-nice 19`` runs the client side
+(this process's clients and chromium, which stand for the students' own machines) at the lowest
+priority, after the server and the training run were started; the default is normal priority.
 
     python benchmarks/classroom.py [--sessions 30] [--browsers 3] [--seconds 180] [--dwell 8]
+        [--solo-views 2] [--browser-nav click|goto] [--clients-nice 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import statistics
@@ -49,7 +60,7 @@ PAGES = ["loss", "layers", "neurons", "playground", "home"]
 CHARTLESS = {"home"}  # Home shows the run picker and the demo: a chart is not required there
 COMPONENT_PAGES = {"playground"}  # their "chart" is the browser-side component
 VIEW_TIMEOUT_S = 60.0
-CHROMIUM_CPU = [0.0]  # CPU seconds of the chromium processes, read before they close
+CHROMIUM_CPU = [0.0]  # CPU seconds of chromium and Playwright's driver, read before they close
 RUN = "lesson.h5"
 
 
@@ -60,6 +71,7 @@ class Session:
     views: list[tuple[str, float]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     reruns: int = 0  # live-fragment reruns it asked for
+    loads: list[float] = field(default_factory=list)  # chromium: full page loads (seconds)
 
 
 def proc_cpu_rss(pid: int) -> tuple[float, int]:
@@ -74,14 +86,20 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def proc_nice(pid: int) -> int:
+    """The nice value of a process's main thread (/proc/PID/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def _own_cpu() -> float:
     """CPU seconds of this process (the lightweight clients)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     return me.ru_utime + me.ru_stime
 
 
-def _chromium_cpu() -> float:
-    """CPU seconds of the chromium processes this benchmark started (its descendants)."""
+def _chromium_cpu(exclude: set[int]) -> float:
+    """CPU seconds of the processes this benchmark started for the chromium pages (chromium
+    and Playwright's node driver: its descendants but ``exclude``, the server and the job)."""
     total, todo, seen = 0.0, [os.getpid()], set()
     while todo:
         pid = todo.pop()
@@ -90,14 +108,13 @@ def _chromium_cpu() -> float:
         except OSError:
             continue
         for c in map(int, children):
-            if c in seen:
+            if c in seen or c in exclude:
                 continue
             seen.add(c)
             todo.append(c)
             try:
-                if "chrom" in Path(f"/proc/{c}/comm").read_text():
-                    fields = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()
-                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                fields = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             except OSError:
                 continue
     return total
@@ -147,6 +164,7 @@ async def _until_finished(ws, slug: str, t0: float, seen: dict) -> None:
         raw = await asyncio.wait_for(ws.recv(), timeout=left)
         if isinstance(raw, str):
             continue
+        seen["bytes"] = seen.get("bytes", 0) + len(raw)
         fm = ForwardMsg()
         fm.ParseFromString(raw)
         kind = fm.WhichOneof("type")
@@ -176,31 +194,48 @@ async def _until_finished(ws, slug: str, t0: float, seen: dict) -> None:
             return
 
 
+async def _connect(url: str):
+    import websockets  # installed with Streamlit
+
+    return await websockets.connect(
+        url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None
+    )
+
+
+async def _ask(ws, slug: str, seen: dict, fragment: str | None = None) -> float:
+    """Ask for page ``slug`` (or, with ``fragment``, for that live fragment of it, as the
+    browser's timer does) and read until the run ends; returns the seconds it took. ``seen``
+    holds the tab's message cache and gets what the run sent (first chart, bytes, fragment)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    msg = BackMsg()
+    msg.rerun_script.query_string = f"run={RUN}"
+    msg.rerun_script.page_name = slug
+    msg.rerun_script.cached_message_hashes.extend(seen["cache"])
+    if fragment is not None:
+        msg.rerun_script.page_script_hash = seen.get("page_hash", "")
+        msg.rerun_script.fragment_id = fragment
+        msg.rerun_script.is_auto_rerun = True
+    t0 = time.monotonic()
+    await ws.send(msg.SerializeToString())
+    await _until_finished(ws, slug, t0, seen)
+    return time.monotonic() - t0
+
+
 async def ws_session(
     url: str, pages: list[str], until: float, dwell: float, s: Session, views: int | None = None
 ) -> None:
     """One lightweight client: one websocket session asking for page after page (until
     ``until``, or ``views`` pages)."""
-    import websockets  # installed with Streamlit
-    from streamlit.proto.BackMsg_pb2 import BackMsg
-
-    ws = await websockets.connect(
-        url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None
-    )
+    ws = await _connect(url)
     try:
         cache: dict[str, bool] = {}  # the messages this tab has, which the server may reference
         i = 0
         while time.monotonic() < until and (views is None or i < views):
             slug = pages[i % len(pages)]
             i += 1
-            msg = BackMsg()
-            msg.rerun_script.query_string = f"run={RUN}"
-            msg.rerun_script.page_name = slug
-            msg.rerun_script.cached_message_hashes.extend(cache)
             seen: dict = {"cache": cache}
-            t0 = time.monotonic()
-            await ws.send(msg.SerializeToString())
-            await _until_finished(ws, slug, t0, seen)
+            await _ask(ws, slug, seen)
             if "chart" in seen:
                 s.views.append((slug, seen["chart"]))
             elif slug not in CHARTLESS:
@@ -213,19 +248,51 @@ async def ws_session(
                 if time.monotonic() + interval >= leave:
                     break
                 await asyncio.sleep(interval)
-                again = BackMsg()
-                again.rerun_script.query_string = f"run={RUN}"
-                again.rerun_script.page_name = slug
-                again.rerun_script.page_script_hash = seen.get("page_hash", "")
-                again.rerun_script.fragment_id = fragment
-                again.rerun_script.is_auto_rerun = True
-                again.rerun_script.cached_message_hashes.extend(cache)
-                await ws.send(again.SerializeToString())
-                await _until_finished(ws, slug, time.monotonic(), seen)
+                await _ask(ws, slug, seen, fragment)
                 s.reruns += 1
             await asyncio.sleep(max(0.0, leave - time.monotonic()))
     finally:
         await ws.close()
+
+
+@dataclass
+class Solo:
+    """One session alone on the server, per page: server CPU-s and bytes of each full view and
+    of each live-fragment refresh, and the refresh interval the page asked for."""
+
+    view_cpu: list[float] = field(default_factory=list)
+    view_bytes: list[int] = field(default_factory=list)
+    refresh_cpu: list[float] = field(default_factory=list)
+    refresh_bytes: list[int] = field(default_factory=list)
+    interval: float | None = None
+
+
+async def solo_costs(url: str, server_pid: int, views: int, refreshes: int) -> dict[str, Solo]:
+    """What one page view and one live refresh cost the server, one session alone (before the
+    class): for each page, ``views`` fresh tabs (a new session, as a student opening the link)
+    each asking for the page, then ``refreshes`` timed refreshes of its live fragment."""
+    out: dict[str, Solo] = {}
+    for slug in PAGES:
+        solo = out.setdefault(slug, Solo())
+        for _ in range(views):
+            ws = await _connect(url)
+            try:
+                seen: dict = {"cache": {}}
+                cpu0 = proc_cpu_rss(server_pid)[0]
+                await _ask(ws, slug, seen)
+                solo.view_cpu.append(proc_cpu_rss(server_pid)[0] - cpu0)
+                solo.view_bytes.append(seen.get("bytes", 0))
+                for _ in range(refreshes if "fragment" in seen else 0):
+                    fragment, solo.interval = seen["fragment"]
+                    await asyncio.sleep(solo.interval)
+                    seen["bytes"] = 0
+                    cpu0 = proc_cpu_rss(server_pid)[0]
+                    await _ask(ws, slug, seen, fragment)
+                    solo.refresh_cpu.append(proc_cpu_rss(server_pid)[0] - cpu0)
+                    solo.refresh_bytes.append(seen["bytes"])
+            finally:
+                await ws.close()
+    return out
 
 
 async def teacher_visit(url: str) -> float:
@@ -238,46 +305,93 @@ async def teacher_visit(url: str) -> float:
     return s.views[0][1]
 
 
+# The title each page shows (the wait for a page after a click starts there).
+TITLE = {
+    "loss": "Loss: does LCA add up?",
+    "layers": "Layers: where and when",
+    "neurons": "Neurons & weights: who did",
+    "playground": "Playground",
+    "home": "LCA Lab",
+}
+FRESH_CHART = (  # a chart of the current script run (a previous page's charts are stale)
+    '[data-testid="stMain"] [data-testid="stElementContainer"][data-stale="false"] '
+    '[data-testid="stPlotlyChart"] .main-svg'
+)
+
+
 async def browser_session(
-    browser, url: str, pages: list[str], until: float, dwell: float, s: Session
+    browser,
+    url: str,
+    pages: list[str],
+    until: float,
+    dwell: float,
+    s: Session,
+    nav: str = "click",
 ) -> None:
-    """One real chromium tab: open each page, wait until its first chart is drawn."""
+    """One real chromium tab: open each page, wait until its first chart is drawn.
+
+    ``nav="click"``: the tab loads the app once (its first page, a full page load, also noted in
+    ``s.loads``) and then moves from page to page by clicking the sidebar, as a student does;
+    ``nav="goto"``: every page is a new full page load (the address typed again).
+    """
     page = await browser.new_page(viewport={"width": 1024, "height": 768})
     page.set_default_navigation_timeout(VIEW_TIMEOUT_S * 1000)
+    page.set_default_timeout(VIEW_TIMEOUT_S * 1000)
+    wait_ms = VIEW_TIMEOUT_S * 1000
+
+    async def view(slug: str, load: bool) -> None:
+        if load:
+            await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
+        else:
+            href = f"{url}/{'' if slug == 'home' else slug}"
+            link = page.locator(f'[data-testid="stSidebarNavLink"][href="{href}"]')
+            await link.first.click(timeout=wait_ms)
+        await page.locator("h1", has_text=TITLE[slug]).first.wait_for(timeout=wait_ms)
+        if slug in COMPONENT_PAGES:
+            await (
+                page.frame_locator('[data-testid="stMain"] iframe')
+                .first.locator("svg, canvas")
+                .first.wait_for(timeout=wait_ms)
+            )
+        elif slug not in CHARTLESS:
+            await page.locator(FRESH_CHART).first.wait_for(timeout=wait_ms)
+
     try:
         i = 0
         while time.monotonic() < until:
             slug = pages[i % len(pages)]
+            load = i == 0 or nav == "goto"
             i += 1
             t0 = time.monotonic()
             try:
-                await page.goto(f"{url}/{'' if slug == 'home' else slug}?run={RUN}")
-                if slug in COMPONENT_PAGES:
-                    await (
-                        page.frame_locator('[data-testid="stMain"] iframe')
-                        .first.locator("svg, canvas")
-                        .first.wait_for(timeout=VIEW_TIMEOUT_S * 1000)
-                    )
-                else:
-                    await page.locator(
-                        '[data-testid="stMain"] [data-testid="stPlotlyChart"] .main-svg'
-                    ).first.wait_for(timeout=VIEW_TIMEOUT_S * 1000)
-                s.views.append((slug, time.monotonic() - t0))
+                # Bounded as a whole: a starved renderer must not hold the class open.
+                await asyncio.wait_for(view(slug, load), 2 * VIEW_TIMEOUT_S)
+                if slug not in CHARTLESS:
+                    s.views.append((slug, time.monotonic() - t0))
+                    if load:
+                        s.loads.append(time.monotonic() - t0)
             except Exception:  # noqa: BLE001 - a timeout is a failed view, counted
                 if slug not in CHARTLESS:
-                    said = await page.locator(
-                        '[data-testid="stAlert"], [data-testid="stException"]'
-                    ).all_inner_texts()
+                    try:
+                        said = await asyncio.wait_for(
+                            page.locator(
+                                '[data-testid="stAlert"], [data-testid="stException"]'
+                            ).all_inner_texts(),
+                            10,
+                        )
+                    except Exception:  # noqa: BLE001
+                        said = ["(the page did not answer)"]
                     s.failures.append(
                         (slug, f"no chart in the browser; it said: {' / '.join(said)[:300]}")
                     )
             await asyncio.sleep(max(0.0, min(until, time.monotonic() + dwell) - time.monotonic()))
     finally:
-        await page.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(page.close(), 30)
 
 
 async def run_class(
-    url: str, n: int, browsers: int, seconds: float, dwell: float
+    url: str, n: int, browsers: int, seconds: float, dwell: float, exclude: set[int], nav: str
 ) -> tuple[list[Session], int]:
     from playwright.async_api import async_playwright
 
@@ -289,20 +403,39 @@ async def run_class(
         for i in range(n):
             order = PAGES[i % len(PAGES) :] + PAGES[: i % len(PAGES)]  # spread the pages
             if i < browsers:
-                tasks.append(browser_session(b, url, order, until, dwell, sessions[i]))
+                session = browser_session(b, url, order, until, dwell, sessions[i], nav)
             else:
-                tasks.append(ws_session(url, order, until, dwell, sessions[i]))
+                session = ws_session(url, order, until, dwell, sessions[i])
+            tasks.append(asyncio.create_task(session))  # starts now, 0.1 s after the previous
             await asyncio.sleep(0.1)  # students do not all press Enter in the same millisecond
         done = await asyncio.gather(*tasks, return_exceptions=True)
-        CHROMIUM_CPU[0] = _chromium_cpu()  # before they exit
+        CHROMIUM_CPU[0] = _chromium_cpu(exclude)  # before they exit
         if b is not None:
-            await b.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(b.close(), 60)
     crashed = 0
     for s, d in zip(sessions, done, strict=True):
         if isinstance(d, BaseException):
             crashed += 1
             s.failures.append(("session", f"{type(d).__name__}: {d}"))
     return sessions, crashed
+
+
+def print_solo(solo: dict[str, Solo]) -> None:
+    """The table of one session alone: server CPU and bytes per view and per live refresh."""
+    print("one session alone (server CPU-s from /proc, bytes received; median):", flush=True)
+    for slug, s in solo.items():
+        line = (
+            f"  {slug:10s} view {statistics.median(s.view_cpu):.3f} CPU-s, "
+            f"{statistics.median(s.view_bytes) / 1024:.0f} KiB"
+        )
+        if s.refresh_cpu:
+            line += (
+                f"; live refresh every {s.interval:g} s: "
+                f"{statistics.median(s.refresh_cpu):.3f} CPU-s, "
+                f"{statistics.median(s.refresh_bytes) / 1024:.0f} KiB"
+            )
+        print(line, flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -317,6 +450,28 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--dwell", type=float, default=8.0, help="seconds a student stays on a page")
     ap.add_argument("--alone", type=float, default=15.0, help="seconds to time training alone")
+    ap.add_argument(
+        "--solo-views",
+        type=int,
+        default=2,
+        help="before the class, one session alone opens each page this many times (server CPU "
+        "and bytes per view; 0: skip)",
+    )
+    ap.add_argument(
+        "--browser-nav",
+        choices=("click", "goto"),
+        default="click",
+        help="how a chromium page moves to the next page: click the sidebar, as a student does "
+        "(the app is loaded once), or goto: a full page load every time (the address typed)",
+    )
+    ap.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        help="run the client side (this process's lightweight clients and the chromium pages, "
+        "which stand for the students' own machines) at this nice value, so they take only the "
+        "CPU the server and the training run leave (0: normal priority, as the other processes)",
+    )
     args = ap.parse_args()
     print(
         f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); "
@@ -343,20 +498,40 @@ def main() -> None:
                 time.sleep(0.5)
             first = asyncio.run(teacher_visit(url))
             print(f"teacher's first visit after the server started: {first:.1f} s", flush=True)
+            print(
+                f"priorities (nice): the server's main thread and page runs "
+                f"{proc_nice(proc.pid)}, the training run {proc_nice(job.pid)}, the clients "
+                f"{os.getpriority(os.PRIO_PROCESS, 0) + args.clients_nice}",
+                flush=True,
+            )
+            if args.solo_views:
+                print_solo(asyncio.run(solo_costs(url, proc.pid, args.solo_views, 2)))
             busy0, total0 = machine_busy()
             alone = steps_per_second(path, args.alone)
             busy1, total1 = machine_busy()
             cpu0, _ = proc_cpu_rss(proc.pid)
             job0, _ = proc_cpu_rss(job.pid)
+            if args.clients_nice:
+                # This thread runs the lightweight clients and starts chromium (its children
+                # inherit it); the server and the training run were started before.
+                os.nice(args.clients_nice)
             me0 = _own_cpu()
             s0, t0 = steps_done(path), time.monotonic()
             sessions, crashed = asyncio.run(
-                run_class(url, args.sessions, args.browsers, args.seconds, args.dwell)
+                run_class(
+                    url,
+                    args.sessions,
+                    args.browsers,
+                    args.seconds,
+                    args.dwell,
+                    {proc.pid, job.pid},
+                    args.browser_nav,
+                )
             )
             loaded = (steps_done(path) - s0) / (time.monotonic() - t0)
             cpu1, rss = proc_cpu_rss(proc.pid)
             job1, _ = proc_cpu_rss(job.pid)
-            me1 = _own_cpu() + CHROMIUM_CPU[0]
+            me1 = _own_cpu()
             wall = time.monotonic() - t0
             busy2, total2 = machine_busy()
             load_during = os.getloadavg()[0]
@@ -393,21 +568,34 @@ def main() -> None:
     if browsers:
         print(
             f"  in the chromium pages only: median {statistics.median(browsers):.2f} s, "
-            f"p95 {pct(browsers, 95):.2f} s ({len(browsers)} views)"
+            f"p95 {pct(browsers, 95):.2f} s ({len(browsers)} views, moving between pages by "
+            f"{'clicking the sidebar' if args.browser_nav == 'click' else 'full page loads'})"
         )
+    loads = [sec for s in sessions[: args.browsers] for sec in s.loads]
+    if loads and args.browser_nav == "click":
+        print(f"  their first full page load: {', '.join(f'{x:.2f}' for x in loads)} s")
     print(
         f"server: {cpu1 - cpu0:.1f} CPU-s in {wall:.0f} s ({(cpu1 - cpu0) / wall:.2f} cores), "
         f"peak RSS {rss / 2**20:.0f} MiB"
     )
     cores = os.cpu_count() or 1
+    chromium = CHROMIUM_CPU[0] / wall
     class_busy = (busy2 - busy1) / (total2 - total1) * cores
     print(
         f"machine: {(busy1 - busy0) / (total1 - total0) * cores:.2f} cores busy while training "
         f"alone, {class_busy:.2f} during the class (load average {load_during:.2f} at its end); "
         f"during the class the server took {(cpu1 - cpu0) / wall:.2f} cores, the training run "
-        f"{(job1 - job0) / wall:.2f}, this benchmark's clients and chromium "
-        f"{(me1 - me0) / wall:.2f}, everything else on the machine "
-        f"{max(0.0, class_busy - (cpu1 - cpu0 + job1 - job0 + me1 - me0) / wall):.2f}"
+        f"{(job1 - job0) / wall:.2f}, this benchmark's lightweight clients "
+        f"{(me1 - me0) / wall:.2f}, the chromium pages (and Playwright's driver) "
+        f"{chromium:.2f}, everything else on the machine "
+        f"{max(0.0, class_busy - (cpu1 - cpu0 + job1 - job0 + me1 - me0) / wall - chromium):.2f}"
+        + (f" (clients at nice {args.clients_nice})" if args.clients_nice else "")
+    )
+    refreshes = sum(s.reruns for s in sessions)
+    print(
+        f"server CPU per request in the class: {(cpu1 - cpu0) / max(1, len(views) + refreshes):.3f}"
+        f" CPU-s ({len(views)} views + {refreshes} live refreshes of the lightweight clients; the"
+        " chromium pages' own refreshes are not counted)"
     )
     before_after = (alone + alone_after) / 2
     print(

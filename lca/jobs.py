@@ -40,7 +40,7 @@ import torch
 
 import data
 
-from . import models, runs, warm
+from . import models, priority, runs, warm
 from .allocate import Layout, model_layout, tracker_declarations
 from .config import RunConfig
 from .store import estimate_bytes as store_estimate
@@ -462,7 +462,10 @@ def start(config: RunConfig, name: str | None = None, folder: str | Path | None 
         popen, ticket = _start_warm(argv, out, err, env)
         if popen is None:
             with open(out, "wb") as fo, open(err, "wb") as fe:
-                popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                # From the spawner thread: the job trains at the server's original priority
+                # even when the page threads run lower (lca.priority).
+                popen = priority.spawn(
+                    subprocess.Popen,  # noqa: S603 - our own interpreter and module
                     [sys.executable, "-m", "lca", *argv],
                     cwd=str(PROJECT_ROOT),
                     env=env,

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lca import priority
+
 ENV_SWITCH = "LCA_WARM_WORKER"
 READY_SUFFIX = ".ready"
 WARMUP_STEPS = 3  # the demo's first steps, trained once and thrown away: first-call costs
@@ -121,7 +123,10 @@ def _spawn(env: dict[str, str], folder: Path) -> Worker:
     where.mkdir(parents=True, exist_ok=True)
     _COUNT += 1
     ticket = str(where / f"warm-{os.getpid()}-{_COUNT}-{int(time.time() * 1000)}")
-    popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    # From the spawner thread: the job it will run trains at the server's original priority
+    # even when the page threads run lower (lca.priority).
+    popen = priority.spawn(
+        subprocess.Popen,  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "lca.warm", ticket],
         cwd=str(PROJECT_ROOT),
         env=env,

@@ -27,7 +27,7 @@ import plotly.io as pio
 import pyarrow  # noqa: F401
 import streamlit as st
 
-from lca import classroom, runs, views
+from lca import classroom, priority, refresh, runs, views
 from lca.figures.literal import literal_spec
 from lca.store import Reader, RunFileError
 from lca.store.lock import holder, lock_path
@@ -36,7 +36,8 @@ from pages import presenter
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
-LIVE_SECONDS = 2.0  # how often live panels re-read a running file
+LIVE_SECONDS = 2.0  # how often live panels re-read a running file (with few viewers)
+WATCHERS = refresh.Watchers()  # the sessions watching a live run: they set the pace
 
 
 # What Streamlit markdown would turn into markup: emphasis, code, links and images, HTML,
@@ -175,7 +176,7 @@ def view_version(path: Path, *key: Any) -> tuple[int, int]:
     writes the file (``shared_version``). Take it before reading: the data read is then at
     least as new as the key."""
     stamp = file_stamp(path)
-    return shared_version(("view", str(path), *key), stamp, writing(path))
+    return shared_version(("view", str(path), *key), stamp, writing(path), live_window())
 
 
 # The versions shared while a run is written: key -> (when first used, writer, version).
@@ -199,9 +200,12 @@ def writing(path: Path) -> tuple[int, int, int] | None:
     return run.st_ino, lock.st_ino, lock.st_mtime_ns
 
 
-def shared_version(key: tuple, stamp: tuple, writer: tuple[int, int, int] | None) -> tuple:
+def shared_version(
+    key: tuple, stamp: tuple, writer: tuple[int, int, int] | None, window: float = LIVE_SECONDS
+) -> tuple:
     """``stamp``, or, while ``writer`` still writes the file, the version ``key`` was first
-    used at by any session less than ``LIVE_SECONDS`` ago.
+    used at by any session less than ``window`` seconds ago (``live_window()``: the refresh
+    interval, longer for a whole class).
 
     A run being written changes every second or so, so a class of 30 watching it would read
     and draw everything again for nearly every session. Sharing the version for one refresh
@@ -219,7 +223,7 @@ def shared_version(key: tuple, stamp: tuple, writer: tuple[int, int, int] | None
             and last[1] == writer
             and stamp[0] >= last[2][0]  # the same file, written on (never older or smaller)
             and stamp[1] >= last[2][1]
-            and now - last[0] < LIVE_SECONDS
+            and now - last[0] < window
         ):
             return last[2]
         _LIVE.pop(key, None)
@@ -227,6 +231,47 @@ def shared_version(key: tuple, stamp: tuple, writer: tuple[int, int, int] | None
         while len(_LIVE) > _LIVE_KEEP:
             _LIVE.pop(next(iter(_LIVE)))
     return stamp
+
+
+def _session_id() -> str | None:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return None if ctx is None else ctx.session_id
+
+
+def _projector() -> bool:
+    """The teacher's unlocked session in classroom mode: its live charts keep the base pace."""
+    return classroom.enabled() and bool(st.session_state.get(TEACHER_KEY))
+
+
+def live_seconds() -> float:
+    """This session's live refresh interval, noting that it watches a live run: LIVE_SECONDS
+    with few viewers, longer for a class (``lca.refresh.interval``); the teacher's session in
+    classroom mode keeps LIVE_SECONDS."""
+    session = _session_id()
+    watchers = WATCHERS.note(session) if session else WATCHERS.count()
+    return LIVE_SECONDS if _projector() else refresh.interval(watchers, base=LIVE_SECONDS)
+
+
+def live_window() -> float:
+    """How long sessions share one version of a live run (``shared_version``): the class's
+    refresh interval, so a live figure is drawn at most once per interval whatever the class
+    size; LIVE_SECONDS for the teacher's session in classroom mode (the projector stays fresh,
+    and the students then share the teacher's newer version)."""
+    if _projector():
+        return LIVE_SECONDS
+    return refresh.interval(WATCHERS.count(), base=LIVE_SECONDS)
+
+
+def lower_server_priority() -> int:
+    """On a real server (not AppTest), once: page runs at a lower CPU priority than the
+    training jobs the server starts (``lca.priority``); returns by how much (0: not lowered)."""
+    from streamlit import runtime
+
+    if not runtime.exists() or type(runtime.get_instance()) is not runtime.Runtime:
+        return 0
+    return priority.lower_server()
 
 
 def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
@@ -304,7 +349,7 @@ class RunFigures:
 
     def __call__(self, name: str, make: Callable[[], go.Figure], *options: Any) -> PreparedFigure:
         key = ("figure", self.path, name, tuple(options))
-        version = shared_version(key, self.stamp, self.writer)
+        version = shared_version(key, self.stamp, self.writer, live_window())
         return _figure_spec(name, self.path, version, tuple(options), make)
 
 
@@ -358,7 +403,8 @@ def download_csv(
 
 
 def show_run(render: Callable[[Path], object]) -> None:
-    """Draw ``render(path)`` for the selected run; while it trains, redraw every LIVE_SECONDS.
+    """Draw ``render(path)`` for the selected run; while it trains, redraw every
+    ``live_seconds()`` (LIVE_SECONDS with few viewers, longer for a whole class).
 
     A live run's charts sit in a fragment that re-reads the file on a timer; when ``render``
     reports the run is no longer running (returns falsy), the page reruns once more without the
@@ -373,8 +419,9 @@ def show_run(render: Callable[[Path], object]) -> None:
         _render_or_explain(render, path)
         return
 
-    @st.fragment(run_every=LIVE_SECONDS)
+    @st.fragment(run_every=live_seconds())
     def live() -> None:
+        live_seconds()  # still watching: counted in the class's pace
         if not _render_or_explain(render, path):
             st.rerun()
 
