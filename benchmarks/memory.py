@@ -174,6 +174,7 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+
     def run(mode: str, variant: str) -> dict:
         cmd = [sys.executable, __file__, "--child", mode, "--variant", variant]
         cmd += ["--steps", str(args.steps), "--hidden", args.hidden]

@@ -568,9 +568,7 @@ def gather(
     comparison = relay.compare
     if world == 1:
         return comparison
-    val_total = (
-        None if relay.val_total is None else relay.val_total.detach().cpu().double().clone()
-    )
+    val_total = None if relay.val_total is None else relay.val_total.detach().cpu().double().clone()
     gathered = distributed.gather_objects((relay.kept, comparison, val_total), dst=0)
     if gathered is None:  # not rank 0: its records went to rank 0
         return comparison

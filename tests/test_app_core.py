@@ -401,9 +401,7 @@ def test_live_layer_lines_name_the_helped_band_below_and_the_hurt_band_above():
     assert labels["hurt"] == (HURT, 0.98, "top")
 
 
-def test_train_page_says_a_large_run_and_what_smaller_records_would_write(
-    runs_folder, monkeypatch
-):
+def test_train_page_says_a_large_run_and_what_smaller_records_would_write(runs_folder, monkeypatch):
     from lca.store import schema
 
     monkeypatch.setattr(schema, "LARGE_RUN_BYTES", 1)  # any run is "large" now

@@ -185,9 +185,7 @@ def _tracked_run(tmp_path: Path, name: str, release: bool) -> tuple[list, torch.
         steps.append({n: a.clone() for n, a in tracker.last.per_param.items()})
     tracker.close()
     with h5py.File(tmp_path / f"{name}.h5") as f:
-        stored = {
-            k: f[f"params/{k}/{d}"][()] for k in f["params"] for d in ("lca", "total")
-        }
+        stored = {k: f[f"params/{k}/{d}"][()] for k in f["params"] for d in ("lca", "total")}
     cumulative = torch.cat([c.reshape(-1) for c in tracker.cumulative.values()])
     return steps, cumulative, stored
 

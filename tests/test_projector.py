@@ -66,8 +66,7 @@ LABELS = [
     ("menu link", '[data-testid="stSidebarNavLink"]'),
     (
         "heading",
-        '[data-testid="stHeading"] h1, [data-testid="stHeading"] h2, '
-        '[data-testid="stHeading"] h3',
+        '[data-testid="stHeading"] h1, [data-testid="stHeading"] h2, [data-testid="stHeading"] h3',
     ),
 ]
 
