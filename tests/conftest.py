@@ -198,3 +198,19 @@ def _no_process_left_behind() -> Iterator[None]:
             continue
         warnings.warn(f"a test left process {pid} running ({cmd[:120]}); ended it", stacklevel=1)
         _end_pid(pid)
+
+
+@pytest.fixture(autouse=True)
+def _main_module_restored() -> Iterator[None]:
+    """Put back ``sys.modules['__main__']`` after each test.
+
+    Why: Streamlit's script runner installs the page it runs as ``__main__`` (AppTest included)
+    and leaves it there; a later test that spawns processes (torch.multiprocessing, gloo ranks)
+    then makes every child re-run that page script as its main module, and the child dies.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
