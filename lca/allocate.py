@@ -822,8 +822,7 @@ class Tracker:
         )
         # Give the pages a step freed back to the OS after each segment (lca.memory): only for
         # models whose step buffers are big enough for it to matter; settable per tracker.
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        self.release_memory = self.space.numel * itemsize >= RELEASE_MIN_BYTES
+        self.release_memory = self.space.numel * dtype.itemsize >= RELEASE_MIN_BYTES
         self.keep_cumulative = keep_cumulative
         # Every error_every-th optimizer step (the 1st, (k+1)-th, …) also gets Simpson's 1- vs
         # 2-panel per-parameter error estimate in ERROR_SERIES; 0: never.

@@ -36,7 +36,7 @@ from pages import presenter
 RUN_KEY = "run"  # session-state key and URL query parameter of the selected run
 TEACHER_KEY = "_teacher_unlocked"  # session: this browser unlocked classroom mode
 DELETED_KEY = "_deleted_runs"  # runs this user deleted on the Runs page: app.py won't warn
-LIVE_SECONDS = 2.0  # how often live panels re-read a running file (with few viewers)
+LIVE_SECONDS = refresh.BASE_SECONDS  # how often live panels re-read a running file (few viewers)
 WATCHERS = refresh.Watchers()  # the sessions watching a live run: they set the pace
 
 

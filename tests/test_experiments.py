@@ -389,15 +389,19 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     _fake_data(data_dir)
-    path = run_one(
-        "helped",
-        tmp_path / "out",
-        tiny=True,
-        data_dir=str(data_dir),
-        scale="paper",
-        dataset="fashion-mnist",
-        log=lambda _m: None,
-    )
+
+    def paper_scale(name: str) -> Path:
+        return run_one(
+            name,
+            tmp_path / "out",
+            tiny=True,
+            data_dir=str(data_dir),
+            scale="paper",
+            dataset="fashion-mnist",
+            log=lambda _m: None,
+        )
+
+    path = paper_scale("helped")
     files = run_files(path.read_text(), tmp_path / "out" / "runs")
     # --tiny shrinks every run, so the paper-scale ones say they are reduced.
     paper = {"paper-fashion-mnist-fc-mnist-reduced", "paper-fashion-mnist-lenet-reduced"}
@@ -406,15 +410,7 @@ def test_paper_scale_adds_protocol_runs(tmp_path: Path) -> None:
         assert r.config["method"] == "rk4-paper" and r.config["dataset"] == "fashion-mnist"
         assert r.status == "complete"
     # Freezing the last layer is tested at the paper's protocol too: same runs, `out` frozen.
-    freeze = run_one(
-        "freeze",
-        tmp_path / "out",
-        tiny=True,
-        data_dir=str(data_dir),
-        scale="paper",
-        dataset="fashion-mnist",
-        log=lambda _m: None,
-    )
+    freeze = paper_scale("freeze")
     frozen = run_files(freeze.read_text(), tmp_path / "out" / "runs")
     with Reader(frozen["paper-fashion-mnist-fc-mnist-reduced-freeze-out"]) as r:
         out_rows = [i for i, n in enumerate(r.names) if n.startswith("out.")]
