@@ -32,9 +32,9 @@ from pages.shared import (
 through_app()  # a bare page run on a fresh server: rerun through app.py
 
 IMAGE_UNITS = 64  # first-layer images shown before "show all"
-# Cells of the unit × step heatmap (block sums beyond, the cap stated in its title): about as
-# many step columns as a projector shows pixels, for a few hundred units (~0.7 MB sent).
-UNIT_CELLS = 60_000
+# Cells of the unit × step heatmap (block sums beyond, the cap stated in its title): about two
+# screen pixels per step column for 64 units, fewer columns for wider layers (~170 kB sent).
+UNIT_CELLS = 32_000
 TOP_K = 10
 
 

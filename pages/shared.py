@@ -29,6 +29,7 @@ import streamlit as st
 
 from lca import classroom, priority, refresh, runs, views
 from lca.figures.literal import literal_spec
+from lca.figures.screen import screen_spec
 from lca.store import Reader, RunFileError
 from lca.store.lock import holder, lock_path
 from pages import presenter
@@ -314,10 +315,12 @@ class PreparedFigure(go.Figure):
 
 def prepare(fig: go.Figure) -> PreparedFigure:
     """``fig`` as the browser will get it: strings shown literally (``literal_spec``), numpy
-    arrays as plotly's typed-array JSON, so sending it again costs only the JSON encoding."""
+    arrays as plotly's typed-array JSON at screen precision (``screen_spec``: float32), so
+    sending it again costs only the JSON encoding."""
     if isinstance(fig, PreparedFigure):
         return fig
-    return PreparedFigure(json.loads(pio.to_json(literal_spec(fig), validate=False)))
+    spec = screen_spec(literal_spec(fig))
+    return PreparedFigure(json.loads(pio.to_json(spec, validate=False)))
 
 
 @st.cache_resource(max_entries=96, show_spinner=False)

@@ -243,7 +243,14 @@ def test_peak_raster_and_synchrony_figure():
     series = RNG.normal(size=(200, 3))
     res = synchrony(series, shifts=200)
     raster = F.peak_raster(res.peaks, ["a", "b", "c"])
-    assert len(raster.data[0].x) == res.peaks.sum()
+    # One trace per layer: a vertical tick (two ends and a gap) at each of its peak steps.
+    assert [t.name for t in raster.data] == [n for n, row in zip("abc", res.peaks) if row.any()]
+    for trace in raster.data:
+        i = "abc".index(trace.name)
+        x = np.asarray(trace.x, dtype=float)
+        np.testing.assert_array_equal(x[0::3], np.flatnonzero(res.peaks[i]) + 1)
+        np.testing.assert_array_equal(x[1::3], x[0::3])
+        assert np.isnan(x[2::3]).all() and trace.mode == "lines"
     fig = F.synchrony_figure(res)
     assert isinstance(fig.data[0], go.Histogram) and len(fig.data[0].x) == 200
     assert any(s.type == "line" for s in fig.layout.shapes)  # the observed value

@@ -30,6 +30,7 @@ from .common import (
 
 __all__ = [
     "INTERVENTION",
+    "STEP_COLUMNS",
     "block_centres",
     "step_axis",
     "step_positions",
@@ -40,9 +41,14 @@ __all__ = [
 INTERVENTION = "#7b3294"  # purple: a segment where a technique moved weights (e.g. a prune)
 MEASURED = "#252525"  # the measured loss
 PREDICTED = "#2c7fb8"  # L_0 + cumulative ΣA
-MAX_POINTS = 4000  # points per curve sent to the browser
-CLICK_CELLS = 20_000  # cells of a clickable heatmap (one invisible marker per cell)
-GL_POINTS = 1500  # above this many points a curve is drawn with WebGL (Scattergl)
+# What is sent to a browser is sized to what a screen shows: a plot is ~1,000 px wide on a
+# 1440-px screen (~750 on a projector), so more points or step columns than about two per pixel
+# cost bytes, parsing and drawing (in every student's browser) and show nothing more.
+# TensorBoard draws 1,000 points per scalar curve for the same reason.
+MAX_POINTS = 2000  # points per curve sent to the browser
+STEP_COLUMNS = 500  # block-summed step columns of a step heatmap or a bar chart over steps
+CLICK_CELLS = 4_000  # cells of a clickable heatmap (one invisible SVG marker per cell)
+GL_POINTS = 5000  # above this many points a curve is drawn with WebGL (Scattergl)
 
 
 def curve(**kwargs: Any) -> go.Scatter | go.Scattergl:

@@ -69,7 +69,9 @@ def collapse_figure(
                 x=steps,
                 y=np.maximum(v, FLOOR),
                 customdata=v,
-                mode="lines+markers",
+                # Markers show where each measurement is while there are few; on a long run
+                # they would be thousands of SVG nodes for a line that shows the same.
+                mode="lines+markers" if len(steps) <= 200 else "lines",
                 name=label,
                 line={"color": series_color(j), "width": 2},
                 hovertemplate=f"{label}<br>step %{{x}}: %{{customdata:.3e}}<extra></extra>",

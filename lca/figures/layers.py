@@ -18,6 +18,7 @@ from lca.segments import step_axis
 
 from .axes import (
     CLICK_CELLS,
+    STEP_COLUMNS,
     block_centres,
     curve,
     thin,
@@ -97,7 +98,8 @@ def layer_step_heatmap(
     title: str = "LCA of each layer on each step (green = helped, red = hurt)",
     height: int | None = None,
 ) -> go.Figure:
-    """Layer × step heatmap of (T, L) ``layer_lca``, steps block-summed to ``max_cells`` cells.
+    """Layer × step heatmap of (T, L) ``layer_lca``, steps block-summed to ``max_cells`` cells
+    and at most ``STEP_COLUMNS`` columns.
 
     Every cell is the exact sum of its steps. With ``clickable``, an almost invisible marker sits
     on every cell centre (a heatmap itself reports no clicks); its customdata is
@@ -107,7 +109,7 @@ def layer_step_heatmap(
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         return empty_figure("No steps have been recorded yet.")
     t, nl = a.shape
-    sums, starts, _ = block_sum(a, max(1, max_cells // nl))
+    sums, starts, _ = block_sum(a, max(1, min(STEP_COLUMNS, max_cells // nl)))
     first, last, centre = block_centres(starts, t, positions=step_axis(kind, t))
     # Whole step numbers for the hover and the click (an intervention sits at k + 0.5).
     first, last = np.floor(first).astype(np.int64), np.ceil(last).astype(np.int64)
@@ -225,30 +227,44 @@ def peak_raster(
     title: str = "Peak steps of each layer (its top steps by |LCA|)",
     height: int | None = None,
 ) -> go.Figure:
-    """One dot per (layer, peak step): columns of dots are steps where many layers peak."""
+    """One tick per (layer, peak step): columns of ticks are steps where many layers peak.
+
+    A classic raster: each layer's ticks are one line trace of vertical segments (x = step,
+    broken by gaps), so the browser draws one SVG path per layer instead of one marker per peak
+    (thousands of DOM nodes on a long run, seconds in a student's browser). Hovering a tick's
+    end shows its layer and step."""
     p = np.asarray(peaks, dtype=bool)
     if p.ndim != 2 or not p.any():
         return empty_figure("No peaks to show.")
-    rows, cols = np.nonzero(p)
     labels = list(names)
-    fig = go.Figure(
-        curve(
-            x=cols + 1,
-            y=[labels[i] for i in rows],
-            mode="markers",
-            marker={
-                "symbol": "line-ns-open",
-                "size": 12,
-                "color": "#253494",
-                "line": {"width": 2, "color": "#253494"},
-            },
-            hovertemplate="%{y}<br>peak at step %{x}<extra></extra>",
-            showlegend=False,
+    fig = go.Figure()
+    for i, label in enumerate(labels[: p.shape[0]]):
+        steps = np.flatnonzero(p[i]) + 1.0
+        if steps.size == 0:
+            continue
+        x = np.repeat(steps, 3)
+        x[2::3] = np.nan  # a gap ends each tick
+        y = np.tile([i - 0.35, i + 0.35, np.nan], steps.size)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                line={"color": "#253494", "width": 2},
+                name=label,
+                hovertemplate=f"{label}<br>peak at step %{{x}}<extra></extra>",
+                showlegend=False,
+            )
         )
-    )
     titled_layout(fig, title, height=height or max(260, 110 + 24 * p.shape[0]))
     fig.update_xaxes(title="training step (optimizer steps only)", range=[0, p.shape[1] + 1])
-    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_yaxes(
+        autorange="reversed",
+        tickvals=list(range(len(labels))),
+        ticktext=labels,
+        zeroline=False,
+        showgrid=False,
+    )
     return fig
 
 

@@ -19,6 +19,7 @@ from lca.downsample import block_sum, downsample_to_cells
 from . import spec
 from .axes import (
     GL_POINTS,
+    STEP_COLUMNS,
     MEASURED,
     block_centres,
     thin,
@@ -446,7 +447,7 @@ def param_trace(
     label: str = "this parameter",
     positions: np.ndarray | None = None,
     cumulative: bool = True,
-    max_bars: int = 3000,
+    max_bars: int = STEP_COLUMNS,
     title: str | None = None,
     height: int = 420,
 ) -> go.Figure:
