@@ -25,6 +25,7 @@ from lca.segments import step_axis, step_positions
 from .common import (
     TITLE_LINE_PX,
     base_layout,
+    trusted_layout,
     wrap_title,
 )
 
@@ -117,15 +118,16 @@ def titled_layout(fig: go.Figure, title: str | None, *, height: int = 380) -> go
             len(named) > 1 or (len(named) == 1 and fig.layout.showlegend is True)
         )
         top = (95 if legend else 60) + TITLE_LINE_PX * (wrap_title(title)[1] - 1)
-        fig.update_layout(
-            title={
-                "y": 1 - 12 / (height + top - 50),
-                "yanchor": "top",
-                "x": 0.01,
-                "xanchor": "left",
-                "font": {"size": 18},
-            },
-            margin={"t": top},
-            height=height + top - 50,
-        )
+        with trusted_layout(fig):
+            fig.update_layout(
+                title={
+                    "y": 1 - 12 / (height + top - 50),
+                    "yanchor": "top",
+                    "x": 0.01,
+                    "xanchor": "left",
+                    "font": {"size": 18},
+                },
+                margin={"t": top},
+                height=height + top - 50,
+            )
     return fig
