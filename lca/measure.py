@@ -204,11 +204,9 @@ class Measurer:
         # walking the module tree for modes, buffers and slots cost a tenth of it).
         self._sizes = [k for _, _, k, _ in self._flat_layout]
         self._shapes = [shape for _, _, _, shape in self._flat_layout]
-        # One leaf per parameter, kept, viewing its slice of a point buffer, its gradient its
-        # slice of a gradient buffer (made once; the buffers hold memory only during an
-        # evaluation: lca.flatviews). A channels-last conv weight's leaf is bound per
-        # evaluation to a channels-last copy of its slice.
-        self._nothing = torch.empty(0, dtype=dtype, device=self.device)
+        # One leaf per parameter, kept, bound to its slice of each evaluated point (holding
+        # nothing between evaluations: lca.flatviews). A channels-last conv weight's leaf is
+        # bound to a channels-last copy of its slice.
         self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
         self._relaid = [i for i, n in enumerate(self.names) if n in self._conv_weights]
         self._flat = FlatLeaves(self._sizes, self._shapes, dtype, self.device, set(self._relaid))
@@ -335,24 +333,20 @@ class Measurer:
         self, flat: torch.Tensor, need_grad: bool, need_loss: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The module itself runs, each parameter slot holding one of the Measurer's own
-        leaves (lca.flatviews: views of one point buffer, their ``.grad`` views of one gradient
-        buffer, made once). An evaluation copies the point into its buffer, zeroes the
-        gradient buffer, puts the leaves into the slots (plain dict entries, as
-        functional_call does) and each module into its measurement mode, all inline: a tiny
-        model's whole gradient is ~1 ms, and views, a ``cat`` and context managers made per
-        evaluation were ~5–8% of the digits MLP's. Backward accumulates each chunk's gradient
-        into the leaf's ``.grad`` view in place, so the flat gradient is laid out as it is
-        computed and handed back as one copy (the buffer is the Measurer's). A channels-last
-        conv weight's leaf holds a channels-last copy of its view, and its gradient is copied
-        into place afterwards. The values are those of the functional path bit for bit: the
-        same additions in the same order, the first onto zeros (exact), and copies are exact.
-        Afterwards the slots, modes and grad mode are put back whatever happened, and the
-        buffers give their memory back: nothing parameter-sized is held between evaluations."""
+        leaves (lca.flatviews): for a small model views of one point buffer made once, with
+        their ``.grad`` views of one gradient buffer, into which backward accumulates each
+        chunk's gradient in place, so that an evaluation pays one copy of the point, one
+        zeroing and one copy of the gradient instead of a view per parameter and a ``cat``;
+        for a bigger model views of the point made per evaluation and one ``cat``. The leaves
+        go into the slots (plain dict entries, as functional_call does) and each module into
+        its measurement mode inline, not through context managers: a tiny model's whole
+        gradient is ~1 ms, and those per-evaluation costs were ~5–8% of the digits MLP's. A
+        channels-last conv weight's leaf holds a channels-last copy of its view. The values are
+        those of the functional path bit for bit: the same additions in the same order (the
+        first onto zeros, which is exact), and copies are exact. Afterwards the slots, modes
+        and grad mode are put back whatever happened, and nothing parameter-sized is held."""
         space = self._flat
-        space.fill(flat, need_grad)
         leaves = space.leaves
-        for i in self._relaid:
-            leaves[i].data = _channels_last_copy(space.point_views[i])
         if self._buffer_slots:
             buffers = self._buffers()
             buffer_slots = [
@@ -369,6 +363,9 @@ class Measurer:
         total: torch.Tensor | None = None
         done = False
         try:
+            space.fill(flat, need_grad)
+            for i in self._relaid:
+                leaves[i].data = _channels_last_copy(space.point_views[i])
             if grad_was != need_grad:
                 torch.set_grad_enabled(need_grad)
             for m, want in changed:  # object.__setattr__: Module.train walks the whole tree
@@ -398,10 +395,6 @@ class Measurer:
                     else:
                         total.add_(loss.detach())
                     del loss  # its graph refers to the leaves
-            if need_grad:
-                for i in self._relaid:  # its own layout: accumulated apart, then laid out
-                    if leaves[i].grad is not None:
-                        space.grad_views[i].copy_(leaves[i].grad)
             done = True
         finally:
             for table, attr, original in reversed(saved):
@@ -410,9 +403,6 @@ class Measurer:
                 object.__setattr__(m, "training", not want)
             if grad_was != need_grad:
                 torch.set_grad_enabled(grad_was)
-            for i in self._relaid:
-                leaves[i].grad = None
-                leaves[i].data = self._nothing
             del leaves
             if not done or not need_grad:
                 space.release()
