@@ -20,7 +20,7 @@ from pages.shared import (
     RUN_KEY,
     TEACHER_KEY,
     literal,
-    lower_server_priority,
+    lower_page_priority,
     read_view,
 )
 
@@ -193,7 +193,7 @@ def main() -> None:
     )
     pg = st.navigation(build_pages())
     st.session_state[SHELL_KEY] = True  # the pages' through_app(): this run came through here
-    lower_server_priority()  # page runs give way to training (lca.priority; once per server)
+    lower_page_priority()  # page runs give way to training (lca.priority)
     jobs.prewarm()  # one pre-started job process per server: the demo's first step in ~1 s
     presenter.toggle()
     classroom_gate()

@@ -16,6 +16,13 @@ Each session cycles through the pages that draw the training run and the Playgro
 ``--dwell`` seconds on each like a student looking at it. A view counts when its first chart
 arrives (a plotly chart; on the Playground, the component, which then runs in the browser).
 
+For a chromium page, "first chart" is timed twice: to the chart drawn on the page (the
+browser's own drawing, on this same machine, included) and to the chart's message arriving on
+its websocket, which is what a lightweight client times; the p95 against the target is of the
+latter for every session (the server's side; the students' browsers are on their own machines
+in a class), and the drawn times are printed beside it. The class's arrival (every session's
+first view, all within a few seconds) is also shown apart from the views after it.
+
 Prints, measured in this one run: the priorities (nice) of the server, the training run and the
 clients; sessions served (every view got its chart and the session did not break off), failed
 views, median and p95 seconds from asking for a page to its first chart (per page and in all),
@@ -69,6 +76,9 @@ class Session:
     """What one session saw: (page, seconds to its first chart) per view, and its failures."""
 
     views: list[tuple[str, float]] = field(default_factory=list)
+    # chromium: (page, seconds from the click to its first chart's message, as the lightweight
+    # clients measure) beside ``views`` (to the chart drawn on the page)
+    delivered: list[tuple[str, float]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     reruns: int = 0  # live-fragment reruns it asked for
     loads: list[float] = field(default_factory=list)  # chromium: full page loads (seconds)
@@ -319,6 +329,50 @@ FRESH_CHART = (  # a chart of the current script run (a previous page's charts a
 )
 
 
+class ChartArrival:
+    """Watches a chromium tab's websocket: when the first chart of the page it moves to arrived
+    from the server (what the lightweight clients time), before the browser draws it.
+
+    After ``expect(slug)``, the next run of a page other than the one shown (a ``new_session``
+    message with another page hash; on the first load, any) is the page asked for; its first
+    chart message, or a reference to a cached one, is the arrival. The previous page's live
+    refreshes, still arriving, carry the old page's hash and are not counted."""
+
+    def __init__(self) -> None:
+        self.slug = ""
+        self.shown: str | None = None  # page hash of the page on screen
+        self.target: str | None = None
+        self.armed = False
+        self.at: float | None = None
+        self.cache: dict[str, bool] = {}
+
+    def expect(self, slug: str) -> None:
+        self.slug, self.target, self.armed, self.at = slug, None, True, None
+
+    def frame(self, payload: bytes | str) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        if isinstance(payload, str):
+            return
+        now = time.monotonic()
+        fm = ForwardMsg()
+        fm.ParseFromString(payload)
+        kind = fm.WhichOneof("type")
+        if fm.metadata.cacheable and fm.hash:
+            self.cache[fm.hash] = _is_chart(fm, self.slug)
+        if kind == "new_session":
+            page = fm.new_session.page_script_hash
+            if self.armed and self.target is None and page != self.shown:
+                self.target = page
+            self.shown = page
+            return
+        chart = _is_chart(fm, self.slug) or (
+            kind == "ref_hash" and self.cache.get(fm.ref_hash, False)
+        )
+        if chart and self.at is None and self.target is not None and self.shown == self.target:
+            self.at = now
+
+
 async def browser_session(
     browser,
     url: str,
@@ -338,6 +392,8 @@ async def browser_session(
     page.set_default_navigation_timeout(VIEW_TIMEOUT_S * 1000)
     page.set_default_timeout(VIEW_TIMEOUT_S * 1000)
     wait_ms = VIEW_TIMEOUT_S * 1000
+    arrival = ChartArrival()
+    page.on("websocket", lambda ws: ws.on("framereceived", arrival.frame))
 
     async def view(slug: str, load: bool) -> None:
         if load:
@@ -363,11 +419,14 @@ async def browser_session(
             load = i == 0 or nav == "goto"
             i += 1
             t0 = time.monotonic()
+            arrival.expect(slug)
             try:
                 # Bounded as a whole: a starved renderer must not hold the class open.
                 await asyncio.wait_for(view(slug, load), 2 * VIEW_TIMEOUT_S)
                 if slug not in CHARTLESS:
                     s.views.append((slug, time.monotonic() - t0))
+                    if arrival.at is not None:
+                        s.delivered.append((slug, arrival.at - t0))
                     if load:
                         s.loads.append(time.monotonic() - t0)
             except Exception:  # noqa: BLE001 - a timeout is a failed view, counted
@@ -561,15 +620,42 @@ def main() -> None:
     allt = [sec for _, sec in views]
     if allt:
         print(
-            f"all pages: median {statistics.median(allt):.2f} s, p95 {pct(allt, 95):.2f} s "
+            f"all pages, to the chart drawn in chromium / delivered to a lightweight client: "
+            f"median {statistics.median(allt):.2f} s, p95 {pct(allt, 95):.2f} s"
+        )
+    # The server's side, measured the same way for every session: from asking for a page to its
+    # first chart's message (chromium: from the click, as read on its websocket).
+    served_t = [sec for s in sessions[: args.browsers] for _, sec in s.delivered] + [
+        sec for s in sessions[args.browsers :] for _, sec in s.views
+    ]
+    if served_t:
+        print(
+            f"all pages, to the first chart's message from the server (every session): median "
+            f"{statistics.median(served_t):.2f} s, p95 {pct(served_t, 95):.2f} s "
             "(target p95 <= 3 s)"
         )
+    first = [s.views[0][1] for s in sessions[args.browsers :] if s.views]
+    later = [sec for s in sessions[args.browsers :] for _, sec in s.views[1:]]
+    if first and later:
+        print(
+            f"  lightweight clients: the class arriving (each one's first view, "
+            f"{len(sessions)} within {0.1 * len(sessions):.0f} s): median "
+            f"{statistics.median(first):.2f} s, p95 {pct(first, 95):.2f} s; every view after "
+            f"it: median {statistics.median(later):.2f} s, p95 {pct(later, 95):.2f} s"
+        )
     browsers = [sec for s in sessions[: args.browsers] for _, sec in s.views]
+    delivered = [sec for s in sessions[: args.browsers] for _, sec in s.delivered]
     if browsers:
         print(
-            f"  in the chromium pages only: median {statistics.median(browsers):.2f} s, "
+            f"  in the chromium pages: drawn median {statistics.median(browsers):.2f} s, "
             f"p95 {pct(browsers, 95):.2f} s ({len(browsers)} views, moving between pages by "
             f"{'clicking the sidebar' if args.browser_nav == 'click' else 'full page loads'})"
+            + (
+                f"; its message arrived: median {statistics.median(delivered):.2f} s, "
+                f"p95 {pct(delivered, 95):.2f} s ({len(delivered)} views)"
+                if delivered
+                else ""
+            )
         )
     loads = [sec for s in sessions[: args.browsers] for sec in s.loads]
     if loads and args.browser_nav == "click":

@@ -1,4 +1,5 @@
-"""The app server gives way to training: its page threads run at a lower CPU priority, jobs not.
+"""The app server gives way to training: its page runs run at a lower CPU priority, jobs and the
+event loop not.
 
 Why: on a class server the teacher's training run and 30 students' page views share a few cores.
 A page that takes 0.1 s longer is not noticed; a training run at half speed is. Linux schedules
@@ -8,13 +9,18 @@ training run leaves, and all of it when nothing trains.
 How (Linux; elsewhere nothing changes):
 
 * On Linux the nice value belongs to each thread, and a new thread or child process starts with
-  the value of the thread that made it. Streamlit makes each script run's thread from its main
-  thread (the event loop), so lowering the main thread once lowers every page run after it.
+  the value of the thread that made it. Streamlit makes a new thread for every script run and
+  every fragment rerun, from its main thread; each lowers itself as it starts
+  (``lower_page_run``, called by app.py and by the live fragments). The main thread, Streamlit's
+  event loop, is not lowered: it only serves the app's static files and sends the messages the
+  page runs made (a few % of the server's CPU), and lowered it left a class's browsers waiting
+  behind the training run for the app's own JavaScript (first page loads of 25-37 s in
+  ``benchmarks/classroom.py``).
 * A process cannot raise its own priority back without privileges, so a job started from a
   lowered thread would train at the lowered priority for good. Before lowering anything,
-  ``lower_server`` starts one *spawner* thread at the server's original priority, and
+  ``lower_page_run`` starts one *spawner* thread at the server's original priority, and
   ``spawn`` makes the job and warm-worker processes from that thread (lca.jobs, lca.warm).
-  Without ``lower_server`` (the CLI, tests, a single script) ``spawn`` just calls.
+  Without ``lower_page_run`` (the CLI, tests, a single script) ``spawn`` just calls.
 * ``$LCA_SERVER_NICE`` sets by how much (default 10; 0 turns it off).
 
 No Streamlit here: the app decides when it is a real server.
@@ -37,7 +43,7 @@ T = TypeVar("T")
 
 _LOCK = threading.Lock()
 _SPAWNER: _Spawner | None = None
-_LOWERED_BY = 0  # how much lower_server lowered the main thread (0: not done)
+_LOWERED_BY = 0  # how much lower_page_run lowers page runs (0: not done)
 
 
 def supported() -> bool:
@@ -80,31 +86,32 @@ class _Spawner(threading.Thread):
                 future.set_exception(e)
 
 
-def lower_server(by: int | None = None) -> int:
-    """Once per process: start the spawner here, then lower the main thread and the calling
-    thread by ``by`` (default ``server_nice()``). Returns how much the main thread is lowered
-    (0 when turned off or not on Linux). Call it from the server's first page run, which runs in
-    a thread the main thread made, at the server's original priority."""
+def lower_page_run(by: int | None = None) -> int:
+    """Lower the calling thread (a page run or a fragment rerun) below the main thread's
+    priority by the amount the first call set (``by``, default ``server_nice()``); the first
+    time, before that, start the spawner at the server's original priority. Returns by how
+    much page runs are lowered (0 when turned off or not on Linux). The main thread is never
+    lowered; a thread already as low is left alone, so calling it again costs two system
+    calls."""
     global _SPAWNER, _LOWERED_BY
-    by = server_nice() if by is None else min(19, max(0, by))
-    if by == 0 or not supported():
-        return _LOWERED_BY
     with _LOCK:
-        if _LOWERED_BY:
-            return _LOWERED_BY
-        spawner = _Spawner()
-        spawner.start()  # at this thread's priority, before anything is lowered
-        _SPAWNER = spawner
-        main = threading.main_thread().native_id
-        for tid in dict.fromkeys((main, threading.get_native_id())):
-            with contextlib.suppress(OSError):  # a thread may not be lowered below 19
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, thread_nice(tid) + by))
-        _LOWERED_BY = by
-    return by
+        if not _LOWERED_BY:  # the first page run: the amount is set once per process
+            by = server_nice() if by is None else min(19, max(0, by))
+            if by == 0 or not supported():
+                return 0
+            spawner = _Spawner()
+            spawner.start()  # at this thread's (the server's) priority, before it is lowered
+            _SPAWNER = spawner
+            _LOWERED_BY = by
+    target = min(19, thread_nice(threading.main_thread().native_id) + _LOWERED_BY)
+    if thread_nice() < target:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
+    return _LOWERED_BY
 
 
 def lowered() -> int:
-    """How much ``lower_server`` lowered the main thread (0: it did not)."""
+    """By how much ``lower_page_run`` lowers page runs (0: it was not called, or is off)."""
     return _LOWERED_BY
 
 

@@ -18,7 +18,15 @@ from lca import export, runs, views
 from lca import figures as F
 from lca.store import RunFileError
 from pages import through_app
-from pages.shared import LIVE_SECONDS, RUN_KEY, download_csv, literal, plot, read_view
+from pages.shared import (
+    LIVE_SECONDS,
+    RUN_KEY,
+    download_csv,
+    literal,
+    live_fragment,
+    plot,
+    read_view,
+)
 
 through_app()  # a bare page run on a fresh server: rerun through app.py
 
@@ -299,7 +307,7 @@ def main() -> None:
         return
     if any(_status(n) == "running" for n in chosen):
 
-        @st.fragment(run_every=LIVE_SECONDS)
+        @live_fragment(LIVE_SECONDS)
         def live() -> None:
             if not render(chosen):
                 st.rerun()

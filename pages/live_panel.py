@@ -16,7 +16,7 @@ import streamlit as st
 from lca import jobs, runs
 from lca.figures import live_layer_bars, live_layer_lines, live_loss_figure
 from lca.store import Reader, RunFileError
-from pages.shared import RUN_KEY, literal, locked_help, may, plot, refuse_unless
+from pages.shared import RUN_KEY, literal, live_fragment, locked_help, may, plot, refuse_unless
 
 log = logging.getLogger("lca.app")
 LIVE_KEY = "live_job"  # session: the run name of the job this session watches
@@ -235,12 +235,12 @@ def _live_tick(name: str, key: str, *, starting: bool) -> None:
         st.rerun()
 
 
-@st.fragment(run_every=LIVE_SECONDS)
+@live_fragment(LIVE_SECONDS)
 def _live_fragment(name: str, key: str) -> None:
     _live_tick(name, key, starting=False)
 
 
-@st.fragment(run_every=STARTING_SECONDS)
+@live_fragment(STARTING_SECONDS)
 def _starting_fragment(name: str, key: str) -> None:
     """The live panel of a run with no step yet: polled fast, so the first chart is drawn as
     soon as the first step is on disk (a warm-started demo has it within a second)."""

@@ -7,6 +7,7 @@ link to a view. Pages only read: they open the run through ``open_selected_run``
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -265,14 +266,31 @@ def live_window() -> float:
     return refresh.interval(WATCHERS.count(), base=LIVE_SECONDS)
 
 
-def lower_server_priority() -> int:
-    """On a real server (not AppTest), once: page runs at a lower CPU priority than the
-    training jobs the server starts (``lca.priority``); returns by how much (0: not lowered)."""
+def lower_page_priority() -> int:
+    """On a real server (not AppTest): this page run or fragment rerun at a lower CPU priority
+    than the training jobs the server starts and its event loop (``lca.priority``); returns by
+    how much (0: not lowered)."""
     from streamlit import runtime
 
     if not runtime.exists() or type(runtime.get_instance()) is not runtime.Runtime:
         return 0
-    return priority.lower_server()
+    return priority.lower_page_run()
+
+
+def live_fragment(run_every: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``st.fragment(run_every=...)`` whose timed reruns, each a new thread that does not pass
+    through app.py, run at the page runs' lower priority too (``lower_page_priority``): the
+    live charts' refreshes are most of what a class costs the server."""
+
+    def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(body)
+        def lowered(*args: Any, **kwargs: Any) -> Any:
+            lower_page_priority()
+            return body(*args, **kwargs)
+
+        return st.fragment(lowered, run_every=run_every)
+
+    return wrap
 
 
 def view_or_explain(view: Callable[..., Any], path: Path, *args: Any) -> Any:
@@ -422,7 +440,7 @@ def show_run(render: Callable[[Path], object]) -> None:
         _render_or_explain(render, path)
         return
 
-    @st.fragment(run_every=live_seconds())
+    @live_fragment(live_seconds())
     def live() -> None:
         live_seconds()  # still watching: counted in the class's pace
         if not _render_or_explain(render, path):

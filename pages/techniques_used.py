@@ -26,6 +26,7 @@ from pages.shared import (
     download_csv,
     literal,
     literal_rows,
+    live_fragment,
     open_run_or_explain,
     plot,
     read_view,
@@ -526,7 +527,7 @@ def main() -> None:
             return
         live = r.status == "running"
     if live:
-        st.fragment(run_every=LIVE_SECONDS)(body)(path)
+        live_fragment(LIVE_SECONDS)(body)(path)
     else:
         body(path)
 

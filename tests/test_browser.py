@@ -106,7 +106,12 @@ def browser():
         b.close()
 
 
-RUNNING = '[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]'
+# A script run under way: the app's own state (set the moment a run starts) or the status
+# widget's running icon (shown only after a run has taken a while).
+RUNNING = (
+    '[data-testid="stApp"][data-test-script-state="running"], '
+    '[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"]'
+)
 
 
 def settle(page, seconds: float = 1.0) -> None:

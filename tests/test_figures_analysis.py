@@ -243,14 +243,20 @@ def test_peak_raster_and_synchrony_figure():
     series = RNG.normal(size=(200, 3))
     res = synchrony(series, shifts=200)
     raster = F.peak_raster(res.peaks, ["a", "b", "c"])
-    # One trace per layer: a vertical tick (two ends and a gap) at each of its peak steps.
-    assert [t.name for t in raster.data] == [n for n, row in zip("abc", res.peaks) if row.any()]
-    for trace in raster.data:
-        i = "abc".index(trace.name)
-        x = np.asarray(trace.x, dtype=float)
-        np.testing.assert_array_equal(x[0::3], np.flatnonzero(res.peaks[i]) + 1)
-        np.testing.assert_array_equal(x[1::3], x[0::3])
-        assert np.isnan(x[2::3]).all() and trace.mode == "lines"
+    # 200 steps fit the screen: every cell is one step, dark (1) exactly where a layer peaked.
+    hm = raster.data[0]
+    np.testing.assert_array_equal(np.asarray(hm.z), res.peaks.astype(int))
+    np.testing.assert_array_equal(np.asarray(hm.x), np.arange(1, 201))
+    assert not hm.showscale
+    # A long run: columns group steps, each cell counts its layer's peaks (none lost).
+    long = np.zeros((3, 5003), dtype=bool)
+    long[1, [0, 7, 5002]] = True
+    long[2, ::3] = True
+    hm = F.peak_raster(long, ["a", "b", "c"]).data[0]
+    z = np.asarray(hm.z)
+    assert z.shape[1] <= F.STEP_COLUMNS and hm.showscale
+    np.testing.assert_array_equal(z.sum(axis=1), long.sum(axis=1))
+    assert z[1, 0] == 2 and z[1, -1] == 1
     fig = F.synchrony_figure(res)
     assert isinstance(fig.data[0], go.Histogram) and len(fig.data[0].x) == 200
     assert any(s.type == "line" for s in fig.layout.shapes)  # the observed value

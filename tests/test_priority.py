@@ -64,15 +64,23 @@ SCRIPT = textwrap.dedent(
     folder = Path(sys.argv[1])
     base = os.getpriority(os.PRIO_PROCESS, 0)
     nice = lambda pid: os.getpriority(os.PRIO_PROCESS, pid)
-    # As in the server: the first page run (a thread the main thread made) lowers by 5.
-    first = threading.Thread(target=priority.lower_server, args=(5,))
+    out = {"base": base}
+    # As in the server: the first page run (a thread the main thread made) lowers itself by 5.
+    def first_run():
+        priority.lower_page_run(5)
+        out["first_run"] = nice(threading.get_native_id())
+
+    first = threading.Thread(target=first_run)
     first.start()
     first.join()
-    out = {"base": base, "lowered": priority.lowered()}
+    out["lowered"] = priority.lowered()
+    out["main"] = nice(threading.main_thread().native_id)
     made = []
 
     def page_run():  # a later page run: a new thread of the main thread, as Streamlit makes
-        out["page_run"] = nice(0)
+        out["page_run_starts"] = nice(threading.get_native_id())
+        priority.lower_page_run()  # each run lowers itself as it starts (app.py, fragments)
+        out["page_run"] = nice(threading.get_native_id())
         plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         made.append(plain)
         out["plain_child"] = nice(plain.pid)
@@ -118,7 +126,10 @@ def test_jobs_and_warm_workers_keep_the_priority_page_runs_lose(tmp_path, proces
     if base + 5 > 19:
         pytest.skip("the test process already runs at the lowest priority")
     assert seen["lowered"] == 5
-    assert seen["page_run"] == base + 5  # later page runs inherit the lowered main thread
+    assert seen["first_run"] == base + 5
+    assert seen["main"] == base  # the event loop (static files, sending) keeps its priority
+    assert seen["page_run_starts"] == base  # a new run starts at the main thread's priority...
+    assert seen["page_run"] == base + 5  # ... and lowers itself, by the amount set first
     assert seen["plain_child"] == base + 5  # what a lowered thread starts by itself is lowered
     assert seen["job"] == base  # ... but a job trains at the server's own priority
     assert seen["warm_worker"] == base  # and so does the warm worker that runs the next job
@@ -140,8 +151,8 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_real_server_lowers_its_page_runs_not_its_warm_worker(tmp_path, processes):
-    """``streamlit run app.py`` (a real Runtime, not AppTest): once a page has run, the server's
-    main thread runs 10 lower, and the warm worker it starts for the next job does not."""
+    """``streamlit run app.py`` (a real Runtime, not AppTest): its page runs run 10 lower, its
+    main thread (the event loop) does not, nor the warm worker it starts for the next job."""
     import urllib.request
 
     if not priority.supported():
@@ -178,23 +189,41 @@ def test_a_real_server_lowers_its_page_runs_not_its_warm_worker(tmp_path, proces
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
 
+    def thread_nices() -> list[int]:
+        """The nice values of the server's threads alive now (a page run's thread among them
+        while one runs; Python does not name the system's threads, so all are read)."""
+        out = []
+        for task in Path(f"/proc/{server.pid}/task").iterdir():
+            try:
+                out.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended while read
+        return out
+
+    seen: list[int] = []
+
     async def open_home() -> None:
+        """Ask for the Home page again and again, looking at the script threads while each run
+        is under way, until a lowered page run was seen and the warm worker started."""
         ws = await websockets.connect(
             url.replace("http", "ws") + "/_stcore/stream", subprotocols=["streamlit"]
         )
         msg = BackMsg()
         msg.rerun_script.query_string = ""
         msg.rerun_script.page_name = ""
-        await ws.send(msg.SerializeToString())
-        while not _children(server.pid) or nice_of(server.pid) == base:
-            assert time.monotonic() < deadline, "no page run lowered the server / no warm worker"
-            try:
-                await asyncio.wait_for(ws.recv(), timeout=0.5)
-            except TimeoutError:
-                pass
+        while not _children(server.pid) or base + priority.DEFAULT_NICE not in seen:
+            assert time.monotonic() < deadline, "no lowered page run seen / no warm worker"
+            await ws.send(msg.SerializeToString())
+            for _ in range(40):
+                seen.extend(thread_nices())
+                try:
+                    await asyncio.wait_for(ws.recv(), timeout=0.05)
+                except TimeoutError:
+                    pass
         await ws.close()
 
     asyncio.run(open_home())
-    assert nice_of(server.pid) == base + priority.DEFAULT_NICE
+    assert base + priority.DEFAULT_NICE in seen  # a page run, lowered
+    assert nice_of(server.pid) == base  # the main thread (event loop) is not
     workers = _children(server.pid)
     assert workers and all(nice_of(pid) == base for pid in workers)

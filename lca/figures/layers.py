@@ -227,44 +227,43 @@ def peak_raster(
     title: str = "Peak steps of each layer (its top steps by |LCA|)",
     height: int | None = None,
 ) -> go.Figure:
-    """One tick per (layer, peak step): columns of ticks are steps where many layers peak.
+    """Where each layer peaked: a raster of (layer, peak step) cells, dark where a layer peaked;
+    dark columns are steps where many layers peak together.
 
-    A classic raster: each layer's ticks are one line trace of vertical segments (x = step,
-    broken by gaps), so the browser draws one SVG path per layer instead of one marker per peak
-    (thousands of DOM nodes on a long run, seconds in a student's browser). Hovering a tick's
-    end shows its layer and step."""
+    A long run has more steps than a screen has pixels (and thousands of peaks, which drawn one
+    marker each cost seconds in a student's browser), so steps are grouped into at most
+    ``STEP_COLUMNS`` blocks and a cell counts the layer's peak steps in its block; up to that
+    many steps every cell is one step, the plain raster."""
     p = np.asarray(peaks, dtype=bool)
     if p.ndim != 2 or not p.any():
         return empty_figure("No peaks to show.")
-    labels = list(names)
-    fig = go.Figure()
-    for i, label in enumerate(labels[: p.shape[0]]):
-        steps = np.flatnonzero(p[i]) + 1.0
-        if steps.size == 0:
-            continue
-        x = np.repeat(steps, 3)
-        x[2::3] = np.nan  # a gap ends each tick
-        y = np.tile([i - 0.35, i + 0.35, np.nan], steps.size)
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="lines",
-                line={"color": "#253494", "width": 2},
-                name=label,
-                hovertemplate=f"{label}<br>peak at step %{{x}}<extra></extra>",
-                showlegend=False,
-            )
+    t = p.shape[1]
+    counts, starts, _ = block_sum(p.T.astype(np.int64), min(t, STEP_COLUMNS))
+    first, last, centre = block_centres(starts, t)
+    z = counts.T  # (layers, blocks)
+    per = int(np.ceil(t / len(starts)))
+    steps = "step %{customdata[0]}" if per == 1 else "steps %{customdata[0]}–%{customdata[1]}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=centre,
+            y=list(names)[: p.shape[0]],
+            customdata=np.stack(np.broadcast_arrays(first[None, :], last[None, :]), axis=-1)
+            * np.ones((z.shape[0], 1, 1)),
+            colorscale=[[0.0, "#ffffff"], [1.0, "#253494"]],
+            zmin=0,
+            zmax=max(1, int(z.max())),
+            showscale=per > 1,
+            colorbar={"title": {"text": "peak steps"}},
+            xgap=0,
+            hovertemplate=f"%{{y}}<br>{steps}: %{{z}} peak step(s)<extra></extra>",
         )
-    titled_layout(fig, title, height=height or max(260, 110 + 24 * p.shape[0]))
-    fig.update_xaxes(title="training step (optimizer steps only)", range=[0, p.shape[1] + 1])
-    fig.update_yaxes(
-        autorange="reversed",
-        tickvals=list(range(len(labels))),
-        ticktext=labels,
-        zeroline=False,
-        showgrid=False,
     )
+    if per > 1:
+        title = f"{title} · each column groups about {t / len(starts):.0f} steps"
+    titled_layout(fig, title, height=height or max(260, 110 + 24 * p.shape[0]))
+    fig.update_xaxes(title="training step (optimizer steps only)", range=[0, t + 1], showgrid=False)
+    fig.update_yaxes(autorange="reversed", type="category", showgrid=False)
     return fig
 
 

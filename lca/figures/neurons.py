@@ -19,8 +19,8 @@ from lca.downsample import block_sum, downsample_to_cells
 from . import spec
 from .axes import (
     GL_POINTS,
-    STEP_COLUMNS,
     MEASURED,
+    STEP_COLUMNS,
     block_centres,
     thin,
 )
