@@ -12,15 +12,17 @@ float64 and read back once per evaluation, not once per chunk, so a GPU never wa
 between chunks; the sum is the same float64 sum the per-chunk ``float()`` made, so values are
 bit-for-bit unchanged. The model runs as itself (``model(x)``), not through
 ``functional_call`` (~0.4 ms of bookkeeping per chunk, 1.3–1.45× the plain gradient on a small
-MLP): for one evaluation each parameter slot of the module holds a view of one leaf, the
-evaluated point, made by one ``split_with_sizes`` whose backward lays the gradients out flat
-(no Python per parameter), and the original Parameters, gradients, buffers and modes are put
-back afterwards. Convolution weights run channels-last where that is PyTorch's fastest layout
-(float32 on the CPU: 1.3–1.9× the NCHW gradient of LeNet), as a true channels-last copy of
-their view. A replaced ``chunk_loss`` (``benchmarks/compile.py``) still goes through
-``functional_call``. With ``shard`` the fixed
-chunks are split across torch.distributed ranks
-(each rank a contiguous slice; weights stay relative to the whole set) and one all-reduce of a
+MLP): for one evaluation each parameter slot of the module holds one of the Measurer's own
+leaves, made once as views of one point buffer with their ``.grad`` views of one gradient
+buffer (``lca.flatviews``), so an evaluation copies the point in, autograd accumulates the
+gradient flat in place, and no view, ``cat`` or context manager is made per evaluation; the
+original Parameters, gradients, buffers and modes are put back afterwards, and the buffers
+hold no memory between evaluations. A gradient alone (``flat_grad``) skips the loss.
+Convolution weights run channels-last where that is PyTorch's fastest layout (float32 on the
+CPU: 1.3–1.9× the NCHW gradient of LeNet), as a true channels-last copy of their view. A
+replaced ``chunk_loss`` (``benchmarks/compile.py``) still goes through ``functional_call``.
+With ``shard`` the fixed chunks are split across torch.distributed ranks (each rank a
+contiguous slice; weights stay relative to the whole set) and one all-reduce of a
 flat buffer per dtype (loss, every gradient) gives every rank the whole-set result.
 """
 
@@ -35,6 +37,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import distributed
+from .flatviews import FlatLeaves
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -201,16 +204,20 @@ class Measurer:
         # walking the module tree for modes, buffers and slots cost a tenth of it).
         self._sizes = [k for _, _, k, _ in self._flat_layout]
         self._shapes = [shape for _, _, _, shape in self._flat_layout]
-        # One leaf per parameter, kept: each evaluation points it at its slice of the point.
-        self._nothing = torch.empty(0, dtype=dtype, device=self.device)
-        self._leaves = [self._nothing.clone().requires_grad_(True) for _ in self.names]
-        self._leaf_swaps = [  # (module, its table, slot, the leaf that goes there)
-            (module, "_parameters", attr, self._leaves[i])
+        # One leaf per parameter, kept, bound to its slice of each evaluated point (holding
+        # nothing between evaluations: lca.flatviews). A channels-last conv weight's leaf is
+        # bound to a channels-last copy of its slice.
+        self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
+        self._relaid = [i for i, n in enumerate(self.names) if n in self._conv_weights]
+        self._flat = FlatLeaves(self._sizes, self._shapes, dtype, self.device, set(self._relaid))
+        # (module, slot, the leaf that goes there): the modules, not their parameter tables,
+        # are kept, so walkers that skip modules (lca.memory) do not count the model's
+        # parameters as the Measurer's
+        self._leaf_slots = [
+            (module, attr, i)
             for i, n in enumerate(self.names)
             for module, attr in self._slots[n]
         ]
-        self._conv_weights = _conv_weight_names(model) if self.channels_last else set()
-        self._relaid = [i for i, n in enumerate(self.names) if n in self._conv_weights]
         self._modes = _measurement_modes(model)
         self.evaluations = 0  # full measurement-set gradient evaluations so far
         self.loss_evaluations = 0  # loss-only evaluations (no backward)
@@ -262,20 +269,23 @@ class Measurer:
         every gradient into one vector, which is what the LCA bookkeeping works on.
         """
         total, grad = self._evaluate(flat, need_grad)
+        assert total is not None
         return float(total), grad  # the one host sync of the evaluation
 
     def flat_grad(self, flat: torch.Tensor) -> torch.Tensor:
         """The flat gradient alone, with no host sync: a quadrature rule's interior nodes need
         no loss, so a GPU keeps queueing work while they are computed."""
-        grad = self._evaluate(flat, True)[1]
+        grad = self._evaluate(flat, True, False)[1]
         assert grad is not None
         return grad
 
     def _evaluate(
-        self, flat: torch.Tensor, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, flat: torch.Tensor, need_grad: bool, need_loss: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The float64 loss (None where ``need_loss`` is False and the in-place path skips
+        it) and the flat gradient (None where ``need_grad`` is False)."""
         if self.chunk_loss is self._functional_loss:
-            total, grad = self._evaluate_in_place(flat, need_grad)
+            total, grad = self._evaluate_in_place(flat, need_grad, need_loss)
         else:
             total, grad = self._evaluate_functional(flat, need_grad)
         if need_grad:
@@ -283,10 +293,12 @@ class Measurer:
         else:
             self.loss_evaluations += 1
         if self.sharded:  # one flat buffer per dtype: the float64 loss, the gradient
+            # (every rank makes the same call, so every rank reduces the same entries)
+            parts = {"loss": total, "grad": grad}
             reduced = distributed.all_reduce_dict(
-                {"loss": total, **({"grad": grad} if grad is not None else {})}, group=self.group
+                {k: t for k, t in parts.items() if t is not None}, group=self.group
             )
-            total, grad = reduced["loss"], reduced.get("grad")
+            total, grad = reduced.get("loss"), reduced.get("grad")
         return total, grad
 
     def _evaluate_functional(
@@ -318,41 +330,56 @@ class Measurer:
         return total, grad
 
     def _evaluate_in_place(
-        self, flat: torch.Tensor, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, flat: torch.Tensor, need_grad: bool, need_loss: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The module itself runs, each parameter slot holding one of the Measurer's own
-        leaves, which for this evaluation hold a view of ``flat`` (``.data``: no copy; a
-        channels-last conv weight holds a copy of its view in that layout). The leaves, the
-        slots they go into and the modules' modes are made once, so a tiny model pays a few
-        attribute sets per evaluation, not a graph of views (that cost 4–9% of the digits MLP's
-        whole gradient). Backward leaves each gradient on its leaf as in a plain training step
-        (the first chunk's kept as computed, later chunks added to it) and one ``cat`` lays
-        them out flat: the values of the functional path bit for bit (the same additions in
-        the same order; copies are exact). The leaves let go of the data and the gradients
-        afterwards, so nothing is held between evaluations."""
-        point = flat.detach().to(self.device, self.dtype)
-        leaves = self._leaves
-        for leaf, view, shape in zip(
-            leaves, point.split_with_sizes(self._sizes), self._shapes, strict=True
-        ):
-            leaf.data = view.view(shape)
-        for i in self._relaid:
-            leaves[i].data = _channels_last_copy(leaves[i].data)
-        swaps = self._leaf_swaps
+        leaves (lca.flatviews): for a small model views of one point buffer made once, with
+        their ``.grad`` views of one gradient buffer, into which backward accumulates each
+        chunk's gradient in place, so that an evaluation pays one copy of the point, one
+        zeroing and one copy of the gradient instead of a view per parameter and a ``cat``;
+        for a bigger model views of the point made per evaluation and one ``cat``. The leaves
+        go into the slots (plain dict entries, as functional_call does) and each module into
+        its measurement mode inline, not through context managers: a tiny model's whole
+        gradient is ~1 ms, and those per-evaluation costs were ~5–8% of the digits MLP's. A
+        channels-last conv weight's leaf holds a channels-last copy of its view. The values are
+        those of the functional path bit for bit: the same additions in the same order (the
+        first onto zeros, which is exact), and copies are exact. Afterwards the slots, modes
+        and grad mode are put back whatever happened, and nothing parameter-sized is held."""
+        space = self._flat
+        leaves = space.leaves
         if self._buffer_slots:
             buffers = self._buffers()
-            swaps = swaps + [
-                (module, "_buffers", attr, buffers[n])
+            buffer_slots = [
+                (module._buffers, attr, buffers[n])
                 for n, places in self._buffer_slots.items()
                 for module, attr in places
             ]
+        else:
+            buffer_slots = []
+        modes = self._modes
+        changed = [] if modes is None else [(m, want) for m, want in modes if m.training != want]
+        saved: list[tuple[dict, str, Any]] = []
+        grad_was = torch.is_grad_enabled()
         total: torch.Tensor | None = None
+        done = False
         try:
+            space.fill(flat, need_grad)
+            for i in self._relaid:
+                leaves[i].data = _channels_last_copy(space.point_views[i])
+            if grad_was != need_grad:
+                torch.set_grad_enabled(need_grad)
+            for m, want in changed:  # object.__setattr__: Module.train walks the whole tree
+                object.__setattr__(m, "training", want)
+            for module, attr, i in self._leaf_slots:
+                table = module._parameters
+                saved.append((table, attr, table[attr]))
+                table[attr] = leaves[i]
+            for table, attr, value in buffer_slots:
+                saved.append((table, attr, table[attr]))
+                table[attr] = value
             with (
-                torch.enable_grad() if need_grad else torch.no_grad(),
                 no_tf32() if self.device.type == "cuda" else nullcontext(),
-                measurement_mode(self.model) if self._modes is None else nullcontext(),
-                _swapped(swaps, self._modes),
+                measurement_mode(self.model) if modes is None else nullcontext(),
             ):
                 for (x, y), w in zip(self._chunks, self._weights, strict=True):
                     loss = self.loss_fn(self.model(x), y)
@@ -361,22 +388,26 @@ class Measurer:
                     if need_grad:
                         loss.backward()
                     # float64 on the device (exact from float32), the chunks added in order
-                    if total is None:
+                    if not need_loss:
+                        pass
+                    elif total is None:
                         total = loss.detach().to(torch.float64)
                     else:
                         total.add_(loss.detach())
-            grad = None
-            if need_grad:
-                grads = [
-                    (t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1)
-                    for t in leaves
-                ]
-                grad = torch.cat(grads) if grads else point.new_zeros(0)
+                    del loss  # its graph refers to the leaves
+            done = True
         finally:
-            for leaf in leaves:
-                leaf.grad = None
-                leaf.data = self._nothing
-        if total is None:  # a shard with no chunks
+            for table, attr, original in reversed(saved):
+                table[attr] = original
+            for m, want in changed:
+                object.__setattr__(m, "training", not want)
+            if grad_was != need_grad:
+                torch.set_grad_enabled(grad_was)
+            del leaves
+            if not done or not need_grad:
+                space.release()
+        grad = space.take_grad() if need_grad else None
+        if total is None and need_loss:  # a shard with no chunks
             total = torch.zeros((), dtype=torch.float64, device=self.device)
         return total, grad
 
@@ -419,37 +450,9 @@ def _slots_of(model: nn.Module, kind: str, names: list[str]) -> Slots:
     return slots
 
 
-@contextmanager
-def _swapped(
-    swaps: list[tuple[nn.Module, str, str, Any]], modes: Modes | None = None
-) -> Iterator[None]:
-    """Each ``(module, table, attr, value)``: ``module.<table>[attr]`` (its ``_parameters`` or
-    ``_buffers``) replaced by ``value`` for the block (plain dict entries, as functional_call
-    does; the modules, not their tables, are kept, so walkers that skip modules do not count
-    the model's parameters as the Measurer's), and each module in ``modes`` switched to its
-    mode there (only those whose mode differs: ``Module.train`` walks the tree and sets every
-    flag through ``Module.__setattr__``, a tenth of a tiny model's gradient); everything put
-    back whatever happens."""
-    saved: list[tuple[dict, str, Any]] = []
-    changed = [(m, want, m.training) for m, want in modes or () if m.training != want]
-    try:
-        for m, want, _ in changed:
-            object.__setattr__(m, "training", want)
-        for module, kind, attr, value in swaps:
-            table = getattr(module, kind)
-            saved.append((table, attr, table[attr]))
-            table[attr] = value
-        yield
-    finally:
-        for table, attr, original in reversed(saved):
-            table[attr] = original
-        for m, _, was in changed:
-            object.__setattr__(m, "training", was)
-
-
 def _measurement_modes(model: nn.Module) -> Modes | None:
     """Each module's mode under :func:`measurement_mode` (BatchNorm training, the rest in
-    eval) for :func:`_swapped` to set, or None where a module overrides ``train()`` and must
+    eval) for the in-place evaluation to set, or None where a module overrides ``train()`` and must
     be switched through it (by :func:`measurement_mode`)."""
     modes = []
     for m in model.modules():

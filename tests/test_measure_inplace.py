@@ -9,6 +9,7 @@ from torch import nn
 
 from lca import models
 from lca.measure import Measurer
+from lca.memory import held_tensor_bytes
 
 
 def _pair(
@@ -144,16 +145,19 @@ def test_dropout_is_off_and_every_mode_comes_back(overridden: bool) -> None:
 
 
 def test_nothing_is_held_between_evaluations() -> None:
-    """The Measurer's leaves point at the evaluated point only during an evaluation (a
-    quadrature node's point would otherwise stay alive), even when the forward fails."""
+    """The Measurer's point and gradient buffers hold memory only during an evaluation (a
+    quadrature node's point would otherwise stay alive, and the tracker's memory budget counts
+    every parameter-sized buffer), even when the forward fails."""
     model = models.build("lenet", (1, 8, 8), 4, channels=(2, 3), hidden=5)
     x, y = torch.randn(9, 1, 8, 8), torch.randint(0, 4, (9,))
     m = Measurer(model, nn.CrossEntropyLoss(), (x, y), chunk_size=4)
     point = m.flatten(dict(model.named_parameters()))
     grad = m.flat_grad(point)
     assert grad.shape == point.shape and grad.abs().sum() > 0
-    assert all(t.numel() == 0 and t.grad is None for t in m._leaves)
+    assert held_tensor_bytes(m, skip=("_chunks",)) == 0
+    assert all(t.untyped_storage().nbytes() == 0 for t in m._flat.leaves)
     m.loss_fn = lambda out, target: out[:, 99].sum()
     with pytest.raises(IndexError):
         m.flat_grad(point)
-    assert all(t.numel() == 0 and t.grad is None for t in m._leaves)
+    assert held_tensor_bytes(m, skip=("_chunks",)) == 0
+    assert all(t.untyped_storage().nbytes() == 0 for t in m._flat.leaves)

@@ -152,9 +152,9 @@ def test_a_tracked_rk4_step_holds_at_most_seven_step_sized_buffers_while_measuri
     counts: list[int] = []
     evaluate = tracker.measurer._evaluate
 
-    def counting(flat: torch.Tensor, need_grad: bool):
+    def counting(flat: torch.Tensor, need_grad: bool, *rest):
         counts.append(_live_buffers(numel))
-        return evaluate(flat, need_grad)
+        return evaluate(flat, need_grad, *rest)
 
     tracker.measurer._evaluate = counting
     for _ in range(3):

@@ -185,9 +185,9 @@ def test_stacked_measurement_gives_each_model_the_lca_it_gets_alone(tmp_path, mo
     own, stacked = {"n": 0}, {"n": 0}
     evaluate, stacked_evaluate = Measurer._evaluate, pack.StackedMeasurement.evaluate
 
-    def counted(self, flat, need_grad):
+    def counted(self, flat, need_grad, *rest):
         own["n"] += 1
-        return evaluate(self, flat, need_grad)
+        return evaluate(self, flat, need_grad, *rest)
 
     def counted_stacked(self, active, points):
         stacked["n"] += 1

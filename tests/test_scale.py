@@ -227,7 +227,8 @@ def _sharded_worker(rank: int, world: int, init: str, out: str) -> None:
         loss, grads = m.loss_and_grad(params)
         torch.save(
             {"range": m.chunk_range, "local": m.local_size, "size": m.size, "loss": loss,
-             "grads": grads, "loss_only": m.loss(params)},
+             "grads": grads, "loss_only": m.loss(params),
+             "flat_grad": m.flat_grad(m.flatten(params))},
             f"{out}/rank{rank}.pt",
         )  # fmt: skip
     finally:
@@ -254,6 +255,7 @@ def test_sharded_measurer_equals_one_process(tmp_path):
         assert r["loss_only"] == pytest.approx(loss, rel=1e-12)
         for n in grads:
             assert relative_difference(r["grads"][n].numpy(), grads[n].numpy()) <= TOL
+        assert torch.equal(r["flat_grad"], one.flatten(r["grads"]))  # the gradient alone too
 
 
 def _closing_worker(rank: int, world: int, init: str, out: str, rank1_dies: bool) -> None:
