@@ -133,8 +133,7 @@ class FlatLeaves:
         leaves = self.leaves
         if not self.kept:
             grads = [
-                (t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1)
-                for t in leaves
+                (t.grad if t.grad is not None else torch.zeros_like(t)).reshape(-1) for t in leaves
             ]
             grad = torch.cat(grads) if grads else self._nothing.clone()
             del grads

@@ -214,9 +214,7 @@ class Measurer:
         # are kept, so walkers that skip modules (lca.memory) do not count the model's
         # parameters as the Measurer's
         self._leaf_slots = [
-            (module, attr, i)
-            for i, n in enumerate(self.names)
-            for module, attr in self._slots[n]
+            (module, attr, i) for i, n in enumerate(self.names) for module, attr in self._slots[n]
         ]
         self._modes = _measurement_modes(model)
         self.evaluations = 0  # full measurement-set gradient evaluations so far

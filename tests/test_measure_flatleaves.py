@@ -164,7 +164,8 @@ def test_both_ways_give_the_functional_paths_values_bit_for_bit(way: str, channe
         functional_loss, functional_grad = functional.flat_loss_and_grad(point)
         assert loss == functional_loss and torch.equal(grad, functional_grad)
         assert torch.equal(fast.flat_grad(point), grad)
-        assert fast.loss_and_grad(dict(model.named_parameters()), need_grad=False)[0] == (
-            functional.loss_and_grad(dict(model.named_parameters()), need_grad=False)[0]
+        assert (
+            fast.loss_and_grad(dict(model.named_parameters()), need_grad=False)[0]
+            == (functional.loss_and_grad(dict(model.named_parameters()), need_grad=False)[0])
         )
         assert not fast._flat.holds_memory
