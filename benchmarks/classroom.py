@@ -62,6 +62,8 @@ sys.path.append(str(ROOT / "benchmarks"))
 
 from demo import ARGS, CHROMIUM, start_server, stop  # noqa: E402
 
+from lca.priority import server_nice  # noqa: E402
+
 # The pages a student cycles through (URL paths); Compare needs two finished runs: left out.
 PAGES = ["loss", "layers", "neurons", "playground", "home"]
 CHARTLESS = {"home"}  # Home shows the run picker and the demo: a chart is not required there
@@ -113,8 +115,11 @@ def _chromium_cpu(exclude: set[int]) -> float:
     total, todo, seen = 0.0, [os.getpid()], set()
     while todo:
         pid = todo.pop()
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        children: list[str] = []
+        try:  # every thread's children: Playwright's driver starts chromium from a worker thread
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    children += (task / "children").read_text().split()
         except OSError:
             continue
         for c in map(int, children):
@@ -124,7 +129,9 @@ def _chromium_cpu(exclude: set[int]) -> float:
             todo.append(c)
             try:
                 fields = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                # its own CPU and that of its children that ended (renderers of closed tabs)
+                ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+                total += ticks / os.sysconf("SC_CLK_TCK")
             except OSError:
                 continue
     return total
@@ -558,8 +565,10 @@ def main() -> None:
             first = asyncio.run(teacher_visit(url))
             print(f"teacher's first visit after the server started: {first:.1f} s", flush=True)
             print(
-                f"priorities (nice): the server's main thread and page runs "
-                f"{proc_nice(proc.pid)}, the training run {proc_nice(job.pid)}, the clients "
+                f"priorities (nice): the server's main thread (event loop) "
+                f"{proc_nice(proc.pid)}, its page runs {proc_nice(proc.pid) + server_nice()} "
+                f"(each lowers its own thread), the training run "
+                f"{proc_nice(job.pid)}, the clients "
                 f"{os.getpriority(os.PRIO_PROCESS, 0) + args.clients_nice}",
                 flush=True,
             )
