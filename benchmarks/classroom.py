@@ -36,7 +36,9 @@ fragment: the server CPU-s and bytes of one view and one refresh per page. The c
 load the app once and then click the sidebar from page to page, as a student does
 (``--browser-nav goto``: a full page load per view). ``--clients-nice 19`` runs the client side
 (this process's clients and chromium, which stand for the students' own machines) at the lowest
-priority, after the server and the training run were started; the default is normal priority.
+priority, after the server and the training run were started, and lowers this process's
+scheduling group too where Linux's autogroup shares the CPU between sessions first (the server
+runs in a session of its own); the default is normal priority.
 
     python benchmarks/classroom.py [--sessions 30] [--browsers 3] [--seconds 180] [--dwell 8]
         [--solo-views 2] [--browser-nav click|goto] [--clients-nice 0]
@@ -96,6 +98,21 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def lower_autogroup(nice: int) -> str:
+    """Lower this process's scheduling group as well (Linux with autogroup): there the kernel
+    first shares the CPU equally between sessions (the server, started in a session of its own
+    with its jobs, is one; this benchmark with its chromium pages another), and a process's nice
+    value only counts inside its session, so without this the client side takes half the
+    machine at any nice value. Returns what was done, as a sentence."""
+    group = Path("/proc/self/autogroup")
+    try:
+        before = group.read_text().strip()
+        group.write_text(str(nice))
+        return f"client side's scheduling group: {before} -> {group.read_text().strip()}"
+    except OSError as e:
+        return f"client side's scheduling group unchanged ({e.strerror or e}): only its nice"
 
 
 def proc_nice(pid: int) -> int:
@@ -583,6 +600,7 @@ def main() -> None:
                 # This thread runs the lightweight clients and starts chromium (its children
                 # inherit it); the server and the training run were started before.
                 os.nice(args.clients_nice)
+                print(lower_autogroup(args.clients_nice), flush=True)
             me0 = _own_cpu()
             s0, t0 = steps_done(path), time.monotonic()
             sessions, crashed = asyncio.run(
