@@ -55,7 +55,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,35 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def start_training(runs_dir: Path, steps: int):
+    """The class's training run (the demo's network, ``steps`` long) as the app's job, started
+    in a session of its own, as a job the teacher starts from the app runs in the server's
+    session and not in the students': where Linux's autogroup shares the CPU between sessions
+    first, a run started from this process would share the client side's half of the machine
+    with the chromium pages (the training run then got ~0.6 of a core with a core idle)."""
+    import subprocess
+
+    from lca import jobs
+
+    code = (
+        "import sys; from dataclasses import replace; from lca import jobs; "
+        "jobs.start(replace(jobs.demo_config(), steps=int(sys.argv[1])), sys.argv[2])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(steps), RUN],
+        cwd=ROOT,
+        env={**os.environ, "LCA_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job = jobs.find(RUN, runs_dir)
+    if job is None:
+        raise SystemExit(f"the training run did not start: {out.stderr[-2000:]}")
+    return job
 
 
 def lower_autogroup(nice: int) -> str:
@@ -573,7 +602,7 @@ def main() -> None:
         try:
             # The demo's network; enough steps to outlast the class (~100 steps/s at most).
             steps = int(100 * (2 * args.alone + args.seconds + 120))
-            job = jobs.start(replace(jobs.demo_config(), steps=steps), RUN)
+            job = start_training(runs_dir, steps)
             path = runs_dir / RUN
             while steps_done(path) < 20:
                 if not jobs.poll(job).alive:
