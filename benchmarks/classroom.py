@@ -155,31 +155,51 @@ def _own_cpu() -> float:
     return me.ru_utime + me.ru_stime
 
 
-def _chromium_cpu(exclude: set[int]) -> float:
-    """CPU seconds of the processes this benchmark started for the chromium pages (chromium
-    and Playwright's node driver: its descendants but ``exclude``, the server and the job)."""
-    total, todo, seen = 0.0, [os.getpid()], set()
+def _descendants(exclude: set[int]) -> list[int]:
+    """This process's descendants but ``exclude`` (the server and the training run): the
+    chromium pages and Playwright's driver. Every thread's children are read: the driver starts
+    chromium from a worker thread."""
+    found, todo = [], [os.getpid()]
     while todo:
         pid = todo.pop()
         children: list[str] = []
-        try:  # every thread's children: Playwright's driver starts chromium from a worker thread
+        try:
             for task in Path(f"/proc/{pid}/task").iterdir():
                 with contextlib.suppress(OSError):
                     children += (task / "children").read_text().split()
         except OSError:
             continue
         for c in map(int, children):
-            if c in seen or c in exclude:
-                continue
-            seen.add(c)
-            todo.append(c)
-            try:
-                fields = Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()
-                # its own CPU and that of its children that ended (renderers of closed tabs)
-                ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-                total += ticks / os.sysconf("SC_CLK_TCK")
-            except OSError:
-                continue
+            if c not in exclude and c not in found:
+                found.append(c)
+                todo.append(c)
+    return found
+
+
+def lower_descendant_groups(nice: int, exclude: set[int]) -> str:
+    """Lower the scheduling groups of the chromium pages to ``nice`` (Linux autogroup):
+    Playwright starts chromium in a session of its own, so without this it takes an equal
+    share of the machine whatever its nice. Returns what was done, as a sentence."""
+    groups: dict[str, int] = {}
+    for pid in _descendants(exclude):
+        path = Path(f"/proc/{pid}/autogroup")
+        with contextlib.suppress(OSError):
+            name = path.read_text().split()[0]
+            if name not in groups:
+                path.write_text(str(nice))
+                groups[name] = pid
+    return f"chromium's scheduling groups at nice {nice}: {', '.join(groups) or 'none found'}"
+
+
+def _chromium_cpu(exclude: set[int]) -> float:
+    """CPU seconds of the processes this benchmark started for the chromium pages (chromium
+    and Playwright's node driver: its descendants but ``exclude``, the server and the job),
+    with their children that ended (renderers of closed tabs)."""
+    total = 0.0
+    for pid in _descendants(exclude):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -503,7 +523,14 @@ async def browser_session(
 
 
 async def run_class(
-    url: str, n: int, browsers: int, seconds: float, dwell: float, exclude: set[int], nav: str
+    url: str,
+    n: int,
+    browsers: int,
+    seconds: float,
+    dwell: float,
+    exclude: set[int],
+    nav: str,
+    clients_nice: int = 0,
 ) -> tuple[list[Session], int]:
     from playwright.async_api import async_playwright
 
@@ -511,6 +538,8 @@ async def run_class(
     until = time.monotonic() + seconds
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS) if browsers else None
+        if b is not None and clients_nice:
+            print(lower_descendant_groups(clients_nice, exclude), flush=True)
         tasks = []
         for i in range(n):
             order = PAGES[i % len(PAGES) :] + PAGES[: i % len(PAGES)]  # spread the pages
@@ -641,6 +670,7 @@ def main() -> None:
                     args.dwell,
                     {proc.pid, job.pid},
                     args.browser_nav,
+                    args.clients_nice,
                 )
             )
             loaded = (steps_done(path) - s0) / (time.monotonic() - t0)
