@@ -162,7 +162,10 @@ def test_stop_stops_a_warm_started_job(warm_folder):
     with Reader(warm_folder / "long.h5") as r:
         assert r.status == "interrupted" and r.num_steps >= 2
     assert Path(job.out).read_text().startswith("interrupted:")  # its stdout, as a cold job's
-    assert "nterrupted" in (jobs.last_error(job) or "")
+    # Stop asks with SIGINT and escalates to SIGTERM after its grace; on a loaded machine the
+    # job may still be closing its run when SIGTERM comes. Either way it says it was stopped.
+    said = jobs.last_error(job) or ""
+    assert said.startswith(("Interrupted after", "Stopped by SIGTERM after")), said
 
 
 def test_the_job_cap_holds_with_a_warm_worker(warm_folder, monkeypatch):
