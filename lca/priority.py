@@ -13,9 +13,10 @@ How (Linux; elsewhere nothing changes):
   every fragment rerun, from its main thread; each lowers itself as it starts
   (``lower_page_run``, called by app.py and by the live fragments). The main thread, Streamlit's
   event loop, is not lowered: it only serves the app's static files and sends the messages the
-  page runs made (a few % of the server's CPU), and lowered it left a class's browsers waiting
-  behind the training run for the app's own JavaScript (first page loads of 25-37 s in
-  ``benchmarks/classroom.py``).
+  page runs made (a few % of the server's CPU), and a browser opening the app should not wait
+  for them behind the training run. (In ``benchmarks/classroom.py`` the chromium tabs' first
+  loads stayed at 17-38 s either way: there the tabs' own CPU on the same 2 cores is what they
+  wait for.)
 * A process cannot raise its own priority back without privileges, so a job started from a
   lowered thread would train at the lowered priority for good. Before lowering anything,
   ``lower_page_run`` starts one *spawner* thread at the server's original priority, and
