@@ -89,8 +89,12 @@ class Session:
 
 
 def proc_cpu_rss(pid: int) -> tuple[float, int]:
-    """(CPU seconds of the process and its finished children, peak resident bytes), /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """(CPU seconds of the process and its finished children, peak resident bytes), /proc;
+    (nan, 0) for a process that has ended (a training run that finished during the class)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan"), 0
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
     rss = 0

@@ -248,8 +248,9 @@ def peak_raster(
             z=z,
             x=centre,
             y=list(names)[: p.shape[0]],
-            customdata=np.stack(np.broadcast_arrays(first[None, :], last[None, :]), axis=-1)
-            * np.ones((z.shape[0], 1, 1)),
+            customdata=np.broadcast_to(
+                np.stack([first, last], axis=-1), (z.shape[0], len(first), 2)
+            ),
             colorscale=[[0.0, "#ffffff"], [1.0, "#253494"]],
             zmin=0,
             zmax=max(1, int(z.max())),
